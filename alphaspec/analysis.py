@@ -1,0 +1,190 @@
+"""analyze(): checkpoint -> module map -> ESD -> fits and metrics -> one results row per matrix.
+
+A reader thread streams tensors file by file (each read once) into a small queue while the main
+thread solves eigenproblems on the device, so reading the next tensors overlaps with compute.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import __version__
+from .checkpoint import Checkpoint, open_checkpoint
+from .esd import EPS_ZERO, eigenvalues, finite_rows, resolve_device
+from .fit import PowerLawFit, check_estimator, fit_sorted
+from .metrics import nan_metrics, spectral_metrics
+from .modules import MODULE_TYPES, MatrixSpec, Skipped, plan
+
+COLUMNS = ["name", "layer", "module", "rows", "cols", "n_eigs", "n_zero", "estimator", "alpha", "xmin",
+           "ks_d", "n_tail", "lambda_max", "spectral_norm", "frobenius_norm", "stable_rank",
+           "log_spectral_norm", "log_norm", "alpha_weighted", "entropy", "status", "expert", "tensor", "dtype"]
+PREFETCH = 4  # matrices read ahead of the solver
+CUDA_BATCH_BYTES = 1 << 30  # float64 bytes of same-shape matrices solved together on a GPU
+
+
+@dataclass
+class Analysis:
+    """The results table plus everything needed to account for each tensor of the checkpoint."""
+
+    table: pd.DataFrame
+    skipped: list[Skipped]
+    notes: list[str]
+    source: str
+    estimator: str
+    device: str
+    spectra: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        """The JSON layout of DESIGN.md (NaN becomes null)."""
+        rows = self.table.astype(object).where(self.table.notna(), None).to_dict("records")
+        return {"alphaspec": __version__, "source": self.source, "estimator": self.estimator,
+                "device": self.device, "matrices": rows,
+                "skipped": [{"name": s.name, "reason": s.reason} for s in self.skipped], "notes": self.notes}
+
+
+_DONE = object()
+
+
+def _read_ahead(ckpt: Checkpoint, specs: list[MatrixSpec], stop: threading.Event) -> Iterator:
+    """Yield (spec, matrix) in file order, read by a background thread a few matrices ahead."""
+    by_tensor: dict[str, list[MatrixSpec]] = {}
+    for spec in specs:
+        by_tensor.setdefault(spec.tensor, []).append(spec)
+    file_of = {t.name: t.file for t in ckpt.tensors}
+    order = sorted(by_tensor, key=lambda n: (ckpt.files.index(file_of[n]), by_tensor[n][0].rows, by_tensor[n][0].cols))
+    q: queue.Queue = queue.Queue(maxsize=PREFETCH)
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for file in ckpt.files:
+                names = [n for n in order if file_of[n] == file]
+                for name, tensor in ckpt.read(file, names):
+                    for spec in by_tensor[name]:
+                        if not put((spec, spec.extract(tensor))):
+                            return
+            put(_DONE)
+        except BaseException as err:  # noqa: BLE001 - handed to the consumer, which re-raises it
+            put(err)
+
+    thread = threading.Thread(target=work, name="alphaspec-reader", daemon=True)
+    thread.start()
+    try:
+        while (item := q.get()) is not _DONE:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+def _batches(items: Iterable[tuple[MatrixSpec, torch.Tensor]], max_bytes: int) -> Iterator[list]:
+    """Group consecutive same-shape matrices while their float64 size stays within max_bytes."""
+    batch: list = []
+    for spec, mat in items:
+        if batch and (mat.shape != batch[0][1].shape or (len(batch) + 1) * mat.numel() * 8 > max_bytes):
+            yield batch
+            batch = []
+        batch.append((spec, mat))
+    if batch:
+        yield batch
+
+
+def matrix_row(spec: MatrixSpec, eigs: torch.Tensor | None, estimator: str, dtype: str) -> dict:
+    """One results row from a matrix's eigenvalues (None when the matrix held NaN/Inf)."""
+    m = min(spec.rows, spec.cols)
+    row = {"name": spec.name, "layer": spec.layer, "module": spec.module, "rows": spec.rows, "cols": spec.cols,
+           "n_eigs": m, "estimator": estimator, "expert": spec.expert, "tensor": spec.tensor, "dtype": dtype}
+    if eigs is None:
+        fit = PowerLawFit.empty("matrix contains NaN or Inf")
+        return row | {"n_zero": 0} | _fit_columns(fit) | nan_metrics() | {"alpha_weighted": math.nan}
+    metrics = spectral_metrics(eigs)
+    lam_max = metrics["lambda_max"]
+    n_zero = int((eigs <= EPS_ZERO * lam_max).sum()) if lam_max > 0 else m
+    fit = PowerLawFit.empty("all-zero matrix") if lam_max <= 0 else fit_sorted(eigs[n_zero:], estimator)
+    weighted = fit.alpha * metrics["log_spectral_norm"]
+    return row | {"n_zero": n_zero} | _fit_columns(fit) | metrics | {"alpha_weighted": weighted}
+
+
+def _row_order(row: dict) -> tuple:
+    """Embeddings, then blocks by layer and module type, then other tensors, then the head."""
+    module = row["module"]
+    group = 0 if module == "embed" else 3 if module == "lm_head" else 1 if row["layer"] is not None else 2
+    expert = -1 if row["expert"] is None else row["expert"]
+    return group, row["layer"] or 0, MODULE_TYPES.index(module), expert, row["name"]
+
+
+def _fit_columns(fit: PowerLawFit) -> dict:
+    return {"alpha": fit.alpha, "xmin": fit.xmin, "ks_d": fit.ks_d, "n_tail": fit.n_tail, "status": fit.status}
+
+
+def run(source, estimator: str = "median", device: str | torch.device = "auto", *,
+        include: Iterable[str] = (), exclude: Iterable[str] = (), split_fused: bool = True,
+        keep_spectra: bool = False, progress: Callable[[int, int], None] | None = None,
+        checkpoint: Checkpoint | None = None) -> Analysis:
+    """Analyse every weight matrix of `source`; see `analyze` for the arguments."""
+    check_estimator(estimator)
+    dev = resolve_device(device)
+    ckpt = checkpoint or open_checkpoint(source)
+    todo = plan(ckpt.tensors, ckpt.config, split_fused=split_fused, include=include, exclude=exclude)
+    dtypes = {t.name: t.dtype for t in ckpt.tensors}
+    max_bytes = CUDA_BATCH_BYTES if dev.type == "cuda" else 0
+    rows: list[dict] = []
+    spectra: dict[str, np.ndarray] = {}
+    total = len(todo.matrices)
+    if progress:
+        progress(0, total)
+    stop = threading.Event()
+    with torch.no_grad():
+        for batch in _batches(_read_ahead(ckpt, todo.matrices, stop), max_bytes):
+            w = torch.stack([m.to(dev, non_blocking=True) for _, m in batch])
+            ok = finite_rows(w)
+            if not bool(ok.all()):
+                w[~ok] = 0
+            eigs = eigenvalues(w, dev)
+            for i, (spec, _) in enumerate(batch):
+                good = bool(ok[i])
+                rows.append(matrix_row(spec, eigs[i] if good else None, estimator, dtypes[spec.tensor]))
+                if keep_spectra and good:
+                    spectra[spec.name] = eigs[i].cpu().numpy()
+                if progress:
+                    progress(len(rows), total)
+    table = pd.DataFrame(sorted(rows, key=_row_order), columns=COLUMNS)
+    for col in ("layer", "expert"):
+        table[col] = table[col].astype("Int64")
+    result = Analysis(table, todo.skipped, todo.notes, str(source), estimator, str(dev), spectra)
+    table.attrs.update({"source": result.source, "estimator": estimator, "device": result.device,
+                        "skipped": [{"name": s.name, "reason": s.reason} for s in todo.skipped],
+                        "notes": list(todo.notes)})
+    return result
+
+
+def analyze(source, estimator: str = "median", device: str | torch.device = "auto", *,
+            include: Iterable[str] = (), exclude: Iterable[str] = (), split_fused: bool = True,
+            progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
+    """Spectral analysis of a checkpoint: one row per weight matrix, columns as in DESIGN.md.
+
+    source: a .safetensors/.bin/.pt file, a HF model or alphaspec run directory, a hub id
+    `org/name[@rev]`, or `example:minilm`. estimator: median | gof | fix-finger. device: auto | cpu |
+    cuda | cuda:N. include/exclude: regexes on tensor names. Skipped tensors and their reasons are in
+    `table.attrs["skipped"]`.
+    """
+    return run(source, estimator, device, include=include, exclude=exclude, split_fused=split_fused,
+               progress=progress).table

@@ -1,0 +1,181 @@
+"""The `alphaspec` command line: parses options, calls the Python API, renders with rich."""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections import Counter
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn)
+from rich.table import Table
+from rich.text import Text
+
+from . import __version__
+from .analysis import Analysis, run
+from .checkpoint import SourceError, open_checkpoint
+from .esd import DeviceError, resolve_device
+from .modules import MODULE_TYPES
+from .output import check_output, write_results, write_spectra
+
+app = typer.Typer(
+    name="alphaspec",
+    help="Heavy-tailed spectral analysis of language-model checkpoints (HT-SR), and AlphaDecay weight decay.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="markdown",
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+
+class Estimator(str, Enum):
+    median = "median"
+    gof = "gof"
+    fix_finger = "fix-finger"
+
+
+def fail(message: str, code: int = 1) -> None:
+    """One `error:` line on stderr and a non-zero exit, never a traceback."""
+    err.print(Text(f"error: {message}"), style="bold red", soft_wrap=True, highlight=False)
+    raise typer.Exit(code)
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"alphaspec {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """alphaspec: look inside language-model checkpoints through their weight spectra."""
+
+
+class RateColumn(ProgressColumn):
+    def render(self, task) -> Text:
+        return Text(f"{task.speed:.1f} matrices/s" if task.speed else "", style="progress.data.speed")
+
+
+def _regexes(patterns: list[str], option: str) -> list[str]:
+    for p in patterns:
+        try:
+            re.compile(p)
+        except re.error as e:
+            raise typer.BadParameter(f"{p!r} is not a valid regular expression ({e})", param_hint=option) from e
+    return patterns
+
+
+def _summary(result: Analysis) -> Table:
+    table = Table(title="alpha per module type", title_justify="left", header_style="bold")
+    for col in ("module", "count", "fitted", "mean", "median", "min", "max"):
+        table.add_column(col, justify="left" if col == "module" else "right")
+    df = result.table
+    for module in [m for m in MODULE_TYPES if m in set(df["module"])]:
+        a = df.loc[df["module"] == module, "alpha"]
+        fitted = a.dropna()
+        stats = [f"{v:.3f}" for v in (fitted.mean(), fitted.median(), fitted.min(), fitted.max())] \
+            if len(fitted) else ["-"] * 4
+        table.add_row(module, str(len(a)), str(len(fitted)), *stats)
+    return table
+
+
+def _report(result: Analysis, n_tensors: int) -> None:
+    df = result.table
+    out.print(_summary(result))
+    failed = df[df["status"] != "ok"]
+    if len(failed):
+        out.print(f"[yellow]{len(failed)} matrix fit(s) empty:[/]")
+        for _, r in failed.head(10).iterrows():
+            out.print(Text(f"  {r['name']}: {r['status']}"))
+        if len(failed) > 10:
+            out.print(f"  ... and {len(failed) - 10} more (see the status column)")
+    if result.skipped:
+        reasons = Counter(s.reason for s in result.skipped)
+        out.print(f"{len(result.skipped)} tensor(s) skipped:")
+        for reason, count in reasons.most_common():
+            example = next(s.name for s in result.skipped if s.reason == reason)
+            out.print(Text(f"  {count:>5} x {reason}  (e.g. {example})"))
+    for note in result.notes:
+        out.print(Text(f"note: {note}"), style="yellow")
+    out.print(f"{len(df)} matrices analysed, {len(result.skipped)} tensors skipped, {n_tensors} tensors in the checkpoint")
+
+
+@app.command(no_args_is_help=True, epilog="""
+**Examples**
+
+    alphaspec analyze example:minilm                  # the bundled MiniLM checkpoint
+
+    alphaspec analyze ./my-model -o alphas.csv        # HF directory (shards + index are fine)
+
+    alphaspec analyze meta-llama/Llama-2-7b-hf@main -e gof -o llama.json
+
+    alphaspec analyze model.safetensors --include 'layers\\.[0-3]\\.' --exclude 'k_proj'
+""")
+def analyze(
+    source: Annotated[str, typer.Argument(help="A .safetensors/.bin/.pt file, a model or run directory, "
+                                          "a hub id org/name[@revision], or example:minilm.")],
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Write the table: .csv, .json or .parquet.")] = None,
+    estimator: Annotated[Estimator, typer.Option("-e", "--estimator", help="How xmin is chosen.")] = Estimator.median,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    include: Annotated[list[str] | None, typer.Option("--include", help="Only tensors whose name matches (regex, repeatable).")] = None,
+    exclude: Annotated[list[str] | None, typer.Option("--exclude", help="Skip tensors whose name matches (regex, repeatable).")] = None,
+    split_fused: Annotated[bool, typer.Option("--split-fused/--no-split-fused", help="Split fused q/k/v and gate/up tensors.")] = True,
+    save_spectra: Annotated[Path | None, typer.Option("--save-spectra", help="Also save every eigenvalue spectrum to this .npz.")] = None,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar and no summary.")] = False,
+) -> None:
+    """Eigenvalue spectrum and power-law tail fit (alpha) of every weight matrix in a checkpoint."""
+    include, exclude = _regexes(include or [], "--include"), _regexes(exclude or [], "--exclude")
+    try:
+        if output is not None:
+            check_output(output)
+        if save_spectra is not None and save_spectra.suffix != ".npz":
+            raise ValueError(f"{save_spectra}: spectra are saved as .npz")
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from e
+    try:
+        dev = resolve_device(device)
+        ckpt = open_checkpoint(source)
+    except (SourceError, DeviceError) as e:
+        fail(str(e))
+    if not quiet:
+        why = " (no CUDA device found)" if device == "auto" and dev.type == "cpu" else ""
+        err.print(f"alphaspec {__version__} · {len(ckpt.tensors)} tensors in {len(ckpt.files)} file(s) · "
+                  f"device {dev}{why} · estimator {estimator.value}", highlight=False)
+    columns = [TextColumn("analysing"), BarColumn(), MofNCompleteColumn(), RateColumn(), TimeElapsedColumn(),
+               TextColumn("eta"), TimeRemainingColumn()]
+    try:
+        with Progress(*columns, console=err, disable=quiet, transient=False) as bar:
+            task = bar.add_task("analyse", total=None)
+            result = run(source, estimator.value, dev, include=include, exclude=exclude, split_fused=split_fused,
+                         keep_spectra=save_spectra is not None, checkpoint=ckpt,
+                         progress=lambda done, total: bar.update(task, completed=done, total=total))
+    except SourceError as e:
+        fail(str(e))
+    if output is not None:
+        write_results(result, output)
+    if save_spectra is not None:
+        write_spectra(result, save_spectra)
+    if not quiet:
+        _report(result, len(ckpt.tensors))
+        if output is not None:
+            out.print(f"wrote {output}", highlight=False)
+        else:
+            out.print("[dim]save the full table with -o results.csv (or .json, .parquet)[/]")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)

@@ -1,0 +1,162 @@
+"""Power-law fits of an ESD tail (MATH.md §2), vectorised over every xmin candidate at once.
+
+All functions take eigenvalues as a float64 torch tensor sorted ascending with the zeros already
+removed, and run on that tensor's device, so CPU and GPU follow the same arithmetic.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+ESTIMATORS = ("median", "gof", "fix-finger")
+MIN_EIGS = 10  # fewer non-zero eigenvalues than this: no fit, the row says why
+FIX_FINGER_BINS = 100
+FIX_FINGER_WINDOW = (0.95, 1.5)
+_BLOCK_ELEMENTS = 1 << 22  # candidates x tail points per block of the KS scan (32 MiB in float64)
+
+
+@dataclass(frozen=True)
+class PowerLawFit:
+    """One fitted tail: alpha, xmin, the KS distance and the tail size; `status` says why a fit is empty."""
+
+    alpha: float
+    xmin: float
+    ks_d: float
+    n_tail: int
+    status: str = "ok"
+    # Per-candidate diagnostics (xmin, alpha, D), filled when fit(..., curves=True).
+    curves: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def empty(cls, status: str) -> PowerLawFit:
+        return cls(math.nan, math.nan, math.nan, 0, status)
+
+
+def hill_alphas(lam: torch.Tensor) -> torch.Tensor:
+    """alpha(i) = 1 + n_i / sum_{j>=i} ln(lam_j / lam_i) for every 0-based candidate i, n_i = N - i."""
+    n_pts = lam.numel()
+    ell = torch.log(lam)
+    ell = ell - ell[-1]  # ratios are shift-invariant; centring keeps the suffix sums well conditioned
+    suffix = torch.flip(torch.cumsum(torch.flip(ell, (0,)), 0), (0,))
+    n = torch.arange(n_pts, 0, -1, dtype=lam.dtype, device=lam.device)
+    return 1.0 + n / (suffix - n * ell)
+
+
+def ks_distances(lam: torch.Tensor, alphas: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """D(i) = max_k |1 - (lam_{i+k}/lam_i)^(1-alpha_i) - k/n_i| for the candidates `idx`.
+
+    Candidates whose alpha is not a finite number above 1 get D = 1 (MATH.md §2). The triangle of
+    (candidate, tail point) pairs is evaluated in blocks to bound memory.
+    """
+    n_pts = lam.numel()
+    ell = torch.log(lam)
+    out = torch.ones(idx.numel(), dtype=lam.dtype, device=lam.device)
+    if idx.numel() == 0:
+        return out
+    k = torch.arange(n_pts, device=lam.device)
+    block = max(1, _BLOCK_ELEMENTS // n_pts)
+    for start in range(0, idx.numel(), block):
+        cand = idx[start : start + block]
+        a = alphas[cand]
+        ok = torch.isfinite(a) & (a > 1)
+        j = cand[:, None] + k[None, :]
+        inside = j < n_pts
+        diff = ell[j.clamp(max=n_pts - 1)] - ell[cand][:, None]
+        n = (n_pts - cand).to(lam.dtype)[:, None]
+        dev = (-torch.expm1((1.0 - a)[:, None] * diff) - k.to(lam.dtype)[None, :] / n).abs()
+        d = torch.where(inside, dev, torch.zeros((), dtype=lam.dtype, device=lam.device)).amax(1)
+        out[start : start + block] = torch.where(ok, d, torch.ones_like(d))
+    return out
+
+
+def _result(lam: torch.Tensor, alphas: torch.Tensor, ds: torch.Tensor, cand: torch.Tensor,
+            best: int, curves: bool) -> PowerLawFit:
+    i = int(cand[best])
+    alpha = float(alphas[i])
+    status = "ok" if math.isfinite(alpha) and alpha > 1 else "degenerate tail (equal eigenvalues)"
+    extra = {}
+    if curves:
+        extra = {"xmin": lam[cand].cpu().numpy(), "alpha": alphas[cand].cpu().numpy(), "ks_d": ds.cpu().numpy()}
+    return PowerLawFit(alpha, float(lam[i]), float(ds[best]), lam.numel() - i, status, extra)
+
+
+def fit_median(lam: torch.Tensor, curves: bool = False) -> PowerLawFit:
+    """xmin at the median eigenvalue, 0-based index floor(N/2) (the paper's PL_Alpha_Hill)."""
+    cand = torch.tensor([lam.numel() // 2], device=lam.device)
+    alphas = hill_alphas(lam)
+    return _result(lam, alphas, ks_distances(lam, alphas, cand), cand, 0, curves)
+
+
+def fit_gof(lam: torch.Tensor, curves: bool = False) -> PowerLawFit:
+    """xmin minimising the KS distance over every candidate but the largest eigenvalue (Clauset et al.)."""
+    cand = torch.arange(lam.numel() - 1, device=lam.device)
+    alphas = hill_alphas(lam)
+    ds = ks_distances(lam, alphas, cand)
+    return _result(lam, alphas, ds, cand, int(torch.argmin(ds)), curves)
+
+
+def fix_finger_peak(lam: torch.Tensor) -> float:
+    """10**(left edge of the most populated of 100 equal bins of log10(lam)), binned as numpy.histogram."""
+    h = torch.log10(lam)
+    lo, hi = float(h[0]), float(h[-1])
+    if hi == lo:
+        return 10.0**lo
+    step = (hi - lo) / FIX_FINGER_BINS
+    edges = lo + torch.arange(FIX_FINGER_BINS + 1, dtype=lam.dtype, device=lam.device) * step
+    edges[-1] = hi
+    b = ((h - lo) / (hi - lo) * FIX_FINGER_BINS).long().clamp(max=FIX_FINGER_BINS - 1)
+    b = b - (h < edges[b]).long()
+    b = b + ((h >= edges[(b + 1).clamp(max=FIX_FINGER_BINS)]) & (b != FIX_FINGER_BINS - 1)).long()
+    counts = torch.bincount(b, minlength=FIX_FINGER_BINS)
+    return float(10.0 ** edges[int(torch.argmax(counts))])
+
+
+def fit_fix_finger(lam: torch.Tensor, curves: bool = False) -> PowerLawFit:
+    """gof restricted to candidates in [0.95, 1.5] x the log-histogram peak (WeightWatcher's xmin_peak, intended window)."""
+    peak = fix_finger_peak(lam)
+    lo, hi = FIX_FINGER_WINDOW
+    usable = lam[:-1]
+    cand = torch.nonzero((usable >= lo * peak) & (usable <= hi * peak)).flatten()
+    if cand.numel() == 0:
+        cand = torch.argmin((usable - peak).abs()).reshape(1)
+    alphas = hill_alphas(lam)
+    ds = ks_distances(lam, alphas, cand)
+    return _result(lam, alphas, ds, cand, int(torch.argmin(ds)), curves)
+
+
+_FITTERS = {"median": fit_median, "gof": fit_gof, "fix-finger": fit_fix_finger}
+
+
+def check_estimator(estimator: str) -> str:
+    if estimator not in _FITTERS:
+        raise ValueError(f"unknown estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}")
+    return estimator
+
+
+def fit_sorted(lam: torch.Tensor, estimator: str = "median", *, min_eigs: int = MIN_EIGS,
+               curves: bool = False) -> PowerLawFit:
+    """Fit positive float64 eigenvalues already sorted ascending (the ESD engine's output, zeros removed)."""
+    check_estimator(estimator)
+    if lam.numel() < max(min_eigs, 2):
+        return PowerLawFit.empty(f"too few non-zero eigenvalues ({lam.numel()} < {max(min_eigs, 2)})")
+    return _FITTERS[estimator](lam, curves)
+
+
+def fit(eigenvalues, estimator: str = "median", *, min_eigs: int = MIN_EIGS, eps_zero: float = 1e-12,
+        curves: bool = False, device: str | torch.device | None = None) -> PowerLawFit:
+    """Fit the power-law tail of any eigenvalue array (numpy, list or tensor; any order).
+
+    Values <= eps_zero * max are treated as zero and excluded (MATH.md §1). Non-finite input raises.
+    """
+    lam = torch.as_tensor(np.asarray(eigenvalues) if not torch.is_tensor(eigenvalues) else eigenvalues)
+    lam = lam.detach().to(device=device or lam.device, dtype=torch.float64).flatten()
+    if not bool(torch.isfinite(lam).all()):
+        raise ValueError("eigenvalues contain NaN or Inf")
+    lam = torch.sort(lam.clamp_min(0)).values
+    if lam.numel() == 0 or float(lam[-1]) == 0.0:
+        return PowerLawFit.empty("all eigenvalues are zero")
+    return fit_sorted(lam[lam > eps_zero * lam[-1]], estimator, min_eigs=min_eigs, curves=curves)

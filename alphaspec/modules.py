@@ -1,0 +1,245 @@
+"""Tensor names -> (layer, module type, matrix view) for the model families users bring.
+
+Each checkpoint tensor becomes one or more `MatrixSpec`s (fused q/k/v, gate/up and MoE expert
+tensors are split) or a `Skipped` entry with its reason. Nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import torch
+
+from .checkpoint import TensorInfo
+
+BLOCK_MODULES = ("att.q", "att.k", "att.v", "att.o", "mlp.gate", "mlp.up", "mlp.down")
+FUSED_MODULES = ("att.qkv", "mlp.gate_up")
+MODULE_TYPES = (*BLOCK_MODULES, *FUSED_MODULES, "embed", "lm_head", "other")
+CONV1D_MODEL_TYPES = {"gpt2", "imagegpt", "decision_transformer"}
+_CONV1D_NAMES = re.compile(r"(?:^|\.)(?:c_attn|q_attn|c_proj|c_fc)$")
+
+_LAYER = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)\.")
+_EXPERT = re.compile(r"(?:^|\.)experts\.(\d+)\.")
+# (pattern on the name without its ".weight" suffix, module type); the first match wins.
+_RULES = [(re.compile(p), m) for p, m in [
+    (r"(?:^|\.)(?:block_sparse_moe|mlp|moe|feed_forward)\.(?:gate|router)$", "other"),  # MoE router
+    (r"(?:^|\.)(?:c_attn|query_key_value|qkv_proj|W_pack|Wqkv)$", "att.qkv"),
+    (r"(?:^|\.)gate_up_proj$", "mlp.gate_up"),
+    (r"(?:^|\.)(?:q_proj|query|wq|q)$", "att.q"),
+    (r"(?:^|\.)(?:k_proj|key|wk|k)$", "att.k"),
+    (r"(?:^|\.)(?:v_proj|value|wv|v)$", "att.v"),
+    (r"(?:^|\.)(?:o_proj|out_proj|wo|attention\.output\.dense|attn\.c_proj|attention\.dense|"
+     r"self_attention\.dense|attn\.proj)$", "att.o"),
+    (r"(?:^|\.)(?:gate_proj|w1)$", "mlp.gate"),
+    (r"(?:^|\.)(?:up_proj|w3|fc1|fc_in|c_fc|dense_h_to_4h|intermediate\.dense)$", "mlp.up"),
+    (r"(?:^|\.)(?:down_proj|w2|fc2|fc_out|mlp\.c_proj|dense_4h_to_h|output\.dense)$", "mlp.down"),
+    (r"(?:^|\.)(?:embed_tokens|tok_embeddings|wte|wpe|word_embeddings|position_embeddings|"
+     r"token_type_embeddings|embed_in|embed_positions|embeddings)$", "embed"),
+    (r"(?:^|\.)(?:lm_head|embed_out)$|^output$", "lm_head"),
+]]
+
+
+@dataclass(eq=False)
+class MatrixSpec:
+    """One matrix to analyse: a view (expert slice, transpose, row subset) of one checkpoint tensor."""
+
+    name: str
+    tensor: str
+    layer: int | None
+    module: str
+    rows: int
+    cols: int
+    expert: int | None = None
+    transpose: bool = False
+    rows_sel: torch.Tensor | slice | None = None
+    stacked: bool = False  # the tensor is [experts, ...] and this matrix is t[expert]
+
+    def extract(self, t: torch.Tensor) -> torch.Tensor:
+        """The (rows, cols) matrix, as nn.Linear sees it, from the tensor as stored."""
+        if self.stacked:
+            t = t[self.expert]
+        if self.transpose:
+            t = t.T
+        return t if self.rows_sel is None else t[self.rows_sel]
+
+
+@dataclass(frozen=True)
+class Skipped:
+    name: str
+    reason: str
+
+
+@dataclass
+class Plan:
+    """Matrices to analyse grouped per tensor, what is skipped and why, and notes on choices made."""
+
+    matrices: list[MatrixSpec] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def module_type(name: str) -> str:
+    base = name.removesuffix(".weight")
+    return next((m for pattern, m in _RULES if pattern.search(base)), "other")
+
+
+def layer_index(name: str) -> int | None:
+    match = _LAYER.search(name)
+    return int(match.group(1)) if match else None
+
+
+def _heads(config: dict) -> tuple[int, int, int] | None:
+    """(query heads, key/value heads, head dim) from a HF config, or None when it does not say."""
+    nh = next((config[k] for k in ("num_attention_heads", "n_head", "num_heads") if config.get(k)), None)
+    hidden = next((config[k] for k in ("hidden_size", "n_embd", "d_model") if config.get(k)), None)
+    if not nh or not hidden:
+        return None
+    nkv = next((config[k] for k in ("num_key_value_heads", "num_kv_heads", "n_head_kv") if config.get(k)), None)
+    if nkv is None:
+        nkv = 1 if config.get("multi_query") else nh
+    return nh, nkv, config.get("head_dim") or hidden // nh
+
+
+def _qkv_layout(config: dict) -> str:
+    kind = config.get("model_type", "")
+    if kind in ("gpt_neox", "bloom"):
+        return "per_head"
+    if kind in ("falcon", "RefinedWeb", "RefinedWebModel"):
+        if config.get("new_decoder_architecture"):
+            return "grouped"
+        return "contiguous" if config.get("multi_query", True) else "per_head"
+    return "contiguous"
+
+
+def qkv_parts(info: TensorInfo, rows: int, cols: int, config: dict) -> list[tuple[str, torch.Tensor | slice]] | str:
+    """Row selections of q, k and v inside a fused projection, or why they cannot be known."""
+    layout = _qkv_layout(config)
+    heads = _heads(config)
+    if heads is None:
+        if layout == "contiguous" and rows % 3 == 0 and (rows == 3 * cols or info.name.endswith("c_attn.weight")):
+            third = rows // 3
+            return [("q", slice(0, third)), ("k", slice(third, 2 * third)), ("v", slice(2 * third, rows))]
+        return "config.json with the head counts is needed to split it"
+    nh, nkv, hd = heads
+    if rows != (nh + 2 * nkv) * hd and layout != "per_head":
+        return f"{rows} rows do not match {nh} q + 2x{nkv} kv heads of size {hd}"
+    if layout == "per_head":
+        if rows != 3 * nh * hd:
+            return f"{rows} rows do not match 3x{nh} heads of size {hd}"
+        idx = torch.arange(rows).view(nh, 3, hd)
+        return [(p, idx[:, i].flatten()) for i, p in enumerate("qkv")]
+    if layout == "grouped":
+        idx = torch.arange(rows).view(nkv, nh // nkv + 2, hd)
+        return [("q", idx[:, :-2].flatten()), ("k", idx[:, -2].flatten()), ("v", idx[:, -1].flatten())]
+    q, kv = nh * hd, nkv * hd
+    return [("q", slice(0, q)), ("k", slice(q, q + kv)), ("v", slice(q + kv, rows))]
+
+
+def _uses_conv1d(tensors: Iterable[TensorInfo], config: dict) -> bool:
+    """GPT-2-style checkpoints store Conv1D weights as (in, out); detect them by config or c_attn's shape."""
+    if config.get("model_type"):
+        return config["model_type"] in CONV1D_MODEL_TYPES
+    return any(t.name.endswith("c_attn.weight") and len(t.shape) == 2 and t.shape[1] == 3 * t.shape[0]
+               for t in tensors)
+
+
+def _skip_reason(info: TensorInfo) -> str | None:
+    if info.dtype.startswith("non-tensor"):
+        return f"not a tensor ({info.dtype.removeprefix('non-tensor ')})"
+    if not info.is_float:
+        return f"non-float dtype {info.dtype}"
+    if len(info.shape) == 0:
+        return "scalar"
+    if len(info.shape) == 1:
+        return "1-D tensor (bias or norm gain)"
+    if 0 in info.shape:
+        return f"empty tensor {list(info.shape)}"
+    if len(info.shape) == 3 and "experts" in info.name:
+        return None
+    if len(info.shape) > 2:
+        return f"{len(info.shape)}-D tensor {list(info.shape)}, not a matrix (conv kernels and stacked tensors are not analysed)"
+    return None
+
+
+def _split(spec: MatrixSpec, info: TensorInfo, config: dict, notes: list[str]) -> list[MatrixSpec]:
+    """Split a fused q/k/v or gate/up matrix into its parts (or keep it whole with a note)."""
+    if spec.module == "mlp.gate_up":
+        if spec.rows % 2:
+            notes.append(f"{spec.name}: kept whole as mlp.gate_up (odd row count {spec.rows})")
+            return [spec]
+        half = spec.rows // 2
+        parts = [("gate", slice(0, half)), ("up", slice(half, spec.rows))]
+    else:
+        parts = qkv_parts(info, spec.rows, spec.cols, config)
+        if isinstance(parts, str):
+            notes.append(f"{spec.name}: kept whole as att.qkv ({parts})")
+            return [spec]
+    out = []
+    for label, sel in parts:
+        n = sel.numel() if torch.is_tensor(sel) else sel.stop - sel.start
+        part_label = f"{spec.expert},{label}" if spec.stacked else label
+        out.append(MatrixSpec(f"{spec.tensor}[{part_label}]", spec.tensor, spec.layer,
+                              "mlp." + label if spec.module == "mlp.gate_up" else "att." + label,
+                              n, spec.cols, spec.expert, spec.transpose, sel, spec.stacked))
+    return out
+
+
+def _expert_transposed(module: str, shape: tuple[int, ...], hidden: int | None) -> bool:
+    """Fused expert tensors are taken as [experts, out, in]; a config's hidden size detects [experts, in, out]."""
+    if not hidden or shape[1] == shape[2]:
+        return False
+    if module == "mlp.down":
+        return shape[1] != hidden and shape[2] == hidden
+    return shape[2] != hidden and shape[1] == hidden
+
+
+def plan(tensors: list[TensorInfo], config: dict | None = None, *, split_fused: bool = True,
+         include: Iterable[str] = (), exclude: Iterable[str] = ()) -> Plan:
+    """Map every tensor header to the matrices to analyse, or to a skip with its reason."""
+    config = config or {}
+    includes = [re.compile(p) for p in include]
+    excludes = [re.compile(p) for p in exclude]
+    conv1d = _uses_conv1d(tensors, config)
+    hidden = next((config[k] for k in ("hidden_size", "n_embd", "d_model") if config.get(k)), None)
+    out = Plan()
+    seen: set[str] = set()
+    for info in tensors:
+        if info.name in seen:
+            out.skipped.append(Skipped(info.name, f"duplicate name (again in {info.file.name})"))
+            continue
+        seen.add(info.name)
+        hit = next((p.pattern for p in excludes if p.search(info.name)), None)
+        if hit is not None:
+            out.skipped.append(Skipped(info.name, f"excluded by pattern {hit!r}"))
+            continue
+        if includes and not any(p.search(info.name) for p in includes):
+            out.skipped.append(Skipped(info.name, "not matched by any include pattern"))
+            continue
+        reason = _skip_reason(info)
+        if reason:
+            out.skipped.append(Skipped(info.name, reason))
+            continue
+        module, layer = module_type(info.name), layer_index(info.name)
+        if len(info.shape) == 3:
+            transpose = _expert_transposed(module, info.shape, hidden)
+            rows, cols = (info.shape[2], info.shape[1]) if transpose else info.shape[1:]
+            specs = [MatrixSpec(f"{info.name}[{e}]", info.name, layer, module, rows, cols, e, transpose,
+                                stacked=True) for e in range(info.shape[0])]
+        else:
+            transpose = conv1d and bool(_CONV1D_NAMES.search(info.name.removesuffix(".weight")))
+            rows, cols = (info.shape[1], info.shape[0]) if transpose else info.shape
+            specs = [MatrixSpec(info.name, info.name, layer, module, rows, cols, expert_of(info.name), transpose)]
+        for spec in specs:
+            if split_fused and spec.module in FUSED_MODULES:
+                out.matrices.extend(_split(spec, info, config, out.notes))
+            else:
+                out.matrices.append(spec)
+    return out
+
+
+def expert_of(name: str) -> int | None:
+    """The MoE expert index in a per-expert tensor name, e.g. `...experts.3.w1.weight` -> 3."""
+    match = _EXPERT.search(name)
+    return int(match.group(1)) if match else None
