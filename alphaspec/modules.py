@@ -102,6 +102,9 @@ def _heads(config: dict) -> tuple[int, int, int] | None:
     return nh, nkv, config.get("head_dim") or hidden // nh
 
 
+_QKV_FAMILIES = {"gpt_neox", "bloom", "falcon", "RefinedWeb", "RefinedWebModel"}  # fused `query_key_value`
+
+
 def _qkv_layout(config: dict) -> str:
     kind = config.get("model_type", "")
     if kind in ("gpt_neox", "bloom"):
@@ -116,9 +119,11 @@ def _qkv_layout(config: dict) -> str:
 def qkv_parts(info: TensorInfo, rows: int, cols: int, config: dict) -> list[tuple[str, torch.Tensor | slice]] | str:
     """Row selections of q, k and v inside a fused projection, or why they cannot be known."""
     layout = _qkv_layout(config)
+    if info.name.endswith("query_key_value.weight") and config.get("model_type") not in _QKV_FAMILIES:
+        return "its row layout differs between families; config.json with a known model_type is needed"
     heads = _heads(config)
     if heads is None:
-        if layout == "contiguous" and rows % 3 == 0 and (rows == 3 * cols or info.name.endswith("c_attn.weight")):
+        if rows % 3 == 0 and (rows == 3 * cols or info.name.endswith("c_attn.weight")):
             third = rows // 3
             return [("q", slice(0, third)), ("k", slice(third, 2 * third)), ("v", slice(2 * third, rows))]
         return "config.json with the head counts is needed to split it"

@@ -1,0 +1,131 @@
+"""The CLI as a user meets it: exit codes, one-line errors, output files, the HF cache offline."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import synth
+import torch
+
+from alphaspec import run
+
+
+def cli(*args, env=None, cwd=None):
+    full_env = os.environ | {"COLUMNS": "120", "HF_HUB_DISABLE_TELEMETRY": "1"} | (env or {})
+    return subprocess.run([sys.executable, "-m", "alphaspec", *map(str, args)], capture_output=True, text=True,
+                          env=full_env, cwd=cwd, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("llama")
+    return synth.write(folder, synth.llama(), synth.LLAMA_CONFIG)
+
+
+def assert_one_line_error(proc, *fragments):
+    assert proc.returncode == 1, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: ")
+    assert "Traceback" not in proc.stderr + proc.stdout
+    for f in fragments:
+        assert f in lines[0]
+
+
+def test_bad_inputs_exit_1_with_one_line(tmp_path):
+    assert_one_line_error(cli("analyze", tmp_path / "missing.safetensors"), "missing.safetensors", "no such file")
+    (tmp_path / "empty").mkdir()
+    assert_one_line_error(cli("analyze", tmp_path / "empty"), "no weights found")
+    good = synth.write(tmp_path / "good", {"w.weight": synth.rand(50, 50)}) / "model.safetensors"
+    data = good.read_bytes()
+    (tmp_path / "truncated.safetensors").write_bytes(data[: len(data) - 100])
+    assert_one_line_error(cli("analyze", tmp_path / "truncated.safetensors"), "truncated.safetensors",
+                          "not a valid safetensors file")
+    (tmp_path / "random.safetensors").write_bytes(os.urandom(4096))
+    assert_one_line_error(cli("analyze", tmp_path / "random.safetensors"), "random.safetensors")
+    (tmp_path / "random.bin").write_bytes(os.urandom(4096))
+    assert_one_line_error(cli("analyze", tmp_path / "random.bin"), "random.bin", "not a readable PyTorch state dict")
+    offline = cli("analyze", "no-such-org/no-such-model", env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})
+    assert_one_line_error(offline, "no-such-org/no-such-model")
+
+
+def test_usage_errors_exit_2(llama_dir, tmp_path):
+    assert cli("analyze", llama_dir, "-o", tmp_path / "out.txt").returncode == 2
+    assert cli("analyze", llama_dir, "-e", "hill").returncode == 2
+    assert cli("analyze", llama_dir, "--include", "(").returncode == 2
+    assert cli("analyze").returncode == 2
+    missing_dev = cli("analyze", llama_dir, "--device", "cuda:7")
+    assert missing_dev.returncode == 1 and "cuda:7" in missing_dev.stderr
+
+
+def test_outputs_all_formats(llama_dir, tmp_path):
+    proc = cli("analyze", llama_dir, "-o", tmp_path / "r.json", "--save-spectra", tmp_path / "s.npz")
+    assert proc.returncode == 0, proc.stderr
+    assert "alpha per module type" in proc.stdout and "att.q" in proc.stdout
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert set(doc) >= {"alphaspec", "source", "estimator", "device", "matrices", "skipped"}
+    assert doc["estimator"] == "median" and doc["device"] == "cpu"
+    assert len(doc["matrices"]) == 15 and len(doc["skipped"]) == 5
+    assert doc["matrices"][0]["layer"] is None and isinstance(doc["matrices"][1]["layer"], int)
+    expected = run(llama_dir, device="cpu").table
+    assert [m["alpha"] for m in doc["matrices"]] == pytest.approx(list(expected["alpha"]), rel=1e-15)
+    columns = ["name", "layer", "module", "rows", "cols", "n_eigs", "n_zero", "estimator", "alpha", "xmin", "ks_d",
+               "n_tail", "lambda_max", "spectral_norm", "frobenius_norm", "stable_rank", "log_spectral_norm",
+               "log_norm", "alpha_weighted", "entropy"]
+    for suffix in (".csv", ".parquet"):
+        out = tmp_path / f"r{suffix}"
+        assert cli("analyze", llama_dir, "-q", "-e", "fix-finger", "-o", out).returncode == 0
+        table = pd.read_csv(out) if suffix == ".csv" else pd.read_parquet(out)
+        assert list(table.columns[: len(columns)]) == columns
+        assert (table["estimator"] == "fix-finger").all() and len(table) == 15
+    import numpy as np
+
+    spectra = np.load(tmp_path / "s.npz")
+    assert len(spectra.files) == 15 and spectra["model.layers.0.mlp.up_proj.weight"].shape == (32,)
+
+
+def test_quiet_prints_nothing(llama_dir, tmp_path):
+    proc = cli("analyze", llama_dir, "-q", "-o", tmp_path / "r.csv")
+    assert proc.returncode == 0 and proc.stdout == "" and proc.stderr == ""
+
+
+def test_nan_matrix_does_not_stop_the_run(tmp_path):
+    bad = synth.rand(40, 40)
+    bad[0, 0] = float("nan")
+    folder = synth.write(tmp_path, {"model.layers.0.mlp.up_proj.weight": bad,
+                                    "model.layers.0.mlp.down_proj.weight": synth.rand(40, 40, seed=3)})
+    proc = cli("analyze", folder, "-o", tmp_path / "r.csv")
+    assert proc.returncode == 0, proc.stderr
+    assert "matrix contains NaN or Inf" in proc.stdout
+    table = pd.read_csv(tmp_path / "r.csv")
+    assert table["status"].tolist() == ["ok", "matrix contains NaN or Inf"] or \
+        sorted(table["status"]) == ["matrix contains NaN or Inf", "ok"]
+
+
+def _hf_cache(root, repo, tensors, commit="0123456789abcdef0123456789abcdef01234567"):
+    """The hub cache layout huggingface_hub reads offline: snapshots/<commit>/ and refs/main."""
+    base = root / "hub" / f"models--{repo.replace('/', '--')}"
+    synth.write(base / "snapshots" / commit, tensors, synth.LLAMA_CONFIG)
+    (base / "refs").mkdir(parents=True)
+    (base / "refs" / "main").write_text(commit)
+    return commit
+
+
+def test_hub_id_from_offline_cache(tmp_path):
+    commit = _hf_cache(tmp_path / "hf", "tiny-org/tiny-llama", synth.llama(dtype=torch.float32))
+    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    for source in ("tiny-org/tiny-llama", f"tiny-org/tiny-llama@{commit}"):
+        proc = cli("analyze", source, "-o", tmp_path / "hub.json", env=env)
+        assert proc.returncode == 0, proc.stderr
+        doc = json.loads((tmp_path / "hub.json").read_text())
+        assert doc["source"] == source and len(doc["matrices"]) == 15
+    assert cli("analyze", "tiny-org/tiny-llama@nope", env=env).returncode == 1
+
+
+def test_help_has_examples():
+    proc = cli("analyze", "--help")
+    assert proc.returncode == 0 and "Examples" in proc.stdout and "example:minilm" in proc.stdout
+    assert cli("--version").stdout.startswith("alphaspec ")
