@@ -109,18 +109,22 @@ def _batches(items: Iterable[tuple[MatrixSpec, torch.Tensor]], max_bytes: int) -
 
 def matrix_row(spec: MatrixSpec, eigs: torch.Tensor | None, estimator: str, dtype: str) -> dict:
     """One results row from a matrix's eigenvalues (None when the matrix held NaN/Inf)."""
-    m = min(spec.rows, spec.cols)
     row = {"name": spec.name, "layer": spec.layer, "module": spec.module, "rows": spec.rows, "cols": spec.cols,
-           "n_eigs": m, "estimator": estimator, "expert": spec.expert, "tensor": spec.tensor, "dtype": dtype}
+           "n_eigs": min(spec.rows, spec.cols), "estimator": estimator, "expert": spec.expert, "tensor": spec.tensor, "dtype": dtype}
     if eigs is None:
         fit = PowerLawFit.empty("matrix contains NaN or Inf")
         return row | {"n_zero": 0} | _fit_columns(fit) | nan_metrics() | {"alpha_weighted": math.nan}
+    return row | metrics_of(eigs, estimator)
+
+
+def metrics_of(eigs: torch.Tensor, estimator: str) -> dict:
+    """n_zero, the fit columns and the norm metrics of one ascending float64 spectrum (zeros included)."""
     metrics = spectral_metrics(eigs)
     lam_max = metrics["lambda_max"]
-    n_zero = int((eigs <= EPS_ZERO * lam_max).sum()) if lam_max > 0 else m
+    n_zero = int((eigs <= EPS_ZERO * lam_max).sum()) if lam_max > 0 else eigs.numel()
     fit = PowerLawFit.empty("all-zero matrix") if lam_max <= 0 else fit_sorted(eigs[n_zero:], estimator)
     weighted = fit.alpha * metrics["log_spectral_norm"]
-    return row | {"n_zero": n_zero} | _fit_columns(fit) | metrics | {"alpha_weighted": weighted}
+    return {"n_zero": n_zero} | _fit_columns(fit) | metrics | {"alpha_weighted": weighted}
 
 
 def _row_order(row: dict) -> tuple:

@@ -11,8 +11,15 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
-                           TimeElapsedColumn, TimeRemainingColumn)
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 from rich.text import Text
 
@@ -21,7 +28,9 @@ from .analysis import Analysis, run
 from .checkpoint import SourceError, open_checkpoint
 from .esd import DeviceError, resolve_device
 from .modules import MODULE_TYPES
-from .output import check_output, write_results, write_spectra
+from .output import TABLE_SUFFIXES, check_output, read_results, read_spectra, write_results, write_spectra
+
+MODEL_KINDS = ("spectra", "alpha-modules", "alpha-depth")  # plots.MODEL_KINDS, without importing matplotlib
 
 app = typer.Typer(
     name="alphaspec",
@@ -127,10 +136,16 @@ def analyze(
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Write the table: .csv, .json or .parquet.")] = None,
     estimator: Annotated[Estimator, typer.Option("-e", "--estimator", help="How xmin is chosen.")] = Estimator.median,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    include: Annotated[list[str] | None, typer.Option("--include", help="Only tensors whose name matches (regex, repeatable).")] = None,
-    exclude: Annotated[list[str] | None, typer.Option("--exclude", help="Skip tensors whose name matches (regex, repeatable).")] = None,
-    split_fused: Annotated[bool, typer.Option("--split-fused/--no-split-fused", help="Split fused q/k/v and gate/up tensors.")] = True,
-    save_spectra: Annotated[Path | None, typer.Option("--save-spectra", help="Also save every eigenvalue spectrum to this .npz.")] = None,
+    include: Annotated[list[str] | None, typer.Option(
+        "--include", help="Only tensors whose name matches (regex, repeatable).")] = None,
+    exclude: Annotated[list[str] | None, typer.Option(
+        "--exclude", help="Skip tensors whose name matches (regex, repeatable).")] = None,
+    split_fused: Annotated[bool, typer.Option(
+        "--split-fused/--no-split-fused", help="Split fused q/k/v and gate/up tensors.")] = True,
+    save_spectra: Annotated[Path | None, typer.Option(
+        "--save-spectra", help="Also save every eigenvalue spectrum (ascending) to this .npz.")] = None,
+    plots: Annotated[Path | None, typer.Option(
+        "--plots", help="Also draw the model-level figures (spectra, alpha-modules, alpha-depth) into DIR.")] = None,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar and no summary.")] = False,
 ) -> None:
     """Eigenvalue spectrum and power-law tail fit (alpha) of every weight matrix in a checkpoint."""
@@ -157,7 +172,7 @@ def analyze(
         with Progress(*columns, console=err, disable=quiet, transient=False) as bar:
             task = bar.add_task("analyse", total=None)
             result = run(source, estimator.value, dev, include=include, exclude=exclude, split_fused=split_fused,
-                         keep_spectra=save_spectra is not None, checkpoint=ckpt,
+                         keep_spectra=save_spectra is not None or plots is not None, checkpoint=ckpt,
                          progress=lambda done, total: bar.update(task, completed=done, total=total))
     except SourceError as e:
         fail(str(e))
@@ -165,12 +180,89 @@ def analyze(
         write_results(result, output)
     if save_spectra is not None:
         write_spectra(result, save_spectra)
+    drawn = _draw(result.table, result.spectra, plots, list(MODEL_KINDS), "png", []) if plots is not None else []
     if not quiet:
         _report(result, len(ckpt.tensors))
+        for path in drawn:
+            out.print(f"drew {path}", highlight=False)
         if output is not None:
             out.print(f"wrote {output}", highlight=False)
         else:
             out.print("[dim]save the full table with -o results.csv (or .json, .parquet)[/]")
+
+
+class Kind(str, Enum):
+    spectra = "spectra"
+    alpha_modules = "alpha-modules"
+    alpha_depth = "alpha-depth"
+    esd = "esd"
+
+
+class Format(str, Enum):
+    png = "png"
+    svg = "svg"
+    pdf = "pdf"
+
+
+def _draw(table, spectra, out_dir: Path, kinds: list[str], fmt: str, names: list[str]) -> list[Path]:
+    from .plots import render  # matplotlib is loaded only when figures are asked for
+
+    try:
+        return render(table, spectra, out_dir, kinds, fmt, names)
+    except (ValueError, OSError) as e:
+        fail(str(e))
+
+
+@app.command(no_args_is_help=True, epilog="""
+**Examples**
+
+    alphaspec plot example:minilm -o figs/
+
+    alphaspec analyze model/ -o r.json --save-spectra r.npz && alphaspec plot r.json -o figs/ --format svg
+
+    alphaspec plot r.json --kind esd --module 'layers\\.3\\.mlp\\.down' -o figs/
+""")
+def plot(
+    source: Annotated[str, typer.Argument(help="A checkpoint (anything `analyze` takes), or a results file "
+                                          "(.csv/.json/.parquet) written by `analyze`.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Directory for the figures.")] = Path("alphaspec-plots"),
+    kind: Annotated[list[Kind] | None, typer.Option("--kind", help="Figure kind(s); default: all model-level "
+                                                    "kinds, plus esd when --module is given.")] = None,
+    fmt: Annotated[Format, typer.Option("--format", help="png (150 dpi), or vector svg / pdf.")] = Format.png,
+    module: Annotated[list[str] | None, typer.Option("--module", help="Row name or regex for `esd` figures.")] = None,
+    spectra_file: Annotated[Path | None, typer.Option("--spectra", help="Spectra .npz saved by `analyze "
+                                                      "--save-spectra` (default: RESULTS with suffix .npz).")] = None,
+    estimator: Annotated[Estimator, typer.Option("-e", "--estimator", help="When SOURCE is a checkpoint.")] = Estimator.median,
+    device: Annotated[str, typer.Option(help="When SOURCE is a checkpoint: auto, cpu, cuda or cuda:N.")] = "auto",
+) -> None:
+    """Figures: ESDs per module type across layers, alpha per module type and over depth, one matrix's fit."""
+    kinds = [k.value for k in kind] if kind else [*MODEL_KINDS, *(["esd"] if module else [])]
+    if Path(source).suffix in TABLE_SUFFIXES and Path(source).is_file():
+        try:
+            table = read_results(Path(source))
+            npz = spectra_file or Path(source).with_suffix(".npz")
+            spectra = read_spectra(npz) if npz.is_file() else {}
+        except (OSError, ValueError, KeyError) as e:
+            fail(f"{source}: not a results file written by alphaspec analyze ({e})")
+        if not spectra and any(k in ("spectra", "esd") for k in kinds):
+            fail(f"{source}: the {' and '.join(k for k in kinds if k in ('spectra', 'esd'))} figures need the "
+                 f"eigenvalues: run analyze with --save-spectra {Path(source).with_suffix('.npz')} (or pass --spectra)")
+    else:
+        try:
+            result = run(source, estimator.value, device, keep_spectra=True)
+        except (SourceError, DeviceError) as e:
+            fail(str(e))
+        table, spectra = result.table, result.spectra
+    names = []
+    if "esd" in kinds:
+        if not module:
+            fail("the esd figure needs --module NAME (a row name or a regex)")
+        names = [n for n in table["name"] if n in module or any(re.search(p, n) for p in module)]
+        names = [n for n in names if n in spectra]
+        if not names:
+            fail(f"no analysed matrix with a spectrum matches --module {' '.join(module)}")
+    for path in _draw(table, spectra, output, kinds, fmt.value, names):
+        out.print(f"drew {path}", highlight=False)
 
 
 def main() -> None:

@@ -46,57 +46,55 @@ def hill_alphas(lam: torch.Tensor) -> torch.Tensor:
     return 1.0 + n / (suffix - n * ell)
 
 
-def ks_distances(lam: torch.Tensor, alphas: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """D(i) = max_k |1 - (lam_{i+k}/lam_i)^(1-alpha_i) - k/n_i| for the candidates `idx`.
+def ks_distances(lam: torch.Tensor, alphas: torch.Tensor, first: int, stop: int) -> torch.Tensor:
+    """D(i) = max_k |1 - (lam_{i+k}/lam_i)^(1-alpha_i) - k/n_i| for the candidates first <= i < stop.
 
-    Candidates whose alpha is not a finite number above 1 get D = 1 (MATH.md §2). The triangle of
-    (candidate, tail point) pairs is evaluated in blocks to bound memory.
+    Candidates whose alpha is not a finite number above 1 get D = 1 (MATH.md §2). Each block of
+    candidates is a strided (candidate x tail point) view of the padded log-spectrum, so the
+    triangle is evaluated without gathers, in blocks that bound memory.
     """
     n_pts = lam.numel()
     ell = torch.log(lam)
-    out = torch.ones(idx.numel(), dtype=lam.dtype, device=lam.device)
-    if idx.numel() == 0:
-        return out
-    k = torch.arange(n_pts, device=lam.device)
+    padded = torch.cat([ell, ell.new_zeros(n_pts)])  # windows run past the end; masked out below
+    k = torch.arange(n_pts, dtype=lam.dtype, device=lam.device)[None, :]
+    out = torch.ones(stop - first, dtype=lam.dtype, device=lam.device)
     block = max(1, _BLOCK_ELEMENTS // n_pts)
-    for start in range(0, idx.numel(), block):
-        cand = idx[start : start + block]
-        a = alphas[cand]
-        ok = torch.isfinite(a) & (a > 1)
-        j = cand[:, None] + k[None, :]
-        inside = j < n_pts
-        diff = ell[j.clamp(max=n_pts - 1)] - ell[cand][:, None]
-        n = (n_pts - cand).to(lam.dtype)[:, None]
-        dev = (-torch.expm1((1.0 - a)[:, None] * diff) - k.to(lam.dtype)[None, :] / n).abs()
-        d = torch.where(inside, dev, torch.zeros((), dtype=lam.dtype, device=lam.device)).amax(1)
-        out[start : start + block] = torch.where(ok, d, torch.ones_like(d))
+    for s in range(first, stop, block):
+        e = min(s + block, stop)
+        a = alphas[s:e]
+        n = torch.arange(n_pts - s, n_pts - e, -1, dtype=lam.dtype, device=lam.device)[:, None]
+        x = padded.as_strided((e - s, n_pts), (1, 1), s) - ell[s:e, None]
+        x.mul_((1.0 - a)[:, None]).expm1_().neg_()  # fitted CDF at each tail point
+        x.sub_(k / n).abs_().masked_fill_(k >= n, 0.0)
+        d = x.amax(1)
+        out[s - first : e - first] = torch.where(torch.isfinite(a) & (a > 1), d, torch.ones_like(d))
     return out
 
 
-def _result(lam: torch.Tensor, alphas: torch.Tensor, ds: torch.Tensor, cand: torch.Tensor,
-            best: int, curves: bool) -> PowerLawFit:
-    i = int(cand[best])
+def _best_of(lam: torch.Tensor, first: int, stop: int, curves: bool) -> PowerLawFit:
+    """The candidate with the smallest D among first <= i < stop (the first one on ties)."""
+    alphas = hill_alphas(lam)
+    ds = ks_distances(lam, alphas, first, stop)
+    best = int(torch.argmin(ds))
+    i = first + best
     alpha = float(alphas[i])
     status = "ok" if math.isfinite(alpha) and alpha > 1 else "degenerate tail (equal eigenvalues)"
     extra = {}
     if curves:
-        extra = {"xmin": lam[cand].cpu().numpy(), "alpha": alphas[cand].cpu().numpy(), "ks_d": ds.cpu().numpy()}
+        extra = {"xmin": lam[first:stop].cpu().numpy(), "alpha": alphas[first:stop].cpu().numpy(),
+                 "ks_d": ds.cpu().numpy()}
     return PowerLawFit(alpha, float(lam[i]), float(ds[best]), lam.numel() - i, status, extra)
 
 
 def fit_median(lam: torch.Tensor, curves: bool = False) -> PowerLawFit:
     """xmin at the median eigenvalue, 0-based index floor(N/2) (the paper's PL_Alpha_Hill)."""
-    cand = torch.tensor([lam.numel() // 2], device=lam.device)
-    alphas = hill_alphas(lam)
-    return _result(lam, alphas, ks_distances(lam, alphas, cand), cand, 0, curves)
+    i = lam.numel() // 2
+    return _best_of(lam, i, i + 1, curves)
 
 
 def fit_gof(lam: torch.Tensor, curves: bool = False) -> PowerLawFit:
     """xmin minimising the KS distance over every candidate but the largest eigenvalue (Clauset et al.)."""
-    cand = torch.arange(lam.numel() - 1, device=lam.device)
-    alphas = hill_alphas(lam)
-    ds = ks_distances(lam, alphas, cand)
-    return _result(lam, alphas, ds, cand, int(torch.argmin(ds)), curves)
+    return _best_of(lam, 0, lam.numel() - 1, curves)
 
 
 def fix_finger_peak(lam: torch.Tensor) -> float:
@@ -119,13 +117,13 @@ def fit_fix_finger(lam: torch.Tensor, curves: bool = False) -> PowerLawFit:
     """gof restricted to candidates in [0.95, 1.5] x the log-histogram peak (WeightWatcher's xmin_peak, intended window)."""
     peak = fix_finger_peak(lam)
     lo, hi = FIX_FINGER_WINDOW
-    usable = lam[:-1]
-    cand = torch.nonzero((usable >= lo * peak) & (usable <= hi * peak)).flatten()
-    if cand.numel() == 0:
-        cand = torch.argmin((usable - peak).abs()).reshape(1)
-    alphas = hill_alphas(lam)
-    ds = ks_distances(lam, alphas, cand)
-    return _result(lam, alphas, ds, cand, int(torch.argmin(ds)), curves)
+    usable = lam[:-1]  # sorted, so the window is a contiguous range of candidates
+    first = int(torch.searchsorted(usable, torch.tensor([lo * peak], dtype=lam.dtype, device=lam.device)))
+    stop = int(torch.searchsorted(usable, torch.tensor([hi * peak], dtype=lam.dtype, device=lam.device), right=True))
+    if stop <= first:
+        first = int(torch.argmin((usable - peak).abs()))
+        stop = first + 1
+    return _best_of(lam, first, stop, curves)
 
 
 _FITTERS = {"median": fit_median, "gof": fit_gof, "fix-finger": fit_fix_finger}

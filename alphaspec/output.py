@@ -74,3 +74,9 @@ def read_results(path: Path) -> pd.DataFrame:
     if path.suffix == ".parquet":
         return pd.read_parquet(path)
     return pd.DataFrame(json.loads(path.read_text())["matrices"])
+
+
+def read_spectra(path: Path) -> dict[str, np.ndarray]:
+    """Spectra saved by `write_spectra`, keyed by row name."""
+    with np.load(path) as data:
+        return {k: data[k] for k in data.files}

@@ -20,7 +20,7 @@ def llama_tensors():
 
 def _alphas(source):
     table = run(source, device="cpu").table
-    return dict(zip(table["name"], table["alpha"]))
+    return dict(zip(table["name"], table["alpha"], strict=True))
 
 
 def test_sharded_directory_with_index(tmp_path, llama_tensors):

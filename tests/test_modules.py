@@ -6,8 +6,8 @@ import torch
 from safetensors.torch import load_file
 
 from alphaspec import run
-from alphaspec.modules import plan
 from alphaspec.checkpoint import open_checkpoint
+from alphaspec.modules import plan
 
 D, FF, HD = synth.D, synth.FF, synth.HD
 
@@ -21,7 +21,8 @@ def analysed(folder, **kw):
     result = run(folder, device="cpu", **kw)
     table = result.table
     layers = [None if v is None or str(v) == "<NA>" else int(v) for v in table["layer"].astype(object)]
-    got = {n: (la, m, r, c) for n, la, m, r, c in zip(table["name"], layers, table["module"], table["rows"], table["cols"])}
+    columns = zip(table["name"], layers, table["module"], table["rows"], table["cols"], strict=True)
+    got = {n: (la, m, r, c) for n, la, m, r, c in columns}
     return result, got, {s.name: s.reason for s in result.skipped}
 
 

@@ -1,0 +1,289 @@
+"""AlphaDecay: module-wise weight decay from a spectral metric (MATH.md §3), and the decay-map file.
+
+`assign_decays` is the math; `build_decay_map` turns an analysis table into a `DecayMap`;
+`DecayMap.param_groups` applies a map to a torch model. The live training hook is in `hook.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import __version__
+from .modules import BLOCK_MODULES, FUSED_MODULES, layer_index, module_type
+
+SCHEMA = "alphaspec.decay-map/1"
+ASSIGN = ("linear", "sqrt", "log2", "sigmoid")
+PRESERVE = ("none", "modules", "params")
+METRICS = ("alpha", "alpha_weighted", "spectral_norm", "frobenius_norm", "stable_rank", "log_spectral_norm",
+           "log_norm", "entropy", "lambda_max")
+POLICIES = ("all", "matrices", "value")
+DEFAULT_RATIO = (0.67, 3.0)
+
+
+class DecayMapError(ValueError):
+    """A decay map that cannot be made, read or applied; the message says why in one line."""
+
+
+def assign_decays(metric: Sequence[float], weight_decay: float, *, ratio: Sequence[float] = DEFAULT_RATIO,
+                  assign: str = "linear", blocks: Sequence | None = None, sizes: Sequence[float] | None = None,
+                  preserve_mean: str = "none") -> np.ndarray:
+    """Per-module decays from metric values a_i (MATH.md §3).
+
+    linear: w*(s1 + (s2-s1)*(a-a_min)/(a_max-a_min)), and w for every module when all a are equal;
+    sqrt / log2: w*n*f(a_i)/sum_j f(a_j) (log2 needs every a > 1); sigmoid: per block (`blocks`),
+    w*2/(1+exp(-4z)) with z the population z-score. preserve_mean rescales so that the plain
+    ("modules") or `sizes`-weighted ("params") mean decay equals w.
+    """
+    a = np.asarray(metric, dtype=np.float64)
+    w = float(weight_decay)
+    if a.ndim != 1 or a.size == 0:
+        raise DecayMapError("no modules to assign decays to")
+    if not np.isfinite(a).all():
+        raise DecayMapError(f"{int((~np.isfinite(a)).sum())} module(s) have no finite metric value")
+    if assign not in ASSIGN:
+        raise DecayMapError(f"unknown assignment {assign!r}; choose one of {', '.join(ASSIGN)}")
+    if preserve_mean not in PRESERVE:
+        raise DecayMapError(f"unknown preserve_mean {preserve_mean!r}; choose one of {', '.join(PRESERVE)}")
+    if w < 0:
+        raise DecayMapError(f"weight decay must be >= 0, got {w}")
+    if assign == "linear":
+        s1, s2 = (float(r) for r in ratio)
+        if not 0 <= s1 < s2:
+            raise DecayMapError(f"ratio must satisfy 0 <= s1 < s2, got ({s1}, {s2})")
+        span = a.max() - a.min()
+        wd = np.full_like(a, w) if span == 0 else w * (s1 + (s2 - s1) * (a - a.min()) / span)
+    elif assign == "sqrt":
+        wd = w * a.size * np.sqrt(a) / np.sqrt(a).sum() if (a >= 0).all() and a.sum() > 0 else None
+        if wd is None:
+            raise DecayMapError("sqrt assignment needs non-negative metric values with a positive sum")
+    elif assign == "log2":
+        if (a <= 1).any():
+            raise DecayMapError(f"log2 assignment needs every metric value > 1; the smallest is {a.min():.4g}")
+        wd = w * a.size * np.log2(a) / np.log2(a).sum()
+    else:
+        groups = np.asarray(list(blocks) if blocks is not None else [0] * a.size, dtype=object)
+        if groups.size != a.size:
+            raise DecayMapError("sigmoid assignment needs one block id per module")
+        z = np.zeros_like(a)
+        for g in dict.fromkeys(groups.tolist()):
+            sel = groups == g
+            z[sel] = (a[sel] - a[sel].mean()) / (a[sel].std() + 1e-8)
+        wd = w * 2.0 / (1.0 + np.exp(-4.0 * z))
+    return _preserve(wd, w, preserve_mean, sizes)
+
+
+def _preserve(wd: np.ndarray, w: float, how: str, sizes: Sequence[float] | None) -> np.ndarray:
+    if how == "none" or w == 0:
+        return wd
+    weights = np.ones_like(wd) if how == "modules" else np.asarray(sizes, dtype=np.float64)
+    if weights.shape != wd.shape:
+        raise DecayMapError("preserve_mean='params' needs the parameter count of every module")
+    mean = float((wd * weights).sum() / weights.sum())
+    if mean <= 0:
+        raise DecayMapError("cannot preserve the mean: every assigned decay is 0")
+    return wd * (w / mean)
+
+
+@dataclass
+class DecayMap:
+    """Module-wise weight decays for named parameters, plus the decay of every other parameter."""
+
+    modules: list[dict]
+    weight_decay: float
+    ratio: tuple[float, float] = DEFAULT_RATIO
+    assign: str = "linear"
+    estimator: str = "median"
+    metric: str = "alpha"
+    preserve_mean: str = "none"
+    default_policy: str = "all"
+    default_weight_decay: float = 0.0
+    source: str = ""
+    alphaspec: str = __version__
+    schema: str = field(default=SCHEMA)
+
+    def decays(self) -> dict[str, float]:
+        return {m["name"]: float(m["weight_decay"]) for m in self.modules}
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        order = ["schema", "alphaspec", "source", "estimator", "metric", "assign", "weight_decay", "ratio",
+                 "preserve_mean", "default_policy", "default_weight_decay", "modules"]
+        return {k: (list(d[k]) if k == "ratio" else d[k]) for k in order}
+
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(self.to_json(), indent=1, allow_nan=False) + "\n")
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> DecayMap:
+        """Read and validate a map file; anything wrong raises DecayMapError with one line."""
+        try:
+            doc = json.loads(Path(path).read_text())
+        except OSError as e:
+            raise DecayMapError(f"{path}: cannot read ({e.strerror or e})") from e
+        except ValueError as e:
+            raise DecayMapError(f"{path}: not valid JSON ({e})") from e
+        return cls.from_json(doc, str(path))
+
+    @classmethod
+    def from_json(cls, doc: dict, where: str = "decay map") -> DecayMap:
+        if not isinstance(doc, dict) or "schema" not in doc:
+            raise DecayMapError(f"{where}: not an alphaspec decay map (no 'schema' field)")
+        if doc["schema"] != SCHEMA:
+            raise DecayMapError(f"{where}: unsupported schema {doc['schema']!r}; this alphaspec reads {SCHEMA!r}")
+        try:
+            mods = [{**m, "name": str(m["name"]), "weight_decay": float(m["weight_decay"])} for m in doc["modules"]]
+            dmap = cls(modules=mods, weight_decay=float(doc["weight_decay"]), ratio=tuple(doc.get("ratio", DEFAULT_RATIO)),
+                       assign=doc.get("assign", "linear"), estimator=doc.get("estimator", "median"),
+                       metric=doc.get("metric", "alpha"), preserve_mean=doc.get("preserve_mean", "none"),
+                       default_policy=doc.get("default_policy", "all"),
+                       default_weight_decay=float(doc.get("default_weight_decay", doc["weight_decay"])),
+                       source=str(doc.get("source", "")), alphaspec=str(doc.get("alphaspec", "")))
+        except (KeyError, TypeError, ValueError) as e:
+            raise DecayMapError(f"{where}: malformed decay map ({type(e).__name__}: {e})") from e
+        bad = [m["name"] for m in mods if not math.isfinite(m["weight_decay"]) or m["weight_decay"] < 0]
+        if bad:
+            raise DecayMapError(f"{where}: invalid weight_decay for {', '.join(bad[:5])}")
+        if dmap.default_policy not in POLICIES:
+            raise DecayMapError(f"{where}: unknown default_policy {dmap.default_policy!r}")
+        return dmap
+
+    def param_groups(self, model: torch.nn.Module, **optimizer_kwargs) -> list[dict]:
+        """Optimizer param groups: one per mapped parameter with its decay, then the other parameters.
+
+        Map names match parameter names exactly, or as a dotted suffix (a checkpoint without the
+        model's `transformer.` / `model.` prefix). Missing or unexpected names raise, listed.
+        """
+        params = dict(model.named_parameters())
+        resolved = match_names(self.decays(), params, model)
+        groups = [{"params": [params[p]], "weight_decay": wd, "name": p, **optimizer_kwargs}
+                  for p, wd in resolved.items()]
+        rest, no_decay = [], []
+        for name, p in params.items():
+            if name in resolved:
+                continue
+            (no_decay if self.default_policy == "matrices" and is_no_decay(name, p) else rest).append(p)
+        if rest:
+            groups.append({"params": rest, "weight_decay": self.default_weight_decay, "name": "untuned",
+                           **optimizer_kwargs})
+        if no_decay:
+            groups.append({"params": no_decay, "weight_decay": 0.0, "name": "no_decay", **optimizer_kwargs})
+        return groups
+
+
+def is_no_decay(name: str, p: torch.Tensor) -> bool:
+    """1-D parameters (norm gains, biases) and embeddings: the usual no-decay set."""
+    return p.ndim < 2 or module_type(name) == "embed"
+
+
+def is_tuned_candidate(name: str, p: torch.Tensor) -> bool:
+    """A matrix inside a transformer block: what AlphaDecay tunes by default."""
+    return p.ndim >= 2 and layer_index(name) is not None and module_type(name) in (*BLOCK_MODULES, *FUSED_MODULES)
+
+
+def match_names(decays: dict[str, float], params: dict[str, torch.Tensor], model=None) -> dict[str, float]:
+    """Map decay-map names onto parameter names; raise listing missing and unexpected names."""
+    by_suffix: dict[str, list[str]] = {}
+    for pname in params:
+        parts = pname.split(".")
+        for i in range(len(parts)):
+            by_suffix.setdefault(".".join(parts[i:]), []).append(pname)
+    resolved, missing = {}, []
+    for name, wd in decays.items():
+        hits = [name] if name in params else by_suffix.get(name, [])
+        if len(hits) == 1:
+            resolved[hits[0]] = wd
+        else:
+            missing.append(name if not hits else f"{name} (ambiguous: {', '.join(hits[:3])})")
+    unexpected = [p for p, t in params.items() if p not in resolved and is_tuned_candidate(p, t)]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} name(s) of the map not in the model: {', '.join(missing[:6])}"
+                         + (" ..." if len(missing) > 6 else ""))
+        if unexpected:
+            parts.append(f"{len(unexpected)} block matrice(s) of the model not in the map: {', '.join(unexpected[:6])}"
+                         + (" ..." if len(unexpected) > 6 else ""))
+        raise DecayMapError("the decay map does not match this model: " + "; ".join(parts))
+    return resolved
+
+
+def tuned_rows(table: pd.DataFrame, include: Iterable[str] = (), exclude: Iterable[str] = ()) -> pd.DataFrame:
+    """The rows whose tensors get a tuned decay: block matrices by default, or those --include names."""
+    inc, exc = list(include), list(exclude)
+    names = table["tensor"] if "tensor" in table else table["name"]
+    if inc:
+        keep = names.str.contains("|".join(f"(?:{p})" for p in inc), regex=True)
+    else:
+        keep = table["layer"].notna() & table["module"].isin([*BLOCK_MODULES, *FUSED_MODULES])
+    if exc:
+        keep &= ~names.str.contains("|".join(f"(?:{p})" for p in exc), regex=True)
+    return table[keep]
+
+
+def build_decay_map(table: pd.DataFrame, weight_decay: float, *, ratio: Sequence[float] = DEFAULT_RATIO,
+                    assign: str = "linear", metric: str = "alpha", preserve_mean: str = "none",
+                    default: str | float = "all", include: Iterable[str] = (), exclude: Iterable[str] = (),
+                    source: str = "") -> DecayMap:
+    """A DecayMap from an analysis table (one row per matrix, as `alphaspec.analyze` returns).
+
+    Decays are assigned per row; a tensor split into parts (fused q/k/v, gate/up, stacked experts)
+    gets the parameter-weighted mean of its parts' decays, since the optimizer sees whole tensors.
+    """
+    if metric not in table.columns or metric not in METRICS:
+        raise DecayMapError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
+    rows = tuned_rows(table, include, exclude)
+    if rows.empty:
+        raise DecayMapError("no matrices to tune: the table has no transformer-block matrices (see --include)")
+    bad = rows[~np.isfinite(rows[metric].astype(float))]
+    if len(bad):
+        raise DecayMapError(f"{len(bad)} tuned matri(ces) have no {metric} ({bad['status'].iloc[0]}), e.g. "
+                            f"{bad['name'].iloc[0]}; exclude them with --exclude")
+    sizes = (rows["rows"] * rows["cols"]).to_numpy(dtype=float)
+    blocks = rows["layer"].astype(object).where(rows["layer"].notna(), -1).tolist()
+    wd = assign_decays(rows[metric].to_numpy(dtype=float), weight_decay, ratio=ratio, assign=assign, blocks=blocks,
+                       sizes=sizes, preserve_mean=preserve_mean)
+    rows = rows.assign(_wd=wd, _size=sizes)
+    tensor_col = "tensor" if "tensor" in rows else "name"
+    modules = []
+    for tensor, part in rows.groupby(tensor_col, sort=False):
+        weights = part["_size"].to_numpy()
+        entry = {"name": tensor, "module": _whole_module(part), "layer": _int_or_none(part["layer"].iloc[0]),
+                 metric: float(np.average(part[metric].to_numpy(dtype=float), weights=weights)),
+                 "weight_decay": float(np.average(part["_wd"].to_numpy(), weights=weights))}
+        if len(part) > 1 or part["name"].iloc[0] != tensor:
+            entry["parts"] = [{"name": r.name, "module": r.module, metric: float(getattr(r, metric)),
+                               "weight_decay": float(r._wd)} for r in part.itertuples()]
+        modules.append(entry)
+    if isinstance(default, str):
+        if default not in ("all", "matrices"):
+            raise DecayMapError(f"unknown default decay policy {default!r}; use all, matrices or a number")
+        policy, default_wd = default, float(weight_decay)
+    else:
+        policy, default_wd = "value", float(default)
+    return DecayMap(modules=modules, weight_decay=float(weight_decay), ratio=tuple(float(r) for r in ratio),
+                    assign=assign, estimator=str(table["estimator"].iloc[0]) if "estimator" in table else "median",
+                    metric=metric, preserve_mean=preserve_mean, default_policy=policy,
+                    default_weight_decay=default_wd, source=source)
+
+
+def _whole_module(part: pd.DataFrame) -> str:
+    kinds = set(part["module"])
+    if len(kinds) == 1:
+        return kinds.pop()
+    return "att.qkv" if kinds <= {"att.q", "att.k", "att.v"} else "mlp.gate_up" if kinds <= {"mlp.gate", "mlp.up"} \
+        else "+".join(sorted(kinds))
+
+
+def _int_or_none(v) -> int | None:
+    return None if v is None or pd.isna(v) else int(v)

@@ -1,0 +1,201 @@
+"""Figures from a results table (and its spectra): matplotlib Figures for notebooks, files for the CLI.
+
+Uses the object-oriented API (no pyplot state), so it works headless and in notebooks alike.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from .fit import fit
+from .modules import BLOCK_MODULES, MODULE_TYPES
+from .reference import random_alpha
+
+KINDS = ("spectra", "alpha-modules", "alpha-depth", "esd")
+MODEL_KINDS = ("spectra", "alpha-modules", "alpha-depth")
+# Okabe & Ito's colour-blind-safe palette, one colour per module type.
+OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000", "#999999"]
+DEPTH_CMAP = "viridis"
+DPI = 150
+
+
+def _colour(module: str) -> str:
+    order = [m for m in MODULE_TYPES if m not in ("att.qkv", "mlp.gate_up")]
+    return OKABE_ITO[order.index(module) % len(OKABE_ITO)] if module in order else "#999999"
+
+
+def _modules(table: pd.DataFrame, block_only: bool = False) -> list[str]:
+    present = set(table["module"])
+    return [m for m in (BLOCK_MODULES if block_only else MODULE_TYPES) if m in present]
+
+
+def _log_density(lam: np.ndarray, bins: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Density on log-spaced bins; empty bins are NaN so that lines break instead of bridging gaps."""
+    hist, edges = np.histogram(lam, bins=bins, density=True)
+    return np.sqrt(edges[:-1] * edges[1:]), np.where(hist > 0, hist, np.nan)
+
+
+def spectra_figure(table: pd.DataFrame, spectra: dict[str, np.ndarray]) -> Figure:
+    """Figure 2: per module type, each layer's ESD (normalised by its largest eigenvalue), coloured by depth."""
+    blocks = table[table["layer"].notna() & table["name"].isin(list(spectra))]
+    mods = _modules(blocks, block_only=True) or _modules(blocks)
+    if not mods:
+        raise ValueError("no transformer-block matrices with saved spectra to draw")
+    ncols = min(4, len(mods))
+    nrows = -(-len(mods) // ncols)
+    fig = Figure(figsize=(3.6 * ncols + 1.2, 3.1 * nrows), layout="constrained", dpi=DPI)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    layers = blocks["layer"].astype(int)
+    norm = Normalize(layers.min(), max(layers.max(), layers.min() + 1))
+    cmap = ScalarMappable(norm=norm, cmap=DEPTH_CMAP)
+    for ax, mod in zip(axes.flat, mods, strict=False):
+        rows = blocks[blocks["module"] == mod]
+        normed = {r.name: s[s > 0] / s.max() for r in rows.itertuples() if (s := spectra[r.name]).max() > 0}
+        lo = min(v.min() for v in normed.values())
+        bins = np.logspace(np.log10(lo), 0, 40)
+        for r in rows.itertuples():
+            if r.name in normed:
+                ax.plot(*_log_density(normed[r.name], bins), color=cmap.to_rgba(int(r.layer)), lw=0.9, alpha=0.85)
+        ax.set(xscale="log", yscale="log", title=f"{mod}  ({rows['rows'].iloc[0]}×{rows['cols'].iloc[0]})",
+               xlabel="λ / λ_max", ylabel="density")
+        ax.grid(True, which="major", alpha=0.3)
+    for ax in list(axes.flat)[len(mods):]:
+        ax.set_visible(False)
+    fig.colorbar(cmap, ax=axes, label="layer (depth)", shrink=0.9)
+    fig.suptitle("Empirical spectral densities per module type: eigenvalues of WᵀW, each divided by its λ_max")
+    return fig
+
+
+def alpha_modules_figure(table: pd.DataFrame) -> Figure:
+    """Figure 3: alpha per module type (box and points), beside a Gaussian random matrix of the same shape."""
+    estimator = str(table["estimator"].iloc[0])
+    mods = [m for m in _modules(table) if table.loc[table["module"] == m, "alpha"].notna().any()]
+    if not mods:
+        raise ValueError("no fitted alphas to draw")
+    fig = Figure(figsize=(max(6.0, 1.1 * len(mods) + 2.5), 4.6), layout="constrained", dpi=DPI)
+    ax = fig.subplots()
+    rng = np.random.default_rng(0)
+    data = [table.loc[table["module"] == m, "alpha"].dropna().to_numpy() for m in mods]
+    refs: list[list[float]] = []
+    ax.boxplot(data, positions=range(len(mods)), widths=0.5, showfliers=False,
+               medianprops={"color": "black"}, boxprops={"color": "#555555"}, whiskerprops={"color": "#555555"})
+    for i, (m, values) in enumerate(zip(mods, data, strict=True)):
+        ax.scatter(i + rng.uniform(-0.15, 0.15, len(values)), values, s=14, color=_colour(m), alpha=0.8,
+                   edgecolors="none", zorder=3)
+        fitted = table[(table["module"] == m) & table["alpha"].notna()]
+        shapes = fitted[["rows", "cols"]].drop_duplicates().itertuples(index=False)
+        refs.append([random_alpha(int(r), int(c), estimator) for r, c in shapes])
+    values = np.concatenate(data)
+    top = max(values.max(), *(r for rs in refs for r in rs if r < 2 * values.max())) + 0.3
+    for i, rs in enumerate(refs):
+        shown = [min(r, top) for r in rs]
+        ax.scatter([i + 0.33] * len(rs), shown, marker="D", s=36, color="#D55E00", edgecolors="black",
+                   linewidths=0.6, zorder=4, label="Gaussian random matrix, same shape" if i == 0 else None)
+        for r in rs:
+            if r > top:  # off the scale (very elongated matrices): say where it is
+                ax.annotate(f"↑ {r:.1f}", (i + 0.33, top), textcoords="offset points", xytext=(6, -10), fontsize=8)
+    ax.set_ylim(min(values.min(), *(r for rs in refs for r in rs)) - 0.3, top + 0.2)
+    ax.set_xticks(range(len(mods)), mods, rotation=30 if len(mods) > 7 else 0)
+    ax.set(ylabel=f"alpha ({estimator} estimator)", xlabel="module type",
+           title="Power-law exponent alpha per module type (lower = heavier tail)")
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(loc="best", frameon=False)
+    return fig
+
+
+def alpha_depth_figure(table: pd.DataFrame) -> Figure:
+    """alpha per layer and module type: a heatmap and a line plot over depth (experts averaged)."""
+    blocks = table[table["layer"].notna()]
+    mods = _modules(blocks)
+    grid = blocks.assign(layer=blocks["layer"].astype(int)).pivot_table(
+        index="module", columns="layer", values="alpha", aggfunc="mean").reindex(mods)
+    if grid.empty or grid.isna().all().all():
+        raise ValueError("no fitted alphas in transformer blocks to draw")
+    fig = Figure(figsize=(max(8.0, 0.22 * grid.shape[1] + 5), 3.2 + 0.32 * len(mods) + 3.4), layout="constrained",
+                 dpi=DPI)
+    heat_ax, line_ax = fig.subplots(2, 1, height_ratios=[0.6 + 0.3 * len(mods), 3.4])
+    im = heat_ax.imshow(grid.to_numpy(dtype=float), aspect="auto", cmap="viridis", interpolation="nearest",
+                        extent=(grid.columns.min() - 0.5, grid.columns.max() + 0.5, len(mods) - 0.5, -0.5))
+    heat_ax.set_yticks(range(len(mods)), mods)
+    heat_ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=20))
+    heat_ax.set(xlabel="layer", title="alpha per layer and module type")
+    fig.colorbar(im, ax=heat_ax, label="alpha")
+    for m in mods:
+        row = grid.loc[m]
+        line_ax.plot(row.index, row.to_numpy(dtype=float), marker="o", ms=3, lw=1.3, color=_colour(m), label=m)
+    line_ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=20))
+    line_ax.set(xlabel="layer", ylabel=f"alpha ({table['estimator'].iloc[0]})", title="alpha over depth")
+    line_ax.grid(True, alpha=0.3)
+    line_ax.legend(loc="best", ncol=min(4, len(mods)), fontsize="small", frameon=False)
+    return fig
+
+
+def esd_figure(name: str, eigenvalues: np.ndarray, estimator: str = "median") -> Figure:
+    """One matrix: log-log ESD with the fitted power law and xmin; D and alpha against every xmin candidate."""
+    lam = np.sort(np.asarray(eigenvalues, dtype=np.float64))
+    lam = lam[lam > 1e-12 * lam[-1]] if lam.size and lam[-1] > 0 else lam[:0]
+    chosen = fit(lam, estimator)
+    scan = fit(lam, "gof", curves=True)
+    if chosen.status != "ok" or not scan.curves:
+        raise ValueError(f"{name}: no fit to draw ({chosen.status})")
+    fig = Figure(figsize=(13.5, 4.0), layout="constrained", dpi=DPI)
+    ax, d_ax, a_ax = fig.subplots(1, 3)
+    bins = np.logspace(np.log10(lam[0]), np.log10(lam[-1]), 60)
+    x, dens = _log_density(lam, bins)
+    ax.plot(x, dens, drawstyle="steps-mid", color="#0072B2", label="ESD")
+    tail = np.logspace(np.log10(chosen.xmin), np.log10(lam[-1]), 50)
+    frac = chosen.n_tail / lam.size
+    ax.plot(tail, frac * (chosen.alpha - 1) / chosen.xmin * (tail / chosen.xmin) ** -chosen.alpha, color="#D55E00",
+            lw=2, label=f"power law, alpha = {chosen.alpha:.2f}")
+    ax.axvline(chosen.xmin, color="black", ls="--", lw=1, label=f"xmin = {chosen.xmin:.3g}")
+    ax.set(xscale="log", yscale="log", xlabel="eigenvalue λ of WᵀW", ylabel="density",
+           title=f"{estimator}: alpha = {chosen.alpha:.3f}, D = {chosen.ks_d:.3f}, n_tail = {chosen.n_tail}")
+    ax.legend(frameon=False)
+    for axis, key, label in ((d_ax, "ks_d", "KS distance D"), (a_ax, "alpha", "alpha")):
+        axis.plot(scan.curves["xmin"], scan.curves[key], color="#009E73", lw=1)
+        axis.axvline(chosen.xmin, color="black", ls="--", lw=1, label=f"{estimator} xmin")
+        axis.set(xscale="log", xlabel="xmin candidate", ylabel=label, title=f"{label} against xmin")
+        axis.grid(True, alpha=0.3)
+        axis.legend(frameon=False)
+    a_ax.set_ylim(1, min(np.nanmax(scan.curves["alpha"]), 4 * chosen.alpha + 2))
+    fig.suptitle(name)
+    return fig
+
+
+def safe_filename(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")
+
+
+def render(table: pd.DataFrame, spectra: dict[str, np.ndarray], out_dir: Path, kinds=MODEL_KINDS,
+           fmt: str = "png", names: list[str] = ()) -> list[Path]:
+    """Draw `kinds` into out_dir as FORMAT files; `esd` draws one figure per name in `names`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+
+    def save(fig: Figure, stem: str) -> None:
+        path = out_dir / f"{stem}.{fmt}"
+        fig.savefig(path, dpi=DPI, bbox_inches="tight")
+        written.append(path)
+
+    for kind in kinds:
+        if kind == "spectra":
+            save(spectra_figure(table, spectra), "spectra")
+        elif kind == "alpha-modules":
+            save(alpha_modules_figure(table), "alpha-modules")
+        elif kind == "alpha-depth":
+            save(alpha_depth_figure(table), "alpha-depth")
+        elif kind == "esd":
+            estimator = str(table["estimator"].iloc[0])
+            for name in names:
+                save(esd_figure(name, spectra[name], estimator), f"esd-{safe_filename(name)}")
+        else:
+            raise ValueError(f"unknown figure kind {kind!r}; choose from {', '.join(KINDS)}")
+    return written

@@ -1,0 +1,181 @@
+"""Time `alphaspec analyze` on LLaMA-2-7B/13B-shaped sharded bf16 checkpoints (random weights).
+
+Against: bare float64 Gram + torch.linalg.eigvalsh (+ median fit) on the same matrices, and
+WeightWatcher 0.7.7 `analyze()` with its defaults (install it in the bench environment, or point
+--ww-python at an environment that has it). Prints the figures and the machine; --json saves them.
+
+    python bench/esd.py --model 13b --blocks 40              # the whole 13B-shaped model (H100)
+    python bench/esd.py --model 13b --blocks 1 --ww          # one block, plus WeightWatcher (2-core box)
+
+Times for a subset of blocks are also extrapolated per matrix to the full model, and say so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from alphaspec.esd import eigenvalues, resolve_device
+from alphaspec.fit import fit_sorted
+
+SHAPES = {"7b": {"hidden": 4096, "ff": 11008, "layers": 32}, "13b": {"hidden": 5120, "ff": 13824, "layers": 40}}
+OUT = Path(__file__).resolve().parent / "out"
+
+
+def block_tensors(i: int, hidden: int, ff: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    p = f"model.layers.{i}."
+    shapes = {"self_attn.q_proj": (hidden, hidden), "self_attn.k_proj": (hidden, hidden),
+              "self_attn.v_proj": (hidden, hidden), "self_attn.o_proj": (hidden, hidden),
+              "mlp.gate_proj": (ff, hidden), "mlp.up_proj": (ff, hidden), "mlp.down_proj": (hidden, ff)}
+    out = {p + k + ".weight": (torch.randn(*s, generator=gen) * 0.02).bfloat16() for k, s in shapes.items()}
+    out[p + "input_layernorm.weight"] = torch.ones(hidden, dtype=torch.bfloat16)
+    out[p + "post_attention_layernorm.weight"] = torch.ones(hidden, dtype=torch.bfloat16)
+    return out
+
+
+def write_checkpoint(model: str, blocks: int, per_shard: int) -> Path:
+    """A HF-style sharded directory (index + shards of `per_shard` blocks), cached between runs."""
+    cfg = SHAPES[model]
+    folder = OUT / f"llama-{model}-{blocks}blocks"
+    index_path = folder / "model.safetensors.index.json"
+    if index_path.exists():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator().manual_seed(0)
+    starts = list(range(0, blocks, per_shard))
+    weight_map = {}
+    for n, start in enumerate(starts):
+        name = f"model-{n + 1:05d}-of-{len(starts):05d}.safetensors"
+        tensors = {}
+        for i in range(start, min(start + per_shard, blocks)):
+            tensors |= block_tensors(i, cfg["hidden"], cfg["ff"], gen)
+        save_file(tensors, str(folder / name))
+        weight_map |= dict.fromkeys(tensors, name)
+        print(f"  wrote {name} ({sum(t.numel() for t in tensors.values()) * 2 / 1e9:.2f} GB)", flush=True)
+    config = {"model_type": "llama", "hidden_size": cfg["hidden"], "intermediate_size": cfg["ff"],
+              "num_attention_heads": cfg["hidden"] // 128, "num_hidden_layers": blocks}
+    (folder / "config.json").write_text(json.dumps(config))
+    index_path.write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return folder
+
+
+def run_child(cmd: list[str]) -> tuple[float, float, str]:
+    """Wall seconds, peak RSS (GB) and stdout of a child process."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    stdout, stderr = proc.stdout.read(), proc.stderr.read()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{stderr[-2000:]}")
+    return wall, usage.ru_maxrss / 1e6, stdout
+
+
+def bare_eigvalsh(folder: Path, device: torch.device) -> dict[str, float]:
+    """Seconds of Gram + eigvalsh alone (and with a median fit) over the same matrices, no reading counted."""
+    solve = fitted = 0.0
+    for shard in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(shard), framework="pt") as f:
+            for name in f.keys():  # noqa: SIM118
+                w = f.get_tensor(name)
+                if w.ndim != 2:
+                    continue
+                w = w.to(device)
+                sync(device)
+                t0 = time.perf_counter()
+                lam = eigenvalues(w, device)
+                sync(device)
+                t1 = time.perf_counter()
+                fit_sorted(lam[lam > 1e-12 * lam[-1]], "median")
+                sync(device)
+                solve += t1 - t0
+                fitted += time.perf_counter() - t0
+    return {"eigvalsh_s": solve, "eigvalsh_median_s": fitted}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+WW_SNIPPET = """
+import sys, time, logging, warnings
+warnings.filterwarnings("ignore"); logging.disable(logging.CRITICAL)
+import weightwatcher as ww
+kw = {} if sys.argv[2] == "default" else {"svd_method": "accurate"}
+w = ww.WeightWatcher(model=sys.argv[1])
+t = time.perf_counter(); d = w.analyze(**kw); dt = time.perf_counter() - t
+print("RESULT", dt, len(d))
+"""
+
+
+def machine() -> dict[str, str]:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    return {"cpu": cpu, "cores": str(os.cpu_count()), "gpu": gpu, "torch": torch.__version__,
+            "python": platform.python_version()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", choices=sorted(SHAPES), default="13b")
+    ap.add_argument("--blocks", type=int, default=1, help="transformer blocks to write and time (full model: 32/40)")
+    ap.add_argument("--per-shard", type=int, default=8, help="blocks per safetensors shard")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--estimators", default="median,gof")
+    ap.add_argument("--ww", action="store_true", help="also time WeightWatcher 0.7.7 on the same checkpoint")
+    ap.add_argument("--ww-python", default=sys.executable, help="python of an environment with weightwatcher")
+    ap.add_argument("--ww-cpu", action="store_true", help="also time WeightWatcher's CPU path (svd_method='accurate')")
+    ap.add_argument("--json", type=Path, help="save the figures here")
+    args = ap.parse_args()
+
+    info = machine()
+    print("machine:", ", ".join(f"{k} {v}" for k, v in info.items()), flush=True)
+    cfg = SHAPES[args.model]
+    folder = write_checkpoint(args.model, args.blocks, args.per_shard)
+    n_mats = 7 * args.blocks
+    scale = cfg["layers"] / args.blocks
+    largest = max(p.stat().st_size for p in folder.glob("*.safetensors")) / 1e9
+    device = resolve_device(args.device)
+    print(f"checkpoint: {folder.name}, {n_mats} matrices, largest shard {largest:.2f} GB, device {device}", flush=True)
+    results = {"machine": info, "model": args.model, "blocks": args.blocks, "matrices": n_mats,
+               "device": str(device), "largest_shard_gb": largest}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for est in args.estimators.split(","):
+            cmd = [sys.executable, "-m", "alphaspec", "analyze", str(folder), "-q", "-e", est,
+                   "--device", str(device), "-o", f"{tmp}/r.csv"]
+            wall, rss, _ = run_child(cmd)
+            results[f"alphaspec_{est}_s"], results[f"alphaspec_{est}_rss_gb"] = wall, rss
+            print(f"alphaspec analyze -e {est}: {wall:.1f} s end to end ({wall / n_mats:.2f} s/matrix), "
+                  f"peak RSS {rss:.2f} GB; full {args.model} extrapolated: {wall * scale:.0f} s", flush=True)
+    bare = bare_eigvalsh(folder, device)
+    results |= bare
+    print(f"bare float64 Gram + eigvalsh: {bare['eigvalsh_s']:.1f} s; + median fit: {bare['eigvalsh_median_s']:.1f} s",
+          flush=True)
+    if args.ww:
+        for path in ("default", "accurate") if args.ww_cpu else ("default",):
+            wall, rss, out = run_child([args.ww_python, "-c", WW_SNIPPET, str(folder), path])
+            inner = float(out.split("RESULT")[1].split()[0])
+            results[f"weightwatcher_{path}_s"] = inner
+            best = results.get("alphaspec_median_s", float("nan"))
+            print(f"WeightWatcher 0.7.7 analyze() [{path}]: {inner:.1f} s ({inner / n_mats:.2f} s/matrix), peak RSS "
+                  f"{rss:.2f} GB; alphaspec median is {inner / best:.1f}x faster", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

