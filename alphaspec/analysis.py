@@ -110,7 +110,8 @@ def _batches(items: Iterable[tuple[MatrixSpec, torch.Tensor]], max_bytes: int) -
 def matrix_row(spec: MatrixSpec, eigs: torch.Tensor | None, estimator: str, dtype: str) -> dict:
     """One results row from a matrix's eigenvalues (None when the matrix held NaN/Inf)."""
     row = {"name": spec.name, "layer": spec.layer, "module": spec.module, "rows": spec.rows, "cols": spec.cols,
-           "n_eigs": min(spec.rows, spec.cols), "estimator": estimator, "expert": spec.expert, "tensor": spec.tensor, "dtype": dtype}
+           "n_eigs": min(spec.rows, spec.cols), "estimator": estimator, "expert": spec.expert, "tensor": spec.tensor,
+           "dtype": dtype}
     if eigs is None:
         fit = PowerLawFit.empty("matrix contains NaN or Inf")
         return row | {"n_zero": 0} | _fit_columns(fit) | nan_metrics() | {"alpha_weighted": math.nan}
