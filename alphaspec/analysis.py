@@ -11,13 +11,14 @@ import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
 from . import __version__
-from .checkpoint import Checkpoint, open_checkpoint
+from .checkpoint import Checkpoint, TensorInfo, open_checkpoint
 from .esd import EPS_ZERO, eigenvalues, finite_rows, resolve_device
 from .fit import PowerLawFit, check_estimator, fit_sorted
 from .metrics import nan_metrics, spectral_metrics
@@ -193,3 +194,27 @@ def analyze(source, estimator: str = "median", device: str | torch.device = "aut
     """
     return run(source, estimator, device, include=include, exclude=exclude, split_fused=split_fused,
                progress=progress).table
+
+
+def analyze_tensors(tensors: dict[str, torch.Tensor], estimator: str = "median", *, config: dict | None = None,
+                    split_fused: bool = True) -> pd.DataFrame:
+    """Rows for in-memory tensors (e.g. a live model's parameters), each solved on its own device.
+
+    The same module map, ESD engine and fits as `analyze`; used by the training hook.
+    """
+    check_estimator(estimator)
+    infos = [TensorInfo(n, tuple(t.shape), str(t.dtype).removeprefix("torch."), Path("<memory>"))
+             for n, t in tensors.items()]
+    todo = plan(infos, config, split_fused=split_fused)
+    rows = []
+    with torch.no_grad():
+        for spec in todo.matrices:
+            t = tensors[spec.tensor].detach()
+            w = spec.extract(t)
+            good = bool(torch.isfinite(w).all())
+            eigs = eigenvalues(w, w.device) if good else None
+            rows.append(matrix_row(spec, eigs, estimator, str(t.dtype).removeprefix("torch.")))
+    table = pd.DataFrame(sorted(rows, key=_row_order), columns=COLUMNS)
+    for col in ("layer", "expert"):
+        table[col] = table[col].astype("Int64")
+    return table

@@ -234,15 +234,17 @@ def tuned_rows(table: pd.DataFrame, include: Iterable[str] = (), exclude: Iterab
 def build_decay_map(table: pd.DataFrame, weight_decay: float, *, ratio: Sequence[float] = DEFAULT_RATIO,
                     assign: str = "linear", metric: str = "alpha", preserve_mean: str = "none",
                     default: str | float = "all", include: Iterable[str] = (), exclude: Iterable[str] = (),
-                    source: str = "") -> DecayMap:
+                    source: str = "", all_rows: bool = False) -> DecayMap:
     """A DecayMap from an analysis table (one row per matrix, as `alphaspec.analyze` returns).
 
     Decays are assigned per row; a tensor split into parts (fused q/k/v, gate/up, stacked experts)
     gets the parameter-weighted mean of its parts' decays, since the optimizer sees whole tensors.
+    The tuned set is the block matrices, or the --include names, minus --exclude; all_rows tunes
+    every row of the table as given.
     """
     if metric not in table.columns or metric not in METRICS:
         raise DecayMapError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
-    rows = tuned_rows(table, include, exclude)
+    rows = table if all_rows else tuned_rows(table, include, exclude)
     if rows.empty:
         raise DecayMapError("no matrices to tune: the table has no transformer-block matrices (see --include)")
     bad = rows[~np.isfinite(rows[metric].astype(float))]
@@ -253,17 +255,18 @@ def build_decay_map(table: pd.DataFrame, weight_decay: float, *, ratio: Sequence
     blocks = rows["layer"].astype(object).where(rows["layer"].notna(), -1).tolist()
     wd = assign_decays(rows[metric].to_numpy(dtype=float), weight_decay, ratio=ratio, assign=assign, blocks=blocks,
                        sizes=sizes, preserve_mean=preserve_mean)
-    rows = rows.assign(_wd=wd, _size=sizes)
+    rows = rows.assign(decay_=wd, size_=sizes)
     tensor_col = "tensor" if "tensor" in rows else "name"
     modules = []
     for tensor, part in rows.groupby(tensor_col, sort=False):
-        weights = part["_size"].to_numpy()
+        weights = part["size_"].to_numpy()
         entry = {"name": tensor, "module": _whole_module(part), "layer": _int_or_none(part["layer"].iloc[0]),
                  metric: float(np.average(part[metric].to_numpy(dtype=float), weights=weights)),
-                 "weight_decay": float(np.average(part["_wd"].to_numpy(), weights=weights))}
+                 "weight_decay": float(np.average(part["decay_"].to_numpy(), weights=weights)),
+                 "params": int(weights.sum())}
         if len(part) > 1 or part["name"].iloc[0] != tensor:
             entry["parts"] = [{"name": r.name, "module": r.module, metric: float(getattr(r, metric)),
-                               "weight_decay": float(r._wd)} for r in part.itertuples()]
+                               "weight_decay": float(r.decay_)} for r in part.itertuples()]
         modules.append(entry)
     if isinstance(default, str):
         if default not in ("all", "matrices"):

@@ -1,0 +1,201 @@
+"""AlphaDecay in any training loop: module-wise decays recomputed from the live weights every `gap` steps.
+
+    hook = AlphaDecay(model, optimizer, weight_decay=0.1, gap=500)
+    for batch in data:
+        loss(model, batch).backward(); optimizer.step(); optimizer.zero_grad()
+        hook.step()
+
+Each tuned matrix gets its own optimizer param group (split off the group it was in, keeping that
+group's hyperparameters; build the hook before the LR scheduler, or pass `scheduler=` so its
+per-group lists follow). Under torch.distributed every rank solves only its share of the matrices
+and the metric rows are all-gathered, so every rank applies identical decays.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import pandas as pd
+import torch
+import torch.distributed as dist
+
+from .analysis import analyze_tensors
+from .decay import DEFAULT_RATIO, DecayMapError, build_decay_map, is_tuned_candidate
+
+
+def _dist() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _full(p: torch.Tensor) -> torch.Tensor:
+    """The whole matrix of a parameter, gathering FSDP2/DTensor shards (a collective: every rank calls it)."""
+    return p.full_tensor() if hasattr(p, "full_tensor") else p
+
+
+def split_param_groups(optimizer: torch.optim.Optimizer, tuned: dict[str, torch.nn.Parameter],
+                       scheduler=None) -> dict[str, dict]:
+    """Give every tuned parameter its own param group (same hyperparameters as the group it came from).
+
+    Per-group lists of the scheduler (base_lrs, lr_lambdas, _last_lr, ...) are remapped to match.
+    """
+    names = {id(p): n for n, p in tuned.items()}
+    found = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    absent = [n for n, p in tuned.items() if id(p) not in found]
+    if absent:
+        raise DecayMapError(f"{len(absent)} tuned parameter(s) are not in the optimizer, e.g. {absent[0]}")
+    new, origin, by_name = [], [], {}
+    for gi, group in enumerate(optimizer.param_groups):
+        hyper = {k: v for k, v in group.items() if k != "params"}
+        rest = [p for p in group["params"] if id(p) not in names]
+        if rest:
+            new.append({**hyper, "params": rest})
+            origin.append(gi)
+        for p in group["params"]:
+            if id(p) in names:
+                g = {**hyper, "params": [p], "name": names[id(p)]}
+                new.append(g)
+                origin.append(gi)
+                by_name[names[id(p)]] = g
+    old_count = len(optimizer.param_groups)
+    optimizer.param_groups[:] = new
+    sched = getattr(scheduler, "scheduler", scheduler)  # accelerate wraps schedulers
+    if sched is not None:
+        for key, value in vars(sched).items():
+            if isinstance(value, list) and len(value) == old_count:
+                setattr(sched, key, [value[i] for i in origin])
+    return by_name
+
+
+class AlphaDecay:
+    """Module-wise weight decay from the spectra of the live weights (AlphaDecay, MATH.md §3).
+
+    weight_decay: base decay w (default: the optimizer's). ratio, assign, metric, preserve_mean: as in
+    `alphaspec decay-map`. gap: refresh every `gap` calls of step(). warmup: "init" computes decays
+    from the initial weights at construction (the paper), "uniform" keeps w until the first refresh.
+    overlap: solve on a side CUDA stream / worker thread while training goes on ("auto": when the
+    tuned weights are on a GPU); the decays are applied when ready and `staleness` says how many
+    steps old they were. include/exclude: regexes choosing the tuned parameters (default: every
+    matrix inside a transformer block).
+    """
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, weight_decay: float | None = None,
+                 *, ratio: Sequence[float] = DEFAULT_RATIO, assign: str = "linear", gap: int = 500,
+                 estimator: str = "median", metric: str = "alpha", preserve_mean: str = "none",
+                 include: Iterable[str] = (), exclude: Iterable[str] = (), warmup: str = "init",
+                 overlap: bool | str = "auto", scheduler=None):
+        if gap < 1:
+            raise ValueError(f"gap must be >= 1, got {gap}")
+        if warmup not in ("init", "uniform"):
+            raise ValueError(f"warmup must be 'init' or 'uniform', got {warmup!r}")
+        model = getattr(model, "module", model)  # DistributedDataParallel
+        inc, exc = [re.compile(p) for p in include], [re.compile(p) for p in exclude]
+        self.tuned = {n: p for n, p in model.named_parameters()
+                      if (any(r.search(n) for r in inc) if inc else is_tuned_candidate(n, p))
+                      and not any(r.search(n) for r in exc)}
+        if not self.tuned:
+            raise DecayMapError("no parameters to tune: no matrices inside transformer blocks (see include=)")
+        self.weight_decay = float(optimizer.defaults.get("weight_decay", 0.0) if weight_decay is None else weight_decay)
+        self.options = {"ratio": tuple(ratio), "assign": assign, "metric": metric, "preserve_mean": preserve_mean}
+        self.estimator, self.gap = estimator, gap
+        self.groups = split_param_groups(optimizer, self.tuned, scheduler)
+        self.rank, self.world = _dist()
+        self.owned = [n for i, n in enumerate(sorted(self.tuned)) if i % self.world == self.rank]
+        on_cuda = next(iter(self.tuned.values())).is_cuda
+        self.overlap = on_cuda if overlap == "auto" else bool(overlap)
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="alphadecay") if self.overlap else None
+        self._stream = torch.cuda.Stream(next(iter(self.tuned.values())).device) if self.overlap and on_cuda else None
+        self._pending: tuple[int, Future] | None = None
+        self.step_count = 0
+        self.metrics: dict[str, float] = {}
+        self.decays: dict[str, float] = dict.fromkeys(self.tuned, self.weight_decay)
+        self.staleness: int | None = None
+        self.refreshes = 0
+        self.history: list[dict] = []
+        self._set(self.decays)
+        if warmup == "init":
+            self._apply(self._gather(self._solve(self._snapshot())), 0)
+
+    @property
+    def alphas(self) -> dict[str, float]:
+        """The latest metric per tuned parameter (alpha unless another metric was chosen)."""
+        return self.metrics
+
+    def step(self) -> None:
+        """Call once after every optimizer.step()."""
+        self.step_count += 1
+        if self._pending is not None:
+            started, future = self._pending
+            # Single process: apply whenever ready. Distributed: every rank applies at the next step,
+            # so the all-gather happens at the same point on all ranks.
+            if self.world > 1 or future.done():
+                self._pending = None
+                self._apply(self._gather(future.result()), started)
+        if self.step_count % self.gap == 0 and self._pending is None:
+            snapshot = self._snapshot()
+            if self._executor is None:
+                self._apply(self._gather(self._solve(snapshot)), self.step_count)
+            else:
+                self._pending = (self.step_count, self._executor.submit(self._solve, snapshot))
+
+    def close(self) -> None:
+        """Wait for a refresh in flight and stop the worker thread."""
+        if self._pending is not None:
+            self._pending[1].result()
+            self._pending = None
+        if self._executor is not None:
+            self._executor.shutdown()
+
+    def _snapshot(self) -> dict[str, torch.Tensor]:
+        """The owned matrices as they are now: views when solved in line, copies when solved alongside training."""
+        snap = {}
+        for name in sorted(self.tuned):
+            full = _full(self.tuned[name].detach())
+            if name not in self.owned:
+                continue
+            if self._stream is not None:
+                self._stream.wait_stream(torch.cuda.current_stream(full.device))
+                with torch.cuda.stream(self._stream):
+                    snap[name] = full.clone()
+            else:
+                snap[name] = full.clone() if self.overlap else full
+        if self._stream is not None:  # the optimizer must not overwrite the weights before they are copied
+            torch.cuda.current_stream(next(iter(self.tuned.values())).device).wait_stream(self._stream)
+        return snap
+
+    def _solve(self, snapshot: dict[str, torch.Tensor]) -> list[dict]:
+        if not snapshot:
+            return []
+        if self._stream is not None:
+            with torch.cuda.device(self._stream.device), torch.cuda.stream(self._stream):
+                table = analyze_tensors(snapshot, self.estimator)
+        else:
+            table = analyze_tensors(snapshot, self.estimator)
+        return table.astype(object).where(table.notna(), None).to_dict("records")
+
+    def _gather(self, rows: list[dict]) -> pd.DataFrame:
+        if self.world > 1:
+            parts: list = [None] * self.world
+            dist.all_gather_object(parts, rows)
+            rows = [r for part in parts for r in part]
+        table = pd.DataFrame(rows).sort_values("name", kind="stable").reset_index(drop=True)
+        table["layer"] = table["layer"].astype("Int64")
+        return table
+
+    def _apply(self, table: pd.DataFrame, started: int) -> None:
+        dmap = build_decay_map(table, self.weight_decay, all_rows=True, **self.options)
+        metric = self.options["metric"]
+        self.decays = dmap.decays()
+        self.metrics = {m["name"]: m[metric] for m in dmap.modules}
+        self._set(self.decays)
+        self.staleness = self.step_count - started
+        self.refreshes += 1
+        self.history.extend({"step": self.step_count, "name": m["name"], "module": m["module"], "layer": m["layer"],
+                             "metric": m[metric], "weight_decay": m["weight_decay"]} for m in dmap.modules)
+
+    def _set(self, decays: dict[str, float]) -> None:
+        for name, wd in decays.items():
+            self.groups[name]["weight_decay"] = wd

@@ -1,0 +1,165 @@
+"""Decay assignment against MATH.md §3 by hand, the decay-map file, and applying it to a torch model."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import synth
+import torch
+
+from alphaspec import DecayMap, DecayMapError, assign_decays, build_decay_map, run
+
+A = np.array([1.5, 2.0, 3.0, 4.5])
+W = 0.1
+
+
+def test_linear_by_hand():
+    got = assign_decays(A, W, ratio=(0.67, 3.0), assign="linear")
+    expected = [W * (0.67 + 2.33 * (a - 1.5) / 3.0) for a in A]  # a_min 1.5, a_max 4.5
+    np.testing.assert_allclose(got, expected, rtol=1e-14)
+    assert got[0] == pytest.approx(0.067) and got[-1] == pytest.approx(0.3)
+
+
+def test_sqrt_and_log2_by_hand():
+    s = sum(math.sqrt(a) for a in A)
+    np.testing.assert_allclose(assign_decays(A, W, assign="sqrt"), [W * 4 * math.sqrt(a) / s for a in A], rtol=1e-14)
+    s2 = sum(math.log2(a) for a in A)
+    np.testing.assert_allclose(assign_decays(A, W, assign="log2"), [W * 4 * math.log2(a) / s2 for a in A], rtol=1e-14)
+
+
+def test_sigmoid_by_hand_per_block():
+    # block 0: 1.5, 2.0 (mean 1.75, population std 0.25); block 1: 3.0, 4.5 (mean 3.75, std 0.75)
+    got = assign_decays(A, W, assign="sigmoid", blocks=[0, 0, 1, 1])
+    expected = []
+    for a, mean, std in ((1.5, 1.75, 0.25), (2.0, 1.75, 0.25), (3.0, 3.75, 0.75), (4.5, 3.75, 0.75)):
+        z = (a - mean) / (std + 1e-8)
+        expected.append(W * 2 / (1 + math.exp(-4 * z)))
+    np.testing.assert_allclose(got, expected, rtol=1e-12)
+
+
+def test_edge_cases():
+    np.testing.assert_array_equal(assign_decays([2.5, 2.5, 2.5], W), [W, W, W])  # all equal: w, not s2*w
+    for assign in ("linear", "sqrt", "log2", "sigmoid"):
+        assert assign_decays([3.0], W, assign=assign) == pytest.approx([W])  # a single module gets w
+    with pytest.raises(DecayMapError, match="log2 assignment needs every metric value > 1"):
+        assign_decays([0.9, 2.0], W, assign="log2")
+    with pytest.raises(DecayMapError, match="ratio"):
+        assign_decays(A, W, ratio=(3.0, 1.0))
+    with pytest.raises(DecayMapError, match="no finite metric"):
+        assign_decays([2.0, float("nan")], W)
+    with pytest.raises(DecayMapError, match="unknown assignment"):
+        assign_decays(A, W, assign="cubic")
+
+
+@pytest.mark.parametrize("assign", ["linear", "sqrt", "sigmoid"])
+def test_preserve_mean(assign):
+    sizes = np.array([100.0, 100.0, 400.0, 400.0])
+    plain = assign_decays(A, W, assign=assign, blocks=[0, 0, 1, 1], preserve_mean="modules")
+    assert abs(plain.mean() - W) < 1e-12 * W * 10
+    weighted = assign_decays(A, W, assign=assign, blocks=[0, 0, 1, 1], sizes=sizes, preserve_mean="params")
+    assert abs((weighted * sizes).sum() / sizes.sum() - W) < 1e-12 * W * 10
+    raw = assign_decays(A, W, assign=assign, blocks=[0, 0, 1, 1])
+    np.testing.assert_allclose(weighted / raw, (weighted / raw)[0])  # a rescaling, not a new shape
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory):
+    return synth.write(tmp_path_factory.mktemp("llama"), synth.llama(dtype=torch.float32, lm_head=True),
+                       synth.LLAMA_CONFIG)
+
+
+class TinyLlama(torch.nn.Module):
+    """Parameter names and shapes of synth.llama, as a torch module."""
+
+    def __init__(self, state: dict[str, torch.Tensor]):
+        super().__init__()
+        self.names = list(state)
+        for i, (name, t) in enumerate(state.items()):
+            self.register_parameter(f"p{i}", torch.nn.Parameter(t.clone()))
+
+    def named_parameters(self, *args, **kwargs):
+        return iter([(n, getattr(self, f"p{i}")) for i, n in enumerate(self.names)])
+
+
+def test_map_applied_to_matching_model(llama_dir, tmp_path):
+    table = run(llama_dir, device="cpu").table
+    dmap = build_decay_map(table, W, default="matrices", source=str(llama_dir))
+    path = tmp_path / "wd.json"
+    dmap.save(path)
+    loaded = DecayMap.load(path)
+    assert loaded.decays() == dmap.decays() and len(loaded.modules) == 14
+    state = synth.llama(dtype=torch.float32, lm_head=True)
+    model = TinyLlama(state)
+    groups = loaded.param_groups(model, lr=1e-3)
+    doc = json.loads(path.read_text())
+    in_file = {m["name"]: m["weight_decay"] for m in doc["modules"]}
+    params = dict(model.named_parameters())
+    got = {}
+    for g in groups:
+        for p in g["params"]:
+            got[next(n for n, q in params.items() if q is p)] = g["weight_decay"]
+    assert set(got) == set(params)  # every parameter is in exactly one group
+    for name, wd in in_file.items():
+        assert got[name] == wd
+    assert got["lm_head.weight"] == W and got["model.embed_tokens.weight"] == 0.0 and got["model.norm.weight"] == 0.0
+    torch.optim.AdamW(groups)  # the groups are valid optimizer input
+
+
+def test_map_refused_for_another_model(llama_dir):
+    dmap = build_decay_map(run(llama_dir, device="cpu").table, W)
+    gpt2 = TinyLlama({k: v for k, v in synth.gpt2().items() if v.ndim == 2})
+    with pytest.raises(DecayMapError) as err:
+        dmap.param_groups(gpt2)
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert "not in the model: model.layers.0." in msg and "not in the map: h.0.attn.c_attn.weight" in msg
+
+
+def test_bad_files_are_refused(tmp_path):
+    (tmp_path / "corrupt.json").write_text('{"schema": "alphaspec.decay-map/1", "modules": [')
+    with pytest.raises(DecayMapError, match="not valid JSON"):
+        DecayMap.load(tmp_path / "corrupt.json")
+    (tmp_path / "future.json").write_text(json.dumps({"schema": "alphaspec.decay-map/9", "modules": []}))
+    with pytest.raises(DecayMapError, match="unsupported schema 'alphaspec.decay-map/9'"):
+        DecayMap.load(tmp_path / "future.json")
+    (tmp_path / "other.json").write_text(json.dumps({"hello": 1}))
+    with pytest.raises(DecayMapError, match="not an alphaspec decay map"):
+        DecayMap.load(tmp_path / "other.json")
+    (tmp_path / "bad.json").write_text(json.dumps({"schema": "alphaspec.decay-map/1", "weight_decay": 0.1,
+                                                   "modules": [{"name": "x"}]}))
+    with pytest.raises(DecayMapError, match="malformed"):
+        DecayMap.load(tmp_path / "bad.json")
+
+
+def test_fused_tensor_gets_parameter_weighted_mean_of_parts(tmp_path):
+    cfg = {"model_type": "phi3", "hidden_size": synth.D, "num_attention_heads": 4, "num_key_value_heads": 2}
+    table = run(synth.write(tmp_path, synth.phi3(), cfg), device="cpu").table
+    dmap = build_decay_map(table, W)
+    entry = next(m for m in dmap.modules if m["name"] == "model.layers.0.self_attn.qkv_proj.weight")
+    parts = entry["parts"]
+    assert [p["module"] for p in parts] == ["att.q", "att.k", "att.v"] and entry["module"] == "att.qkv"
+    rows = {"att.q": 32, "att.k": 16, "att.v": 16}
+    expected = sum(p["weight_decay"] * rows[p["module"]] for p in parts) / 64
+    assert entry["weight_decay"] == pytest.approx(expected, rel=1e-12)
+
+
+def test_cli_decay_map(llama_dir, tmp_path):
+    env = os.environ | {"COLUMNS": "120"}
+    out = tmp_path / "wd.json"
+    proc = subprocess.run([sys.executable, "-m", "alphaspec", "decay-map", str(llama_dir), "-o", str(out),
+                           "--weight-decay", "5e-6", "--ratio", "0.67", "5", "--preserve-mean", "params"],
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "parameter-weighted" in proc.stdout and "mean preserved: params" in proc.stdout
+    doc = json.loads(out.read_text())
+    assert doc["schema"] == "alphaspec.decay-map/1" and doc["ratio"] == [0.67, 5.0]
+    wd = np.array([m["weight_decay"] for m in doc["modules"]])
+    size = np.array([m["params"] for m in doc["modules"]])
+    assert (wd * size).sum() / size.sum() == pytest.approx(5e-6, rel=1e-12)
+    bad = subprocess.run([sys.executable, "-m", "alphaspec", "decay-map", str(llama_dir), "-o", str(out),
+                          "--metric", "vibes"], capture_output=True, text=True, env=env)
+    assert bad.returncode == 2
