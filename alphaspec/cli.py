@@ -313,7 +313,8 @@ def decay_map(
                                                 "Adam with L2 uses ~1e-5 to 1e-6).")] = 0.1,
     ratio: Annotated[tuple[float, float], typer.Option("--ratio", help="linear: decays span s1*w .. s2*w.")] = (0.67, 3.0),
     assign: Annotated[Assign, typer.Option("--assign", help="How metric values become decays.")] = Assign.linear,
-    estimator: Annotated[Estimator, typer.Option("-e", "--estimator", help="alpha estimator (when analysing).")] = Estimator.median,
+    estimator: Annotated[Estimator, typer.Option(
+        "-e", "--estimator", help="alpha estimator (when analysing).")] = Estimator.median,
     metric: Annotated[str, typer.Option("--metric", help="alpha, alpha_weighted, spectral_norm, frobenius_norm, "
                                         "stable_rank, log_spectral_norm, log_norm, entropy or lambda_max.")] = "alpha",
     preserve_mean: Annotated[Preserve, typer.Option("--preserve-mean", help="Rescale so the plain (modules) or "

@@ -78,7 +78,7 @@ class TinyLlama(torch.nn.Module):
     def __init__(self, state: dict[str, torch.Tensor]):
         super().__init__()
         self.names = list(state)
-        for i, (name, t) in enumerate(state.items()):
+        for i, t in enumerate(state.values()):
             self.register_parameter(f"p{i}", torch.nn.Parameter(t.clone()))
 
     def named_parameters(self, *args, **kwargs):
