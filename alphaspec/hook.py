@@ -76,9 +76,10 @@ class AlphaDecay:
     weight_decay: base decay w (default: the optimizer's). ratio, assign, metric, preserve_mean: as in
     `alphaspec decay-map`. gap: refresh every `gap` calls of step(). warmup: "init" computes decays
     from the initial weights at construction (the paper), "uniform" keeps w until the first refresh.
-    overlap: solve on a side CUDA stream / worker thread while training goes on ("auto": when the
-    tuned weights are on a GPU); the decays are applied when ready and `staleness` says how many
-    steps old they were. include/exclude: regexes choosing the tuned parameters (default: every
+    overlap: snapshot the weights and solve in a worker thread (on a side CUDA stream for GPU
+    weights) while training goes on; the decays are applied when ready (under torch.distributed:
+    at the next step, on every rank alike) and `staleness` says how many steps old they were. A
+    refresh due while one is in flight is skipped. "auto" (the default) overlaps. include/exclude: regexes choosing the tuned parameters (default: every
     matrix inside a transformer block).
     """
 
@@ -105,7 +106,7 @@ class AlphaDecay:
         self.rank, self.world = _dist()
         self.owned = [n for i, n in enumerate(sorted(self.tuned)) if i % self.world == self.rank]
         on_cuda = next(iter(self.tuned.values())).is_cuda
-        self.overlap = on_cuda if overlap == "auto" else bool(overlap)
+        self.overlap = True if overlap == "auto" else bool(overlap)  # measured faster on CPU too (docs/benchmarks.md)
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="alphadecay") if self.overlap else None
         self._stream = torch.cuda.Stream(next(iter(self.tuned.values())).device) if self.overlap and on_cuda else None
         self._pending: tuple[int, Future] | None = None
@@ -142,10 +143,11 @@ class AlphaDecay:
                 self._pending = (self.step_count, self._executor.submit(self._solve, snapshot))
 
     def close(self) -> None:
-        """Wait for a refresh in flight and stop the worker thread."""
+        """Apply a refresh still in flight and stop the worker thread (under distributed: on every rank)."""
         if self._pending is not None:
-            self._pending[1].result()
+            started, future = self._pending
             self._pending = None
+            self._apply(self._gather(future.result()), started)
         if self._executor is not None:
             self._executor.shutdown()
 

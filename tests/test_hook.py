@@ -63,14 +63,13 @@ def expected_decays(model, w, ratio=(0.67, 3.0)):
     alphas = {}
     for name, p in model.named_parameters():
         if ".layers." in name and p.ndim == 2:
-            lam = np.sort(np.linalg.eigvalsh(p.detach().double().numpy().T @ p.detach().double().numpy()
-                                             if p.shape[0] >= p.shape[1] else
-                                             p.detach().double().numpy() @ p.detach().double().numpy().T))
+            m = (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().double().numpy()
+            lam = np.sort(np.linalg.eigvalsh(m.T @ m if m.shape[0] >= m.shape[1] else m @ m.T))
             lam = lam[lam > 1e-12 * lam[-1]]
             i = len(lam) // 2
             alphas[name] = 1 + (len(lam) - i) / np.sum(np.log(lam[i:] / lam[i]))
     lo, hi = min(alphas.values()), max(alphas.values())
-    return {n: w * (ratio[0] + (ratio[1] - ratio[0]) * (a - lo) / (hi - lo)) for n, a in alphas.items()}
+    return {n: float(w * (ratio[0] + (ratio[1] - ratio[0]) * (a - lo) / (hi - lo))) for n, a in alphas.items()}
 
 
 def group_decays(optimizer):
@@ -151,6 +150,41 @@ def test_ddp_two_ranks_get_identical_decays_each_computed_once(tmp_path):
     assert r0["refreshes"] == r1["refreshes"] == 3
     assert r0["decays"] == r1["decays"] and len(r0["decays"]) == 14
     assert set(r0["owned"]).isdisjoint(r1["owned"]) and len(r0["owned"]) + len(r1["owned"]) == 14
+
+
+def _fsdp2_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    mesh = init_device_mesh("cpu", (world,))
+    torch.manual_seed(0)
+    model = TinyLM()
+    for block in model.model.layers:
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.1)
+    hook = AlphaDecay(model, opt, gap=2, overlap=False)
+    for s in range(4):
+        train_step(model, opt, 100 * rank + s)
+        hook.step()
+    expected = expected_decays(model, 0.1)  # from the gathered full weights, after the step-4 refresh
+    torch.save({"decays": group_decays(opt), "expected": expected, "refreshes": hook.refreshes},
+               os.path.join(out_dir, f"rank{rank}.pt"))
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_fsdp2_sharded_parameters(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_fsdp2_worker, args=(2, str(tmp_path / "rdzv"), str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    assert r0["refreshes"] == r1["refreshes"] == 3
+    assert r0["decays"] == r1["decays"] and len(r0["decays"]) == 14
+    for name, wd in r0["expected"].items():
+        assert r0["decays"][name] == pytest.approx(wd, rel=1e-9)
 
 
 def test_hf_trainer_callback(tmp_path):
