@@ -197,6 +197,7 @@ class Kind(str, Enum):
     alpha_modules = "alpha-modules"
     alpha_depth = "alpha-depth"
     esd = "esd"
+    decay = "decay"
 
 
 class Format(str, Enum):
@@ -205,11 +206,11 @@ class Format(str, Enum):
     pdf = "pdf"
 
 
-def _draw(table, spectra, out_dir: Path, kinds: list[str], fmt: str, names: list[str]) -> list[Path]:
+def _draw(table, spectra, out_dir: Path, kinds: list[str], fmt: str, names: list[str], dmap=None) -> list[Path]:
     from .plots import render  # matplotlib is loaded only when figures are asked for
 
     try:
-        return render(table, spectra, out_dir, kinds, fmt, names)
+        return render(table, spectra, out_dir, kinds, fmt, names, dmap)
     except (ValueError, OSError) as e:
         fail(str(e))
 
@@ -233,11 +234,23 @@ def plot(
     module: Annotated[list[str] | None, typer.Option("--module", help="Row name or regex for `esd` figures.")] = None,
     spectra_file: Annotated[Path | None, typer.Option("--spectra", help="Spectra .npz saved by `analyze "
                                                       "--save-spectra` (default: RESULTS with suffix .npz).")] = None,
+    decay_map_file: Annotated[Path | None, typer.Option("--decay-map", help="A map from `alphaspec decay-map` for "
+                                                        "the decay figure (default: linear, w = 0.1).")] = None,
     estimator: Annotated[Estimator, typer.Option("-e", "--estimator", help="When SOURCE is a checkpoint.")] = Estimator.median,
     device: Annotated[str, typer.Option(help="When SOURCE is a checkpoint: auto, cpu, cuda or cuda:N.")] = "auto",
 ) -> None:
-    """Figures: ESDs per module type across layers, alpha per module type and over depth, one matrix's fit."""
-    kinds = [k.value for k in kind] if kind else [*MODEL_KINDS, *(["esd"] if module else [])]
+    """Figures: ESDs per module type across layers, alpha per module type and over depth, one matrix's fit,
+    and weight decay against alpha."""
+    from .decay import DecayMap, DecayMapError
+
+    kinds = [k.value for k in kind] if kind else [*MODEL_KINDS, *(["esd"] if module else []),
+                                                   *(["decay"] if decay_map_file else [])]
+    dmap = None
+    if decay_map_file is not None:
+        try:
+            dmap = DecayMap.load(decay_map_file)
+        except DecayMapError as e:
+            fail(str(e))
     if Path(source).suffix in TABLE_SUFFIXES and Path(source).is_file():
         try:
             table = read_results(Path(source))
@@ -262,7 +275,7 @@ def plot(
         names = [n for n in names if n in spectra]
         if not names:
             fail(f"no analysed matrix with a spectrum matches --module {' '.join(module)}")
-    for path in _draw(table, spectra, output, kinds, fmt.value, names):
+    for path in _draw(table, spectra, output, kinds, fmt.value, names, dmap):
         out.print(f"drew {path}", highlight=False)
 
 

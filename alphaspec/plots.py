@@ -19,10 +19,10 @@ from .fit import fit
 from .modules import BLOCK_MODULES, MODULE_TYPES
 from .reference import random_alpha
 
-KINDS = ("spectra", "alpha-modules", "alpha-depth", "esd")
+KINDS = ("spectra", "alpha-modules", "alpha-depth", "esd", "decay")
 MODEL_KINDS = ("spectra", "alpha-modules", "alpha-depth")
 # Okabe & Ito's colour-blind-safe palette, one colour per module type.
-OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000", "#999999"]
+OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#000000", "#F0E442", "#999999"]
 DEPTH_CMAP = "viridis"
 DPI = 150
 
@@ -170,13 +170,39 @@ def esd_figure(name: str, eigenvalues: np.ndarray, estimator: str = "median") ->
     return fig
 
 
+def decay_figure(dmap) -> Figure:
+    """Weight decay per tuned tensor against its metric, coloured by module type, with w and the means."""
+    mods = pd.DataFrame(dmap.modules)
+    metric = dmap.metric
+    fig = Figure(figsize=(7.5, 4.8), layout="constrained", dpi=DPI)
+    ax = fig.subplots()
+    for module, part in mods.groupby("module", sort=False):
+        ax.scatter(part[metric], part["weight_decay"], s=22, color=_colour(str(module)), label=str(module),
+                   edgecolors="none", alpha=0.85)
+    w = dmap.weight_decay
+    weighted = float((mods["weight_decay"] * mods["params"]).sum() / mods["params"].sum()) if "params" in mods else None
+    ax.axhline(w, color="black", lw=1, label=f"base w = {w:g}")
+    ax.axhline(mods["weight_decay"].mean(), color="#555555", ls="--", lw=1,
+               label=f"mean decay = {mods['weight_decay'].mean() / w:.2f} w" if w else "mean decay")
+    if weighted is not None:
+        ax.axhline(weighted, color="#555555", ls=":", lw=1.2,
+                   label=f"parameter-weighted mean = {weighted / w:.2f} w" if w else "parameter-weighted mean")
+    ax.set(xlabel=f"{metric} ({dmap.estimator} estimator)" if metric == "alpha" else metric, ylabel="weight decay",
+           title=f"AlphaDecay: {dmap.assign} map from {metric}, ratio {tuple(dmap.ratio)}, "
+                 f"preserve mean: {dmap.preserve_mean}")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False, fontsize="small")
+    return fig
+
+
 def safe_filename(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")
 
 
 def render(table: pd.DataFrame, spectra: dict[str, np.ndarray], out_dir: Path, kinds=MODEL_KINDS,
-           fmt: str = "png", names: list[str] = ()) -> list[Path]:
-    """Draw `kinds` into out_dir as FORMAT files; `esd` draws one figure per name in `names`."""
+           fmt: str = "png", names: list[str] = (), decay_map=None) -> list[Path]:
+    """Draw `kinds` into out_dir as FORMAT files; `esd` draws one figure per name in `names`,
+    `decay` draws `decay_map` (or, without one, a default linear map at w = 0.1 from the table)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
 
@@ -196,6 +222,12 @@ def render(table: pd.DataFrame, spectra: dict[str, np.ndarray], out_dir: Path, k
             estimator = str(table["estimator"].iloc[0])
             for name in names:
                 save(esd_figure(name, spectra[name], estimator), f"esd-{safe_filename(name)}")
+        elif kind == "decay":
+            if decay_map is None:
+                from .decay import build_decay_map
+
+                decay_map = build_decay_map(table, 0.1)
+            save(decay_figure(decay_map), "decay")
         else:
             raise ValueError(f"unknown figure kind {kind!r}; choose from {', '.join(KINDS)}")
     return written

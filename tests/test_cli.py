@@ -129,3 +129,24 @@ def test_help_has_examples():
     proc = cli("analyze", "--help")
     assert proc.returncode == 0 and "Examples" in proc.stdout and "example:minilm" in proc.stdout
     assert cli("--version").stdout.startswith("alphaspec ")
+
+
+def test_plot_from_results_file_without_recomputing(llama_dir, tmp_path):
+    assert cli("analyze", llama_dir, "-q", "-o", tmp_path / "r.json", "--save-spectra", tmp_path / "r.npz").returncode == 0
+    # the checkpoint is gone: the figures must come from the files alone
+    proc = cli("plot", tmp_path / "r.json", "-o", tmp_path / "figs", "--module", "layers.1.mlp.down", "--format", "svg")
+    assert proc.returncode == 0, proc.stderr
+    names = sorted(p.name for p in (tmp_path / "figs").iterdir())
+    assert names == ["alpha-depth.svg", "alpha-modules.svg", "esd-model.layers.1.mlp.down_proj.weight.svg", "spectra.svg"]
+    (tmp_path / "r.npz").unlink()
+    missing = cli("plot", tmp_path / "r.json", "-o", tmp_path / "figs2", "--kind", "spectra")
+    assert_one_line_error(missing, "--save-spectra")
+    assert cli("plot", tmp_path / "r.json", "-o", tmp_path / "figs3", "--kind", "alpha-depth").returncode == 0
+    decay = cli("plot", tmp_path / "r.json", "-o", tmp_path / "figs4", "--decay-map", tmp_path / "nope.json")
+    assert_one_line_error(decay, "nope.json")
+
+
+def test_analyze_plots_option(llama_dir, tmp_path):
+    proc = cli("analyze", llama_dir, "--plots", tmp_path / "figs")
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == ["alpha-depth.png", "alpha-modules.png", "spectra.png"]

