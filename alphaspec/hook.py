@@ -79,8 +79,9 @@ class AlphaDecay:
     overlap: snapshot the weights and solve in a worker thread (on a side CUDA stream for GPU
     weights) while training goes on; the decays are applied when ready (under torch.distributed:
     at the next step, on every rank alike) and `staleness` says how many steps old they were. A
-    refresh due while one is in flight is skipped. "auto" (the default) overlaps. include/exclude: regexes choosing the tuned parameters (default: every
-    matrix inside a transformer block).
+    refresh due while one is in flight is skipped. "auto" (the default) overlaps.
+    include/exclude: regexes choosing the tuned parameters (default: every matrix inside a
+    transformer block).
     """
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, weight_decay: float | None = None,
