@@ -97,6 +97,8 @@ def _heads(config: dict) -> tuple[int, int, int] | None:
     if not nh or not hidden:
         return None
     nkv = next((config[k] for k in ("num_key_value_heads", "num_kv_heads", "n_head_kv") if config.get(k)), None)
+    if config.get("model_type") == "falcon" and not config.get("new_decoder_architecture"):
+        nkv = None  # num_kv_heads only applies to the new architecture; older Falcon has 1 (multi-query) or nh
     if nkv is None:
         nkv = 1 if config.get("multi_query") else nh
     return nh, nkv, config.get("head_dim") or hidden // nh
