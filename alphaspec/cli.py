@@ -86,16 +86,22 @@ def _regexes(patterns: list[str], option: str) -> list[str]:
 
 
 def _summary(result: Analysis) -> Table:
-    table = Table(title="alpha per module type", title_justify="left", header_style="bold")
-    for col in ("module", "count", "fitted", "mean", "median", "min", "max"):
+    from .reference import random_alpha
+
+    table = Table(title="alpha per module type", title_justify="left", header_style="bold",
+                  caption="random: alpha of a Gaussian matrix of the type's most common shape (Marchenko-Pastur); "
+                          "trained matrices below it carry learned correlations", caption_justify="left")
+    for col in ("module", "count", "fitted", "mean", "median", "min", "max", "random"):
         table.add_column(col, justify="left" if col == "module" else "right")
     df = result.table
     for module in [m for m in MODULE_TYPES if m in set(df["module"])]:
-        a = df.loc[df["module"] == module, "alpha"]
-        fitted = a.dropna()
-        stats = [f"{v:.3f}" for v in (fitted.mean(), fitted.median(), fitted.min(), fitted.max())] \
-            if len(fitted) else ["-"] * 4
-        table.add_row(module, str(len(a)), str(len(fitted)), *stats)
+        rows = df[df["module"] == module]
+        fitted = rows.dropna(subset=["alpha"])
+        stats = [f"{v:.3f}" for v in (fitted["alpha"].mean(), fitted["alpha"].median(), fitted["alpha"].min(),
+                                      fitted["alpha"].max())] if len(fitted) else ["-"] * 4
+        shape = fitted[["rows", "cols"]].value_counts().idxmax() if len(fitted) else None
+        ref = f"{random_alpha(int(shape[0]), int(shape[1]), result.estimator):.3f}" if shape is not None else "-"
+        table.add_row(module, str(len(rows)), str(len(fitted)), *stats, ref)
     return table
 
 
