@@ -10,6 +10,7 @@ import math
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -129,6 +130,48 @@ def metrics_of(eigs: torch.Tensor, estimator: str) -> dict:
     return {"n_zero": n_zero} | _fit_columns(fit) | metrics | {"alpha_weighted": weighted}
 
 
+def solve_batch(batch: list[tuple[MatrixSpec, torch.Tensor]], dev: torch.device, estimator: str,
+                dtypes: dict[str, str]) -> list[tuple[dict, torch.Tensor | None]]:
+    """Rows (and spectra) of same-shape matrices solved together on `dev`; NaN/Inf matrices get no spectrum."""
+    w = torch.stack([m.to(dev, non_blocking=True) for _, m in batch])
+    ok = finite_rows(w)
+    if not bool(ok.all()):
+        w[~ok] = 0
+    eigs = eigenvalues(w, dev)
+    out = []
+    for i, (spec, _) in enumerate(batch):
+        e = eigs[i] if bool(ok[i]) else None
+        out.append((matrix_row(spec, e, estimator, dtypes.get(spec.tensor, "")), e))
+    return out
+
+
+def _solve_concurrently(batches: Iterable, dev: torch.device, estimator: str, dtypes: dict[str, str], workers: int,
+                        collect: Callable) -> None:
+    """Solve batches in `workers` threads, each on its own CUDA stream on a GPU, at most 2*workers in flight."""
+    local = threading.local()
+
+    def solve(batch):
+        if dev.type != "cuda":
+            return solve_batch(batch, dev, estimator, dtypes)
+        if not hasattr(local, "stream"):
+            local.stream = torch.cuda.Stream(dev)
+        with torch.no_grad(), torch.cuda.stream(local.stream):
+            out = solve_batch(batch, dev, estimator, dtypes)
+            local.stream.synchronize()
+            return out
+
+    with ThreadPoolExecutor(workers, thread_name_prefix="alphaspec-solver") as pool:
+        pending: set = set()
+        for batch in batches:
+            pending.add(pool.submit(solve, batch))
+            if len(pending) >= 2 * workers:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for f in done:
+                    collect(f.result())
+        for f in pending:
+            collect(f.result())
+
+
 def _row_order(row: dict) -> tuple:
     """Embeddings, then blocks by layer and module type, then other tensors, then the head."""
     module = row["module"]
@@ -144,8 +187,12 @@ def _fit_columns(fit: PowerLawFit) -> dict:
 def run(source, estimator: str = "median", device: str | torch.device = "auto", *,
         include: Iterable[str] = (), exclude: Iterable[str] = (), split_fused: bool = True,
         keep_spectra: bool = False, progress: Callable[[int, int], None] | None = None,
-        checkpoint: Checkpoint | None = None) -> Analysis:
-    """Analyse every weight matrix of `source`; see `analyze` for the arguments."""
+        checkpoint: Checkpoint | None = None, workers: int = 1) -> Analysis:
+    """Analyse every weight matrix of `source`; see `analyze` for the arguments.
+
+    keep_spectra: also return every spectrum. workers: concurrent solves (threads; on a GPU each
+    with its own CUDA stream, which can overlap the eigen-solver's latency-bound phases).
+    """
     check_estimator(estimator)
     dev = resolve_device(device)
     ckpt = checkpoint or open_checkpoint(source)
@@ -157,21 +204,23 @@ def run(source, estimator: str = "median", device: str | torch.device = "auto", 
     total = len(todo.matrices)
     if progress:
         progress(0, total)
+
+    def collect(solved: list[tuple[dict, torch.Tensor | None]]) -> None:
+        for row, eigs in solved:
+            rows.append(row)
+            if keep_spectra and eigs is not None:
+                spectra[row["name"]] = eigs.cpu().numpy()
+        if progress:
+            progress(len(rows), total)
+
     stop = threading.Event()
+    batches = _batches(_read_ahead(ckpt, todo.matrices, stop), max_bytes)
     with torch.no_grad():
-        for batch in _batches(_read_ahead(ckpt, todo.matrices, stop), max_bytes):
-            w = torch.stack([m.to(dev, non_blocking=True) for _, m in batch])
-            ok = finite_rows(w)
-            if not bool(ok.all()):
-                w[~ok] = 0
-            eigs = eigenvalues(w, dev)
-            for i, (spec, _) in enumerate(batch):
-                good = bool(ok[i])
-                rows.append(matrix_row(spec, eigs[i] if good else None, estimator, dtypes[spec.tensor]))
-                if keep_spectra and good:
-                    spectra[spec.name] = eigs[i].cpu().numpy()
-                if progress:
-                    progress(len(rows), total)
+        if workers <= 1:
+            for batch in batches:
+                collect(solve_batch(batch, dev, estimator, dtypes))
+        else:
+            _solve_concurrently(batches, dev, estimator, dtypes, workers, collect)
     table = pd.DataFrame(sorted(rows, key=_row_order), columns=COLUMNS)
     for col in ("layer", "expert"):
         table[col] = table[col].astype("Int64")
@@ -184,16 +233,16 @@ def run(source, estimator: str = "median", device: str | torch.device = "auto", 
 
 def analyze(source, estimator: str = "median", device: str | torch.device = "auto", *,
             include: Iterable[str] = (), exclude: Iterable[str] = (), split_fused: bool = True,
-            progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
+            progress: Callable[[int, int], None] | None = None, workers: int = 1) -> pd.DataFrame:
     """Spectral analysis of a checkpoint: one row per weight matrix, columns as in DESIGN.md.
 
     source: a .safetensors/.bin/.pt file, a HF model or alphaspec run directory, a hub id
     `org/name[@rev]`, or `example:minilm`. estimator: median | gof | fix-finger. device: auto | cpu |
-    cuda | cuda:N. include/exclude: regexes on tensor names. Skipped tensors and their reasons are in
-    `table.attrs["skipped"]`.
+    cuda | cuda:N. include/exclude: regexes on tensor names. workers: concurrent solves. Skipped
+    tensors and their reasons are in `table.attrs["skipped"]`.
     """
     return run(source, estimator, device, include=include, exclude=exclude, split_fused=split_fused,
-               progress=progress).table
+               progress=progress, workers=workers).table
 
 
 def analyze_tensors(tensors: dict[str, torch.Tensor], estimator: str = "median", *, config: dict | None = None,
@@ -206,14 +255,12 @@ def analyze_tensors(tensors: dict[str, torch.Tensor], estimator: str = "median",
     infos = [TensorInfo(n, tuple(t.shape), str(t.dtype).removeprefix("torch."), Path("<memory>"))
              for n, t in tensors.items()]
     todo = plan(infos, config, split_fused=split_fused)
+    dtypes = {i.name: i.dtype for i in infos}
     rows = []
     with torch.no_grad():
         for spec in todo.matrices:
-            t = tensors[spec.tensor].detach()
-            w = spec.extract(t)
-            good = bool(torch.isfinite(w).all())
-            eigs = eigenvalues(w, w.device) if good else None
-            rows.append(matrix_row(spec, eigs, estimator, str(t.dtype).removeprefix("torch.")))
+            w = spec.extract(tensors[spec.tensor].detach())
+            rows.extend(row for row, _ in solve_batch([(spec, w)], w.device, estimator, dtypes))
     table = pd.DataFrame(sorted(rows, key=_row_order), columns=COLUMNS)
     for col in ("layer", "expert"):
         table[col] = table[col].astype("Int64")

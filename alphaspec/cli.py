@@ -153,6 +153,8 @@ def analyze(
         "--save-spectra", help="Also save every eigenvalue spectrum (ascending) to this .npz.")] = None,
     plots: Annotated[Path | None, typer.Option(
         "--plots", help="Also draw the model-level figures (spectra, alpha-modules, alpha-depth) into DIR.")] = None,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Concurrent solves (on a GPU, one CUDA stream "
+                                         "each).")] = 1,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar and no summary.")] = False,
 ) -> None:
     """Eigenvalue spectrum and power-law tail fit (alpha) of every weight matrix in a checkpoint."""
@@ -179,7 +181,7 @@ def analyze(
         with Progress(*columns, console=err, disable=quiet, transient=False) as bar:
             task = bar.add_task("analyse", total=None)
             result = run(source, estimator.value, dev, include=include, exclude=exclude, split_fused=split_fused,
-                         keep_spectra=save_spectra is not None or plots is not None, checkpoint=ckpt,
+                         keep_spectra=save_spectra is not None or plots is not None, checkpoint=ckpt, workers=workers,
                          progress=lambda done, total: bar.update(task, completed=done, total=total))
     except SourceError as e:
         fail(str(e))

@@ -38,7 +38,8 @@ def block_tensors(i: int, hidden: int, ff: int, gen: torch.Generator) -> dict[st
     shapes = {"self_attn.q_proj": (hidden, hidden), "self_attn.k_proj": (hidden, hidden),
               "self_attn.v_proj": (hidden, hidden), "self_attn.o_proj": (hidden, hidden),
               "mlp.gate_proj": (ff, hidden), "mlp.up_proj": (ff, hidden), "mlp.down_proj": (hidden, ff)}
-    out = {p + k + ".weight": (torch.randn(*s, generator=gen) * 0.02).bfloat16() for k, s in shapes.items()}
+    out = {p + k + ".weight": (torch.randn(*s, generator=gen, device=gen.device) * 0.02).bfloat16().cpu()
+           for k, s in shapes.items()}
     out[p + "input_layernorm.weight"] = torch.ones(hidden, dtype=torch.bfloat16)
     out[p + "post_attention_layernorm.weight"] = torch.ones(hidden, dtype=torch.bfloat16)
     return out
@@ -52,7 +53,7 @@ def write_checkpoint(model: str, blocks: int, per_shard: int) -> Path:
     if index_path.exists():
         return folder
     folder.mkdir(parents=True, exist_ok=True)
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator("cuda" if torch.cuda.is_available() else "cpu").manual_seed(0)  # GPU: 10x faster to write
     starts = list(range(0, blocks, per_shard))
     weight_map = {}
     for n, start in enumerate(starts):
@@ -135,7 +136,9 @@ def main() -> None:
     ap.add_argument("--per-shard", type=int, default=8, help="blocks per safetensors shard")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--estimators", default="median,gof")
-    ap.add_argument("--ww", action="store_true", help="also time WeightWatcher 0.7.7 on the same checkpoint")
+    ap.add_argument("--workers", default="1", help="comma-separated --workers values to time (median only beyond 1)")
+    ap.add_argument("--ww", action="store_true", help="also time WeightWatcher 0.7.7 (and alphaspec) on --ww-blocks")
+    ap.add_argument("--ww-blocks", type=int, default=1, help="blocks of the checkpoint WeightWatcher is timed on")
     ap.add_argument("--ww-python", default=sys.executable, help="python of an environment with weightwatcher")
     ap.add_argument("--ww-cpu", action="store_true", help="also time WeightWatcher's CPU path (svd_method='accurate')")
     ap.add_argument("--json", type=Path, help="save the figures here")
@@ -161,18 +164,30 @@ def main() -> None:
             results[f"alphaspec_{est}_s"], results[f"alphaspec_{est}_rss_gb"] = wall, rss
             print(f"alphaspec analyze -e {est}: {wall:.1f} s end to end ({wall / n_mats:.2f} s/matrix), "
                   f"peak RSS {rss:.2f} GB; full {args.model} extrapolated: {wall * scale:.0f} s", flush=True)
+        for workers in [int(w) for w in args.workers.split(",") if int(w) > 1]:
+            wall, rss, _ = run_child([sys.executable, "-m", "alphaspec", "analyze", str(folder), "-q", "--device",
+                                      str(device), "--workers", str(workers), "-o", f"{tmp}/r.csv"])
+            results[f"alphaspec_median_workers{workers}_s"] = wall
+            print(f"alphaspec analyze --workers {workers}: {wall:.1f} s end to end, peak RSS {rss:.2f} GB", flush=True)
     bare = bare_eigvalsh(folder, device)
     results |= bare
     print(f"bare float64 Gram + eigvalsh: {bare['eigvalsh_s']:.1f} s; + median fit: {bare['eigvalsh_median_s']:.1f} s",
           flush=True)
     if args.ww:
+        small = folder if args.ww_blocks == args.blocks else write_checkpoint(args.model, args.ww_blocks, args.per_shard)
+        n_small = 7 * args.ww_blocks
+        with tempfile.TemporaryDirectory() as tmp:
+            ours, _, _ = run_child([sys.executable, "-m", "alphaspec", "analyze", str(small), "-q", "--device",
+                                    str(device), "-o", f"{tmp}/r.csv"])
+        results["ww_subset_matrices"], results["alphaspec_median_subset_s"] = n_small, ours
+        print(f"subset for WeightWatcher: {n_small} matrices; alphaspec median on it: {ours:.1f} s", flush=True)
         for path in ("default", "accurate") if args.ww_cpu else ("default",):
-            wall, rss, out = run_child([args.ww_python, "-c", WW_SNIPPET, str(folder), path])
+            wall, rss, out = run_child([args.ww_python, "-c", WW_SNIPPET, str(small), path])
             inner = float(out.split("RESULT")[1].split()[0])
             results[f"weightwatcher_{path}_s"] = inner
-            best = results.get("alphaspec_median_s", float("nan"))
-            print(f"WeightWatcher 0.7.7 analyze() [{path}]: {inner:.1f} s ({inner / n_mats:.2f} s/matrix), peak RSS "
-                  f"{rss:.2f} GB; alphaspec median is {inner / best:.1f}x faster", flush=True)
+            print(f"WeightWatcher 0.7.7 analyze() [{path}]: {inner:.1f} s ({inner / n_small:.2f} s/matrix, "
+                  f"{inner / n_small * 7 * cfg['layers']:.0f} s extrapolated to the full model), peak RSS {rss:.2f} GB; "
+                  f"alphaspec median end to end is {inner / ours:.1f}x faster", flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 

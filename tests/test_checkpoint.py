@@ -122,3 +122,10 @@ def test_every_tensor_is_a_row_or_skipped(tmp_path):
     result = run(synth.write(tmp_path, tensors), device="cpu")
     accounted = set(result.table["tensor"]) | {s.name for s in result.skipped}
     assert accounted == set(tensors)
+
+
+def test_concurrent_workers_give_the_same_table(tmp_path):
+    folder = synth.write(tmp_path, synth.llama(layers=3, dtype=torch.float32), synth.LLAMA_CONFIG)
+    one = run(folder, device="cpu", estimator="gof").table
+    three = run(folder, device="cpu", estimator="gof", workers=3).table
+    assert one.equals(three)

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The GPU checks and benchmarks, for a session lent the device machine (see docs/benchmarks.md).
+#   part 1 (one device call):  bash bench/gpu.sh tests-decay
+#   part 2 (one device call):  bash bench/gpu.sh esd          (13B-shaped, 40 blocks; ~8 min)
+#   part 3 (one device call):  bash bench/gpu.sh ww           (needs WeightWatcher wheels carried in .whl/)
+# Logs and JSON go to $OUT (the device tool brings them back), else bench/out.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
+out="${OUT:-bench/out}"
+mkdir -p "$out"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
+case "${1:-}" in
+  tests-decay)
+    python3 -m pytest -q -m gpu tests/test_cuda.py 2>&1 | tee "$out/gpu-tests.log"
+    python3 bench/decay.py --device cuda --batch 64 --seq 256 --steps 20 2>&1 | tee "$out/decay.log" ;;
+  esd)
+    python3 bench/esd.py --model 13b --blocks 40 --estimators median,gof --workers 1,2,4 \
+      --json "$out/esd-13b.json" 2>&1 | tee "$out/esd-13b.log" ;;
+  ww)
+    if [ -d .whl ]; then python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl \
+      && export PYTHONPATH="$PYTHONPATH:/tmp/site"; fi
+    python3 bench/esd.py --model 13b --blocks 1 --estimators median --ww --ww-cpu \
+      --json "$out/esd-13b-ww.json" 2>&1 | tee "$out/esd-13b-ww.log" ;;
+  *) echo "usage: bash bench/gpu.sh tests-decay|esd|ww" >&2; exit 2 ;;
+esac
