@@ -76,6 +76,33 @@ class RateColumn(ProgressColumn):
         return Text(f"{task.speed:.1f} matrices/s" if task.speed else "", style="progress.data.speed")
 
 
+def _analyse(source: str, estimator: str, device, quiet: bool, **options):
+    """run() with a progress bar (matrices done, matrices/s, ETA) on stderr; bad input ends in `error:`."""
+    columns = [TextColumn("analysing"), BarColumn(), MofNCompleteColumn(), RateColumn(), TimeElapsedColumn(),
+               TextColumn("eta"), TimeRemainingColumn()]
+    try:
+        with Progress(*columns, console=err, disable=quiet) as bar:
+            task = bar.add_task("analyse", total=None)
+            return run(source, estimator, device, progress=lambda done, total: bar.update(task, completed=done,
+                                                                                         total=total), **options)
+    except (SourceError, DeviceError) as e:
+        fail(str(e))
+
+
+def _load(source: str, estimator: str, device: str, quiet: bool, spectra_file: Path | None = None):
+    """(table, spectra) from a results file written by `analyze` (spectra from its .npz, when there is one),
+    or from a checkpoint analysed now."""
+    path = Path(source)
+    if path.suffix not in TABLE_SUFFIXES or not path.is_file():
+        result = _analyse(source, estimator, device, quiet, keep_spectra=True)
+        return result.table, result.spectra
+    try:
+        npz = spectra_file or path.with_suffix(".npz")
+        return read_results(path), (read_spectra(npz) if npz.is_file() else {})
+    except (OSError, ValueError, KeyError) as e:
+        fail(f"{source}: not a results file written by alphaspec analyze ({e})")
+
+
 def _regexes(patterns: list[str], option: str) -> list[str]:
     for p in patterns:
         try:
@@ -175,16 +202,8 @@ def analyze(
         why = " (no CUDA device found)" if device == "auto" and dev.type == "cpu" else ""
         err.print(f"alphaspec {__version__} · {len(ckpt.tensors)} tensors in {len(ckpt.files)} file(s) · "
                   f"device {dev}{why} · estimator {estimator.value}", highlight=False)
-    columns = [TextColumn("analysing"), BarColumn(), MofNCompleteColumn(), RateColumn(), TimeElapsedColumn(),
-               TextColumn("eta"), TimeRemainingColumn()]
-    try:
-        with Progress(*columns, console=err, disable=quiet, transient=False) as bar:
-            task = bar.add_task("analyse", total=None)
-            result = run(source, estimator.value, dev, include=include, exclude=exclude, split_fused=split_fused,
-                         keep_spectra=save_spectra is not None or plots is not None, checkpoint=ckpt, workers=workers,
-                         progress=lambda done, total: bar.update(task, completed=done, total=total))
-    except SourceError as e:
-        fail(str(e))
+    result = _analyse(source, estimator.value, dev, quiet, include=include, exclude=exclude, split_fused=split_fused,
+                      keep_spectra=save_spectra is not None or plots is not None, checkpoint=ckpt, workers=workers)
     if output is not None:
         write_results(result, output)
     if save_spectra is not None:
@@ -259,22 +278,10 @@ def plot(
             dmap = DecayMap.load(decay_map_file)
         except DecayMapError as e:
             fail(str(e))
-    if Path(source).suffix in TABLE_SUFFIXES and Path(source).is_file():
-        try:
-            table = read_results(Path(source))
-            npz = spectra_file or Path(source).with_suffix(".npz")
-            spectra = read_spectra(npz) if npz.is_file() else {}
-        except (OSError, ValueError, KeyError) as e:
-            fail(f"{source}: not a results file written by alphaspec analyze ({e})")
-        if not spectra and any(k in ("spectra", "esd") for k in kinds):
-            fail(f"{source}: the {' and '.join(k for k in kinds if k in ('spectra', 'esd'))} figures need the "
-                 f"eigenvalues: run analyze with --save-spectra {Path(source).with_suffix('.npz')} (or pass --spectra)")
-    else:
-        try:
-            result = run(source, estimator.value, device, keep_spectra=True)
-        except (SourceError, DeviceError) as e:
-            fail(str(e))
-        table, spectra = result.table, result.spectra
+    table, spectra = _load(source, estimator.value, device, False, spectra_file)
+    if not spectra and any(k in ("spectra", "esd") for k in kinds):
+        fail(f"{source}: the {' and '.join(k for k in kinds if k in ('spectra', 'esd'))} figures need the "
+             f"eigenvalues: run analyze with --save-spectra {Path(source).with_suffix('.npz')} (or pass --spectra)")
     names = []
     if "esd" in kinds:
         if not module:
@@ -298,24 +305,6 @@ class Preserve(str, Enum):
     none = "none"
     modules = "modules"
     params = "params"
-
-
-def _load_table(source: str, estimator: str, device: str, quiet: bool):
-    """A results file as it is, or a checkpoint analysed now (with a progress bar)."""
-    path = Path(source)
-    if path.suffix in TABLE_SUFFIXES and path.is_file():
-        try:
-            return read_results(path)
-        except (OSError, ValueError, KeyError) as e:
-            fail(f"{source}: not a results file written by alphaspec analyze ({e})")
-    columns = [TextColumn("analysing"), BarColumn(), MofNCompleteColumn(), RateColumn(), TimeElapsedColumn()]
-    try:
-        with Progress(*columns, console=err, disable=quiet) as bar:
-            task = bar.add_task("analyse", total=None)
-            return run(source, estimator, device,
-                       progress=lambda done, total: bar.update(task, completed=done, total=total)).table
-    except (SourceError, DeviceError) as e:
-        fail(str(e))
 
 
 @app.command("decay-map", no_args_is_help=True, epilog="""
@@ -360,7 +349,7 @@ def decay_map(
         default: str | float = default_decay if default_decay in ("all", "matrices") else float(default_decay)
     except ValueError as e:
         raise typer.BadParameter(f"{default_decay!r}: use all, matrices or a number", param_hint="--default-decay") from e
-    table = _load_table(source, estimator.value, device, quiet)
+    table, _ = _load(source, estimator.value, device, quiet)
     try:
         dmap = build_decay_map(table, weight_decay, ratio=ratio, assign=assign.value, metric=metric,
                                preserve_mean=preserve_mean.value, default=default, include=include, exclude=exclude,

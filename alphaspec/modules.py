@@ -163,6 +163,8 @@ def _skip_reason(info: TensorInfo) -> str | None:
         return "1-D tensor (bias or norm gain)"
     if 0 in info.shape:
         return f"empty tensor {list(info.shape)}"
+    if re.search(r"(?:^|[._])bias$", info.name):
+        return f"bias {list(info.shape)}"  # e.g. stacked per-expert biases [experts, out]
     if len(info.shape) == 3 and "experts" in info.name:
         return None
     if len(info.shape) > 2:

@@ -180,6 +180,7 @@ def test_moe_per_expert_tensors(tmp_path):
 
 def test_moe_fused_3d_experts(tmp_path):
     tensors = synth.fused_moe(experts=3)
+    tensors["model.layers.0.mlp.experts.down_proj_bias"] = synth.rand(3, D)  # GPT-OSS-style stacked biases
     folder = synth.write(tmp_path / "moe", tensors, {"hidden_size": D})
     result, got, _ = analysed(folder)
     p = "model.layers.0.mlp.experts."
@@ -191,6 +192,7 @@ def test_moe_fused_3d_experts(tmp_path):
     spec = next(s for s in plan(ckpt.tensors, ckpt.config).matrices if s.name == f"{p}gate_up_proj[1,up]")
     assert torch.equal(spec.extract(tensors[p + "gate_up_proj"]), tensors[p + "gate_up_proj"][1, FF:])
     assert len(result.table) == 1 + 1 + 3 * 3
+    assert {s.name: s.reason for s in result.skipped} == {"model.layers.0.mlp.experts.down_proj_bias": "bias [3, 32]"}
 
 
 def test_include_exclude_are_reported(tmp_path):
