@@ -163,12 +163,12 @@ def _skip_reason(info: TensorInfo) -> str | None:
         return "1-D tensor (bias or norm gain)"
     if 0 in info.shape:
         return f"empty tensor {list(info.shape)}"
-    if re.search(r"(?:^|[._])bias$", info.name):
-        return f"bias {list(info.shape)}"  # e.g. stacked per-expert biases [experts, out]
     if len(info.shape) == 3 and "experts" in info.name:
         return None
     if len(info.shape) > 2:
         return f"{len(info.shape)}-D tensor {list(info.shape)}, not a matrix (conv kernels and stacked tensors are not analysed)"
+    if re.search(r"(?:^|[._])bias$", info.name):
+        return f"bias {list(info.shape)}"  # e.g. stacked per-expert biases [experts, out]
     return None
 
 
