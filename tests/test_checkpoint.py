@@ -129,3 +129,28 @@ def test_concurrent_workers_give_the_same_table(tmp_path):
     one = run(folder, device="cpu", estimator="gof").table
     three = run(folder, device="cpu", estimator="gof", workers=3).table
     assert one.equals(three)
+
+
+def test_hub_fetches_only_weights_index_and_config(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    synth.write(tmp_path / "snap", synth.llama(dtype=torch.float32), synth.LLAMA_CONFIG)
+    calls = []
+
+    def fake_snapshot_download(**kwargs):
+        calls.append(kwargs)
+        return str(tmp_path / "snap")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    ckpt = open_checkpoint("some-org/some-model@v1.2")
+    assert calls == [{"repo_id": "some-org/some-model", "revision": "v1.2",
+                      "allow_patterns": ["*.safetensors", "*.safetensors.index.json", "config.json"]}]
+    assert ckpt.config["model_type"] == "llama" and len(ckpt.tensors) == 1 + 1 + 2 * 9
+
+
+def test_progress_counts_every_matrix(tmp_path):
+    folder = synth.write(tmp_path, synth.llama(dtype=torch.float32), synth.LLAMA_CONFIG)
+    seen = []
+    run(folder, device="cpu", progress=lambda done, total: seen.append((done, total)))
+    assert seen[0] == (0, 15) and seen[-1] == (15, 15)
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
