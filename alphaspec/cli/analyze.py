@@ -1,0 +1,126 @@
+"""`alphaspec analyze`: the table of spectra and fits, and its terminal summary."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from .. import __version__
+from ..analysis import Analysis
+from ..checkpoint import SourceError, open_checkpoint
+from ..esd import DeviceError, resolve_device
+from ..modules import MODULE_TYPES
+from ..output import check_output, write_results, write_spectra
+from .common import MODEL_KINDS, Estimator, analyse, app, draw, err, fail, out, regexes
+
+
+def _summary(result: Analysis) -> Table:
+    from ..reference import random_alpha
+
+    table = Table(title="alpha per module type", title_justify="left", header_style="bold",
+                  caption="random: alpha of a Gaussian matrix of the type's most common shape (Marchenko-Pastur); "
+                          "trained matrices below it carry learned correlations", caption_justify="left")
+    for col in ("module", "count", "fitted", "mean", "median", "min", "max", "random"):
+        table.add_column(col, justify="left" if col == "module" else "right")
+    df = result.table
+    for module in [m for m in MODULE_TYPES if m in set(df["module"])]:
+        rows = df[df["module"] == module]
+        fitted = rows.dropna(subset=["alpha"])
+        stats = [f"{v:.3f}" for v in (fitted["alpha"].mean(), fitted["alpha"].median(), fitted["alpha"].min(),
+                                      fitted["alpha"].max())] if len(fitted) else ["-"] * 4
+        shape = fitted[["rows", "cols"]].value_counts().idxmax() if len(fitted) else None
+        ref = f"{random_alpha(int(shape[0]), int(shape[1]), result.estimator):.3f}" if shape is not None else "-"
+        table.add_row(module, str(len(rows)), str(len(fitted)), *stats, ref)
+    return table
+
+
+def _report(result: Analysis, n_tensors: int) -> None:
+    df = result.table
+    out.print(_summary(result))
+    failed = df[df["status"] != "ok"]
+    if len(failed):
+        out.print(f"[yellow]{len(failed)} matrix fit(s) empty:[/]")
+        for _, r in failed.head(10).iterrows():
+            out.print(Text(f"  {r['name']}: {r['status']}"))
+        if len(failed) > 10:
+            out.print(f"  ... and {len(failed) - 10} more (see the status column)")
+    if result.skipped:
+        reasons = Counter(s.reason for s in result.skipped)
+        out.print(f"{len(result.skipped)} tensor(s) skipped:")
+        for reason, count in reasons.most_common():
+            example = next(s.name for s in result.skipped if s.reason == reason)
+            out.print(Text(f"  {count:>5} x {reason}  (e.g. {example})"))
+    for note in result.notes:
+        out.print(Text(f"note: {note}"), style="yellow")
+    out.print(f"{len(df)} matrices analysed, {len(result.skipped)} tensors skipped, {n_tensors} tensors in the checkpoint")
+
+
+@app.command(no_args_is_help=True, epilog="""
+**Examples**
+
+    alphaspec analyze example:minilm                  # the bundled MiniLM checkpoint
+
+    alphaspec analyze ./my-model -o alphas.csv        # HF directory (shards + index are fine)
+
+    alphaspec analyze meta-llama/Llama-2-7b-hf@main -e gof -o llama.json
+
+    alphaspec analyze model.safetensors --include 'layers\\.[0-3]\\.' --exclude 'k_proj'
+""")
+def analyze(
+    source: Annotated[str, typer.Argument(help="A .safetensors/.bin/.pt file, a model or run directory, "
+                                          "a hub id org/name[@revision], or example:minilm.")],
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Write the table: .csv, .json or .parquet.")] = None,
+    estimator: Annotated[Estimator, typer.Option("-e", "--estimator", help="How xmin is chosen.")] = Estimator.median,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    include: Annotated[list[str] | None, typer.Option(
+        "--include", help="Only tensors whose name matches (regex, repeatable).")] = None,
+    exclude: Annotated[list[str] | None, typer.Option(
+        "--exclude", help="Skip tensors whose name matches (regex, repeatable).")] = None,
+    split_fused: Annotated[bool, typer.Option(
+        "--split-fused/--no-split-fused", help="Split fused q/k/v and gate/up tensors.")] = True,
+    save_spectra: Annotated[Path | None, typer.Option(
+        "--save-spectra", help="Also save every eigenvalue spectrum (ascending) to this .npz.")] = None,
+    plots: Annotated[Path | None, typer.Option(
+        "--plots", help="Also draw the model-level figures (spectra, alpha-modules, alpha-depth) into DIR.")] = None,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Concurrent solves (on a GPU, one CUDA stream "
+                                         "each).")] = 1,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar and no summary.")] = False,
+) -> None:
+    """Eigenvalue spectrum and power-law tail fit (alpha) of every weight matrix in a checkpoint."""
+    include, exclude = regexes(include or [], "--include"), regexes(exclude or [], "--exclude")
+    try:
+        if output is not None:
+            check_output(output)
+        if save_spectra is not None and save_spectra.suffix != ".npz":
+            raise ValueError(f"{save_spectra}: spectra are saved as .npz")
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from e
+    try:
+        dev = resolve_device(device)
+        ckpt = open_checkpoint(source)
+    except (SourceError, DeviceError) as e:
+        fail(str(e))
+    if not quiet:
+        why = " (no CUDA device found)" if device == "auto" and dev.type == "cpu" else ""
+        err.print(f"alphaspec {__version__} · {len(ckpt.tensors)} tensors in {len(ckpt.files)} file(s) · "
+                  f"device {dev}{why} · estimator {estimator.value}", highlight=False)
+    result = analyse(source, estimator.value, dev, quiet, include=include, exclude=exclude, split_fused=split_fused,
+                      keep_spectra=save_spectra is not None or plots is not None, checkpoint=ckpt, workers=workers)
+    if output is not None:
+        write_results(result, output)
+    if save_spectra is not None:
+        write_spectra(result, save_spectra)
+    drawn = draw(result.table, result.spectra, plots, list(MODEL_KINDS), "png", []) if plots is not None else []
+    if not quiet:
+        _report(result, len(ckpt.tensors))
+        for path in drawn:
+            out.print(f"drew {path}", highlight=False)
+        if output is not None:
+            out.print(f"wrote {output}", highlight=False)
+        else:
+            out.print("[dim]save the full table with -o results.csv (or .json, .parquet)[/]")

@@ -1,0 +1,103 @@
+"""`alphaspec decay-map`: AlphaDecay decays as a JSON map, with the per-type summary."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import pandas as pd
+import typer
+from rich.table import Table
+
+from .common import Estimator, app, fail, load, out, regexes
+
+
+class Assign(str, Enum):
+    linear = "linear"
+    sqrt = "sqrt"
+    log2 = "log2"
+    sigmoid = "sigmoid"
+
+
+class Preserve(str, Enum):
+    none = "none"
+    modules = "modules"
+    params = "params"
+
+
+@app.command("decay-map", no_args_is_help=True, epilog="""
+**Examples**
+
+    alphaspec decay-map ./my-llama -o wd.json                       # AdamW-style base decay 0.1
+
+    alphaspec decay-map r.json -o wd.json --weight-decay 5e-6 --ratio 0.67 5 --preserve-mean params
+
+    alphaspec decay-map model/ -o wd.json --assign sigmoid --metric spectral_norm --default-decay matrices
+""")
+def decay_map(
+    source: Annotated[str, typer.Argument(help="A checkpoint (anything `analyze` takes) or a results file.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="The decay map to write (.json).")],
+    weight_decay: Annotated[float, typer.Option("--weight-decay", min=0.0, help="Base decay w (AdamW-style; "
+                                                "Adam with L2 uses ~1e-5 to 1e-6).")] = 0.1,
+    ratio: Annotated[tuple[float, float], typer.Option("--ratio", help="linear: decays span s1*w .. s2*w.")] = (0.67, 3.0),
+    assign: Annotated[Assign, typer.Option("--assign", help="How metric values become decays.")] = Assign.linear,
+    estimator: Annotated[Estimator, typer.Option(
+        "-e", "--estimator", help="alpha estimator (when analysing).")] = Estimator.median,
+    metric: Annotated[str, typer.Option("--metric", help="alpha, alpha_weighted, spectral_norm, frobenius_norm, "
+                                        "stable_rank, log_spectral_norm, log_norm, entropy or lambda_max.")] = "alpha",
+    preserve_mean: Annotated[Preserve, typer.Option("--preserve-mean", help="Rescale so the plain (modules) or "
+                                                    "parameter-weighted (params) mean decay is w.")] = Preserve.none,
+    default_decay: Annotated[str, typer.Option("--default-decay", help="Untuned parameters: all (w), matrices (w, but "
+                                               "0 for 1-D and embeddings) or a number.")] = "all",
+    include: Annotated[list[str] | None, typer.Option("--include", help="Tune the tensors matching (regex) instead of "
+                                                      "the block matrices.")] = None,
+    exclude: Annotated[list[str] | None, typer.Option("--exclude", help="Do not tune tensors matching (regex).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N (when analysing).")] = "auto",
+    quiet: Annotated[bool, typer.Option("-q", "--quiet")] = False,
+) -> None:
+    """AlphaDecay module-wise weight decays from the spectra, as a JSON map for any training loop."""
+    from ..decay import METRICS, DecayMapError, build_decay_map
+
+    include, exclude = regexes(include or [], "--include"), regexes(exclude or [], "--exclude")
+    if metric not in METRICS:
+        raise typer.BadParameter(f"{metric!r}; choose one of {', '.join(METRICS)}", param_hint="--metric")
+    if output.suffix != ".json":
+        raise typer.BadParameter(f"{output}: decay maps are JSON", param_hint="-o")
+    try:
+        default: str | float = default_decay if default_decay in ("all", "matrices") else float(default_decay)
+    except ValueError as e:
+        raise typer.BadParameter(f"{default_decay!r}: use all, matrices or a number", param_hint="--default-decay") from e
+    table, _ = load(source, estimator.value, device, quiet)
+    try:
+        dmap = build_decay_map(table, weight_decay, ratio=ratio, assign=assign.value, metric=metric,
+                               preserve_mean=preserve_mean.value, default=default, include=include, exclude=exclude,
+                               source=source)
+    except DecayMapError as e:
+        fail(str(e))
+    dmap.save(output)
+    if not quiet:
+        out.print(_decay_summary(dmap))
+        out.print(f"wrote {output} ({len(dmap.modules)} tuned tensors)", highlight=False)
+
+
+def _decay_summary(dmap) -> Table:
+    mods = pd.DataFrame(dmap.modules)
+    table = Table(title=f"{dmap.assign} decays from {dmap.metric} (base w = {dmap.weight_decay:g})", title_justify="left",
+                  header_style="bold")
+    for col in ("module", "count", f"mean {dmap.metric}", "mean decay", "mean / w"):
+        table.add_column(col, justify="left" if col == "module" else "right")
+    for module, part in mods.groupby("module", sort=False):
+        mean_wd = part["weight_decay"].mean()
+        table.add_row(str(module), str(len(part)), f"{part[dmap.metric].mean():.3f}", f"{mean_wd:.3g}",
+                      f"{mean_wd / dmap.weight_decay:.2f}" if dmap.weight_decay else "-")
+    mean_wd = mods["weight_decay"].mean()
+    ratio = f"{mean_wd / dmap.weight_decay:.2f}" if dmap.weight_decay else "-"
+    table.add_row("all tuned", str(len(mods)), f"{mods[dmap.metric].mean():.3f}", f"{mean_wd:.3g}", ratio,
+                  style="bold")
+    weighted = float((mods["weight_decay"] * mods["params"]).sum() / mods["params"].sum())
+    ratio = f"{weighted / dmap.weight_decay:.2f}" if dmap.weight_decay else "-"
+    table.add_row("parameter-weighted", "", "", f"{weighted:.3g}", ratio, style="bold")
+    table.caption = ("mean / w above 1 means the map regularises more than uniform decay at w "
+                     "(see --preserve-mean)") if dmap.preserve_mean == "none" else f"mean preserved: {dmap.preserve_mean}"
+    return table

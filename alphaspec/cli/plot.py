@@ -1,0 +1,78 @@
+"""`alphaspec plot`: figures from a checkpoint or from a results file."""
+
+from __future__ import annotations
+
+import re
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .common import MODEL_KINDS, Estimator, app, draw, fail, load, out
+
+
+class Kind(str, Enum):
+    spectra = "spectra"
+    alpha_modules = "alpha-modules"
+    alpha_depth = "alpha-depth"
+    esd = "esd"
+    decay = "decay"
+
+
+class Format(str, Enum):
+    png = "png"
+    svg = "svg"
+    pdf = "pdf"
+
+
+@app.command(no_args_is_help=True, epilog="""
+**Examples**
+
+    alphaspec plot example:minilm -o figs/
+
+    alphaspec analyze model/ -o r.json --save-spectra r.npz && alphaspec plot r.json -o figs/ --format svg
+
+    alphaspec plot r.json --kind esd --module 'layers\\.3\\.mlp\\.down' -o figs/
+""")
+def plot(
+    source: Annotated[str, typer.Argument(help="A checkpoint (anything `analyze` takes), or a results file "
+                                          "(.csv/.json/.parquet) written by `analyze`.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Directory for the figures.")] = Path("alphaspec-plots"),
+    kind: Annotated[list[Kind] | None, typer.Option("--kind", help="Figure kind(s); default: all model-level "
+                                                    "kinds, plus esd when --module is given.")] = None,
+    fmt: Annotated[Format, typer.Option("--format", help="png (150 dpi), or vector svg / pdf.")] = Format.png,
+    module: Annotated[list[str] | None, typer.Option("--module", help="Row name or regex for `esd` figures.")] = None,
+    spectra_file: Annotated[Path | None, typer.Option("--spectra", help="Spectra .npz saved by `analyze "
+                                                      "--save-spectra` (default: RESULTS with suffix .npz).")] = None,
+    decay_map_file: Annotated[Path | None, typer.Option("--decay-map", help="A map from `alphaspec decay-map` for "
+                                                        "the decay figure (default: linear, w = 0.1).")] = None,
+    estimator: Annotated[Estimator, typer.Option("-e", "--estimator", help="When SOURCE is a checkpoint.")] = Estimator.median,
+    device: Annotated[str, typer.Option(help="When SOURCE is a checkpoint: auto, cpu, cuda or cuda:N.")] = "auto",
+) -> None:
+    """Figures: ESDs per module type across layers, alpha per module type and over depth, one matrix's fit,
+    and weight decay against alpha."""
+    from ..decay import DecayMap, DecayMapError
+
+    kinds = [k.value for k in kind] if kind else [*MODEL_KINDS, *(["esd"] if module else []),
+                                                   *(["decay"] if decay_map_file else [])]
+    dmap = None
+    if decay_map_file is not None:
+        try:
+            dmap = DecayMap.load(decay_map_file)
+        except DecayMapError as e:
+            fail(str(e))
+    table, spectra = load(source, estimator.value, device, False, spectra_file)
+    if not spectra and any(k in ("spectra", "esd") for k in kinds):
+        fail(f"{source}: the {' and '.join(k for k in kinds if k in ('spectra', 'esd'))} figures need the "
+             f"eigenvalues: run analyze with --save-spectra {Path(source).with_suffix('.npz')} (or pass --spectra)")
+    names = []
+    if "esd" in kinds:
+        if not module:
+            fail("the esd figure needs --module NAME (a row name or a regex)")
+        names = [n for n in table["name"] if n in module or any(re.search(p, n) for p in module)]
+        names = [n for n in names if n in spectra]
+        if not names:
+            fail(f"no analysed matrix with a spectrum matches --module {' '.join(module)}")
+    for path in draw(table, spectra, output, kinds, fmt.value, names, dmap):
+        out.print(f"drew {path}", highlight=False)
