@@ -1,7 +1,8 @@
 """analyze(): checkpoint -> module map -> ESD -> fits and metrics -> one results row per matrix.
 
-A reader thread streams tensors file by file (each read once) into a small queue while the main
-thread solves eigenproblems on the device, so reading the next tensors overlaps with compute.
+A reader thread streams tensors file by file (each read once, and on a GPU copied there) into a
+small queue while the main thread solves eigenproblems on the device, so reading and transferring
+the next tensors overlaps with compute.
 """
 
 from __future__ import annotations
@@ -55,8 +56,21 @@ class Analysis:
 _DONE = object()
 
 
-def _read_ahead(ckpt: Checkpoint, specs: list[MatrixSpec], stop: threading.Event) -> Iterator:
-    """Yield (spec, matrix) in file order, read by a background thread a few matrices ahead."""
+def _read_ahead(ckpt: Checkpoint, specs: list[MatrixSpec], stop: threading.Event,
+                device: torch.device | None = None) -> Iterator:
+    """Yield (spec, matrix) in file order, read by a background thread a few matrices ahead.
+
+    With a CUDA device the thread also copies each matrix there (on its own stream, in the
+    checkpoint's dtype), so the host-to-device transfer overlaps the solver too.
+    """
+    copy_stream = torch.cuda.Stream(device) if device is not None and device.type == "cuda" else None
+
+    def stage(m: torch.Tensor) -> torch.Tensor:
+        if copy_stream is None:
+            return m
+        with torch.cuda.stream(copy_stream):
+            return m.to(device)  # synchronous for this thread: the data is there when it is queued
+
     by_tensor: dict[str, list[MatrixSpec]] = {}
     for spec in specs:
         by_tensor.setdefault(spec.tensor, []).append(spec)
@@ -79,7 +93,7 @@ def _read_ahead(ckpt: Checkpoint, specs: list[MatrixSpec], stop: threading.Event
                 names = [n for n in order if file_of[n] == file]
                 for name, tensor in ckpt.read(file, names):
                     for spec in by_tensor[name]:
-                        if not put((spec, spec.extract(tensor))):
+                        if not put((spec, stage(spec.extract(tensor)))):
                             return
             put(_DONE)
         except BaseException as err:  # noqa: BLE001 - handed to the consumer, which re-raises it
@@ -133,6 +147,10 @@ def metrics_of(eigs: torch.Tensor, estimator: str) -> dict:
 def solve_batch(batch: list[tuple[MatrixSpec, torch.Tensor]], dev: torch.device, estimator: str,
                 dtypes: dict[str, str]) -> list[tuple[dict, torch.Tensor | None]]:
     """Rows (and spectra) of same-shape matrices solved together on `dev`; NaN/Inf matrices get no spectrum."""
+    if dev.type == "cuda":
+        for _, m in batch:
+            if m.is_cuda:  # staged on the reader's stream: keep the allocator from reusing it too early
+                m.record_stream(torch.cuda.current_stream(dev))
     w = torch.stack([m.to(dev, non_blocking=True) for _, m in batch])
     ok = finite_rows(w)
     if not bool(ok.all()):
@@ -222,7 +240,7 @@ def run(source, estimator: str = "median", device: str | torch.device = "auto", 
             progress(len(rows), total)
 
     stop = threading.Event()
-    batches = _batches(_read_ahead(ckpt, todo.matrices, stop), max_bytes)
+    batches = _batches(_read_ahead(ckpt, todo.matrices, stop, dev), max_bytes)
     with torch.no_grad():
         if workers <= 1:
             for batch in batches:
