@@ -61,9 +61,9 @@ def assign_decays(metric: Sequence[float], weight_decay: float, *, ratio: Sequen
         span = a.max() - a.min()
         wd = np.full_like(a, w) if span == 0 else w * (s1 + (s2 - s1) * (a - a.min()) / span)
     elif assign == "sqrt":
-        wd = w * a.size * np.sqrt(a) / np.sqrt(a).sum() if (a >= 0).all() and a.sum() > 0 else None
-        if wd is None:
+        if (a < 0).any() or a.sum() <= 0:
             raise DecayMapError("sqrt assignment needs non-negative metric values with a positive sum")
+        wd = w * a.size * np.sqrt(a) / np.sqrt(a).sum()
     elif assign == "log2":
         if (a <= 1).any():
             raise DecayMapError(f"log2 assignment needs every metric value > 1; the smallest is {a.min():.4g}")
