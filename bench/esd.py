@@ -169,10 +169,13 @@ def main() -> None:
                                       str(device), "--workers", str(workers), "-o", f"{tmp}/r.csv"])
             results[f"alphaspec_median_workers{workers}_s"] = wall
             print(f"alphaspec analyze --workers {workers}: {wall:.1f} s end to end, peak RSS {rss:.2f} GB", flush=True)
-    bare = bare_eigvalsh(folder, device)
-    results |= bare
-    print(f"bare float64 Gram + eigvalsh: {bare['eigvalsh_s']:.1f} s; + median fit: {bare['eigvalsh_median_s']:.1f} s",
-          flush=True)
+    for library in ("default", "magma") if device.type == "cuda" else ("default",):
+        if device.type == "cuda":
+            torch.backends.cuda.preferred_linalg_library(library)
+        bare = bare_eigvalsh(folder, device)
+        results |= {f"{k}_{library}": v for k, v in bare.items()}
+        print(f"bare float64 Gram + eigvalsh ({library} linalg): {bare['eigvalsh_s']:.1f} s; "
+              f"+ median fit: {bare['eigvalsh_median_s']:.1f} s", flush=True)
     if args.ww:
         small = folder if args.ww_blocks == args.blocks else write_checkpoint(args.model, args.ww_blocks, args.per_shard)
         n_small = 7 * args.ww_blocks
