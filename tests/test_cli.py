@@ -50,6 +50,7 @@ def test_bad_inputs_exit_1_with_one_line(tmp_path):
     assert_one_line_error(cli("analyze", tmp_path / "random.bin"), "random.bin", "not a readable PyTorch state dict")
     offline = cli("analyze", "no-such-org/no-such-model", env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})
     assert_one_line_error(offline, "no-such-org/no-such-model")
+    assert_one_line_error(cli("analyze", "example:nope"), "unknown example 'nope'", "example:minilm")
 
 
 def test_usage_errors_exit_2(llama_dir, tmp_path):
