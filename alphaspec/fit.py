@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-ESTIMATORS = ("median", "gof", "fix-finger")
+ESTIMATORS = ("median", "gof", "fix-finger", "fix-finger-legacy")
 MIN_EIGS = 10  # fewer non-zero eigenvalues than this: no fit, the row says why
 FIX_FINGER_BINS = 100
 FIX_FINGER_WINDOW = (0.95, 1.5)
@@ -113,20 +113,39 @@ def fix_finger_peak(lam: torch.Tensor) -> float:
     return float(10.0 ** edges[int(torch.argmax(counts))])
 
 
+def _window(lam: torch.Tensor, low: float, high: float) -> tuple[int, int]:
+    """The candidates (every eigenvalue but the largest) with low <= lambda <= high, as a range."""
+    usable = lam[:-1]  # sorted, so the window is a contiguous range
+    bounds = torch.tensor([low, high], dtype=lam.dtype, device=lam.device)
+    return int(torch.searchsorted(usable, bounds[:1])), int(torch.searchsorted(usable, bounds[1:], right=True))
+
+
 def fit_fix_finger(lam: torch.Tensor, curves: bool = False) -> PowerLawFit:
     """gof restricted to candidates in [0.95, 1.5] x the log-histogram peak (WeightWatcher's xmin_peak, intended window)."""
     peak = fix_finger_peak(lam)
     lo, hi = FIX_FINGER_WINDOW
-    usable = lam[:-1]  # sorted, so the window is a contiguous range of candidates
-    first = int(torch.searchsorted(usable, torch.tensor([lo * peak], dtype=lam.dtype, device=lam.device)))
-    stop = int(torch.searchsorted(usable, torch.tensor([hi * peak], dtype=lam.dtype, device=lam.device), right=True))
-    if stop <= first:
-        first = int(torch.argmin((usable - peak).abs()))
+    first, stop = _window(lam, lo * peak, hi * peak)
+    if stop <= first:  # nothing in the window: the eigenvalue nearest the peak
+        first = int(torch.argmin((lam[:-1] - peak).abs()))
         stop = first + 1
     return _best_of(lam, first, stop, curves)
 
 
-_FITTERS = {"median": fit_median, "gof": fit_gof, "fix-finger": fit_fix_finger}
+def fit_fix_finger_legacy(lam: torch.Tensor, curves: bool = False) -> PowerLawFit:
+    """fix-finger as WeightWatcher/TempBalance/AlphaDecay code it, to reproduce published numbers.
+
+    Their lower bound log10(0.95 * peak) is compared with raw eigenvalues, which in effect removes it.
+    """
+    peak = fix_finger_peak(lam)
+    lo, hi = FIX_FINGER_WINDOW
+    first, stop = _window(lam, math.log10(lo * peak), hi * peak)
+    if stop <= first:
+        return PowerLawFit.empty("no candidate in the legacy fix-finger window")
+    return _best_of(lam, first, stop, curves)
+
+
+_FITTERS = {"median": fit_median, "gof": fit_gof, "fix-finger": fit_fix_finger,
+            "fix-finger-legacy": fit_fix_finger_legacy}
 
 
 def check_estimator(estimator: str) -> str:

@@ -87,6 +87,19 @@ def test_gof_and_fix_finger_equal_reference_loop(data):
         assert got.ks_d == pytest.approx(ref[2], rel=1e-9, abs=1e-12), estimator
 
 
+def test_fix_finger_legacy_reproduces_the_released_window():
+    """The released code's window: log10(0.95 p) <= lambda <= 1.5 p, the lower bound in the wrong units."""
+    lam = np.sort(gaussian_esd(500, 300, 3))
+    counts, edges = np.histogram(np.log10(lam), bins=100)
+    peak = 10 ** edges[np.argmax(counts)]
+    window = [i for i in range(len(lam) - 1) if np.log10(0.95 * peak) <= lam[i] <= 1.5 * peak]
+    ref = reference(lam, window)
+    got = fit(lam, "fix-finger-legacy")
+    assert got.xmin == ref[1] and got.alpha == pytest.approx(ref[0], rel=1e-9)
+    assert window[0] == 0  # peak below 10/0.95: no lower bound at all, unlike the intended window
+    assert fit(lam, "fix-finger").xmin >= 0.95 * peak
+
+
 def test_fix_finger_peak_is_numpy_histogram_peak():
     lam = np.sort(gaussian_esd(400, 400, 11))
     counts, edges = np.histogram(np.log10(lam), bins=100)

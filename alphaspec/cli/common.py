@@ -44,6 +44,7 @@ class Estimator(str, Enum):
     median = "median"
     gof = "gof"
     fix_finger = "fix-finger"
+    fix_finger_legacy = "fix-finger-legacy"
 
 
 def fail(message: str, code: int = 1) -> None:
