@@ -169,9 +169,13 @@ def hub_snapshot(repo: str) -> Path:
 
     repo_id, _, revision = repo.partition("@")
     try:
-        return Path(snapshot_download(repo_id=repo_id, revision=revision or None, allow_patterns=HUB_PATTERNS))
+        folder = Path(snapshot_download(repo_id=repo_id, revision=revision or None, allow_patterns=HUB_PATTERNS))
     except Exception as err:  # noqa: BLE001 - network, auth, offline and not-found errors alike
         raise SourceError(f"{repo}: not a local path, and the hub could not provide it ({_first_line(err)})") from err
+    if not any(folder.glob("*.safetensors")):
+        raise SourceError(f"{repo}: the hub repo has no .safetensors weights (only safetensors are fetched from the hub; "
+                          "download .bin weights yourself and pass their path)")
+    return folder
 
 
 def resolve(source: str | Path) -> Path:

@@ -146,6 +146,9 @@ def test_hub_fetches_only_weights_index_and_config(tmp_path, monkeypatch):
     assert calls == [{"repo_id": "some-org/some-model", "revision": "v1.2",
                       "allow_patterns": ["*.safetensors", "*.safetensors.index.json", "config.json"]}]
     assert ckpt.config["model_type"] == "llama" and len(ckpt.tensors) == 1 + 1 + 2 * 9
+    (tmp_path / "snap" / "model.safetensors").unlink()  # a repo with .bin weights only
+    with pytest.raises(SourceError, match="the hub repo has no .safetensors weights"):
+        open_checkpoint("some-org/bin-only")
 
 
 def test_progress_counts_every_matrix(tmp_path):
