@@ -36,6 +36,23 @@ def _full(p: torch.Tensor) -> torch.Tensor:
     return p.full_tensor() if hasattr(p, "full_tensor") else p
 
 
+def share_of_work(tuned: dict[str, torch.Tensor], rank: int, world: int) -> list[str]:
+    """This rank's matrices: a greedy split balancing the solve cost (Gram + eigensolver) over ranks.
+
+    Deterministic from names and shapes alone, so every rank computes the same partition.
+    """
+    def cost(t: torch.Tensor) -> int:
+        m, n = sorted((t.shape[-2], t.shape[-1]))
+        return (t.numel() // (m * n)) * (m * m * n + m**3)  # stacked experts count once each
+
+    load, owner = [0] * world, {}
+    for name in sorted(tuned, key=lambda n: (-cost(tuned[n]), n)):
+        r = min(range(world), key=lambda i: (load[i], i))
+        owner[name] = r
+        load[r] += cost(tuned[name])
+    return sorted(n for n, r in owner.items() if r == rank)
+
+
 def split_param_groups(optimizer: torch.optim.Optimizer, tuned: dict[str, torch.nn.Parameter],
                        scheduler=None) -> dict[str, dict]:
     """Give every tuned parameter its own param group (same hyperparameters as the group it came from).
@@ -105,7 +122,7 @@ class AlphaDecay:
         self.estimator, self.gap = estimator, gap
         self.groups = split_param_groups(optimizer, self.tuned, scheduler)
         self.rank, self.world = _dist()
-        self.owned = [n for i, n in enumerate(sorted(self.tuned)) if i % self.world == self.rank]
+        self.owned = share_of_work(self.tuned, self.rank, self.world)
         on_cuda = next(iter(self.tuned.values())).is_cuda
         self.overlap = True if overlap == "auto" else bool(overlap)  # measured faster on CPU too (docs/benchmarks.md)
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="alphadecay") if self.overlap else None

@@ -113,6 +113,15 @@ def test_uniform_warmup_and_overlapped_refresh():
     assert len(set(group_decays(opt).values())) > 1
 
 
+def test_work_is_shared_by_cost():
+    from alphaspec.hook import share_of_work
+
+    tuned = {f"m{i}": torch.empty(4096, 4096) for i in range(4)} | {f"s{i}": torch.empty(64, 64) for i in range(8)}
+    shares = [share_of_work(tuned, r, 2) for r in range(2)]
+    assert sorted(shares[0] + shares[1]) == sorted(tuned) and not set(shares[0]) & set(shares[1])
+    assert sum(n.startswith("m") for n in shares[0]) == 2  # the four big matrices split evenly
+
+
 def test_scheduler_built_before_the_hook_follows_the_new_groups():
     model = TinyLM()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
