@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 
 from . import __version__
-from .checkpoint import Checkpoint, TensorInfo, open_checkpoint
+from .checkpoint import Checkpoint, TensorInfo, dtype_name, open_checkpoint
 from .esd import EPS_ZERO, eigenvalues, finite_rows, resolve_device
 from .fit import PowerLawFit, check_estimator, fit_sorted
 from .metrics import nan_metrics, spectral_metrics
@@ -47,10 +47,14 @@ class Analysis:
 
     def to_json(self) -> dict:
         """The JSON layout of DESIGN.md (NaN becomes null)."""
-        rows = self.table.astype(object).where(self.table.notna(), None).to_dict("records")
         return {"alphaspec": __version__, "source": self.source, "estimator": self.estimator,
-                "device": self.device, "matrices": rows,
+                "device": self.device, "matrices": records(self.table),
                 "skipped": [{"name": s.name, "reason": s.reason} for s in self.skipped], "notes": self.notes}
+
+
+def records(table: pd.DataFrame) -> list[dict]:
+    """Table rows as plain dicts, empty values as None (for JSON and for sending between ranks)."""
+    return table.astype(object).where(table.notna(), None).to_dict("records")
 
 
 _DONE = object()
@@ -276,7 +280,7 @@ def analyze_tensors(tensors: dict[str, torch.Tensor], estimator: str = "median",
     The same module map, ESD engine and fits as `analyze`; used by the training hook.
     """
     check_estimator(estimator)
-    infos = [TensorInfo(n, tuple(t.shape), str(t.dtype).removeprefix("torch."), Path("<memory>"))
+    infos = [TensorInfo(n, tuple(t.shape), dtype_name(t), Path("<memory>"))
              for n, t in tensors.items()]
     todo = plan(infos, config, split_fused=split_fused)
     dtypes = {i.name: i.dtype for i in infos}

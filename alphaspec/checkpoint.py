@@ -69,6 +69,11 @@ class Checkpoint:
             raise SourceError(f"{file}: cannot read tensor data ({_first_line(err)})") from err
 
 
+def dtype_name(t: torch.Tensor) -> str:
+    """A tensor's dtype as TensorInfo spells it: torch's name without the prefix ("bfloat16")."""
+    return str(t.dtype).removeprefix("torch.")
+
+
 def _first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
@@ -110,7 +115,7 @@ def _torch_headers(file: Path) -> list[TensorInfo]:
     out = []
     for name, value in _load_state_dict(file).items():
         if torch.is_tensor(value):
-            out.append(TensorInfo(str(name), tuple(value.shape), str(value.dtype).removeprefix("torch."), file))
+            out.append(TensorInfo(str(name), tuple(value.shape), dtype_name(value), file))
         else:
             out.append(TensorInfo(str(name), (), f"non-tensor {type(value).__name__}", file))
     return out

@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 
-from .analysis import analyze_tensors
+from .analysis import analyze_tensors, records
 from .decay import DEFAULT_RATIO, DecayMapError, build_decay_map, is_tuned_candidate
 
 
@@ -194,7 +194,7 @@ class AlphaDecay:
                 table = analyze_tensors(snapshot, self.estimator)
         else:
             table = analyze_tensors(snapshot, self.estimator)
-        return table.astype(object).where(table.notna(), None).to_dict("records")
+        return records(table)
 
     def _gather(self, rows: list[dict]) -> pd.DataFrame:
         if self.world > 1:

@@ -134,62 +134,52 @@ def test_scheduler_built_before_the_hook_follows_the_new_groups():
     assert [g["lr"] for g in opt.param_groups] == pytest.approx([1e-3 / 4] * 15)
 
 
-def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+def _distributed_worker(rank: int, world: int, init_file: str, out_dir: str, sharding: str) -> None:
+    """Train TinyLM on 2 gloo ranks (DDP or FSDP2) with different data per rank; save what the hook decided."""
     import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     torch.manual_seed(0)
-    model = nn.parallel.DistributedDataParallel(TinyLM())
+    model = TinyLM()
+    if sharding == "fsdp2":
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        mesh = init_device_mesh("cpu", (world,))
+        for block in model.model.layers:
+            fully_shard(block, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+    else:
+        model = nn.parallel.DistributedDataParallel(model)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.1)
     hook = AlphaDecay(model, opt, gap=2, overlap=False)
     for s in range(4):
-        train_step(model, opt, 100 * rank + s)  # different data per rank; DDP keeps the weights equal
+        train_step(model, opt, 100 * rank + s)  # different data per rank; DDP/FSDP keep the weights equal
         hook.step()
-    torch.save({"decays": group_decays(opt), "owned": hook.owned, "refreshes": hook.refreshes},
+    expected = expected_decays(getattr(model, "module", model), 0.1)  # full weights, after the step-4 refresh
+    torch.save({"decays": group_decays(opt), "owned": hook.owned, "refreshes": hook.refreshes, "expected": expected},
                os.path.join(out_dir, f"rank{rank}.pt"))
     dist.destroy_process_group()
 
 
-@pytest.mark.slow
-def test_ddp_two_ranks_get_identical_decays_each_computed_once(tmp_path):
+def _two_ranks(tmp_path, sharding: str) -> tuple[dict, dict]:
     import torch.multiprocessing as mp
 
-    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "rdzv"), str(tmp_path)), nprocs=2, join=True)
-    r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    mp.spawn(_distributed_worker, args=(2, str(tmp_path / "rdzv"), str(tmp_path), sharding), nprocs=2, join=True)
+    return torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+
+
+@pytest.mark.slow
+def test_ddp_two_ranks_get_identical_decays_each_computed_once(tmp_path):
+    r0, r1 = _two_ranks(tmp_path, "ddp")
     assert r0["refreshes"] == r1["refreshes"] == 3
     assert r0["decays"] == r1["decays"] and len(r0["decays"]) == 14
     assert set(r0["owned"]).isdisjoint(r1["owned"]) and len(r0["owned"]) + len(r1["owned"]) == 14
 
 
-def _fsdp2_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
-    import torch.distributed as dist
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
-
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    mesh = init_device_mesh("cpu", (world,))
-    torch.manual_seed(0)
-    model = TinyLM()
-    for block in model.model.layers:
-        fully_shard(block, mesh=mesh)
-    fully_shard(model, mesh=mesh)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.1)
-    hook = AlphaDecay(model, opt, gap=2, overlap=False)
-    for s in range(4):
-        train_step(model, opt, 100 * rank + s)
-        hook.step()
-    expected = expected_decays(model, 0.1)  # from the gathered full weights, after the step-4 refresh
-    torch.save({"decays": group_decays(opt), "expected": expected, "refreshes": hook.refreshes},
-               os.path.join(out_dir, f"rank{rank}.pt"))
-    dist.destroy_process_group()
-
-
 @pytest.mark.slow
 def test_fsdp2_sharded_parameters(tmp_path):
-    import torch.multiprocessing as mp
-
-    mp.spawn(_fsdp2_worker, args=(2, str(tmp_path / "rdzv"), str(tmp_path)), nprocs=2, join=True)
-    r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    r0, r1 = _two_ranks(tmp_path, "fsdp2")
     assert r0["refreshes"] == r1["refreshes"] == 3
     assert r0["decays"] == r1["decays"] and len(r0["decays"]) == 14
     for name, wd in r0["expected"].items():
