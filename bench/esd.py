@@ -26,7 +26,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from alphaspec.esd import eigenvalues, resolve_device
+from alphaspec.esd import resolve_device
 from alphaspec.fit import fit_sorted
 
 SHAPES = {"7b": {"hidden": 4096, "ff": 11008, "layers": 32}, "13b": {"hidden": 5120, "ff": 13824, "layers": 40}}
@@ -95,7 +95,8 @@ def bare_eigvalsh(folder: Path, device: torch.device) -> dict[str, float]:
                 w = w.to(device)
                 sync(device)
                 t0 = time.perf_counter()
-                lam = eigenvalues(w, device)
+                w = w.double()  # what a user would write: full Gram product, then eigvalsh
+                lam = torch.linalg.eigvalsh(w.mT @ w if w.shape[0] >= w.shape[1] else w @ w.mT).clamp_min_(0)
                 sync(device)
                 t1 = time.perf_counter()
                 fit_sorted(lam[lam > 1e-12 * lam[-1]], "median")

@@ -1,0 +1,140 @@
+"""Training text → a byte-level BPE tokenizer → token arrays → random fixed-length windows.
+
+Batches are a pure function of (seed, step, rank), so the data position of a resumed run is its step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+EOS = "<|endoftext|>"
+TEXT_SUFFIXES = (".txt", ".md", ".rst", ".text")
+
+
+class DataError(ValueError):
+    """The training data cannot be used (missing, empty, too short for one window)."""
+
+
+def bundled_corpus() -> list[Path]:
+    """The public-domain text shipped with alphaspec (three Shakespeare plays)."""
+    root = files("alphaspec.train") / "corpus"
+    return sorted(Path(str(p)) for p in root.iterdir() if p.name.endswith(".txt"))
+
+
+def text_files(paths: Sequence[str | Path]) -> list[Path]:
+    """The text files named, directories searched recursively for *.txt/*.md/*.rst; errors name the path."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in TEXT_SUFFIXES)
+            if not found:
+                raise DataError(f"{p}: no text files (*.txt, *.md, *.rst) in this directory")
+            out += found
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise DataError(f"{p}: no such file or directory")
+    return out
+
+
+def read_documents(paths: Sequence[Path]) -> list[str]:
+    docs = []
+    for p in paths:
+        try:
+            docs.append(p.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as e:
+            raise DataError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from e
+    if not any(d.strip() for d in docs):
+        raise DataError("the training text is empty")
+    return docs
+
+
+def train_tokenizer(docs: Sequence[str], vocab_size: int) -> Tokenizer:
+    """A GPT-2-style byte-level BPE with an end-of-text token, trained on the documents."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(docs, trainer)
+    return tok
+
+
+def encode(tok: Tokenizer, docs: Sequence[str]) -> np.ndarray:
+    """All documents as one token stream, each followed by the end-of-text token."""
+    eos = tok.token_to_id(EOS)
+    ids = [np.asarray(e.ids + ([eos] if eos is not None else []), dtype=np.int64) for e in tok.encode_batch(list(docs))]
+    stream = np.concatenate(ids)
+    return stream.astype(np.uint16 if tok.get_vocab_size() <= 65536 else np.uint32)
+
+
+@dataclass
+class TokenData:
+    """Train and validation token streams, with deterministic batch sampling."""
+
+    train: torch.Tensor
+    val: torch.Tensor
+
+    @classmethod
+    def split(cls, stream: np.ndarray, val_fraction: float, seq_len: int) -> TokenData:
+        """The last `val_fraction` of the stream is held out (at least two windows of each side)."""
+        n_val = max(int(len(stream) * val_fraction), 2 * (seq_len + 1))
+        if len(stream) - n_val < 2 * (seq_len + 1):
+            raise DataError(f"the text holds {len(stream)} tokens: too few for seq_len {seq_len} "
+                            f"(need {n_val + 2 * (seq_len + 1)}); give more text or a shorter --seq-len")
+        t = torch.from_numpy(stream.astype(np.int64))
+        return cls(train=t[:-n_val], val=t[-n_val:])
+
+    def batch(self, step: int, batch_size: int, seq_len: int, seed: int, part: int = 0,
+              parts: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs and next-token targets for step `step`: `part` of `parts` equal slices of the step's
+        `batch_size` random windows. The windows depend on (seed, step) only, so any split over ranks and
+        accumulation steps trains on the same data as one process does."""
+        state = np.random.SeedSequence([seed, step]).generate_state(2, np.uint32)
+        g = torch.Generator().manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)
+        starts = torch.randint(0, len(self.train) - seq_len - 1, (batch_size,), generator=g)
+        per = batch_size // parts
+        return _windows(self.train, starts[part * per:(part + 1) * per], seq_len)
+
+    def eval_batches(self, n_windows: int, batch_size: int, seq_len: int, rank: int = 0, world: int = 1):
+        """Evenly spaced validation windows, this rank's share, in batches."""
+        last = len(self.val) - seq_len - 1
+        starts = torch.linspace(0, last, min(n_windows, last + 1)).long()[rank::world]
+        for i in range(0, len(starts), batch_size):
+            yield _windows(self.val, starts[i:i + batch_size], seq_len)
+
+
+def _windows(stream: torch.Tensor, starts: torch.Tensor, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    idx = starts[:, None] + torch.arange(seq_len + 1)
+    w = stream[idx]
+    return w[:, :-1], w[:, 1:]
+
+
+def prepare(run_dir: Path, data: Sequence[str | Path], vocab_size: int, tokenizer: str | Path | None = None) -> Tokenizer:
+    """Tokenizer and token stream for a run, made once and kept in the run directory (reused on resume)."""
+    tok_path, stream_path = run_dir / "tokenizer.json", run_dir / "data" / "tokens.npy"
+    if tok_path.exists() and stream_path.exists():
+        return Tokenizer.from_file(str(tok_path))
+    docs = read_documents(text_files(data) if data else bundled_corpus())
+    if tokenizer:
+        try:
+            tok = Tokenizer.from_file(str(tokenizer))
+        except Exception as e:  # tokenizers raises a bare Exception for unreadable files
+            raise DataError(f"{tokenizer}: not a tokenizers JSON file ({e})") from e
+    else:
+        tok = train_tokenizer(docs, vocab_size)
+    stream_path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(stream_path, encode(tok, docs))
+    tok.save(str(tok_path))
+    return tok
+
+
+def load_stream(run_dir: Path) -> np.ndarray:
+    return np.load(run_dir / "data" / "tokens.npy")

@@ -1,0 +1,301 @@
+"""The training loop: config, setup (single process or torchrun DDP), steps, evaluation, checkpoints, resume."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from .. import __version__
+from ..esd import resolve_device
+from . import data as datamod
+from .model import PRESETS, Llama, ModelConfig, count_params
+from .rundir import (
+    DECAYS,
+    METRICS,
+    CsvLog,
+    RunError,
+    check_new_or_resumable,
+    latest_checkpoint,
+    save_checkpoint,
+    save_weights,
+    write_json,
+)
+from .strategies import STRATEGIES, clip_parameters, make_strategy
+
+
+class ConfigError(ValueError):
+    """Options that contradict each other or name something that does not exist."""
+
+
+@dataclass
+class TrainConfig:
+    """Every option of `alphaspec train` (the CLI maps its flags one to one onto these fields)."""
+
+    out: str = "runs/default"
+    model: str = "tiny"
+    vocab_size: int = 4096
+    seq_len: int = 128
+    batch_size: int = 16  # sequences per optimizer step, over all ranks and accumulation steps
+    micro_batch: int | None = None  # sequences per forward pass per rank (default: batch_size / world)
+    steps: int = 300
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 30
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    optimizer: str = "adamw"  # adamw: decoupled decay; adam: L2 decay added to the gradient (the paper's table)
+    weight_decay: float = 0.1
+    default_decay: str = "all"  # untuned parameters: all | matrices | a number
+    grad_clip: float = 1.0
+    strategy: str = "uniform"
+    decay_map: str | None = None
+    gap: int = 500
+    estimator: str = "median"
+    metric: str = "alpha"
+    assign: str | None = None  # default: linear (alphadecay), sigmoid (adadecay)
+    ratio: tuple[float, float] = (0.67, 3.0)
+    preserve_mean: str = "none"
+    alphadecay_warmup: str = "init"
+    overlap: bool | str = "auto"
+    multipliers: str = "none"  # learnable multipliers: none | vector | full | scalar (strategy lrm: vector)
+    lrm_decay: float = 2e-3
+    lrm_lr_mult: float = 1.0
+    data: list[str] = field(default_factory=list)
+    tokenizer: str | None = None
+    val_fraction: float = 0.05
+    eval_every: int = 100
+    eval_windows: int = 64
+    log_every: int = 10
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU; master weights stay fp32
+    compile: bool = False
+    resume: bool = False
+
+    def validate(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"unknown strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}")
+        if self.decay_map and self.strategy != "alphadecay":
+            raise ConfigError(f"--decay-map is AlphaDecay's static map; it cannot be used with strategy {self.strategy!r}")
+        if self.model not in PRESETS:
+            raise ConfigError(f"unknown model {self.model!r}; choose one of {', '.join(PRESETS)}")
+        if self.optimizer not in ("adamw", "adam"):
+            raise ConfigError(f"unknown optimizer {self.optimizer!r}; use adamw or adam")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise ConfigError(f"unknown precision {self.precision!r}; use auto, bf16 or fp32")
+        if min(self.steps, self.batch_size, self.seq_len, self.log_every, self.gap, self.eval_every, self.checkpoint_every) < 1:
+            raise ConfigError("steps, batch size, seq len, gap and the every-N options must be >= 1")
+        if self.strategy == "lrm" and self.multipliers == "none":
+            self.multipliers = "vector"
+
+
+# What a resumed run may change; everything else comes from the run's checkpoint.
+RESUMABLE = ("out", "resume", "steps", "device", "compile", "log_every", "eval_every", "eval_windows",
+             "checkpoint_every", "keep_checkpoints")
+
+
+def resumed_config(saved: dict, cfg: TrainConfig) -> TrainConfig:
+    """The checkpoint's config with the RESUMABLE fields of `cfg`; decays come from the checkpoint, not a fresh solve."""
+    merged = {**saved, **{k: getattr(cfg, k) for k in RESUMABLE}, "alphadecay_warmup": "uniform"}
+    merged["betas"], merged["ratio"] = tuple(merged["betas"]), tuple(merged["ratio"])
+    out = TrainConfig(**merged)
+    out.validate()
+    return out
+
+
+def _distributed() -> tuple[int, int, int]:
+    """rank, world size, local rank: from an initialised process group, else torchrun's environment."""
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), local
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), local
+
+
+def _lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
+    """Linear warmup, then cosine from 1 down to min_lr_ratio at the last step."""
+    def f(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return f
+
+
+def train(cfg: TrainConfig, on_log: Callable[[dict], None] | None = None) -> dict:
+    """Run (or resume) one training run into cfg.out; returns the last metrics row. Launch with torchrun for DDP."""
+    cfg.validate()
+    rank, world, local = _distributed()
+    owns_group = world > 1 and not dist.is_initialized()
+    if owns_group:
+        dist.init_process_group("nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo")
+    device = resolve_device(f"cuda:{local}" if world > 1 and cfg.device == "auto" and torch.cuda.is_available() else cfg.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        return _train(cfg, Path(cfg.out), rank, world, device, on_log)
+    finally:
+        if owns_group:
+            dist.destroy_process_group()
+
+
+def _train(cfg: TrainConfig, run: Path, rank: int, world: int, device: torch.device, on_log) -> dict:
+    ckpt_path = check_new_or_resumable(run, cfg.resume) if rank == 0 else None
+    _barrier(world)
+    if rank:
+        ckpt_path = latest_checkpoint(run) if cfg.resume else None
+    state = torch.load(ckpt_path, map_location="cpu", weights_only=False) if ckpt_path else None
+    if state:
+        cfg = resumed_config(state["config"], cfg)
+    micro = cfg.micro_batch or max(1, cfg.batch_size // world)
+    if cfg.batch_size % (micro * world):
+        raise ConfigError(f"batch size {cfg.batch_size} is not a multiple of micro batch {micro} x {world} rank(s)")
+    accum = cfg.batch_size // (micro * world)
+    if rank == 0:
+        run.mkdir(parents=True, exist_ok=True)
+        datamod.prepare(run, cfg.data, cfg.vocab_size, cfg.tokenizer)
+    _barrier(world)
+    tok = datamod.Tokenizer.from_file(str(run / "tokenizer.json"))
+    tokens = datamod.TokenData.split(datamod.load_stream(run), cfg.val_fraction, cfg.seq_len)
+    mcfg = ModelConfig(vocab_size=tok.get_vocab_size(), max_position_embeddings=cfg.seq_len, **PRESETS[cfg.model])
+
+    torch.manual_seed(cfg.seed)
+    model = Llama(mcfg, lrm=cfg.multipliers).to(device)
+    if state:
+        model.load_state_dict(state["model"])
+    strategy = make_strategy(cfg)
+    groups = strategy.param_groups(model)
+    opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    fused = {"fused": True} if device.type == "cuda" else {}
+    optimizer = opt_cls(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay, **fused)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
+    net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
+        if world > 1 else model
+    strategy.setup(net, optimizer, scheduler)
+    start = 0
+    if state:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        strategy.load_state_dict(state["strategy"])
+        torch.set_rng_state(state["rng"]["torch"])
+        start = state["step"]
+        strategy.decay_rows()  # already in decay.csv
+    fwd = torch.compile(net) if cfg.compile else net
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else nullcontext
+
+    if rank == 0:
+        info = {"argv": sys.argv, "config": asdict(cfg), "alphaspec": __version__, "torch": torch.__version__,
+                "python": platform.python_version(), "device": str(device), "world_size": world,
+                "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+                "parameters": count_params(model), "micro_batch": micro, "grad_accum": accum,
+                "precision": "bf16 autocast, fp32 master weights" if bf16 else "fp32",
+                "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        if state:
+            prev = json.loads((run / "run.json").read_text())
+            info = {**prev, "resumed": [*prev.get("resumed", []), {"step": start, "at": info["started"], "argv": sys.argv}]}
+        write_json(run / "run.json", info)
+        save_weights(run, model.hf_state_dict(), mcfg.hf_config())
+        metrics = CsvLog(run / "metrics.csv", METRICS, start if state else None)
+        decays = CsvLog(run / "decay.csv", DECAYS, start if state else None)
+        decays.write(strategy.decay_rows())
+    clip = clip_parameters(model)
+    loss_sum, n_loss, t_last, last = torch.zeros((), device=device), 0, time.perf_counter(), {}
+    for step in range(start + 1, cfg.steps + 1):
+        for m in range(accum):
+            x, y = tokens.batch(step, cfg.batch_size, cfg.seq_len, cfg.seed, rank * accum + m, world * accum)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            sync = net.no_sync() if world > 1 and m < accum - 1 else nullcontext()
+            with sync, autocast():
+                logits = fwd(x)
+                loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+            with sync:
+                (loss / accum).backward()
+            loss_sum += loss.detach()
+            n_loss += 1
+        grad_norm = torch.nn.utils.clip_grad_norm_(clip, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+        strategy.before_step(step, net, optimizer, grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        strategy.after_step(step)
+        new_decays = strategy.decay_rows()
+        if rank == 0:
+            decays.write(new_decays)
+        do_eval = step % cfg.eval_every == 0 or step == cfg.steps
+        if step % cfg.log_every and not do_eval:
+            continue
+        if world > 1:
+            dist.all_reduce(loss_sum)
+            loss_sum /= world
+        now = time.perf_counter()
+        row = {"step": step, "tokens": step * cfg.batch_size * cfg.seq_len, "loss": float(loss_sum) / n_loss,
+               "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
+               "tokens_per_s": n_loss / accum * cfg.batch_size * cfg.seq_len / (now - t_last)}
+        if do_eval:
+            row["eval_loss"] = evaluate(net, tokens, cfg, micro, device, autocast, rank, world)
+            row["eval_ppl"] = math.exp(min(row["eval_loss"], 50.0))
+        last = row
+        if rank == 0:
+            metrics.write([row])
+            if on_log:
+                on_log(row)
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            _checkpoint(run, step, model, optimizer, scheduler, strategy, mcfg, cfg, rank)
+        loss_sum.zero_()
+        n_loss, t_last = 0, time.perf_counter()
+    strategy.close()
+    if rank == 0:
+        decays.write(strategy.decay_rows())
+        metrics.close()
+        decays.close()
+    return last
+
+
+def _checkpoint(run, step, model, optimizer, scheduler, strategy, mcfg, cfg, rank) -> None:
+    if rank == 0:
+        state = {"step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict(), "strategy": strategy.state_dict(),
+                 "rng": {"torch": torch.get_rng_state()}, "config": asdict(cfg)}
+        save_checkpoint(run, step, state, cfg.keep_checkpoints)
+        save_weights(run, model.hf_state_dict(), mcfg.hf_config())
+    _barrier(dist.get_world_size() if dist.is_initialized() else 1)
+
+
+@torch.no_grad()
+def evaluate(net, tokens: datamod.TokenData, cfg: TrainConfig, micro: int, device, autocast, rank: int, world: int) -> float:
+    """Mean next-token loss over the fixed validation windows (shared out over ranks)."""
+    net.eval()
+    total = torch.zeros(2, device=device, dtype=torch.float64)
+    for x, y in tokens.eval_batches(cfg.eval_windows, micro, cfg.seq_len, rank, world):
+        with autocast():
+            logits = net(x.to(device))
+        total[0] += F.cross_entropy(logits.float().flatten(0, 1), y.to(device).flatten(), reduction="sum").double()
+        total[1] += y.numel()
+    if world > 1:
+        dist.all_reduce(total)
+    net.train()
+    return float(total[0] / total[1])
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        dist.barrier()
+
+
+__all__ = ["ConfigError", "TrainConfig", "train", "evaluate", "RunError"]

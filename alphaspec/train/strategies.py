@@ -1,0 +1,196 @@
+"""Weight-decay strategies for the trainer, one class each (MATH.md §3–5).
+
+A strategy builds the optimizer's param groups, may change their `weight_decay` around each
+optimizer step, and reports every decay it sets (the rows of RUN/decay.csv).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..decay import DecayMap, assign_decays, is_no_decay, is_tuned_candidate, match_names
+from ..hook import AlphaDecay, split_param_groups
+from ..modules import layer_index, module_type
+from .model import is_multiplier
+
+STRATEGIES = ("uniform", "alphadecay", "awd", "adadecay", "lrm")
+
+
+class Strategy:
+    """Uniform decay: every tuned matrix gets `weight_decay`; the rest follow the default policy."""
+
+    name = "uniform"
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.w = float(cfg.weight_decay)
+        self._rows: list[dict] = []
+
+    # -- groups -------------------------------------------------------------------------------------------------
+    def param_groups(self, model: torch.nn.Module) -> list[dict]:
+        params = dict(model.named_parameters())
+        tuned = {n: p for n, p in params.items() if is_tuned_candidate(n, p)}
+        groups = [{"params": list(tuned.values()), "weight_decay": self.w, "name": "matrices"}]
+        self._log(0, {n: self.w for n in tuned}, dict.fromkeys(tuned, math.nan))
+        return groups + self.other_groups(params, set(tuned))
+
+    def other_groups(self, params: dict[str, torch.nn.Parameter], taken: set[str], policy: str | None = None,
+                     w_other: float | None = None) -> list[dict]:
+        """Groups for the untuned parameters (policy `--default-decay`) and the learnable multipliers."""
+        policy = policy or self.cfg.default_decay
+        decayed, no_decay, mults = [], [], []
+        for n, p in params.items():
+            if n in taken:
+                continue
+            if is_multiplier(n):
+                mults.append(p)
+            elif policy == "matrices" and is_no_decay(n, p):
+                no_decay.append(p)
+            else:
+                decayed.append(p)
+        if w_other is None:
+            w_other = self.w if policy in ("all", "matrices") else float(policy)
+        groups = [{"params": decayed, "weight_decay": w_other, "name": "untuned"},
+                  {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"},
+                  {"params": mults, "weight_decay": self.cfg.lrm_decay, "name": "multipliers",
+                   "lr": self.cfg.lr * self.cfg.lrm_lr_mult}]
+        return [g for g in groups if g["params"]]
+
+    # -- hooks around the optimizer step ------------------------------------------------------------------------
+    def setup(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler) -> None:
+        """Called once the optimizer and scheduler exist."""
+
+    def before_step(self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, grad_norm: torch.Tensor) -> None:
+        """Gradients are final (all-reduced, clipped); the optimizer has not stepped yet."""
+
+    def after_step(self, step: int) -> None:
+        """The optimizer has taken step `step` (1-based)."""
+
+    def close(self) -> None:
+        """Training ends: settle anything in flight."""
+
+    def decay_rows(self) -> list[dict]:
+        """Decays set since the last call: step, name, module, layer, metric, weight_decay."""
+        rows, self._rows = self._rows, []
+        return rows
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def _log(self, step: int, decays: dict[str, float], metric: dict[str, float]) -> None:
+        self._rows += [{"step": step, "name": n, "module": module_type(n), "layer": layer_index(n),
+                        "metric": metric.get(n, math.nan), "weight_decay": wd} for n, wd in decays.items()]
+
+
+class StaticMap(Strategy):
+    """AlphaDecay from a decay-map file (`alphaspec decay-map`): fixed decays, names checked against the model."""
+
+    name = "alphadecay"
+
+    def param_groups(self, model: torch.nn.Module) -> list[dict]:
+        dmap = DecayMap.load(self.cfg.decay_map)
+        self.w = dmap.weight_decay
+        params = dict(model.named_parameters())
+        resolved = match_names(dmap.decays(), {n: p for n, p in params.items() if not is_multiplier(n)}, model)
+        metric = {p: m.get(dmap.metric, math.nan) for m in dmap.modules for p in resolved if p.endswith(m["name"])}
+        self._log(0, resolved, metric)
+        groups = [{"params": [params[n]], "weight_decay": wd, "name": n} for n, wd in resolved.items()]
+        return groups + self.other_groups(params, set(resolved), dmap.default_policy, dmap.default_weight_decay)
+
+
+class Refreshed(Strategy):
+    """AlphaDecay recomputed from the live weights every `gap` steps (the library's AlphaDecay hook)."""
+
+    name = "alphadecay"
+
+    def setup(self, model, optimizer, scheduler) -> None:
+        c = self.cfg
+        self.hook = AlphaDecay(model, optimizer, self.w, ratio=c.ratio, assign=c.assign or "linear", gap=c.gap,
+                               estimator=c.estimator, metric=c.metric, preserve_mean=c.preserve_mean,
+                               warmup=c.alphadecay_warmup, overlap=c.overlap, scheduler=scheduler)
+        self._rows = [r for r in self._rows if r["name"] not in self.hook.tuned]  # superseded by the hook's own
+        self._seen = 0
+        self._collect()
+
+    def after_step(self, step: int) -> None:
+        self.hook.step()
+        self._collect()
+
+    def close(self) -> None:
+        self.hook.close()
+        self._collect()
+
+    def _collect(self) -> None:
+        new = self.hook.history[self._seen:]
+        self._seen = len(self.hook.history)
+        self._rows += new
+
+
+class AWD(Strategy):
+    """Adaptive weight decay (Ghiasi et al. 2023): λ_t = λ·‖∇θ‖/‖θ‖, smoothed λ̄ ← 0.1·λ̄ + 0.9·λ_t, for every decayed group."""
+
+    name = "awd"
+
+    def setup(self, model, optimizer, scheduler) -> None:
+        self.groups = [g for g in optimizer.param_groups if g["weight_decay"] > 0 and g.get("name") != "multipliers"]
+        self.params = [p for g in self.groups for p in g["params"]]
+        self.smoothed = 0.0
+
+    def before_step(self, step, model, optimizer, grad_norm) -> None:
+        param_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.detach()) for p in self.params]))
+        ratio = float(grad_norm) / max(float(param_norm), 1e-12)
+        self.smoothed = 0.1 * self.smoothed + 0.9 * self.w * ratio
+        for g in self.groups:
+            g["weight_decay"] = self.smoothed
+        if step % self.cfg.log_every == 0 or step == 1:
+            self._rows.append({"step": step, "name": "*", "module": "*", "layer": None, "metric": ratio,
+                               "weight_decay": self.smoothed})
+
+    def state_dict(self) -> dict:
+        return {"smoothed": self.smoothed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.smoothed = float(state.get("smoothed", 0.0))
+
+
+class AdaDecay(Strategy):
+    """AdaDecay (Nakamura & Hong 2019) as the paper's baseline: per-module decays from gradient norms
+    ‖∇W_i‖_F at every `gap`-th step, assigned with the per-block sigmoid (MATH.md §3, §5)."""
+
+    name = "adadecay"
+
+    def setup(self, model, optimizer, scheduler) -> None:
+        model = getattr(model, "module", model)
+        self.tuned = {n: p for n, p in model.named_parameters() if is_tuned_candidate(n, p)}
+        self.groups = split_param_groups(optimizer, self.tuned, scheduler)
+
+    def before_step(self, step, model, optimizer, grad_norm) -> None:
+        if (step - 1) % self.cfg.gap:
+            return
+        names = sorted(self.tuned)
+        norms = torch.stack([torch.linalg.vector_norm(self.tuned[n].grad.detach()) for n in names]).double().cpu().numpy()
+        blocks = [layer_index(n) for n in names]
+        wd = assign_decays(norms, self.w, ratio=self.cfg.ratio, assign=self.cfg.assign or "sigmoid", blocks=blocks,
+                           preserve_mean=self.cfg.preserve_mean,
+                           sizes=[self.tuned[n].numel() for n in names])
+        for n, d in zip(names, wd, strict=True):
+            self.groups[n]["weight_decay"] = float(d)
+        self._log(step, dict(zip(names, map(float, wd), strict=True)), dict(zip(names, map(float, norms), strict=True)))
+
+
+def make_strategy(cfg) -> Strategy:
+    """The strategy object a TrainConfig asks for."""
+    if cfg.strategy == "alphadecay":
+        return StaticMap(cfg) if cfg.decay_map else Refreshed(cfg)
+    return {"uniform": Strategy, "lrm": Strategy, "awd": AWD, "adadecay": AdaDecay}[cfg.strategy](cfg)
+
+
+def clip_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """What the global gradient-norm clipping sees: everything but the learnable multipliers (MATH.md §5)."""
+    return [p for n, p in model.named_parameters() if not is_multiplier(n) and p.requires_grad]
+
