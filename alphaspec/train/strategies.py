@@ -138,7 +138,7 @@ class AWD(Strategy):
 
     def setup(self, model, optimizer, scheduler) -> None:
         self.groups = [g for g in optimizer.param_groups if g["weight_decay"] > 0 and g.get("name") != "multipliers"]
-        self.params = [p for g in self.groups for p in g["params"]]
+        self.params = clip_parameters(getattr(model, "module", model))  # the same set as the clipped grad norm
         self.smoothed = 0.0
 
     def before_step(self, step, model, optimizer, grad_norm) -> None:
@@ -173,7 +173,8 @@ class AdaDecay(Strategy):
         if (step - 1) % self.cfg.gap:
             return
         names = sorted(self.tuned)
-        norms = torch.stack([torch.linalg.vector_norm(self.tuned[n].grad.detach()) for n in names]).double().cpu().numpy()
+        norms = torch.stack([torch.linalg.vector_norm(self.tuned[n].grad.detach(), dtype=torch.float64)
+                             for n in names]).cpu().numpy()
         blocks = [layer_index(n) for n in names]
         wd = assign_decays(norms, self.w, ratio=self.cfg.ratio, assign=self.cfg.assign or "sigmoid", blocks=blocks,
                            preserve_mean=self.cfg.preserve_mean,

@@ -1,0 +1,188 @@
+"""`alphaspec train` end to end: the run directory contract, resume, strategies in a real loop, torchrun DDP."""
+
+import csv
+import json
+import math
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from alphaspec.cli import app
+from alphaspec.decay import build_decay_map
+from alphaspec.train import RunError, TrainConfig, train
+from alphaspec.train.data import bundled_corpus
+from alphaspec.train.rundir import DECAYS, METRICS
+
+SMALL = dict(model="tiny", vocab_size=512, seq_len=32, batch_size=4, steps=8, warmup_steps=2, eval_every=4,
+             log_every=2, eval_windows=8, checkpoint_every=4, keep_checkpoints=5)
+
+
+@pytest.fixture(scope="module")
+def text(tmp_path_factory):
+    path = tmp_path_factory.mktemp("text") / "hamlet.txt"
+    path.write_text(bundled_corpus()[0].read_text()[:80_000])
+    return str(path)
+
+
+def run(tmp_path, text, name="run", **options):
+    cfg = TrainConfig(out=str(tmp_path / name), data=[text], **{**SMALL, **options})
+    return train(cfg), tmp_path / name
+
+
+def rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def hill_median(w: np.ndarray) -> float:
+    """MATH.md §2 median alpha, written out independently with numpy."""
+    lam = np.sort(np.linalg.eigvalsh(w.T @ w if w.shape[0] >= w.shape[1] else w @ w.T))
+    lam = lam[lam > 1e-12 * lam[-1]]
+    i = len(lam) // 2
+    return 1 + (len(lam) - i) / np.log(lam[i:] / lam[i]).sum()
+
+
+def test_run_directory_contract(tmp_path, text):
+    last, out = run(tmp_path, text)
+    for f in ("run.json", "config.json", "model.safetensors", "metrics.csv", "decay.csv", "tokenizer.json"):
+        assert (out / f).is_file(), f
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_0000004.pt", "step_0000008.pt"]
+    with open(out / "metrics.csv") as f:
+        assert next(csv.reader(f)) == METRICS
+    with open(out / "decay.csv") as f:
+        assert next(csv.reader(f)) == DECAYS
+    metrics = rows(out / "metrics.csv")
+    assert [int(r["step"]) for r in metrics] == [2, 4, 6, 8]
+    assert int(metrics[-1]["tokens"]) == 8 * 4 * 32
+    assert metrics[-1]["eval_ppl"] and float(metrics[-1]["eval_ppl"]) == pytest.approx(math.exp(float(metrics[-1]["eval_loss"])))
+    assert float(metrics[-1]["loss"]) < math.log(512)  # learned something beyond uniform guessing
+    info = json.loads((out / "run.json").read_text())
+    assert info["config"]["steps"] == 8 and info["parameters"] > 0 and "torch" in info and "started" in info
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.LlamaForCausalLM.from_pretrained(out)
+    assert hf.config.vocab_size == 512 and hf.config.num_hidden_layers == 2
+
+    from alphaspec import analyze
+    table = analyze(str(out))
+    assert sorted(table["module"].value_counts().items()) == sorted(
+        {"att.q": 2, "att.k": 2, "att.v": 2, "att.o": 2, "mlp.gate": 2, "mlp.up": 2, "mlp.down": 2,
+         "embed": 1, "lm_head": 1}.items())
+
+
+def test_existing_run_is_never_overwritten(tmp_path, text):
+    _, out = run(tmp_path, text, steps=2)
+    with pytest.raises(RunError, match="--resume"):
+        run(tmp_path, text, steps=2)
+    with pytest.raises(RunError, match="no checkpoint"):
+        run(tmp_path, text, name="fresh", resume=True)
+
+
+def test_resume_reproduces_the_uninterrupted_run(tmp_path, text):
+    _, straight = run(tmp_path, text, name="straight", strategy="awd")
+    crashed = tmp_path / "crashed"
+    shutil.copytree(straight, crashed)
+    (crashed / "checkpoints" / "step_0000008.pt").unlink()  # as if killed after the step-4 checkpoint
+    run(tmp_path, text, name="crashed", strategy="awd", resume=True)
+    a, b = rows(straight / "metrics.csv"), rows(crashed / "metrics.csv")
+    assert [r["step"] for r in b] == [r["step"] for r in a]
+    for ra, rb in zip(a, b, strict=True):
+        assert float(rb["loss"]) == pytest.approx(float(ra["loss"]), rel=1e-5)
+    da, db = rows(straight / "decay.csv"), rows(crashed / "decay.csv")  # AWD's smoothed decay resumed too
+    assert [(r["step"], r["name"]) for r in db] == [(r["step"], r["name"]) for r in da]
+    assert [float(r["weight_decay"]) for r in db] == pytest.approx([float(r["weight_decay"]) for r in da], rel=1e-5)
+    wa, wb = load_file(straight / "model.safetensors"), load_file(crashed / "model.safetensors")
+    for name in wa:
+        torch.testing.assert_close(wb[name], wa[name], rtol=1e-5, atol=1e-6)
+
+
+def test_refreshed_alphadecay_decays_come_from_the_current_weights(tmp_path, text):
+    run(tmp_path, text, strategy="alphadecay", gap=8, overlap=False, weight_decay=0.1, ratio=(0.5, 2.0))
+    out = tmp_path / "run"
+    decays = rows(out / "decay.csv")
+    assert {int(r["step"]) for r in decays} == {0, 8} and len(decays) == 28
+    weights = load_file(out / "model.safetensors")  # the weights the step-8 refresh saw
+    final = [r for r in decays if r["step"] == "8"]
+    alphas = {r["name"]: hill_median(weights[r["name"]].double().numpy()) for r in final}
+    lo, hi = min(alphas.values()), max(alphas.values())
+    for r in final:
+        assert float(r["metric"]) == pytest.approx(alphas[r["name"]], rel=1e-9)
+        expected = 0.1 * (0.5 + 1.5 * (alphas[r["name"]] - lo) / (hi - lo))
+        assert float(r["weight_decay"]) == pytest.approx(expected, rel=1e-9)
+    state = torch.load(out / "checkpoints" / "step_0000008.pt", weights_only=False)
+    in_optimizer = {g["name"]: g["weight_decay"] for g in state["optimizer"]["param_groups"] if "layers" in g.get("name", "")}
+    assert in_optimizer == {r["name"]: pytest.approx(float(r["weight_decay"]), rel=1e-12) for r in final}
+
+
+def test_static_decay_map_is_applied_and_a_foreign_map_refused(tmp_path, text):
+    from alphaspec import analyze
+
+    _, first = run(tmp_path, text, name="first", steps=2)
+    dmap = build_decay_map(analyze(str(first)), 0.05, ratio=(0.67, 3.0))
+    dmap.save(tmp_path / "wd.json")
+    run(tmp_path, text, name="static", steps=4, decay_map=str(tmp_path / "wd.json"), strategy="alphadecay")
+    state = torch.load(tmp_path / "static" / "checkpoints" / "step_0000004.pt", weights_only=False)
+    groups = {g["name"]: g["weight_decay"] for g in state["optimizer"]["param_groups"]}
+    assert {n: groups[n] for n in dmap.decays()} == dmap.decays()
+    assert groups["untuned"] == dmap.default_weight_decay
+
+    runner = CliRunner()
+    foreign = tmp_path / "foreign.json"
+    doc = dmap.to_json()
+    doc["modules"] = [{**m, "name": m["name"].replace("layers.1.", "layers.7.")} for m in doc["modules"]]
+    foreign.write_text(json.dumps(doc))
+    res = runner.invoke(app, ["train", "--out", str(tmp_path / "x"), "--data", text, "--decay-map", str(foreign)])
+    assert res.exit_code == 1 and "layers.7." in res.output and "Traceback" not in res.output
+
+
+def test_learnable_multipliers_train_and_fold(tmp_path, text):
+    run(tmp_path, text, strategy="lrm", steps=4, lr=3e-3)
+    out = tmp_path / "run"
+    state = torch.load(out / "checkpoints" / "step_0000004.pt", weights_only=False)
+    rows_ = state["model"]["model.layers.0.self_attn.q_proj.row_mult"]
+    assert not torch.allclose(rows_, torch.ones_like(rows_))  # the multipliers learn
+    saved = load_file(out / "model.safetensors")
+    assert not any(k.endswith(("row_mult", "col_mult", "scale")) for k in saved)
+    w, r = state["model"]["model.layers.0.mlp.down_proj.weight"], state["model"]["model.layers.0.mlp.down_proj.row_mult"]
+    c = state["model"]["model.layers.0.mlp.down_proj.col_mult"]
+    torch.testing.assert_close(saved["model.layers.0.mlp.down_proj.weight"], r[:, None] * w * c[None, :])
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--data", "/nonexistent/corpus"], "no such file"),
+    (["--model", "llama-9000"], "unknown model"),
+    (["--strategy", "uniform", "--decay-map", "wd.json"], "cannot be used"),
+    (["--batch-size", "6", "--micro-batch", "4"], "not a multiple"),
+])
+def test_cli_bad_input_is_one_error_line(tmp_path, argv, message):
+    res = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "r"), "-q", *argv])
+    assert res.exit_code == 1, res.output
+    assert message in res.output and "Traceback" not in res.output
+
+
+@pytest.mark.slow
+def test_torchrun_ddp_trains_like_one_process(tmp_path, text):
+    """Two gloo ranks with half the batch each take the same steps as one process with the whole batch."""
+    _, single = run(tmp_path, text, name="single", batch_size=8, strategy="alphadecay", gap=4, overlap=False)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "alphaspec",
+           "train", "--out", str(tmp_path / "ddp"), "--data", text, "--strategy", "alphadecay", "--gap", "4",
+           "--batch-size", "8", "-q", "--device", "cpu"]
+    for k, v in SMALL.items():
+        if k != "batch_size":
+            cmd += [f"--{k.replace('_', '-')}", str(v)]
+    subprocess.run(cmd, check=True, timeout=600, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    a, b = rows(single / "metrics.csv"), rows(tmp_path / "ddp" / "metrics.csv")
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    for ra, rb in zip(a, b, strict=True):
+        assert float(rb["loss"]) == pytest.approx(float(ra["loss"]), rel=1e-4)
+        if ra["eval_loss"]:
+            assert float(rb["eval_loss"]) == pytest.approx(float(ra["eval_loss"]), rel=1e-4)
+    da, db = rows(single / "decay.csv"), rows(tmp_path / "ddp" / "decay.csv")
+    assert [r["name"] for r in da] == [r["name"] for r in db]
+    for ra, rb in zip(da, db, strict=True):
+        assert float(rb["weight_decay"]) == pytest.approx(float(ra["weight_decay"]), rel=1e-4)
