@@ -58,6 +58,18 @@ def write_results(result: Analysis, path: Path) -> None:
         _atomic(path, lambda tmp: Path(tmp).write_text(text + "\n"))
 
 
+def write_table(table: pd.DataFrame, path: Path) -> None:
+    """Any DataFrame as CSV, JSON (a list of records) or Parquet by suffix, atomically."""
+    check_output(path)
+    if path.suffix == ".csv":
+        _atomic(path, lambda tmp: table.to_csv(tmp, index=False))
+    elif path.suffix == ".parquet":
+        _atomic(path, lambda tmp: table.to_parquet(tmp, index=False))
+    else:
+        text = json.dumps(json.loads(table.to_json(orient="records")), indent=1)
+        _atomic(path, lambda tmp: Path(tmp).write_text(text + "\n"))
+
+
 def write_spectra(result: Analysis, path: Path) -> None:
     """Eigenvalues (ascending, zeros included) keyed by row name, for plotting without recomputing."""
     def save(tmp: str) -> None:

@@ -137,6 +137,7 @@ class AWD(Strategy):
     name = "awd"
 
     def setup(self, model, optimizer, scheduler) -> None:
+        self._rows = []  # one row per step, name "*": the decay every decayed group gets
         self.groups = [g for g in optimizer.param_groups if g["weight_decay"] > 0 and g.get("name") != "multipliers"]
         self.params = clip_parameters(getattr(model, "module", model))  # the same set as the clipped grad norm
         self.smoothed = 0.0
@@ -147,8 +148,7 @@ class AWD(Strategy):
         self.smoothed = 0.1 * self.smoothed + 0.9 * self.w * ratio
         for g in self.groups:
             g["weight_decay"] = self.smoothed
-        if step % self.cfg.log_every == 0 or step == 1:
-            self._rows.append({"step": step, "name": "*", "module": "*", "layer": None, "metric": ratio,
+        self._rows.append({"step": step, "name": "*", "module": "*", "layer": None, "metric": ratio,
                                "weight_decay": self.smoothed})
 
     def state_dict(self) -> dict:

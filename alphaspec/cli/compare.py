@@ -1,0 +1,80 @@
+"""`alphaspec compare`: training runs side by side, seeds pooled, each strategy against the baseline."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from .common import app, fail, out
+
+
+@app.command(no_args_is_help=True, epilog="""
+**Examples**
+
+    alphaspec compare runs/uniform runs/alphadecay runs/awd
+
+    alphaspec compare runs/*/ -o comparison.csv --plot comparison.png      # seeds of a setting are pooled
+
+    alphaspec compare runs/*/ --baseline "uniform"
+""")
+def compare(
+    runs: Annotated[list[Path], typer.Argument(help="Run directories written by `alphaspec train`.")],
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Per-run table (.csv, .json, .parquet).")] = None,
+    plot: Annotated[Path | None, typer.Option("--plot", help="Loss curves and applied decay (.png, .svg, .pdf).")] = None,
+    baseline: Annotated[str | None, typer.Option(help="Label to compare against (default: the uniform runs).")] = None,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet")] = False,
+) -> None:
+    """Judge weight-decay strategies: final and best validation loss, seeds pooled, against a baseline."""
+    from ..compare import RunDirError
+    from ..compare import compare as compare_runs
+    from ..output import check_output, write_table
+
+    if plot is not None and plot.suffix not in (".png", ".svg", ".pdf"):
+        raise typer.BadParameter(f"{plot}: figures are .png, .svg or .pdf", param_hint="--plot")
+    try:
+        if output is not None:
+            check_output(output)
+        result = compare_runs(runs, baseline)
+    except (RunDirError, ValueError) as e:
+        fail(str(e))
+    if output is not None:
+        write_table(result.table, output)
+    if plot is not None:
+        from ..plots import DPI, compare_figure
+
+        compare_figure(result).savefig(plot, dpi=DPI)
+    if quiet:
+        return
+    out.print(_summary(result.summary))
+    if result.differing:
+        out.print(f"[yellow]note:[/] the runs differ in {', '.join(result.differing)}: not a like-for-like comparison")
+    base = result.summary.set_index("label").loc[result.summary.attrs["baseline"], "applied_over_w"]
+    uneven = result.summary[(result.summary["applied_over_w"] - base).abs() > 0.1 * base]
+    if len(uneven) and not math.isnan(base):
+        out.print("[yellow]note:[/] average decay differs from the baseline's for "
+                  f"{', '.join(uneven['label'])}: gains may come from more (or less) regularisation; "
+                  "compare at equal average decay with --preserve-mean params")
+    for path in filter(None, (output, plot)):
+        out.print(f"wrote {path}", highlight=False)
+
+
+def _summary(summary) -> Table:
+    baseline = summary.attrs["baseline"]
+    table = Table(title=f"final validation loss, best first (baseline: {baseline})", title_justify="left",
+                  header_style="bold")
+    for col in ("label", "runs", "eval loss", "eval ppl", "vs baseline", "decay / w", "train loss", "tokens/s"):
+        table.add_column(col, justify="left" if col == "label" else "right")
+    for r in summary.itertuples():
+        spread = f" ± {r.eval_loss_std:.4f}" if r.n > 1 else ""
+        delta = "-" if r.label == baseline else f"{r.vs_baseline:+.4f}"
+        if not math.isnan(r.vs_baseline_se):
+            delta += f" ± {r.vs_baseline_se:.4f}"
+        table.add_row(r.label, str(r.n), f"{r.eval_loss:.4f}{spread}", f"{r.eval_ppl:.2f}", delta,
+                      f"{r.applied_over_w:.2f}", f"{r.loss:.4f}", f"{r.tokens_per_s:,.0f}",
+                      style="bold" if r.Index == 0 else None)
+    table.caption = "vs baseline: difference in mean eval loss (± its standard error over seeds); negative is better"
+    return table

@@ -1,0 +1,188 @@
+"""Training runs side by side: final and best losses, the decay actually applied, throughput; seeds pooled.
+
+`compare(paths)` reads run directories written by `alphaspec train`: one row per run, and a summary
+that pools runs differing only in their seed (mean, std) and sets each against a baseline.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from safetensors import safe_open
+
+
+class RunDirError(ValueError):
+    """A path that is not a readable alphaspec training run."""
+
+
+@dataclass
+class Run:
+    path: Path
+    config: dict
+    info: dict
+    metrics: pd.DataFrame
+    decays: pd.DataFrame
+    sizes: dict[str, int]
+
+
+def load_run(path: str | Path) -> Run:
+    """A run directory's run.json, metrics.csv, decay.csv and the tuned tensors' sizes."""
+    path = Path(path)
+    try:
+        info = json.loads((path / "run.json").read_text())
+        metrics = pd.read_csv(path / "metrics.csv")
+    except FileNotFoundError as e:
+        raise RunDirError(f"{path}: not an alphaspec training run (no {Path(e.filename).name})") from e
+    except (ValueError, OSError) as e:
+        raise RunDirError(f"{path}: unreadable run files ({e})") from e
+    if metrics.empty:
+        raise RunDirError(f"{path}: metrics.csv has no rows yet (the run logged nothing)")
+    decays = pd.read_csv(path / "decay.csv") if (path / "decay.csv").is_file() else pd.DataFrame(columns=["step"])
+    sizes = {}
+    if (path / "model.safetensors").is_file():
+        with safe_open(str(path / "model.safetensors"), framework="np") as f:
+            sizes = {k: math.prod(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
+    return Run(path, info.get("config", {}), info, metrics, decays, sizes)
+
+
+def decay_series(run: Run) -> pd.Series:
+    """Parameter-weighted mean decay of the tuned matrices in force at each step 1..last.
+
+    decay.csv holds each decay when it was set; it holds until the next row for that name. AWD's
+    single `*` row stands for every decayed parameter.
+    """
+    d, last = run.decays, int(run.metrics["step"].max())
+    if d.empty or last < 1:
+        return pd.Series(dtype=float)
+    grid = d.pivot_table(index="step", columns="name", values="weight_decay", aggfunc="last")
+    grid = grid.reindex(range(0, last + 1)).ffill().iloc[1:]
+    weights = np.array([run.sizes.get(n, 1) if n != "*" else 1 for n in grid.columns], dtype=float)
+    mask = grid.notna().to_numpy()
+    values = np.where(mask, grid.to_numpy(), 0.0)
+    per_step = (values * weights).sum(1) / np.maximum((mask * weights).sum(1), 1e-300)
+    return pd.Series(per_step, index=grid.index)[mask.any(1)]
+
+
+def applied_decay(run: Run) -> float:
+    """The decay the tuned matrices actually received, averaged over steps (parameter-weighted)."""
+    series = decay_series(run)
+    return float(series.mean()) if len(series) else math.nan
+
+
+@dataclass
+class Comparison:
+    runs: list[Run]
+    table: pd.DataFrame  # one row per run
+    summary: pd.DataFrame  # one row per label (replicates pooled), best eval loss first
+    differing: list[str]  # budget/data settings that differ between runs: the comparison is not like for like
+
+
+def compare(paths: list[str | Path], baseline: str | None = None) -> Comparison:
+    """Read the runs, tabulate them, pool seeds and set each label against the baseline label
+    (default: the uniform runs when there are any, else the first label)."""
+    if not paths:
+        raise RunDirError("no runs to compare")
+    runs = [load_run(p) for p in paths]
+    table = tabulate(runs)
+    return Comparison(runs, table, summarise(table, baseline), unfair([r.config for r in runs]))
+
+
+def tabulate(runs: list[Run]) -> pd.DataFrame:
+    """One row per run: label, strategy, seed, steps, tokens, final loss, final/best eval loss and ppl,
+    applied decay (and its ratio to the base w), median tokens/s."""
+    varying = _varying([r.config for r in runs])
+    out = []
+    for r in runs:
+        m = r.metrics
+        ev = m.dropna(subset=["eval_loss"]) if "eval_loss" in m else m.iloc[0:0]
+        last = m.iloc[-1]
+        w = float(r.config.get("weight_decay", math.nan))
+        applied = applied_decay(r)
+        out.append({
+            "run": str(r.path), "label": _label(r.config, varying), "strategy": r.config.get("strategy", "?"),
+            "seed": r.config.get("seed"), "steps": int(last["step"]), "tokens": int(last["tokens"]),
+            "loss": float(last["loss"]),
+            "eval_loss": float(ev["eval_loss"].iloc[-1]) if len(ev) else math.nan,
+            "eval_ppl": float(ev["eval_ppl"].iloc[-1]) if len(ev) else math.nan,
+            "best_eval_loss": float(ev["eval_loss"].min()) if len(ev) else math.nan,
+            "weight_decay": w, "applied_decay": applied, "applied_over_w": applied / w if w else math.nan,
+            "tokens_per_s": float(m["tokens_per_s"].median()),
+        })
+    return pd.DataFrame(out)
+
+
+def summarise(table: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
+    """Replicates (same label, different seeds) pooled: n, mean and std of the final eval loss, and its
+    difference to the baseline label with the standard error of that difference (Welch)."""
+    g = table.groupby("label", sort=False)
+    out = g.agg(strategy=("strategy", "first"), n=("run", "size"), steps=("steps", "max"),
+                eval_loss=("eval_loss", "mean"), eval_loss_std=("eval_loss", "std"), eval_ppl=("eval_ppl", "mean"),
+                loss=("loss", "mean"), applied_over_w=("applied_over_w", "mean"),
+                tokens_per_s=("tokens_per_s", "mean")).reset_index()
+    if baseline is None:
+        uniform = out.loc[out["strategy"] == "uniform", "label"]
+        baseline = uniform.iloc[0] if len(uniform) == 1 else out["label"].iloc[0]
+    if baseline not in set(out["label"]):
+        raise RunDirError(f"baseline {baseline!r} is not one of the labels: {', '.join(out['label'])}")
+    base = out.set_index("label").loc[baseline]
+    var = (out["eval_loss_std"] ** 2 / out["n"]).fillna(0.0)
+    base_var = 0.0 if math.isnan(base["eval_loss_std"]) else base["eval_loss_std"] ** 2 / base["n"]
+    out["vs_baseline"] = out["eval_loss"] - base["eval_loss"]
+    se = np.sqrt(var + base_var)
+    out["vs_baseline_se"] = np.where((out["n"] > 1) & (base["n"] > 1) & (out["label"] != baseline), se, np.nan)
+    out.attrs["baseline"] = baseline
+    return out.sort_values("eval_loss", kind="stable").reset_index(drop=True)
+
+
+def unfair(configs: list[dict]) -> list[str]:
+    """Settings that differ between runs although they change the budget or the data, not the method."""
+    budget = ("model", "steps", "batch_size", "seq_len", "data", "tokenizer", "vocab_size", "lr", "optimizer")
+    return [k for k in budget if len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1]
+
+
+# The settings that matter to each strategy (plus COMMON): labels name only these.
+COMMON = ("model", "steps", "batch_size", "seq_len", "data", "tokenizer", "vocab_size", "lr", "min_lr_ratio",
+          "warmup_steps", "betas", "eps", "optimizer", "weight_decay", "default_decay", "grad_clip", "multipliers",
+          "precision", "val_fraction")
+SPECIFIC = {
+    "alphadecay": ("decay_map", "gap", "estimator", "metric", "assign", "ratio", "preserve_mean", "alphadecay_warmup"),
+    "adadecay": ("gap", "assign", "ratio", "preserve_mean"),
+    "awd": (),
+    "uniform": (),
+    "lrm": (),
+}
+MULTIPLIER_KEYS = ("lrm_decay", "lrm_lr_mult")
+
+
+def relevant(config: dict) -> dict:
+    """The part of a run's config that can change what it learns."""
+    keys = [*COMMON, *SPECIFIC.get(config.get("strategy"), ())]
+    if config.get("multipliers", "none") != "none":
+        keys += MULTIPLIER_KEYS
+    if config.get("decay_map"):
+        keys = [k for k in keys if k not in ("gap", "estimator", "metric", "assign", "ratio", "alphadecay_warmup")]
+    return {k: config.get(k) for k in keys if k in config}
+
+
+def _varying(configs: list[dict]) -> list[str]:
+    rel = [relevant(c) for c in configs]
+    keys = sorted({k for r in rel for k in r})
+    return [k for k in keys if len({json.dumps(r.get(k), sort_keys=True) for r in rel if k in r}) > 1]
+
+
+def _label(config: dict, varying: list[str]) -> str:
+    """The strategy, plus the other settings that vary between the compared runs."""
+    rel = relevant(config)
+    extra = [f"{k}={_short(rel[k])}" for k in varying if k in rel]
+    return " ".join([str(config.get("strategy", "?")), *extra])
+
+
+def _short(v) -> str:
+    if isinstance(v, list | tuple):
+        return ",".join(map(_short, v))
+    return f"{v:g}" if isinstance(v, float) else str(v)
