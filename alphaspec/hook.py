@@ -169,6 +169,23 @@ class AlphaDecay:
         if self._executor is not None:
             self._executor.shutdown()
 
+    def state_dict(self) -> dict:
+        """What a resumed run needs to continue the refresh schedule: step count, latest decays and metrics.
+
+        A refresh still in flight is not included; save after close(), or accept that it is redone.
+        """
+        return {"step_count": self.step_count, "decays": dict(self.decays), "metrics": dict(self.metrics),
+                "refreshes": self.refreshes, "staleness": self.staleness}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore state_dict() and write its decays into the optimizer groups."""
+        unknown = set(state["decays"]) - set(self.tuned)
+        if unknown:
+            raise DecayMapError(f"state holds decays for parameters this hook does not tune: {sorted(unknown)[:3]}")
+        self.step_count, self.refreshes, self.staleness = state["step_count"], state["refreshes"], state["staleness"]
+        self.decays, self.metrics = {**self.decays, **state["decays"]}, dict(state["metrics"])
+        self._set(self.decays)
+
     def _snapshot(self) -> dict[str, torch.Tensor]:
         """The owned matrices as they are now: views when solved in line, copies when solved alongside training."""
         snap = {}

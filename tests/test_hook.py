@@ -214,3 +214,24 @@ def test_hf_trainer_callback(tmp_path):
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__]))
+
+
+def test_state_dict_resumes_the_refresh_schedule():
+    torch.manual_seed(0)
+    model = TinyLM()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.1)
+    hook = AlphaDecay(model, opt, gap=4, overlap=False)
+    for s in range(6):
+        train_step(model, opt, s)
+        hook.step()
+    state = hook.state_dict()
+    opt2 = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.1)
+    resumed = AlphaDecay(model, opt2, gap=4, overlap=False, warmup="uniform")
+    resumed.load_state_dict(state)
+    assert group_decays(opt2) == group_decays(opt) and resumed.step_count == 6
+    train_step(model, opt2, 6)
+    resumed.step()
+    assert resumed.refreshes == state["refreshes"]
+    train_step(model, opt2, 7)
+    resumed.step()  # step 8: the next multiple of gap, as in the uninterrupted run
+    assert resumed.refreshes == state["refreshes"] + 1

@@ -83,17 +83,18 @@ def test_existing_run_is_never_overwritten(tmp_path, text):
         run(tmp_path, text, name="fresh", resume=True)
 
 
-def test_resume_reproduces_the_uninterrupted_run(tmp_path, text):
-    _, straight = run(tmp_path, text, name="straight", strategy="awd")
+@pytest.mark.parametrize("options", [{"strategy": "awd"}, {"strategy": "alphadecay", "gap": 3, "overlap": False}])
+def test_resume_reproduces_the_uninterrupted_run(tmp_path, text, options):
+    _, straight = run(tmp_path, text, name="straight", **options)
     crashed = tmp_path / "crashed"
     shutil.copytree(straight, crashed)
     (crashed / "checkpoints" / "step_0000008.pt").unlink()  # as if killed after the step-4 checkpoint
-    run(tmp_path, text, name="crashed", strategy="awd", resume=True)
+    run(tmp_path, text, name="crashed", resume=True, **options)
     a, b = rows(straight / "metrics.csv"), rows(crashed / "metrics.csv")
     assert [r["step"] for r in b] == [r["step"] for r in a]
     for ra, rb in zip(a, b, strict=True):
         assert float(rb["loss"]) == pytest.approx(float(ra["loss"]), rel=1e-5)
-    da, db = rows(straight / "decay.csv"), rows(crashed / "decay.csv")  # AWD's smoothed decay resumed too
+    da, db = rows(straight / "decay.csv"), rows(crashed / "decay.csv")  # decays and their schedule resumed too
     assert [(r["step"], r["name"]) for r in db] == [(r["step"], r["name"]) for r in da]
     assert [float(r["weight_decay"]) for r in db] == pytest.approx([float(r["weight_decay"]) for r in da], rel=1e-5)
     wa, wb = load_file(straight / "model.safetensors"), load_file(crashed / "model.safetensors")

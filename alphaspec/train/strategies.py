@@ -113,7 +113,8 @@ class Refreshed(Strategy):
         self.hook = AlphaDecay(model, optimizer, self.w, ratio=c.ratio, assign=c.assign or "linear", gap=c.gap,
                                estimator=c.estimator, metric=c.metric, preserve_mean=c.preserve_mean,
                                warmup=c.alphadecay_warmup, overlap=c.overlap, scheduler=scheduler)
-        self._rows = [r for r in self._rows if r["name"] not in self.hook.tuned]  # superseded by the hook's own
+        if self.hook.history:  # warmup "init": the hook's own step-0 decays replace the uniform ones
+            self._rows = [r for r in self._rows if r["name"] not in self.hook.tuned]
         self._seen = 0
         self._collect()
 
@@ -124,6 +125,12 @@ class Refreshed(Strategy):
     def close(self) -> None:
         self.hook.close()
         self._collect()
+
+    def state_dict(self) -> dict:
+        return self.hook.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.hook.load_state_dict(state)
 
     def _collect(self) -> None:
         new = self.hook.history[self._seen:]
