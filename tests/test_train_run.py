@@ -159,6 +159,8 @@ def test_learnable_multipliers_train_and_fold(tmp_path, text):
     (["--model", "llama-9000"], "unknown model"),
     (["--strategy", "uniform", "--decay-map", "wd.json"], "cannot be used"),
     (["--batch-size", "6", "--micro-batch", "4"], "not a multiple"),
+    (["--strategy", "alphadecay", "--assign", "cubic"], "--assign 'cubic'"),
+    (["--default-decay", "lots"], "--default-decay"),
 ])
 def test_cli_bad_input_is_one_error_line(tmp_path, argv, message):
     res = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "r"), "-q", *argv])

@@ -95,6 +95,9 @@ def train(
                                                "embeddings) or a number.", rich_help_panel=DECAY)] = "all",
     alphadecay_warmup: Annotated[str, typer.Option(help="Decays before the first refresh: init (from the initial "
                                                    "weights, the paper) or uniform.", rich_help_panel=DECAY)] = "init",
+    overlap: Annotated[bool, typer.Option("--overlap/--no-overlap", help="Solve alphadecay refreshes alongside "
+                                          "training (default) or in line (bit-reproducible).",
+                                          rich_help_panel=DECAY)] = True,
     multipliers: Annotated[Multipliers, typer.Option(help="Learnable multipliers (strategy lrm: vector).",
                                                      rich_help_panel=DECAY)] = Multipliers.none,
     lrm_decay: Annotated[float, typer.Option(min=0.0, help="Weight decay of the multipliers.",
@@ -137,7 +140,7 @@ def train(
         optimizer=optimizer, weight_decay=weight_decay, default_decay=default_decay, grad_clip=grad_clip,
         strategy=(strategy.value if strategy else ("alphadecay" if decay_map else "uniform")),
         decay_map=str(decay_map) if decay_map else None, gap=gap, estimator=estimator.value, metric=metric,
-        assign=assign, ratio=ratio, preserve_mean=preserve_mean, alphadecay_warmup=alphadecay_warmup,
+        assign=assign, ratio=ratio, preserve_mean=preserve_mean, alphadecay_warmup=alphadecay_warmup, overlap=overlap,
         multipliers=multipliers.value, lrm_decay=lrm_decay, lrm_lr_mult=lrm_lr_mult,
         data=[str(d) for d in data or []], tokenizer=str(tokenizer) if tokenizer else None, eval_every=eval_every,
         eval_windows=eval_windows, log_every=log_every, checkpoint_every=checkpoint_every,

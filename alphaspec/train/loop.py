@@ -19,9 +19,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from .. import __version__
+from ..decay import ASSIGN, PRESERVE
+from ..decay import METRICS as DECAY_METRICS
 from ..esd import resolve_device
+from ..fit import ESTIMATORS
 from . import data as datamod
-from .model import PRESETS, Llama, ModelConfig, count_params
+from .model import LRM_MODES, PRESETS, Llama, ModelConfig, count_params
 from .rundir import (
     DECAYS,
     METRICS,
@@ -100,12 +103,24 @@ class TrainConfig:
             raise ConfigError(f"unknown precision {self.precision!r}; use auto, bf16 or fp32")
         if min(self.steps, self.batch_size, self.seq_len, self.log_every, self.gap, self.eval_every, self.checkpoint_every) < 1:
             raise ConfigError("steps, batch size, seq len, gap and the every-N options must be >= 1")
+        choices = {"assign": (self.assign, (None, *ASSIGN)), "preserve-mean": (self.preserve_mean, PRESERVE),
+                   "metric": (self.metric, DECAY_METRICS), "estimator": (self.estimator, tuple(ESTIMATORS)),
+                   "alphadecay-warmup": (self.alphadecay_warmup, ("init", "uniform")),
+                   "multipliers": (self.multipliers, tuple(LRM_MODES))}
+        for option, (value, allowed) in choices.items():
+            if value not in allowed:
+                raise ConfigError(f"--{option} {value!r}: choose one of {', '.join(a for a in allowed if a)}")
+        if self.default_decay not in ("all", "matrices"):
+            try:
+                float(self.default_decay)
+            except ValueError:
+                raise ConfigError(f"--default-decay {self.default_decay!r}: use all, matrices or a number") from None
         if self.strategy == "lrm" and self.multipliers == "none":
             self.multipliers = "vector"
 
 
 # What a resumed run may change; everything else comes from the run's checkpoint.
-RESUMABLE = ("out", "resume", "steps", "device", "compile", "log_every", "eval_every", "eval_windows",
+RESUMABLE = ("out", "resume", "steps", "device", "compile", "overlap", "log_every", "eval_every", "eval_windows",
              "checkpoint_every", "keep_checkpoints")
 
 
