@@ -3,6 +3,7 @@
 #   part 1 (one device call):  bash bench/gpu.sh tests-decay
 #   part 2 (one device call):  bash bench/gpu.sh esd          (13B-shaped, 40 blocks; ~8 min)
 #   part 3 (one device call):  bash bench/gpu.sh ww           (needs WeightWatcher wheels carried in .whl/)
+#   part 4 (one device call):  bash bench/gpu.sh train        (trainer throughput per strategy, 60M and 130M)
 # Logs and JSON go to $OUT (the device tool brings them back), else bench/out.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -22,5 +23,10 @@ case "${1:-}" in
       && export PYTHONPATH="$PYTHONPATH:/tmp/site"; fi
     python3 bench/esd.py --model 13b --blocks 1 --estimators median --ww --ww-cpu \
       --json "$out/esd-13b-ww.json" 2>&1 | tee "$out/esd-13b-ww.log" ;;
-  *) echo "usage: bash bench/gpu.sh tests-decay|esd|ww" >&2; exit 2 ;;
+  train)
+    python3 bench/train.py --model llama-60m --seq-len 256 --batch-size 256 --steps 60 --gap 20 --compile \
+      --json "$out/train-60m.json" 2>&1 | tee "$out/train-60m.log"
+    python3 bench/train.py --model llama-130m --seq-len 256 --batch-size 256 --steps 60 --gap 20 --compile \
+      --strategies uniform,alphadecay --json "$out/train-130m.json" 2>&1 | tee "$out/train-130m.log" ;;
+  *) echo "usage: bash bench/gpu.sh tests-decay|esd|ww|train" >&2; exit 2 ;;
 esac

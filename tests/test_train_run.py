@@ -170,11 +170,11 @@ def test_cli_bad_input_is_one_error_line(tmp_path, argv, message):
 
 @pytest.mark.slow
 def test_torchrun_ddp_trains_like_one_process(tmp_path, text):
-    """Two gloo ranks with half the batch each take the same steps as one process with the whole batch."""
+    """Two gloo ranks, each accumulating two micro-batches, take the same steps as one process with the whole batch."""
     _, single = run(tmp_path, text, name="single", batch_size=8, strategy="alphadecay", gap=4, overlap=False)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "alphaspec",
            "train", "--out", str(tmp_path / "ddp"), "--data", text, "--strategy", "alphadecay", "--gap", "4",
-           "--batch-size", "8", "-q", "--device", "cpu"]
+           "--batch-size", "8", "--micro-batch", "2", "-q", "--device", "cpu"]  # 2 ranks x 2 accumulation steps
     for k, v in SMALL.items():
         if k != "batch_size":
             cmd += [f"--{k.replace('_', '-')}", str(v)]

@@ -215,15 +215,7 @@ def _train(cfg: TrainConfig, run: Path, rank: int, world: int, device: torch.dev
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else nullcontext
 
     if rank == 0:
-        info = {"argv": sys.argv, "config": asdict(cfg), "alphaspec": __version__, "torch": torch.__version__,
-                "python": platform.python_version(), "device": str(device), "world_size": world,
-                "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-                "parameters": count_params(model), "micro_batch": micro, "grad_accum": accum,
-                "precision": "bf16 autocast, fp32 master weights" if bf16 else "fp32",
-                "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        if state:
-            prev = json.loads((run / "run.json").read_text())
-            info = {**prev, "resumed": [*prev.get("resumed", []), {"step": start, "at": info["started"], "argv": sys.argv}]}
+        info = _run_info(cfg, run, device, world, count_params(model), micro, accum, bf16, start if state else None)
         write_json(run / "run.json", info)
         save_weights(run, model.hf_state_dict(), mcfg.hf_config())
         metrics = CsvLog(run / "metrics.csv", METRICS, start if state else None)
@@ -234,12 +226,10 @@ def _train(cfg: TrainConfig, run: Path, rank: int, world: int, device: torch.dev
     for step in range(start + 1, cfg.steps + 1):
         for m in range(accum):
             x, y = tokens.batch(step, cfg.batch_size, cfg.seq_len, cfg.seed, rank * accum + m, world * accum)
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            sync = net.no_sync() if world > 1 and m < accum - 1 else nullcontext()
-            with sync, autocast():
-                logits = fwd(x)
-                loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
-            with sync:
+            # DDP all-reduces the gradients on the last micro-batch only
+            with net.no_sync() if world > 1 and m < accum - 1 else nullcontext():
+                with autocast():
+                    loss = F.cross_entropy(fwd(x.to(device)).float().flatten(0, 1), y.to(device).flatten())
                 (loss / accum).backward()
             loss_sum += loss.detach()
             n_loss += 1
@@ -280,6 +270,20 @@ def _train(cfg: TrainConfig, run: Path, rank: int, world: int, device: torch.dev
         metrics.close()
         decays.close()
     return last
+
+
+def _run_info(cfg: TrainConfig, run: Path, device: torch.device, world: int, params: int, micro: int, accum: int,
+              bf16: bool, resumed_at: int | None) -> dict:
+    """run.json: every setting, versions, hardware; a resume appends to the original's `resumed` list."""
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    if resumed_at is not None:
+        prev = json.loads((run / "run.json").read_text())
+        return {**prev, "resumed": [*prev.get("resumed", []), {"step": resumed_at, "at": now, "argv": sys.argv}]}
+    return {"argv": sys.argv, "config": asdict(cfg), "alphaspec": __version__, "torch": torch.__version__,
+            "python": platform.python_version(), "device": str(device), "world_size": world,
+            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None, "parameters": params,
+            "micro_batch": micro, "grad_accum": accum,
+            "precision": "bf16 autocast, fp32 master weights" if bf16 else "fp32", "started": now}
 
 
 def _checkpoint(run, step, model, optimizer, scheduler, strategy, mcfg, cfg, rank) -> None:
