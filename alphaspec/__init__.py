@@ -1,20 +1,49 @@
-"""alphaspec: heavy-tailed spectral analysis of language-model checkpoints, and AlphaDecay weight decay."""
+"""alphaspec: heavy-tailed spectral analysis of language-model checkpoints, and AlphaDecay weight decay.
+
+The public names load on first use, so `alphaspec --help` does not wait for torch and pandas.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-from .analysis import Analysis, analyze, run  # noqa: E402
-from .checkpoint import SourceError, open_checkpoint  # noqa: E402
-from .decay import DecayMap, DecayMapError, assign_decays, build_decay_map  # noqa: E402
-from .esd import eigenvalues  # noqa: E402
-from .fit import ESTIMATORS, PowerLawFit, fit  # noqa: E402
-from .hook import AlphaDecay  # noqa: E402
+_WHERE = {
+    "Analysis": "analysis", "analyze": "analysis", "run": "analysis",
+    "SourceError": "checkpoint", "open_checkpoint": "checkpoint",
+    "DecayMap": "decay", "DecayMapError": "decay", "assign_decays": "decay", "build_decay_map": "decay",
+    "eigenvalues": "esd",
+    "ESTIMATORS": "fit", "PowerLawFit": "fit", "fit": "fit",
+    "AlphaDecay": "hook",
+}
 
-__all__ = ["AlphaDecay", "Analysis", "DecayMap", "DecayMapError", "ESTIMATORS", "PowerLawFit", "SourceError",
+__all__ = ["ESTIMATORS", "AlphaDecay", "Analysis", "DecayMap", "DecayMapError", "PowerLawFit", "SourceError",
            "__version__", "analyze", "assign_decays", "build_decay_map", "decay_map", "eigenvalues", "fit",
            "open_checkpoint", "run"]
+
+if TYPE_CHECKING:
+    from .analysis import Analysis, analyze, run
+    from .checkpoint import SourceError, open_checkpoint
+    from .decay import DecayMap, DecayMapError, assign_decays, build_decay_map
+    from .esd import eigenvalues
+    from .fit import ESTIMATORS, PowerLawFit, fit
+    from .hook import AlphaDecay
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'alphaspec' has no attribute {name!r}")
 
 
 def decay_map(source, weight_decay: float = 0.1, *, estimator: str = "median", device: str = "auto",
               **options) -> DecayMap:
     """AlphaDecay decays for a checkpoint (anything `analyze` takes); options as `build_decay_map`."""
+    from .analysis import analyze
+    from .decay import build_decay_map
+
     return build_decay_map(analyze(source, estimator, device), weight_decay, source=str(source), **options)

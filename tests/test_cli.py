@@ -130,6 +130,12 @@ def test_help_has_examples():
     proc = cli("analyze", "--help")
     assert proc.returncode == 0 and "Examples" in proc.stdout and "example:minilm" in proc.stdout
     assert cli("--version").stdout.startswith("alphaspec ")
+    for command, example in (("train", "torchrun"), ("compare", "--plot"), ("decay-map", "--preserve-mean")):
+        proc = cli(command, "--help")
+        assert proc.returncode == 0 and "Examples" in proc.stdout and example in proc.stdout, command
+    listed = cli("--help").stdout
+    assert [c for c in ("analyze", "plot", "decay-map", "train", "compare") if c in listed] == \
+        ["analyze", "plot", "decay-map", "train", "compare"]
 
 
 def test_plot_from_results_file_without_recomputing(llama_dir, tmp_path):

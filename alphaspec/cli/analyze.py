@@ -4,22 +4,21 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 from rich.text import Text
 
 from .. import __version__
-from ..analysis import Analysis
-from ..checkpoint import SourceError, open_checkpoint
-from ..esd import DeviceError, resolve_device
-from ..modules import MODULE_TYPES
-from ..output import check_output, write_results, write_spectra
 from .common import MODEL_KINDS, Estimator, analyse, app, draw, err, fail, out, regexes
+
+if TYPE_CHECKING:
+    from ..analysis import Analysis
 
 
 def _summary(result: Analysis) -> Table:
+    from ..modules import MODULE_TYPES
     from ..reference import random_alpha
 
     table = Table(title="alpha per module type", title_justify="left", header_style="bold",
@@ -92,6 +91,10 @@ def analyze(
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar and no summary.")] = False,
 ) -> None:
     """Eigenvalue spectrum and power-law tail fit (alpha) of every weight matrix in a checkpoint."""
+    from ..checkpoint import SourceError, open_checkpoint
+    from ..esd import DeviceError, resolve_device
+    from ..output import check_output, write_results, write_spectra
+
     include, exclude = regexes(include or [], "--include"), regexes(exclude or [], "--exclude")
     try:
         if output is not None:

@@ -21,10 +21,6 @@ from rich.progress import (
 from rich.text import Text
 
 from .. import __version__
-from ..analysis import run
-from ..checkpoint import SourceError
-from ..esd import DeviceError
-from ..output import TABLE_SUFFIXES, read_results, read_spectra
 
 MODEL_KINDS = ("spectra", "alpha-modules", "alpha-depth")  # plots.MODEL_KINDS, without importing matplotlib
 
@@ -74,6 +70,10 @@ class RateColumn(ProgressColumn):
 
 def analyse(source: str, estimator: str, device, quiet: bool, **options):
     """run() with a progress bar (matrices done, matrices/s, ETA) on stderr; bad input ends in `error:`."""
+    from ..analysis import run
+    from ..checkpoint import SourceError
+    from ..esd import DeviceError
+
     columns = [TextColumn("analysing"), BarColumn(), MofNCompleteColumn(), RateColumn(), TimeElapsedColumn(),
                TextColumn("eta"), TimeRemainingColumn()]
     try:
@@ -88,6 +88,8 @@ def analyse(source: str, estimator: str, device, quiet: bool, **options):
 def load(source: str, estimator: str, device: str, quiet: bool, spectra_file: Path | None = None):
     """(table, spectra) from a results file written by `analyze` (spectra from its .npz, when there is one),
     or from a checkpoint analysed now."""
+    from ..output import TABLE_SUFFIXES, read_results, read_spectra
+
     path = Path(source)
     if path.suffix not in TABLE_SUFFIXES or not path.is_file():
         result = analyse(source, estimator, device, quiet, keep_spectra=True)

@@ -6,7 +6,6 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
-import pandas as pd
 import typer
 from rich.table import Table
 
@@ -82,6 +81,8 @@ def decay_map(
 
 
 def _decay_summary(dmap) -> Table:
+    import pandas as pd
+
     mods = pd.DataFrame(dmap.modules)
     table = Table(title=f"{dmap.assign} decays from {dmap.metric} (base w = {dmap.weight_decay:g})", title_justify="left",
                   header_style="bold")
