@@ -75,3 +75,10 @@ def test_lr_schedule_warmup_then_cosine_to_the_floor():
     assert f(10) == pytest.approx(1.0)
     assert f(60) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
     assert f(110) == pytest.approx(0.1)
+
+
+def test_chunks_cut_at_line_ends_and_lose_nothing():
+    doc = "".join(f"line {i} of the text\n" for i in range(1000)) + "no newline at the end"
+    pieces = list(data.chunks([doc, "short"], size=500))
+    assert "".join(pieces) == doc + "short"
+    assert all(p.endswith("\n") for p in pieces[:-2]) and max(map(len, pieces)) < 500 + 30

@@ -5,7 +5,7 @@ Batches are a pure function of (seed, step, rank), so the data position of a res
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -56,6 +56,17 @@ def read_documents(paths: Sequence[Path]) -> list[str]:
     return docs
 
 
+def chunks(docs: Sequence[str], size: int = 1 << 20) -> Iterator[str]:
+    """Documents cut at line ends into pieces of about `size` characters (bounded memory for big corpora)."""
+    for doc in docs:
+        start = 0
+        while start < len(doc):
+            end = doc.find("\n", start + size)
+            end = len(doc) if end < 0 else end + 1
+            yield doc[start:end]
+            start = end
+
+
 def train_tokenizer(docs: Sequence[str], vocab_size: int) -> Tokenizer:
     """A GPT-2-style byte-level BPE with an end-of-text token, trained on the documents."""
     tok = Tokenizer(models.BPE())
@@ -63,16 +74,23 @@ def train_tokenizer(docs: Sequence[str], vocab_size: int) -> Tokenizer:
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS], show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(docs, trainer)
+    tok.train_from_iterator(chunks(docs), trainer)
     return tok
 
 
-def encode(tok: Tokenizer, docs: Sequence[str]) -> np.ndarray:
-    """All documents as one token stream, each followed by the end-of-text token."""
+def encode(tok: Tokenizer, docs: Sequence[str], batch: int = 32) -> np.ndarray:
+    """All documents as one token stream, each followed by the end-of-text token (encoded in parallel,
+    a batch of ~1 MB pieces at a time)."""
+    dtype = np.uint16 if tok.get_vocab_size() <= 65536 else np.uint32
     eos = tok.token_to_id(EOS)
-    ids = [np.asarray(e.ids + ([eos] if eos is not None else []), dtype=np.int64) for e in tok.encode_batch(list(docs))]
-    stream = np.concatenate(ids)
-    return stream.astype(np.uint16 if tok.get_vocab_size() <= 65536 else np.uint32)
+    parts: list[np.ndarray] = []
+    for doc in docs:
+        pieces = list(chunks([doc]))
+        for i in range(0, len(pieces), batch):
+            parts += [np.asarray(e.ids, dtype=dtype) for e in tok.encode_batch(pieces[i:i + batch])]
+        if eos is not None:
+            parts.append(np.asarray([eos], dtype=dtype))
+    return np.concatenate(parts)
 
 
 @dataclass
