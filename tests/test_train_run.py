@@ -17,7 +17,7 @@ from alphaspec.cli import app
 from alphaspec.decay import build_decay_map
 from alphaspec.train import RunError, TrainConfig, train
 from alphaspec.train.data import bundled_corpus
-from alphaspec.train.rundir import DECAYS, METRICS
+from alphaspec.train.rundir import ALPHAS, DECAYS, METRICS
 
 SMALL = dict(model="tiny", vocab_size=512, seq_len=32, batch_size=4, steps=8, warmup_steps=2, eval_every=4,
              log_every=2, eval_windows=8, checkpoint_every=4, keep_checkpoints=5)
@@ -50,13 +50,15 @@ def hill_median(w: np.ndarray) -> float:
 
 def test_run_directory_contract(tmp_path, text):
     last, out = run(tmp_path, text)
-    for f in ("run.json", "config.json", "model.safetensors", "metrics.csv", "decay.csv", "tokenizer.json"):
+    for f in ("run.json", "config.json", "model.safetensors", "metrics.csv", "decay.csv", "alphas.csv", "tokenizer.json"):
         assert (out / f).is_file(), f
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_0000004.pt", "step_0000008.pt"]
     with open(out / "metrics.csv") as f:
         assert next(csv.reader(f)) == METRICS
     with open(out / "decay.csv") as f:
         assert next(csv.reader(f)) == DECAYS
+    with open(out / "alphas.csv") as f:
+        assert next(csv.reader(f)) == ALPHAS
     metrics = rows(out / "metrics.csv")
     assert [int(r["step"]) for r in metrics] == [2, 4, 6, 8]
     assert int(metrics[-1]["tokens"]) == 8 * 4 * 32
@@ -73,6 +75,22 @@ def test_run_directory_contract(tmp_path, text):
     assert sorted(table["module"].value_counts().items()) == sorted(
         {"att.q": 2, "att.k": 2, "att.v": 2, "att.o": 2, "mlp.gate": 2, "mlp.up": 2, "mlp.down": 2,
          "embed": 1, "lm_head": 1}.items())
+
+
+def test_alphas_during_training_are_the_spectra_of_the_weights(tmp_path, text):
+    _, out = run(tmp_path, text, analyze_every=3)
+    alphas = rows(out / "alphas.csv")
+    assert sorted({int(r["step"]) for r in alphas}) == [0, 3, 6, 8] and len(alphas) == 4 * 14
+    weights = load_file(out / "model.safetensors")
+    for r in (r for r in alphas if r["step"] == "8"):
+        w = weights[r["name"]]
+        assert (int(r["rows"]), int(r["cols"])) == tuple(w.shape)
+        assert float(r["alpha"]) == pytest.approx(hill_median(w.double().numpy()), rel=1e-9)
+    res = CliRunner().invoke(app, ["plot", str(out), "--kind", "training", "-o", str(tmp_path / "figs")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "figs" / "training.png").read_bytes()[:4] == b"\x89PNG"
+    _, quiet = run(tmp_path, text, name="no-alphas", steps=2, analyze_every=0)
+    assert rows(quiet / "alphas.csv") == []
 
 
 def test_existing_run_is_never_overwritten(tmp_path, text):

@@ -44,7 +44,8 @@ def compare(
     if output is not None:
         write_table(result.table, output)
     if plot is not None:
-        from ..plots import DPI, compare_figure
+        from ..plots import DPI
+        from ..training_plots import compare_figure
 
         compare_figure(result).savefig(plot, dpi=DPI)
     if quiet:

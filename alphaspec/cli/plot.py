@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from enum import Enum
 from pathlib import Path
@@ -18,6 +19,7 @@ class Kind(str, Enum):
     alpha_depth = "alpha-depth"
     esd = "esd"
     decay = "decay"
+    training = "training"
 
 
 class Format(str, Enum):
@@ -34,10 +36,12 @@ class Format(str, Enum):
     alphaspec analyze model/ -o r.json --save-spectra r.npz && alphaspec plot r.json -o figs/ --format svg
 
     alphaspec plot r.json --kind esd --module 'layers\\.3\\.mlp\\.down' -o figs/
+
+    alphaspec plot runs/alphadecay --kind training -o figs/        # alpha over the steps of a training run
 """)
 def plot(
-    source: Annotated[str, typer.Argument(help="A checkpoint (anything `analyze` takes), or a results file "
-                                          "(.csv/.json/.parquet) written by `analyze`.")],
+    source: Annotated[str, typer.Argument(help="A checkpoint (anything `analyze` takes), a results file "
+                                          "(.csv/.json/.parquet) written by `analyze`, or a training run.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Directory for the figures.")] = Path("alphaspec-plots"),
     kind: Annotated[list[Kind] | None, typer.Option("--kind", help="Figure kind(s); default: all model-level "
                                                     "kinds, plus esd when --module is given.")] = None,
@@ -54,8 +58,17 @@ def plot(
     and weight decay against alpha."""
     from ..decay import DecayMap, DecayMapError
 
+    run_alphas = Path(source) / "alphas.csv"
     kinds = [k.value for k in kind] if kind else [*MODEL_KINDS, *(["esd"] if module else []),
-                                                   *(["decay"] if decay_map_file else [])]
+                                                   *(["decay"] if decay_map_file else []),
+                                                   *(["training"] if run_alphas.is_file() else [])]
+    if "training" in kinds:
+        if not run_alphas.is_file():
+            fail(f"{source}: the training figure needs a run directory of `alphaspec train` with alphas.csv")
+        out.print(f"drew {_training_figure(run_alphas, output, fmt.value)}", highlight=False)
+        kinds.remove("training")
+        if not kinds:
+            return
     dmap = None
     if decay_map_file is not None:
         try:
@@ -76,3 +89,19 @@ def plot(
             fail(f"no analysed matrix with a spectrum matches --module {' '.join(module)}")
     for path in draw(table, spectra, output, kinds, fmt.value, names, dmap):
         out.print(f"drew {path}", highlight=False)
+
+
+def _training_figure(alphas_csv: Path, output: Path, fmt: str) -> Path:
+    import pandas as pd
+
+    from ..plots import DPI
+    from ..training_plots import alphas_figure
+
+    alphas = pd.read_csv(alphas_csv)
+    if alphas.empty:
+        fail(f"{alphas_csv}: no rows yet (the run has not analysed its matrices)")
+    estimator = json.loads((alphas_csv.parent / "run.json").read_text()).get("config", {}).get("estimator", "median")
+    output.mkdir(parents=True, exist_ok=True)
+    path = output / f"training.{fmt}"
+    alphas_figure(alphas, estimator).savefig(path, dpi=DPI, bbox_inches="tight")
+    return path

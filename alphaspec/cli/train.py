@@ -105,6 +105,9 @@ def train(
     lrm_lr_mult: Annotated[float, typer.Option(min=0.0, help="Multipliers' LR relative to --lr.",
                                                rich_help_panel=DECAY)] = 1.0,
     eval_every: Annotated[int, typer.Option(min=1, rich_help_panel=RUN)] = 100,
+    analyze_every: Annotated[int | None, typer.Option(min=0, help="Fit the block matrices' spectra into alphas.csv "
+                                                      "every N steps (default: --eval-every; 0: never).",
+                                                      rich_help_panel=RUN)] = None,
     eval_windows: Annotated[int, typer.Option(min=1, help="Validation windows per evaluation.",
                                               rich_help_panel=RUN)] = 64,
     log_every: Annotated[int, typer.Option(min=1, rich_help_panel=RUN)] = 10,
@@ -143,7 +146,7 @@ def train(
         assign=assign, ratio=ratio, preserve_mean=preserve_mean, alphadecay_warmup=alphadecay_warmup, overlap=overlap,
         multipliers=multipliers.value, lrm_decay=lrm_decay, lrm_lr_mult=lrm_lr_mult,
         data=[str(d) for d in data or []], tokenizer=str(tokenizer) if tokenizer else None, eval_every=eval_every,
-        eval_windows=eval_windows, log_every=log_every, checkpoint_every=checkpoint_every,
+        analyze_every=analyze_every, eval_windows=eval_windows, log_every=log_every, checkpoint_every=checkpoint_every,
         keep_checkpoints=keep_checkpoints, seed=seed, device=device, precision=precision, compile=compile, resume=resume)
     quiet = quiet or int(os.environ.get("RANK", 0)) != 0
     columns = [TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),

@@ -19,13 +19,15 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from .. import __version__
-from ..decay import ASSIGN, PRESERVE
+from ..analysis import analyze_tensors, records
+from ..decay import ASSIGN, PRESERVE, is_tuned_candidate
 from ..decay import METRICS as DECAY_METRICS
 from ..esd import resolve_device
 from ..fit import ESTIMATORS
 from . import data as datamod
 from .model import LRM_MODES, PRESETS, Llama, ModelConfig, count_params
 from .rundir import (
+    ALPHAS,
     DECAYS,
     METRICS,
     CsvLog,
@@ -80,6 +82,7 @@ class TrainConfig:
     tokenizer: str | None = None
     val_fraction: float = 0.05
     eval_every: int = 100
+    analyze_every: int | None = None  # alphas of the block matrices into alphas.csv (None: eval_every, 0: never)
     eval_windows: int = 64
     log_every: int = 10
     checkpoint_every: int = 500
@@ -115,12 +118,15 @@ class TrainConfig:
                 float(self.default_decay)
             except ValueError:
                 raise ConfigError(f"--default-decay {self.default_decay!r}: use all, matrices or a number") from None
+        if self.analyze_every is not None and self.analyze_every < 0:
+            raise ConfigError("--analyze-every must be >= 0 (0: never)")
         if self.strategy == "lrm" and self.multipliers == "none":
             self.multipliers = "vector"
 
 
 # What a resumed run may change; everything else comes from the run's checkpoint.
-RESUMABLE = ("out", "resume", "steps", "device", "compile", "overlap", "log_every", "eval_every", "eval_windows",
+RESUMABLE = ("out", "resume", "steps", "device", "compile", "overlap", "log_every", "eval_every", "analyze_every",
+             "eval_windows",
              "checkpoint_every", "keep_checkpoints")
 
 
@@ -214,6 +220,7 @@ def _train(cfg: TrainConfig, run: Path, rank: int, world: int, device: torch.dev
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else nullcontext
 
+    analyze_every = cfg.eval_every if cfg.analyze_every is None else cfg.analyze_every
     if rank == 0:
         info = _run_info(cfg, run, device, world, count_params(model), micro, accum, bf16, start if state else None)
         write_json(run / "run.json", info)
@@ -221,6 +228,9 @@ def _train(cfg: TrainConfig, run: Path, rank: int, world: int, device: torch.dev
         metrics = CsvLog(run / "metrics.csv", METRICS, start if state else None)
         decays = CsvLog(run / "decay.csv", DECAYS, start if state else None)
         decays.write(strategy.decay_rows())
+        alphas = CsvLog(run / "alphas.csv", ALPHAS, start if state else None)
+        if not state and analyze_every:
+            alphas.write(spectra_rows(model, 0, cfg.estimator))
     clip = clip_parameters(model)
     loss_sum, n_loss, t_last, last = torch.zeros((), device=device), 0, time.perf_counter(), {}
     for step in range(start + 1, cfg.steps + 1):
@@ -242,6 +252,8 @@ def _train(cfg: TrainConfig, run: Path, rank: int, world: int, device: torch.dev
         new_decays = strategy.decay_rows()
         if rank == 0:
             decays.write(new_decays)
+            if analyze_every and (step % analyze_every == 0 or step == cfg.steps):
+                alphas.write(spectra_rows(model, step, cfg.estimator))
         do_eval = step % cfg.eval_every == 0 or step == cfg.steps
         if step % cfg.log_every and not do_eval:
             continue
@@ -267,9 +279,17 @@ def _train(cfg: TrainConfig, run: Path, rank: int, world: int, device: torch.dev
     strategy.close()
     if rank == 0:
         decays.write(strategy.decay_rows())
-        metrics.close()
-        decays.close()
+        for log in (metrics, decays, alphas):
+            log.close()
     return last
+
+
+def spectra_rows(model: torch.nn.Module, step: int, estimator: str) -> list[dict]:
+    """The fits and norms of the block matrices as they are now (the ESD engine of `analyze`)."""
+    tuned = {n: p.detach() for n, p in model.named_parameters() if is_tuned_candidate(n, p)}
+    table = analyze_tensors(tuned, estimator)
+    table.insert(0, "step", step)
+    return records(table[ALPHAS])
 
 
 def _run_info(cfg: TrainConfig, run: Path, device: torch.device, world: int, params: int, micro: int, accum: int,

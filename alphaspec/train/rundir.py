@@ -1,4 +1,5 @@
-"""The training run directory (DESIGN.md): run.json, config.json, model.safetensors, checkpoints/, metrics.csv, decay.csv."""
+"""The training run directory (DESIGN.md): run.json, config.json, model.safetensors, checkpoints/, metrics.csv,
+decay.csv, and alphas.csv (the spectra of the block matrices during training)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from safetensors.torch import save_file
 
 METRICS = ["step", "tokens", "loss", "lr", "grad_norm", "tokens_per_s", "eval_loss", "eval_ppl"]
 DECAYS = ["step", "name", "module", "layer", "metric", "weight_decay"]
+ALPHAS = ["step", "name", "module", "layer", "rows", "cols", "alpha", "xmin", "ks_d", "n_tail", "spectral_norm", "stable_rank",
+          "log_norm", "entropy"]
 CKPT = re.compile(r"step_(\d+)\.pt$")
 
 

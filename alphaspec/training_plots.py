@@ -1,0 +1,95 @@
+"""Figures of training runs: runs compared (`alphaspec compare --plot`) and one run's spectra over the steps."""
+
+from __future__ import annotations
+
+import pandas as pd
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from .modules import BLOCK_MODULES
+from .plots import DEPTH_CMAP, OKABE_ITO, _colour
+from .reference import random_alpha
+
+
+def compare_figure(comparison) -> Figure:
+    """Training runs side by side: train and eval loss against tokens, eval loss minus the baseline's
+    (mean over seeds, band = min..max), and the decay the tuned matrices actually got.
+
+    One colour per label (strategy and the settings that differ); seeds of a label share it.
+    """
+    from .compare import decay_series
+
+    table, summary = comparison.table, comparison.summary
+    baseline = summary.attrs["baseline"]
+    labels = list(dict.fromkeys([baseline, *table["label"]]))
+    colour = {lab: OKABE_ITO[i % len(OKABE_ITO)] for i, lab in enumerate(labels)}
+    fig = Figure(figsize=(12, 8), layout="constrained")
+    (ax_loss, ax_eval), (ax_delta, ax_decay) = fig.subplots(2, 2)
+    evals: dict[str, list[pd.Series]] = {}
+    for run, row in zip(comparison.runs, table.itertuples(), strict=True):
+        m, c = run.metrics, colour[row.label]
+        ax_loss.plot(m["tokens"], m["loss"], color=c, lw=1.0, alpha=0.8)
+        ev = m.dropna(subset=["eval_loss"]) if "eval_loss" in m else m.iloc[0:0]
+        first = row.label not in evals
+        ax_eval.plot(ev["tokens"], ev["eval_loss"], color=c, lw=1.0, marker="o", ms=2.5, alpha=0.9,
+                     label=row.label if first else None)
+        evals.setdefault(row.label, []).append(ev.set_index("tokens")["eval_loss"])
+        series = decay_series(run)
+        if len(series) and row.weight_decay:
+            ax_decay.plot(series.index, series.to_numpy() / row.weight_decay, color=c, lw=1.2, drawstyle="steps-post")
+    base = pd.concat(evals[baseline], axis=1).mean(axis=1)
+    for label in labels:
+        runs = pd.concat(evals[label], axis=1).sub(base, axis=0).dropna()
+        ax_delta.plot(runs.index, runs.mean(axis=1), color=colour[label], lw=1.5, marker="o", ms=3, label=label)
+        if runs.shape[1] > 1:
+            ax_delta.fill_between(runs.index, runs.min(axis=1), runs.max(axis=1), color=colour[label], alpha=0.15, lw=0)
+    for ax, title, xlabel, ylabel in (
+            (ax_loss, "training loss", "tokens", "loss (mean over the log interval)"),
+            (ax_eval, "validation loss", "tokens", "eval loss"),
+            (ax_delta, f"validation loss minus the baseline's ({baseline})", "tokens", "Δ eval loss (below 0: better)"),
+            (ax_decay, "decay applied to the tuned matrices", "step", "parameter-weighted mean decay / w")):
+        ax.set_title(title, loc="left")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    ax_delta.axhline(0.0, color="#999999", lw=0.8, ls="--")
+    ax_decay.axhline(1.0, color="#999999", lw=0.8, ls="--")
+    ax_eval.legend(fontsize=8, frameon=False)
+    ax_delta.legend(fontsize=8, frameon=False)
+    return fig
+
+
+def alphas_figure(alphas: pd.DataFrame, estimator: str = "median") -> Figure:
+    """alpha over training: mean per module type (dotted: a Gaussian matrix of that shape), and per layer.
+
+    `alphas` is a run's alphas.csv (step, name, module, layer, alpha, ...).
+    """
+    fig = Figure(figsize=(12, 4.6), layout="constrained")
+    ax_type, ax_layer = fig.subplots(1, 2)
+    shapes = alphas.groupby("module")[["rows", "cols"]].agg(lambda c: c.mode().iloc[0])
+    refs = set()
+    for module in [m for m in BLOCK_MODULES if m in set(alphas["module"])]:
+        part = alphas[alphas["module"] == module].groupby("step")["alpha"].mean()
+        ax_type.plot(part.index, part.to_numpy(), color=_colour(module), lw=1.5, marker="o", ms=2.5, label=module)
+        refs.add(random_alpha(*map(int, shapes.loc[module]), estimator))
+    for i, ref in enumerate(sorted(refs)):
+        ax_type.axhline(ref, color="#555555", lw=0.9, ls=":", label=None if i else "Gaussian matrix, same shape")
+    ax_type.set_title("alpha per module type", loc="left")
+    layers = alphas.dropna(subset=["layer"]).groupby(["layer", "step"])["alpha"].mean().unstack(0)
+    norm = Normalize(vmin=0, vmax=max(1, layers.shape[1] - 1))
+    for layer in layers.columns:
+        ax_layer.plot(layers.index, layers[layer].to_numpy(), color=ScalarMappable(norm, DEPTH_CMAP).to_rgba(layer),
+                      lw=1.2)
+    fig.colorbar(ScalarMappable(norm, DEPTH_CMAP), ax=ax_layer, label="layer", ticks=MaxNLocator(integer=True))
+    ax_layer.set_title("alpha per layer (mean over its matrices)", loc="left")
+    for ax in (ax_type, ax_layer):
+        ax.set_xlabel("step")
+        ax.set_ylabel(f"alpha ({estimator})")
+        ax.grid(alpha=0.3)
+    ax_type.legend(fontsize=8, frameon=False, ncols=2)
+    return fig
+
+
+
