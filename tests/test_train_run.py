@@ -149,6 +149,8 @@ def test_static_decay_map_is_applied_and_a_foreign_map_refused(tmp_path, text):
     groups = {g["name"]: g["weight_decay"] for g in state["optimizer"]["param_groups"]}
     assert {n: groups[n] for n in dmap.decays()} == dmap.decays()
     assert groups["untuned"] == dmap.default_weight_decay
+    logged = {r["name"]: (float(r["metric"]), float(r["weight_decay"])) for r in rows(tmp_path / "static" / "decay.csv")}
+    assert logged == {m["name"]: (pytest.approx(m["alpha"]), m["weight_decay"]) for m in dmap.modules}
 
     runner = CliRunner()
     foreign = tmp_path / "foreign.json"

@@ -96,8 +96,9 @@ class StaticMap(Strategy):
         dmap = DecayMap.load(self.cfg.decay_map)
         self.w = dmap.weight_decay
         params = dict(model.named_parameters())
-        resolved = match_names(dmap.decays(), {n: p for n, p in params.items() if not is_multiplier(n)}, model)
-        metric = {p: m.get(dmap.metric, math.nan) for m in dmap.modules for p in resolved if p.endswith(m["name"])}
+        matrices = {n: p for n, p in params.items() if not is_multiplier(n)}
+        resolved = match_names(dmap.decays(), matrices, model)
+        metric = match_names({m["name"]: m.get(dmap.metric, math.nan) for m in dmap.modules}, matrices, model)
         self._log(0, resolved, metric)
         groups = [{"params": [params[n]], "weight_decay": wd, "name": n} for n, wd in resolved.items()]
         return groups + self.other_groups(params, set(resolved), dmap.default_policy, dmap.default_weight_decay)
