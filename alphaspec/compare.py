@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -176,9 +176,12 @@ def _varying(configs: list[dict]) -> list[str]:
 
 
 def _label(config: dict, varying: list[str]) -> str:
-    """The strategy, plus the other settings that vary between the compared runs."""
+    """The strategy, plus the settings that vary between the compared runs where they are not the default."""
+    from .train.loop import TrainConfig
+
+    defaults = asdict(TrainConfig())
     rel = relevant(config)
-    extra = [f"{k}={_short(rel[k])}" for k in varying if k in rel]
+    extra = [f"{k}={_short(rel[k])}" for k in varying if k in rel and _short(rel[k]) != _short(defaults.get(k))]
     return " ".join([str(config.get("strategy", "?")), *extra])
 
 
