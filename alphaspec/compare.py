@@ -118,7 +118,13 @@ def tabulate(runs: list[Run]) -> pd.DataFrame:
 
 def summarise(table: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
     """Replicates (same label, different seeds) pooled: n, mean and std of the final eval loss, and its
-    difference to the baseline label with the standard error of that difference (Welch)."""
+    difference to the baseline label with a standard error.
+
+    Seeds fix the initialisation and the data order, so a run and the baseline run of the same seed
+    form a pair: when every seed of a label has a baseline twin, the difference is the mean of the
+    paired differences (`paired` True; its se is their std / sqrt(n)), which removes the seed-to-seed
+    variance the strategies share. Otherwise it is the difference of means with Welch's se.
+    """
     g = table.groupby("label", sort=False)
     out = g.agg(strategy=("strategy", "first"), n=("run", "size"), steps=("steps", "max"),
                 eval_loss=("eval_loss", "mean"), eval_loss_std=("eval_loss", "std"), eval_ppl=("eval_ppl", "mean"),
@@ -129,14 +135,23 @@ def summarise(table: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
         baseline = uniform.iloc[0] if len(uniform) == 1 else out["label"].iloc[0]
     if baseline not in set(out["label"]):
         raise RunDirError(f"baseline {baseline!r} is not one of the labels: {', '.join(out['label'])}")
-    base = out.set_index("label").loc[baseline]
-    var = (out["eval_loss_std"] ** 2 / out["n"]).fillna(0.0)
-    base_var = 0.0 if math.isnan(base["eval_loss_std"]) else base["eval_loss_std"] ** 2 / base["n"]
-    out["vs_baseline"] = out["eval_loss"] - base["eval_loss"]
-    se = np.sqrt(var + base_var)
-    out["vs_baseline_se"] = np.where((out["n"] > 1) & (base["n"] > 1) & (out["label"] != baseline), se, np.nan)
+    base_runs = table[table["label"] == baseline].set_index("seed")["eval_loss"]
+    deltas = [_difference(table[table["label"] == label].set_index("seed")["eval_loss"], base_runs)
+              for label in out["label"]]
+    out["vs_baseline"], out["vs_baseline_se"], out["paired"] = zip(*deltas, strict=True)
+    out.loc[out["label"] == baseline, ["vs_baseline", "vs_baseline_se", "paired"]] = (0.0, np.nan, False)
     out.attrs["baseline"] = baseline
     return out.sort_values("eval_loss", kind="stable").reset_index(drop=True)
+
+
+def _difference(runs: pd.Series, base: pd.Series) -> tuple[float, float, bool]:
+    """(mean difference, its standard error, paired?) of final eval losses indexed by seed."""
+    if runs.index.is_unique and base.index.is_unique and set(runs.index) <= set(base.index):
+        d = runs - base.loc[runs.index]
+        return float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else math.nan, True
+    se = math.sqrt(runs.var(ddof=1) / len(runs) + base.var(ddof=1) / len(base)) if min(len(runs), len(base)) > 1 \
+        else math.nan
+    return float(runs.mean() - base.mean()), se, False
 
 
 def unfair(configs: list[dict]) -> list[str]:

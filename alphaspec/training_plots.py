@@ -15,7 +15,7 @@ from .reference import random_alpha
 
 def compare_figure(comparison) -> Figure:
     """Training runs side by side: train and eval loss against tokens, eval loss minus the baseline's
-    (mean over seeds, band = min..max), and the decay the tuned matrices actually got.
+    (paired by seed where possible; mean over seeds, band = min..max), and the decay the tuned matrices got.
 
     One colour per label (strategy and the settings that differ); seeds of a label share it.
     """
@@ -39,16 +39,22 @@ def compare_figure(comparison) -> Figure:
         series = decay_series(run)
         if len(series) and row.weight_decay:
             ax_decay.plot(series.index, series.to_numpy() / row.weight_decay, color=c, lw=1.2, drawstyle="steps-post")
+    seeds = dict(zip(table["run"], table["seed"], strict=True))
+    base_by_seed = {seeds[r.run]: s for r, s in zip(table.itertuples(), _series(comparison), strict=True)
+                    if r.label == baseline}
     base = pd.concat(evals[baseline], axis=1).mean(axis=1)
     for label in labels:
-        runs = pd.concat(evals[label], axis=1).sub(base, axis=0).dropna()
+        # paired with the baseline run of the same seed where there is one (seeds fix init and data)
+        runs = pd.concat([s - base_by_seed.get(seeds[r.run], base) for r, s in zip(table.itertuples(), _series(comparison),
+                                                                                  strict=True) if r.label == label],
+                         axis=1).dropna()
         ax_delta.plot(runs.index, runs.mean(axis=1), color=colour[label], lw=1.5, marker="o", ms=3, label=label)
         if runs.shape[1] > 1:
             ax_delta.fill_between(runs.index, runs.min(axis=1), runs.max(axis=1), color=colour[label], alpha=0.15, lw=0)
     for ax, title, xlabel, ylabel in (
             (ax_loss, "training loss", "tokens", "loss (mean over the log interval)"),
             (ax_eval, "validation loss", "tokens", "eval loss"),
-            (ax_delta, f"validation loss minus the baseline's ({baseline})", "tokens", "Δ eval loss (below 0: better)"),
+            (ax_delta, f"validation loss minus the baseline's ({baseline}, paired by seed)", "tokens", "Δ eval loss (below 0: better)"),
             (ax_decay, "decay applied to the tuned matrices", "step", "parameter-weighted mean decay / w")):
         ax.set_title(title, loc="left")
         ax.set_xlabel(xlabel)
@@ -93,3 +99,13 @@ def alphas_figure(alphas: pd.DataFrame, estimator: str = "median") -> Figure:
 
 
 
+
+
+def _series(comparison) -> list[pd.Series]:
+    """Each run's eval loss indexed by tokens."""
+    out = []
+    for run in comparison.runs:
+        m = run.metrics
+        ev = m.dropna(subset=["eval_loss"]) if "eval_loss" in m else m.iloc[0:0]
+        out.append(ev.set_index("tokens")["eval_loss"])
+    return out

@@ -77,5 +77,7 @@ def _summary(summary) -> Table:
         table.add_row(r.label, str(r.n), f"{r.eval_loss:.4f}{spread}", f"{r.eval_ppl:.2f}", delta,
                       f"{r.applied_over_w:.2f}", f"{r.loss:.4f}", f"{r.tokens_per_s:,.0f}",
                       style="bold" if r.Index == 0 else None)
-    table.caption = "vs baseline: difference in mean eval loss (± its standard error over seeds); negative is better"
+    paired = summary.loc[summary["label"] != baseline, "paired"]
+    how = "paired by seed" if len(paired) and paired.all() else "difference of means (Welch)"
+    table.caption = f"vs baseline: difference in final eval loss, {how}, ± its standard error; negative is better"
     return table
