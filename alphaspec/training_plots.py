@@ -54,7 +54,8 @@ def compare_figure(comparison) -> Figure:
     for ax, title, xlabel, ylabel in (
             (ax_loss, "training loss", "tokens", "loss (mean over the log interval)"),
             (ax_eval, "validation loss", "tokens", "eval loss"),
-            (ax_delta, f"validation loss minus the baseline's ({baseline}, paired by seed)", "tokens", "Δ eval loss (below 0: better)"),
+            (ax_delta, f"validation loss minus the baseline's ({baseline}, paired by seed)", "tokens",
+             "Δ eval loss (below 0: better)"),
             (ax_decay, "decay applied to the tuned matrices", "step", "parameter-weighted mean decay / w")):
         ax.set_title(title, loc="left")
         ax.set_xlabel(xlabel)
