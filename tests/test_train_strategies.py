@@ -97,3 +97,18 @@ def test_strategy_of_each_name():
     assert type(make_strategy(TrainConfig(strategy="uniform"))) is Strategy
     assert make_strategy(TrainConfig(strategy="alphadecay")).__class__.__name__ == "Refreshed"
     assert make_strategy(TrainConfig(strategy="alphadecay", decay_map="x.json")).__class__.__name__ == "StaticMap"
+
+
+def test_adamw_decays_decoupled_and_adam_through_the_gradient():
+    """With a zero loss gradient: AdamW shrinks θ by exactly (1 − lr·λ); Adam's L2 term goes through the
+    moments, so its first step moves every weight by ~lr·sign(θ) (MATH.md §4)."""
+    from alphaspec.train.loop import make_optimizer
+
+    theta = torch.tensor([0.5, -2.0, 3.0])
+    for name, expected in (("adamw", theta * (1 - 0.01 * 0.1)), ("adam", theta - 0.01 * torch.sign(theta))):
+        p = torch.nn.Parameter(theta.clone())
+        opt = make_optimizer(TrainConfig(optimizer=name, lr=0.01, eps=1e-12), [{"params": [p], "weight_decay": 0.1}],
+                             torch.device("cpu"))
+        p.grad = torch.zeros(3)
+        opt.step()
+        torch.testing.assert_close(p.detach(), expected, rtol=1e-6, atol=1e-7)

@@ -157,6 +157,13 @@ def _lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
     return f
 
 
+def make_optimizer(cfg: TrainConfig, groups: list[dict], device: torch.device) -> torch.optim.Optimizer:
+    """AdamW (decoupled decay: θ ← θ − lr·(u + λθ)) or Adam with L2 decay (λθ added to the gradient), MATH.md §4."""
+    opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    fused = {"fused": True} if device.type == "cuda" else {}
+    return opt_cls(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay, **fused)
+
+
 def train(cfg: TrainConfig, on_log: Callable[[dict], None] | None = None) -> dict:
     """Run (or resume) one training run into cfg.out; returns the last metrics row. Launch with torchrun for DDP."""
     cfg.validate()
@@ -201,9 +208,7 @@ def _train(cfg: TrainConfig, run: Path, rank: int, world: int, device: torch.dev
         model.load_state_dict(state["model"])
     strategy = make_strategy(cfg)
     groups = strategy.param_groups(model)
-    opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    fused = {"fused": True} if device.type == "cuda" else {}
-    optimizer = opt_cls(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay, **fused)
+    optimizer = make_optimizer(cfg, groups, device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
     net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
         if world > 1 else model
