@@ -156,12 +156,12 @@ def _difference(runs: pd.Series, base: pd.Series) -> tuple[float, float, bool]:
 
 def unfair(configs: list[dict]) -> list[str]:
     """Settings that differ between runs although they change the budget or the data, not the method."""
-    budget = ("model", "steps", "batch_size", "seq_len", "data", "tokenizer", "vocab_size", "lr", "optimizer")
+    budget = ("model", "steps", "batch_size", "seq_len", "data", "val_data", "tokenizer", "vocab_size", "lr", "optimizer")
     return [k for k in budget if len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1]
 
 
 # The settings that matter to each strategy (plus COMMON): labels name only these.
-COMMON = ("model", "steps", "batch_size", "seq_len", "data", "tokenizer", "vocab_size", "lr", "min_lr_ratio",
+COMMON = ("model", "steps", "batch_size", "seq_len", "data", "val_data", "tokenizer", "vocab_size", "lr", "min_lr_ratio",
           "warmup_steps", "betas", "eps", "optimizer", "weight_decay", "default_decay", "grad_clip", "multipliers",
           "precision", "val_fraction")
 SPECIFIC = {

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from alphaspec.cli import app
 from alphaspec.decay import build_decay_map
-from alphaspec.train import RunError, TrainConfig, train
+from alphaspec.train import DataError, RunError, TrainConfig, train
 from alphaspec.train.data import bundled_corpus
 from alphaspec.train.rundir import ALPHAS, DECAYS, METRICS
 
@@ -209,3 +209,19 @@ def test_torchrun_ddp_trains_like_one_process(tmp_path, text):
     assert [r["name"] for r in da] == [r["name"] for r in db]
     for ra, rb in zip(da, db, strict=True):
         assert float(rb["weight_decay"]) == pytest.approx(float(ra["weight_decay"]), rel=1e-4)
+
+
+def test_held_out_validation_text(tmp_path, text):
+    val = tmp_path / "val.txt"
+    val.write_text(bundled_corpus()[1].read_text()[:20_000])
+    _, out = run(tmp_path, text, steps=2, val_data=[str(val)])
+    from tokenizers import Tokenizer
+
+    from alphaspec.train.data import load_tokens
+
+    tok = Tokenizer.from_file(str(out / "tokenizer.json"))
+    tokens = load_tokens(out, 0.05, 32)
+    assert tok.decode(tokens.val.tolist()).startswith(val.read_text()[:200])
+    assert len(tokens.train) == len(np.load(out / "data" / "tokens.npy"))  # no tail held out of the training text
+    with pytest.raises(DataError, match="no such file"):
+        run(tmp_path, text, name="bad", val_data=[str(tmp_path / "missing.txt")])

@@ -58,6 +58,8 @@ def train(
                                        "(GaLore's shapes).", rich_help_panel=MODEL)] = "tiny",
     data: Annotated[list[Path] | None, typer.Option("--data", help="Text files or directories of *.txt/*.md/*.rst "
                                                     "(default: the bundled Shakespeare).", rich_help_panel=MODEL)] = None,
+    val_data: Annotated[list[Path] | None, typer.Option("--val-data", help="Held-out text for evaluation (default: "
+                                                        "the last 5 % of the data).", rich_help_panel=MODEL)] = None,
     tokenizer: Annotated[Path | None, typer.Option(help="A tokenizers JSON file (default: train a byte-level BPE "
                                                    "on the data).", rich_help_panel=MODEL)] = None,
     vocab_size: Annotated[int, typer.Option(min=256, help="Vocabulary of the trained tokenizer.",
@@ -145,7 +147,8 @@ def train(
         decay_map=str(decay_map) if decay_map else None, gap=gap, estimator=estimator.value, metric=metric,
         assign=assign, ratio=ratio, preserve_mean=preserve_mean, alphadecay_warmup=alphadecay_warmup, overlap=overlap,
         multipliers=multipliers.value, lrm_decay=lrm_decay, lrm_lr_mult=lrm_lr_mult,
-        data=[str(d) for d in data or []], tokenizer=str(tokenizer) if tokenizer else None, eval_every=eval_every,
+        data=[str(d) for d in data or []], val_data=[str(d) for d in val_data or []],
+        tokenizer=str(tokenizer) if tokenizer else None, eval_every=eval_every,
         analyze_every=analyze_every, eval_windows=eval_windows, log_every=log_every, checkpoint_every=checkpoint_every,
         keep_checkpoints=keep_checkpoints, seed=seed, device=device, precision=precision, compile=compile, resume=resume)
     quiet = quiet or int(os.environ.get("RANK", 0)) != 0

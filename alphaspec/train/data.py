@@ -135,12 +135,18 @@ def _windows(stream: torch.Tensor, starts: torch.Tensor, seq_len: int) -> tuple[
     return w[:, :-1], w[:, 1:]
 
 
-def prepare(run_dir: Path, data: Sequence[str | Path], vocab_size: int, tokenizer: str | Path | None = None) -> Tokenizer:
-    """Tokenizer and token stream for a run, made once and kept in the run directory (reused on resume)."""
-    tok_path, stream_path = run_dir / "tokenizer.json", run_dir / "data" / "tokens.npy"
+def prepare(run_dir: Path, data: Sequence[str | Path], vocab_size: int, tokenizer: str | Path | None = None,
+            val_data: Sequence[str | Path] = ()) -> Tokenizer:
+    """Tokenizer and token streams for a run, made once and kept in the run directory (reused on resume).
+
+    data/tokens.npy holds the training text; data/val.npy the `val_data` text when there is one (the
+    tokenizer is trained on the training text only).
+    """
+    tok_path, stream_path, val_path = run_dir / "tokenizer.json", run_dir / "data" / "tokens.npy", run_dir / "data" / "val.npy"
     if tok_path.exists() and stream_path.exists():
         return Tokenizer.from_file(str(tok_path))
     docs = read_documents(text_files(data) if data else bundled_corpus())
+    val_docs = read_documents(text_files(val_data)) if val_data else None
     if tokenizer:
         try:
             tok = Tokenizer.from_file(str(tokenizer))
@@ -149,10 +155,21 @@ def prepare(run_dir: Path, data: Sequence[str | Path], vocab_size: int, tokenize
     else:
         tok = train_tokenizer(docs, vocab_size)
     stream_path.parent.mkdir(parents=True, exist_ok=True)
+    if val_docs is not None:
+        np.save(val_path, encode(tok, val_docs))
     np.save(stream_path, encode(tok, docs))
     tok.save(str(tok_path))
     return tok
 
 
-def load_stream(run_dir: Path) -> np.ndarray:
-    return np.load(run_dir / "data" / "tokens.npy")
+def load_tokens(run_dir: Path, val_fraction: float, seq_len: int) -> TokenData:
+    """The run's train/validation streams: data/val.npy when the run has one, else the tail of the text."""
+    stream = np.load(run_dir / "data" / "tokens.npy")
+    val_path = run_dir / "data" / "val.npy"
+    if not val_path.exists():
+        return TokenData.split(stream, val_fraction, seq_len)
+    val = np.load(val_path)
+    for what, part in (("training", stream), ("validation", val)):
+        if len(part) < 2 * (seq_len + 1):
+            raise DataError(f"the {what} text holds {len(part)} tokens: too few for seq_len {seq_len}")
+    return TokenData(train=torch.from_numpy(stream.astype(np.int64)), val=torch.from_numpy(val.astype(np.int64)))

@@ -80,6 +80,7 @@ class TrainConfig:
     lrm_lr_mult: float = 1.0
     data: list[str] = field(default_factory=list)
     tokenizer: str | None = None
+    val_data: list[str] = field(default_factory=list)  # held-out text (default: the last val_fraction of data)
     val_fraction: float = 0.05
     eval_every: int = 100
     analyze_every: int | None = None  # alphas of the block matrices into alphas.csv (None: eval_every, 0: never)
@@ -196,10 +197,10 @@ def _train(cfg: TrainConfig, run: Path, rank: int, world: int, device: torch.dev
     accum = cfg.batch_size // (micro * world)
     if rank == 0:
         run.mkdir(parents=True, exist_ok=True)
-        datamod.prepare(run, cfg.data, cfg.vocab_size, cfg.tokenizer)
+        datamod.prepare(run, cfg.data, cfg.vocab_size, cfg.tokenizer, cfg.val_data)
     _barrier(world)
     tok = datamod.Tokenizer.from_file(str(run / "tokenizer.json"))
-    tokens = datamod.TokenData.split(datamod.load_stream(run), cfg.val_fraction, cfg.seq_len)
+    tokens = datamod.load_tokens(run, cfg.val_fraction, cfg.seq_len)
     mcfg = ModelConfig(vocab_size=tok.get_vocab_size(), max_position_embeddings=cfg.seq_len, **PRESETS[cfg.model])
 
     torch.manual_seed(cfg.seed)
