@@ -99,6 +99,11 @@ def test_existing_run_is_never_overwritten(tmp_path, text):
         run(tmp_path, text, steps=2)
     with pytest.raises(RunError, match="no checkpoint"):
         run(tmp_path, text, name="fresh", resume=True)
+    with pytest.raises(RunError, match="already at step 2"):
+        run(tmp_path, text, steps=2, resume=True)
+    (out / "tokenizer.json").unlink()
+    with pytest.raises(RunError, match="tokenizer.json"):
+        run(tmp_path, text, steps=4, resume=True)
 
 
 @pytest.mark.parametrize("options", [{"strategy": "awd"}, {"strategy": "alphadecay", "gap": 3, "overlap": False}])
@@ -225,3 +230,16 @@ def test_held_out_validation_text(tmp_path, text):
     assert len(tokens.train) == len(np.load(out / "data" / "tokens.npy"))  # no tail held out of the training text
     with pytest.raises(DataError, match="no such file"):
         run(tmp_path, text, name="bad", val_data=[str(tmp_path / "missing.txt")])
+
+
+def test_cli_resume_keeps_the_runs_own_length(tmp_path, text):
+    """`--resume` without --steps continues to the step count the run was started with."""
+    _, out = run(tmp_path, text)
+    (out / "checkpoints" / "step_0000008.pt").unlink()  # crashed after step 4
+    res = CliRunner().invoke(app, ["train", "--out", str(out), "--resume", "-q"])
+    assert res.exit_code == 0, res.output
+    assert [int(r["step"]) for r in rows(out / "metrics.csv")] == [2, 4, 6, 8]
+    res = CliRunner().invoke(app, ["train", "--out", str(out), "--resume", "--steps", "10", "-q"])
+    assert res.exit_code == 0, res.output
+    assert int(rows(out / "metrics.csv")[-1]["step"]) == 10
+    assert json.loads((out / "run.json").read_text())["config"]["steps"] == 8  # the original settings stay on record

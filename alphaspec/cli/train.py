@@ -130,12 +130,12 @@ def train(
     from ..esd import DeviceError
     from ..train import ConfigError, DataError, RunError, TrainConfig
     from ..train import train as run_training
+    from ..train.loop import RESUMABLE
 
+    on_command_line = [p for p in ctx.command.params  # typer may vendor click: compare the source by name
+                       if getattr(ctx.get_parameter_source(p.name), "name", "") == "COMMANDLINE"]
     if resume:
-        from ..train.loop import RESUMABLE
-
-        given = [p.opts[0] for p in ctx.command.params if p.name not in (*RESUMABLE, "out_dir", "quiet", "ctx")
-                 and getattr(ctx.get_parameter_source(p.name), "name", "") == "COMMANDLINE"]  # typer may vendor click
+        given = [p.opts[0] for p in on_command_line if p.name not in (*RESUMABLE, "out_dir", "quiet", "ctx")]
         if given:
             fail(f"{', '.join(given)}: a resumed run keeps the settings in its checkpoint; only --steps, --device, "
                  "--compile and the --*-every / --eval-windows / --keep-checkpoints options can change")
@@ -150,7 +150,8 @@ def train(
         data=[str(d) for d in data or []], val_data=[str(d) for d in val_data or []],
         tokenizer=str(tokenizer) if tokenizer else None, eval_every=eval_every,
         analyze_every=analyze_every, eval_windows=eval_windows, log_every=log_every, checkpoint_every=checkpoint_every,
-        keep_checkpoints=keep_checkpoints, seed=seed, device=device, precision=precision, compile=compile, resume=resume)
+        keep_checkpoints=keep_checkpoints, seed=seed, device=device, precision=precision, compile=compile, resume=resume,
+        resume_changes=tuple(p.name for p in on_command_line if p.name in RESUMABLE))
     quiet = quiet or int(os.environ.get("RANK", 0)) != 0
     columns = [TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]

@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -93,6 +93,7 @@ class TrainConfig:
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU; master weights stay fp32
     compile: bool = False
     resume: bool = False
+    resume_changes: tuple[str, ...] | None = None  # on resume, the RESUMABLE fields to take from here (None: non-defaults)
 
     def validate(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -132,10 +133,16 @@ RESUMABLE = ("out", "resume", "steps", "device", "compile", "overlap", "log_ever
 
 
 def resumed_config(saved: dict, cfg: TrainConfig) -> TrainConfig:
-    """The checkpoint's config with the RESUMABLE fields of `cfg`; decays come from the checkpoint, not a fresh solve."""
-    merged = {**saved, **{k: getattr(cfg, k) for k in RESUMABLE}, "alphadecay_warmup": "uniform"}
+    """The checkpoint's config, changed only in the RESUMABLE fields `cfg` sets: those named in
+    cfg.resume_changes (the CLI passes the options given on the command line), else those that differ
+    from the defaults. Decays come from the checkpoint, not a fresh solve."""
+    defaults = TrainConfig()
+    keys = cfg.resume_changes if cfg.resume_changes is not None else \
+        [k for k in RESUMABLE if getattr(cfg, k) != getattr(defaults, k)]
+    changes = {k: getattr(cfg, k) for k in {*keys, "out", "resume"} if k in RESUMABLE}
+    merged = {**saved, **changes, "alphadecay_warmup": "uniform", "resume_changes": None}
     merged["betas"], merged["ratio"] = tuple(merged["betas"]), tuple(merged["ratio"])
-    out = TrainConfig(**merged)
+    out = TrainConfig(**{k: v for k, v in merged.items() if k in {f.name for f in fields(TrainConfig)}})
     out.validate()
     return out
 
@@ -191,6 +198,11 @@ def _train(cfg: TrainConfig, run: Path, rank: int, world: int, device: torch.dev
     state = torch.load(ckpt_path, map_location="cpu", weights_only=False) if ckpt_path else None
     if state:
         cfg = resumed_config(state["config"], cfg)
+        if state["step"] >= cfg.steps:
+            raise RunError(f"{run}: the run is already at step {state['step']}; pass a larger --steps to extend it")
+        missing = [f for f in ("tokenizer.json", "data/tokens.npy") if not (run / f).is_file()]
+        if missing:
+            raise RunError(f"{run}: cannot resume without {' and '.join(missing)} (the run directory is incomplete)")
     micro = cfg.micro_batch or max(1, cfg.batch_size // world)
     if cfg.batch_size % (micro * world):
         raise ConfigError(f"batch size {cfg.batch_size} is not a multiple of micro batch {micro} x {world} rank(s)")
