@@ -3,6 +3,7 @@
 import csv
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -194,26 +195,56 @@ def test_cli_bad_input_is_one_error_line(tmp_path, argv, message):
 
 
 @pytest.mark.slow
-def test_torchrun_ddp_trains_like_one_process(tmp_path, text):
-    """Two gloo ranks, each accumulating two micro-batches, take the same steps as one process with the whole batch."""
-    _, single = run(tmp_path, text, name="single", batch_size=8, strategy="alphadecay", gap=4, overlap=False)
+@pytest.mark.parametrize("sharding,strategy", [("ddp", "alphadecay"), ("fsdp", "alphadecay"), ("fsdp", "awd"),
+                                               ("fsdp", "adadecay")])
+def test_torchrun_trains_like_one_process(tmp_path, text, sharding, strategy):
+    """Two gloo ranks, each accumulating two micro-batches, take the same steps as one process with the
+    whole batch: with DDP and with FSDP2-sharded weights, decays, checkpoints and spectra included."""
+    _, single = run(tmp_path, text, name="single", batch_size=8, strategy=strategy, gap=4, overlap=False,
+                    analyze_every=4)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "alphaspec",
-           "train", "--out", str(tmp_path / "ddp"), "--data", text, "--strategy", "alphadecay", "--gap", "4",
+           "train", "--out", str(tmp_path / "multi"), "--data", text, "--strategy", strategy, "--gap", "4",
+           "--no-overlap", "--analyze-every", "4", "--sharding", sharding,
            "--batch-size", "8", "--micro-batch", "2", "-q", "--device", "cpu"]  # 2 ranks x 2 accumulation steps
     for k, v in SMALL.items():
         if k != "batch_size":
             cmd += [f"--{k.replace('_', '-')}", str(v)]
-    subprocess.run(cmd, check=True, timeout=600, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
-    a, b = rows(single / "metrics.csv"), rows(tmp_path / "ddp" / "metrics.csv")
+    subprocess.run(cmd, check=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    multi = tmp_path / "multi"
+    a, b = rows(single / "metrics.csv"), rows(multi / "metrics.csv")
     assert [r["step"] for r in a] == [r["step"] for r in b]
     for ra, rb in zip(a, b, strict=True):
         assert float(rb["loss"]) == pytest.approx(float(ra["loss"]), rel=1e-4)
         if ra["eval_loss"]:
             assert float(rb["eval_loss"]) == pytest.approx(float(ra["eval_loss"]), rel=1e-4)
-    da, db = rows(single / "decay.csv"), rows(tmp_path / "ddp" / "decay.csv")
-    assert [r["name"] for r in da] == [r["name"] for r in db]
-    for ra, rb in zip(da, db, strict=True):
-        assert float(rb["weight_decay"]) == pytest.approx(float(ra["weight_decay"]), rel=1e-4)
+    for log, column in (("decay.csv", "weight_decay"), ("alphas.csv", "alpha")):
+        da, db = rows(single / log), rows(multi / log)
+        assert [r["name"] for r in da] == [r["name"] for r in db], log
+        assert [float(r[column]) for r in db] == pytest.approx([float(r[column]) for r in da], rel=1e-3), log
+    wa, wb = load_file(single / "model.safetensors"), load_file(multi / "model.safetensors")
+    assert wa.keys() == wb.keys()
+    for name in wa:
+        torch.testing.assert_close(wb[name], wa[name], rtol=1e-3, atol=1e-5)
+    state = torch.load(multi / "checkpoints" / "step_0000008.pt", weights_only=False)
+    assert all(not hasattr(t, "to_local") for t in state["model"].values())  # whole tensors, loadable anywhere
+
+
+@pytest.mark.slow
+def test_fsdp_run_resumes_from_its_gathered_checkpoint(tmp_path, text):
+    def torchrun(*extra):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "alphaspec",
+               "train", "--out", str(tmp_path / "fsdp"), "--data", text, "--sharding", "fsdp", "--strategy", "awd",
+               "-q", "--device", "cpu", *extra]
+        subprocess.run(cmd, check=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+    options = [a for k, v in SMALL.items() for a in (f"--{k.replace('_', '-')}", str(v))]
+    torchrun(*options)
+    straight = rows(tmp_path / "fsdp" / "metrics.csv")
+    (tmp_path / "fsdp" / "checkpoints" / "step_0000008.pt").unlink()
+    torchrun(*options, "--resume")  # the same command line again, plus --resume
+    resumed = rows(tmp_path / "fsdp" / "metrics.csv")
+    assert [r["step"] for r in resumed] == [r["step"] for r in straight]
+    assert [float(r["loss"]) for r in resumed] == pytest.approx([float(r["loss"]) for r in straight], rel=1e-5)
 
 
 def test_held_out_validation_text(tmp_path, text):
@@ -239,7 +270,9 @@ def test_cli_resume_keeps_the_runs_own_length(tmp_path, text):
     res = CliRunner().invoke(app, ["train", "--out", str(out), "--resume", "-q"])
     assert res.exit_code == 0, res.output
     assert [int(r["step"]) for r in rows(out / "metrics.csv")] == [2, 4, 6, 8]
-    res = CliRunner().invoke(app, ["train", "--out", str(out), "--resume", "--steps", "10", "-q"])
-    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(app, ["train", "--out", str(out), "--resume", "--steps", "10", "--data", text, "-q"])
+    assert res.exit_code == 0, res.output  # repeating the run's own settings is fine
     assert int(rows(out / "metrics.csv")[-1]["step"]) == 10
     assert json.loads((out / "run.json").read_text())["config"]["steps"] == 8  # the original settings stay on record
+    res = CliRunner().invoke(app, ["train", "--out", str(out), "--resume", "--steps", "12", "--batch-size", "5", "-q"])
+    assert res.exit_code == 1 and "--batch-size 5 (the run has 4)" in res.output and "Traceback" not in res.output

@@ -119,6 +119,9 @@ def train(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.", rich_help_panel=RUN)] = "auto",
     precision: Annotated[str, typer.Option(help="auto (bf16 autocast on CUDA), bf16 or fp32; weights stay fp32.",
                                            rich_help_panel=RUN)] = "auto",
+    sharding: Annotated[str, typer.Option(help="Under torchrun: ddp (replicated weights) or fsdp (FSDP2: weights, "
+                                          "gradients and optimizer state sharded over the GPUs).",
+                                          rich_help_panel=RUN)] = "ddp",
     compile: Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile the model.",
                                           rich_help_panel=RUN)] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.",
@@ -130,15 +133,9 @@ def train(
     from ..esd import DeviceError
     from ..train import ConfigError, DataError, RunError, TrainConfig
     from ..train import train as run_training
-    from ..train.loop import RESUMABLE
-
-    on_command_line = [p for p in ctx.command.params  # typer may vendor click: compare the source by name
-                       if getattr(ctx.get_parameter_source(p.name), "name", "") == "COMMANDLINE"]
-    if resume:
-        given = [p.opts[0] for p in on_command_line if p.name not in (*RESUMABLE, "out_dir", "quiet", "ctx")]
-        if given:
-            fail(f"{', '.join(given)}: a resumed run keeps the settings in its checkpoint; only --steps, --device, "
-                 "--compile and the --*-every / --eval-windows / --keep-checkpoints options can change")
+    # typer may vendor click: compare the parameter source by name
+    given = tuple("out" if p.name == "out_dir" else p.name for p in ctx.command.params
+                  if getattr(ctx.get_parameter_source(p.name), "name", "") == "COMMANDLINE")
     cfg = TrainConfig(
         out=str(out_dir), model=model, vocab_size=vocab_size, seq_len=seq_len, batch_size=batch_size,
         micro_batch=micro_batch, steps=steps, lr=lr, min_lr_ratio=min_lr_ratio, warmup_steps=warmup_steps,
@@ -150,8 +147,9 @@ def train(
         data=[str(d) for d in data or []], val_data=[str(d) for d in val_data or []],
         tokenizer=str(tokenizer) if tokenizer else None, eval_every=eval_every,
         analyze_every=analyze_every, eval_windows=eval_windows, log_every=log_every, checkpoint_every=checkpoint_every,
-        keep_checkpoints=keep_checkpoints, seed=seed, device=device, precision=precision, compile=compile, resume=resume,
-        resume_changes=tuple(p.name for p in on_command_line if p.name in RESUMABLE))
+        keep_checkpoints=keep_checkpoints, seed=seed, device=device, precision=precision, compile=compile,
+        sharding=sharding, resume=resume,
+        given=given)
     quiet = quiet or int(os.environ.get("RANK", 0)) != 0
     columns = [TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]

@@ -25,7 +25,8 @@ from ..decay import METRICS as DECAY_METRICS
 from ..esd import resolve_device
 from ..fit import ESTIMATORS
 from . import data as datamod
-from .model import LRM_MODES, PRESETS, Llama, ModelConfig, count_params
+from . import parallel
+from .model import LRM_MODES, PRESETS, Llama, ModelConfig, count_params, hf_tensors
 from .rundir import (
     ALPHAS,
     DECAYS,
@@ -92,8 +93,9 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU; master weights stay fp32
     compile: bool = False
+    sharding: str = "ddp"  # with torchrun: ddp (replicated weights) or fsdp (FSDP2, sharded weights and optimizer)
     resume: bool = False
-    resume_changes: tuple[str, ...] | None = None  # on resume, the RESUMABLE fields to take from here (None: non-defaults)
+    given: tuple[str, ...] | None = None  # the fields set on purpose (CLI: the options on the command line; None: non-defaults)
 
     def validate(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -111,7 +113,7 @@ class TrainConfig:
         choices = {"assign": (self.assign, (None, *ASSIGN)), "preserve-mean": (self.preserve_mean, PRESERVE),
                    "metric": (self.metric, DECAY_METRICS), "estimator": (self.estimator, tuple(ESTIMATORS)),
                    "alphadecay-warmup": (self.alphadecay_warmup, ("init", "uniform")),
-                   "multipliers": (self.multipliers, tuple(LRM_MODES))}
+                   "multipliers": (self.multipliers, tuple(LRM_MODES)), "sharding": (self.sharding, parallel.SHARDINGS)}
         for option, (value, allowed) in choices.items():
             if value not in allowed:
                 raise ConfigError(f"--{option} {value!r}: choose one of {', '.join(a for a in allowed if a)}")
@@ -127,20 +129,27 @@ class TrainConfig:
 
 
 # What a resumed run may change; everything else comes from the run's checkpoint.
-RESUMABLE = ("out", "resume", "steps", "device", "compile", "overlap", "log_every", "eval_every", "analyze_every",
+RESUMABLE = ("out", "resume", "steps", "device", "compile", "sharding", "overlap", "log_every", "eval_every", "analyze_every",
              "eval_windows",
              "checkpoint_every", "keep_checkpoints")
 
 
 def resumed_config(saved: dict, cfg: TrainConfig) -> TrainConfig:
-    """The checkpoint's config, changed only in the RESUMABLE fields `cfg` sets: those named in
-    cfg.resume_changes (the CLI passes the options given on the command line), else those that differ
-    from the defaults. Decays come from the checkpoint, not a fresh solve."""
-    defaults = TrainConfig()
-    keys = cfg.resume_changes if cfg.resume_changes is not None else \
-        [k for k in RESUMABLE if getattr(cfg, k) != getattr(defaults, k)]
-    changes = {k: getattr(cfg, k) for k in {*keys, "out", "resume"} if k in RESUMABLE}
-    merged = {**saved, **changes, "alphadecay_warmup": "uniform", "resume_changes": None}
+    """The checkpoint's config, with the RESUMABLE fields `cfg` sets on purpose (cfg.given; else those that
+    differ from the defaults). Any other field set on purpose must equal the run's own value.
+    Decays come from the checkpoint, not a fresh solve."""
+    current, defaults = asdict(cfg), asdict(TrainConfig())
+    given = cfg.given if cfg.given is not None else [k for k in current if current[k] != defaults[k]]
+    different = [k for k in given if k not in RESUMABLE and k in saved and k != "given"
+                 and json.dumps(current[k]) != json.dumps(saved[k])]
+    if different:
+        raise ConfigError(
+            "a resumed run keeps its own settings: " + ", ".join(f"--{k.replace('_', '-')} {current[k]!r} "
+                                                                 f"(the run has {saved[k]!r})" for k in different)
+            + "; only " + ", ".join(f"--{k.replace('_', '-')}" for k in RESUMABLE if k not in ("out", "resume"))
+            + " can change")
+    changes = {k: current[k] for k in {*given, "out", "resume"} if k in RESUMABLE}
+    merged = {**saved, **changes, "alphadecay_warmup": "uniform", "given": None}
     merged["betas"], merged["ratio"] = tuple(merged["betas"]), tuple(merged["ratio"])
     out = TrainConfig(**{k: v for k, v in merged.items() if k in {f.name for f in fields(TrainConfig)}})
     out.validate()
@@ -219,16 +228,14 @@ def _train(cfg: TrainConfig, run: Path, rank: int, world: int, device: torch.dev
     model = Llama(mcfg, lrm=cfg.multipliers).to(device)
     if state:
         model.load_state_dict(state["model"])
+    net = parallel.wrap(model, world, device, cfg.sharding)  # FSDP2 shards `model` in place: optimizer after
     strategy = make_strategy(cfg)
-    groups = strategy.param_groups(model)
-    optimizer = make_optimizer(cfg, groups, device)
+    optimizer = make_optimizer(cfg, strategy.param_groups(model), device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
-    net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
-        if world > 1 else model
     strategy.setup(net, optimizer, scheduler)
     start = 0
     if state:
-        optimizer.load_state_dict(state["optimizer"])
+        parallel.load_optimizer_state(model, optimizer, state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         strategy.load_state_dict(state["strategy"])
         torch.set_rng_state(state["rng"]["torch"])
@@ -239,39 +246,40 @@ def _train(cfg: TrainConfig, run: Path, rank: int, world: int, device: torch.dev
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else nullcontext
 
     analyze_every = cfg.eval_every if cfg.analyze_every is None else cfg.analyze_every
+    weights = hf_tensors(parallel.model_state(model), mcfg.tie_word_embeddings)
+    first_alphas = spectra_rows(model, 0, cfg.estimator, rank) if not state and analyze_every else []
     if rank == 0:
         info = _run_info(cfg, run, device, world, count_params(model), micro, accum, bf16, start if state else None)
         write_json(run / "run.json", info)
-        save_weights(run, model.hf_state_dict(), mcfg.hf_config())
+        save_weights(run, weights, mcfg.hf_config())
         metrics = CsvLog(run / "metrics.csv", METRICS, start if state else None)
         decays = CsvLog(run / "decay.csv", DECAYS, start if state else None)
         decays.write(strategy.decay_rows())
         alphas = CsvLog(run / "alphas.csv", ALPHAS, start if state else None)
-        if not state and analyze_every:
-            alphas.write(spectra_rows(model, 0, cfg.estimator))
+        alphas.write(first_alphas)
     clip = clip_parameters(model)
     loss_sum, n_loss, t_last, last = torch.zeros((), device=device), 0, time.perf_counter(), {}
     for step in range(start + 1, cfg.steps + 1):
         for m in range(accum):
             x, y = tokens.batch(step, cfg.batch_size, cfg.seq_len, cfg.seed, rank * accum + m, world * accum)
-            # DDP all-reduces the gradients on the last micro-batch only
-            with net.no_sync() if world > 1 and m < accum - 1 else nullcontext():
+            with parallel.sync_gradients(net, m == accum - 1):  # reduce over ranks on the last micro-batch only
                 with autocast():
                     loss = F.cross_entropy(fwd(x.to(device)).float().flatten(0, 1), y.to(device).flatten())
                 (loss / accum).backward()
             loss_sum += loss.detach()
             n_loss += 1
-        grad_norm = torch.nn.utils.clip_grad_norm_(clip, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+        grad_norm = parallel.full(torch.nn.utils.clip_grad_norm_(clip, cfg.grad_clip if cfg.grad_clip > 0 else math.inf))
         strategy.before_step(step, net, optimizer, grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         strategy.after_step(step)
         new_decays = strategy.decay_rows()
+        new_alphas = spectra_rows(model, step, cfg.estimator, rank) \
+            if analyze_every and (step % analyze_every == 0 or step == cfg.steps) else []
         if rank == 0:
             decays.write(new_decays)
-            if analyze_every and (step % analyze_every == 0 or step == cfg.steps):
-                alphas.write(spectra_rows(model, step, cfg.estimator))
+            alphas.write(new_alphas)
         do_eval = step % cfg.eval_every == 0 or step == cfg.steps
         if step % cfg.log_every and not do_eval:
             continue
@@ -302,9 +310,14 @@ def _train(cfg: TrainConfig, run: Path, rank: int, world: int, device: torch.dev
     return last
 
 
-def spectra_rows(model: torch.nn.Module, step: int, estimator: str) -> list[dict]:
-    """The fits and norms of the block matrices as they are now (the ESD engine of `analyze`)."""
-    tuned = {n: p.detach() for n, p in model.named_parameters() if is_tuned_candidate(n, p)}
+def spectra_rows(model: torch.nn.Module, step: int, estimator: str, rank: int = 0) -> list[dict]:
+    """The fits and norms of the block matrices as they are now (the ESD engine of `analyze`), on rank 0.
+
+    Every rank calls it: FSDP2 shards are gathered first.
+    """
+    tuned = {n: parallel.full(p.detach()) for n, p in model.named_parameters() if is_tuned_candidate(n, p)}
+    if rank:
+        return []
     table = analyze_tensors(tuned, estimator)
     table.insert(0, "step", step)
     return records(table[ALPHAS])
@@ -325,12 +338,13 @@ def _run_info(cfg: TrainConfig, run: Path, device: torch.device, world: int, par
 
 
 def _checkpoint(run, step, model, optimizer, scheduler, strategy, mcfg, cfg, rank) -> None:
+    """checkpoints/step_N.pt and model.safetensors (every rank calls: FSDP2 state is gathered to rank 0)."""
+    model_state, optim_state = parallel.model_state(model), parallel.optimizer_state(model, optimizer)
     if rank == 0:
-        state = {"step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "strategy": strategy.state_dict(),
-                 "rng": {"torch": torch.get_rng_state()}, "config": asdict(cfg)}
+        state = {"step": step, "model": model_state, "optimizer": optim_state, "scheduler": scheduler.state_dict(),
+                 "strategy": strategy.state_dict(), "rng": {"torch": torch.get_rng_state()}, "config": asdict(cfg)}
         save_checkpoint(run, step, state, cfg.keep_checkpoints)
-        save_weights(run, model.hf_state_dict(), mcfg.hf_config())
+        save_weights(run, hf_tensors(model_state, mcfg.tie_word_embeddings), mcfg.hf_config())
     _barrier(dist.get_world_size() if dist.is_initialized() else 1)
 
 

@@ -87,18 +87,6 @@ class Linear(nn.Linear):
             y = y * self.scale.to(y.dtype)
         return y
 
-    @torch.no_grad()
-    def folded_weight(self) -> torch.Tensor:
-        """The effective matrix s * diag(r) W diag(c), for saving and inference."""
-        w = self.weight
-        if self.row_mult is not None:
-            w = w * self.row_mult[:, None]
-        if self.col_mult is not None:
-            w = w * self.col_mult[None, :]
-        if self.scale is not None:
-            w = w * self.scale
-        return w
-
 
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
@@ -207,17 +195,29 @@ class Llama(nn.Module):
 
     def hf_state_dict(self) -> dict[str, torch.Tensor]:
         """Weights under LlamaForCausalLM names, multipliers folded in, contiguous fp32 on the CPU."""
-        out = {}
-        for name, module in self.named_modules():
-            for pname, p in module.named_parameters(recurse=False):
-                if pname in MULTIPLIER_NAMES:
-                    continue
-                full = f"{name}.{pname}" if name else pname
-                w = module.folded_weight() if isinstance(module, Linear) and pname == "weight" else p.detach()
-                out[full] = w.float().cpu().contiguous()
-        if self.config.tie_word_embeddings:
-            out.pop("lm_head.weight", None)
-        return out
+        return hf_tensors(self.state_dict(), self.config.tie_word_embeddings)
+
+
+def hf_tensors(state: dict[str, torch.Tensor], tied: bool = False) -> dict[str, torch.Tensor]:
+    """A (full, unsharded) Llama state dict as LlamaForCausalLM tensors: each weight with multipliers
+    folded in, W_eff = s * diag(r) W diag(c); the multipliers themselves dropped."""
+    out = {}
+    for name, t in state.items():
+        prefix, _, leaf = name.rpartition(".")
+        if leaf in MULTIPLIER_NAMES:
+            continue
+        w = t.detach().float()
+        if leaf == "weight":
+            if f"{prefix}.row_mult" in state:
+                w = w * state[f"{prefix}.row_mult"].float()[:, None]
+            if f"{prefix}.col_mult" in state:
+                w = w * state[f"{prefix}.col_mult"].float()[None, :]
+            if f"{prefix}.scale" in state:
+                w = w * state[f"{prefix}.scale"].float()
+        out[name] = w.cpu().contiguous()
+    if tied:
+        out.pop("lm_head.weight", None)
+    return out
 
 
 def _linear(fan_in: int, fan_out: int, kind: str, placement: dict) -> Linear:

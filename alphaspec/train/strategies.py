@@ -14,6 +14,7 @@ from ..decay import DecayMap, assign_decays, is_no_decay, is_tuned_candidate, ma
 from ..hook import AlphaDecay, split_param_groups
 from ..modules import layer_index, module_type
 from .model import is_multiplier
+from .parallel import global_norm
 
 STRATEGIES = ("uniform", "alphadecay", "awd", "adadecay", "lrm")
 
@@ -151,7 +152,7 @@ class AWD(Strategy):
         self.smoothed = 0.0
 
     def before_step(self, step, model, optimizer, grad_norm) -> None:
-        param_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.detach()) for p in self.params]))
+        param_norm = global_norm(self.params)
         ratio = float(grad_norm) / max(float(param_norm), 1e-12)
         self.smoothed = 0.1 * self.smoothed + 0.9 * self.w * ratio
         for g in self.groups:
@@ -181,8 +182,7 @@ class AdaDecay(Strategy):
         if (step - 1) % self.cfg.gap:
             return
         names = sorted(self.tuned)
-        norms = torch.stack([torch.linalg.vector_norm(self.tuned[n].grad.detach(), dtype=torch.float64)
-                             for n in names]).cpu().numpy()
+        norms = torch.stack([global_norm([self.tuned[n].grad]) for n in names]).cpu().numpy()
         blocks = [layer_index(n) for n in names]
         wd = assign_decays(norms, self.w, ratio=self.cfg.ratio, assign=self.cfg.assign or "sigmoid", blocks=blocks,
                            preserve_mean=self.cfg.preserve_mean,

@@ -1,0 +1,86 @@
+"""Data parallelism for the trainer: DDP or FSDP2 under torchrun, and the few collectives the loop needs.
+
+With FSDP2 the parameters are DTensor shards; everything that needs whole tensors (checkpoints,
+saved weights, spectra, norms) goes through the functions here, which every rank must call.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+SHARDINGS = ("ddp", "fsdp")
+
+
+def wrap(model: nn.Module, world: int, device: torch.device, sharding: str) -> nn.Module:
+    """The module the loop trains: the model itself (one process), DDP, or the model with each block
+    and then the whole sharded by FSDP2 (in place; build the optimizer afterwards)."""
+    if world == 1:
+        return model
+    if sharding == "fsdp":
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        mesh = init_device_mesh(device.type, (world,))
+        for block in model.model.layers:
+            fully_shard(block, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+        return model
+    return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def sync_gradients(net: nn.Module, last_micro_batch: bool):
+    """A context in which backward() reduces gradients over ranks only on the last micro-batch."""
+    if isinstance(net, nn.parallel.DistributedDataParallel):
+        return nullcontext() if last_micro_batch else net.no_sync()
+    if hasattr(net, "set_requires_gradient_sync"):  # FSDP2
+        net.set_requires_gradient_sync(last_micro_batch)
+    return nullcontext()
+
+
+def full(t: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of a DTensor shard (a collective), or the tensor itself."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+def global_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """sqrt(sum of squares) over tensors that may be shards of FSDP2 DTensors (float64, every rank alike)."""
+    local = [t.to_local() if hasattr(t, "to_local") else t for t in tensors]
+    dev = local[0].device if local else torch.device("cpu")
+    sq = torch.stack([x.detach().double().pow(2).sum() for x in local]).sum() if local else torch.zeros((), device=dev)
+    if any(hasattr(t, "to_local") for t in tensors):
+        dist.all_reduce(sq)
+    return sq.sqrt()
+
+
+def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The whole model state dict on the CPU (gathered from FSDP2 shards; empty on ranks > 0 then)."""
+    if not _sharded(model):
+        return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    if not _sharded(model):
+        return optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    if not _sharded(model):
+        optimizer.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+
+
+def _sharded(model: nn.Module) -> bool:
+    return any(hasattr(p, "to_local") for p in model.parameters())
