@@ -245,6 +245,10 @@ def test_fsdp_run_resumes_from_its_gathered_checkpoint(tmp_path, text):
     resumed = rows(tmp_path / "fsdp" / "metrics.csv")
     assert [r["step"] for r in resumed] == [r["step"] for r in straight]
     assert [float(r["loss"]) for r in resumed] == pytest.approx([float(r["loss"]) for r in straight], rel=1e-5)
+    (tmp_path / "fsdp" / "checkpoints" / "step_0000008.pt").unlink()
+    run(tmp_path, text, name="fsdp", resume=True, strategy="awd")  # FSDP2's checkpoint, one process, no sharding
+    single = rows(tmp_path / "fsdp" / "metrics.csv")
+    assert [float(r["loss"]) for r in single] == pytest.approx([float(r["loss"]) for r in straight], rel=1e-4)
 
 
 def test_held_out_validation_text(tmp_path, text):

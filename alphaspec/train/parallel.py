@@ -66,20 +66,37 @@ def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
-    if not _sharded(model):
-        return optimizer.state_dict()
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+    """The whole optimizer state keyed by parameter name (as torch.distributed.checkpoint's full state
+    dict), so it loads whatever the sharding, the number of ranks or the order of the groups."""
+    if _sharded(model):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-    return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return get_optimizer_state_dict(model, optimizer,
+                                        options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    name = _names_by_index(model, optimizer)
+    sd = optimizer.state_dict()
+    return {"state": {name[i]: {k: v.cpu() if torch.is_tensor(v) else v for k, v in st.items()}
+                      for i, st in sd["state"].items()},
+            "param_groups": [{**g, "params": [name[i] for i in g["params"]]} for g in sd["param_groups"]]}
 
 
 def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
-    if not _sharded(model):
-        optimizer.load_state_dict(state)
-        return
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    """Load optimizer_state() output (every rank calls it)."""
+    if _sharded(model):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-    set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+        set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+        return
+    index = {n: i for i, n in _names_by_index(model, optimizer).items()}
+    groups = [{**g, "params": [index[n] for n in g["params"]]} for g in state["param_groups"]]
+    optimizer.load_state_dict({"state": {index[n]: st for n, st in state["state"].items()}, "param_groups": groups})
+
+
+def _names_by_index(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[int, str]:
+    """Parameter names in the order optimizer.state_dict() numbers the parameters."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    ordered = [p for g in optimizer.param_groups for p in g["params"]]
+    return {i: names[id(p)] for i, p in enumerate(ordered)}
 
 
 def _sharded(model: nn.Module) -> bool:
