@@ -165,6 +165,11 @@ def test_static_decay_map_is_applied_and_a_foreign_map_refused(tmp_path, text):
     foreign.write_text(json.dumps(doc))
     res = runner.invoke(app, ["train", "--out", str(tmp_path / "x"), "--data", text, "--decay-map", str(foreign)])
     assert res.exit_code == 1 and "layers.7." in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "x").exists()  # a run that failed while being set up leaves nothing behind
+    (tmp_path / "y").mkdir()
+    (tmp_path / "y" / "notes.txt").write_text("mine")
+    res = runner.invoke(app, ["train", "--out", str(tmp_path / "y"), "--data", text, "--decay-map", str(foreign)])
+    assert res.exit_code == 1 and (tmp_path / "y" / "notes.txt").read_text() == "mine"  # never someone else's files
 
 
 def test_learnable_multipliers_train_and_fold(tmp_path, text):

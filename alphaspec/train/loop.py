@@ -6,6 +6,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -192,14 +193,24 @@ def train(cfg: TrainConfig, on_log: Callable[[dict], None] | None = None) -> dic
     if device.type == "cuda":
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    run = Path(cfg.out)
+    new_dir = not run.exists() or not any(run.iterdir())
+    marks: dict = {}
     try:
-        return _train(cfg, Path(cfg.out), rank, world, device, on_log)
+        return _train(cfg, run, rank, world, device, on_log, marks)
+    except BaseException:
+        # A run that fails while being set up (bad decay map, bad data, ...) leaves nothing behind,
+        # so the same --out works again once the cause is fixed. Once training started, files stay.
+        if rank == 0 and new_dir and not marks.get("started") and run.is_dir():
+            shutil.rmtree(run, ignore_errors=True)
+        raise
     finally:
         if owns_group:
             dist.destroy_process_group()
 
 
-def _train(cfg: TrainConfig, run: Path, rank: int, world: int, device: torch.device, on_log) -> dict:
+def _open(cfg: TrainConfig, run: Path, rank: int, world: int) -> tuple[TrainConfig, dict | None]:
+    """The run's config and checkpoint (None for a fresh run), with its tokenizer and token streams ready."""
     ckpt_path = check_new_or_resumable(run, cfg.resume) if rank == 0 else None
     _barrier(world)
     if rank:
@@ -212,18 +223,15 @@ def _train(cfg: TrainConfig, run: Path, rank: int, world: int, device: torch.dev
         missing = [f for f in ("tokenizer.json", "data/tokens.npy") if not (run / f).is_file()]
         if missing:
             raise RunError(f"{run}: cannot resume without {' and '.join(missing)} (the run directory is incomplete)")
-    micro = cfg.micro_batch or max(1, cfg.batch_size // world)
-    if cfg.batch_size % (micro * world):
-        raise ConfigError(f"batch size {cfg.batch_size} is not a multiple of micro batch {micro} x {world} rank(s)")
-    accum = cfg.batch_size // (micro * world)
     if rank == 0:
         run.mkdir(parents=True, exist_ok=True)
         datamod.prepare(run, cfg.data, cfg.vocab_size, cfg.tokenizer, cfg.val_data)
     _barrier(world)
-    tok = datamod.Tokenizer.from_file(str(run / "tokenizer.json"))
-    tokens = datamod.load_tokens(run, cfg.val_fraction, cfg.seq_len)
-    mcfg = ModelConfig(vocab_size=tok.get_vocab_size(), max_position_embeddings=cfg.seq_len, **PRESETS[cfg.model])
+    return cfg, state
 
+
+def _build(cfg: TrainConfig, mcfg: ModelConfig, state: dict | None, device: torch.device, world: int):
+    """Model (wrapped for DDP/FSDP2), strategy, optimizer and scheduler, restored from `state` if given."""
     torch.manual_seed(cfg.seed)
     model = Llama(mcfg, lrm=cfg.multipliers).to(device)
     if state:
@@ -233,14 +241,32 @@ def _train(cfg: TrainConfig, run: Path, rank: int, world: int, device: torch.dev
     optimizer = make_optimizer(cfg, strategy.param_groups(model), device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
     strategy.setup(net, optimizer, scheduler)
-    start = 0
     if state:
         parallel.load_optimizer_state(model, optimizer, state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         strategy.load_state_dict(state["strategy"])
         torch.set_rng_state(state["rng"]["torch"])
-        start = state["step"]
         strategy.decay_rows()  # already in decay.csv
+    return model, net, strategy, optimizer, scheduler
+
+
+def _split(cfg: TrainConfig, world: int) -> tuple[int, int]:
+    """(micro batch per rank, accumulation steps) that make up the global batch."""
+    micro = cfg.micro_batch or max(1, cfg.batch_size // world)
+    if cfg.batch_size % (micro * world):
+        raise ConfigError(f"batch size {cfg.batch_size} is not a multiple of micro batch {micro} x {world} rank(s)")
+    return micro, cfg.batch_size // (micro * world)
+
+
+def _train(cfg: TrainConfig, run: Path, rank: int, world: int, device: torch.device, on_log, marks: dict) -> dict:
+    _split(cfg, world)  # before anything is written
+    cfg, state = _open(cfg, run, rank, world)
+    micro, accum = _split(cfg, world)
+    tokens = datamod.load_tokens(run, cfg.val_fraction, cfg.seq_len)
+    vocab = datamod.Tokenizer.from_file(str(run / "tokenizer.json")).get_vocab_size()
+    mcfg = ModelConfig(vocab_size=vocab, max_position_embeddings=cfg.seq_len, **PRESETS[cfg.model])
+    model, net, strategy, optimizer, scheduler = _build(cfg, mcfg, state, device, world)
+    start = state["step"] if state else 0
     fwd = torch.compile(net) if cfg.compile else net
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else nullcontext
@@ -259,6 +285,7 @@ def _train(cfg: TrainConfig, run: Path, rank: int, world: int, device: torch.dev
         alphas.write(first_alphas)
     clip = clip_parameters(model)
     loss_sum, n_loss, t_last, last = torch.zeros((), device=device), 0, time.perf_counter(), {}
+    marks["started"] = True
     for step in range(start + 1, cfg.steps + 1):
         for m in range(accum):
             x, y = tokens.batch(step, cfg.batch_size, cfg.seq_len, cfg.seed, rank * accum + m, world * accum)
