@@ -200,16 +200,19 @@ def test_cli_bad_input_is_one_error_line(tmp_path, argv, message):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sharding,strategy", [("ddp", "alphadecay"), ("fsdp", "alphadecay"), ("fsdp", "awd"),
-                                               ("fsdp", "adadecay")])
-def test_torchrun_trains_like_one_process(tmp_path, text, sharding, strategy):
+@pytest.mark.parametrize("sharding,strategy,precision", [
+    ("ddp", "alphadecay", "fp32"), ("fsdp", "alphadecay", "fp32"), ("fsdp", "awd", "fp32"), ("fsdp", "adadecay", "fp32"),
+    ("fsdp", "uniform", "bf16")])
+def test_torchrun_trains_like_one_process(tmp_path, text, sharding, strategy, precision):
     """Two gloo ranks, each accumulating two micro-batches, take the same steps as one process with the
-    whole batch: with DDP and with FSDP2-sharded weights, decays, checkpoints and spectra included."""
+    whole batch: with DDP and with FSDP2-sharded weights, decays, checkpoints and spectra included
+    (bf16: FSDP2's mixed-precision gather against autocast, so only to bf16 accuracy)."""
     _, single = run(tmp_path, text, name="single", batch_size=8, strategy=strategy, gap=4, overlap=False,
-                    analyze_every=4)
+                    analyze_every=4, precision=precision)
+    tol = 1e-4 if precision == "fp32" else 2e-2
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "alphaspec",
            "train", "--out", str(tmp_path / "multi"), "--data", text, "--strategy", strategy, "--gap", "4",
-           "--no-overlap", "--analyze-every", "4", "--sharding", sharding,
+           "--no-overlap", "--analyze-every", "4", "--sharding", sharding, "--precision", precision,
            "--batch-size", "8", "--micro-batch", "2", "-q", "--device", "cpu"]  # 2 ranks x 2 accumulation steps
     for k, v in SMALL.items():
         if k != "batch_size":
@@ -219,17 +222,18 @@ def test_torchrun_trains_like_one_process(tmp_path, text, sharding, strategy):
     a, b = rows(single / "metrics.csv"), rows(multi / "metrics.csv")
     assert [r["step"] for r in a] == [r["step"] for r in b]
     for ra, rb in zip(a, b, strict=True):
-        assert float(rb["loss"]) == pytest.approx(float(ra["loss"]), rel=1e-4)
+        assert float(rb["loss"]) == pytest.approx(float(ra["loss"]), rel=tol)
         if ra["eval_loss"]:
-            assert float(rb["eval_loss"]) == pytest.approx(float(ra["eval_loss"]), rel=1e-4)
+            assert float(rb["eval_loss"]) == pytest.approx(float(ra["eval_loss"]), rel=tol)
     for log, column in (("decay.csv", "weight_decay"), ("alphas.csv", "alpha")):
         da, db = rows(single / log), rows(multi / log)
         assert [r["name"] for r in da] == [r["name"] for r in db], log
-        assert [float(r[column]) for r in db] == pytest.approx([float(r[column]) for r in da], rel=1e-3), log
+        assert [float(r[column]) for r in db] == pytest.approx([float(r[column]) for r in da], rel=10 * tol), log
     wa, wb = load_file(single / "model.safetensors"), load_file(multi / "model.safetensors")
     assert wa.keys() == wb.keys()
+    atol = 1e-5 if precision == "fp32" else 1e-2  # bf16: rounding can flip single Adam steps of size ~lr
     for name in wa:
-        torch.testing.assert_close(wb[name], wa[name], rtol=1e-3, atol=1e-5)
+        torch.testing.assert_close(wb[name], wa[name], rtol=10 * tol, atol=atol)
     state = torch.load(multi / "checkpoints" / "step_0000008.pt", weights_only=False)
     assert all(not hasattr(t, "to_local") for t in state["model"].values())  # whole tensors, loadable anywhere
 

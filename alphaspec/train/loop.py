@@ -236,7 +236,7 @@ def _build(cfg: TrainConfig, mcfg: ModelConfig, state: dict | None, device: torc
     model = Llama(mcfg, lrm=cfg.multipliers).to(device)
     if state:
         model.load_state_dict(state["model"])
-    net = parallel.wrap(model, world, device, cfg.sharding)  # FSDP2 shards `model` in place: optimizer after
+    net = parallel.wrap(model, world, device, cfg.sharding, _bf16(cfg, device))  # FSDP2 shards in place
     strategy = make_strategy(cfg)
     optimizer = make_optimizer(cfg, strategy.param_groups(model), device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
@@ -248,6 +248,10 @@ def _build(cfg: TrainConfig, mcfg: ModelConfig, state: dict | None, device: torc
         torch.set_rng_state(state["rng"]["torch"])
         strategy.decay_rows()  # already in decay.csv
     return model, net, strategy, optimizer, scheduler
+
+
+def _bf16(cfg: TrainConfig, device: torch.device) -> bool:
+    return cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
 
 
 def _split(cfg: TrainConfig, world: int) -> tuple[int, int]:
@@ -268,7 +272,7 @@ def _train(cfg: TrainConfig, run: Path, rank: int, world: int, device: torch.dev
     model, net, strategy, optimizer, scheduler = _build(cfg, mcfg, state, device, world)
     start = state["step"] if state else 0
     fwd = torch.compile(net) if cfg.compile else net
-    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+    bf16 = _bf16(cfg, device)
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else nullcontext
 
     analyze_every = cfg.eval_every if cfg.analyze_every is None else cfg.analyze_every

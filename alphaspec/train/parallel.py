@@ -15,19 +15,22 @@ from torch import nn
 SHARDINGS = ("ddp", "fsdp")
 
 
-def wrap(model: nn.Module, world: int, device: torch.device, sharding: str) -> nn.Module:
+def wrap(model: nn.Module, world: int, device: torch.device, sharding: str, bf16: bool = False) -> nn.Module:
     """The module the loop trains: the model itself (one process), DDP, or the model with each block
-    and then the whole sharded by FSDP2 (in place; build the optimizer afterwards)."""
+    and then the whole sharded by FSDP2 (in place; build the optimizer afterwards). With bf16, FSDP2
+    gathers the weights in bf16 for compute and reduces gradients in fp32; the shards stay fp32."""
     if world == 1:
         return model
     if sharding == "fsdp":
         from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import fully_shard
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
         mesh = init_device_mesh(device.type, (world,))
+        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 \
+            else MixedPrecisionPolicy()
         for block in model.model.layers:
-            fully_shard(block, mesh=mesh)
-        fully_shard(model, mesh=mesh)
+            fully_shard(block, mesh=mesh, mp_policy=policy)
+        fully_shard(model, mesh=mesh, mp_policy=policy)
         return model
     return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
