@@ -73,7 +73,11 @@ def _read_ahead(ckpt: Checkpoint, specs: list[MatrixSpec], stop: threading.Event
         if copy_stream is None:
             return m
         with torch.cuda.stream(copy_stream):
-            return m.to(device)  # synchronous for this thread: the data is there when it is queued
+            staged = m.to(device)
+        # From pageable memory the copy call can return before the DMA has landed; this thread waits
+        # for it, so a queued matrix is complete whatever stream the solver reads it on.
+        copy_stream.synchronize()
+        return staged
 
     by_tensor: dict[str, list[MatrixSpec]] = {}
     for spec in specs:
