@@ -202,7 +202,7 @@ def test_cli_bad_input_is_one_error_line(tmp_path, argv, message):
 @pytest.mark.slow
 @pytest.mark.parametrize("sharding,strategy,precision", [
     ("ddp", "alphadecay", "fp32"), ("fsdp", "alphadecay", "fp32"), ("fsdp", "awd", "fp32"), ("fsdp", "adadecay", "fp32"),
-    ("fsdp", "uniform", "bf16")])
+    ("fsdp", "lrm", "fp32"), ("fsdp", "uniform", "bf16")])
 def test_torchrun_trains_like_one_process(tmp_path, text, sharding, strategy, precision):
     """Two gloo ranks, each accumulating two micro-batches, take the same steps as one process with the
     whole batch: with DDP and with FSDP2-sharded weights, decays, checkpoints and spectra included
