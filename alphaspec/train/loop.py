@@ -182,8 +182,11 @@ def make_optimizer(cfg: TrainConfig, groups: list[dict], device: torch.device) -
     return opt_cls(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay, **fused)
 
 
-def train(cfg: TrainConfig, on_log: Callable[[dict], None] | None = None) -> dict:
-    """Run (or resume) one training run into cfg.out; returns the last metrics row. Launch with torchrun for DDP."""
+def train(cfg: TrainConfig, on_log: Callable[[dict], None] | None = None,
+          on_start: Callable[[dict], None] | None = None) -> dict:
+    """Run (or resume) one training run into cfg.out; returns the last metrics row. Launch with torchrun for
+    DDP or FSDP2. on_start gets run.json's contents once the model is built, on_log every metrics row
+    (both on rank 0 only)."""
     cfg.validate()
     rank, world, local = _distributed()
     owns_group = world > 1 and not dist.is_initialized()
@@ -197,7 +200,7 @@ def train(cfg: TrainConfig, on_log: Callable[[dict], None] | None = None) -> dic
     new_dir = not run.exists() or not any(run.iterdir())
     marks: dict = {}
     try:
-        return _train(cfg, run, rank, world, device, on_log, marks)
+        return _train(cfg, run, rank, world, device, on_log, on_start, marks)
     except BaseException:
         # A run that fails while being set up (bad decay map, bad data, ...) leaves nothing behind,
         # so the same --out works again once the cause is fixed. Once training started, files stay.
@@ -262,7 +265,8 @@ def _split(cfg: TrainConfig, world: int) -> tuple[int, int]:
     return micro, cfg.batch_size // (micro * world)
 
 
-def _train(cfg: TrainConfig, run: Path, rank: int, world: int, device: torch.device, on_log, marks: dict) -> dict:
+def _train(cfg: TrainConfig, run: Path, rank: int, world: int, device: torch.device, on_log, on_start,
+           marks: dict) -> dict:
     _split(cfg, world)  # before anything is written
     cfg, state = _open(cfg, run, rank, world)
     micro, accum = _split(cfg, world)
@@ -281,6 +285,8 @@ def _train(cfg: TrainConfig, run: Path, rank: int, world: int, device: torch.dev
     if rank == 0:
         info = _run_info(cfg, run, device, world, count_params(model), micro, accum, bf16, start if state else None)
         write_json(run / "run.json", info)
+        if on_start:
+            on_start({**info, "config": asdict(cfg), "start_step": start})  # the settings in force now
         save_weights(run, weights, mcfg.hf_config())
         metrics = CsvLog(run / "metrics.csv", METRICS, start if state else None)
         decays = CsvLog(run / "decay.csv", DECAYS, start if state else None)
