@@ -280,8 +280,9 @@ def test_cli_resume_keeps_the_runs_own_length(tmp_path, text):
     """`--resume` without --steps continues to the step count the run was started with."""
     _, out = run(tmp_path, text)
     (out / "checkpoints" / "step_0000008.pt").unlink()  # crashed after step 4
-    res = CliRunner().invoke(app, ["train", "--out", str(out), "--resume", "-q"])
+    res = CliRunner().invoke(app, ["train", "--out", str(out), "--resume"], env={"COLUMNS": "200"})
     assert res.exit_code == 0, res.output
+    assert "tiny (0.5 M parameters) · uniform · 4 x 32 tokens/step · 8 steps from step 4" in res.output  # vocab 512
     assert [int(r["step"]) for r in rows(out / "metrics.csv")] == [2, 4, 6, 8]
     res = CliRunner().invoke(app, ["train", "--out", str(out), "--resume", "--steps", "10", "--data", text, "-q"])
     assert res.exit_code == 0, res.output  # repeating the run's own settings is fine
