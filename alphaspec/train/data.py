@@ -95,10 +95,11 @@ def encode(tok: Tokenizer, docs: Sequence[str], batch: int = 32) -> np.ndarray:
 
 @dataclass
 class TokenData:
-    """Train and validation token streams, with deterministic batch sampling."""
+    """Train and validation token streams (numpy arrays, memory-mapped from the run directory, or
+    tensors), with deterministic batch sampling; only the sampled windows are read into memory."""
 
-    train: torch.Tensor
-    val: torch.Tensor
+    train: np.ndarray | torch.Tensor
+    val: np.ndarray | torch.Tensor
 
     @classmethod
     def split(cls, stream: np.ndarray, val_fraction: float, seq_len: int) -> TokenData:
@@ -107,8 +108,7 @@ class TokenData:
         if len(stream) - n_val < 2 * (seq_len + 1):
             raise DataError(f"the text holds {len(stream)} tokens: too few for seq_len {seq_len} "
                             f"(need {n_val + 2 * (seq_len + 1)}); give more text or a shorter --seq-len")
-        t = torch.from_numpy(stream.astype(np.int64))
-        return cls(train=t[:-n_val], val=t[-n_val:])
+        return cls(train=stream[:-n_val], val=stream[-n_val:])
 
     def batch(self, step: int, batch_size: int, seq_len: int, seed: int, part: int = 0,
               parts: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -129,9 +129,9 @@ class TokenData:
             yield _windows(self.val, starts[i:i + batch_size], seq_len)
 
 
-def _windows(stream: torch.Tensor, starts: torch.Tensor, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    idx = starts[:, None] + torch.arange(seq_len + 1)
-    w = stream[idx]
+def _windows(stream, starts: torch.Tensor, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    idx = (starts[:, None] + torch.arange(seq_len + 1)).numpy()
+    w = torch.as_tensor(np.asarray(stream)[idx].astype(np.int64))
     return w[:, :-1], w[:, 1:]
 
 
@@ -164,12 +164,12 @@ def prepare(run_dir: Path, data: Sequence[str | Path], vocab_size: int, tokenize
 
 def load_tokens(run_dir: Path, val_fraction: float, seq_len: int) -> TokenData:
     """The run's train/validation streams: data/val.npy when the run has one, else the tail of the text."""
-    stream = np.load(run_dir / "data" / "tokens.npy")
+    stream = np.load(run_dir / "data" / "tokens.npy", mmap_mode="r")
     val_path = run_dir / "data" / "val.npy"
     if not val_path.exists():
         return TokenData.split(stream, val_fraction, seq_len)
-    val = np.load(val_path)
+    val = np.load(val_path, mmap_mode="r")
     for what, part in (("training", stream), ("validation", val)):
         if len(part) < 2 * (seq_len + 1):
             raise DataError(f"the {what} text holds {len(part)} tokens: too few for seq_len {seq_len}")
-    return TokenData(train=torch.from_numpy(stream.astype(np.int64)), val=torch.from_numpy(val.astype(np.int64)))
+    return TokenData(train=stream, val=val)
