@@ -290,3 +290,11 @@ def test_cli_resume_keeps_the_runs_own_length(tmp_path, text):
     assert json.loads((out / "run.json").read_text())["config"]["steps"] == 8  # the original settings stay on record
     res = CliRunner().invoke(app, ["train", "--out", str(out), "--resume", "--steps", "12", "--batch-size", "5", "-q"])
     assert res.exit_code == 1 and "--batch-size 5 (the run has 4)" in res.output and "Traceback" not in res.output
+
+
+def test_preparation_steps_are_reported(tmp_path, text):
+    lines, starts = [], []
+    train(TrainConfig(out=str(tmp_path / "r"), data=[text], **{**SMALL, "steps": 2}), on_status=lines.append,
+          on_start=starts.append)
+    assert lines[0] == "reading the text" and any("BPE on 0.1 MB" in x for x in lines) and lines[-1] == "building the model"
+    assert starts[0]["parameters"] > 0 and starts[0]["start_step"] == 0

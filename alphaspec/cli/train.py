@@ -166,13 +166,15 @@ def train(
             def on_start(info: dict) -> None:
                 c = info["config"]
                 where = f"from step {info['start_step']} " if info["start_step"] else ""
+                bar.update(task, status="first steps")
                 bar.console.print(
                     f"alphaspec {info['alphaspec']} · {c['model']} ({info['parameters'] / 1e6:.1f} M parameters) · "
                     f"{c['strategy']} · {c['batch_size']} x {c['seq_len']} tokens/step · {c['steps']} steps {where}· "
                     f"{info['device']}" + (f" x {info['world_size']}" if info["world_size"] > 1 else "")
                     + f" · {info['precision']} → {c['out']}", highlight=False)
 
-            last = run_training(cfg, on_log=on_log, on_start=on_start)
+            last = run_training(cfg, on_log=on_log, on_start=on_start,
+                                on_status=lambda line: bar.update(task, status=line))
     except (ConfigError, DataError, RunError, DecayMapError, DeviceError) as e:
         fail(str(e))
     if not quiet and last:

@@ -5,7 +5,7 @@ Batches are a pure function of (seed, step, rank), so the data position of a res
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -136,7 +136,7 @@ def _windows(stream, starts: torch.Tensor, seq_len: int) -> tuple[torch.Tensor, 
 
 
 def prepare(run_dir: Path, data: Sequence[str | Path], vocab_size: int, tokenizer: str | Path | None = None,
-            val_data: Sequence[str | Path] = ()) -> Tokenizer:
+            val_data: Sequence[str | Path] = (), status: Callable[[str], None] = lambda _: None) -> Tokenizer:
     """Tokenizer and token streams for a run, made once and kept in the run directory (reused on resume).
 
     data/tokens.npy holds the training text; data/val.npy the `val_data` text when there is one (the
@@ -145,15 +145,19 @@ def prepare(run_dir: Path, data: Sequence[str | Path], vocab_size: int, tokenize
     tok_path, stream_path, val_path = run_dir / "tokenizer.json", run_dir / "data" / "tokens.npy", run_dir / "data" / "val.npy"
     if tok_path.exists() and stream_path.exists():
         return Tokenizer.from_file(str(tok_path))
+    status("reading the text")
     docs = read_documents(text_files(data) if data else bundled_corpus())
     val_docs = read_documents(text_files(val_data)) if val_data else None
+    megabytes = sum(map(len, docs)) / 1e6
     if tokenizer:
         try:
             tok = Tokenizer.from_file(str(tokenizer))
         except Exception as e:  # tokenizers raises a bare Exception for unreadable files
             raise DataError(f"{tokenizer}: not a tokenizers JSON file ({e})") from e
     else:
+        status(f"training a {vocab_size}-token BPE on {megabytes:.1f} MB of text")
         tok = train_tokenizer(docs, vocab_size)
+    status(f"tokenising {megabytes:.1f} MB of text")
     stream_path.parent.mkdir(parents=True, exist_ok=True)
     if val_docs is not None:
         np.save(val_path, encode(tok, val_docs))

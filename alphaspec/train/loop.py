@@ -183,10 +183,10 @@ def make_optimizer(cfg: TrainConfig, groups: list[dict], device: torch.device) -
 
 
 def train(cfg: TrainConfig, on_log: Callable[[dict], None] | None = None,
-          on_start: Callable[[dict], None] | None = None) -> dict:
+          on_start: Callable[[dict], None] | None = None, on_status: Callable[[str], None] | None = None) -> dict:
     """Run (or resume) one training run into cfg.out; returns the last metrics row. Launch with torchrun for
-    DDP or FSDP2. on_start gets run.json's contents once the model is built, on_log every metrics row
-    (both on rank 0 only)."""
+    DDP or FSDP2. on_status gets a line about each preparation step (reading, tokenising, ...),
+    on_start run.json's contents once the model is built, on_log every metrics row (all on rank 0 only)."""
     cfg.validate()
     rank, world, local = _distributed()
     owns_group = world > 1 and not dist.is_initialized()
@@ -200,7 +200,7 @@ def train(cfg: TrainConfig, on_log: Callable[[dict], None] | None = None,
     new_dir = not run.exists() or not any(run.iterdir())
     marks: dict = {}
     try:
-        return _train(cfg, run, rank, world, device, on_log, on_start, marks)
+        return _train(cfg, run, rank, world, device, on_log, on_start, on_status or (lambda _: None), marks)
     except BaseException:
         # A run that fails while being set up (bad decay map, bad data, ...) leaves nothing behind,
         # so the same --out works again once the cause is fixed. Once training started, files stay.
@@ -212,7 +212,7 @@ def train(cfg: TrainConfig, on_log: Callable[[dict], None] | None = None,
             dist.destroy_process_group()
 
 
-def _open(cfg: TrainConfig, run: Path, rank: int, world: int) -> tuple[TrainConfig, dict | None]:
+def _open(cfg: TrainConfig, run: Path, rank: int, world: int, on_status) -> tuple[TrainConfig, dict | None]:
     """The run's config and checkpoint (None for a fresh run), with its tokenizer and token streams ready."""
     ckpt_path = check_new_or_resumable(run, cfg.resume) if rank == 0 else None
     _barrier(world)
@@ -228,7 +228,8 @@ def _open(cfg: TrainConfig, run: Path, rank: int, world: int) -> tuple[TrainConf
             raise RunError(f"{run}: cannot resume without {' and '.join(missing)} (the run directory is incomplete)")
     if rank == 0:
         run.mkdir(parents=True, exist_ok=True)
-        datamod.prepare(run, cfg.data, cfg.vocab_size, cfg.tokenizer, cfg.val_data)
+        datamod.prepare(run, cfg.data, cfg.vocab_size, cfg.tokenizer, cfg.val_data, on_status)
+        on_status("building the model")
     _barrier(world)
     return cfg, state
 
@@ -265,10 +266,10 @@ def _split(cfg: TrainConfig, world: int) -> tuple[int, int]:
     return micro, cfg.batch_size // (micro * world)
 
 
-def _train(cfg: TrainConfig, run: Path, rank: int, world: int, device: torch.device, on_log, on_start,
+def _train(cfg: TrainConfig, run: Path, rank: int, world: int, device: torch.device, on_log, on_start, on_status,
            marks: dict) -> dict:
     _split(cfg, world)  # before anything is written
-    cfg, state = _open(cfg, run, rank, world)
+    cfg, state = _open(cfg, run, rank, world, on_status)
     micro, accum = _split(cfg, world)
     tokens = datamod.load_tokens(run, cfg.val_fraction, cfg.seq_len)
     vocab = datamod.Tokenizer.from_file(str(run / "tokenizer.json")).get_vocab_size()
