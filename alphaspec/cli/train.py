@@ -130,7 +130,7 @@ def train(
 ) -> None:
     """Pretrain a LLaMA with uniform, AlphaDecay, AWD, AdaDecay or learnable-multiplier weight decay."""
     from ..decay import DecayMapError
-    from ..esd import DeviceError
+    from ..esd import DeviceError, resolve_device
     from ..train import ConfigError, DataError, RunError, TrainConfig
     from ..train import train as run_training
     # typer may vendor click: compare the parameter source by name
@@ -154,6 +154,8 @@ def train(
     columns = [TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
     try:
+        cfg.validate()  # bad options fail before the progress bar appears
+        resolve_device(cfg.device)
         with Progress(*columns, console=err, disable=quiet) as bar:
             task = bar.add_task("train", total=steps, status="starting")
 

@@ -192,7 +192,9 @@ def train(cfg: TrainConfig, on_log: Callable[[dict], None] | None = None,
     owns_group = world > 1 and not dist.is_initialized()
     if owns_group:
         dist.init_process_group("nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo")
-    device = resolve_device(f"cuda:{local}" if world > 1 and cfg.device == "auto" and torch.cuda.is_available() else cfg.device)
+    # under torchrun each rank takes the GPU of its local rank, unless a device index was given
+    one_gpu_each = world > 1 and cfg.device in ("auto", "cuda") and torch.cuda.is_available()
+    device = resolve_device(f"cuda:{local}" if one_gpu_each else cfg.device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
