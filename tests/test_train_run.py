@@ -157,6 +157,10 @@ def test_static_decay_map_is_applied_and_a_foreign_map_refused(tmp_path, text):
     assert groups["untuned"] == dmap.default_weight_decay
     logged = {r["name"]: (float(r["metric"]), float(r["weight_decay"])) for r in rows(tmp_path / "static" / "decay.csv")}
     assert logged == {m["name"]: (pytest.approx(m["alpha"]), m["weight_decay"]) for m in dmap.modules}
+    (tmp_path / "wd.json").unlink()  # the run kept its own copy
+    assert (tmp_path / "static" / "decay-map.json").is_file()
+    run(tmp_path, text, name="static", steps=6, decay_map=str(tmp_path / "wd.json"), strategy="alphadecay", resume=True)
+    assert int(rows(tmp_path / "static" / "metrics.csv")[-1]["step"]) == 6
 
     runner = CliRunner()
     foreign = tmp_path / "foreign.json"

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from .. import __version__
 from ..analysis import analyze_tensors, records
-from ..decay import ASSIGN, PRESERVE, is_tuned_candidate
+from ..decay import ASSIGN, PRESERVE, DecayMap, is_tuned_candidate
 from ..decay import METRICS as DECAY_METRICS
 from ..esd import resolve_device
 from ..fit import ESTIMATORS
@@ -31,6 +31,7 @@ from .model import LRM_MODES, PRESETS, Llama, ModelConfig, count_params, hf_tens
 from .rundir import (
     ALPHAS,
     DECAYS,
+    MAP_COPY,
     METRICS,
     CsvLog,
     RunError,
@@ -230,6 +231,8 @@ def _open(cfg: TrainConfig, run: Path, rank: int, world: int, on_status) -> tupl
             raise RunError(f"{run}: cannot resume without {' and '.join(missing)} (the run directory is incomplete)")
     if rank == 0:
         run.mkdir(parents=True, exist_ok=True)
+        if cfg.decay_map and not (run / MAP_COPY).exists():  # the run keeps its own copy: resumable without it
+            DecayMap.load(cfg.decay_map).save(run / MAP_COPY)
         datamod.prepare(run, cfg.data, cfg.vocab_size, cfg.tokenizer, cfg.val_data, on_status)
         on_status("building the model")
     _barrier(world)

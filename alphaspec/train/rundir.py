@@ -17,6 +17,7 @@ DECAYS = ["step", "name", "module", "layer", "metric", "weight_decay"]
 ALPHAS = ["step", "name", "module", "layer", "rows", "cols", "alpha", "xmin", "ks_d", "n_tail", "spectral_norm", "stable_rank",
           "log_norm", "entropy"]
 CKPT = re.compile(r"step_(\d+)\.pt$")
+MAP_COPY = "decay-map.json"  # a static AlphaDecay map, as the run used it (resumable without the original)
 
 
 class RunError(ValueError):

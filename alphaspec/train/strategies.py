@@ -7,6 +7,7 @@ optimizer step, and reports every decay it sets (the rows of RUN/decay.csv).
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 
@@ -15,6 +16,7 @@ from ..hook import AlphaDecay, split_param_groups
 from ..modules import layer_index, module_type
 from .model import is_multiplier
 from .parallel import global_norm
+from .rundir import MAP_COPY
 
 STRATEGIES = ("uniform", "alphadecay", "awd", "adadecay", "lrm")
 
@@ -94,7 +96,8 @@ class StaticMap(Strategy):
     name = "alphadecay"
 
     def param_groups(self, model: torch.nn.Module) -> list[dict]:
-        dmap = DecayMap.load(self.cfg.decay_map)
+        copy = Path(self.cfg.out) / MAP_COPY  # the run's own copy (written when it started)
+        dmap = DecayMap.load(copy if copy.is_file() else self.cfg.decay_map)
         self.w = dmap.weight_decay
         params = dict(model.named_parameters())
         matrices = {n: p for n, p in params.items() if not is_multiplier(n)}
