@@ -50,6 +50,12 @@ def load_run(path: str | Path) -> Run:
     return Run(path, info.get("config", {}), info, metrics, decays, sizes)
 
 
+def evaluations(run: Run) -> pd.DataFrame:
+    """The metrics rows that carry an evaluation (eval_loss, eval_ppl)."""
+    m = run.metrics
+    return m.dropna(subset=["eval_loss"]) if "eval_loss" in m else m.iloc[0:0]
+
+
 def decay_series(run: Run) -> pd.Series:
     """Parameter-weighted mean decay of the tuned matrices in force at each step 1..last.
 
@@ -95,16 +101,17 @@ def compare(paths: list[str | Path], baseline: str | None = None) -> Comparison:
 def tabulate(runs: list[Run]) -> pd.DataFrame:
     """One row per run: label, strategy, seed, steps, tokens, final loss, final/best eval loss and ppl,
     applied decay (and its ratio to the base w), median tokens/s."""
-    varying = _varying([r.config for r in runs])
+    from .train.loop import TrainConfig
+
+    varying, defaults = _varying([r.config for r in runs]), asdict(TrainConfig())
     out = []
     for r in runs:
-        m = r.metrics
-        ev = m.dropna(subset=["eval_loss"]) if "eval_loss" in m else m.iloc[0:0]
+        m, ev = r.metrics, evaluations(r)
         last = m.iloc[-1]
         w = float(r.config.get("weight_decay", math.nan))
         applied = applied_decay(r)
         out.append({
-            "run": str(r.path), "label": _label(r.config, varying), "strategy": r.config.get("strategy", "?"),
+            "run": str(r.path), "label": _label(r.config, varying, defaults), "strategy": r.config.get("strategy", "?"),
             "seed": r.config.get("seed"), "steps": int(last["step"]), "tokens": int(last["tokens"]),
             "loss": float(last["loss"]),
             "eval_loss": float(ev["eval_loss"].iloc[-1]) if len(ev) else math.nan,
@@ -190,11 +197,8 @@ def _varying(configs: list[dict]) -> list[str]:
     return [k for k in keys if len({json.dumps(r.get(k), sort_keys=True) for r in rel if k in r}) > 1]
 
 
-def _label(config: dict, varying: list[str]) -> str:
+def _label(config: dict, varying: list[str], defaults: dict) -> str:
     """The strategy, plus the settings that vary between the compared runs where they are not the default."""
-    from .train.loop import TrainConfig
-
-    defaults = asdict(TrainConfig())
     rel = relevant(config)
     extra = [f"{k}={_short(rel[k])}" for k in varying if k in rel and _short(rel[k]) != _short(defaults.get(k))]
     return " ".join([str(config.get("strategy", "?")), *extra])

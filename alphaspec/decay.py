@@ -18,6 +18,7 @@ import torch
 
 from . import __version__
 from .modules import BLOCK_MODULES, FUSED_MODULES, layer_index, module_type
+from .output import atomic_write
 
 SCHEMA = "alphaspec.decay-map/1"
 ASSIGN = ("linear", "sqrt", "log2", "sigmoid")
@@ -119,10 +120,8 @@ class DecayMap:
         return {k: (list(d[k]) if k == "ratio" else d[k]) for k in order}
 
     def save(self, path: str | Path) -> None:
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=1, allow_nan=False) + "\n")
-        tmp.replace(path)
+        text = json.dumps(self.to_json(), indent=1, allow_nan=False) + "\n"
+        atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text))
 
     @classmethod
     def load(cls, path: str | Path) -> DecayMap:

@@ -31,7 +31,7 @@ def _dist() -> tuple[int, int]:
     return 0, 1
 
 
-def _full(p: torch.Tensor) -> torch.Tensor:
+def full_tensor(p: torch.Tensor) -> torch.Tensor:
     """The whole matrix of a parameter, gathering FSDP2/DTensor shards (a collective: every rank calls it)."""
     return p.full_tensor() if hasattr(p, "full_tensor") else p
 
@@ -190,7 +190,7 @@ class AlphaDecay:
         """The owned matrices as they are now: views when solved in line, copies when solved alongside training."""
         snap = {}
         for name in sorted(self.tuned):
-            full = _full(self.tuned[name].detach())
+            full = full_tensor(self.tuned[name].detach())
             if name not in self.owned:
                 continue
             if self._stream is not None:

@@ -6,11 +6,13 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from .analysis import Analysis
+if TYPE_CHECKING:
+    from .analysis import Analysis
 
 TABLE_SUFFIXES = (".csv", ".json", ".parquet")
 
@@ -35,11 +37,13 @@ def _json_default(obj):
     raise TypeError(f"cannot serialise {type(obj).__name__}")
 
 
-def _atomic(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
+    """Call write(tmp) on a temporary file beside `path`, then rename it over `path`: never half a file."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; the result is an ordinary file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -48,26 +52,24 @@ def _atomic(path: Path, write) -> None:
 
 def write_results(result: Analysis, path: Path) -> None:
     """Write the table in the format its suffix names; a crash never leaves a half-written file."""
+    if path.suffix != ".json":
+        write_table(result.table, path)
+        return
     check_output(path)
-    if path.suffix == ".csv":
-        _atomic(path, lambda tmp: result.table.to_csv(tmp, index=False))
-    elif path.suffix == ".parquet":
-        _atomic(path, lambda tmp: result.table.to_parquet(tmp, index=False))
-    else:
-        text = json.dumps(result.to_json(), indent=1, allow_nan=False, default=_json_default)
-        _atomic(path, lambda tmp: Path(tmp).write_text(text + "\n"))
+    text = json.dumps(result.to_json(), indent=1, allow_nan=False, default=_json_default)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text + "\n"))
 
 
 def write_table(table: pd.DataFrame, path: Path) -> None:
     """Any DataFrame as CSV, JSON (a list of records) or Parquet by suffix, atomically."""
     check_output(path)
     if path.suffix == ".csv":
-        _atomic(path, lambda tmp: table.to_csv(tmp, index=False))
+        atomic_write(path, lambda tmp: table.to_csv(tmp, index=False))
     elif path.suffix == ".parquet":
-        _atomic(path, lambda tmp: table.to_parquet(tmp, index=False))
+        atomic_write(path, lambda tmp: table.to_parquet(tmp, index=False))
     else:
         text = json.dumps(json.loads(table.to_json(orient="records")), indent=1)
-        _atomic(path, lambda tmp: Path(tmp).write_text(text + "\n"))
+        atomic_write(path, lambda tmp: Path(tmp).write_text(text + "\n"))
 
 
 def write_spectra(result: Analysis, path: Path) -> None:
@@ -76,7 +78,7 @@ def write_spectra(result: Analysis, path: Path) -> None:
         with open(tmp, "wb") as f:
             np.savez_compressed(f, **result.spectra)
 
-    _atomic(path, save)
+    atomic_write(path, save)
 
 
 def read_results(path: Path) -> pd.DataFrame:

@@ -19,7 +19,7 @@ def compare_figure(comparison) -> Figure:
 
     One colour per label (strategy and the settings that differ); seeds of a label share it.
     """
-    from .compare import decay_series
+    from .compare import decay_series, evaluations
 
     table, summary = comparison.table, comparison.summary
     baseline = summary.attrs["baseline"]
@@ -27,27 +27,24 @@ def compare_figure(comparison) -> Figure:
     colour = {lab: OKABE_ITO[i % len(OKABE_ITO)] for i, lab in enumerate(labels)}
     fig = Figure(figsize=(12, 8), layout="constrained")
     (ax_loss, ax_eval), (ax_delta, ax_decay) = fig.subplots(2, 2)
-    evals: dict[str, list[pd.Series]] = {}
-    for run, row in zip(comparison.runs, table.itertuples(), strict=True):
+    curves = [evaluations(run).set_index("tokens")["eval_loss"] for run in comparison.runs]  # eval loss by tokens
+    seen: set[str] = set()
+    for run, row, curve in zip(comparison.runs, table.itertuples(), curves, strict=True):
         m, c = run.metrics, colour[row.label]
         ax_loss.plot(m["tokens"], m["loss"], color=c, lw=1.0, alpha=0.8)
-        ev = m.dropna(subset=["eval_loss"]) if "eval_loss" in m else m.iloc[0:0]
-        first = row.label not in evals
-        ax_eval.plot(ev["tokens"], ev["eval_loss"], color=c, lw=1.0, marker="o", ms=2.5, alpha=0.9,
-                     label=row.label if first else None)
-        evals.setdefault(row.label, []).append(ev.set_index("tokens")["eval_loss"])
+        ax_eval.plot(curve.index, curve.to_numpy(), color=c, lw=1.0, marker="o", ms=2.5, alpha=0.9,
+                     label=None if row.label in seen else row.label)
+        seen.add(row.label)
         series = decay_series(run)
         if len(series) and row.weight_decay:
             ax_decay.plot(series.index, series.to_numpy() / row.weight_decay, color=c, lw=1.2, drawstyle="steps-post")
-    seeds = dict(zip(table["run"], table["seed"], strict=True))
-    base_by_seed = {seeds[r.run]: s for r, s in zip(table.itertuples(), _series(comparison), strict=True)
-                    if r.label == baseline}
-    base = pd.concat(evals[baseline], axis=1).mean(axis=1)
+    of_label = {lab: [(r.seed, c) for r, c in zip(table.itertuples(), curves, strict=True) if r.label == lab]
+                for lab in labels}
+    base_by_seed = dict(of_label[baseline])
+    base = pd.concat([c for _, c in of_label[baseline]], axis=1).mean(axis=1)
     for label in labels:
         # paired with the baseline run of the same seed where there is one (seeds fix init and data)
-        runs = pd.concat([s - base_by_seed.get(seeds[r.run], base) for r, s in zip(table.itertuples(), _series(comparison),
-                                                                                  strict=True) if r.label == label],
-                         axis=1).dropna()
+        runs = pd.concat([c - base_by_seed.get(seed, base) for seed, c in of_label[label]], axis=1).dropna()
         ax_delta.plot(runs.index, runs.mean(axis=1), color=colour[label], lw=1.5, marker="o", ms=3, label=label)
         if runs.shape[1] > 1:
             ax_delta.fill_between(runs.index, runs.min(axis=1), runs.max(axis=1), color=colour[label], alpha=0.15, lw=0)
@@ -101,12 +98,3 @@ def alphas_figure(alphas: pd.DataFrame, estimator: str = "median") -> Figure:
 
 
 
-
-def _series(comparison) -> list[pd.Series]:
-    """Each run's eval loss indexed by tokens."""
-    out = []
-    for run in comparison.runs:
-        m = run.metrics
-        ev = m.dropna(subset=["eval_loss"]) if "eval_loss" in m else m.iloc[0:0]
-        out.append(ev.set_index("tokens")["eval_loss"])
-    return out

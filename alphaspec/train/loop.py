@@ -25,6 +25,7 @@ from ..decay import ASSIGN, PRESERVE, DecayMap, is_tuned_candidate
 from ..decay import METRICS as DECAY_METRICS
 from ..esd import resolve_device
 from ..fit import ESTIMATORS
+from ..hook import full_tensor
 from . import data as datamod
 from . import parallel
 from .model import LRM_MODES, PRESETS, Llama, ModelConfig, count_params, hf_tensors
@@ -281,6 +282,7 @@ def _train(cfg: TrainConfig, run: Path, rank: int, world: int, device: torch.dev
     mcfg = ModelConfig(vocab_size=vocab, max_position_embeddings=cfg.seq_len, **PRESETS[cfg.model])
     model, net, strategy, optimizer, scheduler = _build(cfg, mcfg, state, device, world)
     start = state["step"] if state else 0
+    resume_at = start if state else None  # CSV rows past it are dropped
     fwd = torch.compile(net) if cfg.compile else net
     bf16 = _bf16(cfg, device)
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else nullcontext
@@ -289,15 +291,15 @@ def _train(cfg: TrainConfig, run: Path, rank: int, world: int, device: torch.dev
     weights = hf_tensors(parallel.model_state(model), mcfg.tie_word_embeddings)
     first_alphas = spectra_rows(model, 0, cfg.estimator, rank) if not state and analyze_every else []
     if rank == 0:
-        info = _run_info(cfg, run, device, world, count_params(model), micro, accum, bf16, start if state else None)
+        info = _run_info(cfg, run, device, world, count_params(model), micro, accum, bf16, resume_at)
         write_json(run / "run.json", info)
         if on_start:
             on_start({**info, "config": asdict(cfg), "start_step": start})  # the settings in force now
         save_weights(run, weights, mcfg.hf_config())
-        metrics = CsvLog(run / "metrics.csv", METRICS, start if state else None)
-        decays = CsvLog(run / "decay.csv", DECAYS, start if state else None)
+        metrics = CsvLog(run / "metrics.csv", METRICS, resume_at)
+        decays = CsvLog(run / "decay.csv", DECAYS, resume_at)
         decays.write(strategy.decay_rows())
-        alphas = CsvLog(run / "alphas.csv", ALPHAS, start if state else None)
+        alphas = CsvLog(run / "alphas.csv", ALPHAS, resume_at)
         alphas.write(first_alphas)
     clip = clip_parameters(model)
     loss_sum, n_loss, t_last, last = torch.zeros((), device=device), 0, time.perf_counter(), {}
@@ -311,7 +313,7 @@ def _train(cfg: TrainConfig, run: Path, rank: int, world: int, device: torch.dev
                 (loss / accum).backward()
             loss_sum += loss.detach()
             n_loss += 1
-        grad_norm = parallel.full(torch.nn.utils.clip_grad_norm_(clip, cfg.grad_clip if cfg.grad_clip > 0 else math.inf))
+        grad_norm = full_tensor(torch.nn.utils.clip_grad_norm_(clip, cfg.grad_clip if cfg.grad_clip > 0 else math.inf))
         strategy.before_step(step, net, optimizer, grad_norm)
         optimizer.step()
         scheduler.step()
@@ -358,7 +360,7 @@ def spectra_rows(model: torch.nn.Module, step: int, estimator: str, rank: int = 
 
     Every rank calls it: FSDP2 shards are gathered first.
     """
-    tuned = {n: parallel.full(p.detach()) for n, p in model.named_parameters() if is_tuned_candidate(n, p)}
+    tuned = {n: full_tensor(p.detach()) for n, p in model.named_parameters() if is_tuned_candidate(n, p)}
     if rank:
         return []
     table = analyze_tensors(tuned, estimator)

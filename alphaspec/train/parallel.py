@@ -1,7 +1,7 @@
 """Data parallelism for the trainer: DDP or FSDP2 under torchrun, and the few collectives the loop needs.
 
 With FSDP2 the parameters are DTensor shards; everything that needs whole tensors (checkpoints,
-saved weights, spectra, norms) goes through the functions here, which every rank must call.
+saved weights, norms here; single tensors through hook.full_tensor) is a collective every rank calls.
 """
 
 from __future__ import annotations
@@ -42,11 +42,6 @@ def sync_gradients(net: nn.Module, last_micro_batch: bool):
     if hasattr(net, "set_requires_gradient_sync"):  # FSDP2
         net.set_requires_gradient_sync(last_micro_batch)
     return nullcontext()
-
-
-def full(t: torch.Tensor) -> torch.Tensor:
-    """The whole tensor of a DTensor shard (a collective), or the tensor itself."""
-    return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
 def global_norm(tensors: list[torch.Tensor]) -> torch.Tensor:

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
+
+from ..output import atomic_write
 
 METRICS = ["step", "tokens", "loss", "lr", "grad_norm", "tokens_per_s", "eval_loss", "eval_ppl"]
 DECAYS = ["step", "name", "module", "layer", "metric", "weight_decay"]
@@ -24,14 +25,9 @@ class RunError(ValueError):
     """The run directory cannot be used as asked (exists without --resume, nothing to resume, ...)."""
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def write_json(path: Path, doc: dict) -> None:
-    _atomic_write(path, (json.dumps(doc, indent=1, default=str) + "\n").encode())
+    text = json.dumps(doc, indent=1, default=str) + "\n"
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def check_new_or_resumable(run: Path, resume: bool) -> Path | None:
@@ -56,9 +52,7 @@ def save_checkpoint(run: Path, step: int, state: dict, keep: int) -> Path:
     d = run / "checkpoints"
     d.mkdir(parents=True, exist_ok=True)
     path = d / f"step_{step:07d}.pt"
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
     old = sorted((int(m.group(1)), p) for p in d.glob("step_*.pt") if (m := CKPT.search(p.name)))
     for _, p in old[:-keep] if keep > 0 else []:
         p.unlink()
@@ -67,10 +61,7 @@ def save_checkpoint(run: Path, step: int, state: dict, keep: int) -> Path:
 
 def save_weights(run: Path, tensors: dict[str, torch.Tensor], hf_config: dict) -> None:
     """model.safetensors (HF LlamaForCausalLM names) and config.json, each replaced atomically."""
-    tmp = run / ".model.safetensors.tmp"
-    save_file(tensors, str(tmp), metadata={"format": "pt"})
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, run / "model.safetensors")
+    atomic_write(run / "model.safetensors", lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
     write_json(run / "config.json", hf_config)
 
 
@@ -79,22 +70,22 @@ class CsvLog:
 
     def __init__(self, path: Path, columns: list[str], resume_step: int | None = None):
         self.path, self.columns = path, columns
+        kept = []
         if resume_step is not None and path.exists():
             with path.open(newline="") as f:
                 kept = [r for r in csv.DictReader(f) if r.get("step") and int(float(r["step"])) <= resume_step]
-            self._rewrite(kept)
-        elif not path.exists() or resume_step is None:
-            self._rewrite([])
+        self._rewrite(kept)
         self._file = path.open("a", newline="")
         self._writer = csv.DictWriter(self._file, columns, extrasaction="ignore")
 
     def _rewrite(self, rows: list[dict]) -> None:
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        with tmp.open("w", newline="") as f:
-            w = csv.DictWriter(f, self.columns, extrasaction="ignore")
-            w.writeheader()
-            w.writerows(rows)
-        os.replace(tmp, self.path)
+        def write(tmp: str) -> None:
+            with open(tmp, "w", newline="") as f:
+                w = csv.DictWriter(f, self.columns, extrasaction="ignore")
+                w.writeheader()
+                w.writerows(rows)
+
+        atomic_write(self.path, write)
 
     def write(self, rows: list[dict]) -> None:
         if rows:

@@ -24,8 +24,6 @@ STRATEGIES = ("uniform", "alphadecay", "awd", "adadecay", "lrm")
 class Strategy:
     """Uniform decay: every tuned matrix gets `weight_decay`; the rest follow the default policy."""
 
-    name = "uniform"
-
     def __init__(self, cfg):
         self.cfg = cfg
         self.w = float(cfg.weight_decay)
@@ -93,8 +91,6 @@ class Strategy:
 class StaticMap(Strategy):
     """AlphaDecay from a decay-map file (`alphaspec decay-map`): fixed decays, names checked against the model."""
 
-    name = "alphadecay"
-
     def param_groups(self, model: torch.nn.Module) -> list[dict]:
         copy = Path(self.cfg.out) / MAP_COPY  # the run's own copy (written when it started)
         dmap = DecayMap.load(copy if copy.is_file() else self.cfg.decay_map)
@@ -110,8 +106,6 @@ class StaticMap(Strategy):
 
 class Refreshed(Strategy):
     """AlphaDecay recomputed from the live weights every `gap` steps (the library's AlphaDecay hook)."""
-
-    name = "alphadecay"
 
     def setup(self, model, optimizer, scheduler) -> None:
         c = self.cfg
@@ -146,8 +140,6 @@ class Refreshed(Strategy):
 class AWD(Strategy):
     """Adaptive weight decay (Ghiasi et al. 2023): λ_t = λ·‖∇θ‖/‖θ‖, smoothed λ̄ ← 0.1·λ̄ + 0.9·λ_t, for every decayed group."""
 
-    name = "awd"
-
     def setup(self, model, optimizer, scheduler) -> None:
         self._rows = []  # one row per step, name "*": the decay every decayed group gets
         self.groups = [g for g in optimizer.param_groups if g["weight_decay"] > 0 and g.get("name") != "multipliers"]
@@ -173,8 +165,6 @@ class AWD(Strategy):
 class AdaDecay(Strategy):
     """AdaDecay (Nakamura & Hong 2019) as the paper's baseline: per-module decays from gradient norms
     ‖∇W_i‖_F at every `gap`-th step, assigned with the per-block sigmoid (MATH.md §3, §5)."""
-
-    name = "adadecay"
 
     def setup(self, model, optimizer, scheduler) -> None:
         model = getattr(model, "module", model)
