@@ -29,6 +29,7 @@ from .modules import MODULE_TYPES, MatrixSpec, Skipped, plan
 COLUMNS = ["name", "layer", "module", "rows", "cols", "n_eigs", "n_zero", "estimator", "alpha", "xmin",
            "ks_d", "n_tail", "lambda_max", "spectral_norm", "frobenius_norm", "stable_rank",
            "log_spectral_norm", "log_norm", "alpha_weighted", "entropy", "status", "expert", "tensor", "dtype"]
+NATIVE_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 PREFETCH = 4  # matrices read ahead of the solver
 CUDA_BATCH_BYTES = 1 << 30  # float64 bytes of same-shape matrices solved together on a GPU
 
@@ -160,6 +161,8 @@ def solve_batch(batch: list[tuple[MatrixSpec, torch.Tensor]], dev: torch.device,
             if m.is_cuda:  # staged on the reader's stream: keep the allocator from reusing it too early
                 m.record_stream(torch.cuda.current_stream(dev))
     w = torch.stack([m.to(dev, non_blocking=True) for _, m in batch])
+    if w.dtype not in NATIVE_FLOATS:  # float8 and other narrow floats lack isfinite/indexing: promote (exact)
+        w = w.float()
     ok = finite_rows(w)
     if not bool(ok.all()):
         w[~ok] = 0

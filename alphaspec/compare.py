@@ -15,8 +15,10 @@ import numpy as np
 import pandas as pd
 from safetensors import safe_open
 
+from .errors import AlphaspecError
 
-class RunDirError(ValueError):
+
+class RunDirError(AlphaspecError, ValueError):
     """A path that is not a readable alphaspec training run."""
 
 

@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 
 from . import __version__
+from .errors import AlphaspecError, check_input_file, os_reason
 from .modules import BLOCK_MODULES, FUSED_MODULES, layer_index, module_type
 from .output import atomic_write
 
@@ -29,7 +30,7 @@ POLICIES = ("all", "matrices", "value")
 DEFAULT_RATIO = (0.67, 3.0)
 
 
-class DecayMapError(ValueError):
+class DecayMapError(AlphaspecError, ValueError):
     """A decay map that cannot be made, read or applied; the message says why in one line."""
 
 
@@ -53,11 +54,11 @@ def assign_decays(metric: Sequence[float], weight_decay: float, *, ratio: Sequen
         raise DecayMapError(f"unknown assignment {assign!r}; choose one of {', '.join(ASSIGN)}")
     if preserve_mean not in PRESERVE:
         raise DecayMapError(f"unknown preserve_mean {preserve_mean!r}; choose one of {', '.join(PRESERVE)}")
-    if w < 0:
-        raise DecayMapError(f"weight decay must be >= 0, got {w}")
+    if not math.isfinite(w) or w < 0:
+        raise DecayMapError(f"weight decay must be a finite number >= 0, got {w}")
     if assign == "linear":
         s1, s2 = (float(r) for r in ratio)
-        if not 0 <= s1 < s2:
+        if not (math.isfinite(s1) and math.isfinite(s2) and 0 <= s1 < s2):
             raise DecayMapError(f"ratio must satisfy 0 <= s1 < s2, got ({s1}, {s2})")
         span = a.max() - a.min()
         wd = np.full_like(a, w) if span == 0 else w * (s1 + (s2 - s1) * (a - a.min()) / span)
@@ -127,32 +128,49 @@ class DecayMap:
     def load(cls, path: str | Path) -> DecayMap:
         """Read and validate a map file; anything wrong raises DecayMapError with one line."""
         try:
-            doc = json.loads(Path(path).read_text())
+            check_input_file(path, "decay map")
+            doc = json.loads(Path(path).read_text(encoding="utf-8"))
+        except AlphaspecError as e:
+            raise DecayMapError(str(e)) from e
         except OSError as e:
-            raise DecayMapError(f"{path}: cannot read ({e.strerror or e})") from e
-        except ValueError as e:
+            raise DecayMapError(f"{path}: cannot read ({os_reason(e)})") from e
+        except ValueError as e:  # bad JSON or bad UTF-8
             raise DecayMapError(f"{path}: not valid JSON ({e})") from e
         return cls.from_json(doc, str(path))
 
     @classmethod
     def from_json(cls, doc: dict, where: str = "decay map") -> DecayMap:
+        """Validate a parsed map: every decay a finite number >= 0, names unique, the ratio two numbers."""
         if not isinstance(doc, dict) or "schema" not in doc:
             raise DecayMapError(f"{where}: not an alphaspec decay map (no 'schema' field)")
         if doc["schema"] != SCHEMA:
             raise DecayMapError(f"{where}: unsupported schema {doc['schema']!r}; this alphaspec reads {SCHEMA!r}")
         try:
-            mods = [{**m, "name": str(m["name"]), "weight_decay": float(m["weight_decay"])} for m in doc["modules"]]
-            dmap = cls(modules=mods, weight_decay=float(doc["weight_decay"]), ratio=tuple(doc.get("ratio", DEFAULT_RATIO)),
-                       assign=doc.get("assign", "linear"), estimator=doc.get("estimator", "median"),
-                       metric=doc.get("metric", "alpha"), preserve_mean=doc.get("preserve_mean", "none"),
-                       default_policy=doc.get("default_policy", "all"),
-                       default_weight_decay=float(doc.get("default_weight_decay", doc["weight_decay"])),
+            if not isinstance(doc["modules"], list) or not all(isinstance(m, dict) for m in doc["modules"]):
+                raise TypeError("'modules' must be a list of objects")
+            mods = [{**m, "name": _text(m["name"], "name"), "weight_decay": _decay(m["weight_decay"], m["name"])}
+                    for m in doc["modules"]]
+            ratio = doc.get("ratio", DEFAULT_RATIO)
+            if not isinstance(ratio, list | tuple) or len(ratio) != 2:
+                raise TypeError("'ratio' must be two numbers")
+            dmap = cls(modules=mods, weight_decay=_decay(doc["weight_decay"], "weight_decay"),
+                       ratio=(_number(ratio[0], "ratio"), _number(ratio[1], "ratio")),
+                       assign=_text(doc.get("assign", "linear"), "assign"),
+                       estimator=_text(doc.get("estimator", "median"), "estimator"),
+                       metric=_text(doc.get("metric", "alpha"), "metric"),
+                       preserve_mean=_text(doc.get("preserve_mean", "none"), "preserve_mean"),
+                       default_policy=_text(doc.get("default_policy", "all"), "default_policy"),
+                       default_weight_decay=_decay(doc.get("default_weight_decay", doc["weight_decay"]),
+                                                   "default_weight_decay"),
                        source=str(doc.get("source", "")), alphaspec=str(doc.get("alphaspec", "")))
-        except (KeyError, TypeError, ValueError) as e:
-            raise DecayMapError(f"{where}: malformed decay map ({type(e).__name__}: {e})") from e
-        bad = [m["name"] for m in mods if not math.isfinite(m["weight_decay"]) or m["weight_decay"] < 0]
-        if bad:
-            raise DecayMapError(f"{where}: invalid weight_decay for {', '.join(bad[:5])}")
+        except KeyError as e:
+            raise DecayMapError(f"{where}: malformed decay map (missing field {e})") from e
+        except (TypeError, ValueError) as e:
+            raise DecayMapError(f"{where}: malformed decay map ({e})") from e
+        names = [m["name"] for m in mods]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise DecayMapError(f"{where}: names listed more than once: {', '.join(repeated[:5])}")
         if dmap.default_policy not in POLICIES:
             raise DecayMapError(f"{where}: unknown default_policy {dmap.default_policy!r}")
         return dmap
@@ -178,6 +196,26 @@ class DecayMap:
         if no_decay:
             groups.append({"params": no_decay, "weight_decay": 0.0, "name": "no_decay", **optimizer_kwargs})
         return groups
+
+
+def _number(value, field: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{field} must be a number, not {json.dumps(value)}")
+    return float(value)
+
+
+def _decay(value, field: str) -> float:
+    """A weight decay read from a map: a finite number >= 0 (NaN, infinities and negatives are refused)."""
+    number = _number(value, f"weight decay of {field}")
+    if not math.isfinite(number) or number < 0:
+        raise ValueError(f"weight decay of {field} is {value!r}; it must be a finite number >= 0")
+    return number
+
+
+def _text(value, field: str) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{field} must be a string, not {json.dumps(value)}")
+    return value
 
 
 def is_no_decay(name: str, p: torch.Tensor) -> bool:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import torch
 
+from .errors import AlphaspecError
+
 EPS_ZERO = 1e-12  # eigenvalues <= EPS_ZERO * lambda_max count as zero
 TRIANGLE_MIN = 512  # CPU Gram matrices from this size on are formed as their lower triangle only
 TRIANGLE_BLOCKS = 4
 
 
-class DeviceError(ValueError):
+class DeviceError(AlphaspecError, ValueError):
     """The requested device does not exist on this machine."""
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .checkpoint import TensorInfo
+from .checkpoint import SourceError, TensorInfo
 
 BLOCK_MODULES = ("att.q", "att.k", "att.v", "att.o", "mlp.gate", "mlp.up", "mlp.down")
 FUSED_MODULES = ("att.qkv", "mlp.gate_up")
@@ -90,18 +90,31 @@ def layer_index(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def config_int(config: dict, *keys: str) -> int | None:
+    """The first of `keys` that config.json sets, as a positive integer; a value of another kind is an error."""
+    key = next((k for k in keys if config.get(k) is not None), None)
+    if key is None:
+        return None
+    value = config[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise SourceError(f"config.json: {key} is {value!r}, not a positive integer")
+    return value
+
+
 def _heads(config: dict) -> tuple[int, int, int] | None:
     """(query heads, key/value heads, head dim) from a HF config, or None when it does not say."""
-    nh = next((config[k] for k in ("num_attention_heads", "n_head", "num_heads") if config.get(k)), None)
-    hidden = next((config[k] for k in ("hidden_size", "n_embd", "d_model") if config.get(k)), None)
+    nh = config_int(config, "num_attention_heads", "n_head", "num_heads")
+    hidden = config_int(config, "hidden_size", "n_embd", "d_model")
     if not nh or not hidden:
         return None
-    nkv = next((config[k] for k in ("num_key_value_heads", "num_kv_heads", "n_head_kv") if config.get(k)), None)
+    nkv = config_int(config, "num_key_value_heads", "num_kv_heads", "n_head_kv")
     if config.get("model_type") == "falcon" and not config.get("new_decoder_architecture"):
         nkv = None  # num_kv_heads only applies to the new architecture; older Falcon has 1 (multi-query) or nh
     if nkv is None:
         nkv = 1 if config.get("multi_query") else nh
-    return nh, nkv, config.get("head_dim") or hidden // nh
+    if nh % nkv:
+        raise SourceError(f"config.json: {nh} attention heads are not a multiple of {nkv} key/value heads")
+    return nh, nkv, config_int(config, "head_dim") or hidden // nh
 
 
 _QKV_FAMILIES = {"gpt_neox", "bloom", "falcon", "RefinedWeb", "RefinedWebModel"}  # fused `query_key_value`
@@ -155,6 +168,8 @@ def _uses_conv1d(tensors: Iterable[TensorInfo], config: dict) -> bool:
 def _skip_reason(info: TensorInfo) -> str | None:
     if info.dtype.startswith("non-tensor"):
         return f"not a tensor ({info.dtype.removeprefix('non-tensor ')})"
+    if info.dtype.startswith(("packed", "scale-only")):
+        return f"{info.dtype} dtype (block-quantised data, not a weight matrix; dequantise the checkpoint to analyse it)"
     if not info.is_float:
         return f"non-float dtype {info.dtype}"
     if len(info.shape) == 0:
@@ -211,7 +226,7 @@ def plan(tensors: list[TensorInfo], config: dict | None = None, *, split_fused: 
     includes = [re.compile(p) for p in include]
     excludes = [re.compile(p) for p in exclude]
     conv1d = _uses_conv1d(tensors, config)
-    hidden = next((config[k] for k in ("hidden_size", "n_embd", "d_model") if config.get(k)), None)
+    hidden = config_int(config, "hidden_size", "n_embd", "d_model")
     out = Plan()
     seen: set[str] = set()
     for info in tensors:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import re
+import sys
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
+import typer.core
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -19,12 +22,60 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.text import Text
+from typer.core import TyperGroup
 
 from .. import __version__
+from ..errors import AlphaspecError, describe_os_error
 
 MODEL_KINDS = ("spectra", "alpha-modules", "alpha-depth")  # plots.MODEL_KINDS, without importing matplotlib
 
+# Typer >= 0.26 vendors click as typer._click; earlier versions use click itself.
+click = getattr(typer.core, "_click", None) or typer.core.click
+
+
+class Commands(TyperGroup):
+    """The command group; the one place where errors become an `error:` line and an exit status.
+
+    AlphaspecError (bad input or output): exit 1 (2 for a usage error); an OSError nobody else
+    explained: exit 1 with its path; Typer's usage errors: one line and exit 2, not a framed box.
+    """
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
+        try:
+            rv = super().main(*args, standalone_mode=False, **kwargs)
+            code = rv if isinstance(rv, int) else 0
+        except _NO_ARGS as e:  # a command called bare: its help, as Typer shows it
+            typer.rich_utils.rich_format_help(obj=e.ctx.command, ctx=e.ctx, markup_mode=self.rich_markup_mode)
+            code = 2
+        except click.exceptions.UsageError as e:
+            command = e.ctx.command_path if e.ctx is not None else "alphaspec"
+            code = _error_line(f"{e.format_message()} (see '{command} --help')", 2)
+        except click.exceptions.ClickException as e:
+            code = _error_line(e.format_message(), e.exit_code)
+        except typer.Abort:
+            code = _error_line("aborted", 1)
+        except AlphaspecError as e:
+            code = _error_line(str(e), e.exit_code)
+        except OSError as e:
+            code = _error_line(describe_os_error(e), 1)
+        except KeyboardInterrupt:
+            code = _error_line("interrupted", 130)
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+_NO_ARGS = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
+def _error_line(message: str, code: int) -> int:
+    text = " ".join(str(message).split())  # one line, whatever the message held
+    err.print(Text(f"error: {text}"), style="bold red", soft_wrap=True, highlight=False)
+    return code
+
+
 app = typer.Typer(
+    cls=Commands,
     name="alphaspec",
     help="Heavy-tailed spectral analysis of language-model checkpoints (HT-SR), and AlphaDecay weight decay.",
     no_args_is_help=True,
@@ -44,9 +95,10 @@ class Estimator(str, Enum):
 
 
 def fail(message: str, code: int = 1) -> None:
-    """One `error:` line on stderr and a non-zero exit, never a traceback."""
-    err.print(Text(f"error: {message}"), style="bold red", soft_wrap=True, highlight=False)
-    raise typer.Exit(code)
+    """End the command with one `error:` line on stderr and exit status `code` (see Commands)."""
+    error = AlphaspecError(message)
+    error.exit_code = code
+    raise error
 
 
 def show_version(value: bool) -> None:
@@ -99,6 +151,36 @@ def load(source: str, estimator: str, device: str, quiet: bool, spectra_file: Pa
         return read_results(path), (read_spectra(npz) if npz.is_file() else {})
     except (OSError, ValueError, KeyError) as e:
         fail(f"{source}: not a results file written by alphaspec analyze ({e})")
+
+
+def finite(value):
+    """Typer callback: a float option (or a tuple of them) must be a finite number (not nan, not inf)."""
+    values = value if isinstance(value, tuple) else (value,)
+    bad = [v for v in values if v is not None and not math.isfinite(v)]
+    if bad:
+        raise typer.BadParameter(f"{bad[0]} is not a finite number")
+    return value
+
+
+def ratio_pair(value: tuple[float, float]) -> tuple[float, float]:
+    """Typer callback for --ratio S1 S2: finite, with 0 <= S1 < S2."""
+    s1, s2 = finite(value)
+    if not 0 <= s1 < s2:
+        raise typer.BadParameter(f"{s1:g} {s2:g}: need 0 <= S1 < S2")
+    return value
+
+
+def decay_policy(value: str) -> str:
+    """Typer callback for --default-decay: all, matrices, or a finite number >= 0."""
+    if value in ("all", "matrices"):
+        return value
+    try:
+        number = float(value)
+    except ValueError:
+        raise typer.BadParameter(f"{value!r}: use all, matrices or a number") from None
+    if not math.isfinite(number) or number < 0:
+        raise typer.BadParameter(f"{value!r}: a decay must be a finite number >= 0")
+    return value
 
 
 def regexes(patterns: list[str], option: str) -> list[str]:

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from .common import Estimator, app, fail, load, out, regexes
+from .common import Estimator, app, decay_policy, fail, finite, load, out, ratio_pair, regexes
 
 
 class Assign(str, Enum):
@@ -37,9 +37,10 @@ class Preserve(str, Enum):
 def decay_map(
     source: Annotated[str, typer.Argument(help="A checkpoint (anything `analyze` takes) or a results file.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="The decay map to write (.json).")],
-    weight_decay: Annotated[float, typer.Option("--weight-decay", min=0.0, help="Base decay w (AdamW-style; "
+    weight_decay: Annotated[float, typer.Option("--weight-decay", min=0.0, callback=finite, help="Base decay w (AdamW-style; "
                                                 "Adam with L2 uses ~1e-5 to 1e-6).")] = 0.1,
-    ratio: Annotated[tuple[float, float], typer.Option("--ratio", help="linear: decays span s1*w .. s2*w.")] = (0.67, 3.0),
+    ratio: Annotated[tuple[float, float], typer.Option("--ratio", callback=ratio_pair,
+                                                       help="linear: decays span s1*w .. s2*w.")] = (0.67, 3.0),
     assign: Annotated[Assign, typer.Option("--assign", help="How metric values become decays.")] = Assign.linear,
     estimator: Annotated[Estimator, typer.Option(
         "-e", "--estimator", help="alpha estimator (when analysing).")] = Estimator.median,
@@ -47,7 +48,8 @@ def decay_map(
                                         "stable_rank, log_spectral_norm, log_norm, entropy or lambda_max.")] = "alpha",
     preserve_mean: Annotated[Preserve, typer.Option("--preserve-mean", help="Rescale so the plain (modules) or "
                                                     "parameter-weighted (params) mean decay is w.")] = Preserve.none,
-    default_decay: Annotated[str, typer.Option("--default-decay", help="Untuned parameters: all (w), matrices (w, but "
+    default_decay: Annotated[str, typer.Option("--default-decay", callback=decay_policy,
+                                               help="Untuned parameters: all (w), matrices (w, but "
                                                "0 for 1-D and embeddings) or a number.")] = "all",
     include: Annotated[list[str] | None, typer.Option("--include", help="Tune the tensors matching (regex) instead of "
                                                       "the block matrices.")] = None,

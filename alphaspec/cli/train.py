@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from .common import Estimator, app, err, fail, out
+from .common import Estimator, app, decay_policy, err, fail, finite, out, ratio_pair
 
 MODEL = "Model and data"
 OPTIM = "Optimisation"
@@ -70,17 +70,17 @@ def train(
                                             rich_help_panel=OPTIM)] = 16,
     micro_batch: Annotated[int | None, typer.Option(min=1, help="Sequences per forward pass per GPU (gradient "
                                                     "accumulation makes up the rest).", rich_help_panel=OPTIM)] = None,
-    lr: Annotated[float, typer.Option(min=0.0, help="Peak learning rate (linear warmup, cosine decay).",
+    lr: Annotated[float, typer.Option(callback=finite, min=0.0, help="Peak learning rate (linear warmup, cosine decay).",
                                       rich_help_panel=OPTIM)] = 1e-3,
     warmup_steps: Annotated[int, typer.Option(min=0, rich_help_panel=OPTIM)] = 30,
-    min_lr_ratio: Annotated[float, typer.Option(min=0.0, max=1.0, rich_help_panel=OPTIM)] = 0.1,
+    min_lr_ratio: Annotated[float, typer.Option(callback=finite, min=0.0, max=1.0, rich_help_panel=OPTIM)] = 0.1,
     optimizer: Annotated[str, typer.Option(help="adamw (decoupled decay) or adam (L2 decay, the paper's table).",
                                            rich_help_panel=OPTIM)] = "adamw",
-    grad_clip: Annotated[float, typer.Option(min=0.0, help="Global gradient-norm clip (0: off).",
+    grad_clip: Annotated[float, typer.Option(callback=finite, min=0.0, help="Global gradient-norm clip (0: off).",
                                              rich_help_panel=OPTIM)] = 1.0,
     strategy: Annotated[Strategy | None, typer.Option(help="Default: alphadecay with --decay-map, else uniform.",
                                                       rich_help_panel=DECAY)] = None,
-    weight_decay: Annotated[float, typer.Option(min=0.0, help="Base decay w.", rich_help_panel=DECAY)] = 0.1,
+    weight_decay: Annotated[float, typer.Option(callback=finite, min=0.0, help="Base decay w.", rich_help_panel=DECAY)] = 0.1,
     decay_map: Annotated[Path | None, typer.Option(help="Static AlphaDecay decays from `alphaspec decay-map`.",
                                                    rich_help_panel=DECAY)] = None,
     gap: Annotated[int, typer.Option(min=1, help="Refresh alphadecay/adadecay decays every GAP steps.",
@@ -90,10 +90,10 @@ def train(
                                         rich_help_panel=DECAY)] = "alpha",
     assign: Annotated[str | None, typer.Option(help="linear, sqrt, log2 or sigmoid (default: linear; adadecay: "
                                                "sigmoid).", rich_help_panel=DECAY)] = None,
-    ratio: Annotated[tuple[float, float], typer.Option(help="linear: decays span s1*w .. s2*w.",
+    ratio: Annotated[tuple[float, float], typer.Option(callback=ratio_pair, help="linear: decays span s1*w .. s2*w.",
                                                        rich_help_panel=DECAY)] = (0.67, 3.0),
     preserve_mean: Annotated[str, typer.Option(help="none, modules or params.", rich_help_panel=DECAY)] = "none",
-    default_decay: Annotated[str, typer.Option(help="Untuned parameters: all (w), matrices (0 for 1-D and "
+    default_decay: Annotated[str, typer.Option(callback=decay_policy, help="Untuned parameters: all (w), matrices (0 for 1-D and "
                                                "embeddings) or a number.", rich_help_panel=DECAY)] = "all",
     alphadecay_warmup: Annotated[str, typer.Option(help="Decays before the first refresh: init (from the initial "
                                                    "weights, the paper) or uniform.", rich_help_panel=DECAY)] = "init",
@@ -102,9 +102,9 @@ def train(
                                           rich_help_panel=DECAY)] = True,
     multipliers: Annotated[Multipliers, typer.Option(help="Learnable multipliers (strategy lrm: vector).",
                                                      rich_help_panel=DECAY)] = Multipliers.none,
-    lrm_decay: Annotated[float, typer.Option(min=0.0, help="Weight decay of the multipliers.",
+    lrm_decay: Annotated[float, typer.Option(callback=finite, min=0.0, help="Weight decay of the multipliers.",
                                              rich_help_panel=DECAY)] = 2e-3,
-    lrm_lr_mult: Annotated[float, typer.Option(min=0.0, help="Multipliers' LR relative to --lr.",
+    lrm_lr_mult: Annotated[float, typer.Option(callback=finite, min=0.0, help="Multipliers' LR relative to --lr.",
                                                rich_help_panel=DECAY)] = 1.0,
     eval_every: Annotated[int, typer.Option(min=1, rich_help_panel=RUN)] = 100,
     analyze_every: Annotated[int | None, typer.Option(min=0, help="Fit the block matrices' spectra into alphas.csv "

@@ -14,11 +14,13 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from ..errors import AlphaspecError
+
 EOS = "<|endoftext|>"
 TEXT_SUFFIXES = (".txt", ".md", ".rst", ".text")
 
 
-class DataError(ValueError):
+class DataError(AlphaspecError, ValueError):
     """The training data cannot be used (missing, empty, too short for one window)."""
 
 

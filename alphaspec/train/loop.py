@@ -23,6 +23,7 @@ from .. import __version__
 from ..analysis import analyze_tensors, records
 from ..decay import ASSIGN, PRESERVE, DecayMap, is_tuned_candidate
 from ..decay import METRICS as DECAY_METRICS
+from ..errors import AlphaspecError
 from ..esd import resolve_device
 from ..fit import ESTIMATORS
 from ..hook import full_tensor
@@ -45,7 +46,7 @@ from .rundir import (
 from .strategies import STRATEGIES, clip_parameters, make_strategy
 
 
-class ConfigError(ValueError):
+class ConfigError(AlphaspecError, ValueError):
     """Options that contradict each other or name something that does not exist."""
 
 
@@ -120,11 +121,22 @@ class TrainConfig:
         for option, (value, allowed) in choices.items():
             if value not in allowed:
                 raise ConfigError(f"--{option} {value!r}: choose one of {', '.join(a for a in allowed if a)}")
+        numbers = {"lr": self.lr, "weight-decay": self.weight_decay, "min-lr-ratio": self.min_lr_ratio,
+                   "grad-clip": self.grad_clip, "lrm-decay": self.lrm_decay, "lrm-lr-mult": self.lrm_lr_mult,
+                   "eps": self.eps, "val-fraction": self.val_fraction}
+        for option, value in numbers.items():
+            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+                raise ConfigError(f"--{option} {value!r}: must be a finite number >= 0")
+        s1, s2 = self.ratio
+        if not (math.isfinite(s1) and math.isfinite(s2) and 0 <= s1 < s2):
+            raise ConfigError(f"--ratio {s1} {s2}: need finite numbers with 0 <= S1 < S2")
         if self.default_decay not in ("all", "matrices"):
             try:
-                float(self.default_decay)
+                number = float(self.default_decay)
             except ValueError:
                 raise ConfigError(f"--default-decay {self.default_decay!r}: use all, matrices or a number") from None
+            if not math.isfinite(number) or number < 0:
+                raise ConfigError(f"--default-decay {self.default_decay!r}: a decay must be a finite number >= 0")
         if self.analyze_every is not None and self.analyze_every < 0:
             raise ConfigError("--analyze-every must be >= 0 (0: never)")
         if self.strategy == "lrm" and self.multipliers == "none":

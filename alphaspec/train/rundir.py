@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from ..errors import AlphaspecError
 from ..output import atomic_write
 
 METRICS = ["step", "tokens", "loss", "lr", "grad_norm", "tokens_per_s", "eval_loss", "eval_ppl"]
@@ -21,7 +22,7 @@ CKPT = re.compile(r"step_(\d+)\.pt$")
 MAP_COPY = "decay-map.json"  # a static AlphaDecay map, as the run used it (resumable without the original)
 
 
-class RunError(ValueError):
+class RunError(AlphaspecError, ValueError):
     """The run directory cannot be used as asked (exists without --resume, nothing to resume, ...)."""
 
 
