@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import queue
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ import pandas as pd
 import torch
 
 from . import __version__
-from .checkpoint import Checkpoint, TensorInfo, dtype_name, open_checkpoint
+from .checkpoint import Checkpoint, SourceError, TensorInfo, dtype_name, open_checkpoint
 from .esd import EPS_ZERO, eigenvalues, finite_rows, resolve_device
 from .fit import PowerLawFit, check_estimator, fit_sorted
 from .metrics import nan_metrics, spectral_metrics
@@ -54,8 +55,11 @@ class Analysis:
 
 
 def records(table: pd.DataFrame) -> list[dict]:
-    """Table rows as plain dicts, empty values as None (for JSON and for sending between ranks)."""
-    return table.astype(object).where(table.notna(), None).to_dict("records")
+    """Table rows as plain dicts, empty and non-finite values as None (for JSON and for sending between ranks)."""
+    def clean(v):
+        return None if v is None or v is pd.NA or (isinstance(v, float) and not math.isfinite(v)) else v
+
+    return [{k: clean(v) for k, v in row.items()} for row in table.astype(object).to_dict("records")]
 
 
 _DONE = object()
@@ -234,6 +238,10 @@ def run(source, estimator: str = "median", device: str | torch.device = "auto", 
     dev = resolve_device(device)
     ckpt = checkpoint or open_checkpoint(source)
     todo = plan(ckpt.tensors, ckpt.config, split_fused=split_fused, include=include, exclude=exclude)
+    if not todo.matrices:
+        reasons = Counter(s.reason for s in todo.skipped).most_common(2)
+        raise SourceError(f"{ckpt.source}: no weight matrix to analyse among its {len(ckpt.tensors)} tensor(s) ("
+                          + "; ".join(f"{n} x {r}" for r, n in reasons) + ")")
     dtypes = {t.name: t.dtype for t in ckpt.tensors}
     max_bytes = CUDA_BATCH_BYTES if dev.type == "cuda" else 0
     rows: list[dict] = []

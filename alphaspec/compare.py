@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from safetensors import safe_open
 
-from .errors import AlphaspecError
+from .errors import AlphaspecError, check_input_file
+from .output import read_csv_checked
 
 
 class RunDirError(AlphaspecError, ValueError):
@@ -32,24 +33,58 @@ class Run:
     sizes: dict[str, int]
 
 
-def load_run(path: str | Path) -> Run:
-    """A run directory's run.json, metrics.csv, decay.csv and the tuned tensors' sizes."""
-    path = Path(path)
+def load_run_json(path: Path) -> dict:
+    """RUN/run.json as a dict whose `config` is a dict; anything else is a RunDirError naming the file."""
+    file = Path(path) / "run.json"
+    if not file.exists():
+        raise RunDirError(f"{path}: not an alphaspec training run (no run.json)")
     try:
-        info = json.loads((path / "run.json").read_text())
-        metrics = pd.read_csv(path / "metrics.csv")
-    except FileNotFoundError as e:
-        raise RunDirError(f"{path}: not an alphaspec training run (no {Path(e.filename).name})") from e
-    except (ValueError, OSError) as e:
-        raise RunDirError(f"{path}: unreadable run files ({e})") from e
+        check_input_file(file, "run.json")
+        info = json.loads(file.read_text(encoding="utf-8"))
+    except AlphaspecError as e:
+        raise RunDirError(str(e)) from e
+    except (OSError, ValueError) as e:
+        raise RunDirError(f"{file}: damaged ({_first_line(e)})") from e
+    if not isinstance(info, dict) or not isinstance(info.get("config"), dict):
+        raise RunDirError(f"{file}: damaged (no 'config' object)")
+    return info
+
+
+def load_run(path: str | Path) -> Run:
+    """A run directory's run.json, metrics.csv, decay.csv and the tuned tensors' sizes, each checked."""
+    from .train.rundir import DECAYS, METRICS
+
+    path = Path(path)
+    if not path.is_dir():
+        raise RunDirError(f"{path}: not a run directory")
+    info = load_run_json(path)
+    if not (path / "metrics.csv").exists():
+        raise RunDirError(f"{path}: not an alphaspec training run (no metrics.csv)")
+    try:
+        metrics = read_csv_checked(path / "metrics.csv", METRICS, required=("step", "tokens", "loss", "tokens_per_s"))
+        decays = read_csv_checked(path / "decay.csv", DECAYS, required=("step", "weight_decay")) \
+            if (path / "decay.csv").exists() else pd.DataFrame(columns=["step"])
+    except AlphaspecError as e:
+        raise RunDirError(str(e)) from e
     if metrics.empty:
         raise RunDirError(f"{path}: metrics.csv has no rows yet (the run logged nothing)")
-    decays = pd.read_csv(path / "decay.csv") if (path / "decay.csv").is_file() else pd.DataFrame(columns=["step"])
-    sizes = {}
-    if (path / "model.safetensors").is_file():
-        with safe_open(str(path / "model.safetensors"), framework="np") as f:
-            sizes = {k: math.prod(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
-    return Run(path, info.get("config", {}), info, metrics, decays, sizes)
+    return Run(path, info["config"], info, metrics, decays, _sizes(path / "model.safetensors"))
+
+
+def _sizes(file: Path) -> dict[str, int]:
+    """Element count of every tensor in model.safetensors (from its header); {} when there is none."""
+    if not file.exists():
+        return {}
+    try:
+        with safe_open(str(file), framework="np") as f:
+            return {k: math.prod(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 - not a mapping
+    except Exception as e:  # noqa: BLE001 - any header failure is a property of the file
+        raise RunDirError(f"{file}: not a valid safetensors file ({_first_line(e)})") from e
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
 
 
 def evaluations(run: Run) -> pd.DataFrame:
@@ -88,6 +123,7 @@ class Comparison:
     table: pd.DataFrame  # one row per run
     summary: pd.DataFrame  # one row per label (replicates pooled), best eval loss first
     differing: list[str]  # budget/data settings that differ between runs: the comparison is not like for like
+    notes: list[str] = field(default_factory=list)  # runs that are unfinished or have no evaluation
 
 
 def compare(paths: list[str | Path], baseline: str | None = None) -> Comparison:
@@ -95,9 +131,28 @@ def compare(paths: list[str | Path], baseline: str | None = None) -> Comparison:
     (default: the uniform runs when there are any, else the first label)."""
     if not paths:
         raise RunDirError("no runs to compare")
+    seen: dict[Path, str] = {}
+    for p in paths:
+        key = Path(p).resolve()
+        if key in seen:
+            raise RunDirError(f"{p}: given twice (also as {seen[key]}); a run counts once")
+        seen[key] = str(p)
     runs = [load_run(p) for p in paths]
     table = tabulate(runs)
-    return Comparison(runs, table, summarise(table, baseline), unfair([r.config for r in runs]))
+    return Comparison(runs, table, summarise(table, baseline), unfair([r.config for r in runs]), incomplete(runs))
+
+
+def incomplete(runs: list[Run]) -> list[str]:
+    """Runs that stopped before their own length, or that have no evaluation: each one line."""
+    notes = []
+    for r in runs:
+        last, planned = int(r.metrics["step"].max()), r.config.get("steps")
+        if isinstance(planned, int) and last < planned:
+            notes.append(f"{r.path} stopped at step {last} of {planned} (still running, or killed: "
+                         "--resume it to finish)")
+        if evaluations(r).empty:
+            notes.append(f"{r.path} has no evaluation yet: its eval loss is empty")
+    return notes
 
 
 def tabulate(runs: list[Run]) -> pd.DataFrame:

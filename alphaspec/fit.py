@@ -14,6 +14,9 @@ import torch
 
 ESTIMATORS = ("median", "gof", "fix-finger", "fix-finger-legacy")
 MIN_EIGS = 10  # fewer non-zero eigenvalues than this: no fit, the row says why
+MIN_DISTINCT = 3  # distinct eigenvalues (relative gap > DISTINCT_RTOL) a tail needs to be fitted
+DISTINCT_RTOL = 1e-9
+ALPHA_MAX = 200.0  # above: no tail (Gaussian noise of the most elongated real shapes stays below ~90)
 FIX_FINGER_BINS = 100
 FIX_FINGER_WINDOW = (0.95, 1.5)
 _BLOCK_ELEMENTS = 1 << 22  # candidates x tail points per block of the KS scan (32 MiB in float64)
@@ -78,12 +81,26 @@ def _best_of(lam: torch.Tensor, first: int, stop: int, curves: bool) -> PowerLaw
     best = int(torch.argmin(ds))
     i = first + best
     alpha = float(alphas[i])
-    status = "ok" if math.isfinite(alpha) and alpha > 1 else "degenerate tail (equal eigenvalues)"
     extra = {}
     if curves:
         extra = {"xmin": lam[first:stop].cpu().numpy(), "alpha": alphas[first:stop].cpu().numpy(),
                  "ks_d": ds.cpu().numpy()}
-    return PowerLawFit(alpha, float(lam[i]), float(ds[best]), lam.numel() - i, status, extra)
+    why = _no_tail(lam[i:], alpha)
+    if why:
+        return PowerLawFit(math.nan, math.nan, math.nan, 0, why, extra)
+    return PowerLawFit(alpha, float(lam[i]), float(ds[best]), lam.numel() - i, "ok", extra)
+
+
+def _no_tail(tail: torch.Tensor, alpha: float) -> str | None:
+    """Why a fitted tail is not a power law (None when it is one): too few distinct values, or alpha
+    beyond ALPHA_MAX, which means the tail's eigenvalues are within ~0.5% of each other (an orthogonal
+    or scaled-identity matrix: the "alpha" measures rounding noise, not a tail)."""
+    distinct = 1 + int((torch.diff(torch.log(tail)) > DISTINCT_RTOL).sum())
+    if distinct < MIN_DISTINCT:
+        return f"no power-law tail: {distinct} distinct eigenvalue(s) in the tail"
+    if not math.isfinite(alpha) or alpha > ALPHA_MAX:
+        return f"no power-law tail: eigenvalues nearly equal (alpha {alpha:.3g} > {ALPHA_MAX:g})"
+    return None
 
 
 def fit_median(lam: torch.Tensor, curves: bool = False) -> PowerLawFit:

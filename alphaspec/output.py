@@ -11,24 +11,52 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from .errors import AlphaspecError, OutputError, UsageError, check_input_file, os_reason
+
 if TYPE_CHECKING:
     from .analysis import Analysis
 
 TABLE_SUFFIXES = (".csv", ".json", ".parquet")
 
 
-def check_output(path: Path) -> None:
-    """Fail before any work when the output cannot be written in the asked format."""
-    if path.suffix not in TABLE_SUFFIXES:
-        raise ValueError(f"{path}: unknown output format {path.suffix or '(no suffix)'}; "
-                         f"use {', '.join(TABLE_SUFFIXES)}")
+def check_output(path: Path, suffixes: tuple[str, ...] = TABLE_SUFFIXES) -> None:
+    """Fail before any work when `path` cannot be written: an unknown format (a usage error), a missing
+    or read-only directory, a directory in the way (an OutputError)."""
+    if path.suffix not in suffixes:
+        raise UsageError(f"{path}: unknown output format {path.suffix or '(no suffix)'}; use {', '.join(suffixes)}")
     if path.suffix == ".parquet":
         try:
             import pyarrow  # noqa: F401
         except ImportError as err:
-            raise ValueError(f"{path}: Parquet output needs pyarrow (pip install 'alphaspec[parquet]')") from err
-    if not path.parent.exists():
-        raise ValueError(f"{path}: directory {path.parent} does not exist")
+            raise UsageError(f"{path}: Parquet output needs pyarrow (pip install 'alphaspec[parquet]')") from err
+    if path.is_dir():
+        raise OutputError(f"{path}: is a directory; give a file name")
+    parent = path.parent
+    if not parent.exists():
+        raise OutputError(f"{path}: directory {parent} does not exist")
+    if not parent.is_dir():
+        raise OutputError(f"{path}: {parent} is not a directory")
+    _probe(parent, path)
+
+
+def check_output_dir(folder: Path) -> None:
+    """Fail before any work when figures or a run cannot be written into `folder` (created later if missing)."""
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"{folder}: exists and is not a directory")
+    existing = next(p for p in (folder, *folder.parents) if p.exists() or p == p.parent)
+    if not existing.is_dir():
+        raise OutputError(f"{folder}: {existing} is not a directory")
+    _probe(existing, folder)
+
+
+def _probe(folder: Path, target: Path) -> None:
+    """Create and remove a temporary file in `folder`: the one sure test that writing there works."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".alphaspec-probe.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as err:
+        raise OutputError(f"{target}: cannot write in {folder} ({os_reason(err)})") from err
 
 
 def _json_default(obj):
@@ -38,15 +66,25 @@ def _json_default(obj):
 
 
 def atomic_write(path: Path, write) -> None:
-    """Call write(tmp) on a temporary file beside `path`, then rename it over `path`: never half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Call write(tmp) on a temporary file beside `path`, then rename it over `path`: never half a file.
+
+    An OSError (full disk, read-only or missing directory) becomes an OutputError naming `path`;
+    the previous file, if any, is left as it was and no temporary file stays behind.
+    """
+    path = Path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise OutputError(f"{path}: cannot write ({os_reason(err)})") from err
     os.close(fd)
     try:
         write(tmp)
         os.chmod(tmp, 0o644)  # mkstemp makes it private; the result is an ordinary file
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError) and not isinstance(err, OutputError):
+            raise OutputError(f"{path}: cannot write ({os_reason(err)})") from err
         raise
 
 
@@ -81,16 +119,93 @@ def write_spectra(result: Analysis, path: Path) -> None:
     atomic_write(path, save)
 
 
+RESULT_COLUMNS = {"name": "text", "layer": "number", "module": "text", "rows": "number", "cols": "number",
+                  "estimator": "text", "alpha": "number"}  # what figures and decay maps read
+
+
+class ResultsError(AlphaspecError):
+    """A results table or spectra file that alphaspec cannot read back."""
+
+
 def read_results(path: Path) -> pd.DataFrame:
-    """Load a table written by `write_results` (any of the three formats)."""
-    if path.suffix == ".csv":
-        return pd.read_csv(path)
-    if path.suffix == ".parquet":
-        return pd.read_parquet(path)
-    return pd.DataFrame(json.loads(path.read_text())["matrices"])
+    """Load a table written by `write_results` (any of the three formats), its columns checked."""
+    check_input_file(path, "results file")
+    try:
+        if path.suffix == ".csv":
+            table = pd.read_csv(path)
+        elif path.suffix == ".parquet":
+            table = pd.read_parquet(path)
+        else:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(doc, dict) or not isinstance(doc.get("matrices"), list):
+                raise ValueError("a JSON object with a 'matrices' list was expected")
+            table = pd.DataFrame(doc["matrices"])
+    except Exception as err:  # noqa: BLE001 - pandas, pyarrow and json each raise their own kinds
+        raise ResultsError(f"{path}: not a results file written by alphaspec analyze ({_first_line(err)})") from err
+    return _checked(table, path)
+
+
+def _checked(table: pd.DataFrame, path: Path) -> pd.DataFrame:
+    missing = [c for c in RESULT_COLUMNS if c not in table.columns]
+    if missing:
+        raise ResultsError(f"{path}: not a results file written by alphaspec analyze (no column {', '.join(missing)})")
+    if table.empty:
+        raise ResultsError(f"{path}: the results table has no rows")
+    for col, kind in RESULT_COLUMNS.items():
+        if kind == "number":
+            values = pd.to_numeric(table[col], errors="coerce")
+            if (values.isna() & table[col].notna()).any():
+                raise ResultsError(f"{path}: column {col} holds values that are not numbers")
+            if col in ("layer", "rows", "cols") and (values.dropna() % 1 != 0).any():
+                raise ResultsError(f"{path}: column {col} holds values that are not whole numbers")
+            table[col] = values
+    if table["name"].isna().any() or table["name"].duplicated().any():
+        raise ResultsError(f"{path}: the name column must name every row once")
+    table["name"] = table["name"].astype(str)
+    table["layer"] = table["layer"].astype("Int64")
+    return table
+
+
+def read_csv_checked(path: Path, columns: list[str], *, text: tuple[str, ...] = ("name", "module"),
+                     required: tuple[str, ...] = ("step",)) -> pd.DataFrame:
+    """A CSV that alphaspec wrote (metrics.csv, decay.csv, alphas.csv), refused when damaged: every
+    column present, the non-`text` ones numeric, the `required` ones filled in every row."""
+    check_input_file(path, "CSV file")
+    try:
+        table = pd.read_csv(path)
+    except Exception as err:  # noqa: BLE001 - any parse failure is a property of the file
+        raise ResultsError(f"{path}: unreadable CSV ({_first_line(err)})") from err
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise ResultsError(f"{path}: not written by alphaspec (no column {', '.join(missing)})")
+    for col in columns:
+        if col in text:
+            continue
+        values = pd.to_numeric(table[col], errors="coerce")
+        bad = values.isna() & table[col].notna() | (values.isna() if col in required else False)
+        if bad.any():
+            line = int(bad.to_numpy().nonzero()[0][0]) + 2  # 1-based, after the header
+            raise ResultsError(f"{path}: line {line} is damaged or incomplete (column {col})")
+        table[col] = values
+    return table
 
 
 def read_spectra(path: Path) -> dict[str, np.ndarray]:
-    """Spectra saved by `write_spectra`, keyed by row name."""
-    with np.load(path) as data:
-        return {k: data[k] for k in data.files}
+    """Spectra saved by `write_spectra`, keyed by row name: 1-D arrays of finite numbers (never pickles)."""
+    check_input_file(path, "spectra file")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            spectra = {k: data[k] for k in data.files}
+    except Exception as err:  # noqa: BLE001 - zip, npy-format and pickle refusals alike
+        raise ResultsError(f"{path}: not a spectra file written by alphaspec analyze ({_first_line(err)})") from err
+    for name, values in spectra.items():
+        if values.ndim != 1 or values.dtype.kind not in "fiu":
+            raise ResultsError(f"{path}: entry {name!r} is not a 1-D array of numbers ({values.dtype}, {values.ndim}-D)")
+        if not np.isfinite(values).all():
+            raise ResultsError(f"{path}: entry {name!r} holds NaN or infinite eigenvalues")
+    return {k: v.astype(np.float64) for k, v in spectra.items()}
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -15,8 +16,10 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from .errors import AlphaspecError
 from .fit import fit
 from .modules import BLOCK_MODULES, MODULE_TYPES
+from .output import atomic_write
 from .reference import random_alpha
 
 KINDS = ("spectra", "alpha-modules", "alpha-depth", "esd", "decay")
@@ -199,36 +202,59 @@ def safe_filename(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")
 
 
+class Rendered(NamedTuple):
+    written: list[Path]
+    skipped: list[str]  # "figure: why it was not drawn"
+
+
+def save_figure(fig: Figure, path: Path) -> Path:
+    """Write a figure in the format its suffix names, atomically (a failed write leaves no half file)."""
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format=path.suffix.lstrip("."), dpi=DPI, bbox_inches="tight"))
+    return path
+
+
 def render(table: pd.DataFrame, spectra: dict[str, np.ndarray], out_dir: Path, kinds=MODEL_KINDS,
-           fmt: str = "png", names: list[str] = (), decay_map=None) -> list[Path]:
+           fmt: str = "png", names: list[str] = (), decay_map=None) -> Rendered:
     """Draw `kinds` into out_dir as FORMAT files; `esd` draws one figure per name in `names`,
-    `decay` draws `decay_map` (or, without one, a default linear map at w = 0.1 from the table)."""
+    `decay` draws `decay_map` (or, without one, a default linear map at w = 0.1 from the table).
+
+    A figure that cannot be drawn from this table (no spectra saved, no fitted alpha, ...) is skipped
+    and the others are drawn: returns the files written and one line per skipped figure saying why.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-
-    def save(fig: Figure, stem: str) -> None:
-        path = out_dir / f"{stem}.{fmt}"
-        fig.savefig(path, dpi=DPI, bbox_inches="tight")
-        written.append(path)
-
+    written, skipped = [], []
+    jobs = []
     for kind in kinds:
-        if kind == "spectra":
-            save(spectra_figure(table, spectra), "spectra")
-        elif kind == "alpha-modules":
-            save(alpha_modules_figure(table), "alpha-modules")
-        elif kind == "alpha-depth":
-            save(alpha_depth_figure(table), "alpha-depth")
-        elif kind == "esd":
-            estimator = str(table["estimator"].iloc[0])
-            for name in names:
-                save(esd_figure(name, spectra[name], estimator), f"esd-{safe_filename(name)}")
+        if kind == "esd":
+            est = str(table["estimator"].iloc[0])
+            jobs += [(f"esd-{safe_filename(n)}", lambda n=n, est=est: esd_figure(n, spectra[n], est)) for n in names]
         elif kind == "decay":
-            if decay_map is None:
-                from .decay import build_decay_map
-
-                decay_map = build_decay_map(table, 0.1)
-            save(decay_figure(decay_map), "decay")
+            jobs.append(("decay", lambda: decay_figure(decay_map if decay_map is not None else _default_map(table))))
+        elif kind in _FIGURES:
+            jobs.append((kind, lambda kind=kind: _FIGURES[kind](table, spectra)))
         else:
             raise ValueError(f"unknown figure kind {kind!r}; choose from {', '.join(KINDS)}")
-    return written
+    for stem, draw in jobs:
+        try:
+            fig = draw()
+        except (ValueError, AlphaspecError) as err:
+            skipped.append(f"{stem}: {err}")
+            continue
+        written.append(save_figure(fig, out_dir / f"{stem}.{fmt}"))
+    return Rendered(written, skipped)
 
+
+def _default_map(table: pd.DataFrame):
+    from .decay import build_decay_map
+
+    return build_decay_map(table, 0.1)
+
+
+def _spectra_or_why(table: pd.DataFrame, spectra: dict[str, np.ndarray]) -> Figure:
+    if not spectra:
+        raise ValueError("needs the eigenvalues: run analyze with --save-spectra FILE.npz (or pass --spectra)")
+    return spectra_figure(table, spectra)
+
+
+_FIGURES = {"spectra": _spectra_or_why, "alpha-modules": lambda t, _: alpha_modules_figure(t),
+            "alpha-depth": lambda t, _: alpha_depth_figure(t)}

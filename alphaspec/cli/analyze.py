@@ -11,7 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .. import __version__
-from .common import MODEL_KINDS, Estimator, analyse, app, draw, err, fail, out, regexes
+from .common import MODEL_KINDS, Estimator, analyse, app, draw, err, out, regexes, report_figures
 
 if TYPE_CHECKING:
     from ..analysis import Analysis
@@ -91,23 +91,19 @@ def analyze(
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar and no summary.")] = False,
 ) -> None:
     """Eigenvalue spectrum and power-law tail fit (alpha) of every weight matrix in a checkpoint."""
-    from ..checkpoint import SourceError, open_checkpoint
-    from ..esd import DeviceError, resolve_device
-    from ..output import check_output, write_results, write_spectra
+    from ..checkpoint import open_checkpoint
+    from ..esd import resolve_device
+    from ..output import check_output, check_output_dir, write_results, write_spectra
 
     include, exclude = regexes(include or [], "--include"), regexes(exclude or [], "--exclude")
-    try:
-        if output is not None:
-            check_output(output)
-        if save_spectra is not None and save_spectra.suffix != ".npz":
-            raise ValueError(f"{save_spectra}: spectra are saved as .npz")
-    except ValueError as e:
-        raise typer.BadParameter(str(e)) from e
-    try:
-        dev = resolve_device(device)
-        ckpt = open_checkpoint(source)
-    except (SourceError, DeviceError) as e:
-        fail(str(e))
+    if output is not None:
+        check_output(output)
+    if save_spectra is not None:
+        check_output(save_spectra, (".npz",))
+    if plots is not None:
+        check_output_dir(plots)
+    dev = resolve_device(device)
+    ckpt = open_checkpoint(source)
     if not quiet:
         why = " (no CUDA device found)" if device == "auto" and dev.type == "cpu" else ""
         err.print(f"alphaspec {__version__} · {len(ckpt.tensors)} tensors in {len(ckpt.files)} file(s) · "
@@ -118,11 +114,11 @@ def analyze(
         write_results(result, output)
     if save_spectra is not None:
         write_spectra(result, save_spectra)
-    drawn = draw(result.table, result.spectra, plots, list(MODEL_KINDS), "png", []) if plots is not None else []
+    drawn = draw(result.table, result.spectra, plots, list(MODEL_KINDS), "png", []) if plots is not None else None
     if not quiet:
         _report(result, len(ckpt.tensors))
-        for path in drawn:
-            out.print(f"drew {path}", highlight=False)
+        if drawn is not None:
+            report_figures(drawn)
         if output is not None:
             out.print(f"wrote {output}", highlight=False)
         else:

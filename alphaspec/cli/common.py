@@ -123,18 +123,13 @@ class RateColumn(ProgressColumn):
 def analyse(source: str, estimator: str, device, quiet: bool, **options):
     """run() with a progress bar (matrices done, matrices/s, ETA) on stderr; bad input ends in `error:`."""
     from ..analysis import run
-    from ..checkpoint import SourceError
-    from ..esd import DeviceError
 
     columns = [TextColumn("analysing"), BarColumn(), MofNCompleteColumn(), RateColumn(), TimeElapsedColumn(),
                TextColumn("eta"), TimeRemainingColumn()]
-    try:
-        with Progress(*columns, console=err, disable=quiet) as bar:
-            task = bar.add_task("analyse", total=None)
-            return run(source, estimator, device, progress=lambda done, total: bar.update(task, completed=done,
-                                                                                         total=total), **options)
-    except (SourceError, DeviceError) as e:
-        fail(str(e))
+    with Progress(*columns, console=err, disable=quiet) as bar:
+        task = bar.add_task("analyse", total=None)
+        return run(source, estimator, device, progress=lambda done, total: bar.update(task, completed=done,
+                                                                                     total=total), **options)
 
 
 def load(source: str, estimator: str, device: str, quiet: bool, spectra_file: Path | None = None):
@@ -146,11 +141,8 @@ def load(source: str, estimator: str, device: str, quiet: bool, spectra_file: Pa
     if path.suffix not in TABLE_SUFFIXES or not path.is_file():
         result = analyse(source, estimator, device, quiet, keep_spectra=True)
         return result.table, result.spectra
-    try:
-        npz = spectra_file or path.with_suffix(".npz")
-        return read_results(path), (read_spectra(npz) if npz.is_file() else {})
-    except (OSError, ValueError, KeyError) as e:
-        fail(f"{source}: not a results file written by alphaspec analyze ({e})")
+    npz = spectra_file or path.with_suffix(".npz")
+    return read_results(path), (read_spectra(npz) if spectra_file or npz.exists() else {})
 
 
 def finite(value):
@@ -192,10 +184,17 @@ def regexes(patterns: list[str], option: str) -> list[str]:
     return patterns
 
 
-def draw(table, spectra, out_dir: Path, kinds: list[str], fmt: str, names: list[str], dmap=None) -> list[Path]:
+def report_figures(rendered) -> None:
+    """`drew PATH` per figure, `skipped FIGURE: why` per figure not drawn; none drawn at all is an error."""
+    if not rendered.written:
+        fail("no figure could be drawn: " + "; ".join(rendered.skipped))
+    for path in rendered.written:
+        out.print(f"drew {path}", highlight=False)
+    for line in rendered.skipped:
+        err.print(Text(f"skipped {line}"), style="yellow", highlight=False)
+
+
+def draw(table, spectra, out_dir: Path, kinds: list[str], fmt: str, names: list[str], dmap=None):
     from ..plots import render  # matplotlib is loaded only when figures are asked for
 
-    try:
-        return render(table, spectra, out_dir, kinds, fmt, names, dmap)
-    except (ValueError, OSError) as e:
-        fail(str(e))
+    return render(table, spectra, out_dir, kinds, fmt, names, dmap)

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from .common import app, fail, out
+from .common import app, out
 
 
 @app.command(no_args_is_help=True, epilog="""
@@ -29,28 +29,26 @@ def compare(
     quiet: Annotated[bool, typer.Option("-q", "--quiet")] = False,
 ) -> None:
     """Judge weight-decay strategies: final and best validation loss, seeds pooled, against a baseline."""
-    from ..compare import RunDirError
     from ..compare import compare as compare_runs
     from ..output import check_output, write_table
 
-    if plot is not None and plot.suffix not in (".png", ".svg", ".pdf"):
-        raise typer.BadParameter(f"{plot}: figures are .png, .svg or .pdf", param_hint="--plot")
-    try:
-        if output is not None:
-            check_output(output)
-        result = compare_runs(runs, baseline)
-    except (RunDirError, ValueError) as e:
-        fail(str(e))
+    if output is not None:
+        check_output(output)
+    if plot is not None:
+        check_output(plot, (".png", ".svg", ".pdf"))
+    result = compare_runs(runs, baseline)
     if output is not None:
         write_table(result.table, output)
     if plot is not None:
-        from ..plots import DPI
+        from ..plots import save_figure
         from ..training_plots import compare_figure
 
-        compare_figure(result).savefig(plot, dpi=DPI)
+        save_figure(compare_figure(result), plot)
     if quiet:
         return
     out.print(_summary(result.summary))
+    for note in result.notes:
+        out.print(f"[yellow]note:[/] {note}", highlight=False)
     if result.differing:
         out.print(f"[yellow]note:[/] the runs differ in {', '.join(result.differing)}: not a like-for-like comparison")
     base = result.summary.set_index("label").loc[result.summary.attrs["baseline"], "applied_over_w"]

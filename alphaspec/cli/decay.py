@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from .common import Estimator, app, decay_policy, fail, finite, load, out, ratio_pair, regexes
+from .common import Estimator, app, decay_policy, finite, load, out, ratio_pair, regexes
 
 
 class Assign(str, Enum):
@@ -58,24 +58,18 @@ def decay_map(
     quiet: Annotated[bool, typer.Option("-q", "--quiet")] = False,
 ) -> None:
     """AlphaDecay module-wise weight decays from the spectra, as a JSON map for any training loop."""
-    from ..decay import METRICS, DecayMapError, build_decay_map
+    from ..decay import METRICS, build_decay_map
+    from ..output import check_output
 
     include, exclude = regexes(include or [], "--include"), regexes(exclude or [], "--exclude")
     if metric not in METRICS:
         raise typer.BadParameter(f"{metric!r}; choose one of {', '.join(METRICS)}", param_hint="--metric")
-    if output.suffix != ".json":
-        raise typer.BadParameter(f"{output}: decay maps are JSON", param_hint="-o")
-    try:
-        default: str | float = default_decay if default_decay in ("all", "matrices") else float(default_decay)
-    except ValueError as e:
-        raise typer.BadParameter(f"{default_decay!r}: use all, matrices or a number", param_hint="--default-decay") from e
+    check_output(output, (".json",))
+    default: str | float = default_decay if default_decay in ("all", "matrices") else float(default_decay)
     table, _ = load(source, estimator.value, device, quiet)
-    try:
-        dmap = build_decay_map(table, weight_decay, ratio=ratio, assign=assign.value, metric=metric,
-                               preserve_mean=preserve_mean.value, default=default, include=include, exclude=exclude,
-                               source=source)
-    except DecayMapError as e:
-        fail(str(e))
+    dmap = build_decay_map(table, weight_decay, ratio=ratio, assign=assign.value, metric=metric,
+                           preserve_mean=preserve_mean.value, default=default, include=include, exclude=exclude,
+                           source=source)
     dmap.save(output)
     if not quiet:
         out.print(_decay_summary(dmap))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from enum import Enum
 from pathlib import Path
@@ -10,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from .common import MODEL_KINDS, Estimator, app, draw, fail, load, out
+from .common import MODEL_KINDS, Estimator, app, draw, fail, load, out, regexes, report_figures
 
 
 class Kind(str, Enum):
@@ -56,8 +55,10 @@ def plot(
 ) -> None:
     """Figures: ESDs per module type across layers, alpha per module type and over depth, one matrix's fit,
     and weight decay against alpha."""
-    from ..decay import DecayMap, DecayMapError
+    from ..decay import DecayMap
+    from ..output import check_output_dir
 
+    check_output_dir(output)
     run_alphas = Path(source) / "alphas.csv"
     kinds = [k.value for k in kind] if kind else [*MODEL_KINDS, *(["esd"] if module else []),
                                                    *(["decay"] if decay_map_file else []),
@@ -65,43 +66,37 @@ def plot(
     if "training" in kinds:
         if not run_alphas.is_file():
             fail(f"{source}: the training figure needs a run directory of `alphaspec train` with alphas.csv")
-        out.print(f"drew {_training_figure(run_alphas, output, fmt.value)}", highlight=False)
+        out.print(f"drew {_training_figure(Path(source), output, fmt.value)}", highlight=False)
         kinds.remove("training")
         if not kinds:
             return
-    dmap = None
-    if decay_map_file is not None:
-        try:
-            dmap = DecayMap.load(decay_map_file)
-        except DecayMapError as e:
-            fail(str(e))
+    if "esd" in kinds and not module:
+        fail("the esd figure needs --module NAME (a row name or a regex)", 2)
+    dmap = DecayMap.load(decay_map_file) if decay_map_file is not None else None
     table, spectra = load(source, estimator.value, device, False, spectra_file)
-    if not spectra and any(k in ("spectra", "esd") for k in kinds):
-        fail(f"{source}: the {' and '.join(k for k in kinds if k in ('spectra', 'esd'))} figures need the "
-             f"eigenvalues: run analyze with --save-spectra {Path(source).with_suffix('.npz')} (or pass --spectra)")
     names = []
     if "esd" in kinds:
-        if not module:
-            fail("the esd figure needs --module NAME (a row name or a regex)")
-        names = [n for n in table["name"] if n in module or any(re.search(p, n) for p in module)]
-        names = [n for n in names if n in spectra]
+        patterns = regexes([m for m in module if m not in set(table["name"])], "--module")
+        names = [n for n in table["name"] if n in module or any(re.search(p, n) for p in patterns)]
         if not names:
-            fail(f"no analysed matrix with a spectrum matches --module {' '.join(module)}")
-    for path in draw(table, spectra, output, kinds, fmt.value, names, dmap):
-        out.print(f"drew {path}", highlight=False)
+            fail(f"no analysed matrix matches --module {' '.join(module)}")
+        if not spectra:
+            fail(f"{source}: the esd figure needs the eigenvalues: run analyze with --save-spectra "
+                 f"{Path(source).with_suffix('.npz')} (or pass --spectra)")
+        names = [n for n in names if n in spectra]
+    report_figures(draw(table, spectra, output, kinds, fmt.value, names, dmap))
 
 
-def _training_figure(alphas_csv: Path, output: Path, fmt: str) -> Path:
-    import pandas as pd
-
-    from ..plots import DPI
+def _training_figure(run: Path, output: Path, fmt: str) -> Path:
+    from ..compare import load_run_json
+    from ..output import read_csv_checked
+    from ..plots import save_figure
+    from ..train.rundir import ALPHAS
     from ..training_plots import alphas_figure
 
-    alphas = pd.read_csv(alphas_csv)
+    alphas = read_csv_checked(run / "alphas.csv", ALPHAS)
     if alphas.empty:
-        fail(f"{alphas_csv}: no rows yet (the run has not analysed its matrices)")
-    estimator = json.loads((alphas_csv.parent / "run.json").read_text()).get("config", {}).get("estimator", "median")
+        fail(f"{run / 'alphas.csv'}: no rows yet (the run has not analysed its matrices)")
+    estimator = load_run_json(run).get("config", {}).get("estimator", "median")
     output.mkdir(parents=True, exist_ok=True)
-    path = output / f"training.{fmt}"
-    alphas_figure(alphas, estimator).savefig(path, dpi=DPI, bbox_inches="tight")
-    return path
+    return save_figure(alphas_figure(alphas, str(estimator)), output / f"training.{fmt}")

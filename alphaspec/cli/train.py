@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from .common import Estimator, app, decay_policy, err, fail, finite, out, ratio_pair
+from .common import Estimator, app, decay_policy, err, finite, out, ratio_pair
 
 MODEL = "Model and data"
 OPTIM = "Optimisation"
@@ -129,9 +129,8 @@ def train(
     quiet: Annotated[bool, typer.Option("-q", "--quiet", rich_help_panel=RUN)] = False,
 ) -> None:
     """Pretrain a LLaMA with uniform, AlphaDecay, AWD, AdaDecay or learnable-multiplier weight decay."""
-    from ..decay import DecayMapError
-    from ..esd import DeviceError, resolve_device
-    from ..train import ConfigError, DataError, RunError, TrainConfig
+    from ..esd import resolve_device
+    from ..train import TrainConfig
     from ..train import train as run_training
     # typer may vendor click: compare the parameter source by name
     given = tuple("out" if p.name == "out_dir" else p.name for p in ctx.command.params
@@ -153,32 +152,29 @@ def train(
     quiet = quiet or int(os.environ.get("RANK", 0)) != 0
     columns = [TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
-    try:
-        cfg.validate()  # bad options fail before the progress bar appears
-        resolve_device(cfg.device)
-        with Progress(*columns, console=err, disable=quiet) as bar:
-            task = bar.add_task("train", total=steps, status="starting")
+    cfg.validate()  # bad options fail before the progress bar appears
+    resolve_device(cfg.device)
+    with Progress(*columns, console=err, disable=quiet) as bar:
+        task = bar.add_task("train", total=steps, status="starting")
 
-            def on_log(row: dict) -> None:
-                status = f"loss {row['loss']:.3f}  {row['tokens_per_s']:,.0f} tok/s"
-                if row.get("eval_loss") is not None:
-                    status += f"  eval {row['eval_loss']:.3f}"
-                bar.update(task, completed=row["step"], status=status)
+        def on_log(row: dict) -> None:
+            status = f"loss {row['loss']:.3f}  {row['tokens_per_s']:,.0f} tok/s"
+            if row.get("eval_loss") is not None:
+                status += f"  eval {row['eval_loss']:.3f}"
+            bar.update(task, completed=row["step"], status=status)
 
-            def on_start(info: dict) -> None:
-                c = info["config"]
-                where = f"from step {info['start_step']} " if info["start_step"] else ""
-                bar.update(task, status="first steps")
-                bar.console.print(
-                    f"alphaspec {info['alphaspec']} · {c['model']} ({info['parameters'] / 1e6:.1f} M parameters) · "
-                    f"{c['strategy']} · {c['batch_size']} x {c['seq_len']} tokens/step · {c['steps']} steps {where}· "
-                    f"{info['device']}" + (f" x {info['world_size']}" if info["world_size"] > 1 else "")
-                    + f" · {info['precision']} → {c['out']}", highlight=False)
+        def on_start(info: dict) -> None:
+            c = info["config"]
+            where = f"from step {info['start_step']} " if info["start_step"] else ""
+            bar.update(task, status="first steps")
+            bar.console.print(
+                f"alphaspec {info['alphaspec']} · {c['model']} ({info['parameters'] / 1e6:.1f} M parameters) · "
+                f"{c['strategy']} · {c['batch_size']} x {c['seq_len']} tokens/step · {c['steps']} steps {where}· "
+                f"{info['device']}" + (f" x {info['world_size']}" if info["world_size"] > 1 else "")
+                + f" · {info['precision']} → {c['out']}", highlight=False)
 
-            last = run_training(cfg, on_log=on_log, on_start=on_start,
-                                on_status=lambda line: bar.update(task, status=line))
-    except (ConfigError, DataError, RunError, DecayMapError, DeviceError) as e:
-        fail(str(e))
+        last = run_training(cfg, on_log=on_log, on_start=on_start,
+                            on_status=lambda line: bar.update(task, status=line))
     if not quiet and last:
         eval_part = f", eval loss {last['eval_loss']:.4f} (ppl {last['eval_ppl']:.1f})" if "eval_loss" in last else ""
         out.print(f"step {last['step']}: loss {last['loss']:.4f}{eval_part}; wrote {out_dir}", highlight=False)
