@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.text import Text
 
 from .common import Estimator, app, decay_policy, err, finite, out, ratio_pair
 
@@ -174,7 +175,9 @@ def train(
                 + f" · {info['precision']} → {c['out']}", highlight=False)
 
         last = run_training(cfg, on_log=on_log, on_start=on_start,
-                            on_status=lambda line: bar.update(task, status=line))
+                            on_status=lambda line: bar.update(task, status=line),
+                            on_warning=lambda line: bar.console.print(Text(f"warning: {line}"), style="yellow",
+                                                                      highlight=False))
     if not quiet and last:
         eval_part = f", eval loss {last['eval_loss']:.4f} (ppl {last['eval_ppl']:.1f})" if "eval_loss" in last else ""
         out.print(f"step {last['step']}: loss {last['loss']:.4f}{eval_part}; wrote {out_dir}", highlight=False)

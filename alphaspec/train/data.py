@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from ..errors import AlphaspecError
+from ..errors import AlphaspecError, check_input_file, input_kind, os_reason
+from ..output import atomic_write
 
 EOS = "<|endoftext|>"
 TEXT_SUFFIXES = (".txt", ".md", ".rst", ".text")
@@ -34,15 +35,19 @@ def text_files(paths: Sequence[str | Path]) -> list[Path]:
     """The text files named, directories searched recursively for *.txt/*.md/*.rst; errors name the path."""
     out: list[Path] = []
     for p in map(Path, paths):
-        if p.is_dir():
+        try:
+            kind = input_kind(p, "text file")
+        except AlphaspecError as e:
+            raise DataError(str(e)) from e
+        if kind == "directory":
             found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in TEXT_SUFFIXES)
             if not found:
                 raise DataError(f"{p}: no text files (*.txt, *.md, *.rst) in this directory")
             out += found
-        elif p.is_file():
+        elif kind == "file":
             out.append(p)
         else:
-            raise DataError(f"{p}: no such file or directory")
+            raise DataError(f"{p}: is a {kind}, not a text file")
     return out
 
 
@@ -53,6 +58,8 @@ def read_documents(paths: Sequence[Path]) -> list[str]:
             docs.append(p.read_text(encoding="utf-8"))
         except UnicodeDecodeError as e:
             raise DataError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from e
+        except OSError as e:
+            raise DataError(f"{p}: cannot read ({os_reason(e)})") from e
     if not any(d.strip() for d in docs):
         raise DataError("the training text is empty")
     return docs
@@ -152,30 +159,71 @@ def prepare(run_dir: Path, data: Sequence[str | Path], vocab_size: int, tokenize
     val_docs = read_documents(text_files(val_data)) if val_data else None
     megabytes = sum(map(len, docs)) / 1e6
     if tokenizer:
-        try:
-            tok = Tokenizer.from_file(str(tokenizer))
-        except Exception as e:  # tokenizers raises a bare Exception for unreadable files
-            raise DataError(f"{tokenizer}: not a tokenizers JSON file ({e})") from e
+        tok = load_tokenizer(Path(tokenizer))
     else:
         status(f"training a {vocab_size}-token BPE on {megabytes:.1f} MB of text")
         tok = train_tokenizer(docs, vocab_size)
     status(f"tokenising {megabytes:.1f} MB of text")
     stream_path.parent.mkdir(parents=True, exist_ok=True)
+    # Each file appears whole or not at all, the tokenizer last: a run killed here starts this step again.
     if val_docs is not None:
-        np.save(val_path, encode(tok, val_docs))
-    np.save(stream_path, encode(tok, docs))
-    tok.save(str(tok_path))
+        _save_array(val_path, encode(tok, val_docs))
+    _save_array(stream_path, encode(tok, docs))
+    atomic_write(tok_path, lambda tmp: tok.save(tmp))
     return tok
 
 
-def load_tokens(run_dir: Path, val_fraction: float, seq_len: int) -> TokenData:
-    """The run's train/validation streams: data/val.npy when the run has one, else the tail of the text."""
-    stream = np.load(run_dir / "data" / "tokens.npy", mmap_mode="r")
+def _save_array(path: Path, array: np.ndarray) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+
+    atomic_write(path, write)
+
+
+def load_tokenizer(path: Path) -> Tokenizer:
+    """A tokenizers JSON file; a damaged or foreign one is a DataError naming it."""
+    try:
+        check_input_file(path, "tokenizer file")
+        return Tokenizer.from_file(str(path))
+    except AlphaspecError as e:
+        raise DataError(str(e)) from e
+    except Exception as e:  # tokenizers raises a bare Exception for unreadable files
+        raise DataError(f"{path}: not a tokenizers JSON file ({_first_line(e)})") from e
+
+
+def load_tokens(run_dir: Path, val_fraction: float, seq_len: int, vocab_size: int | None = None) -> TokenData:
+    """The run's train/validation streams: data/val.npy when the run has one, else the tail of the text.
+
+    Each stream must be a 1-D integer array whose ids fit the vocabulary (checked once, here, rather than
+    failing inside an embedding lookup)."""
+    stream = _token_file(run_dir / "data" / "tokens.npy", vocab_size)
     val_path = run_dir / "data" / "val.npy"
     if not val_path.exists():
         return TokenData.split(stream, val_fraction, seq_len)
-    val = np.load(val_path, mmap_mode="r")
+    val = _token_file(val_path, vocab_size)
     for what, part in (("training", stream), ("validation", val)):
         if len(part) < 2 * (seq_len + 1):
             raise DataError(f"the {what} text holds {len(part)} tokens: too few for seq_len {seq_len}")
     return TokenData(train=stream, val=val)
+
+
+def _token_file(path: Path, vocab_size: int | None) -> np.ndarray:
+    try:
+        check_input_file(path, "token file")
+        tokens = np.load(path, mmap_mode="r", allow_pickle=False)
+    except AlphaspecError as e:
+        raise DataError(str(e)) from e
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: not a token file ({_first_line(e)})") from e
+    if tokens.ndim != 1 or tokens.dtype.kind not in "iu":
+        raise DataError(f"{path}: not a token file (a 1-D integer array was expected, found {tokens.dtype} "
+                        f"{tokens.ndim}-D)")
+    if vocab_size is not None and len(tokens) and int(tokens.max()) >= vocab_size:
+        raise DataError(f"{path}: token id {int(tokens.max())} is outside the tokenizer's vocabulary of {vocab_size}")
+    return tokens
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import platform
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from .. import __version__
 from ..analysis import analyze_tensors, records
+from ..compare import load_run_json
 from ..decay import ASSIGN, PRESERVE, DecayMap, is_tuned_candidate
 from ..decay import METRICS as DECAY_METRICS
 from ..errors import AlphaspecError
@@ -36,14 +37,17 @@ from .rundir import (
     MAP_COPY,
     METRICS,
     CsvLog,
+    RunDir,
     RunError,
-    check_new_or_resumable,
-    latest_checkpoint,
+    load_checkpoint,
+    plan_start,
     save_checkpoint,
     save_weights,
     write_json,
 )
 from .strategies import STRATEGIES, clip_parameters, make_strategy
+
+log = logging.getLogger("alphaspec")
 
 
 class ConfigError(AlphaspecError, ValueError):
@@ -149,10 +153,21 @@ RESUMABLE = ("out", "resume", "steps", "device", "compile", "sharding", "overlap
              "checkpoint_every", "keep_checkpoints")
 
 
-def resumed_config(saved: dict, cfg: TrainConfig) -> TrainConfig:
-    """The checkpoint's config, with the RESUMABLE fields `cfg` sets on purpose (cfg.given; else those that
-    differ from the defaults). Any other field set on purpose must equal the run's own value.
-    Decays come from the checkpoint, not a fresh solve."""
+def resumed_config(saved: dict, cfg: TrainConfig, where: str | Path = "the checkpoint",
+                   from_checkpoint: bool = True) -> TrainConfig:
+    """The run's own config (from its checkpoint, or run.json for a run restarted at step 0), with the
+    RESUMABLE fields `cfg` sets on purpose (cfg.given; else those that differ from the defaults). Any
+    other field set on purpose must equal the run's own value. From a checkpoint, decays come from it,
+    not a fresh solve."""
+    try:
+        return _merged_config(saved, cfg, from_checkpoint)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError, KeyError) as e:
+        raise RunError(f"{where}: the run's settings are damaged ({type(e).__name__}: {e})") from e
+
+
+def _merged_config(saved: dict, cfg: TrainConfig, from_checkpoint: bool) -> TrainConfig:
     current, defaults = asdict(cfg), asdict(TrainConfig())
     given = cfg.given if cfg.given is not None else [k for k in current if current[k] != defaults[k]]
     different = [k for k in given if k not in RESUMABLE and k in saved and k != "given"
@@ -164,7 +179,9 @@ def resumed_config(saved: dict, cfg: TrainConfig) -> TrainConfig:
             + "; only " + ", ".join(f"--{k.replace('_', '-')}" for k in RESUMABLE if k not in ("out", "resume"))
             + " can change")
     changes = {k: current[k] for k in {*given, "out", "resume"} if k in RESUMABLE}
-    merged = {**saved, **changes, "alphadecay_warmup": "uniform", "given": None}
+    merged = {**saved, **changes, "given": None}
+    if from_checkpoint:
+        merged["alphadecay_warmup"] = "uniform"
     merged["betas"], merged["ratio"] = tuple(merged["betas"]), tuple(merged["ratio"])
     out = TrainConfig(**{k: v for k, v in merged.items() if k in {f.name for f in fields(TrainConfig)}})
     out.validate()
@@ -197,10 +214,12 @@ def make_optimizer(cfg: TrainConfig, groups: list[dict], device: torch.device) -
 
 
 def train(cfg: TrainConfig, on_log: Callable[[dict], None] | None = None,
-          on_start: Callable[[dict], None] | None = None, on_status: Callable[[str], None] | None = None) -> dict:
+          on_start: Callable[[dict], None] | None = None, on_status: Callable[[str], None] | None = None,
+          on_warning: Callable[[str], None] | None = None) -> dict:
     """Run (or resume) one training run into cfg.out; returns the last metrics row. Launch with torchrun for
     DDP or FSDP2. on_status gets a line about each preparation step (reading, tokenising, ...),
-    on_start run.json's contents once the model is built, on_log every metrics row (all on rank 0 only)."""
+    on_start run.json's contents once the model is built, on_log every metrics row, on_warning what the
+    user should know (a damaged checkpoint passed over, a restart from step 0); all on rank 0 only."""
     cfg.validate()
     rank, world, local = _distributed()
     owns_group = world > 1 and not dist.is_initialized()
@@ -213,43 +232,62 @@ def train(cfg: TrainConfig, on_log: Callable[[dict], None] | None = None,
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     run = Path(cfg.out)
-    new_dir = not run.exists() or not any(run.iterdir())
+    rd = RunDir(run) if rank == 0 else None  # the lock: one trainer per run directory
     marks: dict = {}
     try:
-        return _train(cfg, run, rank, world, device, on_log, on_start, on_status or (lambda _: None), marks)
+        return _train(cfg, run, rd, rank, world, device, on_log, on_start, on_status or (lambda _: None),
+                      on_warning or log.warning, marks)
     except BaseException:
-        # A run that fails while being set up (bad decay map, bad data, ...) leaves nothing behind,
-        # so the same --out works again once the cause is fixed. Once training started, files stay.
-        if rank == 0 and new_dir and not marks.get("started") and run.is_dir():
-            shutil.rmtree(run, ignore_errors=True)
+        # A run that fails while being set up (bad decay map, bad data, ...) removes what it created, so the
+        # same --out works again once the cause is fixed; what was there before stays. Once training started,
+        # files stay.
+        if rd is not None and not marks.get("started"):
+            rd.remove_created()
         raise
     finally:
+        if rd is not None:
+            rd.release()
         if owns_group:
             dist.destroy_process_group()
 
 
-def _open(cfg: TrainConfig, run: Path, rank: int, world: int, on_status) -> tuple[TrainConfig, dict | None]:
+def _open(cfg: TrainConfig, run: Path, rd: RunDir | None, rank: int, world: int, on_status,
+          on_warning) -> tuple[TrainConfig, dict | None]:
     """The run's config and checkpoint (None for a fresh run), with its tokenizer and token streams ready."""
-    ckpt_path = check_new_or_resumable(run, cfg.resume) if rank == 0 else None
-    _barrier(world)
-    if rank:
-        ckpt_path = latest_checkpoint(run) if cfg.resume else None
-    state = torch.load(ckpt_path, map_location="cpu", weights_only=False) if ckpt_path else None
+    how, ckpt_path, state = (plan_start(rd, cfg.resume), None, None) if rank == 0 else (None, None, None)
+    if how == "resume":
+        ckpt_path, state = load_checkpoint(run, on_warning)
+    how, ckpt_path = _from_rank0([how, ckpt_path], world)
+    if rank and ckpt_path is not None:
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     if state:
-        cfg = resumed_config(state["config"], cfg)
+        cfg = resumed_config(state["config"], cfg, where=ckpt_path)
         if state["step"] >= cfg.steps:
             raise RunError(f"{run}: the run is already at step {state['step']}; pass a larger --steps to extend it")
         missing = [f for f in ("tokenizer.json", "data/tokens.npy") if not (run / f).is_file()]
         if missing:
             raise RunError(f"{run}: cannot resume without {' and '.join(missing)} (the run directory is incomplete)")
+    elif how == "restart":
+        if (run / "run.json").exists():
+            cfg = resumed_config(load_run_json(run)["config"], cfg, where=run / "run.json", from_checkpoint=False)
+        if rank == 0:
+            on_warning(f"{run} has no checkpoint yet: starting it again from step 0")
     if rank == 0:
-        run.mkdir(parents=True, exist_ok=True)
+        if how != "resume":  # the settings are on record from the start, so a run killed early can be restarted
+            write_json(run / "run.json", {"config": asdict(cfg), "alphaspec": __version__})
         if cfg.decay_map and not (run / MAP_COPY).exists():  # the run keeps its own copy: resumable without it
             DecayMap.load(cfg.decay_map).save(run / MAP_COPY)
         datamod.prepare(run, cfg.data, cfg.vocab_size, cfg.tokenizer, cfg.val_data, on_status)
         on_status("building the model")
     _barrier(world)
     return cfg, state
+
+
+def _from_rank0(values: list, world: int) -> list:
+    """Rank 0's values on every rank (plain Python objects)."""
+    if world > 1:
+        dist.broadcast_object_list(values, src=0)
+    return values
 
 
 def _build(cfg: TrainConfig, mcfg: ModelConfig, state: dict | None, device: torch.device, world: int):
@@ -284,13 +322,13 @@ def _split(cfg: TrainConfig, world: int) -> tuple[int, int]:
     return micro, cfg.batch_size // (micro * world)
 
 
-def _train(cfg: TrainConfig, run: Path, rank: int, world: int, device: torch.device, on_log, on_start, on_status,
-           marks: dict) -> dict:
+def _train(cfg: TrainConfig, run: Path, rd: RunDir | None, rank: int, world: int, device: torch.device, on_log,
+           on_start, on_status, on_warning, marks: dict) -> dict:
     _split(cfg, world)  # before anything is written
-    cfg, state = _open(cfg, run, rank, world, on_status)
+    cfg, state = _open(cfg, run, rd, rank, world, on_status, on_warning)
     micro, accum = _split(cfg, world)
-    tokens = datamod.load_tokens(run, cfg.val_fraction, cfg.seq_len)
-    vocab = datamod.Tokenizer.from_file(str(run / "tokenizer.json")).get_vocab_size()
+    vocab = datamod.load_tokenizer(run / "tokenizer.json").get_vocab_size()
+    tokens = datamod.load_tokens(run, cfg.val_fraction, cfg.seq_len, vocab)
     mcfg = ModelConfig(vocab_size=vocab, max_position_embeddings=cfg.seq_len, **PRESETS[cfg.model])
     model, net, strategy, optimizer, scheduler = _build(cfg, mcfg, state, device, world)
     start = state["step"] if state else 0
@@ -308,10 +346,10 @@ def _train(cfg: TrainConfig, run: Path, rank: int, world: int, device: torch.dev
         if on_start:
             on_start({**info, "config": asdict(cfg), "start_step": start})  # the settings in force now
         save_weights(run, weights, mcfg.hf_config())
-        metrics = CsvLog(run / "metrics.csv", METRICS, resume_at)
-        decays = CsvLog(run / "decay.csv", DECAYS, resume_at)
+        metrics = CsvLog(run / "metrics.csv", METRICS, resume_at, on_warning)
+        decays = CsvLog(run / "decay.csv", DECAYS, resume_at, on_warning)
         decays.write(strategy.decay_rows())
-        alphas = CsvLog(run / "alphas.csv", ALPHAS, resume_at)
+        alphas = CsvLog(run / "alphas.csv", ALPHAS, resume_at, on_warning)
         alphas.write(first_alphas)
     clip = clip_parameters(model)
     loss_sum, n_loss, t_last, last = torch.zeros((), device=device), 0, time.perf_counter(), {}
@@ -385,7 +423,11 @@ def _run_info(cfg: TrainConfig, run: Path, device: torch.device, world: int, par
     """run.json: every setting, versions, hardware; a resume appends to the original's `resumed` list."""
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     if resumed_at is not None:
-        prev = json.loads((run / "run.json").read_text())
+        try:
+            prev = load_run_json(run)
+        except AlphaspecError as e:  # the record is damaged; the checkpoint holds the settings
+            log.warning(f"{e}; writing it again from the checkpoint's settings")
+            prev = {**_run_info(cfg, run, device, world, params, micro, accum, bf16, None), "started": None}
         return {**prev, "resumed": [*prev.get("resumed", []), {"step": resumed_at, "at": now, "argv": sys.argv}]}
     return {"argv": sys.argv, "config": asdict(cfg), "alphaspec": __version__, "torch": torch.__version__,
             "python": platform.python_version(), "device": str(device), "world_size": world,

@@ -5,8 +5,20 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
+import shutil
+from collections.abc import Callable
 from pathlib import Path
+
+try:
+    import fcntl
+
+    msvcrt = None
+except ImportError:  # Windows
+    import msvcrt
+
+    fcntl = None
 
 import torch
 from safetensors.torch import save_file
@@ -31,21 +43,136 @@ def write_json(path: Path, doc: dict) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
-def check_new_or_resumable(run: Path, resume: bool) -> Path | None:
-    """The checkpoint to resume from (None for a fresh run); refuses to overwrite a run unless resuming."""
-    ckpt = latest_checkpoint(run)
+LOCK = ".lock"
+OURS = ("run.json", "config.json", "model.safetensors", "tokenizer.json", "metrics.csv", "decay.csv", "alphas.csv",
+        "checkpoints", "data", MAP_COPY)  # what a run writes: a directory holding only these is a run
+CHECKPOINT_KEYS = {"step": int, "model": dict, "optimizer": dict, "scheduler": dict, "strategy": dict, "rng": dict,
+                   "config": dict}
+
+
+class RunDir:
+    """A run directory owned by this process: an exclusive lock on RUN/.lock for the run's whole life
+    (the OS releases it when the process dies, however it dies), and a record of what was there before,
+    so a run that fails while being set up removes only what it created."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.created = _make_dir(path)
+        before = {p.name for p in path.iterdir()}
+        self._lock = _lock(path)
+        self.before = before  # the lock file is in it only if an earlier run left it
+        for tmp in [*path.glob(".*.tmp"), *path.glob("checkpoints/.*.tmp"), *path.glob("data/.*.tmp")]:
+            tmp.unlink(missing_ok=True)  # left by a process killed while writing (atomic_write's temporaries)
+
+    def contents(self) -> set[str]:
+        """Names in the directory, leaving out the lock file."""
+        return {p.name for p in self.path.iterdir()} - {LOCK}
+
+    def remove_created(self) -> None:
+        """Undo a failed setup: the whole directory if this run made it, else only the entries it added."""
+        if self.created:
+            shutil.rmtree(self.path, ignore_errors=True)
+            return
+        for name in {p.name for p in self.path.iterdir()} - self.before:
+            target = self.path / name
+            shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
+
+    def release(self) -> None:
+        self._lock.close()
+
+
+def _make_dir(path: Path) -> bool:
+    """Create the run directory (and its parents); True if this call made it."""
+    if path.exists() and not path.is_dir():
+        raise RunError(f"{path}: exists and is not a directory; pick another --out")
+    try:
+        path.mkdir(parents=True)
+        return True
+    except FileExistsError:
+        return False
+
+
+def _lock(path: Path):
+    """An open file holding the exclusive lock of RUN/.lock; a RunError when another process holds it."""
+    f = open(path / LOCK, "a+")  # noqa: SIM115 - held open for the life of the run
+    try:
+        if fcntl is not None:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        else:  # Windows
+            msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
+    except OSError as e:
+        f.close()
+        raise RunError(f"{path}: another alphaspec train is using this run directory (it holds {path / LOCK}); "
+                       "wait for it to finish, or pick another --out") from e
+    return f
+
+
+def plan_start(rd: RunDir, resume: bool) -> str:
+    """How this run starts: 'fresh' (an empty or new directory), 'restart' (--resume of a run that
+    has no checkpoint yet: from step 0, nothing was saved) or 'resume' (from a checkpoint)."""
+    run, names = rd.path, rd.contents()
+    has_ckpt = bool(checkpoints(run))
     if resume:
-        if ckpt is None:
-            raise RunError(f"{run}: no checkpoint to resume from (expected {run}/checkpoints/step_*.pt)")
-        return ckpt
-    if run.exists() and any(run.iterdir()):
+        if has_ckpt:
+            return "resume"
+        if names and names <= set(OURS):
+            return "restart"
+        what = "the directory is empty or missing" if not names else "it does not hold an alphaspec run"
+        raise RunError(f"{run}: no checkpoint to resume from ({what}); start it without --resume")
+    if names:
         raise RunError(f"{run}: directory exists and is not empty; pass --resume to continue that run, or pick another --out")
-    return None
+    return "fresh"
+
+
+def checkpoints(run: Path) -> list[Path]:
+    """RUN/checkpoints/step_N.pt, newest first."""
+    found = [(int(m.group(1)), p) for p in (run / "checkpoints").glob("step_*.pt") if (m := CKPT.search(p.name))]
+    return [p for _, p in sorted(found, reverse=True)]
 
 
 def latest_checkpoint(run: Path) -> Path | None:
-    found = [(int(m.group(1)), p) for p in (run / "checkpoints").glob("step_*.pt") if (m := CKPT.search(p.name))]
-    return max(found)[1] if found else None
+    found = checkpoints(run)
+    return found[0] if found else None
+
+
+def load_checkpoint(run: Path, warn: Callable[[str], None]) -> tuple[Path, dict]:
+    """The newest intact checkpoint, read as data only (weights_only: tensors and plain containers, never
+    code). A damaged one (truncated by a kill, replaced by a directory, not a checkpoint) is passed over
+    with a warning that names it; if none is intact, a RunError lists them all."""
+    damaged = []
+    for path in checkpoints(run):
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            _check_state(state)
+        except Exception as e:  # noqa: BLE001 - whatever is wrong with the file, the previous one may be fine
+            damaged.append(f"{path.name} ({_first_line(e)})")
+            continue
+        for line in damaged:
+            warn(f"checkpoint {line} is damaged; resuming from {path.name} instead")
+        return path, state
+    raise RunError(f"{run}: no intact checkpoint: {'; '.join(damaged)}. Move them away to restart the run from step 0")
+
+
+def _check_state(state) -> None:
+    if not isinstance(state, dict):
+        raise ValueError(f"holds a {type(state).__name__}, not a checkpoint")
+    for key, kind in CHECKPOINT_KEYS.items():
+        if not isinstance(state.get(key), kind):
+            raise ValueError(f"no {key!r} entry of the right kind")
+    if not torch.is_tensor(state["rng"].get("torch")):
+        raise ValueError("no random-number state")
+
+
+def _step(row: dict) -> float | None:
+    try:
+        return float(row["step"])
+    except (TypeError, ValueError):
+        return None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
 
 
 def save_checkpoint(run: Path, step: int, state: dict, keep: int) -> Path:
@@ -54,9 +181,9 @@ def save_checkpoint(run: Path, step: int, state: dict, keep: int) -> Path:
     d.mkdir(parents=True, exist_ok=True)
     path = d / f"step_{step:07d}.pt"
     atomic_write(path, lambda tmp: torch.save(state, tmp))
-    old = sorted((int(m.group(1)), p) for p in d.glob("step_*.pt") if (m := CKPT.search(p.name)))
-    for _, p in old[:-keep] if keep > 0 else []:
-        p.unlink()
+    for p in checkpoints(run)[keep:] if keep > 0 else []:
+        if p.is_file():
+            p.unlink()
     return path
 
 
@@ -69,15 +196,32 @@ def save_weights(run: Path, tensors: dict[str, torch.Tensor], hf_config: dict) -
 class CsvLog:
     """An append-only CSV with a fixed header, flushed per write; on resume, rows past the checkpoint are dropped."""
 
-    def __init__(self, path: Path, columns: list[str], resume_step: int | None = None):
+    def __init__(self, path: Path, columns: list[str], resume_step: int | None = None,
+                 warn: Callable[[str], None] = print):
         self.path, self.columns = path, columns
-        kept = []
-        if resume_step is not None and path.exists():
-            with path.open(newline="") as f:
-                kept = [r for r in csv.DictReader(f) if r.get("step") and int(float(r["step"])) <= resume_step]
+        kept = self._kept(resume_step, warn) if resume_step is not None and path.exists() else []
         self._rewrite(kept)
         self._file = path.open("a", newline="")
         self._writer = csv.DictWriter(self._file, columns, extrasaction="ignore")
+
+    def _kept(self, resume_step: int, warn: Callable[[str], None]) -> list[dict]:
+        """The rows up to the checkpoint's step. A row cut short by a kill, or garbled, is dropped with a
+        warning; a file that cannot be read as this CSV at all is kept aside as NAME.damaged."""
+        try:
+            with self.path.open(newline="", encoding="utf-8") as f:
+                reader = csv.DictReader(f)
+                rows = list(reader)
+                if reader.fieldnames != self.columns:
+                    raise ValueError(f"header {reader.fieldnames} is not {self.columns}")
+        except (OSError, ValueError, csv.Error) as e:  # UnicodeDecodeError is a ValueError
+            aside = self.path.with_name(self.path.name + ".damaged")
+            os.replace(self.path, aside)
+            warn(f"{self.path} is damaged ({_first_line(e)}); kept it as {aside.name} and started it again")
+            return []
+        whole = [r for r in rows if None not in r.values() and None not in r and _step(r) is not None]
+        if len(whole) < len(rows):
+            warn(f"{self.path}: dropped {len(rows) - len(whole)} incomplete or garbled row(s)")
+        return [r for r in whole if _step(r) <= resume_step]
 
     def _rewrite(self, rows: list[dict]) -> None:
         def write(tmp: str) -> None:
