@@ -10,7 +10,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import pickle
 import re
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,12 +106,19 @@ NESTED_KEYS = ("state_dict", "model", "module", "model_state_dict", "model_state
 
 def _load_state_dict(file: Path) -> dict:
     try:
-        try:
-            obj = torch.load(str(file), map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as err:
-            if "mmap" not in str(err) and "zip" not in str(err):
-                raise
-            obj = torch.load(str(file), map_location="cpu", weights_only=True)  # legacy (non-zip) format
+        with warnings.catch_warnings():  # torch's notes on pickle protocols are not the user's business
+            warnings.simplefilter("ignore")
+            try:
+                obj = torch.load(str(file), map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as err:
+                if "mmap" not in str(err) and "zip" not in str(err):
+                    raise
+                obj = torch.load(str(file), map_location="cpu", weights_only=True)  # legacy (non-zip) format
+    except pickle.UnpicklingError as err:
+        if "unsupported global" not in str(err).lower():
+            raise SourceError(f"{file}: not a readable PyTorch state dict ({_first_line(err)})") from err
+        raise SourceError(f"{file}: holds Python objects other than tensors; refused, since loading them could "
+                          "run code (save a plain state dict, or convert it to safetensors)") from err
     except Exception as err:  # noqa: BLE001
         raise SourceError(f"{file}: not a readable PyTorch state dict ({_first_line(err)})") from err
     if isinstance(obj, dict) and not any(torch.is_tensor(v) and v.ndim >= 2 for v in obj.values()):

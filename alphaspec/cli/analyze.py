@@ -11,7 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .. import __version__
-from .common import MODEL_KINDS, Estimator, analyse, app, draw, err, out, regexes, report_figures
+from .common import MODEL_KINDS, Estimator, analyse, app, draw, out, regexes, report_figures
 
 if TYPE_CHECKING:
     from ..analysis import Analysis
@@ -104,11 +104,10 @@ def analyze(
         check_output_dir(plots)
     dev = resolve_device(device)
     ckpt = open_checkpoint(source)
-    if not quiet:
-        why = " (no CUDA device found)" if device == "auto" and dev.type == "cpu" else ""
-        err.print(f"alphaspec {__version__} · {len(ckpt.tensors)} tensors in {len(ckpt.files)} file(s) · "
-                  f"device {dev}{why} · estimator {estimator.value}", highlight=False)
-    result = analyse(source, estimator.value, dev, quiet, include=include, exclude=exclude, split_fused=split_fused,
+    why = " (no CUDA device found)" if device == "auto" and dev.type == "cpu" else ""
+    header = (f"alphaspec {__version__} · {len(ckpt.tensors)} tensors in {len(ckpt.files)} file(s) · "
+              f"device {dev}{why} · estimator {estimator.value}")
+    result = analyse(source, estimator.value, dev, quiet, header, include=include, exclude=exclude, split_fused=split_fused,
                       keep_spectra=save_spectra is not None or plots is not None, checkpoint=ckpt, workers=workers)
     if output is not None:
         write_results(result, output)

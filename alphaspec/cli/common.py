@@ -120,16 +120,26 @@ class RateColumn(ProgressColumn):
         return Text(f"{task.speed:.1f} matrices/s" if task.speed else "", style="progress.data.speed")
 
 
-def analyse(source: str, estimator: str, device, quiet: bool, **options):
-    """run() with a progress bar (matrices done, matrices/s, ETA) on stderr; bad input ends in `error:`."""
+def analyse(source: str, estimator: str, device, quiet: bool, header: str | None = None, **options):
+    """run() with a progress bar (matrices done, matrices/s, ETA) on stderr, and `header` printed once the
+    work is planned (so that bad input ends in a lone `error:` line)."""
     from ..analysis import run
+    from ..checkpoint import open_checkpoint
+    from ..esd import resolve_device
 
+    device = resolve_device(device)  # bad input fails before a progress bar is drawn
+    options["checkpoint"] = options.get("checkpoint") or open_checkpoint(source)
     columns = [TextColumn("analysing"), BarColumn(), MofNCompleteColumn(), RateColumn(), TimeElapsedColumn(),
                TextColumn("eta"), TimeRemainingColumn()]
-    with Progress(*columns, console=err, disable=quiet) as bar:
+    with Progress(*columns, console=err, disable=quiet, transient=True) as bar:
         task = bar.add_task("analyse", total=None)
-        return run(source, estimator, device, progress=lambda done, total: bar.update(task, completed=done,
-                                                                                     total=total), **options)
+
+        def progress(done: int, total: int) -> None:
+            if done == 0 and header and not quiet:
+                bar.console.print(header, highlight=False)
+            bar.update(task, completed=done, total=total)
+
+        return run(source, estimator, device, progress=progress, **options)
 
 
 def load(source: str, estimator: str, device: str, quiet: bool, spectra_file: Path | None = None):

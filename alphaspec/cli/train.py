@@ -155,7 +155,7 @@ def train(
                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
     cfg.validate()  # bad options fail before the progress bar appears
     resolve_device(cfg.device)
-    with Progress(*columns, console=err, disable=quiet) as bar:
+    with Progress(*columns, console=err, disable=quiet, transient=True) as bar:
         task = bar.add_task("train", total=steps, status="starting")
 
         def on_log(row: dict) -> None:
@@ -177,7 +177,7 @@ def train(
         last = run_training(cfg, on_log=on_log, on_start=on_start,
                             on_status=lambda line: bar.update(task, status=line),
                             on_warning=lambda line: bar.console.print(Text(f"warning: {line}"), style="yellow",
-                                                                      highlight=False))
+                                                                      highlight=False, soft_wrap=True))
     if not quiet and last:
         eval_part = f", eval loss {last['eval_loss']:.4f} (ppl {last['eval_ppl']:.1f})" if "eval_loss" in last else ""
         out.print(f"step {last['step']}: loss {last['loss']:.4f}{eval_part}; wrote {out_dir}", highlight=False)

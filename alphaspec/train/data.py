@@ -153,7 +153,7 @@ def prepare(run_dir: Path, data: Sequence[str | Path], vocab_size: int, tokenize
     """
     tok_path, stream_path, val_path = run_dir / "tokenizer.json", run_dir / "data" / "tokens.npy", run_dir / "data" / "val.npy"
     if tok_path.exists() and stream_path.exists():
-        return Tokenizer.from_file(str(tok_path))
+        return load_tokenizer(tok_path)
     status("reading the text")
     docs = read_documents(text_files(data) if data else bundled_corpus())
     val_docs = read_documents(text_files(val_data)) if val_data else None

@@ -6,8 +6,10 @@ from __future__ import annotations
 import csv
 import json
 import os
+import pickle
 import re
 import shutil
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -142,8 +144,16 @@ def load_checkpoint(run: Path, warn: Callable[[str], None]) -> tuple[Path, dict]
     damaged = []
     for path in checkpoints(run):
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                state = torch.load(path, map_location="cpu", weights_only=True)
             _check_state(state)
+        except pickle.UnpicklingError as e:
+            if "unsupported global" not in str(e).lower():
+                damaged.append(f"{path.name} ({_first_line(e)})")
+                continue
+            damaged.append(f"{path.name} (holds Python objects other than tensors: refused, never unpickled)")
+            continue
         except Exception as e:  # noqa: BLE001 - whatever is wrong with the file, the previous one may be fine
             damaged.append(f"{path.name} ({_first_line(e)})")
             continue
