@@ -63,8 +63,12 @@ class RunDir:
         before = {p.name for p in path.iterdir()}
         self._lock = _lock(path)
         self.before = before  # the lock file is in it only if an earlier run left it
-        for tmp in [*path.glob(".*.tmp"), *path.glob("checkpoints/.*.tmp"), *path.glob("data/.*.tmp")]:
-            tmp.unlink(missing_ok=True)  # left by a process killed while writing (atomic_write's temporaries)
+        # Temporaries left by a process killed while writing: atomic_write's (.NAME.XXXX.tmp) and those
+        # safetensors makes for itself (.tmpXXXXXX).
+        for folder in (path, path / "checkpoints", path / "data"):
+            for tmp in [*folder.glob(".*.tmp"), *folder.glob(".tmp*")]:
+                if tmp.is_file():
+                    tmp.unlink()
 
     def contents(self) -> set[str]:
         """Names in the directory, leaving out the lock file."""
