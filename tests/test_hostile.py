@@ -353,6 +353,9 @@ CASES += [
                                                   "--tokenizer", write(d / "tok.json", "{"), *TRAIN], 1, ("tok.json",)),
     Case("train-val-data-missing", lambda b, d: ["train", "--out", d / "r", "--data", copy(b, d, "text.txt"),
                                                  "--val-data", d / "none.txt", *TRAIN], 1, ("none.txt",)),
+    Case("train-out-under-a-file", lambda b, d: ["train", "--out", write(d / "f", "x") / "r", *TRAIN], 1, ("f",)),
+    Case("plot-o-under-a-file", lambda b, d: ["plot", copy(b, d, "results.json"), "-o", write(d / "f", "x") / "figs"], 1,
+         ("not a directory",)),
     Case("train-data-link-loop", lambda b, d: ["train", "--out", d / "r", "--data", loop(d / "t.txt"), *TRAIN], 1,
          ("t.txt",)),
 ]
@@ -420,3 +423,96 @@ def test_hostile_input(case, base, tmp_path, monkeypatch):
     assert not (d / "PWNED").exists()
     ours = [w for w in caught if "alphaspec" in str(w.filename) or w.category in (RuntimeWarning, UserWarning)]
     assert not ours, [str(w.message) for w in ours]
+
+
+# --- damaged but usable: what can be analysed is, the rest says why --------------------------------------------
+
+
+def hill_median(w: np.ndarray) -> float:
+    """The median-xmin Hill alpha, written out with numpy (independent of alphaspec's estimator)."""
+    lam = np.sort(np.linalg.eigvalsh(w.T @ w if w.shape[0] >= w.shape[1] else w @ w.T))
+    lam = lam[lam > 1e-12 * lam[-1]]
+    i = len(lam) // 2
+    return 1 + (len(lam) - i) / np.log(lam[i:] / lam[i]).sum()
+
+
+def strict_json(text: str):
+    def refuse(name):
+        raise ValueError(f"{name} is not JSON")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_degenerate_matrices_get_a_status_and_everything_else_is_drawn(tmp_path):
+    t = synth.llama(dtype=torch.float32)
+    q, _ = torch.linalg.qr(synth.rand(32, 32, seed=5).double())
+    t["model.layers.0.self_attn.q_proj.weight"] = torch.eye(32)  # all eigenvalues equal
+    t["model.layers.1.self_attn.q_proj.weight"] = q.float()  # equal up to float32 rounding
+    t["model.layers.1.self_attn.o_proj.weight"] = torch.ones(32, 32)  # rank one
+    fp8 = synth.rand(16, 32, seed=9).to(torch.float8_e4m3fn)
+    t["model.layers.1.self_attn.k_proj.weight"] = fp8
+    model = synth.write(tmp_path / "m", t, synth.LLAMA_CONFIG)
+    res = CliRunner().invoke(app, ["analyze", str(model), "-o", str(tmp_path / "r.json"), "--save-spectra",
+                                   str(tmp_path / "r.npz")], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    rows = {r["name"]: r for r in strict_json((tmp_path / "r.json").read_text())["matrices"]}
+    for name in ("model.layers.0.self_attn.q_proj.weight", "model.layers.1.self_attn.q_proj.weight"):
+        assert rows[name]["alpha"] is None and rows[name]["status"].startswith("no power-law tail"), rows[name]
+    assert rows["model.layers.1.self_attn.o_proj.weight"]["status"].startswith("too few non-zero eigenvalues")
+    k = rows["model.layers.1.self_attn.k_proj.weight"]
+    assert k["status"] == "ok" and k["dtype"] == "float8_e4m3fn"
+    assert k["alpha"] == pytest.approx(hill_median(fp8.double().numpy()), rel=1e-9)
+    res = CliRunner().invoke(app, ["plot", str(tmp_path / "r.json"), "-o", str(tmp_path / "figs")])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == ["alpha-depth.png", "alpha-modules.png", "spectra.png"]
+    res = CliRunner().invoke(app, ["decay-map", str(tmp_path / "r.json"), "-o", str(tmp_path / "wd.json")],
+                             env={"COLUMNS": "300"})
+    assert res.exit_code == 1 and res.output.startswith("error: ") and "no alpha" in res.output
+
+
+def test_results_without_spectra_draw_what_they_can(base, tmp_path):
+    shutil.copy(base / "results.json", tmp_path / "r.json")
+    res = CliRunner().invoke(app, ["plot", str(tmp_path / "r.json"), "-o", str(tmp_path / "figs")], env={"COLUMNS": "300"})
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == ["alpha-depth.png", "alpha-modules.png"]
+    assert "skipped spectra: needs the eigenvalues" in res.output
+
+
+def test_int_keyed_state_dict_is_read(tmp_path):
+    w = synth.rand(40, 24)
+    torch.save({0: synth.rand(24, 24), "model.layers.1.mlp.down_proj.weight": w}, tmp_path / "x.pt")
+    res = CliRunner().invoke(app, ["analyze", str(tmp_path / "x.pt"), "-o", str(tmp_path / "r.csv"), "-q"])
+    assert res.exit_code == 0, res.output
+    table = pd.read_csv(tmp_path / "r.csv").set_index("name")
+    assert set(table.index) == {"0", "model.layers.1.mlp.down_proj.weight"}
+    assert table.loc["model.layers.1.mlp.down_proj.weight", "alpha"] == pytest.approx(hill_median(w.double().numpy()))
+
+
+def test_compare_names_unfinished_runs(base, tmp_path):
+    run = copy(base, tmp_path, "run")
+    kept = (run / "metrics.csv").read_text().splitlines()[:3]  # header and steps 1-2 of 4
+    (run / "metrics.csv").write_text("\n".join(kept) + "\n")
+    res = CliRunner().invoke(app, ["compare", str(run)], env={"COLUMNS": "300"})
+    assert res.exit_code == 0, res.output
+    assert "stopped at step 2 of 4" in res.output
+
+
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2, torch.float8_e4m3fnuz, torch.float8_e5m2fnuz])
+def test_every_float8_format_is_promoted_before_any_arithmetic(tmp_path, dtype):
+    w = synth.rand(48, 32, seed=3).to(dtype)
+    synth.write(tmp_path / "m", {"model.layers.0.mlp.down_proj.weight": w})
+    res = CliRunner().invoke(app, ["analyze", str(tmp_path / "m"), "-o", str(tmp_path / "r.csv"), "-q"])
+    assert res.exit_code == 0, res.output
+    row = pd.read_csv(tmp_path / "r.csv").iloc[0]
+    assert row["status"] == "ok" and row["alpha"] == pytest.approx(hill_median(w.double().numpy()), rel=1e-9)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads and writes whatever the permissions say")
+def test_permissions_are_reported_as_such(base, tmp_path):
+    model = copy(base, tmp_path, "model")
+    (model / "model.safetensors").chmod(0)
+    res = CliRunner().invoke(app, ["analyze", str(model)], env={"COLUMNS": "300"})
+    assert res.exit_code == 1 and "permission denied" in res.output
+    locked = tmp_path / "ro"
+    locked.mkdir(mode=0o555)
+    res = CliRunner().invoke(app, ["analyze", str(base / "model"), "-o", str(locked / "r.csv")], env={"COLUMNS": "300"})
+    assert res.exit_code == 1 and "permission denied" in res.output and not list(locked.iterdir())
