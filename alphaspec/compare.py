@@ -33,6 +33,9 @@ class Run:
     sizes: dict[str, int]
 
 
+RUN_KEYS = {"strategy": str, "seed": int, "steps": int, "weight_decay": int | float}  # what compare reads
+
+
 def load_run_json(path: Path) -> dict:
     """RUN/run.json as a dict whose `config` is a dict; anything else is a RunDirError naming the file."""
     file = Path(path) / "run.json"
@@ -68,6 +71,10 @@ def load_run(path: str | Path) -> Run:
         raise RunDirError(str(e)) from e
     if metrics.empty:
         raise RunDirError(f"{path}: metrics.csv has no rows yet (the run logged nothing)")
+    for key, kind in RUN_KEYS.items():
+        value = info["config"].get(key)
+        if isinstance(value, bool) or not isinstance(value, kind):
+            raise RunDirError(f"{path / 'run.json'}: damaged (its config has no valid {key!r}: {value!r})")
     return Run(path, info["config"], info, metrics, decays, _sizes(path / "model.safetensors"))
 
 

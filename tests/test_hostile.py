@@ -312,6 +312,9 @@ CASES += [
          ("run.json", "damaged")),
     Case("compare-run-json-list", lambda b, d: ["compare", write(copy(b, d, "run") / "run.json", "[]").parent], 1,
          ("run.json",)),
+    Case("compare-config-without-seed", lambda b, d: ["compare", edit_json(copy(b, d, "run") / "run.json",
+                                                                          lambda r: r["config"].__delitem__("seed")).parent], 1,
+         ("run.json", "seed")),
     Case("compare-metrics-cut-short", lambda b, d: ["compare", write(copy(b, d, "run") / "metrics.csv",
                                                                      "step,tokens,loss,lr,grad_norm,tokens_per_s,eval_loss,"
                                                                      "eval_ppl\n1,128,5.1,0.001,1.0,900,,\n2,25").parent],
