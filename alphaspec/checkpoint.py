@@ -26,7 +26,9 @@ from .errors import AlphaspecError, check_input_file, input_kind
 SAFETENSORS_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "F64": "float64",
                       "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2", "F8_E4M3FNUZ": "float8_e4m3fnuz",
                       "F8_E5M2FNUZ": "float8_e5m2fnuz", "F8_E8M0": "scale-only F8_E8M0",
-                      "F4": "packed 4-bit F4", "F6_E2M3": "packed 6-bit F6_E2M3", "F6_E3M2": "packed 6-bit F6_E3M2"}
+                      "F4": "packed 4-bit F4", "F6_E2M3": "packed 6-bit F6_E2M3", "F6_E3M2": "packed 6-bit F6_E3M2",
+                      "BOOL": "bool", "C64": "complex64", **{f"{k}{b}": f"{n}{b}" for k, n in (("I", "int"), ("U", "uint"))
+                                                               for b in (8, 16, 32, 64)}}
 TORCH_SUFFIXES = (".bin", ".pt", ".pth")
 INDEX_NAMES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 HUB_PATTERNS = ["*.safetensors", "*.safetensors.index.json", "config.json"]

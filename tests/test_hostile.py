@@ -519,3 +519,29 @@ def test_permissions_are_reported_as_such(base, tmp_path):
     locked.mkdir(mode=0o555)
     res = CliRunner().invoke(app, ["analyze", str(base / "model"), "-o", str(locked / "r.csv")], env={"COLUMNS": "300"})
     assert res.exit_code == 1 and "permission denied" in res.output and not list(locked.iterdir())
+
+
+def raw_safetensors(path: Path, entries: list[tuple[str, str, list[int], int]]) -> Path:
+    """A safetensors file written by hand, for dtypes torch cannot make (F4, F6, F8_E8M0)."""
+    header, offset = {}, 0
+    for name, dtype, shape, nbytes in entries:
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    path.write_bytes(len(text).to_bytes(8, "little") + text + b"\x01" * offset)
+    return path
+
+
+@pytest.mark.parametrize(("dtype", "nbytes", "reason"), [
+    ("F8_E8M0", 400, "scale-only F8_E8M0"), ("F4", 200, "packed 4-bit F4"), ("F6_E3M2", 300, "packed 6-bit"),
+    ("I64", 3200, "non-float dtype int64"), ("U8", 400, "non-float dtype uint8"), ("BOOL", 400, "non-float dtype bool"),
+    ("C64", 3200, "non-float dtype complex64")])
+def test_every_safetensors_dtype_is_read_or_skipped_with_its_reason(tmp_path, dtype, nbytes, reason):
+    src = raw_safetensors(tmp_path / "x.safetensors", [("model.layers.0.mlp.up_proj.weight", dtype, [20, 20], nbytes),
+                                                       ("model.layers.0.mlp.down_proj.weight", "F32", [20, 20], 1600)])
+    res = CliRunner().invoke(app, ["analyze", str(src), "-q", "-o", str(tmp_path / "r.json")])
+    assert res.exit_code == 0, res.output
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert [m["name"] for m in doc["matrices"]] == ["model.layers.0.mlp.down_proj.weight"]
+    assert doc["skipped"][0]["name"] == "model.layers.0.mlp.up_proj.weight" and reason in doc["skipped"][0]["reason"]
