@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -182,7 +183,8 @@ class DecayMap:
         model's `transformer.` / `model.` prefix). Missing or unexpected names raise, listed.
         """
         params = dict(model.named_parameters())
-        resolved = match_names(self.decays(), params, model)
+        sizes = {m["name"]: int(m["params"]) for m in self.modules if isinstance(m.get("params"), int)}
+        resolved = match_names(self.decays(), params, model, sizes)
         groups = [{"params": [params[p]], "weight_decay": wd, "name": p, **optimizer_kwargs}
                   for p, wd in resolved.items()]
         rest, no_decay = [], []
@@ -228,20 +230,47 @@ def is_tuned_candidate(name: str, p: torch.Tensor) -> bool:
     return p.ndim >= 2 and layer_index(name) is not None and module_type(name) in (*BLOCK_MODULES, *FUSED_MODULES)
 
 
-def match_names(decays: dict[str, float], params: dict[str, torch.Tensor], model=None) -> dict[str, float]:
-    """Map decay-map names onto parameter names; raise listing missing and unexpected names."""
+_EXPERT_PART = re.compile(r"\.experts\.\d+\.(gate_proj|up_proj|w1|w3|down_proj|w2)\.weight$")
+_FUSED_OF = {"gate_proj": "gate_up_proj", "up_proj": "gate_up_proj", "w1": "gate_up_proj", "w3": "gate_up_proj",
+             "down_proj": "down_proj", "w2": "down_proj"}
+
+
+def fused_expert_param(name: str, params: dict[str, torch.Tensor]) -> str | None:
+    """The fused parameter that holds a per-expert checkpoint tensor in a transformers-5 model: a map made
+    from the checkpoint names `...experts.3.gate_proj.weight` (or Mixtral's `w1`), the model built from it
+    holds `...experts.gate_up_proj` [experts, 2 x ff, hidden]; same for down_proj (`w2`). None if the
+    model has no such parameter in that layer."""
+    match = _EXPERT_PART.search(name)
+    if not match:
+        return None
+    want, layer = f"experts.{_FUSED_OF[match.group(1)]}", layer_index(name)
+    hits = [p for p, t in params.items() if p.endswith(want) and t.ndim == 3 and layer_index(p) == layer]
+    return hits[0] if len(hits) == 1 else None
+
+
+def match_names(decays: dict[str, float], params: dict[str, torch.Tensor], model=None,
+                sizes: dict[str, int] | None = None) -> dict[str, float]:
+    """Map decay-map names onto parameter names; raise listing missing and unexpected names.
+
+    Per-expert names of a map made from a checkpoint apply to the fused expert tensors of a
+    transformers-5 model (see fused_expert_param), weighted by `sizes` (parameters per map entry)."""
     by_suffix: dict[str, list[str]] = {}
     for pname in params:
         parts = pname.split(".")
         for i in range(len(parts)):
             by_suffix.setdefault(".".join(parts[i:]), []).append(pname)
-    resolved, missing = {}, []
+    resolved, missing, experts = {}, [], {}
     for name, wd in decays.items():
         hits = [name] if name in params else by_suffix.get(name, [])
         if len(hits) == 1:
             resolved[hits[0]] = wd
+        elif not hits and (fused := fused_expert_param(name, params)) is not None:
+            experts.setdefault(fused, []).append((wd, (sizes or {}).get(name, 1)))
         else:
             missing.append(name if not hits else f"{name} (ambiguous: {', '.join(hits[:3])})")
+    for fused, parts in experts.items():  # one decay per fused tensor: the parameter-weighted mean of its experts'
+        weights = [size for _, size in parts]
+        resolved[fused] = float(np.average([wd for wd, _ in parts], weights=weights))
     unexpected = [p for p, t in params.items() if p not in resolved and is_tuned_candidate(p, t)]
     if missing or unexpected:
         parts = []
@@ -284,27 +313,22 @@ def build_decay_map(table: pd.DataFrame, weight_decay: float, *, ratio: Sequence
     rows = table if all_rows else tuned_rows(table, include, exclude)
     if rows.empty:
         raise DecayMapError("no matrices to tune: the table has no transformer-block matrices (see --include)")
-    bad = rows[~np.isfinite(rows[metric].astype(float))]
-    if len(bad):
-        raise DecayMapError(f"{len(bad)} tuned matri(ces) have no {metric} ({bad['status'].iloc[0]}), e.g. "
-                            f"{bad['name'].iloc[0]}; exclude them with --exclude")
+    values = rows[metric].to_numpy(dtype=float)
+    fitted = np.isfinite(values)  # a matrix with no fit (no power-law tail, NaN weights) keeps the base decay
+    if not fitted.any():
+        raise DecayMapError(f"none of the {len(rows)} tuned matrices has a {metric} ({rows['status'].iloc[0]}), "
+                            f"e.g. {rows['name'].iloc[0]}")
     sizes = (rows["rows"] * rows["cols"]).to_numpy(dtype=float)
     blocks = rows["layer"].astype(object).where(rows["layer"].notna(), -1).tolist()
-    wd = assign_decays(rows[metric].to_numpy(dtype=float), weight_decay, ratio=ratio, assign=assign, blocks=blocks,
-                       sizes=sizes, preserve_mean=preserve_mean)
-    rows = rows.assign(decay_=wd, size_=sizes)
+    if "stack" in rows:  # encoder block 3 and decoder block 3 are different blocks
+        blocks = [f"{st}:{b}" for st, b in zip(rows["stack"].fillna("").tolist(), blocks, strict=True)]
+    wd = np.full(len(rows), float(weight_decay))
+    wd[fitted] = assign_decays(values[fitted], weight_decay, ratio=ratio, assign=assign,
+                               blocks=[b for b, f in zip(blocks, fitted, strict=True) if f], sizes=sizes[fitted],
+                               preserve_mean=preserve_mean)
+    rows = rows.assign(decay_=wd, size_=sizes, fitted_=fitted)
     tensor_col = "tensor" if "tensor" in rows else "name"
-    modules = []
-    for tensor, part in rows.groupby(tensor_col, sort=False):
-        weights = part["size_"].to_numpy()
-        entry = {"name": tensor, "module": _whole_module(part), "layer": _int_or_none(part["layer"].iloc[0]),
-                 metric: float(np.average(part[metric].to_numpy(dtype=float), weights=weights)),
-                 "weight_decay": float(np.average(part["decay_"].to_numpy(), weights=weights)),
-                 "params": int(weights.sum())}
-        if len(part) > 1 or part["name"].iloc[0] != tensor:
-            entry["parts"] = [{"name": r.name, "module": r.module, metric: float(getattr(r, metric)),
-                               "weight_decay": float(r.decay_)} for r in part.itertuples()]
-        modules.append(entry)
+    modules = [_map_entry(tensor, part, metric) for tensor, part in rows.groupby(tensor_col, sort=False)]
     if isinstance(default, str):
         if default not in ("all", "matrices"):
             raise DecayMapError(f"unknown default decay policy {default!r}; use all, matrices or a number")
@@ -315,6 +339,24 @@ def build_decay_map(table: pd.DataFrame, weight_decay: float, *, ratio: Sequence
                     assign=assign, estimator=str(table["estimator"].iloc[0]) if "estimator" in table else "median",
                     metric=metric, preserve_mean=preserve_mean, default_policy=policy,
                     default_weight_decay=default_wd, source=source)
+
+
+def _map_entry(tensor: str, part: pd.DataFrame, metric: str) -> dict:
+    """One tensor of the map: its decay is the parameter-weighted mean of its parts' (the optimizer sees
+    whole tensors); its metric that of the parts with a fit (None when none has one, with the reason)."""
+    weights, ok = part["size_"].to_numpy(), part["fitted_"].to_numpy()
+    values = part[metric].to_numpy(dtype=float)
+    entry = {"name": tensor, "module": _whole_module(part), "layer": _int_or_none(part["layer"].iloc[0]),
+             metric: float(np.average(values[ok], weights=weights[ok])) if ok.any() else None,
+             "weight_decay": float(np.average(part["decay_"].to_numpy(), weights=weights)),
+             "params": int(weights.sum())}
+    if not ok.all():
+        entry["note"] = "base decay kept for parts without a fit: " + "; ".join(
+            sorted({str(st) for st in part.loc[~part["fitted_"], "status"]})) if "status" in part else "no fit"
+    if len(part) > 1 or part["name"].iloc[0] != tensor:
+        entry["parts"] = [{"name": r.name, "module": r.module, metric: float(getattr(r, metric))
+                           if r.fitted_ else None, "weight_decay": float(r.decay_)} for r in part.itertuples()]
+    return entry
 
 
 def _whole_module(part: pd.DataFrame) -> str:

@@ -31,6 +31,16 @@ def _dist() -> tuple[int, int]:
     return 0, 1
 
 
+def model_config(model: torch.nn.Module) -> dict:
+    """The config a Hugging Face model carries (`model.config`), as config.json would hold it; {} if none."""
+    config = getattr(model, "config", None)
+    if hasattr(config, "to_dict"):
+        return config.to_dict()
+    if hasattr(config, "hf_config"):  # alphaspec's own LLaMA
+        return config.hf_config()
+    return dict(config) if isinstance(config, dict) else {}
+
+
 def full_tensor(p: torch.Tensor) -> torch.Tensor:
     """The whole matrix of a parameter, gathering FSDP2/DTensor shards (a collective: every rank calls it)."""
     return p.full_tensor() if hasattr(p, "full_tensor") else p
@@ -98,19 +108,21 @@ class AlphaDecay:
     at the next step, on every rank alike) and `staleness` says how many steps old they were. A
     refresh due while one is in flight is skipped. "auto" (the default) overlaps.
     include/exclude: regexes choosing the tuned parameters (default: every matrix inside a
-    transformer block).
+    transformer block). config: the model's config.json as a dict (default: `model.config`, as Hugging
+    Face models carry it), which says how fused tensors split, exactly as `analyze` reads the checkpoint.
     """
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, weight_decay: float | None = None,
                  *, ratio: Sequence[float] = DEFAULT_RATIO, assign: str = "linear", gap: int = 500,
                  estimator: str = "median", metric: str = "alpha", preserve_mean: str = "none",
                  include: Iterable[str] = (), exclude: Iterable[str] = (), warmup: str = "init",
-                 overlap: bool | str = "auto", scheduler=None):
+                 overlap: bool | str = "auto", scheduler=None, config: dict | None = None):
         if gap < 1:
             raise ValueError(f"gap must be >= 1, got {gap}")
         if warmup not in ("init", "uniform"):
             raise ValueError(f"warmup must be 'init' or 'uniform', got {warmup!r}")
         model = getattr(model, "module", model)  # DistributedDataParallel
+        self.config = model_config(model) if config is None else dict(config)
         inc, exc = [re.compile(p) for p in include], [re.compile(p) for p in exclude]
         self.tuned = {n: p for n, p in model.named_parameters()
                       if (any(r.search(n) for r in inc) if inc else is_tuned_candidate(n, p))
@@ -208,9 +220,9 @@ class AlphaDecay:
             return []
         if self._stream is not None:
             with torch.cuda.device(self._stream.device), torch.cuda.stream(self._stream):
-                table = analyze_tensors(snapshot, self.estimator)
+                table = analyze_tensors(snapshot, self.estimator, config=self.config)
         else:
-            table = analyze_tensors(snapshot, self.estimator)
+            table = analyze_tensors(snapshot, self.estimator, config=self.config)
         return records(table)
 
     def _gather(self, rows: list[dict]) -> pd.DataFrame:

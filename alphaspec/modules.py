@@ -117,44 +117,62 @@ def _heads(config: dict) -> tuple[int, int, int] | None:
     return nh, nkv, config_int(config, "head_dim") or hidden // nh
 
 
-_QKV_FAMILIES = {"gpt_neox", "bloom", "falcon", "RefinedWeb", "RefinedWebModel"}  # fused `query_key_value`
+# How each family lays out the rows of its fused q/k/v projection (from its transformers modeling code):
+# contiguous [q | k | v]; per_head [q k v] per head; grouped [q.. k v] per key/value group (Falcon's new
+# architecture); codegen: 4 groups of [q v k]. A family not listed is kept whole, never guessed.
+_QKV_LAYOUTS = {"gpt_neox": "per_head", "bloom": "per_head", "phi3": "contiguous", "phimoe": "contiguous",
+                "gpt2": "contiguous", "gpt_bigcode": "contiguous", "mpt": "contiguous", "dbrx": "contiguous",
+                "baichuan": "contiguous", "codegen": "codegen"}
+CODEGEN_GROUPS = 4  # CodeGenAttention's fixed mp_num
 
 
-def _qkv_layout(config: dict) -> str:
+def _qkv_layout(config: dict) -> str | None:
     kind = config.get("model_type", "")
-    if kind in ("gpt_neox", "bloom"):
-        return "per_head"
     if kind in ("falcon", "RefinedWeb", "RefinedWebModel"):
         if config.get("new_decoder_architecture"):
             return "grouped"
         return "contiguous" if config.get("multi_query", True) else "per_head"
-    return "contiguous"
+    return _QKV_LAYOUTS.get(kind)
 
 
 def qkv_parts(info: TensorInfo, rows: int, cols: int, config: dict) -> list[tuple[str, torch.Tensor | slice]] | str:
     """Row selections of q, k and v inside a fused projection, or why they cannot be known."""
-    layout = _qkv_layout(config)
-    if info.name.endswith("query_key_value.weight") and config.get("model_type") not in _QKV_FAMILIES:
-        return "its row layout differs between families; config.json with a known model_type is needed"
-    heads = _heads(config)
-    if heads is None:
-        if rows % 3 == 0 and (rows == 3 * cols or info.name.endswith("c_attn.weight")):
+    if not config.get("model_type"):
+        if info.name.endswith("c_attn.weight") and rows == 3 * cols:  # GPT-2's name: equal thirds
             third = rows // 3
             return [("q", slice(0, third)), ("k", slice(third, 2 * third)), ("v", slice(2 * third, rows))]
+        return "its row layout differs between families; config.json with a known model_type is needed"
+    layout = _qkv_layout(config)
+    if layout is None:
+        return f"the fused row layout of model_type {config['model_type']!r} is not known to alphaspec"
+    heads = _heads(config)
+    if heads is None:
         return "config.json with the head counts is needed to split it"
     nh, nkv, hd = heads
-    if rows != (nh + 2 * nkv) * hd and layout != "per_head":
-        return f"{rows} rows do not match {nh} q + 2x{nkv} kv heads of size {hd}"
-    if layout == "per_head":
+    if layout in ("per_head", "codegen"):
         if rows != 3 * nh * hd:
             return f"{rows} rows do not match 3x{nh} heads of size {hd}"
+        if layout == "codegen":
+            idx = torch.arange(rows).view(CODEGEN_GROUPS, 3, rows // (3 * CODEGEN_GROUPS))
+            return [(p, idx[:, i].flatten()) for i, p in enumerate("qvk")]
         idx = torch.arange(rows).view(nh, 3, hd)
         return [(p, idx[:, i].flatten()) for i, p in enumerate("qkv")]
+    if rows != (nh + 2 * nkv) * hd:
+        return f"{rows} rows do not match {nh} q + 2x{nkv} kv heads of size {hd}"
     if layout == "grouped":
         idx = torch.arange(rows).view(nkv, nh // nkv + 2, hd)
         return [("q", idx[:, :-2].flatten()), ("k", idx[:, -2].flatten()), ("v", idx[:, -1].flatten())]
     q, kv = nh * hd, nkv * hd
     return [("q", slice(0, q)), ("k", slice(q, q + kv)), ("v", slice(q + kv, rows))]
+
+
+def gate_up_parts(rows: int, config: dict) -> list[tuple[str, slice]]:
+    """Rows of gate and up inside a fused gate/up projection: halves (transformers' `chunk(2)`), or
+    interleaved (GPT-OSS: gate = [..., ::2], up = [..., 1::2])."""
+    if config.get("model_type") == "gpt_oss":
+        return [("gate", slice(0, rows, 2)), ("up", slice(1, rows, 2))]
+    half = rows // 2
+    return [("gate", slice(0, half)), ("up", slice(half, rows))]
 
 
 def _uses_conv1d(tensors: Iterable[TensorInfo], config: dict) -> bool:
@@ -193,8 +211,7 @@ def _split(spec: MatrixSpec, info: TensorInfo, config: dict, notes: list[str]) -
         if spec.rows % 2:
             notes.append(f"{spec.name}: kept whole as mlp.gate_up (odd row count {spec.rows})")
             return [spec]
-        half = spec.rows // 2
-        parts = [("gate", slice(0, half)), ("up", slice(half, spec.rows))]
+        parts = gate_up_parts(spec.rows, config)
     else:
         parts = qkv_parts(info, spec.rows, spec.cols, config)
         if isinstance(parts, str):
@@ -202,7 +219,7 @@ def _split(spec: MatrixSpec, info: TensorInfo, config: dict, notes: list[str]) -
             return [spec]
     out = []
     for label, sel in parts:
-        n = sel.numel() if torch.is_tensor(sel) else sel.stop - sel.start
+        n = sel.numel() if torch.is_tensor(sel) else len(range(sel.start, sel.stop, sel.step or 1))
         part_label = f"{spec.expert},{label}" if spec.stacked else label
         out.append(MatrixSpec(f"{spec.tensor}[{part_label}]", spec.tensor, spec.layer,
                               "mlp." + label if spec.module == "mlp.gate_up" else "att." + label,

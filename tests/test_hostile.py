@@ -469,7 +469,13 @@ def test_degenerate_matrices_get_a_status_and_everything_else_is_drawn(tmp_path)
     assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == ["alpha-depth.png", "alpha-modules.png", "spectra.png"]
     res = CliRunner().invoke(app, ["decay-map", str(tmp_path / "r.json"), "-o", str(tmp_path / "wd.json")],
                              env={"COLUMNS": "300"})
-    assert res.exit_code == 1 and res.output.startswith("error: ") and "no alpha" in res.output
+    assert res.exit_code == 0, res.output  # matrices without a tail keep the base decay; the rest are assigned
+    entries = {m["name"]: m for m in strict_json((tmp_path / "wd.json").read_text())["modules"]}
+    identity = entries["model.layers.0.self_attn.q_proj.weight"]
+    assert identity["alpha"] is None and identity["weight_decay"] == 0.1 and "no power-law tail" in identity["note"]
+    fitted = [m for m in entries.values() if m["alpha"] is not None]
+    assert min(m["weight_decay"] for m in fitted) == pytest.approx(0.067) and max(
+        m["weight_decay"] for m in fitted) == pytest.approx(0.3)  # s1*w at the smallest fitted alpha, s2*w at the largest
 
 
 def test_results_without_spectra_draw_what_they_can(base, tmp_path):

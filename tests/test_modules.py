@@ -134,7 +134,7 @@ def test_bert(tmp_path):
     assert got["bert.pooler.dense.weight"] == (None, "other", D, D)
     assert got["cls.predictions.transform.dense.weight"][1] == "other"
     assert got["bert.embeddings.token_type_embeddings.weight"] == (None, "embed", 2, D)
-    assert skipped["bert.embeddings.position_ids"] == "non-float dtype i64"
+    assert skipped["bert.embeddings.position_ids"] == "non-float dtype int64"
 
 
 def test_opt(tmp_path):
