@@ -29,7 +29,7 @@ from .modules import MODULE_TYPES, MatrixSpec, Skipped, plan
 
 COLUMNS = ["name", "layer", "module", "rows", "cols", "n_eigs", "n_zero", "estimator", "alpha", "xmin",
            "ks_d", "n_tail", "lambda_max", "spectral_norm", "frobenius_norm", "stable_rank",
-           "log_spectral_norm", "log_norm", "alpha_weighted", "entropy", "status", "expert", "tensor", "dtype"]
+           "log_spectral_norm", "log_norm", "alpha_weighted", "entropy", "status", "expert", "tensor", "dtype", "stack"]
 NATIVE_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 PREFETCH = 4  # matrices read ahead of the solver
 CUDA_BATCH_BYTES = 1 << 30  # float64 bytes of same-shape matrices solved together on a GPU
@@ -140,7 +140,7 @@ def matrix_row(spec: MatrixSpec, eigs: torch.Tensor | None, estimator: str, dtyp
     """One results row from a matrix's eigenvalues (None when the matrix held NaN/Inf)."""
     row = {"name": spec.name, "layer": spec.layer, "module": spec.module, "rows": spec.rows, "cols": spec.cols,
            "n_eigs": min(spec.rows, spec.cols), "estimator": estimator, "expert": spec.expert, "tensor": spec.tensor,
-           "dtype": dtype}
+           "dtype": dtype, "stack": spec.stack}
     if eigs is None:
         fit = PowerLawFit.empty("matrix contains NaN or Inf")
         return row | {"n_zero": 0} | _fit_columns(fit) | nan_metrics() | {"alpha_weighted": math.nan}
@@ -210,7 +210,7 @@ def _row_order(row: dict) -> tuple:
     module = row["module"]
     group = 0 if module == "embed" else 3 if module == "lm_head" else 1 if row["layer"] is not None else 2
     expert = -1 if row["expert"] is None else row["expert"]
-    return group, row["layer"] or 0, MODULE_TYPES.index(module), expert, row["name"]
+    return group, row["stack"] or "", row["layer"] or 0, MODULE_TYPES.index(module), expert, row["name"]
 
 
 def _table(rows: list[dict]) -> pd.DataFrame:

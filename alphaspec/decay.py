@@ -19,7 +19,7 @@ import torch
 
 from . import __version__
 from .errors import AlphaspecError, check_input_file, os_reason
-from .modules import BLOCK_MODULES, FUSED_MODULES, layer_index, module_type
+from .modules import BLOCK_MODULES, FUSED_MODULES, block_place, layer_index, module_type
 from .output import atomic_write
 
 SCHEMA = "alphaspec.decay-map/1"
@@ -259,9 +259,14 @@ def match_names(decays: dict[str, float], params: dict[str, torch.Tensor], model
         parts = pname.split(".")
         for i in range(len(parts)):
             by_suffix.setdefault(".".join(parts[i:]), []).append(pname)
+    by_place: dict[tuple, list[str]] = {}
+    for pname in params:
+        by_place.setdefault(block_place(pname), []).append(pname)
     resolved, missing, experts = {}, [], {}
     for name, wd in decays.items():
         hits = [name] if name in params else by_suffix.get(name, [])
+        if not hits and block_place(name)[1] is not None:  # renamed prefix (transformers 5: language_model.model.
+            hits = by_place.get(block_place(name), [])  # -> model.language_model.): the same block, same path
         if len(hits) == 1:
             resolved[hits[0]] = wd
         elif not hits and (fused := fused_expert_param(name, params)) is not None:
@@ -363,6 +368,8 @@ def _whole_module(part: pd.DataFrame) -> str:
     kinds = set(part["module"])
     if len(kinds) == 1:
         return kinds.pop()
+    if kinds <= {"att.k", "att.v"} and part["name"].iloc[0].split("[")[0].endswith("kv_b_proj.weight"):
+        return "att.kv_b"
     return "att.qkv" if kinds <= {"att.q", "att.k", "att.v"} else "mlp.gate_up" if kinds <= {"mlp.gate", "mlp.up"} \
         else "+".join(sorted(kinds))
 

@@ -14,8 +14,9 @@ import torch
 
 from .checkpoint import SourceError, TensorInfo
 
-BLOCK_MODULES = ("att.q", "att.k", "att.v", "att.o", "mlp.gate", "mlp.up", "mlp.down")
-FUSED_MODULES = ("att.qkv", "mlp.gate_up")
+# att.kv: a key/value projection that is neither k nor v alone (DeepSeek's compressed-latent kv_a_proj).
+BLOCK_MODULES = ("att.q", "att.k", "att.v", "att.kv", "att.o", "mlp.gate", "mlp.up", "mlp.down")
+FUSED_MODULES = ("att.qkv", "mlp.gate_up", "att.kv_b")
 MODULE_TYPES = (*BLOCK_MODULES, *FUSED_MODULES, "embed", "lm_head", "other")
 CONV1D_MODEL_TYPES = {"gpt2", "imagegpt", "decision_transformer"}
 _CONV1D_NAMES = re.compile(r"(?:^|\.)(?:c_attn|q_attn|c_proj|c_fc)$")
@@ -25,7 +26,14 @@ _EXPERT = re.compile(r"(?:^|\.)experts\.(\d+)\.")
 # (pattern on the name without its ".weight" suffix, module type); the first match wins.
 _RULES = [(re.compile(p), m) for p, m in [
     (r"(?:^|\.)(?:block_sparse_moe|mlp|moe|feed_forward)\.(?:gate|router)$", "other"),  # MoE router
-    (r"(?:^|\.)(?:c_attn|query_key_value|qkv_proj|W_pack|Wqkv)$", "att.qkv"),
+    (r"(?:^|\.)DenseReluDense\.wi_0$", "mlp.gate"),  # T5
+    (r"(?:^|\.)DenseReluDense\.wi(?:_1)?$", "mlp.up"),
+    (r"(?:^|\.)DenseReluDense\.wo$", "mlp.down"),
+    (r"(?:^|\.)(?:SelfAttention|EncDecAttention)\.o$", "att.o"),
+    (r"(?:^|\.)(?:q_a_proj|q_b_proj)$", "att.q"),  # DeepSeek multi-head latent attention
+    (r"(?:^|\.)kv_a_proj_with_mqa$", "att.kv"),
+    (r"(?:^|\.)kv_b_proj$", "att.kv_b"),
+    (r"(?:^|\.)(?:c_attn|query_key_value|qkv_proj|W_pack|Wqkv|in_proj_weight)$", "att.qkv"),
     (r"(?:^|\.)gate_up_proj$", "mlp.gate_up"),
     (r"(?:^|\.)(?:q_proj|query|wq|q)$", "att.q"),
     (r"(?:^|\.)(?:k_proj|key|wk|k)$", "att.k"),
@@ -55,6 +63,7 @@ class MatrixSpec:
     transpose: bool = False
     rows_sel: torch.Tensor | slice | None = None
     stacked: bool = False  # the tensor is [experts, ...] and this matrix is t[expert]
+    stack: str | None = None  # the tower or stack of blocks: encoder, decoder, vision, text, audio
 
     def extract(self, t: torch.Tensor) -> torch.Tensor:
         """The (rows, cols) matrix, as nn.Linear sees it, from the tensor as stored."""
@@ -83,6 +92,28 @@ class Plan:
 def module_type(name: str) -> str:
     base = name.removesuffix(".weight")
     return next((m for pattern, m in _RULES if pattern.search(base)), "other")
+
+
+_TOWERS = [(re.compile(r"(?:^|\.)(?:vision_tower|vision_model|vision_encoder|visual)\."), "vision"),
+           (re.compile(r"(?:^|\.)(?:audio_tower|audio_model|audio_encoder)\."), "audio"),
+           (re.compile(r"(?:^|\.)(?:language_model|text_model)\."), "text")]
+_STACK = re.compile(r"(?:^|\.)(encoder|decoder)\.")
+
+
+def stack_of(name: str) -> str | None:
+    """Which tower or stack of blocks a tensor belongs to (vision, audio, text; else encoder or decoder),
+    so that block 3 of an encoder and block 3 of a decoder are never taken for the same layer."""
+    tower = next((label for pattern, label in _TOWERS if pattern.search(name)), None)
+    if tower:
+        return tower
+    match = _STACK.search(name)
+    return match.group(1) if match else None
+
+
+def block_place(name: str) -> tuple:
+    """Where a tensor sits, whatever prefix a model adds: (stack, layer, path inside the block)."""
+    match = _LAYER.search(name)
+    return (stack_of(name), int(match.group(1)), name[match.end():]) if match else (None, None, name)
 
 
 def layer_index(name: str) -> int | None:
@@ -137,6 +168,8 @@ def _qkv_layout(config: dict) -> str | None:
 
 def qkv_parts(info: TensorInfo, rows: int, cols: int, config: dict) -> list[tuple[str, torch.Tensor | slice]] | str:
     """Row selections of q, k and v inside a fused projection, or why they cannot be known."""
+    if info.name.endswith("in_proj_weight") and rows == 3 * cols:  # torch.nn.MultiheadAttention: [q; k; v]
+        return [("q", slice(0, cols)), ("k", slice(cols, 2 * cols)), ("v", slice(2 * cols, rows))]
     if not config.get("model_type"):
         if info.name.endswith("c_attn.weight") and rows == 3 * cols:  # GPT-2's name: equal thirds
             third = rows // 3
@@ -164,6 +197,18 @@ def qkv_parts(info: TensorInfo, rows: int, cols: int, config: dict) -> list[tupl
         return [("q", idx[:, :-2].flatten()), ("k", idx[:, -2].flatten()), ("v", idx[:, -1].flatten())]
     q, kv = nh * hd, nkv * hd
     return [("q", slice(0, q)), ("k", slice(q, q + kv)), ("v", slice(q + kv, rows))]
+
+
+def kv_b_parts(rows: int, config: dict) -> list[tuple[str, torch.Tensor]] | str:
+    """Rows of k (no-rope part) and v inside DeepSeek's kv_b_proj: per head [k_nope | v]."""
+    nh = config_int(config, "num_attention_heads")
+    k, v = config_int(config, "qk_nope_head_dim"), config_int(config, "v_head_dim")
+    if not (nh and k and v):
+        return "config.json with num_attention_heads, qk_nope_head_dim and v_head_dim is needed to split it"
+    if rows != nh * (k + v):
+        return f"{rows} rows do not match {nh} heads of {k} + {v}"
+    idx = torch.arange(rows).view(nh, k + v)
+    return [("k", idx[:, :k].flatten()), ("v", idx[:, k:].flatten())]
 
 
 def gate_up_parts(rows: int, config: dict) -> list[tuple[str, slice]]:
@@ -213,9 +258,10 @@ def _split(spec: MatrixSpec, info: TensorInfo, config: dict, notes: list[str]) -
             return [spec]
         parts = gate_up_parts(spec.rows, config)
     else:
-        parts = qkv_parts(info, spec.rows, spec.cols, config)
+        parts = kv_b_parts(spec.rows, config) if spec.module == "att.kv_b" else qkv_parts(info, spec.rows, spec.cols,
+                                                                                          config)
         if isinstance(parts, str):
-            notes.append(f"{spec.name}: kept whole as att.qkv ({parts})")
+            notes.append(f"{spec.name}: kept whole as {spec.module} ({parts})")
             return [spec]
     out = []
     for label, sel in parts:
@@ -223,7 +269,7 @@ def _split(spec: MatrixSpec, info: TensorInfo, config: dict, notes: list[str]) -
         part_label = f"{spec.expert},{label}" if spec.stacked else label
         out.append(MatrixSpec(f"{spec.tensor}[{part_label}]", spec.tensor, spec.layer,
                               "mlp." + label if spec.module == "mlp.gate_up" else "att." + label,
-                              n, spec.cols, spec.expert, spec.transpose, sel, spec.stacked))
+                              n, spec.cols, spec.expert, spec.transpose, sel, spec.stacked, spec.stack))
     return out
 
 
@@ -267,11 +313,12 @@ def plan(tensors: list[TensorInfo], config: dict | None = None, *, split_fused: 
             transpose = _expert_transposed(module, info.shape, hidden)
             rows, cols = (info.shape[2], info.shape[1]) if transpose else info.shape[1:]
             specs = [MatrixSpec(f"{info.name}[{e}]", info.name, layer, module, rows, cols, e, transpose,
-                                stacked=True) for e in range(info.shape[0])]
+                                stacked=True, stack=stack_of(info.name)) for e in range(info.shape[0])]
         else:
             transpose = conv1d and bool(_CONV1D_NAMES.search(info.name.removesuffix(".weight")))
             rows, cols = (info.shape[1], info.shape[0]) if transpose else info.shape
-            specs = [MatrixSpec(info.name, info.name, layer, module, rows, cols, expert_of(info.name), transpose)]
+            specs = [MatrixSpec(info.name, info.name, layer, module, rows, cols, expert_of(info.name), transpose,
+                                stack=stack_of(info.name))]
         for spec in specs:
             if split_fused and spec.module in FUSED_MODULES:
                 out.matrices.extend(_split(spec, info, config, out.notes))

@@ -18,7 +18,7 @@ from matplotlib.ticker import MaxNLocator
 
 from .errors import AlphaspecError
 from .fit import fit
-from .modules import BLOCK_MODULES, MODULE_TYPES
+from .modules import BLOCK_MODULES, FUSED_MODULES, MODULE_TYPES
 from .output import atomic_write
 from .reference import random_alpha
 
@@ -31,13 +31,25 @@ DPI = 150
 
 
 def _colour(module: str) -> str:
-    order = [m for m in MODULE_TYPES if m not in ("att.qkv", "mlp.gate_up")]
+    module = module.rsplit("/", 1)[-1]  # "decoder/att.q" is coloured as att.q
+    order = [m for m in MODULE_TYPES if m not in FUSED_MODULES]
     return OKABE_ITO[order.index(module) % len(OKABE_ITO)] if module in order else "#999999"
 
 
+def _panels(table: pd.DataFrame) -> pd.DataFrame:
+    """The table with `module` read as "stack/module" when it holds several stacks (encoder and decoder,
+    vision and text towers), so that no figure mixes their layers."""
+    if "stack" not in table or table.loc[table["layer"].notna(), "stack"].nunique(dropna=False) < 2:
+        return table
+    return table.assign(module=table["stack"].fillna("-").astype(str) + "/" + table["module"])
+
+
 def _modules(table: pd.DataFrame, block_only: bool = False) -> list[str]:
-    present = set(table["module"])
-    return [m for m in (BLOCK_MODULES if block_only else MODULE_TYPES) if m in present]
+    """The module labels present, stack by stack, each in MODULE_TYPES order."""
+    wanted = BLOCK_MODULES if block_only else MODULE_TYPES
+    labels = [m for m in set(table["module"]) if m.rsplit("/", 1)[-1] in wanted]
+    return sorted(labels, key=lambda m: (m.rsplit("/", 1)[0] if "/" in m else "",
+                                         MODULE_TYPES.index(m.rsplit("/", 1)[-1])))
 
 
 def _log_density(lam: np.ndarray, bins: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -48,6 +60,7 @@ def _log_density(lam: np.ndarray, bins: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 def spectra_figure(table: pd.DataFrame, spectra: dict[str, np.ndarray]) -> Figure:
     """Figure 2: per module type, each layer's ESD (normalised by its largest eigenvalue), coloured by depth."""
+    table = _panels(table)
     blocks = table[table["layer"].notna() & table["name"].isin(list(spectra))]
     mods = _modules(blocks, block_only=True) or _modules(blocks)
     if not mods:
@@ -79,6 +92,7 @@ def spectra_figure(table: pd.DataFrame, spectra: dict[str, np.ndarray]) -> Figur
 
 def alpha_modules_figure(table: pd.DataFrame) -> Figure:
     """Figure 3: alpha per module type (box and points), beside a Gaussian random matrix of the same shape."""
+    table = _panels(table)
     estimator = str(table["estimator"].iloc[0])
     mods = [m for m in _modules(table) if table.loc[table["module"] == m, "alpha"].notna().any()]
     if not mods:
@@ -116,6 +130,7 @@ def alpha_modules_figure(table: pd.DataFrame) -> Figure:
 
 def alpha_depth_figure(table: pd.DataFrame) -> Figure:
     """alpha per layer and module type: a heatmap and a line plot over depth (experts averaged)."""
+    table = _panels(table)
     blocks = table[table["layer"].notna()]
     mods = _modules(blocks)
     grid = blocks.assign(layer=blocks["layer"].astype(int)).pivot_table(
