@@ -18,9 +18,10 @@ import pandas as pd
 import torch
 
 from . import __version__
-from .errors import AlphaspecError, check_input_file, os_reason
+from .errors import AlphaspecError, UsageError, check_input_file, os_reason
 from .modules import BLOCK_MODULES, FUSED_MODULES, block_place, layer_index, module_type
 from .output import atomic_write
+from .paper import paper_assign, paper_candidates, paper_metric
 
 SCHEMA = "alphaspec.decay-map/1"
 ASSIGN = ("linear", "sqrt", "log2", "sigmoid")
@@ -108,6 +109,7 @@ class DecayMap:
     preserve_mean: str = "none"
     default_policy: str = "all"
     default_weight_decay: float = 0.0
+    paper_compat: bool = False  # made as the AlphaDecay release does (paper.py): biases follow their weights
     source: str = ""
     alphaspec: str = __version__
     schema: str = field(default=SCHEMA)
@@ -118,7 +120,7 @@ class DecayMap:
     def to_json(self) -> dict:
         d = asdict(self)
         order = ["schema", "alphaspec", "source", "estimator", "metric", "assign", "weight_decay", "ratio",
-                 "preserve_mean", "default_policy", "default_weight_decay", "modules"]
+                 "preserve_mean", "default_policy", "default_weight_decay", "paper_compat", "modules"]
         return {k: (list(d[k]) if k == "ratio" else d[k]) for k in order}
 
     def save(self, path: str | Path) -> None:
@@ -163,6 +165,7 @@ class DecayMap:
                        default_policy=_text(doc.get("default_policy", "all"), "default_policy"),
                        default_weight_decay=_decay(doc.get("default_weight_decay", doc["weight_decay"]),
                                                    "default_weight_decay"),
+                       paper_compat=doc.get("paper_compat", False) is True,
                        source=str(doc.get("source", "")), alphaspec=str(doc.get("alphaspec", "")))
         except KeyError as e:
             raise DecayMapError(f"{where}: malformed decay map (missing field {e})") from e
@@ -185,11 +188,15 @@ class DecayMap:
         params = dict(model.named_parameters())
         sizes = {m["name"]: int(m["params"]) for m in self.modules if isinstance(m.get("params"), int)}
         resolved = match_names(self.decays(), params, model, sizes)
-        groups = [{"params": [params[p]], "weight_decay": wd, "name": p, **optimizer_kwargs}
-                  for p, wd in resolved.items()]
+        biases = {p: p.removesuffix("weight") + "bias" for p in resolved if p.endswith(".weight")} \
+            if self.paper_compat else {}
+        biases = {w: b for w, b in biases.items() if b in params}  # the release decays a module's bias with it
+        groups = [{"params": [params[p]] + ([params[biases[p]]] if p in biases else []), "weight_decay": wd,
+                   "name": p, **optimizer_kwargs} for p, wd in resolved.items()]
+        taken = set(resolved) | set(biases.values())
         rest, no_decay = [], []
         for name, p in params.items():
-            if name in resolved:
+            if name in taken:
                 continue
             (no_decay if self.default_policy == "matrices" and is_no_decay(name, p) else rest).append(p)
         if rest:
@@ -305,16 +312,19 @@ def tuned_rows(table: pd.DataFrame, include: Iterable[str] = (), exclude: Iterab
 def build_decay_map(table: pd.DataFrame, weight_decay: float, *, ratio: Sequence[float] = DEFAULT_RATIO,
                     assign: str = "linear", metric: str = "alpha", preserve_mean: str = "none",
                     default: str | float = "all", include: Iterable[str] = (), exclude: Iterable[str] = (),
-                    source: str = "", all_rows: bool = False) -> DecayMap:
+                    source: str = "", all_rows: bool = False, paper_compat: bool = False) -> DecayMap:
     """A DecayMap from an analysis table (one row per matrix, as `alphaspec.analyze` returns).
 
     Decays are assigned per row; a tensor split into parts (fused q/k/v, gate/up, stacked experts)
     gets the parameter-weighted mean of its parts' decays, since the optimizer sees whole tensors.
     The tuned set is the block matrices, or the --include names, minus --exclude; all_rows tunes
-    every row of the table as given.
+    every row of the table as given. paper_compat: the AlphaDecay release's choices (paper.py).
     """
     if metric not in table.columns or metric not in METRICS:
         raise DecayMapError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
+    if paper_compat:
+        modules = _paper_modules(table, weight_decay, ratio, assign, metric, preserve_mean, include)
+        return _finish(table, modules, weight_decay, ratio, assign, metric, preserve_mean, default, source, True)
     rows = table if all_rows else tuned_rows(table, include, exclude)
     if rows.empty:
         raise DecayMapError("no matrices to tune: the table has no transformer-block matrices (see --include)")
@@ -334,6 +344,11 @@ def build_decay_map(table: pd.DataFrame, weight_decay: float, *, ratio: Sequence
     rows = rows.assign(decay_=wd, size_=sizes, fitted_=fitted)
     tensor_col = "tensor" if "tensor" in rows else "name"
     modules = [_map_entry(tensor, part, metric) for tensor, part in rows.groupby(tensor_col, sort=False)]
+    return _finish(table, modules, weight_decay, ratio, assign, metric, preserve_mean, default, source, False)
+
+
+def _finish(table, modules, weight_decay, ratio, assign, metric, preserve_mean, default, source,
+            paper_compat) -> DecayMap:
     if isinstance(default, str):
         if default not in ("all", "matrices"):
             raise DecayMapError(f"unknown default decay policy {default!r}; use all, matrices or a number")
@@ -343,7 +358,32 @@ def build_decay_map(table: pd.DataFrame, weight_decay: float, *, ratio: Sequence
     return DecayMap(modules=modules, weight_decay=float(weight_decay), ratio=tuple(float(r) for r in ratio),
                     assign=assign, estimator=str(table["estimator"].iloc[0]) if "estimator" in table else "median",
                     metric=metric, preserve_mean=preserve_mean, default_policy=policy,
-                    default_weight_decay=default_wd, source=source)
+                    default_weight_decay=default_wd, paper_compat=paper_compat, source=source)
+
+
+def _paper_modules(table: pd.DataFrame, weight_decay: float, ratio, assign: str, metric: str, preserve_mean: str,
+                   include: Iterable[str]) -> list[dict]:
+    """Map entries as the AlphaDecay release makes them; its dropped first Linear keeps the base decay."""
+    if preserve_mean != "none" or list(include):
+        raise UsageError("--paper-compat reproduces the release, which has no --preserve-mean and no --include")
+    if "tensor" in table and (table["name"] != table["tensor"]).any():
+        raise UsageError("--paper-compat needs whole tensors (the release analyses each nn.Linear whole): "
+                         "analyse with --no-split-fused")
+    rows, dropped = paper_candidates(table)
+    values = paper_metric(rows, metric)
+    if not np.isfinite(values).all():
+        raise DecayMapError(f"{int((~np.isfinite(values)).sum())} matrices have no {metric}; the release cannot "
+                            "assign decays to them")
+    blocks = rows["layer"].astype(object).where(rows["layer"].notna(), -1).tolist()
+    wd = paper_assign(values, float(weight_decay), ratio, assign, blocks)
+    by_name = table.set_index("name")
+    entries = [{"name": n, "module": by_name.loc[n, "module"], "layer": _int_or_none(by_name.loc[n, "layer"]),
+                metric: None, "weight_decay": float(weight_decay), "params": int(by_name.loc[n, "rows"] *
+                                                                                by_name.loc[n, "cols"]),
+                "note": "left untuned by the release (the model's first Linear)"} for n in dropped]
+    return entries + [{"name": r.name, "module": r.module, "layer": _int_or_none(r.layer), metric: float(v),
+                       "weight_decay": float(d), "params": int(r.rows * r.cols)}
+                      for r, v, d in zip(rows.itertuples(), values, wd, strict=True)]
 
 
 def _map_entry(tensor: str, part: pd.DataFrame, metric: str) -> dict:

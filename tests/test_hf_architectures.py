@@ -203,3 +203,54 @@ def test_hook_decays_equal_the_decay_map_of_the_checkpoint(models, family):
     assert set(hook.decays) == set(from_map)
     for name, wd in from_map.items():
         assert hook.decays[name] == pytest.approx(wd, rel=1e-12, abs=1e-15), name
+
+
+# --- --paper-compat: the AlphaDecay release's decays, reproduced ------------------------------------------------
+
+
+def released_decays(model: torch.nn.Module, w: float, s1: float, s2: float) -> dict[str, float]:
+    """A copy of the release's logic (net_esd_estimator + get_layer_temps + build_optimizer_param_group), with
+    its median fit in float64: every nn.Linear in module order, the first and the last dropped, np.interp
+    over the rest; a module's parameters (bias too) share its decay; everything else gets w."""
+    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    alphas = []
+    for _, m in linears:
+        eigs = np.sort(np.linalg.svd(m.weight.detach().double().numpy(), compute_uv=False) ** 2)
+        i = int(len(eigs) / 2)
+        n = len(eigs) - i
+        alphas.append(1 + n / (np.sum(np.log(eigs[i:])) - n * np.log(eigs[i])))
+    linears, alphas = linears[1:-1], np.array(alphas[1:-1])
+    wd = np.interp(alphas, [alphas.min(), alphas.max()], [s1 * w, s2 * w])
+    out = {n: w for n, _ in model.named_parameters()}
+    for (name, module), d in zip(linears, wd, strict=True):
+        for pname, _ in module.named_parameters():
+            out[f"{name}.{pname}"] = float(d)
+    return out
+
+
+@pytest.mark.parametrize("family", ["smollm2", "minilm"])
+def test_paper_compat_reproduces_the_release(tmp_path, family):
+    from typer.testing import CliRunner
+
+    from alphaspec import DecayMap
+    from alphaspec.cli import app
+
+    if family == "smollm2":  # tied head, GQA, no biases
+        config = transformers.LlamaConfig(**H, num_key_value_heads=2, tie_word_embeddings=True)
+        model_cls = transformers.LlamaForCausalLM
+    else:  # BERT with biases and a pooler
+        config, model_cls = transformers.BertConfig(**H), transformers.BertModel
+    torch.manual_seed(1)
+    model_cls(config).save_pretrained(tmp_path / "m")
+    res = CliRunner().invoke(app, ["decay-map", str(tmp_path / "m"), "-o", str(tmp_path / "wd.json"), "--weight-decay",
+                                   "1e-5", "--ratio", "0.6666", "3", "--paper-compat", "-q"])
+    assert res.exit_code == 0, res.output
+    model = model_cls.from_pretrained(tmp_path / "m")
+    groups = DecayMap.load(tmp_path / "wd.json").param_groups(model)
+    names = {id(p): n for n, p in model.named_parameters()}
+    ours = {names[id(p)]: g["weight_decay"] for g in groups for p in g["params"]}
+    expected = released_decays(model, 1e-5, 0.6666, 3.0)
+    assert ours.keys() == expected.keys()
+    for name, wd in expected.items():
+        assert ours[name] == pytest.approx(wd, rel=1e-9, abs=1e-20), name
+    assert len({round(v, 15) for v in ours.values()}) > 3  # a real spread of decays, not all equal

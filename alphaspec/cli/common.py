@@ -142,14 +142,15 @@ def analyse(source: str, estimator: str, device, quiet: bool, header: str | None
         return run(source, estimator, device, progress=progress, **options)
 
 
-def load(source: str, estimator: str, device: str, quiet: bool, spectra_file: Path | None = None):
+def load(source: str, estimator: str, device: str, quiet: bool, spectra_file: Path | None = None,
+         split_fused: bool = True):
     """(table, spectra) from a results file written by `analyze` (spectra from its .npz, when there is one),
     or from a checkpoint analysed now."""
     from ..output import TABLE_SUFFIXES, read_results, read_spectra
 
     path = Path(source)
     if path.suffix not in TABLE_SUFFIXES or not path.is_file():
-        result = analyse(source, estimator, device, quiet, keep_spectra=True)
+        result = analyse(source, estimator, device, quiet, keep_spectra=True, split_fused=split_fused)
         return result.table, result.spectra
     npz = spectra_file or path.with_suffix(".npz")
     return read_results(path), (read_spectra(npz) if spectra_file or npz.exists() else {})

@@ -33,6 +33,8 @@ class Preserve(str, Enum):
     alphaspec decay-map r.json -o wd.json --weight-decay 5e-6 --ratio 0.67 5 --preserve-mean params
 
     alphaspec decay-map model/ -o wd.json --assign sigmoid --metric spectral_norm --default-decay matrices
+
+    alphaspec decay-map ./smollm2 -o wd.json --weight-decay 1e-5 --ratio 0.6666 3 --paper-compat   # as released
 """)
 def decay_map(
     source: Annotated[str, typer.Argument(help="A checkpoint (anything `analyze` takes) or a results file.")],
@@ -54,6 +56,8 @@ def decay_map(
     include: Annotated[list[str] | None, typer.Option("--include", help="Tune the tensors matching (regex) instead of "
                                                       "the block matrices.")] = None,
     exclude: Annotated[list[str] | None, typer.Option("--exclude", help="Do not tune tensors matching (regex).")] = None,
+    paper_compat: Annotated[bool, typer.Option("--paper-compat", help="Reproduce the AlphaDecay release's decays "
+                                               "exactly (its module choice and formulas; see docs/decay.md).")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N (when analysing).")] = "auto",
     quiet: Annotated[bool, typer.Option("-q", "--quiet")] = False,
 ) -> None:
@@ -66,10 +70,10 @@ def decay_map(
         raise typer.BadParameter(f"{metric!r}; choose one of {', '.join(METRICS)}", param_hint="--metric")
     check_output(output, (".json",))
     default: str | float = default_decay if default_decay in ("all", "matrices") else float(default_decay)
-    table, _ = load(source, estimator.value, device, quiet)
+    table, _ = load(source, estimator.value, device, quiet, split_fused=not paper_compat)
     dmap = build_decay_map(table, weight_decay, ratio=ratio, assign=assign.value, metric=metric,
                            preserve_mean=preserve_mean.value, default=default, include=include, exclude=exclude,
-                           source=source)
+                           source=source, paper_compat=paper_compat)
     dmap.save(output)
     if not quiet:
         out.print(_decay_summary(dmap))
