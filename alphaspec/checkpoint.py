@@ -143,12 +143,19 @@ def _repeated(names: list[str]) -> str:
 
 
 def _torch_headers(file: Path) -> list[TensorInfo]:
-    out = []
+    """Headers of a PyTorch state dict; a tensor that is another one's storage again (a tied lm_head
+    saved beside its embedding) is marked tied, so it is listed, not analysed twice."""
+    out, seen = [], {}
     for name, value in _load_state_dict(file).items():
-        if torch.is_tensor(value):
-            out.append(TensorInfo(str(name), tuple(value.shape), dtype_name(value), file))
-        else:
+        if not torch.is_tensor(value):
             out.append(TensorInfo(str(name), (), f"non-tensor {type(value).__name__}", file))
+            continue
+        key = (value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape), value.stride())
+        if value.numel() and key in seen:
+            out.append(TensorInfo(str(name), tuple(value.shape), f"tied to {seen[key]}", file))
+            continue
+        seen[key] = str(name)
+        out.append(TensorInfo(str(name), tuple(value.shape), dtype_name(value), file))
     return out
 
 

@@ -231,6 +231,8 @@ def _uses_conv1d(tensors: Iterable[TensorInfo], config: dict) -> bool:
 def _skip_reason(info: TensorInfo) -> str | None:
     if info.dtype.startswith("non-tensor"):
         return f"not a tensor ({info.dtype.removeprefix('non-tensor ')})"
+    if info.dtype.startswith("tied to "):
+        return f"{info.dtype} (the same weights, analysed once)"
     if info.dtype.startswith(("packed", "scale-only")):
         return f"{info.dtype} dtype (block-quantised data, not a weight matrix; dequantise the checkpoint to analyse it)"
     if not info.is_float:

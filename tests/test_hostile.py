@@ -551,3 +551,15 @@ def test_every_safetensors_dtype_is_read_or_skipped_with_its_reason(tmp_path, dt
     doc = json.loads((tmp_path / "r.json").read_text())
     assert [m["name"] for m in doc["matrices"]] == ["model.layers.0.mlp.down_proj.weight"]
     assert doc["skipped"][0]["name"] == "model.layers.0.mlp.up_proj.weight" and reason in doc["skipped"][0]["reason"]
+
+
+def test_a_tied_head_in_a_bin_is_listed_as_tied_not_analysed_twice(tmp_path):
+    embed = synth.rand(64, 32)
+    torch.save({"model.embed_tokens.weight": embed, "lm_head.weight": embed,
+                "model.layers.0.mlp.down_proj.weight": synth.rand(32, 48)}, tmp_path / "pytorch_model.bin")
+    res = CliRunner().invoke(app, ["analyze", str(tmp_path / "pytorch_model.bin"), "-q", "-o", str(tmp_path / "r.json")])
+    assert res.exit_code == 0, res.output
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert [m["name"] for m in doc["matrices"]] == ["model.embed_tokens.weight", "model.layers.0.mlp.down_proj.weight"]
+    assert doc["skipped"] == [{"name": "lm_head.weight",
+                               "reason": "tied to model.embed_tokens.weight (the same weights, analysed once)"}]
