@@ -15,7 +15,7 @@ _WHERE = {
     "SourceError": "checkpoint", "open_checkpoint": "checkpoint",
     "DecayMap": "decay", "DecayMapError": "decay", "assign_decays": "decay", "build_decay_map": "decay",
     "eigenvalues": "esd",
-    "ESTIMATORS": "fit", "PowerLawFit": "fit", "fit": "fit",
+    "ESTIMATORS": "powerlaw", "PowerLawFit": "powerlaw", "fit": "powerlaw",
     "AlphaDecay": "hook",
 }
 
@@ -28,8 +28,8 @@ if TYPE_CHECKING:
     from .checkpoint import SourceError, open_checkpoint
     from .decay import DecayMap, DecayMapError, assign_decays, build_decay_map
     from .esd import eigenvalues
-    from .fit import ESTIMATORS, PowerLawFit, fit
     from .hook import AlphaDecay
+    from .powerlaw import ESTIMATORS, PowerLawFit, fit
 
 
 def __getattr__(name: str):

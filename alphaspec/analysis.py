@@ -23,9 +23,9 @@ import torch
 from . import __version__
 from .checkpoint import Checkpoint, SourceError, TensorInfo, dtype_name, open_checkpoint
 from .esd import EPS_ZERO, eigenvalues, finite_rows, resolve_device
-from .fit import PowerLawFit, check_estimator, fit_sorted
 from .metrics import nan_metrics, spectral_metrics
 from .modules import MODULE_TYPES, MatrixSpec, Skipped, plan
+from .powerlaw import PowerLawFit, check_estimator, fit_sorted
 
 COLUMNS = ["name", "layer", "module", "rows", "cols", "n_eigs", "n_zero", "estimator", "alpha", "xmin",
            "ks_d", "n_tail", "lambda_max", "spectral_norm", "frobenius_norm", "stable_rank",

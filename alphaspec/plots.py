@@ -17,9 +17,9 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from .errors import AlphaspecError
-from .fit import fit
 from .modules import BLOCK_MODULES, FUSED_MODULES, MODULE_TYPES
 from .output import atomic_write
+from .powerlaw import fit
 from .reference import random_alpha
 
 KINDS = ("spectra", "alpha-modules", "alpha-depth", "esd", "decay")

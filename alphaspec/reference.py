@@ -12,7 +12,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from .fit import fit
+from .powerlaw import fit
 
 
 def mp_quantiles(rows: int, cols: int, grid: int = 200_001) -> np.ndarray:

@@ -27,7 +27,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from alphaspec.esd import resolve_device
-from alphaspec.fit import fit_sorted
+from alphaspec.powerlaw import fit_sorted
 
 SHAPES = {"7b": {"hidden": 4096, "ff": 11008, "layers": 32}, "13b": {"hidden": 5120, "ff": 13824, "layers": 40}}
 OUT = Path(__file__).resolve().parent / "out"

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from alphaspec import eigenvalues, fit
-from alphaspec.fit import fix_finger_peak
+from alphaspec.powerlaw import fix_finger_peak
 
 
 def pareto(a: float, n: int, seed: int) -> np.ndarray:
@@ -141,3 +141,14 @@ def test_curves_hold_every_candidate():
     result = fit(lam, "gof", curves=True)
     assert len(result.curves["xmin"]) == len(lam) - 1
     assert result.curves["ks_d"].min() == result.ks_d
+
+
+def test_fit_stays_a_function_after_the_package_loaded_its_modules():
+    import alphaspec
+
+    alphaspec.analyze  # noqa: B018 - loads the analysis modules, which import the estimators
+    import alphaspec.analysis  # noqa: F401
+
+    lam = np.arange(1.0, 101.0)
+    assert alphaspec.fit(lam).alpha == pytest.approx(alphaspec.powerlaw.fit(lam).alpha)
+    assert callable(alphaspec.fit)

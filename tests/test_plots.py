@@ -9,8 +9,8 @@ from matplotlib.image import imread
 from alphaspec import run
 from alphaspec.checkpoint import SourceError, example_path
 from alphaspec.decay import build_decay_map
-from alphaspec.fit import fit
 from alphaspec.plots import alpha_depth_figure, alpha_modules_figure, decay_figure, esd_figure, render, spectra_figure
+from alphaspec.powerlaw import fit
 from alphaspec.reference import mp_quantiles, random_alpha
 
 LAYERS = 5

@@ -26,8 +26,8 @@ from ..decay import ASSIGN, PRESERVE, DecayMap, is_tuned_candidate
 from ..decay import METRICS as DECAY_METRICS
 from ..errors import AlphaspecError
 from ..esd import resolve_device
-from ..fit import ESTIMATORS
 from ..hook import full_tensor
+from ..powerlaw import ESTIMATORS
 from . import data as datamod
 from . import parallel
 from .model import LRM_MODES, PRESETS, Llama, ModelConfig, count_params, hf_tensors
