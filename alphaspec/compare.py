@@ -135,7 +135,7 @@ class Comparison:
 
 def compare(paths: list[str | Path], baseline: str | None = None) -> Comparison:
     """Read the runs, tabulate them, pool seeds and set each label against the baseline label
-    (default: the uniform runs when there are any, else the first label)."""
+    (default: the uniform label with the most runs; an error when that is ambiguous)."""
     if not paths:
         raise RunDirError("no runs to compare")
     seen: dict[Path, str] = {}
@@ -189,7 +189,7 @@ def tabulate(runs: list[Run]) -> pd.DataFrame:
 
 def summarise(table: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
     """Replicates (same label, different seeds) pooled: n, mean and std of the final eval loss, and its
-    difference to the baseline label with a standard error.
+    difference to the baseline label (default: the uniform label with the most runs) with a standard error.
 
     Seeds fix the initialisation and the data order, so a run and the baseline run of the same seed
     form a pair: when every seed of a label has a baseline twin, the difference is the mean of the
@@ -201,9 +201,7 @@ def summarise(table: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
                 eval_loss=("eval_loss", "mean"), eval_loss_std=("eval_loss", "std"), eval_ppl=("eval_ppl", "mean"),
                 loss=("loss", "mean"), applied_over_w=("applied_over_w", "mean"),
                 tokens_per_s=("tokens_per_s", "mean")).reset_index()
-    if baseline is None:
-        uniform = out.loc[out["strategy"] == "uniform", "label"]
-        baseline = uniform.iloc[0] if len(uniform) == 1 else out["label"].iloc[0]
+    baseline = baseline if baseline is not None else default_baseline(out)
     if baseline not in set(out["label"]):
         raise RunDirError(f"baseline {baseline!r} is not one of the labels: {', '.join(out['label'])}")
     base_runs = table[table["label"] == baseline].set_index("seed")["eval_loss"]
@@ -213,6 +211,21 @@ def summarise(table: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
     out.loc[out["label"] == baseline, ["vs_baseline", "vs_baseline_se", "paired"]] = (0.0, np.nan, False)
     out.attrs["baseline"] = baseline
     return out.sort_values("eval_loss", kind="stable").reset_index(drop=True)
+
+
+def default_baseline(summary: pd.DataFrame) -> str:
+    """The uniform label with the most runs; an error when that does not pick one label."""
+    uniform = summary[summary["strategy"] == "uniform"]
+    if uniform.empty:
+        if len(summary) == 1:
+            return str(summary["label"].iloc[0])
+        raise RunDirError("no uniform-decay runs to compare against; name the baseline with --baseline LABEL "
+                          f"(labels: {', '.join(summary['label'])})")
+    top = uniform[uniform["n"] == uniform["n"].max()]
+    if len(top) > 1:
+        raise RunDirError(f"{len(top)} uniform labels have {int(top['n'].iloc[0])} run(s) each "
+                          f"({', '.join(top['label'])}); name the baseline with --baseline LABEL")
+    return str(top["label"].iloc[0])
 
 
 def _difference(runs: pd.Series, base: pd.Series) -> tuple[float, float, bool]:

@@ -70,7 +70,7 @@ def test_same_seeds_are_compared_in_pairs(tmp_path):
 def test_labels_name_only_the_settings_that_matter(tmp_path):
     runs = [fake_run(tmp_path / "u", [3.0], gap=7), fake_run(tmp_path / "a1", [3.0], "alphadecay", gap=10),
             fake_run(tmp_path / "a2", [3.0], "alphadecay", gap=50), fake_run(tmp_path / "l", [3.0], steps=20)]
-    result = compare(runs)
+    result = compare(runs, baseline="uniform steps=10")  # two uniform labels of one run each: named
     assert list(result.table["label"]) == ["uniform steps=10", "alphadecay gap=10 steps=10",
                                            "alphadecay gap=50 steps=10", "uniform steps=20"]
     assert result.differing == ["steps"]
@@ -96,3 +96,17 @@ def test_cli_writes_table_and_figure(tmp_path):
     table = pd.read_csv(tmp_path / "c.csv")
     assert table.loc[table["strategy"] == "alphadecay", "applied_over_w"].item() == pytest.approx(2.375)
     assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_default_baseline_is_the_uniform_label_with_most_runs(tmp_path):
+    runs = [fake_run(tmp_path / f"u{i}", [3.0 + i / 10], seed=i) for i in range(2)]
+    runs += [fake_run(tmp_path / "short", [3.5], steps=5), fake_run(tmp_path / "a", [2.9], "alphadecay")]
+    result = compare(runs)
+    assert result.summary.attrs["baseline"] == "uniform steps=10"  # 2 runs against 1
+    s = result.summary.set_index("label")
+    assert s.loc["alphadecay steps=10", "vs_baseline"] == pytest.approx(2.9 - 3.0)  # paired with seed 0
+    assert compare(runs, baseline="uniform steps=5").summary.attrs["baseline"] == "uniform steps=5"
+    with pytest.raises(RunDirError, match="2 uniform labels have 1 run"):
+        compare([runs[0], runs[2]])
+    with pytest.raises(RunDirError, match="no uniform-decay runs"):
+        compare([runs[3], fake_run(tmp_path / "w", [3.0], "awd")])
