@@ -302,3 +302,27 @@ def test_preparation_steps_are_reported(tmp_path, text):
           on_start=starts.append)
     assert lines[0] == "reading the text" and any("BPE on 0.1 MB" in x for x in lines) and lines[-1] == "building the model"
     assert starts[0]["parameters"] > 0 and starts[0]["start_step"] == 0
+
+
+def test_plain_log_lines_when_not_a_terminal(tmp_path, text):
+    """nohup, SLURM and CI logs get one line per --log-every (and per evaluation); -q prints nothing."""
+    argv = ["train", "--out", str(tmp_path / "r"), "--data", text, "--vocab-size", "512", "--seq-len", "32",
+            "--batch-size", "4", "--steps", "6", "--log-every", "2", "--eval-every", "3", "--eval-windows", "4"]
+    res = CliRunner().invoke(app, argv, env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    steps = [line.split(" |")[0] for line in res.output.splitlines() if line.startswith("step ") and " | " in line]
+    assert steps == ["step 2/6", "step 3/6", "step 4/6", "step 6/6"]
+    assert "eval" in res.output.splitlines()[[i for i, line in enumerate(res.output.splitlines())
+                                              if line.startswith("step 3/6")][0]]
+    res = CliRunner().invoke(app, [*argv[:2], str(tmp_path / "q"), *argv[3:], "-q"])
+    assert res.exit_code == 0 and res.output == ""
+
+
+def test_default_gap_refreshes_a_short_run(tmp_path, text):
+    """Without --gap a 300-step run refreshes every 30 steps, not never (500 > 300)."""
+    from alphaspec.train.loop import default_gap
+
+    assert (default_gap(300), default_gap(20_000), default_gap(5)) == (30, 500, 1)
+    run(tmp_path, text, strategy="alphadecay", steps=8, overlap=False)  # gap 1: decays set at every step
+    assert sorted({int(r["step"]) for r in rows(tmp_path / "run" / "decay.csv")}) == list(range(0, 9))
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["config"]["gap"] == 1

@@ -84,8 +84,9 @@ def train(
     weight_decay: Annotated[float, typer.Option(callback=finite, min=0.0, help="Base decay w.", rich_help_panel=DECAY)] = 0.1,
     decay_map: Annotated[Path | None, typer.Option(help="Static AlphaDecay decays from `alphaspec decay-map`.",
                                                    rich_help_panel=DECAY)] = None,
-    gap: Annotated[int, typer.Option(min=1, help="Refresh alphadecay/adadecay decays every GAP steps.",
-                                     rich_help_panel=DECAY)] = 500,
+    gap: Annotated[int | None, typer.Option(min=1, help="Refresh alphadecay/adadecay decays every GAP steps "
+                                            "(default: 500, or a tenth of a run shorter than 5000 steps).",
+                                            rich_help_panel=DECAY)] = None,
     estimator: Annotated[Estimator, typer.Option("-e", "--estimator", rich_help_panel=DECAY)] = Estimator.median,
     metric: Annotated[str, typer.Option(help="Metric behind alphadecay's decays (alpha, spectral_norm, ...).",
                                         rich_help_panel=DECAY)] = "alpha",
@@ -151,33 +152,63 @@ def train(
         sharding=sharding, resume=resume,
         given=given)
     quiet = quiet or int(os.environ.get("RANK", 0)) != 0
-    columns = [TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
-               TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
-    cfg.validate()  # bad options fail before the progress bar appears
+    cfg.validate()  # bad options fail before anything is printed
     resolve_device(cfg.device)
-    with Progress(*columns, console=err, disable=quiet, transient=True) as bar:
-        task = bar.add_task("train", total=steps, status="starting")
-
-        def on_log(row: dict) -> None:
-            status = f"loss {row['loss']:.3f}  {row['tokens_per_s']:,.0f} tok/s"
-            if row.get("eval_loss") is not None:
-                status += f"  eval {row['eval_loss']:.3f}"
-            bar.update(task, completed=row["step"], status=status)
-
-        def on_start(info: dict) -> None:
-            c = info["config"]
-            where = f"from step {info['start_step']} " if info["start_step"] else ""
-            bar.update(task, status="first steps")
-            bar.console.print(
-                f"alphaspec {info['alphaspec']} · {c['model']} ({info['parameters'] / 1e6:.1f} M parameters) · "
-                f"{c['strategy']} · {c['batch_size']} x {c['seq_len']} tokens/step · {c['steps']} steps {where}· "
-                f"{info['device']}" + (f" x {info['world_size']}" if info["world_size"] > 1 else "")
-                + f" · {info['precision']} → {c['out']}", highlight=False)
-
-        last = run_training(cfg, on_log=on_log, on_start=on_start,
-                            on_status=lambda line: bar.update(task, status=line),
-                            on_warning=lambda line: bar.console.print(Text(f"warning: {line}"), style="yellow",
-                                                                      highlight=False, soft_wrap=True))
+    with Report(quiet, plain=not err.is_terminal) as report:
+        last = run_training(cfg, on_log=report.log, on_start=report.start, on_status=report.status,
+                            on_warning=report.warning)
     if not quiet and last:
         eval_part = f", eval loss {last['eval_loss']:.4f} (ppl {last['eval_ppl']:.1f})" if "eval_loss" in last else ""
         out.print(f"step {last['step']}: loss {last['loss']:.4f}{eval_part}; wrote {out_dir}", highlight=False)
+
+
+class Report:
+    """What `train` shows: a progress bar on a terminal; one plain line per logged step otherwise (nohup,
+    SLURM, CI logs); with -q only warnings and errors."""
+
+    def __init__(self, quiet: bool, plain: bool):
+        self.quiet, self.plain, self.steps = quiet, plain, 0
+        columns = [TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
+                   TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
+        self.bar = Progress(*columns, console=err, disable=quiet or plain, transient=True)
+        self.task = self.bar.add_task("train", total=None, status="starting")
+
+    def __enter__(self) -> Report:
+        self.bar.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.stop()
+
+    def line(self, text: str, style: str | None = None) -> None:
+        self.bar.console.print(Text(text), style=style, highlight=False, soft_wrap=True)
+
+    def start(self, info: dict) -> None:
+        c = info["config"]
+        self.steps = c["steps"]
+        self.bar.update(self.task, total=self.steps, completed=info["start_step"], status="first steps")
+        if self.quiet:
+            return
+        where = f"from step {info['start_step']} " if info["start_step"] else ""
+        self.line(f"alphaspec {info['alphaspec']} · {c['model']} ({info['parameters'] / 1e6:.1f} M parameters) · "
+                  f"{c['strategy']} · {c['batch_size']} x {c['seq_len']} tokens/step · {c['steps']} steps {where}· "
+                  f"{info['device']}" + (f" x {info['world_size']}" if info["world_size"] > 1 else "")
+                  + f" · {info['precision']} → {c['out']}")
+
+    def log(self, row: dict) -> None:
+        evaluated = row.get("eval_loss") is not None
+        if self.plain and not self.quiet:
+            text = (f"step {row['step']}/{self.steps} | loss {row['loss']:.4f} | lr {row['lr']:.3e} | "
+                    f"{row['tokens_per_s']:,.0f} tok/s")
+            self.line(text + (f" | eval {row['eval_loss']:.4f} (ppl {row['eval_ppl']:.2f})" if evaluated else ""))
+        status = f"loss {row['loss']:.3f}  {row['tokens_per_s']:,.0f} tok/s" + (
+            f"  eval {row['eval_loss']:.3f}" if evaluated else "")
+        self.bar.update(self.task, completed=row["step"], status=status)
+
+    def status(self, text: str) -> None:
+        if self.plain and not self.quiet:
+            self.line(text)
+        self.bar.update(self.task, status=text)
+
+    def warning(self, text: str) -> None:
+        self.line(f"warning: {text}", style="yellow")

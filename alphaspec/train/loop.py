@@ -76,7 +76,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     strategy: str = "uniform"
     decay_map: str | None = None
-    gap: int = 500
+    gap: int | None = None  # refresh every gap steps; None: 500 (the paper), or a tenth of a shorter run
     estimator: str = "median"
     metric: str = "alpha"
     assign: str | None = None  # default: linear (alphadecay), sigmoid (adadecay)
@@ -116,6 +116,8 @@ class TrainConfig:
             raise ConfigError(f"unknown optimizer {self.optimizer!r}; use adamw or adam")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ConfigError(f"unknown precision {self.precision!r}; use auto, bf16 or fp32")
+        if self.gap is None:
+            self.gap = default_gap(self.steps)
         if min(self.steps, self.batch_size, self.seq_len, self.log_every, self.gap, self.eval_every, self.checkpoint_every) < 1:
             raise ConfigError("steps, batch size, seq len, gap and the every-N options must be >= 1")
         choices = {"assign": (self.assign, (None, *ASSIGN)), "preserve-mean": (self.preserve_mean, PRESERVE),
@@ -145,6 +147,11 @@ class TrainConfig:
             raise ConfigError("--analyze-every must be >= 0 (0: never)")
         if self.strategy == "lrm" and self.multipliers == "none":
             self.multipliers = "vector"
+
+
+def default_gap(steps: int) -> int:
+    """The paper refreshes every 500 steps of 10k-20k; a shorter run refreshes ten times instead of never."""
+    return min(500, max(1, steps // 10))
 
 
 # What a resumed run may change; everything else comes from the run's checkpoint.
