@@ -48,7 +48,7 @@ class Analysis:
     spectra: dict[str, np.ndarray] = field(default_factory=dict)
 
     def to_json(self) -> dict:
-        """The JSON layout of DESIGN.md (NaN becomes null)."""
+        """The JSON layout documented in docs/analyze.md (NaN becomes null)."""
         return {"alphaspec": __version__, "source": self.source, "estimator": self.estimator,
                 "device": self.device, "matrices": records(self.table),
                 "skipped": [{"name": s.name, "reason": s.reason} for s in self.skipped], "notes": self.notes}
@@ -277,7 +277,7 @@ def run(source, estimator: str = "median", device: str | torch.device = "auto", 
 def analyze(source, estimator: str = "median", device: str | torch.device = "auto", *,
             include: Iterable[str] = (), exclude: Iterable[str] = (), split_fused: bool = True,
             progress: Callable[[int, int], None] | None = None, workers: int = 1) -> pd.DataFrame:
-    """Spectral analysis of a checkpoint: one row per weight matrix, columns as in DESIGN.md.
+    """Spectral analysis of a checkpoint: one row per weight matrix, columns as in docs/analyze.md.
 
     source: a .safetensors/.bin/.pt file, a HF model or alphaspec run directory, a hub id
     `org/name[@rev]`, or `example:minilm`. estimator: median | gof | fix-finger. device: auto | cpu |

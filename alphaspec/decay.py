@@ -1,4 +1,4 @@
-"""AlphaDecay: module-wise weight decay from a spectral metric (MATH.md §3), and the decay-map file.
+"""AlphaDecay: module-wise weight decay from a spectral metric (docs/math.md §3), and the decay-map file.
 
 `assign_decays` is the math; `build_decay_map` turns an analysis table into a `DecayMap`;
 `DecayMap.param_groups` applies a map to a torch model. The live training hook is in `hook.py`.
@@ -39,7 +39,7 @@ class DecayMapError(AlphaspecError, ValueError):
 def assign_decays(metric: Sequence[float], weight_decay: float, *, ratio: Sequence[float] = DEFAULT_RATIO,
                   assign: str = "linear", blocks: Sequence | None = None, sizes: Sequence[float] | None = None,
                   preserve_mean: str = "none") -> np.ndarray:
-    """Per-module decays from metric values a_i (MATH.md §3).
+    """Per-module decays from metric values a_i (docs/math.md §3).
 
     linear: w*(s1 + (s2-s1)*(a-a_min)/(a_max-a_min)), and w for every module when all a are equal;
     sqrt / log2: w*n*f(a_i)/sum_j f(a_j) (log2 needs every a > 1); sigmoid: per block (`blocks`),

@@ -1,4 +1,4 @@
-"""Eigenvalues of W^T W (or W W^T) in float64 on the chosen device (MATH.md §1)."""
+"""Eigenvalues of W^T W (or W W^T) in float64 on the chosen device (docs/math.md §1)."""
 
 from __future__ import annotations
 

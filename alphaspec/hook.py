@@ -98,7 +98,7 @@ def split_param_groups(optimizer: torch.optim.Optimizer, tuned: dict[str, torch.
 
 
 class AlphaDecay:
-    """Module-wise weight decay from the spectra of the live weights (AlphaDecay, MATH.md §3).
+    """Module-wise weight decay from the spectra of the live weights (AlphaDecay, docs/math.md §3).
 
     weight_decay: base decay w (default: the optimizer's). ratio, assign, metric, preserve_mean: as in
     `alphaspec decay-map`. gap: refresh every `gap` calls of step(). warmup: "init" computes decays

@@ -1,4 +1,4 @@
-"""Per-matrix spectral metrics from the eigenvalues (MATH.md §1): norms, stable rank, entropy."""
+"""Per-matrix spectral metrics from the eigenvalues (docs/math.md §1): norms, stable rank, entropy."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Writing results: CSV, JSON (DESIGN.md layout) or Parquet by suffix, atomically; spectra as .npz."""
+"""Writing results: CSV, JSON (the documented layout) or Parquet by suffix, atomically; spectra as .npz."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Power-law fits of an ESD tail (MATH.md §2), vectorised over every xmin candidate at once.
+"""Power-law fits of an ESD tail (docs/math.md §2), vectorised over every xmin candidate at once.
 
 All functions take eigenvalues as a float64 torch tensor sorted ascending with the zeros already
 removed, and run on that tensor's device, so CPU and GPU follow the same arithmetic.
@@ -52,7 +52,7 @@ def hill_alphas(lam: torch.Tensor) -> torch.Tensor:
 def ks_distances(lam: torch.Tensor, alphas: torch.Tensor, first: int, stop: int) -> torch.Tensor:
     """D(i) = max_k |1 - (lam_{i+k}/lam_i)^(1-alpha_i) - k/n_i| for the candidates first <= i < stop.
 
-    Candidates whose alpha is not a finite number above 1 get D = 1 (MATH.md §2). Each block of
+    Candidates whose alpha is not a finite number above 1 get D = 1 (docs/math.md §2). Each block of
     candidates is a strided (candidate x tail point) view of the padded log-spectrum, so the
     triangle is evaluated without gathers, in blocks that bound memory.
     """
@@ -184,7 +184,7 @@ def fit(eigenvalues, estimator: str = "median", *, min_eigs: int = MIN_EIGS, eps
         curves: bool = False, device: str | torch.device | None = None) -> PowerLawFit:
     """Fit the power-law tail of any eigenvalue array (numpy, list or tensor; any order).
 
-    Values <= eps_zero * max are treated as zero and excluded (MATH.md §1). Non-finite input raises.
+    Values <= eps_zero * max are treated as zero and excluded (docs/math.md §1). Non-finite input raises.
     """
     lam = torch.as_tensor(np.asarray(eigenvalues) if not torch.is_tensor(eigenvalues) else eigenvalues)
     lam = lam.detach().to(device=device or lam.device, dtype=torch.float64).flatten()

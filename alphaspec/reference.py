@@ -1,6 +1,6 @@
 """The alpha a random Gaussian matrix of the same shape would give: the baseline to read trained alphas against.
 
-Alpha depends on shape even for noise (MATH.md §2: ~2.13 square, ~3.0 at aspect 0.375). Instead of
+Alpha depends on shape even for noise (docs/math.md §2: ~2.13 square, ~3.0 at aspect 0.375). Instead of
 sampling a matrix and solving it, the spectrum is taken as the M quantiles of the Marchenko–Pastur
 law of that aspect ratio, which is deterministic and instant, and agrees with sampled Gaussian
 matrices to ~0.5% in median-alpha.

@@ -214,7 +214,7 @@ def _lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
 
 
 def make_optimizer(cfg: TrainConfig, groups: list[dict], device: torch.device) -> torch.optim.Optimizer:
-    """AdamW (decoupled decay: θ ← θ − lr·(u + λθ)) or Adam with L2 decay (λθ added to the gradient), MATH.md §4."""
+    """AdamW (decoupled decay: θ ← θ − lr·(u + λθ)) or Adam with L2 decay (λθ added to the gradient), docs/math.md §4."""
     opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     fused = {"fused": True} if device.type == "cuda" else {}
     return opt_cls(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay, **fused)

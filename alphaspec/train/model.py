@@ -54,7 +54,7 @@ PRESETS: dict[str, dict] = {
     "llama-1b": dict(hidden_size=2048, intermediate_size=5461, num_hidden_layers=24, num_attention_heads=32),
 }
 
-# Learnable-multiplier placements (MATH.md §5; docs/train.md explains the symmetries they avoid).
+# Learnable-multiplier placements (docs/math.md §5; docs/train.md explains the symmetries they avoid).
 # Per module: (row multipliers, column multipliers). "vector" keeps one factor of every redundant pair:
 # no column multipliers behind a norm gain, none on up (rows of up ~ columns of down), none on o
 # (columns of o ~ rows of v); q-rows x k-rows stays redundant and is held by the multipliers' decay.

@@ -1,4 +1,4 @@
-"""The training run directory (DESIGN.md): run.json, config.json, model.safetensors, checkpoints/, metrics.csv,
+"""The training run directory (docs/train.md): run.json, config.json, model.safetensors, checkpoints/, metrics.csv,
 decay.csv, and alphas.csv (the spectra of the block matrices during training)."""
 
 from __future__ import annotations

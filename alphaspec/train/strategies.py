@@ -1,4 +1,4 @@
-"""Weight-decay strategies for the trainer, one class each (MATH.md §3–5).
+"""Weight-decay strategies for the trainer, one class each (docs/math.md §3–5).
 
 A strategy builds the optimizer's param groups, may change their `weight_decay` around each
 optimizer step, and reports every decay it sets (the rows of RUN/decay.csv).
@@ -164,7 +164,7 @@ class AWD(Strategy):
 
 class AdaDecay(Strategy):
     """AdaDecay (Nakamura & Hong 2019) as the paper's baseline: per-module decays from gradient norms
-    ‖∇W_i‖_F at every `gap`-th step, assigned with the per-block sigmoid (MATH.md §3, §5)."""
+    ‖∇W_i‖_F at every `gap`-th step, assigned with the per-block sigmoid (docs/math.md §3, §5)."""
 
     def setup(self, model, optimizer, scheduler) -> None:
         model = getattr(model, "module", model)
@@ -193,6 +193,6 @@ def make_strategy(cfg) -> Strategy:
 
 
 def clip_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
-    """What the global gradient-norm clipping sees: everything but the learnable multipliers (MATH.md §5)."""
+    """What the global gradient-norm clipping sees: everything but the learnable multipliers (docs/math.md §5)."""
     return [p for n, p in model.named_parameters() if not is_multiplier(n) and p.requires_grad]
 
