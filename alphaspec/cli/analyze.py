@@ -11,7 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .. import __version__
-from .common import MODEL_KINDS, Estimator, analyse, app, draw, out, regexes, report_figures
+from .common import MODEL_KINDS, Estimator, Quiet, analyse, app, draw, out, regexes, report_figures
 
 if TYPE_CHECKING:
     from ..analysis import Analysis
@@ -88,7 +88,7 @@ def analyze(
         "--plots", help="Also draw the model-level figures (spectra, alpha-modules, alpha-depth) into DIR.")] = None,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Concurrent solves (on a GPU, one CUDA stream "
                                          "each).")] = 1,
-    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar and no summary.")] = False,
+    quiet: Quiet = False,
 ) -> None:
     """Eigenvalue spectrum and power-law tail fit (alpha) of every weight matrix in a checkpoint."""
     from ..checkpoint import open_checkpoint

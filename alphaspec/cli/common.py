@@ -115,6 +115,8 @@ def main_options(
     """alphaspec: look inside language-model checkpoints through their weight spectra."""
 
 
+Quiet = Annotated[bool, typer.Option("-q", "--quiet", help="Print only warnings and errors.")]
+
 class RateColumn(ProgressColumn):
     def render(self, task) -> Text:
         return Text(f"{task.speed:.1f} matrices/s" if task.speed else "", style="progress.data.speed")

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from .common import app, out
+from .common import Quiet, app, out
 
 
 @app.command(no_args_is_help=True, epilog="""
@@ -26,7 +26,7 @@ def compare(
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Per-run table (.csv, .json, .parquet).")] = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="Loss curves and applied decay (.png, .svg, .pdf).")] = None,
     baseline: Annotated[str | None, typer.Option(help="Label to compare against (default: the uniform runs).")] = None,
-    quiet: Annotated[bool, typer.Option("-q", "--quiet")] = False,
+    quiet: Quiet = False,
 ) -> None:
     """Judge weight-decay strategies: final and best validation loss, seeds pooled, against a baseline."""
     from ..compare import compare as compare_runs

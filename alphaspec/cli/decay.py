@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from .common import Estimator, app, decay_policy, finite, load, out, ratio_pair, regexes
+from .common import Estimator, Quiet, app, decay_policy, finite, load, out, ratio_pair, regexes
 
 
 class Assign(str, Enum):
@@ -59,7 +59,7 @@ def decay_map(
     paper_compat: Annotated[bool, typer.Option("--paper-compat", help="Reproduce the AlphaDecay release's decays "
                                                "exactly (its module choice and formulas; see docs/decay.md).")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N (when analysing).")] = "auto",
-    quiet: Annotated[bool, typer.Option("-q", "--quiet")] = False,
+    quiet: Quiet = False,
 ) -> None:
     """AlphaDecay module-wise weight decays from the spectra, as a JSON map for any training loop."""
     from ..decay import METRICS, build_decay_map

@@ -11,7 +11,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.text import Text
 
-from .common import Estimator, app, decay_policy, err, finite, out, ratio_pair
+from .common import Estimator, Quiet, app, decay_policy, err, finite, out, ratio_pair
 
 MODEL = "Model and data"
 OPTIM = "Optimisation"
@@ -128,7 +128,7 @@ def train(
                                           rich_help_panel=RUN)] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.",
                                          rich_help_panel=RUN)] = False,
-    quiet: Annotated[bool, typer.Option("-q", "--quiet", rich_help_panel=RUN)] = False,
+    quiet: Quiet = False,
 ) -> None:
     """Pretrain a LLaMA with uniform, AlphaDecay, AWD, AdaDecay or learnable-multiplier weight decay."""
     from ..esd import resolve_device
