@@ -11,8 +11,9 @@ from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
+from matplotlib import colormaps
 from matplotlib.cm import ScalarMappable
-from matplotlib.colors import Normalize
+from matplotlib.colors import BoundaryNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
@@ -58,8 +59,22 @@ def _log_density(lam: np.ndarray, bins: np.ndarray) -> tuple[np.ndarray, np.ndar
     return np.sqrt(edges[:-1] * edges[1:]), np.where(hist > 0, hist, np.nan)
 
 
-def spectra_figure(table: pd.DataFrame, spectra: dict[str, np.ndarray]) -> Figure:
-    """Figure 2: per module type, each layer's ESD (normalised by its largest eigenvalue), coloured by depth."""
+KDE_GRID = 400
+RUG_TOP = 5  # largest eigenvalues of each layer marked under the curves
+
+
+def log_kde(u: np.ndarray, grid: np.ndarray, bandwidth: float) -> np.ndarray:
+    """Gaussian kernel density of the values u (here log10 λ/λ_max) on `grid`, per unit of u: a smooth
+    curve to which every eigenvalue contributes, including the isolated largest ones."""
+    z = (grid[:, None] - u[None, :]) / bandwidth
+    return np.exp(-0.5 * z * z).sum(1) / (len(u) * bandwidth * np.sqrt(2 * np.pi))
+
+
+def spectra_figure(table: pd.DataFrame, spectra: dict[str, np.ndarray], layer: int | None = None,
+                   title: str | None = None) -> Figure:
+    """Figure 2: per module type, each layer's ESD (eigenvalues of WᵀW over the matrix's λ_max), coloured by
+    depth: a kernel density of log10(λ/λ_max) per layer, the 5 largest eigenvalues of each as a rug, and the
+    fitted power-law tail and xmin of one layer (`layer`, default the middle one) as a dashed line."""
     table = _panels(table)
     blocks = table[table["layer"].notna() & table["name"].isin(list(spectra))]
     mods = _modules(blocks, block_only=True) or _modules(blocks)
@@ -67,27 +82,69 @@ def spectra_figure(table: pd.DataFrame, spectra: dict[str, np.ndarray]) -> Figur
         raise ValueError("no transformer-block matrices with saved spectra to draw")
     ncols = min(4, len(mods))
     nrows = -(-len(mods) // ncols)
-    fig = Figure(figsize=(3.6 * ncols + 1.2, 3.1 * nrows), layout="constrained", dpi=DPI)
+    fig = Figure(figsize=(3.8 * ncols + 1.2, 3.2 * nrows), layout="constrained", dpi=DPI)
     axes = fig.subplots(nrows, ncols, squeeze=False)
     layers = blocks["layer"].astype(int)
-    norm = Normalize(layers.min(), max(layers.max(), layers.min() + 1))
-    cmap = ScalarMappable(norm=norm, cmap=DEPTH_CMAP)
+    shown = int(sorted(layers.unique())[len(layers.unique()) // 2]) if layer is None else int(layer)
+    cmap = ScalarMappable(norm=_layer_norm(layers), cmap=DEPTH_CMAP)
     for ax, mod in zip(axes.flat, mods, strict=False):
         rows = blocks[blocks["module"] == mod]
-        normed = {r.name: s[s > 0] / s.max() for r in rows.itertuples() if (s := spectra[r.name]).max() > 0}
-        lo = min(v.min() for v in normed.values())
-        bins = np.logspace(np.log10(lo), 0, 40)
-        for r in rows.itertuples():
-            if r.name in normed:
-                ax.plot(*_log_density(normed[r.name], bins), color=cmap.to_rgba(int(r.layer)), lw=0.9, alpha=0.85)
-        ax.set(xscale="log", yscale="log", title=f"{mod}  ({rows['rows'].iloc[0]}×{rows['cols'].iloc[0]})",
-               xlabel="λ / λ_max", ylabel="density")
-        ax.grid(True, which="major", alpha=0.3)
+        _spectra_panel(ax, rows, spectra, cmap, shown)
+        ax.set_title(f"{mod}  ({rows['rows'].iloc[0]}×{rows['cols'].iloc[0]})", fontsize="medium")
     for ax in list(axes.flat)[len(mods):]:
         ax.set_visible(False)
-    fig.colorbar(cmap, ax=axes, label="layer (depth)", shrink=0.9)
-    fig.suptitle("Empirical spectral densities per module type: eigenvalues of WᵀW, each divided by its λ_max")
+    _layer_colorbar(fig, cmap, axes, layers)
+    name = title or table.attrs.get("source") or ""
+    fig.suptitle((f"{name}: " if name else "") + "spectra of WᵀW per module type, each divided by its λ_max "
+                 f"(dashed: power-law fit of layer {shown})")
     return fig
+
+
+def _spectra_panel(ax, rows: pd.DataFrame, spectra: dict[str, np.ndarray], cmap, shown: int) -> None:
+    logs = {}
+    for r in rows.itertuples():
+        s = spectra[r.name]
+        if s.max() > 0:
+            logs[r.name] = np.log10(s[s > 1e-12 * s.max()] / s.max())
+    every = np.concatenate(list(logs.values()))
+    bandwidth = max(1.06 * every.std() * (len(every) / max(len(logs), 1)) ** -0.2, 1e-3)  # Silverman, per layer size
+    grid = np.linspace(every.min() - 2 * bandwidth, 2 * bandwidth, KDE_GRID)
+    peak = 0.0
+    for r in rows.itertuples():
+        if r.name not in logs:
+            continue
+        density = log_kde(logs[r.name], grid, bandwidth)
+        peak = max(peak, density.max())
+        colour = cmap.to_rgba(int(r.layer))
+        ax.plot(10**grid, density, color=colour, lw=0.9, alpha=0.85)
+        top = np.sort(logs[r.name])[-RUG_TOP:]
+        ax.scatter(10**top, np.zeros_like(top), marker="|", s=30, color=colour, transform=ax.get_xaxis_transform(),
+                   clip_on=False, linewidths=0.8)
+    fit_row = rows[(rows["layer"] == shown) & rows["alpha"].notna()]
+    if len(fit_row) and fit_row["name"].iloc[0] in logs:
+        r = fit_row.iloc[0]
+        lam_max = spectra[r["name"]].max()
+        frac = r["n_tail"] / len(logs[r["name"]]) if "n_tail" in r else 0.5
+        x = np.logspace(np.log10(r["xmin"] / lam_max), 0, 50)
+        tail = frac * (r["alpha"] - 1) * np.log(10) * (x * lam_max / r["xmin"]) ** (1 - r["alpha"])
+        ax.plot(x, tail, color="black", ls="--", lw=1.2, label=f"layer {shown}: α = {r['alpha']:.2f}")
+        ax.axvline(r["xmin"] / lam_max, color="black", ls=":", lw=0.8)
+        ax.legend(loc="upper left", fontsize="x-small", frameon=False)
+    ax.set(xscale="log", yscale="log", xlabel="λ / λ_max", ylabel="density of log10 λ",
+           xlim=(10 ** (every.min() - bandwidth), 10 ** (2 * bandwidth)), ylim=(peak * 1e-3, peak * 2))
+    ax.grid(True, which="major", alpha=0.3)
+
+
+def _layer_norm(layers: pd.Series):
+    """Discrete colours, one per layer (a BoundaryNorm on integer layer edges)."""
+    lo, hi = int(layers.min()), int(layers.max())
+    return BoundaryNorm(np.arange(lo - 0.5, hi + 1.5), colormaps[DEPTH_CMAP].N)
+
+
+def _layer_colorbar(fig: Figure, cmap, axes, layers: pd.Series) -> None:
+    bar = fig.colorbar(cmap, ax=axes, label="layer (depth)", shrink=0.9)
+    bar.locator = MaxNLocator(integer=True, nbins=10)
+    bar.update_ticks()
 
 
 def alpha_modules_figure(table: pd.DataFrame) -> Figure:

@@ -35,11 +35,21 @@ def test_spectra_figure_one_panel_per_module_one_curve_per_layer(llama):
     panels = [ax for ax in fig.axes if ax.get_visible() and ax.get_title()]
     assert [ax.get_title().split()[0] for ax in panels] == ["att.q", "att.k", "att.v", "att.o", "mlp.gate", "mlp.up",
                                                              "mlp.down"]
-    for ax in panels:
-        assert len(ax.get_lines()) == LAYERS
+    for ax, mod in zip(panels, ["att.q", "att.k", "att.v", "att.o", "mlp.gate", "mlp.up", "mlp.down"], strict=True):
+        curves = [line for line in ax.get_lines() if line.get_linestyle() == "-"]
+        assert len(curves) == LAYERS
         assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
         assert "λ_max" in ax.get_xlabel()
-    colours = {tuple(line.get_color()) for line in panels[0].get_lines()}
+        low = ax.get_ylim()[0]
+        for line in curves:  # every curve is visible up to λ/λ_max = 1, where each has its largest eigenvalue
+            x, y = line.get_data()
+            assert y[np.searchsorted(x, 1.0)] > low
+        smallest = min((s := llama.spectra[n])[s > 1e-12 * s.max()].min() / s.max()
+                       for n in llama.table.loc[llama.table["module"] == mod, "name"])
+        assert ax.get_xlim()[0] < smallest and ax.get_xlim()[0] > smallest / 100  # limits from the data drawn
+        fits = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
+        assert len(fits) == 1 and fits[0].get_label().startswith("layer 2: α =")  # the middle layer's tail
+    colours = {tuple(line.get_color()) for line in panels[0].get_lines() if line.get_linestyle() == "-"}
     assert len(colours) == LAYERS  # depth is visible
 
 
@@ -116,4 +126,5 @@ def test_minilm_figures(tmp_path):
     for p in paths:
         assert_real_png(p)
     panels = [ax for ax in spectra_figure(result.table, result.spectra).axes if ax.get_visible() and ax.get_title()]
-    assert len(panels) == 6 and all(len(ax.get_lines()) == 6 for ax in panels)
+    assert len(panels) == 6 and all(len([ln for ln in ax.get_lines() if ln.get_linestyle() == "-"]) == 6
+                                    for ax in panels)

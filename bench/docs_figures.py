@@ -1,0 +1,61 @@
+"""Draw the figures shown in docs/plots.md (docs/img/*.png) from the bundled MiniLM checkpoint and three short
+tiny-LLaMA runs on the bundled text. Takes about two minutes on a laptop CPU.
+
+    python bench/docs_figures.py [--out docs/img]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from alphaspec import build_decay_map, run
+from alphaspec.compare import compare
+from alphaspec.plots import (
+    alpha_depth_figure,
+    alpha_modules_figure,
+    decay_figure,
+    esd_figure,
+    save_figure,
+    spectra_figure,
+)
+from alphaspec.train import TrainConfig, train
+from alphaspec.training_plots import alphas_figure, compare_figure
+
+DPI = 110
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("docs/img"))
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    result = run("example:minilm", keep_spectra=True)
+    table, spectra = result.table, result.spectra
+    figures = {"spectra": spectra_figure(table, spectra, title="MiniLM-L6"), "alpha-modules": alpha_modules_figure(table),
+               "alpha-depth": alpha_depth_figure(table),
+               "esd": esd_figure("encoder.layer.5.output.dense.weight", spectra["encoder.layer.5.output.dense.weight"]),
+               "decay": decay_figure(build_decay_map(table, 0.1))}
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = []
+        for strategy in ("uniform", "alphadecay", "awd"):
+            out = Path(tmp) / strategy
+            train(TrainConfig(out=str(out), strategy=strategy, steps=300, eval_every=50, analyze_every=50))
+            runs.append(out)
+        figures["training"] = alphas_figure(pd.read_csv(runs[1] / "alphas.csv"), "median")
+        figures["compare"] = compare_figure(compare(runs))
+    for name, fig in figures.items():
+        fig.set_dpi(DPI)
+        print(f"wrote {save_figure(fig, args.out / f'{name}.png')}")
+    print(f"{time.perf_counter() - t0:.0f} s on {platform.processor() or platform.machine()}, torch {torch.__version__}")
+
+
+if __name__ == "__main__":
+    main()
