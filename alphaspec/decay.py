@@ -296,6 +296,16 @@ def match_names(decays: dict[str, float], params: dict[str, torch.Tensor], model
     return resolved
 
 
+def check_map_matches_table(dmap: DecayMap, table: pd.DataFrame, where: str) -> None:
+    """Refuse a map made for another model than the analysed one (its names are not the table's tensors)."""
+    tensors = set(table["tensor"] if "tensor" in table else table["name"])
+    absent = [m["name"] for m in dmap.modules if m["name"] not in tensors
+              and not any(t.endswith("." + m["name"]) or m["name"].endswith("." + t) for t in tensors)]
+    if absent:
+        raise DecayMapError(f"the decay map was made for another model than {where}: {len(absent)} of its names "
+                            f"are not in it, e.g. {absent[0]}")
+
+
 def tuned_rows(table: pd.DataFrame, include: Iterable[str] = (), exclude: Iterable[str] = ()) -> pd.DataFrame:
     """The rows whose tensors get a tuned decay: block matrices by default, or those --include names."""
     inc, exc = list(include), list(exclude)

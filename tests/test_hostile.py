@@ -283,6 +283,11 @@ CASES += [
          ("wd.json", "named pipe")),
     Case("map-ratio-text", lambda b, d: ["train", "--out", d / "r", "--decay-map",
                                          map_with(b, d, lambda m: m.update(ratio="wide"))], 1, ("ratio",)),
+    Case("plot-map-for-another-model", lambda b, d: ["plot", copy(b, d, "results.json"), "--kind", "decay", "-o",
+                                                     d / "f", "--decay-map", map_with(b, d, lambda m: [
+                                                         e.update(name=e["name"].replace("layers.1.", "layers.9."))
+                                                         for e in m["modules"]] and None)],
+         1, ("another model", "layers.9.")),
     Case("plot-map-corrupt", lambda b, d: ["plot", copy(b, d, "results.json"), "--kind", "decay", "-o", d / "f",
                                            "--decay-map", write(d / "wd.json", "{")], 1, ("wd.json",)),
     # results tables and spectra

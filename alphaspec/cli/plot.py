@@ -74,6 +74,10 @@ def plot(
         fail("the esd figure needs --module NAME (a row name or a regex)", 2)
     dmap = DecayMap.load(decay_map_file) if decay_map_file is not None else None
     table, spectra = load(source, estimator.value, device, False, spectra_file)
+    if dmap is not None and "decay" in kinds:
+        from ..decay import check_map_matches_table
+
+        check_map_matches_table(dmap, table, source)
     names = []
     if "esd" in kinds:
         patterns = regexes([m for m in module if m not in set(table["name"])], "--module")
