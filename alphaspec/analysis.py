@@ -213,7 +213,7 @@ def _row_order(row: dict) -> tuple:
     return group, row["stack"] or "", row["layer"] or 0, MODULE_TYPES.index(module), expert, row["name"]
 
 
-def _table(rows: list[dict]) -> pd.DataFrame:
+def ordered_table(rows: list[dict]) -> pd.DataFrame:
     """Rows in reading order for people (see _row_order), integer columns that may be empty as Int64."""
     table = pd.DataFrame(sorted(rows, key=_row_order), columns=COLUMNS)
     for col in ("layer", "expert"):
@@ -266,7 +266,7 @@ def run(source, estimator: str = "median", device: str | torch.device = "auto", 
                 collect(solve_batch(batch, dev, estimator, dtypes))
         else:
             _solve_concurrently(batches, dev, estimator, dtypes, workers, collect)
-    table = _table(rows)
+    table = ordered_table(rows)
     result = Analysis(table, todo.skipped, todo.notes, str(source), estimator, str(dev), spectra)
     table.attrs.update({"source": result.source, "estimator": estimator, "device": result.device,
                         "skipped": [{"name": s.name, "reason": s.reason} for s in todo.skipped],
@@ -304,4 +304,4 @@ def analyze_tensors(tensors: dict[str, torch.Tensor], estimator: str = "median",
         for spec in todo.matrices:
             w = spec.extract(tensors[spec.tensor].detach())
             rows.extend(row for row, _ in solve_batch([(spec, w)], w.device, estimator, dtypes))
-    return _table(rows)
+    return ordered_table(rows)

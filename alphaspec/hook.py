@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 
-from .analysis import analyze_tensors, records
+from .analysis import analyze_tensors, ordered_table, records
 from .decay import DEFAULT_RATIO, DecayMapError, build_decay_map, is_tuned_candidate
 
 
@@ -110,19 +110,23 @@ class AlphaDecay:
     include/exclude: regexes choosing the tuned parameters (default: every matrix inside a
     transformer block). config: the model's config.json as a dict (default: `model.config`, as Hugging
     Face models carry it), which says how fused tensors split, exactly as `analyze` reads the checkpoint.
+    paper_compat: the AlphaDecay release's choices, as `decay-map --paper-compat` (its first Linear keeps w;
+    unlike the release, biases keep the decay of the group they were in).
     """
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, weight_decay: float | None = None,
                  *, ratio: Sequence[float] = DEFAULT_RATIO, assign: str = "linear", gap: int = 500,
                  estimator: str = "median", metric: str = "alpha", preserve_mean: str = "none",
                  include: Iterable[str] = (), exclude: Iterable[str] = (), warmup: str = "init",
-                 overlap: bool | str = "auto", scheduler=None, config: dict | None = None):
+                 overlap: bool | str = "auto", scheduler=None, config: dict | None = None,
+                 paper_compat: bool = False):
         if gap < 1:
             raise ValueError(f"gap must be >= 1, got {gap}")
         if warmup not in ("init", "uniform"):
             raise ValueError(f"warmup must be 'init' or 'uniform', got {warmup!r}")
         model = getattr(model, "module", model)  # DistributedDataParallel
         self.config = model_config(model) if config is None else dict(config)
+        self.whole = paper_compat  # the release fits each nn.Linear whole
         inc, exc = [re.compile(p) for p in include], [re.compile(p) for p in exclude]
         self.tuned = {n: p for n, p in model.named_parameters()
                       if (any(r.search(n) for r in inc) if inc else is_tuned_candidate(n, p))
@@ -130,7 +134,8 @@ class AlphaDecay:
         if not self.tuned:
             raise DecayMapError("no parameters to tune: no matrices inside transformer blocks (see include=)")
         self.weight_decay = float(optimizer.defaults.get("weight_decay", 0.0) if weight_decay is None else weight_decay)
-        self.options = {"ratio": tuple(ratio), "assign": assign, "metric": metric, "preserve_mean": preserve_mean}
+        self.options = {"ratio": tuple(ratio), "assign": assign, "metric": metric, "preserve_mean": preserve_mean,
+                        "paper_compat": paper_compat}
         self.estimator, self.gap = estimator, gap
         self.groups = split_param_groups(optimizer, self.tuned, scheduler)
         self.rank, self.world = _dist()
@@ -220,9 +225,9 @@ class AlphaDecay:
             return []
         if self._stream is not None:
             with torch.cuda.device(self._stream.device), torch.cuda.stream(self._stream):
-                table = analyze_tensors(snapshot, self.estimator, config=self.config)
+                table = analyze_tensors(snapshot, self.estimator, config=self.config, split_fused=not self.whole)
         else:
-            table = analyze_tensors(snapshot, self.estimator, config=self.config)
+            table = analyze_tensors(snapshot, self.estimator, config=self.config, split_fused=not self.whole)
         return records(table)
 
     def _gather(self, rows: list[dict]) -> pd.DataFrame:
@@ -230,9 +235,7 @@ class AlphaDecay:
             parts: list = [None] * self.world
             dist.all_gather_object(parts, rows)
             rows = [r for part in parts for r in part]
-        table = pd.DataFrame(rows).sort_values("name", kind="stable").reset_index(drop=True)
-        table["layer"] = table["layer"].astype("Int64")
-        return table
+        return ordered_table(rows)  # the order of analyze: blocks by layer, then module type
 
     def _apply(self, table: pd.DataFrame, started: int) -> None:
         dmap = build_decay_map(table, self.weight_decay, all_rows=True, **self.options)

@@ -254,3 +254,7 @@ def test_paper_compat_reproduces_the_release(tmp_path, family):
     for name, wd in expected.items():
         assert ours[name] == pytest.approx(wd, rel=1e-9, abs=1e-20), name
     assert len({round(v, 15) for v in ours.values()}) > 3  # a real spread of decays, not all equal
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-5)
+    hook = AlphaDecay(model, optimizer, ratio=(0.6666, 3.0), paper_compat=True, overlap=False)
+    for name, wd in hook.decays.items():  # the live hook, from the same weights: the release's decays too
+        assert wd == pytest.approx(expected[name], rel=1e-9, abs=1e-20), name
