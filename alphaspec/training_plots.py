@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import textwrap
+
 import pandas as pd
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
@@ -32,9 +34,10 @@ def compare_figure(comparison) -> Figure:
     for run, row, curve in zip(comparison.runs, table.itertuples(), curves, strict=True):
         m, c = run.metrics, colour[row.label]
         ax_loss.plot(m["tokens"], m["loss"], color=c, lw=1.0, alpha=0.8)
+        shown = len(curve) > 0  # a run without evaluations gets no legend entry it has no curve for
         ax_eval.plot(curve.index, curve.to_numpy(), color=c, lw=1.0, marker="o", ms=2.5, alpha=0.9,
-                     label=None if row.label in seen else row.label)
-        seen.add(row.label)
+                     label=row.label if shown and row.label not in seen else None)
+        seen |= {row.label} if shown else set()
         series = decay_series(run)
         if len(series) and row.weight_decay:
             ax_decay.plot(series.index, series.to_numpy() / row.weight_decay, color=c, lw=1.2, drawstyle="steps-post")
@@ -45,14 +48,16 @@ def compare_figure(comparison) -> Figure:
     for label in labels:
         # paired with the baseline run of the same seed where there is one (seeds fix init and data)
         runs = pd.concat([c - base_by_seed.get(seed, base) for seed, c in of_label[label]], axis=1).dropna()
+        if runs.empty:
+            continue
         ax_delta.plot(runs.index, runs.mean(axis=1), color=colour[label], lw=1.5, marker="o", ms=3, label=label)
         if runs.shape[1] > 1:
             ax_delta.fill_between(runs.index, runs.min(axis=1), runs.max(axis=1), color=colour[label], alpha=0.15, lw=0)
     for ax, title, xlabel, ylabel in (
             (ax_loss, "training loss", "tokens", "loss (mean over the log interval)"),
             (ax_eval, "validation loss", "tokens", "eval loss"),
-            (ax_delta, f"validation loss minus the baseline's ({baseline}, paired by seed)", "tokens",
-             "Δ eval loss (below 0: better)"),
+            (ax_delta, "validation loss minus the baseline's\n(" + textwrap.shorten(baseline, 60) + ", paired by seed)",
+             "tokens", "Δ eval loss (below 0: better)"),
             (ax_decay, "decay applied to the tuned matrices", "step", "parameter-weighted mean decay / w")):
         ax.set_title(title, loc="left")
         ax.set_xlabel(xlabel)

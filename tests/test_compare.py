@@ -110,3 +110,19 @@ def test_the_default_baseline_is_the_uniform_label_with_most_runs(tmp_path):
         compare([runs[0], runs[2]])
     with pytest.raises(RunDirError, match="no uniform-decay runs"):
         compare([runs[3], fake_run(tmp_path / "w", [3.0], "awd")])
+
+
+def test_every_legend_entry_of_the_figure_has_its_curve(tmp_path):
+    from alphaspec.training_plots import compare_figure
+
+    runs = [fake_run(tmp_path / "u", [3.2, 3.0]), fake_run(tmp_path / "a", [3.1, 2.9], "alphadecay"),
+            fake_run(tmp_path / "w", [float("nan"), float("nan")], "awd")]  # not evaluated yet
+    fig = compare_figure(compare(runs))
+    for ax in fig.axes:
+        legend = ax.get_legend()
+        if legend is None:
+            continue
+        drawn = {line.get_label(): len(line.get_xdata()) for line in ax.get_lines()}
+        for text in legend.get_texts():
+            assert drawn.get(text.get_text(), 0) > 0, text.get_text()
+        assert "awd" not in [t.get_text() for t in legend.get_texts()]
