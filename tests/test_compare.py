@@ -116,7 +116,9 @@ def test_every_legend_entry_of_the_figure_has_its_curve(tmp_path):
     from alphaspec.training_plots import compare_figure
 
     runs = [fake_run(tmp_path / "u", [3.2, 3.0]), fake_run(tmp_path / "a", [3.1, 2.9], "alphadecay"),
-            fake_run(tmp_path / "w", [float("nan"), float("nan")], "awd")]  # not evaluated yet
+            fake_run(tmp_path / "w", [3.1, 3.0], "awd")]
+    metrics = pd.read_csv(runs[2] / "metrics.csv")
+    metrics.assign(eval_loss=None, eval_ppl=None).to_csv(runs[2] / "metrics.csv", index=False)  # not evaluated yet
     fig = compare_figure(compare(runs))
     for ax in fig.axes:
         legend = ax.get_legend()
