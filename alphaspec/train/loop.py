@@ -116,9 +116,8 @@ class TrainConfig:
             raise ConfigError(f"unknown optimizer {self.optimizer!r}; use adamw or adam")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ConfigError(f"unknown precision {self.precision!r}; use auto, bf16 or fp32")
-        if self.gap is None:
-            self.gap = default_gap(self.steps)
-        if min(self.steps, self.batch_size, self.seq_len, self.log_every, self.gap, self.eval_every, self.checkpoint_every) < 1:
+        gap = default_gap(self.steps) if self.gap is None else self.gap
+        if min(self.steps, self.batch_size, self.seq_len, self.log_every, gap, self.eval_every, self.checkpoint_every) < 1:
             raise ConfigError("steps, batch size, seq len, gap and the every-N options must be >= 1")
         choices = {"assign": (self.assign, (None, *ASSIGN)), "preserve-mean": (self.preserve_mean, PRESERVE),
                    "metric": (self.metric, DECAY_METRICS), "estimator": (self.estimator, tuple(ESTIMATORS)),
@@ -333,6 +332,8 @@ def _train(cfg: TrainConfig, run: Path, rd: RunDir | None, rank: int, world: int
            on_start, on_status, on_warning, marks: dict) -> dict:
     _split(cfg, world)  # before anything is written
     cfg, state = _open(cfg, run, rd, rank, world, on_status, on_warning)
+    if cfg.gap is None:  # resolved once the run's own settings are known, and recorded in run.json
+        cfg.gap = default_gap(cfg.steps)
     micro, accum = _split(cfg, world)
     vocab = datamod.load_tokenizer(run / "tokenizer.json").get_vocab_size()
     tokens = datamod.load_tokens(run, cfg.val_fraction, cfg.seq_len, vocab)
