@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from .errors import AlphaspecError, check_input_file, input_kind
+from .errors import AlphaspecError, check_input_file, first_line, input_kind
 
 # safetensors dtype codes in torch's spelling; float8 formats are promoted exactly before any arithmetic.
 SAFETENSORS_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "F64": "float64",
@@ -77,17 +77,13 @@ class Checkpoint:
         except SourceError:
             raise
         except Exception as err:  # noqa: BLE001 - any read failure is a property of the input file
-            raise SourceError(f"{file}: cannot read tensor data ({_first_line(err)})") from err
+            raise SourceError(f"{file}: cannot read tensor data ({first_line(err, with_type=True)})") from err
 
 
 def dtype_name(t: torch.Tensor) -> str:
     """A tensor's dtype as TensorInfo spells it: torch's name without the prefix ("bfloat16")."""
     return str(t.dtype).removeprefix("torch.")
 
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
 
 
 def _safetensors_headers(file: Path) -> list[TensorInfo]:
@@ -100,7 +96,7 @@ def _safetensors_headers(file: Path) -> list[TensorInfo]:
                 out.append(TensorInfo(name, tuple(sl.get_shape()), SAFETENSORS_DTYPES.get(dtype, dtype.lower()), file))
             return out
     except Exception as err:  # noqa: BLE001
-        raise SourceError(f"{file}: not a valid safetensors file ({_first_line(err)})") from err
+        raise SourceError(f"{file}: not a valid safetensors file ({first_line(err, with_type=True)})") from err
 
 
 NESTED_KEYS = ("state_dict", "model", "module", "model_state_dict", "model_state")
@@ -118,11 +114,11 @@ def _load_state_dict(file: Path) -> dict:
                 obj = torch.load(str(file), map_location="cpu", weights_only=True)  # legacy (non-zip) format
     except pickle.UnpicklingError as err:
         if "unsupported global" not in str(err).lower():
-            raise SourceError(f"{file}: not a readable PyTorch state dict ({_first_line(err)})") from err
+            raise SourceError(f"{file}: not a readable PyTorch state dict ({first_line(err, with_type=True)})") from err
         raise SourceError(f"{file}: holds Python objects other than tensors; refused, since loading them could "
                           "run code (save a plain state dict, or convert it to safetensors)") from err
     except Exception as err:  # noqa: BLE001
-        raise SourceError(f"{file}: not a readable PyTorch state dict ({_first_line(err)})") from err
+        raise SourceError(f"{file}: not a readable PyTorch state dict ({first_line(err, with_type=True)})") from err
     if isinstance(obj, dict) and not any(torch.is_tensor(v) and v.ndim >= 2 for v in obj.values()):
         nested = [k for k, v in obj.items() if k in NESTED_KEYS and isinstance(v, dict)]
         if len(nested) > 1:
@@ -172,7 +168,7 @@ def _index_map(index: Path) -> dict[str, Path]:
     except AlphaspecError as err:
         raise SourceError(str(err)) from err
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise SourceError(f"{index}: not a valid shard index ({_first_line(err)})") from err
+        raise SourceError(f"{index}: not a valid shard index ({first_line(err, with_type=True)})") from err
     if not isinstance(weight_map, dict) or not all(isinstance(k, str) and isinstance(v, str)
                                                    for k, v in weight_map.items()):
         raise SourceError(f"{index}: not a valid shard index ('weight_map' must map tensor names to file names)")
@@ -216,7 +212,7 @@ def _read_config(folder: Path) -> dict:
     try:
         data = json.loads(cfg.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
-        raise SourceError(f"{cfg}: not valid JSON ({_first_line(err)})") from err
+        raise SourceError(f"{cfg}: not valid JSON ({first_line(err, with_type=True)})") from err
     if not isinstance(data, dict):
         raise SourceError(f"{cfg}: not a model config (a JSON object was expected, found a {type(data).__name__})")
     if not isinstance(data.get("model_type", ""), str):
@@ -243,7 +239,8 @@ def hub_snapshot(repo: str) -> Path:
     try:
         folder = Path(snapshot_download(repo_id=repo_id, revision=revision or None, allow_patterns=HUB_PATTERNS))
     except Exception as err:  # noqa: BLE001 - network, auth, offline and not-found errors alike
-        raise SourceError(f"{repo}: not a local path, and the hub could not provide it ({_first_line(err)})") from err
+        reason = first_line(err, with_type=True)
+        raise SourceError(f"{repo}: not a local path, and the hub could not provide it ({reason})") from err
     if not any(folder.glob("*.safetensors")):
         raise SourceError(f"{repo}: the hub repo has no .safetensors weights (only safetensors are fetched from the hub; "
                           "download .bin weights yourself and pass their path)")

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from safetensors import safe_open
 
-from .errors import AlphaspecError, check_input_file
+from .errors import AlphaspecError, check_input_file, first_line
 from .output import read_csv_checked
 
 
@@ -47,7 +47,7 @@ def load_run_json(path: Path) -> dict:
     except AlphaspecError as e:
         raise RunDirError(str(e)) from e
     except (OSError, ValueError) as e:
-        raise RunDirError(f"{file}: damaged ({_first_line(e)})") from e
+        raise RunDirError(f"{file}: damaged ({first_line(e)})") from e
     if not isinstance(info, dict) or not isinstance(info.get("config"), dict):
         raise RunDirError(f"{file}: damaged (no 'config' object)")
     return info
@@ -86,12 +86,8 @@ def _sizes(file: Path) -> dict[str, int]:
         with safe_open(str(file), framework="np") as f:
             return {k: math.prod(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 - not a mapping
     except Exception as e:  # noqa: BLE001 - any header failure is a property of the file
-        raise RunDirError(f"{file}: not a valid safetensors file ({_first_line(e)})") from e
+        raise RunDirError(f"{file}: not a valid safetensors file ({first_line(e)})") from e
 
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
 
 
 def evaluations(run: Run) -> pd.DataFrame:

@@ -28,6 +28,14 @@ class OutputError(AlphaspecError, OSError):
     """An output that cannot be written (missing or read-only directory, a directory in the way, a full disk)."""
 
 
+def first_line(err: BaseException, with_type: bool = False) -> str:
+    """The first line of an exception's message (its class name when it has none), for one-line errors."""
+    text = str(err).strip().splitlines()
+    if not text:
+        return type(err).__name__
+    return f"{type(err).__name__}: {text[0]}" if with_type else text[0]
+
+
 def os_reason(err: OSError) -> str:
     """What went wrong in an OSError, in words (no errno numbers, no Python class names)."""
     reason = {errno.ENOENT: "no such file or directory", errno.EACCES: "permission denied",

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from .errors import AlphaspecError, OutputError, UsageError, check_input_file, os_reason
+from .errors import AlphaspecError, OutputError, UsageError, check_input_file, first_line, os_reason
 
 if TYPE_CHECKING:
     from .analysis import Analysis
@@ -141,7 +141,7 @@ def read_results(path: Path) -> pd.DataFrame:
                 raise ValueError("a JSON object with a 'matrices' list was expected")
             table = pd.DataFrame(doc["matrices"])
     except Exception as err:  # noqa: BLE001 - pandas, pyarrow and json each raise their own kinds
-        raise ResultsError(f"{path}: not a results file written by alphaspec analyze ({_first_line(err)})") from err
+        raise ResultsError(f"{path}: not a results file written by alphaspec analyze ({first_line(err)})") from err
     return _checked(table, path)
 
 
@@ -174,7 +174,7 @@ def read_csv_checked(path: Path, columns: list[str], *, text: tuple[str, ...] = 
     try:
         table = pd.read_csv(path)
     except Exception as err:  # noqa: BLE001 - any parse failure is a property of the file
-        raise ResultsError(f"{path}: unreadable CSV ({_first_line(err)})") from err
+        raise ResultsError(f"{path}: unreadable CSV ({first_line(err)})") from err
     missing = [c for c in columns if c not in table.columns]
     if missing:
         raise ResultsError(f"{path}: not written by alphaspec (no column {', '.join(missing)})")
@@ -197,7 +197,7 @@ def read_spectra(path: Path) -> dict[str, np.ndarray]:
         with np.load(path, allow_pickle=False) as data:
             spectra = {k: data[k] for k in data.files}
     except Exception as err:  # noqa: BLE001 - zip, npy-format and pickle refusals alike
-        raise ResultsError(f"{path}: not a spectra file written by alphaspec analyze ({_first_line(err)})") from err
+        raise ResultsError(f"{path}: not a spectra file written by alphaspec analyze ({first_line(err)})") from err
     for name, values in spectra.items():
         if values.ndim != 1 or values.dtype.kind not in "fiu":
             raise ResultsError(f"{path}: entry {name!r} is not a 1-D array of numbers ({values.dtype}, {values.ndim}-D)")
@@ -206,6 +206,3 @@ def read_spectra(path: Path) -> dict[str, np.ndarray]:
     return {k: v.astype(np.float64) for k, v in spectra.items()}
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from ..errors import AlphaspecError, check_input_file, input_kind, os_reason
+from ..errors import AlphaspecError, check_input_file, first_line, input_kind, os_reason
 from ..output import atomic_write
 
 EOS = "<|endoftext|>"
@@ -189,7 +189,7 @@ def load_tokenizer(path: Path) -> Tokenizer:
     except AlphaspecError as e:
         raise DataError(str(e)) from e
     except Exception as e:  # tokenizers raises a bare Exception for unreadable files
-        raise DataError(f"{path}: not a tokenizers JSON file ({_first_line(e)})") from e
+        raise DataError(f"{path}: not a tokenizers JSON file ({first_line(e)})") from e
 
 
 def load_tokens(run_dir: Path, val_fraction: float, seq_len: int, vocab_size: int | None = None) -> TokenData:
@@ -215,7 +215,7 @@ def _token_file(path: Path, vocab_size: int | None) -> np.ndarray:
     except AlphaspecError as e:
         raise DataError(str(e)) from e
     except (OSError, ValueError) as e:
-        raise DataError(f"{path}: not a token file ({_first_line(e)})") from e
+        raise DataError(f"{path}: not a token file ({first_line(e)})") from e
     if tokens.ndim != 1 or tokens.dtype.kind not in "iu":
         raise DataError(f"{path}: not a token file (a 1-D integer array was expected, found {tokens.dtype} "
                         f"{tokens.ndim}-D)")
@@ -224,6 +224,3 @@ def _token_file(path: Path, vocab_size: int | None) -> np.ndarray:
     return tokens
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__

@@ -25,7 +25,7 @@ except ImportError:  # Windows
 import torch
 from safetensors.torch import save_file
 
-from ..errors import AlphaspecError
+from ..errors import AlphaspecError, first_line
 from ..output import atomic_write
 
 METRICS = ["step", "tokens", "loss", "lr", "grad_norm", "tokens_per_s", "eval_loss", "eval_ppl"]
@@ -154,12 +154,12 @@ def load_checkpoint(run: Path, warn: Callable[[str], None]) -> tuple[Path, dict]
             _check_state(state)
         except pickle.UnpicklingError as e:
             if "unsupported global" not in str(e).lower():
-                damaged.append(f"{path.name} ({_first_line(e)})")
+                damaged.append(f"{path.name} ({first_line(e, with_type=True)})")
                 continue
             damaged.append(f"{path.name} (holds Python objects other than tensors: refused, never unpickled)")
             continue
         except Exception as e:  # noqa: BLE001 - whatever is wrong with the file, the previous one may be fine
-            damaged.append(f"{path.name} ({_first_line(e)})")
+            damaged.append(f"{path.name} ({first_line(e, with_type=True)})")
             continue
         for line in damaged:
             warn(f"checkpoint {line} is damaged; resuming from {path.name} instead")
@@ -183,10 +183,6 @@ def _step(row: dict) -> float | None:
     except (TypeError, ValueError):
         return None
 
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
 
 
 def save_checkpoint(run: Path, step: int, state: dict, keep: int) -> Path:
@@ -230,7 +226,7 @@ class CsvLog:
         except (OSError, ValueError, csv.Error) as e:  # UnicodeDecodeError is a ValueError
             aside = self.path.with_name(self.path.name + ".damaged")
             os.replace(self.path, aside)
-            warn(f"{self.path} is damaged ({_first_line(e)}); kept it as {aside.name} and started it again")
+            warn(f"{self.path} is damaged ({first_line(e, with_type=True)}); kept it as {aside.name} and started it again")
             return []
         whole = [r for r in rows if None not in r.values() and None not in r and _step(r) is not None]
         if len(whole) < len(rows):
