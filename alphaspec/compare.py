@@ -161,7 +161,7 @@ def incomplete(runs: list[Run]) -> list[str]:
 def tabulate(runs: list[Run]) -> pd.DataFrame:
     """One row per run: label, strategy, seed, steps, tokens, final loss, final/best eval loss and ppl,
     applied decay (and its ratio to the base w), median tokens/s."""
-    from .train.loop import TrainConfig
+    from .train.config import TrainConfig
 
     varying, defaults = _varying([r.config for r in runs]), asdict(TrainConfig())
     out = []

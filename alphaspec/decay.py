@@ -18,16 +18,14 @@ import pandas as pd
 import torch
 
 from . import __version__
+from .choices import ASSIGN, DECAY_METRICS, PRESERVE
 from .errors import AlphaspecError, UsageError, check_input_file, os_reason
 from .modules import BLOCK_MODULES, FUSED_MODULES, block_place, layer_index, module_type
 from .output import atomic_write
 from .paper import paper_assign, paper_candidates, paper_metric
 
 SCHEMA = "alphaspec.decay-map/1"
-ASSIGN = ("linear", "sqrt", "log2", "sigmoid")
-PRESERVE = ("none", "modules", "params")
-METRICS = ("alpha", "alpha_weighted", "spectral_norm", "frobenius_norm", "stable_rank", "log_spectral_norm",
-           "log_norm", "entropy", "lambda_max")
+METRICS = DECAY_METRICS
 POLICIES = ("all", "matrices", "value")
 DEFAULT_RATIO = (0.67, 3.0)
 

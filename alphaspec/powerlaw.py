@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-ESTIMATORS = ("median", "gof", "fix-finger", "fix-finger-legacy")
+from .choices import ESTIMATORS
+
 MIN_EIGS = 10  # fewer non-zero eigenvalues than this: no fit, the row says why
 MIN_DISTINCT = 3  # distinct eigenvalues (relative gap > DISTINCT_RTOL) a tail needs to be fitted
 DISTINCT_RTOL = 1e-9

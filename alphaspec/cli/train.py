@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 import os
-from enum import Enum
+import typing
+from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Annotated
 
@@ -11,30 +13,9 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.text import Text
 
-from .common import Estimator, Quiet, app, decay_policy, err, finite, out, ratio_pair
+from .common import Quiet, app, decay_policy, err, finite, out, ratio_pair
 
-MODEL = "Model and data"
-OPTIM = "Optimisation"
-DECAY = "Weight-decay strategy"
-RUN = "Run"
-
-
-class Strategy(str, Enum):
-    uniform = "uniform"
-    alphadecay = "alphadecay"
-    awd = "awd"
-    adadecay = "adadecay"
-    lrm = "lrm"
-
-
-class Multipliers(str, Enum):
-    none = "none"
-    vector = "vector"
-    full = "full"
-    scalar = "scalar"
-
-
-@app.command(epilog="""
+EPILOG = """
 **Examples**
 
     alphaspec train --out runs/uniform                                  # tiny LLaMA on the bundled text
@@ -50,107 +31,62 @@ class Multipliers(str, Enum):
 
 Writes RUN/run.json, config.json + model.safetensors (a Hugging Face LlamaForCausalLM), checkpoints/,
 metrics.csv and decay.csv; `alphaspec analyze RUN` and `alphaspec compare RUN...` read it.
-""")
-def train(
-    ctx: typer.Context,
-    out_dir: Annotated[Path, typer.Option("--out", help="The run directory to create (or continue with --resume).",
-                                          rich_help_panel=RUN)],
-    model: Annotated[str, typer.Option(help="tiny, llama-20m, llama-60m, llama-130m, llama-350m or llama-1b "
-                                       "(GaLore's shapes).", rich_help_panel=MODEL)] = "tiny",
-    data: Annotated[list[Path] | None, typer.Option("--data", help="Text files or directories of *.txt/*.md/*.rst "
-                                                    "(default: the bundled Shakespeare).", rich_help_panel=MODEL)] = None,
-    val_data: Annotated[list[Path] | None, typer.Option("--val-data", help="Held-out text for evaluation (default: "
-                                                        "the last 5 % of the data).", rich_help_panel=MODEL)] = None,
-    tokenizer: Annotated[Path | None, typer.Option(help="A tokenizers JSON file (default: train a byte-level BPE "
-                                                   "on the data).", rich_help_panel=MODEL)] = None,
-    vocab_size: Annotated[int, typer.Option(min=256, help="Vocabulary of the trained tokenizer.",
-                                            rich_help_panel=MODEL)] = 4096,
-    seq_len: Annotated[int, typer.Option(min=2, rich_help_panel=MODEL)] = 128,
-    steps: Annotated[int, typer.Option(min=1, help="Optimizer steps in total.", rich_help_panel=OPTIM)] = 300,
-    batch_size: Annotated[int, typer.Option(min=1, help="Sequences per optimizer step, over all GPUs.",
-                                            rich_help_panel=OPTIM)] = 16,
-    micro_batch: Annotated[int | None, typer.Option(min=1, help="Sequences per forward pass per GPU (gradient "
-                                                    "accumulation makes up the rest).", rich_help_panel=OPTIM)] = None,
-    lr: Annotated[float, typer.Option(callback=finite, min=0.0, help="Peak learning rate (linear warmup, cosine decay).",
-                                      rich_help_panel=OPTIM)] = 1e-3,
-    warmup_steps: Annotated[int, typer.Option(min=0, rich_help_panel=OPTIM)] = 30,
-    min_lr_ratio: Annotated[float, typer.Option(callback=finite, min=0.0, max=1.0, rich_help_panel=OPTIM)] = 0.1,
-    optimizer: Annotated[str, typer.Option(help="adamw (decoupled decay) or adam (L2 decay, the paper's table).",
-                                           rich_help_panel=OPTIM)] = "adamw",
-    grad_clip: Annotated[float, typer.Option(callback=finite, min=0.0, help="Global gradient-norm clip (0: off).",
-                                             rich_help_panel=OPTIM)] = 1.0,
-    strategy: Annotated[Strategy | None, typer.Option(help="Default: alphadecay with --decay-map, else uniform.",
-                                                      rich_help_panel=DECAY)] = None,
-    weight_decay: Annotated[float, typer.Option(callback=finite, min=0.0, help="Base decay w.", rich_help_panel=DECAY)] = 0.1,
-    decay_map: Annotated[Path | None, typer.Option(help="Static AlphaDecay decays from `alphaspec decay-map`.",
-                                                   rich_help_panel=DECAY)] = None,
-    gap: Annotated[int | None, typer.Option(min=1, help="Refresh alphadecay/adadecay decays every GAP steps "
-                                            "(default: 500, or a tenth of a run shorter than 5000 steps).",
-                                            rich_help_panel=DECAY)] = None,
-    estimator: Annotated[Estimator, typer.Option("-e", "--estimator", rich_help_panel=DECAY)] = Estimator.median,
-    metric: Annotated[str, typer.Option(help="Metric behind alphadecay's decays (alpha, spectral_norm, ...).",
-                                        rich_help_panel=DECAY)] = "alpha",
-    assign: Annotated[str | None, typer.Option(help="linear, sqrt, log2 or sigmoid (default: linear; adadecay: "
-                                               "sigmoid).", rich_help_panel=DECAY)] = None,
-    ratio: Annotated[tuple[float, float], typer.Option(callback=ratio_pair, help="linear: decays span s1*w .. s2*w.",
-                                                       rich_help_panel=DECAY)] = (0.67, 3.0),
-    preserve_mean: Annotated[str, typer.Option(help="none, modules or params.", rich_help_panel=DECAY)] = "none",
-    default_decay: Annotated[str, typer.Option(callback=decay_policy, help="Untuned parameters: all (w), matrices (0 for 1-D and "
-                                               "embeddings) or a number.", rich_help_panel=DECAY)] = "all",
-    alphadecay_warmup: Annotated[str, typer.Option(help="Decays before the first refresh: init (from the initial "
-                                                   "weights, the paper) or uniform.", rich_help_panel=DECAY)] = "init",
-    overlap: Annotated[bool, typer.Option("--overlap/--no-overlap", help="Solve alphadecay refreshes alongside "
-                                          "training (default) or in line (bit-reproducible).",
-                                          rich_help_panel=DECAY)] = True,
-    multipliers: Annotated[Multipliers, typer.Option(help="Learnable multipliers (strategy lrm: vector).",
-                                                     rich_help_panel=DECAY)] = Multipliers.none,
-    lrm_decay: Annotated[float, typer.Option(callback=finite, min=0.0, help="Weight decay of the multipliers.",
-                                             rich_help_panel=DECAY)] = 2e-3,
-    lrm_lr_mult: Annotated[float, typer.Option(callback=finite, min=0.0, help="Multipliers' LR relative to --lr.",
-                                               rich_help_panel=DECAY)] = 1.0,
-    eval_every: Annotated[int, typer.Option(min=1, rich_help_panel=RUN)] = 100,
-    analyze_every: Annotated[int | None, typer.Option(min=0, help="Fit the block matrices' spectra into alphas.csv "
-                                                      "every N steps (default: --eval-every; 0: never).",
-                                                      rich_help_panel=RUN)] = None,
-    eval_windows: Annotated[int, typer.Option(min=1, help="Validation windows per evaluation.",
-                                              rich_help_panel=RUN)] = 64,
-    log_every: Annotated[int, typer.Option(min=1, rich_help_panel=RUN)] = 10,
-    checkpoint_every: Annotated[int, typer.Option(min=1, rich_help_panel=RUN)] = 500,
-    keep_checkpoints: Annotated[int, typer.Option(min=1, rich_help_panel=RUN)] = 2,
-    seed: Annotated[int, typer.Option(rich_help_panel=RUN)] = 0,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.", rich_help_panel=RUN)] = "auto",
-    precision: Annotated[str, typer.Option(help="auto (bf16 autocast on CUDA), bf16 or fp32; weights stay fp32.",
-                                           rich_help_panel=RUN)] = "auto",
-    sharding: Annotated[str, typer.Option(help="Under torchrun: ddp (replicated weights) or fsdp (FSDP2: weights, "
-                                          "gradients and optimizer state sharded over the GPUs).",
-                                          rich_help_panel=RUN)] = "ddp",
-    compile: Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile the model.",
-                                          rich_help_panel=RUN)] = False,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.",
-                                         rich_help_panel=RUN)] = False,
-    quiet: Quiet = False,
-) -> None:
+"""
+
+
+def options() -> list[inspect.Parameter]:
+    """One Typer option per field of TrainConfig: its default, help, section, bounds and flags come from there."""
+    from ..train.config import TrainConfig
+
+    hints = typing.get_type_hints(TrainConfig)
+    params = []
+    for f in fields(TrainConfig):
+        meta = f.metadata
+        if not meta["cli"]:
+            continue
+        kind, hint = meta["kind"], hints[f.name]
+        typ = _cli_type(hint, kind)
+        extra = {"callback": {"finite": finite, "ratio": ratio_pair, "policy": decay_policy}.get(kind)}
+        if meta["choices"]:
+            extra["callback"] = _choice(meta["choices"])
+        extra |= {"min": meta["min"], "max": meta["max"]}
+        helptext = meta["help"] + (f" One of: {', '.join(meta['choices'])}." if meta["choices"] else "")
+        required = f.name == "out"
+        info = typer.Option(*meta["flags"], help=helptext, rich_help_panel=meta["section"], show_default=not required,
+                            **{k: v for k, v in extra.items() if v is not None})
+        default = inspect.Parameter.empty if required else (None if f.default is MISSING else f.default)
+        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                                        annotation=Annotated[typ, info]))
+    return params
+
+
+def _cli_type(hint, kind: str):
+    """The type Typer parses: paths as Path, lists (of paths) optional, everything else as the field's own type."""
+    if kind == "path":
+        return list[Path] | None if typing.get_origin(hint) is list else (Path | None if type(None) in
+                                                                        typing.get_args(hint) else Path)
+    return hint
+
+
+def _choice(allowed: tuple[str, ...]):
+    def check(value):
+        if value is not None and value not in allowed:
+            raise typer.BadParameter(f"{value!r}: choose one of {', '.join(allowed)}")
+        return value
+    return check
+
+
+def train(ctx: typer.Context, quiet: bool, **settings) -> None:
     """Pretrain a LLaMA with uniform, AlphaDecay, AWD, AdaDecay or learnable-multiplier weight decay."""
     from ..esd import resolve_device
     from ..train import TrainConfig
     from ..train import train as run_training
-    # typer may vendor click: compare the parameter source by name
-    given = tuple("out" if p.name == "out_dir" else p.name for p in ctx.command.params
-                  if getattr(ctx.get_parameter_source(p.name), "name", "") == "COMMANDLINE")
-    cfg = TrainConfig(
-        out=str(out_dir), model=model, vocab_size=vocab_size, seq_len=seq_len, batch_size=batch_size,
-        micro_batch=micro_batch, steps=steps, lr=lr, min_lr_ratio=min_lr_ratio, warmup_steps=warmup_steps,
-        optimizer=optimizer, weight_decay=weight_decay, default_decay=default_decay, grad_clip=grad_clip,
-        strategy=(strategy.value if strategy else ("alphadecay" if decay_map else "uniform")),
-        decay_map=str(decay_map) if decay_map else None, gap=gap, estimator=estimator.value, metric=metric,
-        assign=assign, ratio=ratio, preserve_mean=preserve_mean, alphadecay_warmup=alphadecay_warmup, overlap=overlap,
-        multipliers=multipliers.value, lrm_decay=lrm_decay, lrm_lr_mult=lrm_lr_mult,
-        data=[str(d) for d in data or []], val_data=[str(d) for d in val_data or []],
-        tokenizer=str(tokenizer) if tokenizer else None, eval_every=eval_every,
-        analyze_every=analyze_every, eval_windows=eval_windows, log_every=log_every, checkpoint_every=checkpoint_every,
-        keep_checkpoints=keep_checkpoints, seed=seed, device=device, precision=precision, compile=compile,
-        sharding=sharding, resume=resume,
-        given=given)
+
+    given = tuple(p.name for p in ctx.command.params if p.name in settings
+                  and getattr(ctx.get_parameter_source(p.name), "name", "") == "COMMANDLINE")  # typer may vendor click
+    values = {k: (str(v) if isinstance(v, Path) else [str(x) for x in v] if isinstance(v, list) else
+                  [] if v is None and k in ("data", "val_data") else v) for k, v in settings.items()}
+    cfg = TrainConfig(**values, given=given)
     quiet = quiet or int(os.environ.get("RANK", 0)) != 0
     cfg.validate()  # bad options fail before anything is printed
     resolve_device(cfg.device)
@@ -159,7 +95,25 @@ def train(
                             on_warning=report.warning)
     if not quiet and last:
         eval_part = f", eval loss {last['eval_loss']:.4f} (ppl {last['eval_ppl']:.1f})" if "eval_loss" in last else ""
-        out.print(f"step {last['step']}: loss {last['loss']:.4f}{eval_part}; wrote {out_dir}", highlight=False)
+        out.print(f"step {last['step']}: loss {last['loss']:.4f}{eval_part}; wrote {cfg.out}", highlight=False)
+
+
+def _command():
+    """train() with the signature Typer reads: the context, -q, then one keyword option per config field."""
+    def command(ctx: typer.Context, **kwargs) -> None:
+        quiet = kwargs.pop("quiet")
+        train(ctx, quiet, **kwargs)
+
+    params = [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context),
+              inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Quiet), *options()]
+    command.__signature__ = inspect.Signature(params)
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    command.__doc__ = train.__doc__
+    command.__name__ = "train"
+    return command
+
+
+app.command("train", epilog=EPILOG)(_command())
 
 
 class Report:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -11,7 +10,7 @@ import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -22,15 +21,14 @@ import torch.nn.functional as F
 from .. import __version__
 from ..analysis import analyze_tensors, records
 from ..compare import load_run_json
-from ..decay import ASSIGN, PRESERVE, DecayMap, is_tuned_candidate
-from ..decay import METRICS as DECAY_METRICS
+from ..decay import DecayMap, is_tuned_candidate
 from ..errors import AlphaspecError
 from ..esd import resolve_device
 from ..hook import full_tensor
-from ..powerlaw import ESTIMATORS
 from . import data as datamod
 from . import parallel
-from .model import LRM_MODES, PRESETS, Llama, ModelConfig, count_params, hf_tensors
+from .config import ConfigError, TrainConfig, default_gap, resumed_config
+from .model import PRESETS, Llama, ModelConfig, count_params, hf_tensors
 from .rundir import (
     ALPHAS,
     DECAYS,
@@ -45,153 +43,9 @@ from .rundir import (
     save_weights,
     write_json,
 )
-from .strategies import STRATEGIES, clip_parameters, make_strategy
+from .strategies import clip_parameters, make_strategy
 
 log = logging.getLogger("alphaspec")
-
-
-class ConfigError(AlphaspecError, ValueError):
-    """Options that contradict each other or name something that does not exist."""
-
-
-@dataclass
-class TrainConfig:
-    """Every option of `alphaspec train` (the CLI maps its flags one to one onto these fields)."""
-
-    out: str = "runs/default"
-    model: str = "tiny"
-    vocab_size: int = 4096
-    seq_len: int = 128
-    batch_size: int = 16  # sequences per optimizer step, over all ranks and accumulation steps
-    micro_batch: int | None = None  # sequences per forward pass per rank (default: batch_size / world)
-    steps: int = 300
-    lr: float = 1e-3
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 30
-    betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = 1e-8
-    optimizer: str = "adamw"  # adamw: decoupled decay; adam: L2 decay added to the gradient (the paper's table)
-    weight_decay: float = 0.1
-    default_decay: str = "all"  # untuned parameters: all | matrices | a number
-    grad_clip: float = 1.0
-    strategy: str = "uniform"
-    decay_map: str | None = None
-    gap: int | None = None  # refresh every gap steps; None: 500 (the paper), or a tenth of a shorter run
-    estimator: str = "median"
-    metric: str = "alpha"
-    assign: str | None = None  # default: linear (alphadecay), sigmoid (adadecay)
-    ratio: tuple[float, float] = (0.67, 3.0)
-    preserve_mean: str = "none"
-    alphadecay_warmup: str = "init"
-    overlap: bool | str = "auto"
-    multipliers: str = "none"  # learnable multipliers: none | vector | full | scalar (strategy lrm: vector)
-    lrm_decay: float = 2e-3
-    lrm_lr_mult: float = 1.0
-    data: list[str] = field(default_factory=list)
-    tokenizer: str | None = None
-    val_data: list[str] = field(default_factory=list)  # held-out text (default: the last val_fraction of data)
-    val_fraction: float = 0.05
-    eval_every: int = 100
-    analyze_every: int | None = None  # alphas of the block matrices into alphas.csv (None: eval_every, 0: never)
-    eval_windows: int = 64
-    log_every: int = 10
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 2
-    seed: int = 0
-    device: str = "auto"
-    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU; master weights stay fp32
-    compile: bool = False
-    sharding: str = "ddp"  # with torchrun: ddp (replicated weights) or fsdp (FSDP2, sharded weights and optimizer)
-    resume: bool = False
-    given: tuple[str, ...] | None = None  # the fields set on purpose (CLI: the options on the command line; None: non-defaults)
-
-    def validate(self) -> None:
-        if self.strategy not in STRATEGIES:
-            raise ConfigError(f"unknown strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}")
-        if self.decay_map and self.strategy != "alphadecay":
-            raise ConfigError(f"--decay-map is AlphaDecay's static map; it cannot be used with strategy {self.strategy!r}")
-        if self.model not in PRESETS:
-            raise ConfigError(f"unknown model {self.model!r}; choose one of {', '.join(PRESETS)}")
-        if self.optimizer not in ("adamw", "adam"):
-            raise ConfigError(f"unknown optimizer {self.optimizer!r}; use adamw or adam")
-        if self.precision not in ("auto", "bf16", "fp32"):
-            raise ConfigError(f"unknown precision {self.precision!r}; use auto, bf16 or fp32")
-        gap = default_gap(self.steps) if self.gap is None else self.gap
-        if min(self.steps, self.batch_size, self.seq_len, self.log_every, gap, self.eval_every, self.checkpoint_every) < 1:
-            raise ConfigError("steps, batch size, seq len, gap and the every-N options must be >= 1")
-        choices = {"assign": (self.assign, (None, *ASSIGN)), "preserve-mean": (self.preserve_mean, PRESERVE),
-                   "metric": (self.metric, DECAY_METRICS), "estimator": (self.estimator, tuple(ESTIMATORS)),
-                   "alphadecay-warmup": (self.alphadecay_warmup, ("init", "uniform")),
-                   "multipliers": (self.multipliers, tuple(LRM_MODES)), "sharding": (self.sharding, parallel.SHARDINGS)}
-        for option, (value, allowed) in choices.items():
-            if value not in allowed:
-                raise ConfigError(f"--{option} {value!r}: choose one of {', '.join(a for a in allowed if a)}")
-        numbers = {"lr": self.lr, "weight-decay": self.weight_decay, "min-lr-ratio": self.min_lr_ratio,
-                   "grad-clip": self.grad_clip, "lrm-decay": self.lrm_decay, "lrm-lr-mult": self.lrm_lr_mult,
-                   "eps": self.eps, "val-fraction": self.val_fraction}
-        for option, value in numbers.items():
-            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
-                raise ConfigError(f"--{option} {value!r}: must be a finite number >= 0")
-        s1, s2 = self.ratio
-        if not (math.isfinite(s1) and math.isfinite(s2) and 0 <= s1 < s2):
-            raise ConfigError(f"--ratio {s1} {s2}: need finite numbers with 0 <= S1 < S2")
-        if self.default_decay not in ("all", "matrices"):
-            try:
-                number = float(self.default_decay)
-            except ValueError:
-                raise ConfigError(f"--default-decay {self.default_decay!r}: use all, matrices or a number") from None
-            if not math.isfinite(number) or number < 0:
-                raise ConfigError(f"--default-decay {self.default_decay!r}: a decay must be a finite number >= 0")
-        if self.analyze_every is not None and self.analyze_every < 0:
-            raise ConfigError("--analyze-every must be >= 0 (0: never)")
-        if self.strategy == "lrm" and self.multipliers == "none":
-            self.multipliers = "vector"
-
-
-def default_gap(steps: int) -> int:
-    """The paper refreshes every 500 steps of 10k-20k; a shorter run refreshes ten times instead of never."""
-    return min(500, max(1, steps // 10))
-
-
-# What a resumed run may change; everything else comes from the run's checkpoint.
-RESUMABLE = ("out", "resume", "steps", "device", "compile", "sharding", "overlap", "log_every", "eval_every", "analyze_every",
-             "eval_windows",
-             "checkpoint_every", "keep_checkpoints")
-
-
-def resumed_config(saved: dict, cfg: TrainConfig, where: str | Path = "the checkpoint",
-                   from_checkpoint: bool = True) -> TrainConfig:
-    """The run's own config (from its checkpoint, or run.json for a run restarted at step 0), with the
-    RESUMABLE fields `cfg` sets on purpose (cfg.given; else those that differ from the defaults). Any
-    other field set on purpose must equal the run's own value. From a checkpoint, decays come from it,
-    not a fresh solve."""
-    try:
-        return _merged_config(saved, cfg, from_checkpoint)
-    except ConfigError:
-        raise
-    except (TypeError, ValueError, KeyError) as e:
-        raise RunError(f"{where}: the run's settings are damaged ({type(e).__name__}: {e})") from e
-
-
-def _merged_config(saved: dict, cfg: TrainConfig, from_checkpoint: bool) -> TrainConfig:
-    current, defaults = asdict(cfg), asdict(TrainConfig())
-    given = cfg.given if cfg.given is not None else [k for k in current if current[k] != defaults[k]]
-    different = [k for k in given if k not in RESUMABLE and k in saved and k != "given"
-                 and json.dumps(current[k]) != json.dumps(saved[k])]
-    if different:
-        raise ConfigError(
-            "a resumed run keeps its own settings: " + ", ".join(f"--{k.replace('_', '-')} {current[k]!r} "
-                                                                 f"(the run has {saved[k]!r})" for k in different)
-            + "; only " + ", ".join(f"--{k.replace('_', '-')}" for k in RESUMABLE if k not in ("out", "resume"))
-            + " can change")
-    changes = {k: current[k] for k in {*given, "out", "resume"} if k in RESUMABLE}
-    merged = {**saved, **changes, "given": None}
-    if from_checkpoint:
-        merged["alphadecay_warmup"] = "uniform"
-    merged["betas"], merged["ratio"] = tuple(merged["betas"]), tuple(merged["ratio"])
-    out = TrainConfig(**{k: v for k, v in merged.items() if k in {f.name for f in fields(TrainConfig)}})
-    out.validate()
-    return out
 
 
 def _distributed() -> tuple[int, int, int]:
@@ -227,6 +81,7 @@ def train(cfg: TrainConfig, on_log: Callable[[dict], None] | None = None,
     on_start run.json's contents once the model is built, on_log every metrics row, on_warning what the
     user should know (a damaged checkpoint passed over, a restart from step 0); all on rank 0 only."""
     cfg.validate()
+    cfg = cfg.settled()
     rank, world, local = _distributed()
     owns_group = world > 1 and not dist.is_initialized()
     if owns_group:

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..choices import MODELS
+
 
 @dataclass
 class ModelConfig:
@@ -53,6 +55,8 @@ PRESETS: dict[str, dict] = {
     "llama-350m": dict(hidden_size=1024, intermediate_size=2736, num_hidden_layers=24, num_attention_heads=16),
     "llama-1b": dict(hidden_size=2048, intermediate_size=5461, num_hidden_layers=24, num_attention_heads=32),
 }
+
+assert tuple(PRESETS) == MODELS  # the names the config offers
 
 # Learnable-multiplier placements (docs/math.md §5; docs/train.md explains the symmetries they avoid).
 # Per module: (row multipliers, column multipliers). "vector" keeps one factor of every redundant pair:

@@ -12,8 +12,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-SHARDINGS = ("ddp", "fsdp")
-
 
 def wrap(model: nn.Module, world: int, device: torch.device, sharding: str, bf16: bool = False) -> nn.Module:
     """The module the loop trains: the model itself (one process), DDP, or the model with each block

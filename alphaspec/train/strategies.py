@@ -7,6 +7,7 @@ optimizer step, and reports every decay it sets (the rows of RUN/decay.csv).
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -14,11 +15,10 @@ import torch
 from ..decay import DecayMap, assign_decays, is_no_decay, is_tuned_candidate, match_names
 from ..hook import AlphaDecay, split_param_groups
 from ..modules import layer_index, module_type
+from .config import default_gap
 from .model import is_multiplier
 from .parallel import global_norm
 from .rundir import MAP_COPY
-
-STRATEGIES = ("uniform", "alphadecay", "awd", "adadecay", "lrm")
 
 
 class Strategy:
@@ -186,7 +186,8 @@ class AdaDecay(Strategy):
 
 
 def make_strategy(cfg) -> Strategy:
-    """The strategy object a TrainConfig asks for."""
+    """The strategy object a TrainConfig asks for (its implied defaults filled in)."""
+    cfg = replace(cfg.settled(), gap=cfg.gap or default_gap(cfg.steps))
     if cfg.strategy == "alphadecay":
         return StaticMap(cfg) if cfg.decay_map else Refreshed(cfg)
     return {"uniform": Strategy, "lrm": Strategy, "awd": AWD, "adadecay": AdaDecay}[cfg.strategy](cfg)

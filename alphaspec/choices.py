@@ -1,0 +1,18 @@
+"""Every closed set of choices, in one torch-free place: the core checks against these tuples and the CLI
+builds its options from them, so a choice is spelled once and a bad one is a usage error everywhere."""
+
+ESTIMATORS = ("median", "gof", "fix-finger", "fix-finger-legacy")  # how xmin is chosen (docs/math.md §2)
+ASSIGN = ("linear", "sqrt", "log2", "sigmoid")  # metric -> decay (docs/math.md §3)
+PRESERVE = ("none", "modules", "params")  # --preserve-mean
+DECAY_METRICS = ("alpha", "alpha_weighted", "spectral_norm", "frobenius_norm", "stable_rank", "log_spectral_norm",
+                 "log_norm", "entropy", "lambda_max")  # what decays can be assigned from
+DEFAULT_POLICIES = ("all", "matrices")  # --default-decay, besides a number
+STRATEGIES = ("uniform", "alphadecay", "awd", "adadecay", "lrm")
+MODELS = ("tiny", "llama-20m", "llama-60m", "llama-130m", "llama-350m", "llama-1b")  # GaLore's LLaMA shapes
+MULTIPLIERS = ("none", "vector", "full", "scalar")  # learnable-multiplier placements
+OPTIMIZERS = ("adamw", "adam")
+PRECISIONS = ("auto", "bf16", "fp32")
+SHARDINGS = ("ddp", "fsdp")
+ALPHADECAY_WARMUPS = ("init", "uniform")
+FIGURES = ("spectra", "alpha-modules", "alpha-depth", "esd", "decay", "training")
+FORMATS = ("png", "svg", "pdf")
