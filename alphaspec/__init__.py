@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 _WHERE = {
     "Analysis": "analysis", "analyze": "analysis", "run": "analysis",

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import __version__
+from ._version import __version__
 from .checkpoint import Checkpoint, SourceError, TensorInfo, dtype_name, open_checkpoint
 from .esd import EPS_ZERO, eigenvalues, finite_rows, resolve_device
 from .metrics import nan_metrics, spectral_metrics

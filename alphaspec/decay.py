@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import __version__
+from ._version import __version__
 from .choices import ASSIGN, DECAY_METRICS, PRESERVE
 from .errors import AlphaspecError, UsageError, check_input_file, os_reason
 from .modules import BLOCK_MODULES, FUSED_MODULES, block_place, layer_index, module_type

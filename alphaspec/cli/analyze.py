@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from .. import __version__
+from .._version import __version__
 from .common import MODEL_KINDS, Estimator, Quiet, analyse, app, draw, out, regexes, report_figures
 
 if TYPE_CHECKING:

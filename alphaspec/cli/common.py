@@ -24,7 +24,7 @@ from rich.progress import (
 from rich.text import Text
 from typer.core import TyperGroup
 
-from .. import __version__
+from .._version import __version__
 from ..errors import AlphaspecError, describe_os_error
 
 MODEL_KINDS = ("spectra", "alpha-modules", "alpha-depth")  # plots.MODEL_KINDS, without importing matplotlib

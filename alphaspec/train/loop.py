@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from .. import __version__
+from .._version import __version__
 from ..analysis import analyze_tensors, records
 from ..compare import load_run_json
 from ..decay import DecayMap, is_tuned_candidate
