@@ -11,7 +11,19 @@ from rich.table import Table
 from rich.text import Text
 
 from .._version import __version__
-from .common import MODEL_KINDS, Estimator, Quiet, analyse, app, draw, out, regexes, report_figures
+from .common import (
+    MODEL_KINDS,
+    Device,
+    Estimator,
+    EstimatorOption,
+    Quiet,
+    analyse,
+    app,
+    draw,
+    out,
+    regexes,
+    report_figures,
+)
 
 if TYPE_CHECKING:
     from ..analysis import Analysis
@@ -74,8 +86,8 @@ def analyze(
     source: Annotated[str, typer.Argument(help="A .safetensors/.bin/.pt file, a model or run directory, "
                                           "a hub id org/name[@revision], or example:minilm.")],
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Write the table: .csv, .json or .parquet.")] = None,
-    estimator: Annotated[Estimator, typer.Option("-e", "--estimator", help="How xmin is chosen.")] = Estimator.median,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    estimator: EstimatorOption = Estimator.median,
+    device: Device = "auto",
     include: Annotated[list[str] | None, typer.Option(
         "--include", help="Only tensors whose name matches (regex, repeatable).")] = None,
     exclude: Annotated[list[str] | None, typer.Option(

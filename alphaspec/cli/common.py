@@ -25,6 +25,7 @@ from rich.text import Text
 from typer.core import TyperGroup
 
 from .._version import __version__
+from ..choices import ESTIMATORS
 from ..errors import AlphaspecError, describe_os_error
 
 MODEL_KINDS = ("spectra", "alpha-modules", "alpha-depth")  # plots.MODEL_KINDS, without importing matplotlib
@@ -87,11 +88,15 @@ out = Console()
 err = Console(stderr=True)
 
 
-class Estimator(str, Enum):
-    median = "median"
-    gof = "gof"
-    fix_finger = "fix-finger"
-    fix_finger_legacy = "fix-finger-legacy"
+def choice_enum(name: str, values: tuple[str, ...]) -> type[Enum]:
+    """A str-Enum for Typer from a tuple of alphaspec.choices (one spelling of every choice)."""
+    return Enum(name, {v.replace("-", "_"): v for v in values}, type=str)
+
+
+Estimator = choice_enum("Estimator", ESTIMATORS)
+# Options several commands share, declared once.
+EstimatorOption = Annotated[Estimator, typer.Option("-e", "--estimator", help="How xmin is chosen (when analysing).")]
+Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N (when analysing).")]
 
 
 def fail(message: str, code: int = 1) -> None:

@@ -2,27 +2,30 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from .common import Estimator, Quiet, app, decay_policy, finite, load, out, ratio_pair, regexes
+from ..choices import ASSIGN, PRESERVE
+from .common import (
+    Device,
+    Estimator,
+    EstimatorOption,
+    Quiet,
+    app,
+    choice_enum,
+    decay_policy,
+    finite,
+    load,
+    out,
+    ratio_pair,
+    regexes,
+)
 
-
-class Assign(str, Enum):
-    linear = "linear"
-    sqrt = "sqrt"
-    log2 = "log2"
-    sigmoid = "sigmoid"
-
-
-class Preserve(str, Enum):
-    none = "none"
-    modules = "modules"
-    params = "params"
+Assign = choice_enum("Assign", ASSIGN)
+Preserve = choice_enum("Preserve", PRESERVE)
 
 
 @app.command("decay-map", no_args_is_help=True, epilog="""
@@ -44,8 +47,7 @@ def decay_map(
     ratio: Annotated[tuple[float, float], typer.Option("--ratio", callback=ratio_pair,
                                                        help="linear: decays span s1*w .. s2*w.")] = (0.67, 3.0),
     assign: Annotated[Assign, typer.Option("--assign", help="How metric values become decays.")] = Assign.linear,
-    estimator: Annotated[Estimator, typer.Option(
-        "-e", "--estimator", help="alpha estimator (when analysing).")] = Estimator.median,
+    estimator: EstimatorOption = Estimator.median,
     metric: Annotated[str, typer.Option("--metric", help="alpha, alpha_weighted, spectral_norm, frobenius_norm, "
                                         "stable_rank, log_spectral_norm, log_norm, entropy or lambda_max.")] = "alpha",
     preserve_mean: Annotated[Preserve, typer.Option("--preserve-mean", help="Rescale so the plain (modules) or "
@@ -58,7 +60,7 @@ def decay_map(
     exclude: Annotated[list[str] | None, typer.Option("--exclude", help="Do not tune tensors matching (regex).")] = None,
     paper_compat: Annotated[bool, typer.Option("--paper-compat", help="Reproduce the AlphaDecay release's decays "
                                                "exactly (its module choice and formulas; see docs/decay.md).")] = False,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N (when analysing).")] = "auto",
+    device: Device = "auto",
     quiet: Quiet = False,
 ) -> None:
     """AlphaDecay module-wise weight decays from the spectra, as a JSON map for any training loop."""

@@ -3,28 +3,29 @@
 from __future__ import annotations
 
 import re
-from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from .common import MODEL_KINDS, Estimator, app, draw, fail, load, out, regexes, report_figures
+from ..choices import FIGURES, FORMATS
+from .common import (
+    MODEL_KINDS,
+    Device,
+    Estimator,
+    EstimatorOption,
+    app,
+    choice_enum,
+    draw,
+    fail,
+    load,
+    out,
+    regexes,
+    report_figures,
+)
 
-
-class Kind(str, Enum):
-    spectra = "spectra"
-    alpha_modules = "alpha-modules"
-    alpha_depth = "alpha-depth"
-    esd = "esd"
-    decay = "decay"
-    training = "training"
-
-
-class Format(str, Enum):
-    png = "png"
-    svg = "svg"
-    pdf = "pdf"
+Kind = choice_enum("Kind", FIGURES)
+Format = choice_enum("Format", FORMATS)
 
 
 @app.command(no_args_is_help=True, epilog="""
@@ -50,8 +51,8 @@ def plot(
                                                       "--save-spectra` (default: RESULTS with suffix .npz).")] = None,
     decay_map_file: Annotated[Path | None, typer.Option("--decay-map", help="A map from `alphaspec decay-map` for "
                                                         "the decay figure (default: linear, w = 0.1).")] = None,
-    estimator: Annotated[Estimator, typer.Option("-e", "--estimator", help="When SOURCE is a checkpoint.")] = Estimator.median,
-    device: Annotated[str, typer.Option(help="When SOURCE is a checkpoint: auto, cpu, cuda or cuda:N.")] = "auto",
+    estimator: EstimatorOption = Estimator.median,
+    device: Device = "auto",
 ) -> None:
     """Figures: ESDs per module type across layers, alpha per module type and over depth, one matrix's fit,
     and weight decay against alpha."""
