@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -43,7 +43,7 @@ from .rundir import (
     save_weights,
     write_json,
 )
-from .strategies import clip_parameters, make_strategy
+from .strategies import Strategy, clip_parameters, make_strategy
 
 log = logging.getLogger("alphaspec")
 
@@ -183,89 +183,145 @@ def _split(cfg: TrainConfig, world: int) -> tuple[int, int]:
     return micro, cfg.batch_size // (micro * world)
 
 
-def _train(cfg: TrainConfig, run: Path, rd: RunDir | None, rank: int, world: int, device: torch.device, on_log,
-           on_start, on_status, on_warning, marks: dict) -> dict:
-    _split(cfg, world)  # before anything is written
-    cfg, state = _open(cfg, run, rd, rank, world, on_status, on_warning)
-    if cfg.gap is None:  # resolved once the run's own settings are known, and recorded in run.json
-        cfg.gap = default_gap(cfg.steps)
-    micro, accum = _split(cfg, world)
-    vocab = datamod.load_tokenizer(run / "tokenizer.json").get_vocab_size()
-    tokens = datamod.load_tokens(run, cfg.val_fraction, cfg.seq_len, vocab)
-    mcfg = ModelConfig(vocab_size=vocab, max_position_embeddings=cfg.seq_len, **PRESETS[cfg.model])
-    model, net, strategy, optimizer, scheduler = _build(cfg, mcfg, state, device, world)
-    start = state["step"] if state else 0
-    resume_at = start if state else None  # CSV rows past it are dropped
-    fwd = torch.compile(net) if cfg.compile else net
-    bf16 = _bf16(cfg, device)
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else nullcontext
+@dataclass
+class Run:
+    """Everything one training run holds, built once by `_prepare` and passed to each phase of the loop."""
 
-    analyze_every = cfg.eval_every if cfg.analyze_every is None else cfg.analyze_every
-    weights = hf_tensors(parallel.model_state(model), mcfg.tie_word_embeddings)
-    first_alphas = spectra_rows(model, 0, cfg.estimator, rank) if not state and analyze_every else []
-    if rank == 0:
-        info = _run_info(cfg, run, device, world, count_params(model), micro, accum, bf16, resume_at)
-        write_json(run / "run.json", info)
-        if on_start:
-            on_start({**info, "config": asdict(cfg), "start_step": start})  # the settings in force now
-        save_weights(run, weights, mcfg.hf_config())
-        metrics = CsvLog(run / "metrics.csv", METRICS, resume_at, on_warning)
-        decays = CsvLog(run / "decay.csv", DECAYS, resume_at, on_warning)
-        decays.write(strategy.decay_rows())
-        alphas = CsvLog(run / "alphas.csv", ALPHAS, resume_at, on_warning)
-        alphas.write(first_alphas)
-    clip = clip_parameters(model)
-    loss_sum, n_loss, t_last, last = torch.zeros((), device=device), 0, time.perf_counter(), {}
+    cfg: TrainConfig
+    path: Path
+    rank: int
+    world: int
+    device: torch.device
+    micro: int  # sequences per forward pass on this rank
+    accum: int  # micro-batches per optimizer step
+    tokens: datamod.TokenData
+    mcfg: ModelConfig
+    model: torch.nn.Module  # the bare model (names, checkpoints, spectra)
+    net: torch.nn.Module  # what trains: the model, DDP-wrapped or FSDP2-sharded
+    forward: Callable  # net, compiled when asked
+    strategy: Strategy
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    autocast: Callable
+    analyze_every: int
+    start: int  # the step the run starts after (0, or the checkpoint's)
+    clip: list = field(default_factory=list)  # what gradient clipping sees (not the learnable multipliers)
+    logs: dict = field(default_factory=dict)  # metrics, decays, alphas (CsvLog, rank 0 only)
+
+
+def _train(cfg: TrainConfig, path: Path, rd: RunDir | None, rank: int, world: int, device: torch.device, on_log,
+           on_start, on_status, on_warning, marks: dict) -> dict:
+    """Set up, then the step loop: batch, forward/backward, clip, step, strategy, log, evaluate, checkpoint."""
+    r = _prepare(cfg, path, rd, rank, world, device, on_start, on_status, on_warning)
+    cfg, last = r.cfg, {}
+    loss_sum, n_loss, t_last = torch.zeros((), device=device), 0, time.perf_counter()
     marks["started"] = True
-    for step in range(start + 1, cfg.steps + 1):
-        for m in range(accum):
-            x, y = tokens.batch(step, cfg.batch_size, cfg.seq_len, cfg.seed, rank * accum + m, world * accum)
-            with parallel.sync_gradients(net, m == accum - 1):  # reduce over ranks on the last micro-batch only
-                with autocast():
-                    loss = F.cross_entropy(fwd(x.to(device)).float().flatten(0, 1), y.to(device).flatten())
-                (loss / accum).backward()
-            loss_sum += loss.detach()
-            n_loss += 1
-        grad_norm = full_tensor(torch.nn.utils.clip_grad_norm_(clip, cfg.grad_clip if cfg.grad_clip > 0 else math.inf))
-        strategy.before_step(step, net, optimizer, grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        strategy.after_step(step)
-        new_decays = strategy.decay_rows()
-        new_alphas = spectra_rows(model, step, cfg.estimator, rank) \
-            if analyze_every and (step % analyze_every == 0 or step == cfg.steps) else []
-        if rank == 0:
-            decays.write(new_decays)
-            alphas.write(new_alphas)
+    for step in range(r.start + 1, cfg.steps + 1):
+        # forward and backward over the micro-batches; gradients are reduced over ranks on the last one only
+        loss_sum += _accumulate(r, step)
+        n_loss += r.accum
+        # clip, step, and let the strategy set its decays around the optimizer step
+        grad_norm = full_tensor(torch.nn.utils.clip_grad_norm_(r.clip, cfg.grad_clip if cfg.grad_clip > 0 else math.inf))
+        r.strategy.before_step(step, r.net, r.optimizer, grad_norm)
+        r.optimizer.step()
+        r.scheduler.step()
+        r.optimizer.zero_grad(set_to_none=True)
+        r.strategy.after_step(step)
+        _record_decays_and_spectra(r, step)
+        # log (every log_every steps and at each evaluation), evaluate, checkpoint
         do_eval = step % cfg.eval_every == 0 or step == cfg.steps
         if step % cfg.log_every and not do_eval:
             continue
-        if world > 1:
-            dist.all_reduce(loss_sum)
-            loss_sum /= world
-        now = time.perf_counter()
-        row = {"step": step, "tokens": step * cfg.batch_size * cfg.seq_len, "loss": float(loss_sum) / n_loss,
-               "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
-               "tokens_per_s": n_loss / accum * cfg.batch_size * cfg.seq_len / (now - t_last)}
-        if do_eval:
-            row["eval_loss"] = evaluate(net, tokens, cfg, micro, device, autocast, rank, world)
-            row["eval_ppl"] = math.exp(min(row["eval_loss"], 50.0))
-        last = row
-        if rank == 0:
-            metrics.write([row])
-            if on_log:
-                on_log(row)
+        last = _log(r, step, loss_sum, n_loss, grad_norm, time.perf_counter() - t_last, do_eval, on_log)
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            _checkpoint(run, step, model, optimizer, scheduler, strategy, mcfg, cfg, rank)
+            _checkpoint(path, step, r.model, r.optimizer, r.scheduler, r.strategy, r.mcfg, cfg, rank)
         loss_sum.zero_()
         n_loss, t_last = 0, time.perf_counter()
-    strategy.close()
+    r.strategy.close()
     if rank == 0:
-        decays.write(strategy.decay_rows())
-        for log in (metrics, decays, alphas):
+        r.logs["decays"].write(r.strategy.decay_rows())
+        for log in r.logs.values():
             log.close()
     return last
+
+
+def _prepare(cfg: TrainConfig, path: Path, rd: RunDir | None, rank: int, world: int, device: torch.device, on_start,
+             on_status, on_warning) -> Run:
+    """The run's settings, data, model, optimizer and strategy (from its checkpoint when resuming), and the
+    files a run starts with: run.json, the weights, the logs (rows past the checkpoint dropped)."""
+    _split(cfg, world)  # before anything is written
+    cfg, state = _open(cfg, path, rd, rank, world, on_status, on_warning)
+    if cfg.gap is None:  # resolved once the run's own settings are known, and recorded in run.json
+        cfg.gap = default_gap(cfg.steps)
+    micro, accum = _split(cfg, world)
+    vocab = datamod.load_tokenizer(path / "tokenizer.json").get_vocab_size()
+    tokens = datamod.load_tokens(path, cfg.val_fraction, cfg.seq_len, vocab)
+    mcfg = ModelConfig(vocab_size=vocab, max_position_embeddings=cfg.seq_len, **PRESETS[cfg.model])
+    model, net, strategy, optimizer, scheduler = _build(cfg, mcfg, state, device, world)
+    bf16 = _bf16(cfg, device)
+    r = Run(cfg, path, rank, world, device, micro, accum, tokens, mcfg, model, net,
+            torch.compile(net) if cfg.compile else net, strategy, optimizer, scheduler,
+            (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else nullcontext,
+            cfg.eval_every if cfg.analyze_every is None else cfg.analyze_every, state["step"] if state else 0,
+            clip_parameters(model))
+    resume_at = r.start if state else None  # CSV rows past it are dropped
+    weights = hf_tensors(parallel.model_state(model), mcfg.tie_word_embeddings)
+    first_alphas = spectra_rows(model, 0, cfg.estimator, rank) if not state and r.analyze_every else []
+    if rank == 0:
+        info = _run_info(cfg, path, device, world, count_params(model), micro, accum, bf16, resume_at)
+        write_json(path / "run.json", info)
+        if on_start:
+            on_start({**info, "config": asdict(cfg), "start_step": r.start})  # the settings in force now
+        save_weights(path, weights, mcfg.hf_config())
+        r.logs = {name: CsvLog(path / file, columns, resume_at, on_warning) for name, file, columns in
+                  (("metrics", "metrics.csv", METRICS), ("decays", "decay.csv", DECAYS), ("alphas", "alphas.csv", ALPHAS))}
+        r.logs["decays"].write(strategy.decay_rows())
+        r.logs["alphas"].write(first_alphas)
+    return r
+
+
+def _accumulate(r: Run, step: int) -> torch.Tensor:
+    """Forward and backward over this rank's micro-batches of `step`; the sum of their losses."""
+    total = torch.zeros((), device=r.device)
+    cfg = r.cfg
+    for m in range(r.accum):
+        x, y = r.tokens.batch(step, cfg.batch_size, cfg.seq_len, cfg.seed, r.rank * r.accum + m, r.world * r.accum)
+        with parallel.sync_gradients(r.net, m == r.accum - 1):
+            with r.autocast():
+                loss = F.cross_entropy(r.forward(x.to(r.device)).float().flatten(0, 1), y.to(r.device).flatten())
+            (loss / r.accum).backward()
+        total += loss.detach()
+    return total
+
+
+def _record_decays_and_spectra(r: Run, step: int) -> None:
+    """The decays the strategy set at this step, and the block matrices' fits every analyze_every steps."""
+    new_decays = r.strategy.decay_rows()
+    due = r.analyze_every and (step % r.analyze_every == 0 or step == r.cfg.steps)
+    new_alphas = spectra_rows(r.model, step, r.cfg.estimator, r.rank) if due else []  # every rank (FSDP2 gathers)
+    if r.rank == 0:
+        r.logs["decays"].write(new_decays)
+        r.logs["alphas"].write(new_alphas)
+
+
+def _log(r: Run, step: int, loss_sum: torch.Tensor, n_loss: int, grad_norm: torch.Tensor, seconds: float,
+         do_eval: bool, on_log) -> dict:
+    """One metrics row: mean loss over the interval (all ranks), lr, grad norm, tokens/s, evaluation."""
+    cfg = r.cfg
+    if r.world > 1:
+        dist.all_reduce(loss_sum)
+        loss_sum /= r.world
+    row = {"step": step, "tokens": step * cfg.batch_size * cfg.seq_len, "loss": float(loss_sum) / n_loss,
+           "lr": r.scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
+           "tokens_per_s": n_loss / r.accum * cfg.batch_size * cfg.seq_len / seconds}
+    if do_eval:
+        row["eval_loss"] = evaluate(r.net, r.tokens, cfg, r.micro, r.device, r.autocast, r.rank, r.world)
+        row["eval_ppl"] = math.exp(min(row["eval_loss"], 50.0))
+    if r.rank == 0:
+        r.logs["metrics"].write([row])
+        if on_log:
+            on_log(row)
+    return row
 
 
 def spectra_rows(model: torch.nn.Module, step: int, estimator: str, rank: int = 0) -> list[dict]:
