@@ -31,7 +31,7 @@ DEPTH_CMAP = "viridis"
 DPI = 150
 
 
-def _colour(module: str) -> str:
+def module_colour(module: str) -> str:
     module = module.rsplit("/", 1)[-1]  # "decoder/att.q" is coloured as att.q
     order = [m for m in MODULE_TYPES if m not in FUSED_MODULES]
     return OKABE_ITO[order.index(module) % len(OKABE_ITO)] if module in order else "#999999"
@@ -162,7 +162,7 @@ def alpha_modules_figure(table: pd.DataFrame) -> Figure:
     ax.boxplot(data, positions=range(len(mods)), widths=0.5, showfliers=False,
                medianprops={"color": "black"}, boxprops={"color": "#555555"}, whiskerprops={"color": "#555555"})
     for i, (m, values) in enumerate(zip(mods, data, strict=True)):
-        ax.scatter(i + rng.uniform(-0.15, 0.15, len(values)), values, s=14, color=_colour(m), alpha=0.8,
+        ax.scatter(i + rng.uniform(-0.15, 0.15, len(values)), values, s=14, color=module_colour(m), alpha=0.8,
                    edgecolors="none", zorder=3)
         fitted = table[(table["module"] == m) & table["alpha"].notna()]
         shapes = fitted[["rows", "cols"]].drop_duplicates().itertuples(index=False)
@@ -205,7 +205,7 @@ def alpha_depth_figure(table: pd.DataFrame) -> Figure:
     fig.colorbar(im, ax=heat_ax, label="alpha")
     for m in mods:
         row = grid.loc[m]
-        line_ax.plot(row.index, row.to_numpy(dtype=float), marker="o", ms=3, lw=1.3, color=_colour(m), label=m)
+        line_ax.plot(row.index, row.to_numpy(dtype=float), marker="o", ms=3, lw=1.3, color=module_colour(m), label=m)
     line_ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=20))
     line_ax.set(xlabel="layer", ylabel=f"alpha ({table['estimator'].iloc[0]})", title="alpha over depth")
     line_ax.grid(True, alpha=0.3)
@@ -252,7 +252,7 @@ def decay_figure(dmap) -> Figure:
     fig = Figure(figsize=(7.5, 4.8), layout="constrained", dpi=DPI)
     ax = fig.subplots()
     for module, part in mods.groupby("module", sort=False):
-        ax.scatter(part[metric], part["weight_decay"], s=22, color=_colour(str(module)), label=str(module),
+        ax.scatter(part[metric], part["weight_decay"], s=22, color=module_colour(str(module)), label=str(module),
                    edgecolors="none", alpha=0.85)
     w = dmap.weight_decay
     weighted = float((mods["weight_decay"] * mods["params"]).sum() / mods["params"].sum()) if "params" in mods else None

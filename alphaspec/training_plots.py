@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from .modules import BLOCK_MODULES
-from .plots import DEPTH_CMAP, OKABE_ITO, _colour
+from .plots import DEPTH_CMAP, OKABE_ITO, module_colour
 from .reference import random_alpha
 
 
@@ -81,7 +81,7 @@ def alphas_figure(alphas: pd.DataFrame, estimator: str = "median") -> Figure:
     refs = set()
     for module in [m for m in BLOCK_MODULES if m in set(alphas["module"])]:
         part = alphas[alphas["module"] == module].groupby("step")["alpha"].mean()
-        ax_type.plot(part.index, part.to_numpy(), color=_colour(module), lw=1.5, marker="o", ms=2.5, label=module)
+        ax_type.plot(part.index, part.to_numpy(), color=module_colour(module), lw=1.5, marker="o", ms=2.5, label=module)
         refs.add(random_alpha(*map(int, shapes.loc[module]), estimator))
     for i, ref in enumerate(sorted(refs)):
         ax_type.axhline(ref, color="#555555", lw=0.9, ls=":", label=None if i else "Gaussian matrix, same shape")
