@@ -1,4 +1,4 @@
-"""Every SOURCE kind of DESIGN.md resolves to the same tensors; numbers match an independent numpy SVD."""
+"""Every SOURCE kind of docs/analyze.md resolves to the same tensors; numbers match an independent numpy SVD."""
 
 import json
 import math

@@ -1,4 +1,4 @@
-"""Decay assignment against MATH.md §3 by hand, the decay-map file, and applying it to a torch model."""
+"""Decay assignment against docs/math.md §3 by hand, the decay-map file, and applying it to a torch model."""
 
 import json
 import math

@@ -18,7 +18,7 @@ def pareto(a: float, n: int, seed: int) -> np.ndarray:
 
 
 def reference(lam: np.ndarray, candidates: range) -> tuple[float, float, float]:
-    """MATH.md §2 written as the plain loop it describes: (alpha, xmin, D) of the smallest D."""
+    """docs/math.md §2 written as the plain loop it describes: (alpha, xmin, D) of the smallest D."""
     lam = np.sort(lam)
     best = None
     for i in candidates:

@@ -59,7 +59,7 @@ def train_step(model, optimizer, seed):
 
 
 def expected_decays(model, w, ratio=(0.67, 3.0)):
-    """MATH.md §1-3 from scratch with numpy: median-alpha of each block matrix, then the linear map."""
+    """docs/math.md §1-3 from scratch with numpy: median-alpha of each block matrix, then the linear map."""
     alphas = {}
     for name, p in model.named_parameters():
         if ".layers." in name and p.ndim == 2:

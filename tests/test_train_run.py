@@ -42,7 +42,7 @@ def rows(path):
 
 
 def hill_median(w: np.ndarray) -> float:
-    """MATH.md §2 median alpha, written out independently with numpy."""
+    """docs/math.md §2 median alpha, written out independently with numpy."""
     lam = np.sort(np.linalg.eigvalsh(w.T @ w if w.shape[0] >= w.shape[1] else w @ w.T))
     lam = lam[lam > 1e-12 * lam[-1]]
     i = len(lam) // 2

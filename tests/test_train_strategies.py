@@ -1,4 +1,4 @@
-"""Weight-decay strategies against hand computations of MATH.md §3–5 on a tiny LLaMA."""
+"""Weight-decay strategies against hand computations of docs/math.md §3–5 on a tiny LLaMA."""
 
 import math
 
@@ -101,7 +101,7 @@ def test_strategy_of_each_name():
 
 def test_adamw_decays_decoupled_and_adam_through_the_gradient():
     """With a zero loss gradient: AdamW shrinks θ by exactly (1 − lr·λ); Adam's L2 term goes through the
-    moments, so its first step moves every weight by ~lr·sign(θ) (MATH.md §4)."""
+    moments, so its first step moves every weight by ~lr·sign(θ) (docs/math.md §4)."""
     from alphaspec.train.loop import make_optimizer
 
     theta = torch.tensor([0.5, -2.0, 3.0])
