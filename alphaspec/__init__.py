@@ -5,9 +5,9 @@ The public names load on first use, so `alphaspec --help` does not wait for torc
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
 
+from ._lazy import lazy_attributes
 from ._version import __version__
 
 _WHERE = {
@@ -32,12 +32,7 @@ if TYPE_CHECKING:
     from .powerlaw import ESTIMATORS, PowerLawFit, fit
 
 
-def __getattr__(name: str):
-    if name in _WHERE:
-        value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'alphaspec' has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _WHERE, globals())
 
 
 def decay_map(source, weight_decay: float = 0.1, *, estimator: str = "median", device: str = "auto",

@@ -155,11 +155,6 @@ def _torch_headers(file: Path) -> list[TensorInfo]:
     return out
 
 
-def _index_files(index: Path) -> list[Path]:
-    """The shard files of an index, each inside the index's directory (no absolute or `..` paths)."""
-    return list(dict.fromkeys(_index_map(index).values()))
-
-
 def _index_map(index: Path) -> dict[str, Path]:
     """tensor name -> shard file, validated: a str -> str object whose files lie beside the index."""
     try:
@@ -193,9 +188,7 @@ def _check_weights_file(path: Path) -> None:
 
 
 def _directory_files(path: Path) -> list[Path]:
-    for index in INDEX_NAMES:
-        if (path / index).is_file():
-            return _index_files(path / index)
+    """The weight files of a directory without a shard index."""
     if (path / "model.safetensors").is_file():
         return [path / "model.safetensors"]
     for pattern in ("*.safetensors", "pytorch_model*.bin", "*.bin", "*.pt", "*.pth"):
@@ -266,14 +259,15 @@ def resolve(source: str | Path) -> Path:
 def open_checkpoint(source: str | Path) -> Checkpoint:
     """Resolve a source and read every tensor header (no tensor data yet)."""
     path = resolve(source)
-    index = None
-    if path.is_dir():
+    index = next((path / i for i in INDEX_NAMES if (path / i).is_file()), None) if path.is_dir() else \
+        path if path.name.endswith(".index.json") else None
+    weight_map = _index_map(index) if index is not None else {}  # the shard files: each inside the model directory
+    if index is not None:
+        files, config = list(dict.fromkeys(weight_map.values())), _read_config(index.parent)
+    elif path.is_dir():
         files, config = _directory_files(path), _read_config(path)
-        index = next((path / i for i in INDEX_NAMES if (path / i).is_file()), None)
     elif path.suffix == ".safetensors" or path.suffix in TORCH_SUFFIXES:
         files, config = [path], _read_config(path.parent)
-    elif path.name.endswith(".index.json"):
-        files, config, index = _index_files(path), _read_config(path.parent), path
     else:
         raise SourceError(f"{path}: not a checkpoint (expected .safetensors, .bin, .pt or a model directory)")
     tensors = []
@@ -283,14 +277,14 @@ def open_checkpoint(source: str | Path) -> Checkpoint:
     if not tensors:
         raise SourceError(f"{path}: the checkpoint holds no tensors")
     if index is not None:
-        _check_index_names(index, tensors)
+        _check_index_names(index, weight_map, tensors)
     return Checkpoint(str(source), files, tensors, config)
 
 
-def _check_index_names(index: Path, tensors: list[TensorInfo]) -> None:
+def _check_index_names(index: Path, weight_map: dict[str, Path], tensors: list[TensorInfo]) -> None:
     """Every tensor an index names must be in the shard it names."""
     found = {(t.name, t.file) for t in tensors}
-    absent = [name for name, file in _index_map(index).items() if (name, file) not in found]
+    absent = [name for name, file in weight_map.items() if (name, file) not in found]
     if absent:
         raise SourceError(f"{index}: {len(absent)} tensor(s) listed in the index are not in their shard, "
                           f"e.g. {absent[0]}")

@@ -84,8 +84,9 @@ def train(ctx: typer.Context, quiet: bool, **settings) -> None:
 
     given = tuple(p.name for p in ctx.command.params if p.name in settings
                   and getattr(ctx.get_parameter_source(p.name), "name", "") == "COMMANDLINE")  # typer may vendor click
-    values = {k: (str(v) if isinstance(v, Path) else [str(x) for x in v] if isinstance(v, list) else
-                  [] if v is None and k in ("data", "val_data") else v) for k, v in settings.items()}
+    lists = {f.name for f in fields(TrainConfig) if f.default is MISSING}  # list fields: Typer gives None for none
+    values = {k: (str(v) if isinstance(v, Path) else [str(x) for x in v or []] if k in lists else v)
+              for k, v in settings.items()}
     cfg = TrainConfig(**values, given=given)
     quiet = quiet or int(os.environ.get("RANK", 0)) != 0
     cfg.validate()  # bad options fail before anything is printed

@@ -136,11 +136,6 @@ def checkpoints(run: Path) -> list[Path]:
     return [p for _, p in sorted(found, reverse=True)]
 
 
-def latest_checkpoint(run: Path) -> Path | None:
-    found = checkpoints(run)
-    return found[0] if found else None
-
-
 def load_checkpoint(run: Path, warn: Callable[[str], None]) -> tuple[Path, dict]:
     """The newest intact checkpoint, read as data only (weights_only: tensors and plain containers, never
     code). A damaged one (truncated by a kill, replaced by a directory, not a checkpoint) is passed over
