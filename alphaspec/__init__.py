@@ -11,22 +11,23 @@ from ._lazy import lazy_attributes
 from ._version import __version__
 
 _WHERE = {
-    "Analysis": "analysis", "analyze": "analysis", "run": "analysis",
+    "Analysis": "analysis", "analyze": "analysis", "analyze_checkpoint": "analysis",
     "SourceError": "checkpoint", "open_checkpoint": "checkpoint",
-    "DecayMap": "decay", "DecayMapError": "decay", "assign_decays": "decay", "build_decay_map": "decay",
+    "DecayMap": "decay", "DecayMapError": "decay", "DecaySpec": "decayspec", "assign_decays": "decay", "build_decay_map": "decay",
     "eigenvalues": "esd",
     "ESTIMATORS": "powerlaw", "PowerLawFit": "powerlaw", "fit": "powerlaw",
     "AlphaDecay": "hook",
 }
 
-__all__ = ["ESTIMATORS", "AlphaDecay", "Analysis", "DecayMap", "DecayMapError", "PowerLawFit", "SourceError",
-           "__version__", "analyze", "assign_decays", "build_decay_map", "decay_map", "eigenvalues", "fit",
-           "open_checkpoint", "run"]
+__all__ = ["ESTIMATORS", "AlphaDecay", "Analysis", "DecayMap", "DecayMapError", "DecaySpec", "PowerLawFit",
+           "SourceError", "__version__", "analyze", "analyze_checkpoint", "assign_decays", "build_decay_map",
+           "decay_map", "eigenvalues", "fit", "open_checkpoint"]
 
 if TYPE_CHECKING:
-    from .analysis import Analysis, analyze, run
+    from .analysis import Analysis, analyze, analyze_checkpoint
     from .checkpoint import SourceError, open_checkpoint
     from .decay import DecayMap, DecayMapError, assign_decays, build_decay_map
+    from .decayspec import DecaySpec
     from .esd import eigenvalues
     from .hook import AlphaDecay
     from .powerlaw import ESTIMATORS, PowerLawFit, fit

@@ -23,9 +23,9 @@ import torch
 from ._version import __version__
 from .checkpoint import Checkpoint, SourceError, TensorInfo, dtype_name, open_checkpoint
 from .esd import EPS_ZERO, eigenvalues, finite_rows, resolve_device
-from .metrics import nan_metrics, spectral_metrics
 from .modules import MODULE_TYPES, MatrixSpec, Skipped, plan
 from .powerlaw import PowerLawFit, check_estimator, fit_sorted
+from .spectral_metrics import nan_metrics, spectral_metrics
 
 COLUMNS = ["name", "layer", "module", "rows", "cols", "n_eigs", "n_zero", "estimator", "alpha", "xmin",
            "ks_d", "n_tail", "lambda_max", "spectral_norm", "frobenius_norm", "stable_rank",
@@ -225,7 +225,7 @@ def _fit_columns(fit: PowerLawFit) -> dict:
     return {"alpha": fit.alpha, "xmin": fit.xmin, "ks_d": fit.ks_d, "n_tail": fit.n_tail, "status": fit.status}
 
 
-def run(source, estimator: str = "median", device: str | torch.device = "auto", *,
+def analyze_checkpoint(source, estimator: str = "median", device: str | torch.device = "auto", *,
         include: Iterable[str] = (), exclude: Iterable[str] = (), split_fused: bool = True,
         keep_spectra: bool = False, progress: Callable[[int, int], None] | None = None,
         checkpoint: Checkpoint | None = None, workers: int = 1) -> Analysis:
@@ -284,7 +284,7 @@ def analyze(source, estimator: str = "median", device: str | torch.device = "aut
     cuda | cuda:N. include/exclude: regexes on tensor names. workers: concurrent solves. Skipped
     tensors and their reasons are in `table.attrs["skipped"]`.
     """
-    return run(source, estimator, device, include=include, exclude=exclude, split_fused=split_fused,
+    return analyze_checkpoint(source, estimator, device, include=include, exclude=exclude, split_fused=split_fused,
                progress=progress, workers=workers).table
 
 

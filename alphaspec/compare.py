@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +55,7 @@ def load_run_json(path: Path) -> dict:
 
 def load_run(path: str | Path) -> Run:
     """A run directory's run.json, metrics.csv, decay.csv and the tuned tensors' sizes, each checked."""
-    from .train.rundir import DECAYS, METRICS
+    from .train.rundir import DECAY_COLUMNS, METRICS_COLUMNS
 
     path = Path(path)
     if not path.is_dir():
@@ -64,8 +64,8 @@ def load_run(path: str | Path) -> Run:
     if not (path / "metrics.csv").exists():
         raise RunDirError(f"{path}: not an alphaspec training run (no metrics.csv)")
     try:
-        metrics = read_csv_checked(path / "metrics.csv", METRICS, required=("step", "tokens", "loss", "tokens_per_s"))
-        decays = read_csv_checked(path / "decay.csv", DECAYS, required=("step", "weight_decay")) \
+        metrics = read_csv_checked(path / "metrics.csv", METRICS_COLUMNS, required=("step", "tokens", "loss", "tokens_per_s"))
+        decays = read_csv_checked(path / "decay.csv", DECAY_COLUMNS, required=("step", "weight_decay")) \
             if (path / "decay.csv").exists() else pd.DataFrame(columns=["step"])
     except AlphaspecError as e:
         raise RunDirError(str(e)) from e
@@ -163,7 +163,7 @@ def tabulate(runs: list[Run]) -> pd.DataFrame:
     applied decay (and its ratio to the base w), median tokens/s."""
     from .train.config import TrainConfig
 
-    varying, defaults = _varying([r.config for r in runs]), asdict(TrainConfig())
+    varying, defaults = _varying([r.config for r in runs]), TrainConfig().flat()
     out = []
     for r in runs:
         m, ev = r.metrics, evaluations(r)

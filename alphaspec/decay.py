@@ -12,26 +12,25 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import torch
 
 from ._version import __version__
-from .choices import ASSIGN, DECAY_METRICS, PRESERVE
+from .choices import ASSIGN, PRESERVE
+from .decayspec import DecayMapError, DecaySpec, decay_spec
 from .errors import AlphaspecError, UsageError, check_input_file, os_reason
 from .modules import BLOCK_MODULES, FUSED_MODULES, block_place, layer_index, module_type
 from .output import atomic_write
 from .paper import paper_assign, paper_candidates, paper_metric
 
+if TYPE_CHECKING:  # only for hints: a decay map is made and read without torch
+    import torch
+
 SCHEMA = "alphaspec.decay-map/1"
-METRICS = DECAY_METRICS
 POLICIES = ("all", "matrices", "value")
-DEFAULT_RATIO = (0.67, 3.0)
-
-
-class DecayMapError(AlphaspecError, ValueError):
-    """A decay map that cannot be made, read or applied; the message says why in one line."""
+DEFAULT_RATIO = DecaySpec.ratio
 
 
 def assign_decays(metric: Sequence[float], weight_decay: float, *, ratio: Sequence[float] = DEFAULT_RATIO,
@@ -100,11 +99,11 @@ class DecayMap:
 
     modules: list[dict]
     weight_decay: float
-    ratio: tuple[float, float] = DEFAULT_RATIO
-    assign: str = "linear"
-    estimator: str = "median"
-    metric: str = "alpha"
-    preserve_mean: str = "none"
+    ratio: tuple[float, float] = DecaySpec.ratio
+    assign: str = DecaySpec.assign
+    estimator: str = DecaySpec.estimator
+    metric: str = DecaySpec.metric
+    preserve_mean: str = DecaySpec.preserve_mean
     default_policy: str = "all"
     default_weight_decay: float = 0.0
     paper_compat: bool = False  # made as the AlphaDecay release does (paper.py): biases follow their weights
@@ -317,23 +316,24 @@ def tuned_rows(table: pd.DataFrame, include: Iterable[str] = (), exclude: Iterab
     return table[keep]
 
 
-def build_decay_map(table: pd.DataFrame, weight_decay: float, *, ratio: Sequence[float] = DEFAULT_RATIO,
-                    assign: str = "linear", metric: str = "alpha", preserve_mean: str = "none",
-                    default: str | float = "all", include: Iterable[str] = (), exclude: Iterable[str] = (),
-                    source: str = "", all_rows: bool = False, paper_compat: bool = False) -> DecayMap:
+def build_decay_map(table: pd.DataFrame, weight_decay: float, spec: DecaySpec | None = None, *,
+                    default: str | float = "all", source: str = "", all_rows: bool = False,
+                    **options) -> DecayMap:
     """A DecayMap from an analysis table (one row per matrix, as `alphaspec.analyze` returns).
 
-    Decays are assigned per row; a tensor split into parts (fused q/k/v, gate/up, stacked experts)
-    gets the parameter-weighted mean of its parts' decays, since the optimizer sees whole tensors.
-    The tuned set is the block matrices, or the --include names, minus --exclude; all_rows tunes
-    every row of the table as given. paper_compat: the AlphaDecay release's choices (paper.py).
+    spec: the DecaySpec (ratio, assign, metric, preserve_mean, include, exclude, paper_compat); keyword
+    `options` set its fields one by one (`build_decay_map(t, 0.1, assign="sqrt")`). Decays are assigned
+    per row; a tensor split into parts (fused q/k/v, gate/up, stacked experts) gets the parameter-weighted
+    mean of its parts' decays, since the optimizer sees whole tensors. The tuned set is the block
+    matrices, or the include names, minus exclude; all_rows tunes every row of the table as given.
     """
-    if metric not in table.columns or metric not in METRICS:
-        raise DecayMapError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
-    if paper_compat:
-        modules = _paper_modules(table, weight_decay, ratio, assign, metric, preserve_mean, include)
-        return _finish(table, modules, weight_decay, ratio, assign, metric, preserve_mean, default, source, True)
-    rows = table if all_rows else tuned_rows(table, include, exclude)
+    spec = decay_spec(spec, options)
+    metric = spec.metric
+    if metric not in table.columns:
+        raise DecayMapError(f"the table has no {metric!r} column")
+    if spec.paper_compat:
+        return _finish(table, _paper_modules(table, weight_decay, spec), weight_decay, spec, default, source)
+    rows = table if all_rows else tuned_rows(table, spec.include, spec.exclude)
     if rows.empty:
         raise DecayMapError("no matrices to tune: the table has no transformer-block matrices (see --include)")
     values = rows[metric].to_numpy(dtype=float)
@@ -346,33 +346,33 @@ def build_decay_map(table: pd.DataFrame, weight_decay: float, *, ratio: Sequence
     if "stack" in rows:  # encoder block 3 and decoder block 3 are different blocks
         blocks = [f"{st}:{b}" for st, b in zip(rows["stack"].fillna("").tolist(), blocks, strict=True)]
     wd = np.full(len(rows), float(weight_decay))
-    wd[fitted] = assign_decays(values[fitted], weight_decay, ratio=ratio, assign=assign,
+    wd[fitted] = assign_decays(values[fitted], weight_decay, ratio=spec.ratio, assign=spec.assign,
                                blocks=[b for b, f in zip(blocks, fitted, strict=True) if f], sizes=sizes[fitted],
-                               preserve_mean=preserve_mean)
+                               preserve_mean=spec.preserve_mean)
     rows = rows.assign(decay_=wd, size_=sizes, fitted_=fitted)
     tensor_col = "tensor" if "tensor" in rows else "name"
     modules = [_map_entry(tensor, part, metric) for tensor, part in rows.groupby(tensor_col, sort=False)]
-    return _finish(table, modules, weight_decay, ratio, assign, metric, preserve_mean, default, source, False)
+    return _finish(table, modules, weight_decay, spec, default, source)
 
 
-def _finish(table, modules, weight_decay, ratio, assign, metric, preserve_mean, default, source,
-            paper_compat) -> DecayMap:
+def _finish(table, modules, weight_decay, spec: DecaySpec, default, source) -> DecayMap:
     if isinstance(default, str):
         if default not in ("all", "matrices"):
             raise DecayMapError(f"unknown default decay policy {default!r}; use all, matrices or a number")
         policy, default_wd = default, float(weight_decay)
     else:
         policy, default_wd = "value", float(default)
-    return DecayMap(modules=modules, weight_decay=float(weight_decay), ratio=tuple(float(r) for r in ratio),
-                    assign=assign, estimator=str(table["estimator"].iloc[0]) if "estimator" in table else "median",
-                    metric=metric, preserve_mean=preserve_mean, default_policy=policy,
-                    default_weight_decay=default_wd, paper_compat=paper_compat, source=source)
+    return DecayMap(modules=modules, weight_decay=float(weight_decay), ratio=tuple(float(r) for r in spec.ratio),
+                    assign=spec.assign, metric=spec.metric, preserve_mean=spec.preserve_mean,
+                    estimator=str(table["estimator"].iloc[0]) if "estimator" in table else spec.estimator,
+                    default_policy=policy, default_weight_decay=default_wd, paper_compat=spec.paper_compat,
+                    source=source)
 
 
-def _paper_modules(table: pd.DataFrame, weight_decay: float, ratio, assign: str, metric: str, preserve_mean: str,
-                   include: Iterable[str]) -> list[dict]:
+def _paper_modules(table: pd.DataFrame, weight_decay: float, spec: DecaySpec) -> list[dict]:
     """Map entries as the AlphaDecay release makes them; its dropped first Linear keeps the base decay."""
-    if preserve_mean != "none" or list(include):
+    metric = spec.metric
+    if spec.preserve_mean != "none" or spec.include:
         raise UsageError("--paper-compat reproduces the release, which has no --preserve-mean and no --include")
     if "tensor" in table and (table["name"] != table["tensor"]).any():
         raise UsageError("--paper-compat needs whole tensors (the release analyses each nn.Linear whole): "
@@ -383,7 +383,7 @@ def _paper_modules(table: pd.DataFrame, weight_decay: float, ratio, assign: str,
         raise DecayMapError(f"{int((~np.isfinite(values)).sum())} matrices have no {metric}; the release cannot "
                             "assign decays to them")
     blocks = rows["layer"].astype(object).where(rows["layer"].notna(), -1).tolist()
-    wd = paper_assign(values, float(weight_decay), ratio, assign, blocks)
+    wd = paper_assign(values, float(weight_decay), spec.ratio, spec.assign, blocks)
     by_name = table.set_index("name")
     entries = [{"name": n, "module": by_name.loc[n, "module"], "layer": _int_or_none(by_name.loc[n, "layer"]),
                 metric: None, "weight_decay": float(weight_decay), "params": int(by_name.loc[n, "rows"] *

@@ -14,21 +14,18 @@ and the metric rows are all-gathered, so every rank applies identical decays.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 
 import pandas as pd
 import torch
 import torch.distributed as dist
 
 from .analysis import analyze_tensors, ordered_table, records
-from .decay import DEFAULT_RATIO, DecayMapError, build_decay_map, is_tuned_candidate
-
-
-def _dist() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+from .choices import ALPHADECAY_WARMUPS
+from .decay import DecayMapError, build_decay_map, is_tuned_candidate
+from .decayspec import DecaySpec, decay_spec
+from .distributed import process_group
 
 
 def model_config(model: torch.nn.Module) -> dict:
@@ -100,45 +97,40 @@ def split_param_groups(optimizer: torch.optim.Optimizer, tuned: dict[str, torch.
 class AlphaDecay:
     """Module-wise weight decay from the spectra of the live weights (AlphaDecay, docs/math.md §3).
 
-    weight_decay: base decay w (default: the optimizer's). ratio, assign, metric, preserve_mean: as in
-    `alphaspec decay-map`. gap: refresh every `gap` calls of step(). warmup: "init" computes decays
-    from the initial weights at construction (the paper), "uniform" keeps w until the first refresh.
-    overlap: snapshot the weights and solve in a worker thread (on a side CUDA stream for GPU
-    weights) while training goes on; the decays are applied when ready (under torch.distributed:
-    at the next step, on every rank alike) and `staleness` says how many steps old they were. A
-    refresh due while one is in flight is skipped. "auto" (the default) overlaps.
-    include/exclude: regexes choosing the tuned parameters (default: every matrix inside a
-    transformer block). config: the model's config.json as a dict (default: `model.config`, as Hugging
-    Face models carry it), which says how fused tensors split, exactly as `analyze` reads the checkpoint.
-    paper_compat: the AlphaDecay release's choices, as `decay-map --paper-compat` (its first Linear keeps w;
-    unlike the release, biases keep the decay of the group they were in).
+    weight_decay: base decay w (default: the optimizer's). spec: the DecaySpec (ratio, assign, metric,
+    preserve_mean, estimator, include, exclude, paper_compat, as in `alphaspec decay-map`); keyword
+    `options` set its fields one by one. gap: refresh every `gap` calls of step(). warmup: "init"
+    computes decays from the initial weights at construction (the paper), "uniform" keeps w until the
+    first refresh. overlap: snapshot the weights and solve in a worker thread (on a side CUDA stream
+    for GPU weights) while training goes on; the decays are applied when ready (under
+    torch.distributed: at the next step, on every rank alike) and `staleness` says how many steps old
+    they were. A refresh due while one is in flight is skipped. "auto" (the default) overlaps.
+    config: the model's config.json as a dict (default: `model.config`, as Hugging Face models carry
+    it), which says how fused tensors split, exactly as `analyze` reads the checkpoint. With
+    paper_compat the first Linear keeps w, as in the release; unlike the release, biases keep the
+    decay of the group they were in.
     """
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, weight_decay: float | None = None,
-                 *, ratio: Sequence[float] = DEFAULT_RATIO, assign: str = "linear", gap: int = 500,
-                 estimator: str = "median", metric: str = "alpha", preserve_mean: str = "none",
-                 include: Iterable[str] = (), exclude: Iterable[str] = (), warmup: str = "init",
-                 overlap: bool | str = "auto", scheduler=None, config: dict | None = None,
-                 paper_compat: bool = False):
+                 spec: DecaySpec | None = None, *, gap: int = 500, warmup: str = "init", overlap: bool | str = "auto",
+                 scheduler=None, config: dict | None = None, **options):
         if gap < 1:
             raise ValueError(f"gap must be >= 1, got {gap}")
-        if warmup not in ("init", "uniform"):
+        if warmup not in ALPHADECAY_WARMUPS:
             raise ValueError(f"warmup must be 'init' or 'uniform', got {warmup!r}")
+        self.spec = spec = decay_spec(spec, options)
         model = getattr(model, "module", model)  # DistributedDataParallel
         self.config = model_config(model) if config is None else dict(config)
-        self.whole = paper_compat  # the release fits each nn.Linear whole
-        inc, exc = [re.compile(p) for p in include], [re.compile(p) for p in exclude]
+        inc, exc = [re.compile(p) for p in spec.include], [re.compile(p) for p in spec.exclude]
         self.tuned = {n: p for n, p in model.named_parameters()
                       if (any(r.search(n) for r in inc) if inc else is_tuned_candidate(n, p))
                       and not any(r.search(n) for r in exc)}
         if not self.tuned:
             raise DecayMapError("no parameters to tune: no matrices inside transformer blocks (see include=)")
         self.weight_decay = float(optimizer.defaults.get("weight_decay", 0.0) if weight_decay is None else weight_decay)
-        self.options = {"ratio": tuple(ratio), "assign": assign, "metric": metric, "preserve_mean": preserve_mean,
-                        "paper_compat": paper_compat}
-        self.estimator, self.gap = estimator, gap
+        self.gap = gap
         self.groups = split_param_groups(optimizer, self.tuned, scheduler)
-        self.rank, self.world = _dist()
+        self.rank, self.world = process_group()
         self.owned = share_of_work(self.tuned, self.rank, self.world)
         on_cuda = next(iter(self.tuned.values())).is_cuda
         self.overlap = True if overlap == "auto" else bool(overlap)  # measured faster on CPU too (docs/benchmarks.md)
@@ -220,26 +212,30 @@ class AlphaDecay:
             torch.cuda.current_stream(next(iter(self.tuned.values())).device).wait_stream(self._stream)
         return snap
 
-    def _solve(self, snapshot: dict[str, torch.Tensor]) -> list[dict]:
+    def _solve(self, snapshot: dict[str, torch.Tensor]) -> pd.DataFrame | list[dict]:
+        """The owned matrices' table; under torch.distributed as plain rows, which travel between ranks."""
         if not snapshot:
             return []
         if self._stream is not None:
             with torch.cuda.device(self._stream.device), torch.cuda.stream(self._stream):
-                table = analyze_tensors(snapshot, self.estimator, config=self.config, split_fused=not self.whole)
+                table = analyze_tensors(snapshot, self.spec.estimator, config=self.config,
+                                        split_fused=not self.spec.paper_compat)
         else:
-            table = analyze_tensors(snapshot, self.estimator, config=self.config, split_fused=not self.whole)
-        return records(table)
+            table = analyze_tensors(snapshot, self.spec.estimator, config=self.config,
+                                    split_fused=not self.spec.paper_compat)
+        return records(table) if self.world > 1 else table
 
-    def _gather(self, rows: list[dict]) -> pd.DataFrame:
-        if self.world > 1:
-            parts: list = [None] * self.world
-            dist.all_gather_object(parts, rows)
-            rows = [r for part in parts for r in part]
-        return ordered_table(rows)  # the order of analyze: blocks by layer, then module type
+    def _gather(self, rows: pd.DataFrame | list[dict]) -> pd.DataFrame:
+        if self.world == 1:
+            return rows  # already the whole table, in the order of analyze
+        parts: list = [None] * self.world
+        dist.all_gather_object(parts, rows)
+        return ordered_table([r for part in parts for r in part])  # the order of analyze: blocks by layer, then type
 
     def _apply(self, table: pd.DataFrame, started: int) -> None:
-        dmap = build_decay_map(table, self.weight_decay, all_rows=True, **self.options)
-        metric = self.options["metric"]
+        # the tuned set was chosen above (include/exclude); the map takes every row of the solved table
+        dmap = build_decay_map(table, self.weight_decay, replace(self.spec, include=(), exclude=()), all_rows=True)
+        metric = self.spec.metric
         self.decays = dmap.decays()
         self.metrics = {m["name"]: m[metric] for m in dmap.modules}
         self._set(self.decays)

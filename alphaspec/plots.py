@@ -21,7 +21,7 @@ from .errors import AlphaspecError
 from .modules import BLOCK_MODULES, FUSED_MODULES, MODULE_TYPES
 from .output import atomic_write
 from .powerlaw import fit
-from .reference import random_alpha
+from .random_baseline import random_alpha
 
 KINDS = ("spectra", "alpha-modules", "alpha-depth", "esd", "decay")
 MODEL_KINDS = ("spectra", "alpha-modules", "alpha-depth")
@@ -288,7 +288,7 @@ def save_figure(fig: Figure, path: Path) -> Path:
 def render(table: pd.DataFrame, spectra: dict[str, np.ndarray], out_dir: Path, kinds=MODEL_KINDS,
            fmt: str = "png", names: list[str] = (), decay_map=None) -> Rendered:
     """Draw `kinds` into out_dir as FORMAT files; `esd` draws one figure per name in `names`,
-    `decay` draws `decay_map` (or, without one, a default linear map at w = 0.1 from the table).
+    `decay` draws `decay_map` (skipped without one).
 
     A figure that cannot be drawn from this table (no spectra saved, no fitted alpha, ...) is skipped
     and the others are drawn: returns the files written and one line per skipped figure saying why.
@@ -301,7 +301,7 @@ def render(table: pd.DataFrame, spectra: dict[str, np.ndarray], out_dir: Path, k
             est = str(table["estimator"].iloc[0])
             jobs += [(f"esd-{safe_filename(n)}", lambda n=n, est=est: esd_figure(n, spectra[n], est)) for n in names]
         elif kind == "decay":
-            jobs.append(("decay", lambda: decay_figure(decay_map if decay_map is not None else _default_map(table))))
+            jobs.append(("decay", lambda: decay_figure(_needed(decay_map, "a decay map (build_decay_map)"))))
         elif kind in _FIGURES:
             jobs.append((kind, lambda kind=kind: _FIGURES[kind](table, spectra)))
         else:
@@ -316,10 +316,10 @@ def render(table: pd.DataFrame, spectra: dict[str, np.ndarray], out_dir: Path, k
     return Rendered(written, skipped)
 
 
-def _default_map(table: pd.DataFrame):
-    from .decay import build_decay_map
-
-    return build_decay_map(table, 0.1)
+def _needed(value, what: str):
+    if value is None:
+        raise ValueError(f"needs {what}")
+    return value
 
 
 def _spectra_or_why(table: pd.DataFrame, spectra: dict[str, np.ndarray]) -> Figure:

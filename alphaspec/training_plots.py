@@ -12,7 +12,7 @@ from matplotlib.ticker import MaxNLocator
 
 from .modules import BLOCK_MODULES
 from .plots import DEPTH_CMAP, OKABE_ITO, module_colour
-from .reference import random_alpha
+from .random_baseline import random_alpha
 
 
 def compare_figure(comparison) -> Figure:

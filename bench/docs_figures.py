@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from alphaspec import build_decay_map, run
+from alphaspec import analyze_checkpoint, build_decay_map
 from alphaspec.compare import compare
 from alphaspec.plots import (
     alpha_depth_figure,
@@ -37,7 +37,7 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    result = run("example:minilm", keep_spectra=True)
+    result = analyze_checkpoint("example:minilm", keep_spectra=True)
     table, spectra = result.table, result.spectra
     figures = {"spectra": spectra_figure(table, spectra, title="MiniLM-L6"), "alpha-modules": alpha_modules_figure(table),
                "alpha-depth": alpha_depth_figure(table),
@@ -47,7 +47,7 @@ def main() -> None:
         runs = []
         for strategy in ("uniform", "alphadecay", "awd"):
             out = Path(tmp) / strategy
-            train(TrainConfig(out=str(out), strategy=strategy, steps=300, eval_every=50, analyze_every=50))
+            train(TrainConfig.of(out=str(out), strategy=strategy, steps=300, eval_every=50, analyze_every=50))
             runs.append(out)
         figures["training"] = alphas_figure(pd.read_csv(runs[1] / "alphas.csv"), "median")
         figures["compare"] = compare_figure(compare(runs))

@@ -45,7 +45,7 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for strategy in args.strategies.split(","):
-            cfg = TrainConfig(out=f"{tmp}/{strategy}", model=args.model, seq_len=args.seq_len, batch_size=args.batch_size,
+            cfg = TrainConfig.of(out=f"{tmp}/{strategy}", model=args.model, seq_len=args.seq_len, batch_size=args.batch_size,
                               steps=args.steps, strategy=strategy, gap=args.gap, device=args.device, compile=args.compile,
                               log_every=log_every, eval_every=10**9, checkpoint_every=10**9, warmup_steps=1)
             train(cfg)

@@ -17,7 +17,7 @@ import tempfile
 
 import pandas as pd
 
-from alphaspec import run
+from alphaspec import analyze_checkpoint
 from alphaspec.checkpoint import resolve
 
 WW = """
@@ -35,7 +35,7 @@ def main() -> None:
     ap.add_argument("--ww-python", default=sys.executable)
     args = ap.parse_args()
     folder = resolve(args.source)
-    ours = run(folder, estimator="gof", device="cpu").table
+    ours = analyze_checkpoint(folder, estimator="gof", device="cpu").table
     ours["key"] = ours["name"].str.removesuffix(".weight")
     with tempfile.NamedTemporaryFile(suffix=".csv") as f:
         subprocess.run([args.ww_python, "-c", WW, str(folder), f.name], check=True, capture_output=True)

@@ -9,7 +9,7 @@ import synth
 import torch
 from safetensors.torch import save_file
 
-from alphaspec import fit, open_checkpoint, run
+from alphaspec import analyze_checkpoint, fit, open_checkpoint
 from alphaspec.checkpoint import SourceError
 
 
@@ -19,7 +19,7 @@ def llama_tensors():
 
 
 def _alphas(source):
-    table = run(source, device="cpu").table
+    table = analyze_checkpoint(source, device="cpu").table
     return dict(zip(table["name"], table["alpha"], strict=True))
 
 
@@ -62,7 +62,7 @@ def test_bin_directory(tmp_path, llama_tensors):
     (tmp_path / "config.json").write_text(json.dumps(synth.LLAMA_CONFIG))
     ckpt = open_checkpoint(tmp_path)
     assert ckpt.config["model_type"] == "llama"
-    assert len(run(tmp_path, device="cpu").table) == 2 * 7 + 2
+    assert len(analyze_checkpoint(tmp_path, device="cpu").table) == 2 * 7 + 2
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
@@ -70,7 +70,7 @@ def test_rows_match_numpy_svd(tmp_path, dtype):
     """Every number of a row, recomputed from numpy's SVD of the same (upcast) matrix."""
     w = synth.rand(96, 40, dtype=dtype)
     synth.write(tmp_path, {"model.layers.0.mlp.up_proj.weight": w})
-    row = run(tmp_path, device="cpu", estimator="gof").table.iloc[0]
+    row = analyze_checkpoint(tmp_path, device="cpu", estimator="gof").table.iloc[0]
     w64 = w.to(torch.float64).numpy()
     s = np.linalg.svd(w64, compute_uv=False)
     lam = np.sort(s**2)
@@ -92,7 +92,7 @@ def test_rows_match_numpy_svd(tmp_path, dtype):
 def test_rank_deficient_matrix_counts_zeros(tmp_path):
     low_rank = synth.rand(64, 8, dtype=torch.float64) @ synth.rand(8, 48, dtype=torch.float64)
     synth.write(tmp_path, {"w.weight": low_rank})
-    row = run(tmp_path, device="cpu").table.iloc[0]
+    row = analyze_checkpoint(tmp_path, device="cpu").table.iloc[0]
     assert row["n_eigs"] == 48 and row["n_zero"] == 40
     assert row["status"] == "too few non-zero eigenvalues (8 < 10)"
     assert math.isnan(row["alpha"]) and row["frobenius_norm"] > 0
@@ -106,28 +106,28 @@ def test_broken_matrices_become_explained_rows(tmp_path):
     tensors = {"a.nan.weight": bad, "b.inf.weight": inf, "c.zero.weight": torch.zeros(40, 40),
                "d.row.weight": synth.rand(1, 40), "e.good.weight": synth.rand(40, 40, seed=2)}
     synth.write(tmp_path, tensors)
-    table = run(tmp_path, device="cpu").table.set_index("name")
+    table = analyze_checkpoint(tmp_path, device="cpu").table.set_index("name")
     assert table.loc["a.nan.weight", "status"] == "matrix contains NaN or Inf"
     assert table.loc["b.inf.weight", "status"] == "matrix contains NaN or Inf"
     assert table.loc["c.zero.weight", "status"] == "all-zero matrix"
     assert table.loc["c.zero.weight", "n_zero"] == 40 and table.loc["c.zero.weight", "frobenius_norm"] == 0
     assert table.loc["d.row.weight", "status"].startswith("too few non-zero eigenvalues (1 <")
     assert table.loc["e.good.weight", "status"] == "ok" and table.loc["e.good.weight", "alpha"] > 1
-    good_alone = run(synth.write(tmp_path / "g", {"e.good.weight": tensors["e.good.weight"]}), device="cpu").table
+    good_alone = analyze_checkpoint(synth.write(tmp_path / "g", {"e.good.weight": tensors["e.good.weight"]}), device="cpu").table
     assert table.loc["e.good.weight", "alpha"] == good_alone["alpha"].iloc[0]
 
 
 def test_every_tensor_is_a_row_or_skipped(tmp_path):
     tensors = synth.bert() | synth.gpt2()
-    result = run(synth.write(tmp_path, tensors), device="cpu")
+    result = analyze_checkpoint(synth.write(tmp_path, tensors), device="cpu")
     accounted = set(result.table["tensor"]) | {s.name for s in result.skipped}
     assert accounted == set(tensors)
 
 
 def test_concurrent_workers_give_the_same_table(tmp_path):
     folder = synth.write(tmp_path, synth.llama(layers=3, dtype=torch.float32), synth.LLAMA_CONFIG)
-    one = run(folder, device="cpu", estimator="gof").table
-    three = run(folder, device="cpu", estimator="gof", workers=3).table
+    one = analyze_checkpoint(folder, device="cpu", estimator="gof").table
+    three = analyze_checkpoint(folder, device="cpu", estimator="gof", workers=3).table
     assert one.equals(three)
 
 
@@ -154,6 +154,6 @@ def test_hub_fetches_only_weights_index_and_config(tmp_path, monkeypatch):
 def test_progress_counts_every_matrix(tmp_path):
     folder = synth.write(tmp_path, synth.llama(dtype=torch.float32), synth.LLAMA_CONFIG)
     seen = []
-    run(folder, device="cpu", progress=lambda done, total: seen.append((done, total)))
+    analyze_checkpoint(folder, device="cpu", progress=lambda done, total: seen.append((done, total)))
     assert seen[0] == (0, 15) and seen[-1] == (15, 15)
     assert [d for d, _ in seen] == sorted(d for d, _ in seen)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -10,7 +11,7 @@ import pytest
 import synth
 import torch
 
-from alphaspec import run
+from alphaspec import analyze_checkpoint
 
 
 def cli(*args, env=None, cwd=None):
@@ -71,7 +72,7 @@ def test_outputs_all_formats(llama_dir, tmp_path):
     assert doc["estimator"] == "median" and doc["device"] == "cpu"
     assert len(doc["matrices"]) == 15 and len(doc["skipped"]) == 5
     assert doc["matrices"][0]["layer"] is None and isinstance(doc["matrices"][1]["layer"], int)
-    expected = run(llama_dir, device="cpu").table
+    expected = analyze_checkpoint(llama_dir, device="cpu").table
     assert [m["alpha"] for m in doc["matrices"]] == pytest.approx(list(expected["alpha"]), rel=1e-15)
     columns = ["name", "layer", "module", "rows", "cols", "n_eigs", "n_zero", "estimator", "alpha", "xmin", "ks_d",
                "n_tail", "lambda_max", "spectral_norm", "frobenius_norm", "stable_rank", "log_spectral_norm",
@@ -126,6 +127,26 @@ def test_hub_id_from_offline_cache(tmp_path):
     assert cli("analyze", "tiny-org/tiny-llama@nope", env=env).returncode == 1
 
 
+@pytest.mark.parametrize("columns", [80, 160])
+def test_help_reads_like_click_at_any_width(columns):
+    """Metavars such as PATH, N, FLOAT, [a|b] and the argument as SOURCE; no Python type placeholders."""
+    from typer.testing import CliRunner
+
+    from alphaspec.cli import app
+
+    for command in ("analyze", "plot", "decay-map", "train", "compare"):
+        text = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": str(columns)}).output
+        for placeholder in ("<bool>", "<str>", "<int", "<float", "<path>", "<list", "{source}", "range>"):
+            assert placeholder not in text, (command, placeholder)
+        assert re.search(r"--quiet\s+-q\s+Print only", text), command  # every command's -q says what it does
+    text = " ".join(CliRunner().invoke(app, ["decay-map", "--help"], env={"COLUMNS": "160"}).output.split())
+    for shown in ("decay-map [OPTIONS] SOURCE", "--output -o PATH", "--weight-decay FLOAT [x>=0.0]",
+                  "--ratio S1 S2", "--assign [linear|sqrt|log2|sigmoid]", "--include REGEX", "--device DEVICE"):
+        assert shown in text, shown
+    text = " ".join(CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "160"}).output.split())
+    assert "--steps N [x>=1]" in text and "--optimizer [adamw|adam]" in text and "--lr FLOAT [x>=0.0]" in text
+
+
 def test_help_has_examples():
     proc = cli("analyze", "--help")
     assert proc.returncode == 0 and "Examples" in proc.stdout and "example:minilm" in proc.stdout
@@ -151,6 +172,14 @@ def test_plot_from_results_file_without_recomputing(llama_dir, tmp_path):
     assert cli("plot", tmp_path / "r.json", "-o", tmp_path / "figs3", "--kind", "alpha-depth").returncode == 0
     decay = cli("plot", tmp_path / "r.json", "-o", tmp_path / "figs4", "--decay-map", tmp_path / "nope.json")
     assert_one_line_error(decay, "nope.json")
+
+
+def test_plot_decay_without_a_map_says_it_draws_the_default(llama_dir, tmp_path):
+    assert cli("analyze", llama_dir, "-q", "-o", tmp_path / "r.json").returncode == 0
+    proc = cli("plot", tmp_path / "r.json", "-o", tmp_path / "figs", "--kind", "decay")
+    assert proc.returncode == 0, proc.stderr
+    assert "the default map (linear, w = 0.1)" in proc.stdout
+    assert [p.name for p in (tmp_path / "figs").iterdir()] == ["decay.png"]
 
 
 def test_analyze_plots_option(llama_dir, tmp_path):

@@ -4,7 +4,7 @@ import pytest
 import synth
 import torch
 
-from alphaspec import run
+from alphaspec import analyze_checkpoint
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]
 
@@ -15,8 +15,8 @@ def test_cpu_and_cuda_alphas_agree(tmp_path, estimator):
     tensors["model.layers.0.mlp.up_proj.weight"] = synth.rand(1536, 384, dtype=torch.bfloat16)
     tensors["model.layers.0.mlp.down_proj.weight"] = synth.rand(384, 1536, dtype=torch.bfloat16)
     folder = synth.write(tmp_path, tensors, synth.LLAMA_CONFIG)
-    cpu = run(folder, estimator=estimator, device="cpu").table
-    gpu = run(folder, estimator=estimator, device="cuda").table
+    cpu = analyze_checkpoint(folder, estimator=estimator, device="cpu").table
+    gpu = analyze_checkpoint(folder, estimator=estimator, device="cuda").table
     assert list(cpu["name"]) == list(gpu["name"])
     for col in ("alpha", "xmin", "ks_d", "lambda_max", "stable_rank", "entropy"):
         assert gpu[col].tolist() == pytest.approx(cpu[col].tolist(), rel=1e-9), col
@@ -52,7 +52,7 @@ def test_train_on_cuda(tmp_path, strategy):
     from alphaspec.train import TrainConfig, train
 
     common = dict(vocab_size=512, seq_len=32, batch_size=8, steps=6, eval_every=3, log_every=3, strategy=strategy, gap=3)
-    gpu = train(TrainConfig(out=str(tmp_path / "gpu"), device="cuda", **common))
-    cpu = train(TrainConfig(out=str(tmp_path / "cpu"), device="cpu", **common))
+    gpu = train(TrainConfig.of(out=str(tmp_path / "gpu"), device="cuda", **common))
+    cpu = train(TrainConfig.of(out=str(tmp_path / "cpu"), device="cpu", **common))
     assert gpu["step"] == 6 and gpu["loss"] == pytest.approx(cpu["loss"], rel=2e-2)
     assert gpu["eval_loss"] == pytest.approx(cpu["eval_loss"], rel=2e-2)

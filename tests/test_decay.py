@@ -11,7 +11,7 @@ import pytest
 import synth
 import torch
 
-from alphaspec import DecayMap, DecayMapError, assign_decays, build_decay_map, run
+from alphaspec import DecayMap, DecayMapError, analyze_checkpoint, assign_decays, build_decay_map
 
 A = np.array([1.5, 2.0, 3.0, 4.5])
 W = 0.1
@@ -86,7 +86,7 @@ class TinyLlama(torch.nn.Module):
 
 
 def test_map_applied_to_matching_model(llama_dir, tmp_path):
-    table = run(llama_dir, device="cpu").table
+    table = analyze_checkpoint(llama_dir, device="cpu").table
     dmap = build_decay_map(table, W, default="matrices", source=str(llama_dir))
     path = tmp_path / "wd.json"
     dmap.save(path)
@@ -110,7 +110,7 @@ def test_map_applied_to_matching_model(llama_dir, tmp_path):
 
 
 def test_map_refused_for_another_model(llama_dir):
-    dmap = build_decay_map(run(llama_dir, device="cpu").table, W)
+    dmap = build_decay_map(analyze_checkpoint(llama_dir, device="cpu").table, W)
     gpt2 = TinyLlama({k: v for k, v in synth.gpt2().items() if v.ndim == 2})
     with pytest.raises(DecayMapError) as err:
         dmap.param_groups(gpt2)
@@ -137,7 +137,7 @@ def test_bad_files_are_refused(tmp_path):
 
 def test_fused_tensor_gets_parameter_weighted_mean_of_parts(tmp_path):
     cfg = {"model_type": "phi3", "hidden_size": synth.D, "num_attention_heads": 4, "num_key_value_heads": 2}
-    table = run(synth.write(tmp_path, synth.phi3(), cfg), device="cpu").table
+    table = analyze_checkpoint(synth.write(tmp_path, synth.phi3(), cfg), device="cpu").table
     dmap = build_decay_map(table, W)
     entry = next(m for m in dmap.modules if m["name"] == "model.layers.0.self_attn.qkv_proj.weight")
     parts = entry["parts"]
@@ -163,3 +163,33 @@ def test_cli_decay_map(llama_dir, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "alphaspec", "decay-map", str(llama_dir), "-o", str(out),
                           "--metric", "vibes"], capture_output=True, text=True, env=env)
     assert bad.returncode == 2
+
+
+def test_a_decay_spec_checks_its_values_when_made():
+    from alphaspec import DecaySpec
+
+    assert DecaySpec() == DecaySpec(ratio=[0.67, 3.0])  # a list from JSON is the same spec
+    for bad in ({"metric": "alfa"}, {"assign": "cubic"}, {"ratio": (3.0, 1.0)}, {"ratio": (0.5, math.inf)},
+                {"include": ["(unclosed"]}, {"estimator": "mean"}):
+        with pytest.raises(DecayMapError):
+            DecaySpec(**bad)
+    with pytest.raises(TypeError, match="ratios"):
+        build_decay_map(None, 0.1, ratios=(1, 2))  # a misspelt option is refused, not ignored
+    with pytest.raises(AttributeError):
+        DecaySpec().metric = "entropy"  # frozen: one spec can be shared safely
+
+
+def test_one_spec_gives_the_same_decays_to_the_map_and_the_hook(llama_dir):
+    """build_decay_map(table, w, spec) and AlphaDecay(..., spec=spec) on the same weights agree, and equal the
+    keyword spelling; the hand value of a linear map's extremes is s1*w and s2*w."""
+    from alphaspec import AlphaDecay, DecaySpec
+
+    spec = DecaySpec(ratio=(0.5, 4.0), assign="linear", metric="alpha")
+    table = analyze_checkpoint(llama_dir, device="cpu").table
+    by_spec = build_decay_map(table, W, spec).decays()
+    assert by_spec == build_decay_map(table, W, ratio=(0.5, 4.0)).decays()
+    assert min(by_spec.values()) == pytest.approx(0.5 * W) and max(by_spec.values()) == pytest.approx(4.0 * W)
+    model = TinyLlama(synth.llama(dtype=torch.float32, lm_head=True))
+    hook = AlphaDecay(model, torch.optim.AdamW(model.parameters(), weight_decay=W), spec=spec, overlap=False,
+                      config=synth.LLAMA_CONFIG)
+    assert hook.decays == pytest.approx(by_spec, rel=1e-9)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from alphaspec import AlphaDecay, analyze, build_decay_map, run
+from alphaspec import AlphaDecay, analyze, analyze_checkpoint, build_decay_map
 from alphaspec.decay import match_names
 
 transformers = pytest.importorskip("transformers")
@@ -143,7 +143,7 @@ def test_every_row_is_the_true_matrix(models, family):
         pytest.skip(f"this transformers has no {FAMILIES[family][1]}")
     folder, config, _ = models[family]
     tensors = saved(folder)
-    result = run(folder, device="cpu", keep_spectra=True)
+    result = analyze_checkpoint(folder, device="cpu", keep_spectra=True)
     expected = truth(family, tensors, config)
     assert set(result.table["name"]) == set(expected), set(result.table["name"]) ^ set(expected)
     for name, w in expected.items():

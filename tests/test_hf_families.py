@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from alphaspec import run
+from alphaspec import analyze_checkpoint
 
 transformers = pytest.importorskip("transformers")
 
@@ -43,7 +43,7 @@ def test_transformers_checkpoint(tmp_path, family):
     torch.manual_seed(0)
     model = getattr(transformers, model_cls)(config)
     model.save_pretrained(tmp_path)
-    result = run(tmp_path, device="cpu")
+    result = analyze_checkpoint(tmp_path, device="cpu")
     table = result.table
     blocks = table[table["layer"].notna()]
     assert blocks["module"].value_counts().to_dict() == expected

@@ -55,7 +55,7 @@ def base(tmp_path_factory) -> Path:
     res = CliRunner().invoke(app, ["decay-map", str(root / "results.json"), "-o", str(root / "wd.json"), "-q"])
     assert res.exit_code == 0, res.output
     (root / "text.txt").write_text(bundled_corpus()[0].read_text()[:60_000])
-    train(TrainConfig(out=str(root / "run"), data=[str(root / "text.txt")], vocab_size=512, seq_len=32, batch_size=4,
+    train(TrainConfig.of(out=str(root / "run"), data=[str(root / "text.txt")], vocab_size=512, seq_len=32, batch_size=4,
                       steps=4, eval_every=2, checkpoint_every=2, log_every=1, eval_windows=4, keep_checkpoints=3))
     return root
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from alphaspec import run
+from alphaspec import analyze_checkpoint
 from alphaspec.checkpoint import SourceError, example_path
 
 try:
@@ -19,7 +19,7 @@ BLOCK = {"attention.self.query.weight": ("att.q", 384, 384), "attention.self.key
 
 @pytest.fixture(scope="module")
 def minilm():
-    return run("example:minilm", device="cpu")
+    return analyze_checkpoint("example:minilm", device="cpu")
 
 
 def test_all_36_block_matrices_typed(minilm):

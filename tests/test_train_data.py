@@ -69,7 +69,7 @@ def test_text_files_errors_name_the_path(tmp_path):
 
 
 def test_lr_schedule_warmup_then_cosine_to_the_floor():
-    cfg = TrainConfig(steps=110, warmup_steps=10, min_lr_ratio=0.1)
+    cfg = TrainConfig.of(steps=110, warmup_steps=10, min_lr_ratio=0.1)
     f = _lr_lambda(cfg)
     assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
     assert f(10) == pytest.approx(1.0)

@@ -18,7 +18,7 @@ from alphaspec.cli import app
 from alphaspec.decay import build_decay_map
 from alphaspec.train import DataError, RunError, TrainConfig, train
 from alphaspec.train.data import bundled_corpus
-from alphaspec.train.rundir import ALPHAS, DECAYS, METRICS
+from alphaspec.train.rundir import ALPHA_COLUMNS, DECAY_COLUMNS, METRICS_COLUMNS
 
 SMALL = dict(model="tiny", vocab_size=512, seq_len=32, batch_size=4, steps=8, warmup_steps=2, eval_every=4,
              log_every=2, eval_windows=8, checkpoint_every=4, keep_checkpoints=5)
@@ -32,7 +32,7 @@ def text(tmp_path_factory):
 
 
 def run(tmp_path, text, name="run", **options):
-    cfg = TrainConfig(out=str(tmp_path / name), data=[text], **{**SMALL, **options})
+    cfg = TrainConfig.of(out=str(tmp_path / name), data=[text], **{**SMALL, **options})
     return train(cfg), tmp_path / name
 
 
@@ -55,11 +55,11 @@ def test_run_directory_contract(tmp_path, text):
         assert (out / f).is_file(), f
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_0000004.pt", "step_0000008.pt"]
     with open(out / "metrics.csv") as f:
-        assert next(csv.reader(f)) == METRICS
+        assert next(csv.reader(f)) == METRICS_COLUMNS
     with open(out / "decay.csv") as f:
-        assert next(csv.reader(f)) == DECAYS
+        assert next(csv.reader(f)) == DECAY_COLUMNS
     with open(out / "alphas.csv") as f:
-        assert next(csv.reader(f)) == ALPHAS
+        assert next(csv.reader(f)) == ALPHA_COLUMNS
     metrics = rows(out / "metrics.csv")
     assert [int(r["step"]) for r in metrics] == [2, 4, 6, 8]
     assert int(metrics[-1]["tokens"]) == 8 * 4 * 32
@@ -298,7 +298,7 @@ def test_cli_resume_keeps_the_runs_own_length(tmp_path, text):
 
 def test_preparation_steps_are_reported(tmp_path, text):
     lines, starts = [], []
-    train(TrainConfig(out=str(tmp_path / "r"), data=[text], **{**SMALL, "steps": 2}), on_status=lines.append,
+    train(TrainConfig.of(out=str(tmp_path / "r"), data=[text], **{**SMALL, "steps": 2}), on_status=lines.append,
           on_start=starts.append)
     assert lines[0] == "reading the text" and any("BPE on 0.1 MB" in x for x in lines) and lines[-1] == "building the model"
     assert starts[0]["parameters"] > 0 and starts[0]["start_step"] == 0

@@ -17,7 +17,7 @@ def build(cfg: TrainConfig, lrm: str = "none"):
     torch.manual_seed(0)
     model = Llama(CFG, lrm=lrm)
     strategy = make_strategy(cfg)
-    opt = torch.optim.AdamW(strategy.param_groups(model), lr=cfg.lr)
+    opt = torch.optim.AdamW(strategy.param_groups(model), lr=cfg.optimizer.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     strategy.setup(model, opt, sched)
     return model, strategy, opt
@@ -35,7 +35,7 @@ def set_grads(model, seed=0):
 
 @pytest.mark.parametrize("policy", ["all", "matrices", "0.02"])
 def test_uniform_policies(policy):
-    model, _, opt = build(TrainConfig(weight_decay=0.1, default_decay=policy))
+    model, _, opt = build(TrainConfig.of(weight_decay=0.1, default_decay=policy))
     wd = decay_of(opt)
     for name, p in model.named_parameters():
         block_matrix = p.ndim == 2 and ".layers." in name
@@ -49,7 +49,7 @@ def test_uniform_policies(policy):
 
 
 def test_awd_follows_the_gradient_to_weight_norm_ratio():
-    model, strategy, opt = build(TrainConfig(strategy="awd", weight_decay=0.05))
+    model, strategy, opt = build(TrainConfig.of(strategy="awd", weight_decay=0.05))
     assert isinstance(strategy, AWD)
     params = list(model.parameters())
     expected = 0.0
@@ -64,7 +64,7 @@ def test_awd_follows_the_gradient_to_weight_norm_ratio():
 
 
 def test_adadecay_is_the_per_block_sigmoid_of_gradient_norms():
-    model, strategy, opt = build(TrainConfig(strategy="adadecay", weight_decay=0.1, gap=5))
+    model, strategy, opt = build(TrainConfig.of(strategy="adadecay", weight_decay=0.1, gap=5))
     assert isinstance(strategy, AdaDecay)
     set_grads(model, 3)
     strategy.before_step(1, model, opt, torch.tensor(1.0))
@@ -84,7 +84,7 @@ def test_adadecay_is_the_per_block_sigmoid_of_gradient_norms():
 
 
 def test_multipliers_get_their_own_group_and_no_clipping():
-    model, _, opt = build(TrainConfig(strategy="lrm", lr=1e-3, lrm_decay=2e-3, lrm_lr_mult=0.5), lrm="vector")
+    model, _, opt = build(TrainConfig.of(strategy="lrm", lr=1e-3, lrm_decay=2e-3, lrm_lr_mult=0.5), lrm="vector")
     group = next(g for g in opt.param_groups if g.get("name") == "multipliers")
     mults = {id(p) for n, p in model.named_parameters() if is_multiplier(n)}
     assert {id(p) for p in group["params"]} == mults and len(mults) == 14
@@ -94,9 +94,9 @@ def test_multipliers_get_their_own_group_and_no_clipping():
 
 
 def test_strategy_of_each_name():
-    assert type(make_strategy(TrainConfig(strategy="uniform"))) is Strategy
-    assert make_strategy(TrainConfig(strategy="alphadecay")).__class__.__name__ == "Refreshed"
-    assert make_strategy(TrainConfig(strategy="alphadecay", decay_map="x.json")).__class__.__name__ == "StaticMap"
+    assert type(make_strategy(TrainConfig.of(strategy="uniform"))) is Strategy
+    assert make_strategy(TrainConfig.of(strategy="alphadecay")).__class__.__name__ == "Refreshed"
+    assert make_strategy(TrainConfig.of(strategy="alphadecay", decay_map="x.json")).__class__.__name__ == "StaticMap"
 
 
 def test_adamw_decays_decoupled_and_adam_through_the_gradient():
@@ -107,7 +107,7 @@ def test_adamw_decays_decoupled_and_adam_through_the_gradient():
     theta = torch.tensor([0.5, -2.0, 3.0])
     for name, expected in (("adamw", theta * (1 - 0.01 * 0.1)), ("adam", theta - 0.01 * torch.sign(theta))):
         p = torch.nn.Parameter(theta.clone())
-        opt = make_optimizer(TrainConfig(optimizer=name, lr=0.01, eps=1e-12), [{"params": [p], "weight_decay": 0.1}],
+        opt = make_optimizer(TrainConfig.of(optimizer=name, lr=0.01, eps=1e-12), [{"params": [p], "weight_decay": 0.1}],
                              torch.device("cpu"))
         p.grad = torch.zeros(3)
         opt.step()

@@ -16,12 +16,13 @@ from .common import (
     Device,
     Estimator,
     EstimatorOption,
+    Exclude,
+    Include,
     Quiet,
-    analyse,
+    analyze_with_progress,
     app,
     draw,
     out,
-    regexes,
     report_figures,
 )
 
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 
 def _summary(result: Analysis) -> Table:
     from ..modules import MODULE_TYPES
-    from ..reference import random_alpha
+    from ..random_baseline import random_alpha
 
     table = Table(title="alpha per module type", title_justify="left", header_style="bold",
                   caption="random: alpha of a Gaussian matrix of the type's most common shape (Marchenko-Pastur); "
@@ -88,10 +89,8 @@ def analyze(
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Write the table: .csv, .json or .parquet.")] = None,
     estimator: EstimatorOption = Estimator.median,
     device: Device = "auto",
-    include: Annotated[list[str] | None, typer.Option(
-        "--include", help="Only tensors whose name matches (regex, repeatable).")] = None,
-    exclude: Annotated[list[str] | None, typer.Option(
-        "--exclude", help="Skip tensors whose name matches (regex, repeatable).")] = None,
+    include: Include = None,
+    exclude: Exclude = None,
     split_fused: Annotated[bool, typer.Option(
         "--split-fused/--no-split-fused", help="Split fused q/k/v and gate/up tensors.")] = True,
     save_spectra: Annotated[Path | None, typer.Option(
@@ -107,7 +106,6 @@ def analyze(
     from ..esd import resolve_device
     from ..output import check_output, check_output_dir, write_results, write_spectra
 
-    include, exclude = regexes(include or [], "--include"), regexes(exclude or [], "--exclude")
     if output is not None:
         check_output(output)
     if save_spectra is not None:
@@ -119,8 +117,10 @@ def analyze(
     why = " (no CUDA device found)" if device == "auto" and dev.type == "cpu" else ""
     header = (f"alphaspec {__version__} · {len(ckpt.tensors)} tensors in {len(ckpt.files)} file(s) · "
               f"device {dev}{why} · estimator {estimator.value}")
-    result = analyse(source, estimator.value, dev, quiet, header, include=include, exclude=exclude, split_fused=split_fused,
-                      keep_spectra=save_spectra is not None or plots is not None, checkpoint=ckpt, workers=workers)
+    result = analyze_with_progress(source, estimator.value, dev, quiet, header, include=include or [],
+                                   exclude=exclude or [], split_fused=split_fused,
+                                   keep_spectra=save_spectra is not None or plots is not None, checkpoint=ckpt,
+                                   workers=workers)
     if output is not None:
         write_results(result, output)
     if save_spectra is not None:

@@ -93,10 +93,25 @@ def choice_enum(name: str, values: tuple[str, ...]) -> type[Enum]:
     return Enum(name, {v.replace("-", "_"): v for v in values}, type=str)
 
 
+def _regex_list(patterns: list[str] | None) -> list[str]:
+    """Typer callback: every pattern must compile (an empty list when the option is not given)."""
+    for p in patterns or []:
+        try:
+            re.compile(p)
+        except re.error as e:
+            raise typer.BadParameter(f"{p!r} is not a valid regular expression ({e})") from e
+    return list(patterns or [])
+
+
 Estimator = choice_enum("Estimator", ESTIMATORS)
 # Options several commands share, declared once.
 EstimatorOption = Annotated[Estimator, typer.Option("-e", "--estimator", help="How xmin is chosen (when analysing).")]
-Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N (when analysing).")]
+Device = Annotated[str, typer.Option(metavar="DEVICE", help="auto, cpu, cuda or cuda:N (when analysing).")]
+Include = Annotated[list[str] | None, typer.Option(
+    "--include", metavar="REGEX", callback=_regex_list,
+    help="Only the tensors whose name matches (repeatable; decay-map: instead of the block matrices).")]
+Exclude = Annotated[list[str] | None, typer.Option(
+    "--exclude", metavar="REGEX", callback=_regex_list, help="Leave out the tensors whose name matches (repeatable).")]
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -127,10 +142,10 @@ class RateColumn(ProgressColumn):
         return Text(f"{task.speed:.1f} matrices/s" if task.speed else "", style="progress.data.speed")
 
 
-def analyse(source: str, estimator: str, device, quiet: bool, header: str | None = None, **options):
-    """run() with a progress bar (matrices done, matrices/s, ETA) on stderr, and `header` printed once the
+def analyze_with_progress(source: str, estimator: str, device, quiet: bool, header: str | None = None, **options):
+    """analyze_checkpoint() with a progress bar (matrices done, matrices/s, ETA) on stderr, and `header` printed once the
     work is planned (so that bad input ends in a lone `error:` line)."""
-    from ..analysis import run
+    from ..analysis import analyze_checkpoint
     from ..checkpoint import open_checkpoint
     from ..esd import resolve_device
 
@@ -146,7 +161,7 @@ def analyse(source: str, estimator: str, device, quiet: bool, header: str | None
                 bar.console.print(header, highlight=False)
             bar.update(task, completed=done, total=total)
 
-        return run(source, estimator, device, progress=progress, **options)
+        return analyze_checkpoint(source, estimator, device, progress=progress, **options)
 
 
 def load(source: str, estimator: str, device: str, quiet: bool, spectra_file: Path | None = None,
@@ -157,7 +172,7 @@ def load(source: str, estimator: str, device: str, quiet: bool, spectra_file: Pa
 
     path = Path(source)
     if path.suffix not in TABLE_SUFFIXES or not path.is_file():
-        result = analyse(source, estimator, device, quiet, keep_spectra=True, split_fused=split_fused)
+        result = analyze_with_progress(source, estimator, device, quiet, keep_spectra=True, split_fused=split_fused)
         return result.table, result.spectra
     npz = spectra_file or path.with_suffix(".npz")
     return read_results(path), (read_spectra(npz) if spectra_file or npz.exists() else {})
@@ -202,11 +217,12 @@ def regexes(patterns: list[str], option: str) -> list[str]:
     return patterns
 
 
-def report_figures(rendered) -> None:
-    """`drew PATH` per figure, `skipped FIGURE: why` per figure not drawn; none drawn at all is an error."""
+def report_figures(rendered, quiet: bool = False) -> None:
+    """`drew PATH` per figure (not with -q), `skipped FIGURE: why` per figure not drawn (a warning); none
+    drawn at all is an error."""
     if not rendered.written:
         fail("no figure could be drawn: " + "; ".join(rendered.skipped))
-    for path in rendered.written:
+    for path in [] if quiet else rendered.written:
         out.print(f"drew {path}", highlight=False)
     for line in rendered.skipped:
         err.print(Text(f"skipped {line}"), style="yellow", highlight=False)

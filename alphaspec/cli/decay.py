@@ -8,11 +8,13 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ..choices import ASSIGN, PRESERVE
+from ..choices import ASSIGN, DECAY_METRICS, PRESERVE
+from ..decayspec import DecaySpec
 from .common import (
     Device,
-    Estimator,
     EstimatorOption,
+    Exclude,
+    Include,
     Quiet,
     app,
     choice_enum,
@@ -21,11 +23,15 @@ from .common import (
     load,
     out,
     ratio_pair,
-    regexes,
 )
 
 Assign = choice_enum("Assign", ASSIGN)
 Preserve = choice_enum("Preserve", PRESERVE)
+Metric = choice_enum("Metric", DECAY_METRICS)
+
+
+def _value(choice) -> str:
+    return getattr(choice, "value", choice)  # an Enum member from the command line, a str default
 
 
 @app.command("decay-map", no_args_is_help=True, epilog="""
@@ -44,38 +50,37 @@ def decay_map(
     output: Annotated[Path, typer.Option("-o", "--output", help="The decay map to write (.json).")],
     weight_decay: Annotated[float, typer.Option("--weight-decay", min=0.0, callback=finite, help="Base decay w (AdamW-style; "
                                                 "Adam with L2 uses ~1e-5 to 1e-6).")] = 0.1,
-    ratio: Annotated[tuple[float, float], typer.Option("--ratio", callback=ratio_pair,
-                                                       help="linear: decays span s1*w .. s2*w.")] = (0.67, 3.0),
-    assign: Annotated[Assign, typer.Option("--assign", help="How metric values become decays.")] = Assign.linear,
-    estimator: EstimatorOption = Estimator.median,
-    metric: Annotated[str, typer.Option("--metric", help="alpha, alpha_weighted, spectral_norm, frobenius_norm, "
-                                        "stable_rank, log_spectral_norm, log_norm, entropy or lambda_max.")] = "alpha",
+    ratio: Annotated[tuple[float, float], typer.Option("--ratio", callback=ratio_pair, metavar="S1 S2",
+                                                       help="linear: decays span s1·w .. s2·w.")] = DecaySpec.ratio,
+    assign: Annotated[Assign, typer.Option("--assign", help="How metric values become decays.")] = DecaySpec.assign,
+    estimator: EstimatorOption = DecaySpec.estimator,
+    metric: Annotated[Metric, typer.Option("--metric", metavar="METRIC", help="The spectral metric behind the decays: "
+                                           + ", ".join(DECAY_METRICS) + ".")]
+    = DecaySpec.metric,
     preserve_mean: Annotated[Preserve, typer.Option("--preserve-mean", help="Rescale so the plain (modules) or "
-                                                    "parameter-weighted (params) mean decay is w.")] = Preserve.none,
-    default_decay: Annotated[str, typer.Option("--default-decay", callback=decay_policy,
+                                                    "parameter-weighted (params) mean decay is w.")]
+    = DecaySpec.preserve_mean,
+    default_decay: Annotated[str, typer.Option("--default-decay", callback=decay_policy, metavar="all|matrices|FLOAT",
                                                help="Untuned parameters: all (w), matrices (w, but "
                                                "0 for 1-D and embeddings) or a number.")] = "all",
-    include: Annotated[list[str] | None, typer.Option("--include", help="Tune the tensors matching (regex) instead of "
-                                                      "the block matrices.")] = None,
-    exclude: Annotated[list[str] | None, typer.Option("--exclude", help="Do not tune tensors matching (regex).")] = None,
+    include: Include = None,
+    exclude: Exclude = None,
     paper_compat: Annotated[bool, typer.Option("--paper-compat", help="Reproduce the AlphaDecay release's decays "
-                                               "exactly (its module choice and formulas; see docs/decay.md).")] = False,
+                                               "exactly (its module choice and formulas; see docs/decay.md).")]
+    = DecaySpec.paper_compat,
     device: Device = "auto",
     quiet: Quiet = False,
 ) -> None:
     """AlphaDecay module-wise weight decays from the spectra, as a JSON map for any training loop."""
-    from ..decay import METRICS, build_decay_map
+    from ..decay import build_decay_map
     from ..output import check_output
 
-    include, exclude = regexes(include or [], "--include"), regexes(exclude or [], "--exclude")
-    if metric not in METRICS:
-        raise typer.BadParameter(f"{metric!r}; choose one of {', '.join(METRICS)}", param_hint="--metric")
+    spec = DecaySpec(ratio=ratio, assign=_value(assign), metric=_value(metric), preserve_mean=_value(preserve_mean),
+                     estimator=_value(estimator), include=include, exclude=exclude, paper_compat=paper_compat)
     check_output(output, (".json",))
     default: str | float = default_decay if default_decay in ("all", "matrices") else float(default_decay)
-    table, _ = load(source, estimator.value, device, quiet, split_fused=not paper_compat)
-    dmap = build_decay_map(table, weight_decay, ratio=ratio, assign=assign.value, metric=metric,
-                           preserve_mean=preserve_mean.value, default=default, include=include, exclude=exclude,
-                           source=source, paper_compat=paper_compat)
+    table, _ = load(source, spec.estimator, device, quiet, split_fused=not paper_compat)
+    dmap = build_decay_map(table, weight_decay, spec, default=default, source=source)
     dmap.save(output)
     if not quiet:
         out.print(_decay_summary(dmap))

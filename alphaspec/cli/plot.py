@@ -14,6 +14,7 @@ from .common import (
     Device,
     Estimator,
     EstimatorOption,
+    Quiet,
     app,
     choice_enum,
     draw,
@@ -53,6 +54,7 @@ def plot(
                                                         "the decay figure (default: linear, w = 0.1).")] = None,
     estimator: EstimatorOption = Estimator.median,
     device: Device = "auto",
+    quiet: Quiet = False,
 ) -> None:
     """Figures: ESDs per module type across layers, alpha per module type and over depth, one matrix's fit,
     and weight decay against alpha."""
@@ -67,18 +69,25 @@ def plot(
     if "training" in kinds:
         if not run_alphas.is_file():
             fail(f"{source}: the training figure needs a run directory of `alphaspec train` with alphas.csv")
-        out.print(f"drew {_training_figure(Path(source), output, fmt.value)}", highlight=False)
+        drawn = _training_figure(Path(source), output, fmt.value)
+        if not quiet:
+            out.print(f"drew {drawn}", highlight=False)
         kinds.remove("training")
         if not kinds:
             return
     if "esd" in kinds and not module:
         fail("the esd figure needs --module NAME (a row name or a regex)", 2)
     dmap = DecayMap.load(decay_map_file) if decay_map_file is not None else None
-    table, spectra = load(source, estimator.value, device, False, spectra_file)
+    table, spectra = load(source, estimator.value, device, quiet, spectra_file)
     if dmap is not None and "decay" in kinds:
         from ..decay import check_map_matches_table
 
         check_map_matches_table(dmap, table, source)
+    note = None
+    if dmap is None and "decay" in kinds:
+        dmap, note = _default_map(table)
+        if dmap is None:
+            kinds.remove("decay")
     names = []
     if "esd" in kinds:
         patterns = regexes([m for m in module if m not in set(table["name"])], "--module")
@@ -89,17 +98,32 @@ def plot(
             fail(f"{source}: the esd figure needs the eigenvalues: run analyze with --save-spectra "
                  f"{Path(source).with_suffix('.npz')} (or pass --spectra)")
         names = [n for n in names if n in spectra]
-    report_figures(draw(table, spectra, output, kinds, fmt.value, names, dmap))
+    rendered = draw(table, spectra, output, kinds, fmt.value, names, dmap)
+    if note and dmap is None:
+        rendered.skipped.append(note)
+    elif note and not quiet:
+        out.print(note, highlight=False)
+    report_figures(rendered, quiet)
+
+
+def _default_map(table):
+    """The decay figure without --decay-map: AlphaDecay's defaults at w = 0.1, said so; or why there is none."""
+    from ..decay import DecayMapError, build_decay_map
+
+    try:
+        return build_decay_map(table, 0.1), "decay figure: the default map (linear, w = 0.1); pass --decay-map for yours"
+    except DecayMapError as e:
+        return None, f"decay: {e}"
 
 
 def _training_figure(run: Path, output: Path, fmt: str) -> Path:
     from ..compare import load_run_json
     from ..output import read_csv_checked
     from ..plots import save_figure
-    from ..train.rundir import ALPHAS
+    from ..train.rundir import ALPHA_COLUMNS
     from ..training_plots import alphas_figure
 
-    alphas = read_csv_checked(run / "alphas.csv", ALPHAS)
+    alphas = read_csv_checked(run / "alphas.csv", ALPHA_COLUMNS)
     if alphas.empty:
         fail(f"{run / 'alphas.csv'}: no rows yet (the run has not analysed its matrices)")
     estimator = load_run_json(run).get("config", {}).get("estimator", "median")

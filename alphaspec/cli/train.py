@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import os
 import typing
-from dataclasses import MISSING, fields
+from dataclasses import MISSING
 from pathlib import Path
 from typing import Annotated
 
@@ -35,28 +35,27 @@ metrics.csv and decay.csv; `alphaspec analyze RUN` and `alphaspec compare RUN...
 
 
 def options() -> list[inspect.Parameter]:
-    """One Typer option per field of TrainConfig: its default, help, section, bounds and flags come from there."""
-    from ..train.config import TrainConfig
+    """One Typer option per field of TrainConfig's sections: default, help, panel, bounds and flags come from there."""
+    from ..train.config import SECTION_TYPES, option_fields
 
-    hints = typing.get_type_hints(TrainConfig)
+    hints = {name: typing.get_type_hints(cls) for name, cls in SECTION_TYPES.items()}
     params = []
-    for f in fields(TrainConfig):
+    for section, f, key in option_fields():
         meta = f.metadata
         if not meta["cli"]:
             continue
-        kind, hint = meta["kind"], hints[f.name]
-        typ = _cli_type(hint, kind)
-        extra = {"callback": {"finite": finite, "ratio": ratio_pair, "policy": decay_policy}.get(kind)}
+        kind = meta["kind"]
+        extra = {"callback": {"finite": finite, "ratio": ratio_pair, "policy": decay_policy}.get(kind),
+                 "min": meta["min"], "max": meta["max"], "metavar": meta["metavar"] or None}
         if meta["choices"]:
-            extra["callback"] = _choice(meta["choices"])
-        extra |= {"min": meta["min"], "max": meta["max"]}
-        helptext = meta["help"] + (f" One of: {', '.join(meta['choices'])}." if meta["choices"] else "")
-        required = f.name == "out"
-        info = typer.Option(*meta["flags"], help=helptext, rich_help_panel=meta["section"], show_default=not required,
-                            **{k: v for k, v in extra.items() if v is not None})
+            extra |= {"callback": _choice(meta["choices"]),
+                      "metavar": meta["metavar"] or "[" + "|".join(meta["choices"]) + "]"}
+        required = key == "out"
+        info = typer.Option(*meta["flags"], help=meta["help"], rich_help_panel=SECTION_TYPES[section].TITLE,
+                            show_default=not required, **{k: v for k, v in extra.items() if v is not None})
         default = inspect.Parameter.empty if required else (None if f.default is MISSING else f.default)
-        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default,
-                                        annotation=Annotated[typ, info]))
+        params.append(inspect.Parameter(key, inspect.Parameter.KEYWORD_ONLY, default=default,
+                                        annotation=Annotated[_cli_type(hints[section][f.name], kind), info]))
     return params
 
 
@@ -81,22 +80,23 @@ def train(ctx: typer.Context, quiet: bool, **settings) -> None:
     from ..esd import resolve_device
     from ..train import TrainConfig
     from ..train import train as run_training
+    from ..train.config import option_fields
 
     given = tuple(p.name for p in ctx.command.params if p.name in settings
                   and getattr(ctx.get_parameter_source(p.name), "name", "") == "COMMANDLINE")  # typer may vendor click
-    lists = {f.name for f in fields(TrainConfig) if f.default is MISSING}  # list fields: Typer gives None for none
+    lists = {key for _, f, key in option_fields() if f.default is MISSING}  # list options: Typer gives None for none
     values = {k: (str(v) if isinstance(v, Path) else [str(x) for x in v or []] if k in lists else v)
               for k, v in settings.items()}
-    cfg = TrainConfig(**values, given=given)
+    cfg = TrainConfig.of(given=given, **values)
     quiet = quiet or int(os.environ.get("RANK", 0)) != 0
     cfg.validate()  # bad options fail before anything is printed
-    resolve_device(cfg.device)
+    resolve_device(cfg.hardware.device)
     with Report(quiet, plain=not err.is_terminal) as report:
         last = run_training(cfg, on_log=report.log, on_start=report.start, on_status=report.status,
                             on_warning=report.warning)
     if not quiet and last:
         eval_part = f", eval loss {last['eval_loss']:.4f} (ppl {last['eval_ppl']:.1f})" if "eval_loss" in last else ""
-        out.print(f"step {last['step']}: loss {last['loss']:.4f}{eval_part}; wrote {cfg.out}", highlight=False)
+        out.print(f"step {last['step']}: loss {last['loss']:.4f}{eval_part}; wrote {cfg.run.out}", highlight=False)
 
 
 def _command():

@@ -1,16 +1,24 @@
 """Every setting of `alphaspec train`, each with its default and help written once (torch-free).
 
-The CLI is generated from these fields (cli/train.py): a field's metadata gives its section of
-`--help`, its help text, its flags and bounds. `validate()` only checks; `settled()` fills the defaults
-that depend on other settings.
+`TrainConfig` holds one dataclass per section (model, data, optimizer, schedule, decay, run,
+hardware), as torchtitan's JobConfig does. Each field is one command-line option, `--lr` for
+`cfg.optimizer.lr`: option names are flat and unique, and `TrainConfig.of(lr=1e-3)` /
+`cfg.flat()` speak them (run.json records `flat()`). The CLI is generated from these fields
+(cli/train.py): a field's metadata gives its help, flags, bounds and choices. `validate()` only
+checks; `settled()` fills the defaults that depend on other settings.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields, replace
+import types
+import typing
+from collections.abc import Iterator
+from dataclasses import Field, dataclass, field, fields, replace
 from pathlib import Path
+from typing import ClassVar
 
 from ..choices import (
     ALPHADECAY_WARMUPS,
@@ -26,136 +34,230 @@ from ..choices import (
     SHARDINGS,
     STRATEGIES,
 )
+from ..decayspec import DecaySpec
 from ..errors import AlphaspecError
-
-SECTIONS = ("Model", "Data", "Optimizer", "Schedule", "Weight-decay strategy", "Run and checkpoints", "Hardware")
 
 
 class ConfigError(AlphaspecError, ValueError):
     """Options that contradict each other or name something that does not exist."""
 
 
-def option(default, section: str, help: str = "", *, flags: tuple[str, ...] = (), min: float | None = None,
-           max: float | None = None, choices: tuple[str, ...] = (), kind: str = "", cli: bool = True):
-    """A config field with what its CLI option needs. kind: "path" (a file or directory), "finite" (a float
-    that must be finite), "ratio", "policy" (all, matrices or a number)."""
-    meta = {"section": section, "help": help, "flags": flags, "min": min, "max": max, "choices": choices,
-            "kind": kind, "cli": cli}
+def option(default, help: str = "", *, key: str = "", flags: tuple[str, ...] = (), min: float | None = None,
+           max: float | None = None, choices: tuple[str, ...] = (), kind: str = "", metavar: str = "",
+           cli: bool = True):
+    """A config field with what its CLI option needs. key: the option's name when it is not the field's
+    (`--model` for `model.name`). kind: "path" (a file or directory), "finite" (a float that must be
+    finite), "ratio", "policy" (all, matrices or a number)."""
+    meta = {"help": help, "key": key, "flags": flags, "min": min, "max": max, "choices": choices, "kind": kind,
+            "metavar": metavar, "cli": cli}
     if isinstance(default, list):
         return field(default_factory=list, metadata=meta)
     return field(default=default, metadata=meta)
 
 
 @dataclass
-class TrainConfig:
-    """Every option of `alphaspec train`, by section; the CLI is built from these fields."""
+class ModelOptions:
+    TITLE: ClassVar[str] = "Model"
+    name: str = option("tiny", "GaLore's LLaMA shapes.", key="model", choices=MODELS)
+    multipliers: str = option("none", "Learnable multipliers (strategy lrm: vector).", choices=MULTIPLIERS)
 
-    # -- model ---------------------------------------------------------------------------------------------------
-    model: str = option("tiny", "Model", "GaLore's LLaMA shapes.", choices=MODELS)
-    multipliers: str = option("none", "Model", "Learnable multipliers (strategy lrm: vector).", choices=MULTIPLIERS)
-    # -- data ----------------------------------------------------------------------------------------------------
-    data: list[str] = option([], "Data", "Text files or directories of *.txt/*.md/*.rst (default: the bundled "
-                             "Shakespeare).", kind="path")
-    val_data: list[str] = option([], "Data", "Held-out text for evaluation (default: the last --val-fraction of "
-                                 "the data).", kind="path")
-    val_fraction: float = option(0.05, "Data", "Share of the text held out when there is no --val-data.", min=0.0,
-                                 max=0.5, kind="finite", cli=False)
-    tokenizer: str | None = option(None, "Data", "A tokenizers JSON file (default: train a byte-level BPE on the "
-                                   "data).", kind="path")
-    vocab_size: int = option(4096, "Data", "Vocabulary of the trained tokenizer.", min=256)
-    seq_len: int = option(128, "Data", "Tokens per sequence.", min=2)
-    # -- optimizer -----------------------------------------------------------------------------------------------
-    optimizer: str = option("adamw", "Optimizer", "adamw (decoupled decay) or adam (L2 decay, the paper's table).",
-                            choices=OPTIMIZERS)
-    lr: float = option(1e-3, "Optimizer", "Peak learning rate.", min=0.0, kind="finite")
-    betas: tuple[float, float] = option((0.9, 0.95), "Optimizer", cli=False)
-    eps: float = option(1e-8, "Optimizer", cli=False)
-    grad_clip: float = option(1.0, "Optimizer", "Global gradient-norm clip (0: off).", min=0.0, kind="finite")
-    batch_size: int = option(16, "Optimizer", "Sequences per optimizer step, over all GPUs.", min=1)
-    micro_batch: int | None = option(None, "Optimizer", "Sequences per forward pass per GPU (gradient accumulation "
-                                     "makes up the rest; default: batch size / GPUs).", min=1)
-    # -- schedule ------------------------------------------------------------------------------------------------
-    steps: int = option(300, "Schedule", "Optimizer steps in total.", min=1)
-    warmup_steps: int = option(30, "Schedule", "Linear warmup, then cosine decay.", min=0)
-    min_lr_ratio: float = option(0.1, "Schedule", "Final learning rate / peak.", min=0.0, max=1.0, kind="finite")
-    # -- weight-decay strategy -----------------------------------------------------------------------------------
-    strategy: str | None = option(None, "Weight-decay strategy", "Default: alphadecay with --decay-map, else "
-                                  "uniform.", choices=STRATEGIES)
-    weight_decay: float = option(0.1, "Weight-decay strategy", "Base decay w.", min=0.0, kind="finite")
-    default_decay: str = option("all", "Weight-decay strategy", "Untuned parameters: all (w), matrices (0 for 1-D "
-                                "and embeddings) or a number.", kind="policy")
-    decay_map: str | None = option(None, "Weight-decay strategy", "Static AlphaDecay decays from `alphaspec "
-                                   "decay-map`.", kind="path")
-    gap: int | None = option(None, "Weight-decay strategy", "Refresh alphadecay/adadecay decays every GAP steps "
-                             "(default: 500, or a tenth of a run shorter than 5000 steps).", min=1)
-    estimator: str = option("median", "Weight-decay strategy", "How xmin is chosen.", flags=("-e", "--estimator"),
+
+@dataclass
+class DataOptions:
+    TITLE: ClassVar[str] = "Data"
+    sources: list[str] = option([], "Text files, or directories of .txt, .md and .rst files (default: the bundled "
+                                "Shakespeare).", key="data", kind="path")
+    val_sources: list[str] = option([], "Held-out text for evaluation (default: the last --val-fraction of the "
+                                    "data).", key="val_data", kind="path")
+    val_fraction: float = option(0.05, "Share of the text held out when there is no --val-data.", min=0.0, max=0.5,
+                                 kind="finite", cli=False)
+    tokenizer: str | None = option(None, "A tokenizers JSON file (default: train a byte-level BPE on the data).",
+                                   kind="path")
+    vocab_size: int = option(4096, "Vocabulary of the trained tokenizer.", min=256)
+    seq_len: int = option(128, "Tokens per sequence.", min=2)
+
+
+@dataclass
+class OptimizerOptions:
+    TITLE: ClassVar[str] = "Optimizer"
+    name: str = option("adamw", "adamw (decoupled decay) or adam (L2 decay, the paper's table).", key="optimizer",
+                       choices=OPTIMIZERS)
+    lr: float = option(1e-3, "Peak learning rate.", min=0.0, kind="finite")
+    betas: tuple[float, float] = option((0.9, 0.95), cli=False)
+    eps: float = option(1e-8, cli=False)
+    grad_clip: float = option(1.0, "Global gradient-norm clip (0: off).", min=0.0, kind="finite")
+    batch_size: int = option(16, "Sequences per optimizer step, over all GPUs.", min=1)
+    micro_batch: int | None = option(None, "Sequences per forward pass per GPU (gradient accumulation makes up the "
+                                     "rest; default: batch size / GPUs).", min=1)
+
+
+@dataclass
+class ScheduleOptions:
+    TITLE: ClassVar[str] = "Schedule"
+    steps: int = option(300, "Optimizer steps in total.", min=1)
+    warmup_steps: int = option(30, "Linear warmup, then cosine decay.", min=0)
+    min_lr_ratio: float = option(0.1, "Final learning rate / peak.", min=0.0, max=1.0, kind="finite")
+
+
+@dataclass
+class DecayOptions:
+    """The weight-decay strategy; the AlphaDecay options take their defaults from DecaySpec."""
+
+    TITLE: ClassVar[str] = "Weight-decay strategy"
+    strategy: str | None = option(None, "Default: alphadecay with --decay-map, else uniform.", choices=STRATEGIES)
+    weight_decay: float = option(0.1, "Base decay w.", min=0.0, kind="finite")
+    default_decay: str = option("all", "Untuned parameters: all (w), matrices (0 for 1-D and embeddings) or a "
+                                "number.", kind="policy", metavar="all|matrices|FLOAT")
+    decay_map: str | None = option(None, "Static AlphaDecay decays from `alphaspec decay-map`.", kind="path")
+    gap: int | None = option(None, "Refresh alphadecay/adadecay decays every GAP steps (default: 500, or a tenth "
+                             "of a run shorter than 5000 steps).", min=1)
+    estimator: str = option(DecaySpec.estimator, "How xmin is chosen.", flags=("-e", "--estimator"),
                             choices=ESTIMATORS)
-    metric: str = option("alpha", "Weight-decay strategy", "Metric behind alphadecay's decays.",
-                         choices=DECAY_METRICS)
-    assign: str | None = option(None, "Weight-decay strategy", "Default: linear; adadecay: sigmoid.", choices=ASSIGN)
-    ratio: tuple[float, float] = option((0.67, 3.0), "Weight-decay strategy", "linear: decays span s1*w .. s2*w.",
-                                        kind="ratio")
-    preserve_mean: str = option("none", "Weight-decay strategy", "Rescale so the plain (modules) or "
-                                "parameter-weighted (params) mean decay is w.", choices=PRESERVE)
-    alphadecay_warmup: str = option("init", "Weight-decay strategy", "Decays before the first refresh: init (from "
-                                    "the initial weights, the paper) or uniform.", choices=ALPHADECAY_WARMUPS)
-    overlap: bool = option(True, "Weight-decay strategy", "Solve alphadecay refreshes alongside training or in "
-                           "line (bit-reproducible).", flags=("--overlap/--no-overlap",))
-    lrm_decay: float = option(2e-3, "Weight-decay strategy", "Weight decay of the multipliers.", min=0.0,
-                              kind="finite")
-    lrm_lr_mult: float = option(1.0, "Weight-decay strategy", "Multipliers' LR relative to --lr.", min=0.0,
-                                kind="finite")
-    # -- run and checkpoints -------------------------------------------------------------------------------------
-    out: str = option("runs/default", "Run and checkpoints", "The run directory to create (or continue with "
-                      "--resume).", kind="path")
-    resume: bool = option(False, "Run and checkpoints", "Continue the run in --out from its last checkpoint.",
-                          flags=("--resume",))
-    seed: int = option(0, "Run and checkpoints", "Initialisation and data order.")
-    log_every: int = option(10, "Run and checkpoints", "Steps per metrics row.", min=1)
-    eval_every: int = option(100, "Run and checkpoints", "Steps per evaluation.", min=1)
-    eval_windows: int = option(64, "Run and checkpoints", "Validation windows per evaluation.", min=1)
-    analyze_every: int | None = option(None, "Run and checkpoints", "Fit the block matrices' spectra into "
-                                       "alphas.csv every N steps (default: --eval-every; 0: never).", min=0)
-    checkpoint_every: int = option(500, "Run and checkpoints", "Steps per checkpoint.", min=1)
-    keep_checkpoints: int = option(2, "Run and checkpoints", "Newest checkpoints kept.", min=1)
-    # -- hardware ------------------------------------------------------------------------------------------------
-    device: str = option("auto", "Hardware", "auto, cpu, cuda or cuda:N.")
-    precision: str = option("auto", "Hardware", "auto (bf16 autocast on CUDA), bf16 or fp32; weights stay fp32.",
+    metric: str = option(DecaySpec.metric, "Metric behind alphadecay's decays: " + ", ".join(DECAY_METRICS) + ".",
+                         choices=DECAY_METRICS, metavar="METRIC")
+    assign: str | None = option(None, f"Default: {DecaySpec.assign}; adadecay: sigmoid.", choices=ASSIGN)
+    ratio: tuple[float, float] = option(DecaySpec.ratio, "linear: decays span s1·w .. s2·w.", kind="ratio")
+    preserve_mean: str = option(DecaySpec.preserve_mean, "Rescale so the plain (modules) or parameter-weighted "
+                                "(params) mean decay is w.", choices=PRESERVE)
+    alphadecay_warmup: str = option("init", "Decays before the first refresh: init (from the initial weights, the "
+                                    "paper) or uniform.", choices=ALPHADECAY_WARMUPS)
+    overlap: bool = option(True, "Solve alphadecay refreshes alongside training or in line (bit-reproducible).",
+                           flags=("--overlap/--no-overlap",))
+    lrm_decay: float = option(2e-3, "Weight decay of the multipliers.", min=0.0, kind="finite")
+    lrm_lr_mult: float = option(1.0, "Multipliers' LR relative to --lr.", min=0.0, kind="finite")
+
+    def spec(self, assign: str = DecaySpec.assign) -> DecaySpec:
+        """The DecaySpec these options describe (`assign` when --assign is not given)."""
+        return DecaySpec(ratio=self.ratio, assign=self.assign or assign, metric=self.metric,
+                         preserve_mean=self.preserve_mean, estimator=self.estimator)
+
+
+@dataclass
+class RunOptions:
+    TITLE: ClassVar[str] = "Run and checkpoints"
+    out: str = option("runs/default", "The run directory to create (or continue with --resume).", kind="path")
+    resume: bool = option(False, "Continue the run in --out from its last checkpoint.", flags=("--resume",))
+    seed: int = option(0, "Initialisation and data order.")
+    log_every: int = option(10, "Steps per metrics row.", min=1)
+    eval_every: int = option(100, "Steps per evaluation.", min=1)
+    eval_windows: int = option(64, "Validation windows per evaluation.", min=1)
+    analyze_every: int | None = option(None, "Fit the block matrices' spectra into alphas.csv every N steps "
+                                       "(default: --eval-every; 0: never).", min=0)
+    checkpoint_every: int = option(500, "Steps per checkpoint.", min=1)
+    keep_checkpoints: int = option(2, "Newest checkpoints kept.", min=1)
+
+
+@dataclass
+class HardwareOptions:
+    TITLE: ClassVar[str] = "Hardware"
+    device: str = option("auto", "auto, cpu, cuda or cuda:N.", metavar="DEVICE")
+    precision: str = option("auto", "auto (bf16 autocast on CUDA), bf16 or fp32; weights stay fp32.",
                             choices=PRECISIONS)
-    compile: bool = option(False, "Hardware", "torch.compile the model.", flags=("--compile/--no-compile",))
-    sharding: str = option("ddp", "Hardware", "Under torchrun: ddp (replicated weights) or fsdp (FSDP2: weights, "
-                           "gradients and optimizer state sharded).", choices=SHARDINGS)
-    # the fields set on purpose (CLI: the options on the command line; None: those that differ from the defaults)
-    given: tuple[str, ...] | None = option(None, "Run and checkpoints", cli=False)
+    compile: bool = option(False, "torch.compile the model.", flags=("--compile/--no-compile",))
+    sharding: str = option("ddp", "Under torchrun: ddp (replicated weights) or fsdp (FSDP2: weights, gradients "
+                           "and optimizer state sharded).", choices=SHARDINGS)
+
+
+SECTION_TYPES = {"model": ModelOptions, "data": DataOptions, "optimizer": OptimizerOptions,
+                 "schedule": ScheduleOptions, "decay": DecayOptions, "run": RunOptions, "hardware": HardwareOptions}
+SECTIONS = tuple(t.TITLE for t in SECTION_TYPES.values())  # the panels of `alphaspec train --help`
+
+
+def _section(name: str):
+    return field(default_factory=SECTION_TYPES[name])
+
+
+@dataclass
+class TrainConfig:
+    """Every option of `alphaspec train`, one dataclass per section; the CLI is built from these fields."""
+
+    model: ModelOptions = _section("model")
+    data: DataOptions = _section("data")
+    optimizer: OptimizerOptions = _section("optimizer")
+    schedule: ScheduleOptions = _section("schedule")
+    decay: DecayOptions = _section("decay")
+    run: RunOptions = _section("run")
+    hardware: HardwareOptions = _section("hardware")
+    # the options set on purpose (CLI: those on the command line; None: those that differ from the defaults)
+    given: tuple[str, ...] | None = None
+
+    @classmethod
+    def of(cls, given: tuple[str, ...] | None = None, **options) -> TrainConfig:
+        """A config from option names, as on the command line: `TrainConfig.of(steps=50, lr=3e-4)`."""
+        return cls().with_options(given=given, **options)
+
+    def with_options(self, given: tuple[str, ...] | None = None, **options) -> TrainConfig:
+        """A copy with options (by option name) changed."""
+        where = {key: (section, f) for section, f, key in option_fields()}
+        unknown = sorted(set(options) - set(where))
+        if unknown:
+            raise ConfigError(f"unknown option(s) {', '.join(unknown)}")
+        parts = {name: getattr(self, name) for name in SECTION_TYPES}
+        for key, value in options.items():
+            section, f = where[key]
+            if isinstance(f.default, tuple) and isinstance(value, list):  # from JSON
+                value = tuple(value)
+            parts[section] = replace(parts[section], **{f.name: value})
+        return replace(self, **parts, given=self.given if given is None else tuple(given))
+
+    def flat(self) -> dict:
+        """Option name -> value, for every option (what run.json records and compare reads)."""
+        return {key: _plain(getattr(getattr(self, section), f.name)) for section, f, key in option_fields()}
+
+    def __getitem__(self, key: str):
+        """The value of one option by its name (`cfg["lr"]`)."""
+        for section, f, k in option_fields():
+            if k == key:
+                return getattr(getattr(self, section), f.name)
+        raise KeyError(key)
 
     def validate(self) -> None:
         """Raise ConfigError naming the option of the first setting that cannot be used; changes nothing."""
-        for f in fields(self):
-            meta, value = f.metadata, getattr(self, f.name)
+        for section, f, key in option_fields():
+            meta, value = f.metadata, getattr(getattr(self, section), f.name)
+            if not _fits(value, _hints(section)[f.name]):
+                hint = _hints(section)[f.name]
+                raise ConfigError(f"--{_flag(key)} {value!r}: expected {getattr(hint, '__name__', hint)}")
             if meta["choices"] and value is not None and value not in meta["choices"]:
-                raise ConfigError(f"--{_flag(f.name)} {value!r}: choose one of {', '.join(meta['choices'])}")
+                raise ConfigError(f"--{_flag(key)} {value!r}: choose one of {', '.join(meta['choices'])}")
             if isinstance(value, int | float) and not isinstance(value, bool) and _out_of_range(value, meta):
-                raise ConfigError(f"--{_flag(f.name)} {value!r}: must be a finite number "
-                                  f"{_bounds(meta)}")
-        if self.decay_map and self.strategy not in (None, "alphadecay"):
-            raise ConfigError(f"--decay-map is AlphaDecay's static map; it cannot be used with strategy {self.strategy!r}")
-        s1, s2 = self.ratio
+                raise ConfigError(f"--{_flag(key)} {value!r}: must be a finite number {_bounds(meta)}")
+        d = self.decay
+        if d.decay_map and d.strategy not in (None, "alphadecay"):
+            raise ConfigError(f"--decay-map is AlphaDecay's static map; it cannot be used with strategy {d.strategy!r}")
+        s1, s2 = d.ratio
         if not (math.isfinite(s1) and math.isfinite(s2) and 0 <= s1 < s2):
             raise ConfigError(f"--ratio {s1} {s2}: need finite numbers with 0 <= S1 < S2")
-        if self.default_decay not in DEFAULT_POLICIES:
+        if d.default_decay not in DEFAULT_POLICIES:
             try:
-                number = float(self.default_decay)
+                number = float(d.default_decay)
             except ValueError:
-                raise ConfigError(f"--default-decay {self.default_decay!r}: use all, matrices or a number") from None
+                raise ConfigError(f"--default-decay {d.default_decay!r}: use all, matrices or a number") from None
             if not math.isfinite(number) or number < 0:
-                raise ConfigError(f"--default-decay {self.default_decay!r}: a decay must be a finite number >= 0")
+                raise ConfigError(f"--default-decay {d.default_decay!r}: a decay must be a finite number >= 0")
 
     def settled(self) -> TrainConfig:
         """A copy with the defaults that depend on other settings filled in (the strategy a decay map implies,
         the multipliers strategy lrm implies). The refresh gap waits for the run's own length (default_gap)."""
-        strategy = self.strategy or ("alphadecay" if self.decay_map else "uniform")
-        multipliers = "vector" if strategy == "lrm" and self.multipliers == "none" else self.multipliers
-        return replace(self, strategy=strategy, multipliers=multipliers)
+        strategy = self.decay.strategy or ("alphadecay" if self.decay.decay_map else "uniform")
+        multipliers = "vector" if strategy == "lrm" and self.model.multipliers == "none" else self.model.multipliers
+        return self.with_options(strategy=strategy, multipliers=multipliers)
+
+
+def option_fields() -> Iterator[tuple[str, Field, str]]:
+    """(section attribute, field, option name) for every option, in --help order."""
+    for section, cls in SECTION_TYPES.items():
+        for f in fields(cls):
+            yield section, f, f.metadata["key"] or f.name
+
+
+@functools.cache
+def _hints(section: str) -> dict:
+    return typing.get_type_hints(SECTION_TYPES[section])
+
+
+def _plain(value):
+    return list(value) if isinstance(value, tuple) else value
 
 
 def _flag(name: str) -> str:
@@ -185,36 +287,54 @@ RESUMABLE = ("out", "resume", "steps", "device", "compile", "sharding", "overlap
 def resumed_config(saved: dict, cfg: TrainConfig, where: str | Path = "the checkpoint",
                    from_checkpoint: bool = True) -> TrainConfig:
     """The run's own config (from its checkpoint, or run.json for a run restarted at step 0), with the
-    RESUMABLE fields `cfg` sets on purpose (cfg.given; else those that differ from the defaults). Any
-    other field set on purpose must equal the run's own value. From a checkpoint, decays come from it,
+    RESUMABLE options `cfg` sets on purpose (cfg.given; else those that differ from the defaults). Any
+    other option set on purpose must equal the run's own value. From a checkpoint, decays come from it,
     not a fresh solve. A settings record that cannot be read is `damaged` (AlphaspecError)."""
-    try:
-        return _merged_config(saved, cfg, from_checkpoint)
-    except ConfigError:
-        raise
-    except (TypeError, ValueError, KeyError) as e:
-        raise DamagedSettings(f"{where}: the run's settings are damaged ({type(e).__name__}: {e})") from e
+    own = _recorded_config(saved, where)
+    current, defaults = cfg.flat(), TrainConfig().flat()
+    recorded = own.flat()
+    given = cfg.given if cfg.given is not None else [k for k in current if current[k] != defaults[k]]
+    different = [k for k in given if k not in RESUMABLE and k in saved
+                 and json.dumps(current[k]) != json.dumps(recorded[k])]
+    if different:
+        raise ConfigError(
+            "a resumed run keeps its own settings: " + ", ".join(f"--{_flag(k)} {current[k]!r} "
+                                                                 f"(the run has {recorded[k]!r})" for k in different)
+            + "; only " + ", ".join(f"--{_flag(k)}" for k in RESUMABLE if k not in ("out", "resume")) + " can change")
+    changes = {k: current[k] for k in {*given, "out", "resume"} if k in RESUMABLE}
+    out = own.with_options(**changes, **({"alphadecay_warmup": "uniform"} if from_checkpoint else {}))
+    out.validate()
+    return out
 
 
 class DamagedSettings(AlphaspecError, ValueError):
     """A run's recorded settings (checkpoint or run.json) that do not make a TrainConfig."""
 
 
-def _merged_config(saved: dict, cfg: TrainConfig, from_checkpoint: bool) -> TrainConfig:
-    current, defaults = asdict(cfg), asdict(TrainConfig())
-    given = cfg.given if cfg.given is not None else [k for k in current if current[k] != defaults[k]]
-    different = [k for k in given if k not in RESUMABLE and k in saved and k != "given"
-                 and json.dumps(current[k]) != json.dumps(saved[k])]
-    if different:
-        raise ConfigError(
-            "a resumed run keeps its own settings: " + ", ".join(f"--{_flag(k)} {current[k]!r} "
-                                                                 f"(the run has {saved[k]!r})" for k in different)
-            + "; only " + ", ".join(f"--{_flag(k)}" for k in RESUMABLE if k not in ("out", "resume")) + " can change")
-    changes = {k: current[k] for k in {*given, "out", "resume"} if k in RESUMABLE}
-    merged = {**saved, **changes, "given": None}
-    if from_checkpoint:
-        merged["alphadecay_warmup"] = "uniform"
-    merged["betas"], merged["ratio"] = tuple(merged["betas"]), tuple(merged["ratio"])
-    out = TrainConfig(**{k: v for k, v in merged.items() if k in {f.name for f in fields(TrainConfig)}})
-    out.validate()
-    return out
+def _recorded_config(saved: dict, where: str | Path) -> TrainConfig:
+    """The TrainConfig a run recorded (option name -> value; names this version does not know are ignored)."""
+    try:
+        if not isinstance(saved, dict):
+            raise TypeError(f"a {type(saved).__name__}, not a mapping of options")
+        known = TrainConfig().flat()
+        cfg = TrainConfig.of(**{k: v for k, v in saved.items() if k in known})
+        cfg.validate()
+        return cfg
+    except (ConfigError, TypeError, ValueError) as e:
+        raise DamagedSettings(f"{where}: the run's settings are damaged ({type(e).__name__}: {e})") from e
+
+
+def _fits(value, hint) -> bool:
+    """Whether a value has the type of a field (JSON lists stand for tuples)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if origin is list:
+        return isinstance(value, list) and all(_fits(v, args[0]) for v in value)
+    if origin is tuple:
+        return isinstance(value, list | tuple) and len(value) == len(args) and all(map(_fits, value, args))
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)

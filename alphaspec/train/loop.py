@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import platform
 import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from .._version import __version__
 from ..analysis import analyze_tensors, records
 from ..compare import load_run_json
 from ..decay import DecayMap, is_tuned_candidate
+from ..distributed import launched
 from ..errors import AlphaspecError
 from ..esd import resolve_device
 from ..hook import full_tensor
@@ -30,10 +30,10 @@ from . import parallel
 from .config import ConfigError, TrainConfig, default_gap, resumed_config
 from .model import PRESETS, Llama, ModelConfig, count_params, hf_tensors
 from .rundir import (
-    ALPHAS,
-    DECAYS,
+    ALPHA_COLUMNS,
+    DECAY_COLUMNS,
     MAP_COPY,
-    METRICS,
+    METRICS_COLUMNS,
     CsvLog,
     RunDir,
     RunError,
@@ -48,51 +48,46 @@ from .strategies import Strategy, clip_parameters, make_strategy
 log = logging.getLogger("alphaspec")
 
 
-def _distributed() -> tuple[int, int, int]:
-    """rank, world size, local rank: from an initialised process group, else torchrun's environment."""
-    local = int(os.environ.get("LOCAL_RANK", 0))
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size(), local
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), local
-
-
 def _lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
     """Linear warmup, then cosine from 1 down to min_lr_ratio at the last step."""
+    s = cfg.schedule
+
     def f(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
-        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        if step < s.warmup_steps:
+            return (step + 1) / s.warmup_steps
+        progress = min(1.0, (step - s.warmup_steps) / max(1, s.steps - s.warmup_steps))
+        return s.min_lr_ratio + (1 - s.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
     return f
 
 
 def make_optimizer(cfg: TrainConfig, groups: list[dict], device: torch.device) -> torch.optim.Optimizer:
     """AdamW (decoupled decay: θ ← θ − lr·(u + λθ)) or Adam with L2 decay (λθ added to the gradient), docs/math.md §4."""
-    opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    opt_cls = torch.optim.AdamW if cfg.optimizer.name == "adamw" else torch.optim.Adam
     fused = {"fused": True} if device.type == "cuda" else {}
-    return opt_cls(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay, **fused)
+    o = cfg.optimizer
+    return opt_cls(groups, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=cfg.decay.weight_decay, **fused)
 
 
 def train(cfg: TrainConfig, on_log: Callable[[dict], None] | None = None,
           on_start: Callable[[dict], None] | None = None, on_status: Callable[[str], None] | None = None,
           on_warning: Callable[[str], None] | None = None) -> dict:
-    """Run (or resume) one training run into cfg.out; returns the last metrics row. Launch with torchrun for
+    """Run (or resume) one training run into cfg.run.out; returns the last metrics row. Launch with torchrun for
     DDP or FSDP2. on_status gets a line about each preparation step (reading, tokenising, ...),
     on_start run.json's contents once the model is built, on_log every metrics row, on_warning what the
     user should know (a damaged checkpoint passed over, a restart from step 0); all on rank 0 only."""
     cfg.validate()
     cfg = cfg.settled()
-    rank, world, local = _distributed()
+    rank, world, local = launched()
     owns_group = world > 1 and not dist.is_initialized()
     if owns_group:
-        dist.init_process_group("nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo")
+        dist.init_process_group("nccl" if torch.cuda.is_available() and cfg.hardware.device != "cpu" else "gloo")
     # under torchrun each rank takes the GPU of its local rank, unless a device index was given
-    one_gpu_each = world > 1 and cfg.device in ("auto", "cuda") and torch.cuda.is_available()
-    device = resolve_device(f"cuda:{local}" if one_gpu_each else cfg.device)
+    one_gpu_each = world > 1 and cfg.hardware.device in ("auto", "cuda") and torch.cuda.is_available()
+    device = resolve_device(f"cuda:{local}" if one_gpu_each else cfg.hardware.device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    run = Path(cfg.out)
+    run = Path(cfg.run.out)
     rd = RunDir(run) if rank == 0 else None  # the lock: one trainer per run directory
     marks: dict = {}
     try:
@@ -115,7 +110,7 @@ def train(cfg: TrainConfig, on_log: Callable[[dict], None] | None = None,
 def _open(cfg: TrainConfig, run: Path, rd: RunDir | None, rank: int, world: int, on_status,
           on_warning) -> tuple[TrainConfig, dict | None]:
     """The run's config and checkpoint (None for a fresh run), with its tokenizer and token streams ready."""
-    how, ckpt_path, state = (plan_start(rd, cfg.resume), None, None) if rank == 0 else (None, None, None)
+    how, ckpt_path, state = (plan_start(rd, cfg.run.resume), None, None) if rank == 0 else (None, None, None)
     if how == "resume":
         ckpt_path, state = load_checkpoint(run, on_warning)
     how, ckpt_path = _from_rank0([how, ckpt_path], world)
@@ -123,7 +118,7 @@ def _open(cfg: TrainConfig, run: Path, rd: RunDir | None, rank: int, world: int,
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     if state:
         cfg = resumed_config(state["config"], cfg, where=ckpt_path)
-        if state["step"] >= cfg.steps:
+        if state["step"] >= cfg.schedule.steps:
             raise RunError(f"{run}: the run is already at step {state['step']}; pass a larger --steps to extend it")
         missing = [f for f in ("tokenizer.json", "data/tokens.npy") if not (run / f).is_file()]
         if missing:
@@ -135,10 +130,10 @@ def _open(cfg: TrainConfig, run: Path, rd: RunDir | None, rank: int, world: int,
             on_warning(f"{run} has no checkpoint yet: starting it again from step 0")
     if rank == 0:
         if how != "resume":  # the settings are on record from the start, so a run killed early can be restarted
-            write_json(run / "run.json", {"config": asdict(cfg), "alphaspec": __version__})
-        if cfg.decay_map and not (run / MAP_COPY).exists():  # the run keeps its own copy: resumable without it
-            DecayMap.load(cfg.decay_map).save(run / MAP_COPY)
-        datamod.prepare(run, cfg.data, cfg.vocab_size, cfg.tokenizer, cfg.val_data, on_status)
+            write_json(run / "run.json", {"config": cfg.flat(), "alphaspec": __version__})
+        if cfg.decay.decay_map and not (run / MAP_COPY).exists():  # the run keeps its own copy: resumable without it
+            DecayMap.load(cfg.decay.decay_map).save(run / MAP_COPY)
+        datamod.prepare(run, cfg.data.sources, cfg.data.vocab_size, cfg.data.tokenizer, cfg.data.val_sources, on_status)
         on_status("building the model")
     _barrier(world)
     return cfg, state
@@ -153,11 +148,11 @@ def _from_rank0(values: list, world: int) -> list:
 
 def _build(cfg: TrainConfig, mcfg: ModelConfig, state: dict | None, device: torch.device, world: int):
     """Model (wrapped for DDP/FSDP2), strategy, optimizer and scheduler, restored from `state` if given."""
-    torch.manual_seed(cfg.seed)
-    model = Llama(mcfg, lrm=cfg.multipliers).to(device)
+    torch.manual_seed(cfg.run.seed)
+    model = Llama(mcfg, lrm=cfg.model.multipliers).to(device)
     if state:
         model.load_state_dict(state["model"])
-    net = parallel.wrap(model, world, device, cfg.sharding, _bf16(cfg, device))  # FSDP2 shards in place
+    net = parallel.wrap(model, world, device, cfg.hardware.sharding, _bf16(cfg, device))  # FSDP2 shards in place
     strategy = make_strategy(cfg)
     optimizer = make_optimizer(cfg, strategy.param_groups(model), device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
@@ -172,15 +167,15 @@ def _build(cfg: TrainConfig, mcfg: ModelConfig, state: dict | None, device: torc
 
 
 def _bf16(cfg: TrainConfig, device: torch.device) -> bool:
-    return cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+    return cfg.hardware.precision == "bf16" or (cfg.hardware.precision == "auto" and device.type == "cuda")
 
 
 def _split(cfg: TrainConfig, world: int) -> tuple[int, int]:
     """(micro batch per rank, accumulation steps) that make up the global batch."""
-    micro = cfg.micro_batch or max(1, cfg.batch_size // world)
-    if cfg.batch_size % (micro * world):
-        raise ConfigError(f"batch size {cfg.batch_size} is not a multiple of micro batch {micro} x {world} rank(s)")
-    return micro, cfg.batch_size // (micro * world)
+    micro = cfg.optimizer.micro_batch or max(1, cfg.optimizer.batch_size // world)
+    if cfg.optimizer.batch_size % (micro * world):
+        raise ConfigError(f"batch size {cfg.optimizer.batch_size} is not a multiple of micro batch {micro} x {world} rank(s)")
+    return micro, cfg.optimizer.batch_size // (micro * world)
 
 
 @dataclass
@@ -216,12 +211,12 @@ def _train(cfg: TrainConfig, path: Path, rd: RunDir | None, rank: int, world: in
     cfg, last = r.cfg, {}
     loss_sum, n_loss, t_last = torch.zeros((), device=device), 0, time.perf_counter()
     marks["started"] = True
-    for step in range(r.start + 1, cfg.steps + 1):
+    for step in range(r.start + 1, cfg.schedule.steps + 1):
         # forward and backward over the micro-batches; gradients are reduced over ranks on the last one only
         loss_sum += _accumulate(r, step)
         n_loss += r.accum
         # clip, step, and let the strategy set its decays around the optimizer step
-        grad_norm = full_tensor(torch.nn.utils.clip_grad_norm_(r.clip, cfg.grad_clip if cfg.grad_clip > 0 else math.inf))
+        grad_norm = full_tensor(torch.nn.utils.clip_grad_norm_(r.clip, cfg.optimizer.grad_clip or math.inf))
         r.strategy.before_step(step, r.net, r.optimizer, grad_norm)
         r.optimizer.step()
         r.scheduler.step()
@@ -229,11 +224,11 @@ def _train(cfg: TrainConfig, path: Path, rd: RunDir | None, rank: int, world: in
         r.strategy.after_step(step)
         _record_decays_and_spectra(r, step)
         # log (every log_every steps and at each evaluation), evaluate, checkpoint
-        do_eval = step % cfg.eval_every == 0 or step == cfg.steps
-        if step % cfg.log_every and not do_eval:
+        do_eval = step % cfg.run.eval_every == 0 or step == cfg.schedule.steps
+        if step % cfg.run.log_every and not do_eval:
             continue
         last = _log(r, step, loss_sum, n_loss, grad_norm, time.perf_counter() - t_last, do_eval, on_log)
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+        if step % cfg.run.checkpoint_every == 0 or step == cfg.schedule.steps:
             _checkpoint(path, step, r.model, r.optimizer, r.scheduler, r.strategy, r.mcfg, cfg, rank)
         loss_sum.zero_()
         n_loss, t_last = 0, time.perf_counter()
@@ -251,30 +246,31 @@ def _prepare(cfg: TrainConfig, path: Path, rd: RunDir | None, rank: int, world: 
     files a run starts with: run.json, the weights, the logs (rows past the checkpoint dropped)."""
     _split(cfg, world)  # before anything is written
     cfg, state = _open(cfg, path, rd, rank, world, on_status, on_warning)
-    if cfg.gap is None:  # resolved once the run's own settings are known, and recorded in run.json
-        cfg.gap = default_gap(cfg.steps)
+    if cfg.decay.gap is None:  # resolved once the run's own settings are known, and recorded in run.json
+        cfg = cfg.with_options(gap=default_gap(cfg.schedule.steps))
     micro, accum = _split(cfg, world)
     vocab = datamod.load_tokenizer(path / "tokenizer.json").get_vocab_size()
-    tokens = datamod.load_tokens(path, cfg.val_fraction, cfg.seq_len, vocab)
-    mcfg = ModelConfig(vocab_size=vocab, max_position_embeddings=cfg.seq_len, **PRESETS[cfg.model])
+    tokens = datamod.load_tokens(path, cfg.data.val_fraction, cfg.data.seq_len, vocab)
+    mcfg = ModelConfig(vocab_size=vocab, max_position_embeddings=cfg.data.seq_len, **PRESETS[cfg.model.name])
     model, net, strategy, optimizer, scheduler = _build(cfg, mcfg, state, device, world)
     bf16 = _bf16(cfg, device)
     r = Run(cfg, path, rank, world, device, micro, accum, tokens, mcfg, model, net,
-            torch.compile(net) if cfg.compile else net, strategy, optimizer, scheduler,
+            torch.compile(net) if cfg.hardware.compile else net, strategy, optimizer, scheduler,
             (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else nullcontext,
-            cfg.eval_every if cfg.analyze_every is None else cfg.analyze_every, state["step"] if state else 0,
+            cfg.run.eval_every if cfg.run.analyze_every is None else cfg.run.analyze_every, state["step"] if state else 0,
             clip_parameters(model))
     resume_at = r.start if state else None  # CSV rows past it are dropped
     weights = hf_tensors(parallel.model_state(model), mcfg.tie_word_embeddings)
-    first_alphas = spectra_rows(model, 0, cfg.estimator, rank) if not state and r.analyze_every else []
+    first_alphas = spectra_rows(model, 0, cfg.decay.estimator, rank) if not state and r.analyze_every else []
     if rank == 0:
         info = _run_info(cfg, path, device, world, count_params(model), micro, accum, bf16, resume_at)
         write_json(path / "run.json", info)
         if on_start:
-            on_start({**info, "config": asdict(cfg), "start_step": r.start})  # the settings in force now
+            on_start({**info, "config": cfg.flat(), "start_step": r.start})  # the settings in force now
         save_weights(path, weights, mcfg.hf_config())
         r.logs = {name: CsvLog(path / file, columns, resume_at, on_warning) for name, file, columns in
-                  (("metrics", "metrics.csv", METRICS), ("decays", "decay.csv", DECAYS), ("alphas", "alphas.csv", ALPHAS))}
+                  (("metrics", "metrics.csv", METRICS_COLUMNS), ("decays", "decay.csv", DECAY_COLUMNS),
+                   ("alphas", "alphas.csv", ALPHA_COLUMNS))}
         r.logs["decays"].write(strategy.decay_rows())
         r.logs["alphas"].write(first_alphas)
     return r
@@ -285,7 +281,8 @@ def _accumulate(r: Run, step: int) -> torch.Tensor:
     total = torch.zeros((), device=r.device)
     cfg = r.cfg
     for m in range(r.accum):
-        x, y = r.tokens.batch(step, cfg.batch_size, cfg.seq_len, cfg.seed, r.rank * r.accum + m, r.world * r.accum)
+        x, y = r.tokens.batch(step, cfg.optimizer.batch_size, cfg.data.seq_len, cfg.run.seed, r.rank * r.accum + m,
+                              r.world * r.accum)
         with parallel.sync_gradients(r.net, m == r.accum - 1):
             with r.autocast():
                 loss = F.cross_entropy(r.forward(x.to(r.device)).float().flatten(0, 1), y.to(r.device).flatten())
@@ -297,8 +294,8 @@ def _accumulate(r: Run, step: int) -> torch.Tensor:
 def _record_decays_and_spectra(r: Run, step: int) -> None:
     """The decays the strategy set at this step, and the block matrices' fits every analyze_every steps."""
     new_decays = r.strategy.decay_rows()
-    due = r.analyze_every and (step % r.analyze_every == 0 or step == r.cfg.steps)
-    new_alphas = spectra_rows(r.model, step, r.cfg.estimator, r.rank) if due else []  # every rank (FSDP2 gathers)
+    due = r.analyze_every and (step % r.analyze_every == 0 or step == r.cfg.schedule.steps)
+    new_alphas = spectra_rows(r.model, step, r.cfg.decay.estimator, r.rank) if due else []  # every rank (FSDP2 gathers)
     if r.rank == 0:
         r.logs["decays"].write(new_decays)
         r.logs["alphas"].write(new_alphas)
@@ -311,9 +308,9 @@ def _log(r: Run, step: int, loss_sum: torch.Tensor, n_loss: int, grad_norm: torc
     if r.world > 1:
         dist.all_reduce(loss_sum)
         loss_sum /= r.world
-    row = {"step": step, "tokens": step * cfg.batch_size * cfg.seq_len, "loss": float(loss_sum) / n_loss,
+    row = {"step": step, "tokens": step * cfg.optimizer.batch_size * cfg.data.seq_len, "loss": float(loss_sum) / n_loss,
            "lr": r.scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
-           "tokens_per_s": n_loss / r.accum * cfg.batch_size * cfg.seq_len / seconds}
+           "tokens_per_s": n_loss / r.accum * cfg.optimizer.batch_size * cfg.data.seq_len / seconds}
     if do_eval:
         row["eval_loss"] = evaluate(r.net, r.tokens, cfg, r.micro, r.device, r.autocast, r.rank, r.world)
         row["eval_ppl"] = math.exp(min(row["eval_loss"], 50.0))
@@ -334,7 +331,7 @@ def spectra_rows(model: torch.nn.Module, step: int, estimator: str, rank: int = 
         return []
     table = analyze_tensors(tuned, estimator)
     table.insert(0, "step", step)
-    return records(table[ALPHAS])
+    return records(table[ALPHA_COLUMNS])
 
 
 def _run_info(cfg: TrainConfig, run: Path, device: torch.device, world: int, params: int, micro: int, accum: int,
@@ -348,7 +345,7 @@ def _run_info(cfg: TrainConfig, run: Path, device: torch.device, world: int, par
             log.warning(f"{e}; writing it again from the checkpoint's settings")
             prev = {**_run_info(cfg, run, device, world, params, micro, accum, bf16, None), "started": None}
         return {**prev, "resumed": [*prev.get("resumed", []), {"step": resumed_at, "at": now, "argv": sys.argv}]}
-    return {"argv": sys.argv, "config": asdict(cfg), "alphaspec": __version__, "torch": torch.__version__,
+    return {"argv": sys.argv, "config": cfg.flat(), "alphaspec": __version__, "torch": torch.__version__,
             "python": platform.python_version(), "device": str(device), "world_size": world,
             "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None, "parameters": params,
             "micro_batch": micro, "grad_accum": accum,
@@ -360,8 +357,8 @@ def _checkpoint(run, step, model, optimizer, scheduler, strategy, mcfg, cfg, ran
     model_state, optim_state = parallel.model_state(model), parallel.optimizer_state(model, optimizer)
     if rank == 0:
         state = {"step": step, "model": model_state, "optimizer": optim_state, "scheduler": scheduler.state_dict(),
-                 "strategy": strategy.state_dict(), "rng": {"torch": torch.get_rng_state()}, "config": asdict(cfg)}
-        save_checkpoint(run, step, state, cfg.keep_checkpoints)
+                 "strategy": strategy.state_dict(), "rng": {"torch": torch.get_rng_state()}, "config": cfg.flat()}
+        save_checkpoint(run, step, state, cfg.run.keep_checkpoints)
         save_weights(run, hf_tensors(model_state, mcfg.tie_word_embeddings), mcfg.hf_config())
     _barrier(dist.get_world_size() if dist.is_initialized() else 1)
 
@@ -371,7 +368,7 @@ def evaluate(net, tokens: datamod.TokenData, cfg: TrainConfig, micro: int, devic
     """Mean next-token loss over the fixed validation windows (shared out over ranks)."""
     net.eval()
     total = torch.zeros(2, device=device, dtype=torch.float64)
-    for x, y in tokens.eval_batches(cfg.eval_windows, micro, cfg.seq_len, rank, world):
+    for x, y in tokens.eval_batches(cfg.run.eval_windows, micro, cfg.data.seq_len, rank, world):
         with autocast():
             logits = net(x.to(device))
         total[0] += F.cross_entropy(logits.float().flatten(0, 1), y.to(device).flatten(), reduction="sum").double()

@@ -28,10 +28,10 @@ from safetensors.torch import save_file
 from ..errors import AlphaspecError, first_line
 from ..output import atomic_write
 
-METRICS = ["step", "tokens", "loss", "lr", "grad_norm", "tokens_per_s", "eval_loss", "eval_ppl"]
-DECAYS = ["step", "name", "module", "layer", "metric", "weight_decay"]
-ALPHAS = ["step", "name", "module", "layer", "rows", "cols", "alpha", "xmin", "ks_d", "n_tail", "spectral_norm", "stable_rank",
-          "log_norm", "entropy"]
+METRICS_COLUMNS = ["step", "tokens", "loss", "lr", "grad_norm", "tokens_per_s", "eval_loss", "eval_ppl"]
+DECAY_COLUMNS = ["step", "name", "module", "layer", "metric", "weight_decay"]
+ALPHA_COLUMNS = ["step", "name", "module", "layer", "rows", "cols", "alpha", "xmin", "ks_d", "n_tail", "spectral_norm",
+                 "stable_rank", "log_norm", "entropy"]
 CKPT = re.compile(r"step_(\d+)\.pt$")
 MAP_COPY = "decay-map.json"  # a static AlphaDecay map, as the run used it (resumable without the original)
 

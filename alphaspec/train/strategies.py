@@ -7,7 +7,6 @@ optimizer step, and reports every decay it sets (the rows of RUN/decay.csv).
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -26,7 +25,7 @@ class Strategy:
 
     def __init__(self, cfg):
         self.cfg = cfg
-        self.w = float(cfg.weight_decay)
+        self.w = float(cfg.decay.weight_decay)
         self._rows: list[dict] = []
 
     # -- groups -------------------------------------------------------------------------------------------------
@@ -40,7 +39,7 @@ class Strategy:
     def other_groups(self, params: dict[str, torch.nn.Parameter], taken: set[str], policy: str | None = None,
                      w_other: float | None = None) -> list[dict]:
         """Groups for the untuned parameters (policy `--default-decay`) and the learnable multipliers."""
-        policy = policy or self.cfg.default_decay
+        policy = policy or self.cfg.decay.default_decay
         decayed, no_decay, mults = [], [], []
         for n, p in params.items():
             if n in taken:
@@ -55,8 +54,8 @@ class Strategy:
             w_other = self.w if policy in ("all", "matrices") else float(policy)
         groups = [{"params": decayed, "weight_decay": w_other, "name": "untuned"},
                   {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"},
-                  {"params": mults, "weight_decay": self.cfg.lrm_decay, "name": "multipliers",
-                   "lr": self.cfg.lr * self.cfg.lrm_lr_mult}]
+                  {"params": mults, "weight_decay": self.cfg.decay.lrm_decay, "name": "multipliers",
+                   "lr": self.cfg.optimizer.lr * self.cfg.decay.lrm_lr_mult}]
         return [g for g in groups if g["params"]]
 
     # -- hooks around the optimizer step ------------------------------------------------------------------------
@@ -92,8 +91,8 @@ class StaticMap(Strategy):
     """AlphaDecay from a decay-map file (`alphaspec decay-map`): fixed decays, names checked against the model."""
 
     def param_groups(self, model: torch.nn.Module) -> list[dict]:
-        copy = Path(self.cfg.out) / MAP_COPY  # the run's own copy (written when it started)
-        dmap = DecayMap.load(copy if copy.is_file() else self.cfg.decay_map)
+        copy = Path(self.cfg.run.out) / MAP_COPY  # the run's own copy (written when it started)
+        dmap = DecayMap.load(copy if copy.is_file() else self.cfg.decay.decay_map)
         self.w = dmap.weight_decay
         params = dict(model.named_parameters())
         matrices = {n: p for n, p in params.items() if not is_multiplier(n)}
@@ -109,9 +108,8 @@ class Refreshed(Strategy):
 
     def setup(self, model, optimizer, scheduler) -> None:
         c = self.cfg
-        self.hook = AlphaDecay(model, optimizer, self.w, ratio=c.ratio, assign=c.assign or "linear", gap=c.gap,
-                               estimator=c.estimator, metric=c.metric, preserve_mean=c.preserve_mean,
-                               warmup=c.alphadecay_warmup, overlap=c.overlap, scheduler=scheduler)
+        self.hook = AlphaDecay(model, optimizer, self.w, c.decay.spec(), gap=c.decay.gap,
+                               warmup=c.decay.alphadecay_warmup, overlap=c.decay.overlap, scheduler=scheduler)
         if self.hook.history:  # warmup "init": the hook's own step-0 decays replace the uniform ones
             self._rows = [r for r in self._rows if r["name"] not in self.hook.tuned]
         self._seen = 0
@@ -172,14 +170,14 @@ class AdaDecay(Strategy):
         self.groups = split_param_groups(optimizer, self.tuned, scheduler)
 
     def before_step(self, step, model, optimizer, grad_norm) -> None:
-        if (step - 1) % self.cfg.gap:
+        if (step - 1) % self.cfg.decay.gap:
             return
         names = sorted(self.tuned)
         norms = torch.stack([global_norm([self.tuned[n].grad]) for n in names]).cpu().numpy()
         blocks = [layer_index(n) for n in names]
-        wd = assign_decays(norms, self.w, ratio=self.cfg.ratio, assign=self.cfg.assign or "sigmoid", blocks=blocks,
-                           preserve_mean=self.cfg.preserve_mean,
-                           sizes=[self.tuned[n].numel() for n in names])
+        spec = self.cfg.decay.spec(assign="sigmoid")
+        wd = assign_decays(norms, self.w, ratio=spec.ratio, assign=spec.assign, blocks=blocks,
+                           preserve_mean=spec.preserve_mean, sizes=[self.tuned[n].numel() for n in names])
         for n, d in zip(names, wd, strict=True):
             self.groups[n]["weight_decay"] = float(d)
         self._log(step, dict(zip(names, map(float, wd), strict=True)), dict(zip(names, map(float, norms), strict=True)))
@@ -187,10 +185,11 @@ class AdaDecay(Strategy):
 
 def make_strategy(cfg) -> Strategy:
     """The strategy object a TrainConfig asks for (its implied defaults filled in)."""
-    cfg = replace(cfg.settled(), gap=cfg.gap or default_gap(cfg.steps))
-    if cfg.strategy == "alphadecay":
-        return StaticMap(cfg) if cfg.decay_map else Refreshed(cfg)
-    return {"uniform": Strategy, "lrm": Strategy, "awd": AWD, "adadecay": AdaDecay}[cfg.strategy](cfg)
+    cfg = cfg.settled()
+    cfg = cfg.with_options(gap=cfg.decay.gap or default_gap(cfg.schedule.steps))
+    if cfg.decay.strategy == "alphadecay":
+        return StaticMap(cfg) if cfg.decay.decay_map else Refreshed(cfg)
+    return {"uniform": Strategy, "lrm": Strategy, "awd": AWD, "adadecay": AdaDecay}[cfg.decay.strategy](cfg)
 
 
 def clip_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
