@@ -88,22 +88,25 @@ def plot(
         dmap, note = _default_map(table)
         if dmap is None:
             kinds.remove("decay")
-    names = []
-    if "esd" in kinds:
-        patterns = regexes([m for m in module if m not in set(table["name"])], "--module")
-        names = [n for n in table["name"] if n in module or any(re.search(p, n) for p in patterns)]
-        if not names:
-            fail(f"no analysed matrix matches --module {' '.join(module)}")
-        if not spectra:
-            fail(f"{source}: the esd figure needs the eigenvalues: run analyze with --save-spectra "
-                 f"{Path(source).with_suffix('.npz')} (or pass --spectra)")
-        names = [n for n in names if n in spectra]
+    names = _esd_names(source, table, spectra, module) if "esd" in kinds else []
     rendered = draw(table, spectra, output, kinds, fmt.value, names, dmap)
     if note and dmap is None:
         rendered.skipped.append(note)
     elif note and not quiet:
         out.print(note, highlight=False)
     report_figures(rendered, quiet)
+
+
+def _esd_names(source: str, table, spectra: dict, module: list[str]) -> list[str]:
+    """The analysed matrices --module names (exactly or as a regex) that have saved eigenvalues."""
+    patterns = regexes([m for m in module if m not in set(table["name"])], "--module")
+    names = [n for n in table["name"] if n in module or any(re.search(p, n) for p in patterns)]
+    if not names:
+        fail(f"no analysed matrix matches --module {' '.join(module)}")
+    if not spectra:
+        fail(f"{source}: the esd figure needs the eigenvalues: run analyze with --save-spectra "
+             f"{Path(source).with_suffix('.npz')} (or pass --spectra)")
+    return [n for n in names if n in spectra]
 
 
 def _default_map(table):
