@@ -13,6 +13,7 @@ MULTIPLIERS = ("none", "vector", "full", "scalar")  # learnable-multiplier place
 OPTIMIZERS = ("adamw", "adam")
 PRECISIONS = ("auto", "bf16", "fp32")
 SHARDINGS = ("ddp", "fsdp")
+PACKINGS = ("concat", "docs")  # windows of the document stream, or one padded document per row
 ALPHADECAY_WARMUPS = ("init", "uniform")
 FIGURES = ("spectra", "alpha-modules", "alpha-depth", "esd", "decay", "training")
 FORMATS = ("png", "svg", "pdf")

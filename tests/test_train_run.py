@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -270,12 +271,14 @@ def test_held_out_validation_text(tmp_path, text):
     _, out = run(tmp_path, text, steps=2, val_data=[str(val)])
     from tokenizers import Tokenizer
 
+    from alphaspec.train.cache import open_cache
     from alphaspec.train.data import load_tokens
 
     tok = Tokenizer.from_file(str(out / "tokenizer.json"))
     tokens = load_tokens(out, 0.05, 32)
-    assert tok.decode(tokens.val.tolist()).startswith(val.read_text()[:200])
-    assert len(tokens.train) == len(np.load(out / "data" / "tokens.npy"))  # no tail held out of the training text
+    assert tok.decode(tokens.val.array().tolist()).startswith(val.read_text()[:200])
+    train_cache = json.loads((out / "data" / "cache.json").read_text())["train"]
+    assert len(tokens.train) == open_cache(Path(train_cache)).manifest["tokens"]  # nothing held out of the training data
     with pytest.raises(DataError, match="no such file"):
         run(tmp_path, text, name="bad", val_data=[str(tmp_path / "missing.txt")])
 
@@ -297,11 +300,15 @@ def test_cli_resume_keeps_the_runs_own_length(tmp_path, text):
 
 
 def test_preparation_steps_are_reported(tmp_path, text):
-    lines, starts = [], []
-    train(TrainConfig.of(out=str(tmp_path / "r"), data=[text], **{**SMALL, "steps": 2}), on_status=lines.append,
+    lines, starts, again = [], [], []
+    options = {**SMALL, "steps": 2, "token_cache": str(tmp_path / "cache")}
+    train(TrainConfig.of(out=str(tmp_path / "r"), data=[text], **options), on_status=lines.append,
           on_start=starts.append)
-    assert lines[0] == "reading the text" and any("BPE on 0.1 MB" in x for x in lines) and lines[-1] == "building the model"
+    assert lines[0].startswith("tokenising 1 source(s) into") and "training a 512-token BPE" in lines
+    assert "building the model" in lines and lines[-1].startswith("validation: ")
     assert starts[0]["parameters"] > 0 and starts[0]["start_step"] == 0
+    train(TrainConfig.of(out=str(tmp_path / "r2"), data=[text], **options), on_status=again.append)
+    assert again[0].startswith("reusing the token cache") and not any("BPE" in x for x in again)
 
 
 def test_plain_log_lines_when_not_a_terminal(tmp_path, text):

@@ -29,6 +29,7 @@ from ..choices import (
     MODELS,
     MULTIPLIERS,
     OPTIMIZERS,
+    PACKINGS,
     PRECISIONS,
     PRESERVE,
     SHARDINGS,
@@ -65,16 +66,22 @@ class ModelOptions:
 @dataclass
 class DataOptions:
     TITLE: ClassVar[str] = "Data"
-    sources: list[str] = option([], "Text files, or directories of .txt, .md and .rst files (default: the bundled "
-                                "Shakespeare).", key="data", kind="path")
-    val_sources: list[str] = option([], "Held-out text for evaluation (default: the last --val-fraction of the "
-                                    "data).", key="val_data", kind="path")
-    val_fraction: float = option(0.05, "Share of the text held out when there is no --val-data.", min=0.0, max=0.5,
-                                 kind="finite", cli=False)
-    tokenizer: str | None = option(None, "A tokenizers JSON file (default: train a byte-level BPE on the data).",
-                                   kind="path")
+    sources: list[str] = option([], "Text files, .jsonl(.gz/.zst), .parquet, hf:NAME[:CONFIG[:SPLIT]], token files "
+                                "(.bin, .npy), directories of them, or a token cache (default: the bundled "
+                                "Shakespeare).", key="data", metavar="SOURCE")
+    val_sources: list[str] = option([], "Held-out data for evaluation, as --data (default: --val-fraction of the "
+                                    "documents).", key="val_data", metavar="SOURCE")
+    val_fraction: float = option(0.05, "Share of the documents held out when there is no --val-data.", min=0.0,
+                                 max=0.5, kind="finite")
+    text_field: str = option("text", "The text field of JSON records, Parquet rows and datasets.", metavar="NAME")
+    tokenizer: str | None = option(None, "A tokenizer.json, a directory with one, or a hub id such as gpt2 or "
+                                   "t5-base (default: train a byte-level BPE on the data).", metavar="TOKENIZER")
     vocab_size: int = option(4096, "Vocabulary of the trained tokenizer.", min=256)
     seq_len: int = option(128, "Tokens per sequence.", min=2)
+    packing: str = option("concat", "concat: windows of the EOS-separated document stream; docs: one document per "
+                          "row, truncated or padded (padding out of the loss).", choices=PACKINGS)
+    token_cache: str | None = option(None, "Where token caches of raw data go (default: $ALPHASPEC_CACHE or "
+                                     "~/.cache/alphaspec/tokens).", kind="path", metavar="DIR")
 
 
 @dataclass

@@ -1,28 +1,36 @@
-"""Training text → a byte-level BPE tokenizer → token arrays → random fixed-length windows.
+"""A run's data: sources → token cache (reused across runs) → train/validation documents → batches.
 
-Batches are a pure function of (seed, step, rank), so the data position of a resumed run is its step.
+Two layouts (`--packing`): `concat` samples random windows from the end-of-text-separated stream of
+training documents; `docs` (the paper's) takes one document per row, truncated or padded to the
+sequence length, with the padding left out of the loss (target -100). Validation is held out by
+document (a hash of each document's text, so a document is wholly on one side and no window straddles
+the two), or is `--val-data`. Batches are a pure function of (seed, step, rank), so the data position
+of a resumed run is its step.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+import hashlib
+import json
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from ..errors import AlphaspecError, check_input_file, first_line, input_kind, os_reason
+from ..errors import AlphaspecError, check_input_file, first_line
 from ..output import atomic_write
+from .cache import TokenCache, build_cache, cache_key, open_cache, read_manifest
+from .sources import DataError, open_sources
+from .tokenizer import EOS, Vocab, load_tokenizer, resolve_tokenizer, train_bpe
 
-EOS = "<|endoftext|>"
-TEXT_SUFFIXES = (".txt", ".md", ".rst", ".text")
+IGNORE = -100  # the target of a padding position: F.cross_entropy leaves it out of the loss
 
-
-class DataError(AlphaspecError, ValueError):
-    """The training data cannot be used (missing, empty, too short for one window)."""
+__all__ = ["EOS", "IGNORE", "DataError", "DocStream", "TokenData", "bundled_corpus", "load_tokenizer",
+           "load_tokens", "prepare", "train_bpe"]
 
 
 def bundled_corpus() -> list[Path]:
@@ -31,107 +39,121 @@ def bundled_corpus() -> list[Path]:
     return sorted(Path(str(p)) for p in root.iterdir() if p.name.endswith(".txt"))
 
 
-def text_files(paths: Sequence[str | Path]) -> list[Path]:
-    """The text files named, directories searched recursively for *.txt/*.md/*.rst; errors name the path."""
-    out: list[Path] = []
-    for p in map(Path, paths):
-        try:
-            kind = input_kind(p, "text file")
-        except AlphaspecError as e:
-            raise DataError(str(e)) from e
-        if kind == "directory":
-            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in TEXT_SUFFIXES)
-            if not found:
-                raise DataError(f"{p}: no text files (*.txt, *.md, *.rst) in this directory")
-            out += found
-        elif kind == "file":
-            out.append(p)
-        else:
-            raise DataError(f"{p}: is a {kind}, not a text file")
-    return out
+def cache_root() -> Path:
+    """Where token caches of raw data go: $ALPHASPEC_CACHE, else ~/.cache/alphaspec/tokens."""
+    env = os.environ.get("ALPHASPEC_CACHE")
+    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "alphaspec" / "tokens"
+    return Path(env) if env else base
 
 
-def read_documents(paths: Sequence[Path]) -> list[str]:
-    docs = []
-    for p in paths:
-        try:
-            docs.append(p.read_text(encoding="utf-8"))
-        except UnicodeDecodeError as e:
-            raise DataError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from e
-        except OSError as e:
-            raise DataError(f"{p}: cannot read ({os_reason(e)})") from e
-    if not any(d.strip() for d in docs):
-        raise DataError("the training text is empty")
-    return docs
+@dataclass
+class DocStream:
+    """Documents (spans of a token cache's shards) read as one stream: position i of the stream is token
+    i of the documents laid end to end. Only the tokens asked for are read from the memory-maps."""
+
+    shards: list[np.ndarray]
+    starts: np.ndarray  # global start of each document
+    lengths: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.offsets = np.concatenate([[0], np.cumsum([len(s) for s in self.shards])]).astype(np.int64)
+        self.cum = np.concatenate([[0], np.cumsum(self.lengths)]).astype(np.int64)
+        self.usable = np.flatnonzero(self.lengths >= 2)  # documents with at least one next-token target
+
+    def __len__(self) -> int:
+        return int(self.cum[-1])
+
+    def take(self, positions: np.ndarray) -> np.ndarray:
+        """Tokens at stream positions (any shape) as int64."""
+        flat = np.asarray(positions, dtype=np.int64).ravel()
+        doc = np.searchsorted(self.cum, flat, side="right") - 1
+        return self._global(self.starts[doc] + flat - self.cum[doc]).reshape(np.shape(positions))
+
+    def _global(self, where: np.ndarray) -> np.ndarray:
+        shard = np.searchsorted(self.offsets, where, side="right") - 1
+        out = np.empty(len(where), dtype=np.int64)
+        for s in np.unique(shard):
+            mask = shard == s
+            out[mask] = self.shards[s][where[mask] - self.offsets[s]]
+        return out
+
+    def documents(self, ids: np.ndarray, seq_len: int, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Documents `ids`, one per row, truncated or padded to seq_len (+1 for the last target); targets of
+        padding are IGNORE."""
+        lengths = np.minimum(self.lengths[ids], seq_len + 1)
+        offsets = np.arange(seq_len + 1)
+        valid = offsets[None, :] < lengths[:, None]
+        where = np.where(valid, self.starts[ids][:, None] + offsets[None, :], 0)
+        rows = torch.as_tensor(np.where(valid, self._global(where.ravel()).reshape(where.shape), pad))
+        targets = rows[:, 1:].clone()
+        targets[~torch.as_tensor(valid[:, 1:])] = IGNORE
+        return rows[:, :-1], targets
+
+    def cut(self, position: int) -> tuple[DocStream, DocStream]:
+        """The stream before and after `position` (a document there is split in two)."""
+        d = int(np.searchsorted(self.cum, position, side="right") - 1)
+        inside = position - int(self.cum[d])
+        head_len = np.concatenate([self.lengths[:d], [inside]])
+        tail_start = np.concatenate([[self.starts[d] + inside], self.starts[d + 1:]])
+        tail_len = np.concatenate([[self.lengths[d] - inside], self.lengths[d + 1:]])
+        keep = head_len > 0
+        return (DocStream(self.shards, self.starts[:d + 1][keep], head_len[keep]),
+                DocStream(self.shards, tail_start[tail_len > 0], tail_len[tail_len > 0]))
+
+    def array(self) -> np.ndarray:
+        """The whole stream (for small data and tests)."""
+        return self.take(np.arange(len(self)))
 
 
-def chunks(docs: Sequence[str], size: int = 1 << 20) -> Iterator[str]:
-    """Documents cut at line ends into pieces of about `size` characters (bounded memory for big corpora)."""
-    for doc in docs:
-        start = 0
-        while start < len(doc):
-            end = doc.find("\n", start + size)
-            end = len(doc) if end < 0 else end + 1
-            yield doc[start:end]
-            start = end
-
-
-def train_tokenizer(docs: Sequence[str], vocab_size: int) -> Tokenizer:
-    """A GPT-2-style byte-level BPE with an end-of-text token, trained on the documents."""
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(chunks(docs), trainer)
-    return tok
-
-
-def encode(tok: Tokenizer, docs: Sequence[str], batch: int = 32) -> np.ndarray:
-    """All documents as one token stream, each followed by the end-of-text token (encoded in parallel,
-    a batch of ~1 MB pieces at a time)."""
-    dtype = np.uint16 if tok.get_vocab_size() <= 65536 else np.uint32
-    eos = tok.token_to_id(EOS)
-    parts: list[np.ndarray] = []
-    for doc in docs:
-        pieces = list(chunks([doc]))
-        for i in range(0, len(pieces), batch):
-            parts += [np.asarray(e.ids, dtype=dtype) for e in tok.encode_batch(pieces[i:i + batch])]
-        if eos is not None:
-            parts.append(np.asarray([eos], dtype=dtype))
-    return np.concatenate(parts)
+def _take(stream, positions: np.ndarray) -> np.ndarray:
+    return stream.take(positions) if isinstance(stream, DocStream) else np.asarray(stream)[positions]
 
 
 @dataclass
 class TokenData:
-    """Train and validation token streams (numpy arrays, memory-mapped from the run directory, or
-    tensors), with deterministic batch sampling; only the sampled windows are read into memory."""
+    """Train and validation token streams (arrays, tensors or DocStreams) with deterministic batch sampling;
+    packing "docs" samples whole documents instead of windows (DocStreams only)."""
 
-    train: np.ndarray | torch.Tensor
-    val: np.ndarray | torch.Tensor
+    train: np.ndarray | torch.Tensor | DocStream
+    val: np.ndarray | torch.Tensor | DocStream
+    packing: str = "concat"
+    pad: int = 0
+    held_out: str = ""  # how the validation data was chosen, for the run's log
 
     @classmethod
-    def split(cls, stream: np.ndarray, val_fraction: float, seq_len: int) -> TokenData:
-        """The last `val_fraction` of the stream is held out (at least two windows of each side)."""
+    def split(cls, stream, val_fraction: float, seq_len: int, **kw) -> TokenData:
+        """The last `val_fraction` of the stream held out (at least two windows of each side)."""
         n_val = max(int(len(stream) * val_fraction), 2 * (seq_len + 1))
         if len(stream) - n_val < 2 * (seq_len + 1):
             raise DataError(f"the text holds {len(stream)} tokens: too few for seq_len {seq_len} "
                             f"(need {n_val + 2 * (seq_len + 1)}); give more text or a shorter --seq-len")
-        return cls(train=stream[:-n_val], val=stream[-n_val:])
+        if isinstance(stream, DocStream):
+            train, val = stream.cut(len(stream) - n_val)
+            return cls(train=train, val=val, **kw)
+        return cls(train=stream[:-n_val], val=stream[-n_val:], **kw)
 
     def batch(self, step: int, batch_size: int, seq_len: int, seed: int, part: int = 0,
               parts: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         """Inputs and next-token targets for step `step`: `part` of `parts` equal slices of the step's
-        `batch_size` random windows. The windows depend on (seed, step) only, so any split over ranks and
-        accumulation steps trains on the same data as one process does."""
+        `batch_size` random windows (or documents). They depend on (seed, step) only, so any split over
+        ranks and accumulation steps trains on the same data as one process does."""
         state = np.random.SeedSequence([seed, step]).generate_state(2, np.uint32)
         g = torch.Generator().manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)
-        starts = torch.randint(0, len(self.train) - seq_len - 1, (batch_size,), generator=g)
         per = batch_size // parts
+        if self.packing == "docs":
+            pick = torch.randint(0, len(self.train.usable), (batch_size,), generator=g)[part * per:(part + 1) * per]
+            return self.train.documents(self.train.usable[pick.numpy()], seq_len, self.pad)
+        starts = torch.randint(0, len(self.train) - seq_len - 1, (batch_size,), generator=g)
         return _windows(self.train, starts[part * per:(part + 1) * per], seq_len)
 
     def eval_batches(self, n_windows: int, batch_size: int, seq_len: int, rank: int = 0, world: int = 1):
-        """Evenly spaced validation windows, this rank's share, in batches."""
+        """Evenly spaced validation windows (or documents), this rank's share, in batches."""
+        if self.packing == "docs":
+            last = len(self.val.usable) - 1
+            ids = self.val.usable[torch.linspace(0, last, min(n_windows, last + 1)).long()[rank::world].numpy()]
+            for i in range(0, len(ids), batch_size):
+                yield self.val.documents(ids[i:i + batch_size], seq_len, self.pad)
+            return
         last = len(self.val) - seq_len - 1
         starts = torch.linspace(0, last, min(n_windows, last + 1)).long()[rank::world]
         for i in range(0, len(starts), batch_size):
@@ -140,72 +162,124 @@ class TokenData:
 
 def _windows(stream, starts: torch.Tensor, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
     idx = (starts[:, None] + torch.arange(seq_len + 1)).numpy()
-    w = torch.as_tensor(np.asarray(stream)[idx].astype(np.int64))
+    w = torch.as_tensor(_take(stream, idx).astype(np.int64))
     return w[:, :-1], w[:, 1:]
 
 
-def prepare(run_dir: Path, data: Sequence[str | Path], vocab_size: int, tokenizer: str | Path | None = None,
-            val_data: Sequence[str | Path] = (), status: Callable[[str], None] = lambda _: None) -> Tokenizer:
-    """Tokenizer and token streams for a run, made once and kept in the run directory (reused on resume).
+# -- a run's data: prepared once into caches, recorded in RUN/data/cache.json ------------------------------------
+def prepare(run_dir: Path, opts, status: Callable[[str], None] = lambda _: None) -> None:
+    """Token caches for a run's --data and --val-data (made, finished or reused), and RUN/tokenizer.json.
 
-    data/tokens.npy holds the training text; data/val.npy the `val_data` text when there is one (the
-    tokenizer is trained on the training text only).
+    opts: the run's DataOptions. RUN/data/cache.json names the caches and the tokenizer's fingerprint;
+    it is written before the tokenizer, so a run killed here starts this step again (reusing the caches).
     """
-    tok_path, stream_path, val_path = run_dir / "tokenizer.json", run_dir / "data" / "tokens.npy", run_dir / "data" / "val.npy"
-    if tok_path.exists() and stream_path.exists():
-        return load_tokenizer(tok_path)
-    status("reading the text")
-    docs = read_documents(text_files(data) if data else bundled_corpus())
-    val_docs = read_documents(text_files(val_data)) if val_data else None
-    megabytes = sum(map(len, docs)) / 1e6
-    if tokenizer:
-        tok = load_tokenizer(Path(tokenizer))
+    link, tok_path = run_dir / "data" / "cache.json", run_dir / "tokenizer.json"
+    if tok_path.exists() and (link.exists() or (run_dir / "data" / "tokens.npy").exists()):
+        return  # prepared when the run started (tokens.npy: a run of alphaspec 0.1)
+    given = resolve_tokenizer(opts.tokenizer) if opts.tokenizer else None
+    specs = opts.sources or [str(p) for p in bundled_corpus()]
+    train = _cache_for(specs, opts, given, status)
+    vocab = train.vocab
+    val = _cache_for(opts.val_sources, opts, vocab, status) if opts.val_sources else None
+    record = {"train": str(train.root.resolve()), "val": str(val.root.resolve()) if val else None,
+              "tokenizer": vocab.fingerprint(), "eos_id": vocab.eos_id}
+    link.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(link, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1) + "\n"))
+    atomic_write(tok_path, lambda tmp: vocab.tokenizer.save(tmp))
+
+
+def _cache_for(specs, opts, vocab: Vocab | None, status) -> TokenCache:
+    """A cache named on the command line, or the cache of raw sources under --token-cache (made if new)."""
+    if len(specs) == 1 and read_manifest(Path(specs[0])) is not None:
+        cache = open_cache(Path(specs[0]))
+        if vocab is not None and cache.vocab.fingerprint() != vocab.fingerprint():
+            raise DataError(f"{specs[0]}: the token cache was made with another tokenizer than "
+                            f"{opts.tokenizer or 'the training data'}'s")
+        status(f"using the token cache {specs[0]} ({cache.manifest['tokens']:,} tokens)")
+        return cache
+    sources = open_sources(specs, opts.text_field)
+    key = cache_key(sources, vocab, opts.vocab_size)
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    root = Path(opts.token_cache) if opts.token_cache else cache_root()
+    root = root / digest
+    manifest = read_manifest(root) if root.is_dir() else None
+    if manifest is not None and manifest.get("complete"):
+        status(f"reusing the token cache {root} ({manifest['tokens']:,} tokens)")
     else:
-        status(f"training a {vocab_size}-token BPE on {megabytes:.1f} MB of text")
-        tok = train_tokenizer(docs, vocab_size)
-    status(f"tokenising {megabytes:.1f} MB of text")
-    stream_path.parent.mkdir(parents=True, exist_ok=True)
-    # Each file appears whole or not at all, the tokenizer last: a run killed here starts this step again.
-    if val_docs is not None:
-        _save_array(val_path, encode(tok, val_docs))
-    _save_array(stream_path, encode(tok, docs))
-    atomic_write(tok_path, lambda tmp: tok.save(tmp))
-    return tok
+        status(f"tokenising {len(sources)} source(s) into {root}")
+
+    def progress(stage: str, chars: int, tokens: int) -> None:
+        if stage == "training tokenizer":
+            status(f"training a {opts.vocab_size}-token BPE")
+
+    return build_cache(sources, root, vocab, opts.vocab_size, progress)
 
 
-def _save_array(path: Path, array: np.ndarray) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as f:
-            np.save(f, array)
+def load_tokens(run_dir: Path, val_fraction: float, seq_len: int, vocab_size: int | None = None,
+                packing: str = "concat") -> TokenData:
+    """The run's train/validation data, from the caches RUN/data/cache.json names (or a 0.1 run's token files).
 
-    atomic_write(path, write)
+    Validation: --val-data when the run has it; else whole documents, chosen by a hash of their text,
+    holding about `val_fraction` of them; with too few documents for that, the last `val_fraction` of
+    the tokens (TokenData.held_out says which)."""
+    if (run_dir / "data" / "tokens.npy").exists():
+        return _legacy_tokens(run_dir, val_fraction, seq_len, vocab_size)
+    link = _read_link(run_dir / "data" / "cache.json")
+    train = open_cache(Path(link["train"]))
+    if train.vocab.fingerprint() != link["tokenizer"]:
+        raise DataError(f"{link['train']}: the token cache changed since the run started (another tokenizer)")
+    pad = link["eos_id"] if link["eos_id"] is not None else 0
+    kw = {"packing": packing, "pad": pad}
+    if link["val"]:
+        data = TokenData(train=_stream(train), val=_stream(open_cache(Path(link["val"]))), **kw)
+        data.held_out = "--val-data"
+    else:
+        data = _held_out(train, val_fraction, seq_len, kw)
+    for what, part in (("training", data.train), ("validation", data.val)):
+        if len(part) < 2 * (seq_len + 1):
+            raise DataError(f"the {what} data holds {len(part)} tokens: too few for seq_len {seq_len}")
+    return data
 
 
-def load_tokenizer(path: Path) -> Tokenizer:
-    """A tokenizers JSON file; a damaged or foreign one is a DataError naming it."""
+def _stream(cache: TokenCache, keep: np.ndarray | None = None) -> DocStream:
+    starts, lengths, _ = cache.documents()
+    keep = np.ones(len(starts), bool) if keep is None else keep
+    return DocStream(cache.shards(), starts[keep], lengths[keep])
+
+
+def _held_out(cache: TokenCache, val_fraction: float, seq_len: int, kw: dict) -> TokenData:
+    starts, lengths, keys = cache.documents()
+    val = keys < val_fraction * 2**32  # a document's side depends on its text only
+    enough = 2 * (seq_len + 1)
+    if lengths[val].sum() >= enough and lengths[~val].sum() >= enough:
+        data = TokenData(train=_stream(cache, ~val), val=_stream(cache, val), **kw)
+        data.held_out = f"{int(val.sum())} of {len(val)} documents"
+        return data
+    data = TokenData.split(_stream(cache), val_fraction, seq_len, **kw)
+    data.held_out = f"the last {val_fraction:.0%} of the tokens (too few documents to hold out whole ones)"
+    return data
+
+
+def _read_link(path: Path) -> dict:
     try:
-        check_input_file(path, "tokenizer file")
-        return Tokenizer.from_file(str(path))
+        check_input_file(path, "run data record")
+        link = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(link, dict) or not isinstance(link.get("train"), str):
+            raise ValueError("no 'train' cache named")
+        return link
     except AlphaspecError as e:
         raise DataError(str(e)) from e
-    except Exception as e:  # tokenizers raises a bare Exception for unreadable files
-        raise DataError(f"{path}: not a tokenizers JSON file ({first_line(e)})") from e
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: damaged ({first_line(e)})") from e
 
 
-def load_tokens(run_dir: Path, val_fraction: float, seq_len: int, vocab_size: int | None = None) -> TokenData:
-    """The run's train/validation streams: data/val.npy when the run has one, else the tail of the text.
-
-    Each stream must be a 1-D integer array whose ids fit the vocabulary (checked once, here, rather than
-    failing inside an embedding lookup)."""
+def _legacy_tokens(run_dir: Path, val_fraction: float, seq_len: int, vocab_size: int | None) -> TokenData:
+    """A run started by alphaspec 0.1: data/tokens.npy, and data/val.npy when it had --val-data."""
     stream = _token_file(run_dir / "data" / "tokens.npy", vocab_size)
     val_path = run_dir / "data" / "val.npy"
     if not val_path.exists():
         return TokenData.split(stream, val_fraction, seq_len)
-    val = _token_file(val_path, vocab_size)
-    for what, part in (("training", stream), ("validation", val)):
-        if len(part) < 2 * (seq_len + 1):
-            raise DataError(f"the {what} text holds {len(part)} tokens: too few for seq_len {seq_len}")
-    return TokenData(train=stream, val=val)
+    return TokenData(train=stream, val=_token_file(val_path, vocab_size))
 
 
 def _token_file(path: Path, vocab_size: int | None) -> np.ndarray:
@@ -222,5 +296,3 @@ def _token_file(path: Path, vocab_size: int | None) -> np.ndarray:
     if vocab_size is not None and len(tokens) and int(tokens.max()) >= vocab_size:
         raise DataError(f"{path}: token id {int(tokens.max())} is outside the tokenizer's vocabulary of {vocab_size}")
     return tokens
-
-

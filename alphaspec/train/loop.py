@@ -120,7 +120,8 @@ def _open(cfg: TrainConfig, run: Path, rd: RunDir | None, rank: int, world: int,
         cfg = resumed_config(state["config"], cfg, where=ckpt_path)
         if state["step"] >= cfg.schedule.steps:
             raise RunError(f"{run}: the run is already at step {state['step']}; pass a larger --steps to extend it")
-        missing = [f for f in ("tokenizer.json", "data/tokens.npy") if not (run / f).is_file()]
+        data_record = "data/tokens.npy" if (run / "data" / "tokens.npy").is_file() else "data/cache.json"
+        missing = [f for f in ("tokenizer.json", data_record) if not (run / f).is_file()]
         if missing:
             raise RunError(f"{run}: cannot resume without {' and '.join(missing)} (the run directory is incomplete)")
     elif how == "restart":
@@ -133,7 +134,7 @@ def _open(cfg: TrainConfig, run: Path, rd: RunDir | None, rank: int, world: int,
             write_json(run / "run.json", {"config": cfg.flat(), "alphaspec": __version__})
         if cfg.decay.decay_map and not (run / MAP_COPY).exists():  # the run keeps its own copy: resumable without it
             DecayMap.load(cfg.decay.decay_map).save(run / MAP_COPY)
-        datamod.prepare(run, cfg.data.sources, cfg.data.vocab_size, cfg.data.tokenizer, cfg.data.val_sources, on_status)
+        datamod.prepare(run, cfg.data, on_status)
         on_status("building the model")
     _barrier(world)
     return cfg, state
@@ -209,12 +210,13 @@ def _train(cfg: TrainConfig, path: Path, rd: RunDir | None, rank: int, world: in
     """Set up, then the step loop: batch, forward/backward, clip, step, strategy, log, evaluate, checkpoint."""
     r = _prepare(cfg, path, rd, rank, world, device, on_start, on_status, on_warning)
     cfg, last = r.cfg, {}
-    loss_sum, n_loss, t_last = torch.zeros((), device=device), 0, time.perf_counter()
+    loss_sum, n_loss, n_tokens, t_last = torch.zeros((), device=device), 0, 0, time.perf_counter()
     marks["started"] = True
     for step in range(r.start + 1, cfg.schedule.steps + 1):
         # forward and backward over the micro-batches; gradients are reduced over ranks on the last one only
-        loss_sum += _accumulate(r, step)
-        n_loss += r.accum
+        loss, tokens = _accumulate(r, step)
+        loss_sum += loss
+        n_loss, n_tokens = n_loss + r.accum, n_tokens + tokens
         # clip, step, and let the strategy set its decays around the optimizer step
         grad_norm = full_tensor(torch.nn.utils.clip_grad_norm_(r.clip, cfg.optimizer.grad_clip or math.inf))
         r.strategy.before_step(step, r.net, r.optimizer, grad_norm)
@@ -227,11 +229,11 @@ def _train(cfg: TrainConfig, path: Path, rd: RunDir | None, rank: int, world: in
         do_eval = step % cfg.run.eval_every == 0 or step == cfg.schedule.steps
         if step % cfg.run.log_every and not do_eval:
             continue
-        last = _log(r, step, loss_sum, n_loss, grad_norm, time.perf_counter() - t_last, do_eval, on_log)
+        last = _log(r, step, loss_sum, n_loss, n_tokens, grad_norm, time.perf_counter() - t_last, do_eval, on_log)
         if step % cfg.run.checkpoint_every == 0 or step == cfg.schedule.steps:
             _checkpoint(path, step, r.model, r.optimizer, r.scheduler, r.strategy, r.mcfg, cfg, rank)
         loss_sum.zero_()
-        n_loss, t_last = 0, time.perf_counter()
+        n_loss, n_tokens, t_last = 0, 0, time.perf_counter()
     r.strategy.close()
     if rank == 0:
         r.logs["decays"].write(r.strategy.decay_rows())
@@ -250,7 +252,9 @@ def _prepare(cfg: TrainConfig, path: Path, rd: RunDir | None, rank: int, world: 
         cfg = cfg.with_options(gap=default_gap(cfg.schedule.steps))
     micro, accum = _split(cfg, world)
     vocab = datamod.load_tokenizer(path / "tokenizer.json").get_vocab_size()
-    tokens = datamod.load_tokens(path, cfg.data.val_fraction, cfg.data.seq_len, vocab)
+    tokens = datamod.load_tokens(path, cfg.data.val_fraction, cfg.data.seq_len, vocab, cfg.data.packing)
+    if on_status and rank == 0 and tokens.held_out:
+        on_status(f"validation: {tokens.held_out}")
     mcfg = ModelConfig(vocab_size=vocab, max_position_embeddings=cfg.data.seq_len, **PRESETS[cfg.model.name])
     model, net, strategy, optimizer, scheduler = _build(cfg, mcfg, state, device, world)
     bf16 = _bf16(cfg, device)
@@ -276,9 +280,10 @@ def _prepare(cfg: TrainConfig, path: Path, rd: RunDir | None, rank: int, world: 
     return r
 
 
-def _accumulate(r: Run, step: int) -> torch.Tensor:
-    """Forward and backward over this rank's micro-batches of `step`; the sum of their losses."""
-    total = torch.zeros((), device=r.device)
+def _accumulate(r: Run, step: int) -> tuple[torch.Tensor, int]:
+    """Forward and backward over this rank's micro-batches of `step`: the sum of their losses, and the
+    tokens they were computed on (padding, target IGNORE, is in neither)."""
+    total, tokens = torch.zeros((), device=r.device), 0
     cfg = r.cfg
     for m in range(r.accum):
         x, y = r.tokens.batch(step, cfg.optimizer.batch_size, cfg.data.seq_len, cfg.run.seed, r.rank * r.accum + m,
@@ -288,7 +293,8 @@ def _accumulate(r: Run, step: int) -> torch.Tensor:
                 loss = F.cross_entropy(r.forward(x.to(r.device)).float().flatten(0, 1), y.to(r.device).flatten())
             (loss / r.accum).backward()
         total += loss.detach()
-    return total
+        tokens += int((y != datamod.IGNORE).sum())
+    return total, tokens
 
 
 def _record_decays_and_spectra(r: Run, step: int) -> None:
@@ -301,16 +307,17 @@ def _record_decays_and_spectra(r: Run, step: int) -> None:
         r.logs["alphas"].write(new_alphas)
 
 
-def _log(r: Run, step: int, loss_sum: torch.Tensor, n_loss: int, grad_norm: torch.Tensor, seconds: float,
-         do_eval: bool, on_log) -> dict:
-    """One metrics row: mean loss over the interval (all ranks), lr, grad norm, tokens/s, evaluation."""
+def _log(r: Run, step: int, loss_sum: torch.Tensor, n_loss: int, n_tokens: int, grad_norm: torch.Tensor,
+         seconds: float, do_eval: bool, on_log) -> dict:
+    """One metrics row: mean loss over the interval (all ranks), lr, grad norm, tokens/s (this rank's
+    tokens, padding left out, times the ranks), evaluation."""
     cfg = r.cfg
     if r.world > 1:
         dist.all_reduce(loss_sum)
         loss_sum /= r.world
     row = {"step": step, "tokens": step * cfg.optimizer.batch_size * cfg.data.seq_len, "loss": float(loss_sum) / n_loss,
            "lr": r.scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
-           "tokens_per_s": n_loss / r.accum * cfg.optimizer.batch_size * cfg.data.seq_len / seconds}
+           "tokens_per_s": n_tokens * r.world / seconds}
     if do_eval:
         row["eval_loss"] = evaluate(r.net, r.tokens, cfg, r.micro, r.device, r.autocast, r.rank, r.world)
         row["eval_ppl"] = math.exp(min(row["eval_loss"], 50.0))
@@ -372,7 +379,7 @@ def evaluate(net, tokens: datamod.TokenData, cfg: TrainConfig, micro: int, devic
         with autocast():
             logits = net(x.to(device))
         total[0] += F.cross_entropy(logits.float().flatten(0, 1), y.to(device).flatten(), reduction="sum").double()
-        total[1] += y.numel()
+        total[1] += (y != datamod.IGNORE).sum()
     if world > 1:
         dist.all_reduce(total)
     net.train()

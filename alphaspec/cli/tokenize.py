@@ -1,0 +1,65 @@
+"""`alphaspec tokenize`: training data → a token cache that `alphaspec train --data CACHE` reads directly."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from ..train.config import DataOptions
+from .common import Quiet, app, err, out
+
+EPILOG = """
+**Examples**
+
+    alphaspec tokenize corpus/ -o cache/corpus                        # train a 4096-token BPE, tokenise
+
+    alphaspec tokenize shard-*.parquet -o cache/fineweb --tokenizer gpt2
+
+    alphaspec tokenize hf:allenai/c4:en -o cache/c4 --tokenizer t5-base   # streamed; needs alphaspec[data]
+
+    alphaspec train --data cache/c4 --packing docs --seq-len 256 --out runs/c4
+
+A second call with the same sources and tokenizer does nothing; a killed one continues where it stopped.
+"""
+
+
+@app.command("tokenize", no_args_is_help=True, epilog=EPILOG)
+def tokenize(
+    sources: Annotated[list[str], typer.Argument(metavar="SOURCE...", help="Text files, .jsonl(.gz/.zst), .parquet, "
+                                                 "hf:NAME[:CONFIG[:SPLIT]], token files (.bin, .npy) or directories.")],
+    output: Annotated[Path, typer.Option("-o", "--output", metavar="CACHE", help="The cache directory (new, empty, "
+                                         "or one this command started).")],
+    tokenizer: Annotated[str | None, typer.Option(metavar="TOKENIZER", help=DataOptions.__dataclass_fields__[
+        "tokenizer"].metadata["help"])] = None,
+    vocab_size: Annotated[int, typer.Option(min=256, help="Vocabulary of the trained BPE (without --tokenizer).")]
+    = DataOptions.vocab_size,
+    text_field: Annotated[str, typer.Option(metavar="NAME", help="The text field of JSON records, Parquet rows and "
+                                            "datasets.")] = DataOptions.text_field,
+    quiet: Quiet = False,
+) -> None:
+    """Tokenise training data once into sharded token files that every run reuses."""
+    from ..train.cache import build_cache
+    from ..train.sources import open_sources
+    from ..train.tokenizer import resolve_tokenizer
+
+    opened = open_sources(sources, text_field)
+    vocab = resolve_tokenizer(tokenizer) if tokenizer else None
+    started = time.perf_counter()
+    columns = [SpinnerColumn(), TextColumn("{task.description}"), TextColumn("{task.fields[rate]}"), TimeElapsedColumn()]
+    with Progress(*columns, console=err, disable=quiet, transient=True) as bar:
+        task = bar.add_task("starting", rate="")
+
+        def progress(stage: str, chars: int, tokens: int) -> None:
+            seconds = max(time.perf_counter() - started, 1e-9)
+            bar.update(task, description=f"{stage} {chars / 1e6:,.1f} MB → {tokens:,} tokens",
+                       rate=f"{chars / 1e6 / seconds:.1f} MB/s {tokens / seconds:,.0f} tok/s" if tokens else "")
+
+        cache = build_cache(opened, output, vocab, vocab_size, progress)
+    if not quiet:
+        m = cache.manifest
+        out.print(f"{output}: {m['tokens']:,} tokens in {m['documents']:,} documents, {len(m['shards'])} shard(s), "
+                  f"vocabulary {cache.vocab.size:,} ({time.perf_counter() - started:.1f} s)", highlight=False)

@@ -1,0 +1,264 @@
+"""The token cache (`alphaspec tokenize`): documents → token shards on disk that every run reuses.
+
+    CACHE/manifest.json     schema, tokenizer fingerprint and EOS id, source fingerprints, shards, counts
+    CACHE/tokenizer.json    the tokenizer that made the tokens
+    CACHE/tokens-00000.bin  uint16 (uint32 for vocabularies over 65536) token ids, memory-mapped by runs
+    CACHE/docs-00000.npy    per document: its end offset in the shard and a hash of its text (int64 pairs)
+
+Tokenising streams: text is read piece by piece and encoded in batches (tokenizers' encode_batch, on
+all cores), and a shard is written, whole or not at all, every `shard_tokens` tokens at a document
+boundary. The manifest names the shards written and where the next document starts, so a killed
+run resumes there, and a finished cache with the same fingerprints is reused as it is.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .._version import __version__
+from ..errors import first_line
+from ..output import atomic_write
+from .sources import DataError, Source
+from .tokenizer import Vocab, load_tokenizer, train_bpe
+
+SCHEMA = "alphaspec.token-cache/1"
+SHARD_TOKENS = 1 << 25
+BATCH_CHARS = 8 << 20  # text encoded per encode_batch call
+
+
+@dataclass
+class TokenCache:
+    """A finished cache: its tokenizer, its shards memory-mapped, and its documents as global spans."""
+
+    root: Path
+    manifest: dict
+
+    @property
+    def vocab(self) -> Vocab:
+        return Vocab(load_tokenizer(self.root / "tokenizer.json"), self.manifest["tokenizer"]["eos_id"])
+
+    def shards(self) -> list[np.ndarray]:
+        dtype = np.dtype(self.manifest["dtype"])
+        out = []
+        for shard in self.manifest["shards"]:
+            path = self.root / shard["file"]
+            if not path.is_file() or path.stat().st_size != shard["tokens"] * dtype.itemsize:
+                raise DataError(f"{path}: missing or damaged (expected {shard['tokens']} tokens); "
+                                f"run `alphaspec tokenize` again into a new directory")
+            out.append(np.memmap(path, dtype=dtype, mode="r") if shard["tokens"] else np.zeros(0, dtype))
+        return out
+
+    def documents(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(starts, lengths, keys) of every document, in global token positions over all shards."""
+        starts, lengths, keys, offset = [], [], [], 0
+        for shard in self.manifest["shards"]:
+            table = np.load(self.root / shard["docs"], allow_pickle=False)
+            ends = table[:, 0]
+            begin = np.concatenate([[0], ends[:-1]])
+            starts.append(begin + offset)
+            lengths.append(ends - begin)
+            keys.append(table[:, 1])
+            offset += shard["tokens"]
+        cat = (lambda parts: np.concatenate(parts).astype(np.int64)) if starts else (lambda _: np.zeros(0, np.int64))
+        return cat(starts), cat(lengths), cat(keys)
+
+
+def read_manifest(root: Path) -> dict | None:
+    path = root / "manifest.json"
+    if not path.exists():
+        return None
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
+            raise ValueError(f"not an alphaspec token cache (schema {doc.get('schema')!r})")
+        return doc
+    except (OSError, ValueError, AttributeError) as e:
+        raise DataError(f"{path}: not a token cache manifest ({first_line(e)})") from e
+
+
+def open_cache(root: Path) -> TokenCache:
+    """A finished cache; an unfinished one says how to finish it."""
+    manifest = read_manifest(root)
+    if manifest is None:
+        raise DataError(f"{root}: not a token cache (no manifest.json)")
+    if not manifest.get("complete"):
+        raise DataError(f"{root}: the token cache is unfinished; run `alphaspec tokenize` with the same sources "
+                        "and -o to finish it")
+    return TokenCache(root, manifest)
+
+
+def cache_key(sources: Sequence[Source], tokenizer: Vocab | None, vocab_size: int) -> dict:
+    """What a cache is made from: the sources' fingerprints and the tokenizer (or the BPE to train)."""
+    made_by = tokenizer.fingerprint() if tokenizer is not None else f"bpe-{vocab_size}"
+    return {"sources": [s.fingerprint() for s in sources], "tokenizer": made_by}
+
+
+def build_cache(sources: Sequence[Source], root: Path, tokenizer: Vocab | None = None, vocab_size: int = 4096,
+                progress: Callable[[str, int, int], None] = lambda *_: None,
+                shard_tokens: int = SHARD_TOKENS) -> TokenCache:
+    """Tokenise `sources` into `root` (training a BPE of `vocab_size` when no tokenizer is given), or reuse
+    or finish the cache already there when it was made from the same sources and tokenizer.
+    progress(stage, characters done, tokens done) is called after each batch."""
+    key = cache_key(sources, tokenizer, vocab_size)
+    manifest = _start(root, key)
+    if manifest.get("complete"):
+        return TokenCache(root, manifest)
+    if tokenizer is None and not (root / "tokenizer.json").is_file():
+        progress("training tokenizer", 0, 0)
+        tokenizer = train_bpe((text for s in sources if s.kind != "tokens" for text, _ in s.pieces()), vocab_size)
+        atomic_write(root / "tokenizer.json", lambda tmp: tokenizer.tokenizer.save(tmp))
+        manifest["tokenizer"]["eos_id"] = tokenizer.eos_id
+    elif tokenizer is None:
+        tokenizer = Vocab(load_tokenizer(root / "tokenizer.json"), manifest["tokenizer"]["eos_id"])
+    else:
+        atomic_write(root / "tokenizer.json", lambda tmp: tokenizer.tokenizer.save(tmp))
+        manifest["tokenizer"]["eos_id"] = tokenizer.eos_id
+    manifest["dtype"] = "uint16" if tokenizer.size <= 65536 else "uint32"
+    _write_manifest(root, manifest)
+    writer = _ShardWriter(root, manifest, shard_tokens)
+    for tokens, key_, source_index, doc_index in _documents(sources, tokenizer, manifest.get("next", [0, 0]),
+                                                           progress):
+        writer.add(tokens, key_, (source_index, doc_index + 1))
+    writer.flush(final=True)
+    if manifest["tokens"] == 0:
+        raise DataError("the data holds no text: " + ", ".join(s.spec for s in sources[:3]))
+    return TokenCache(root, manifest)
+
+
+def _start(root: Path, key: dict) -> dict:
+    """The manifest to continue from: the one in root when it was made from the same sources and
+    tokenizer, a fresh one for an empty or new directory; anything else is refused, never overwritten."""
+    manifest = read_manifest(root) if root.is_dir() else None
+    if manifest is not None:
+        if manifest.get("key") != key:
+            raise DataError(f"{root}: holds tokens of other data or another tokenizer; choose another directory")
+        for stray in root.glob(".*.tmp"):  # a shard being written when the last run was killed
+            stray.unlink(missing_ok=True)
+        return manifest
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise DataError(f"{root}: exists and is not a token cache; choose a new or empty directory")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"{root}: cannot create the token cache ({first_line(e)})") from e
+    return {"schema": SCHEMA, "alphaspec": __version__, "key": key, "tokenizer": {"fingerprint": key["tokenizer"],
+            "eos_id": None}, "dtype": "uint16", "shards": [], "next": [0, 0], "tokens": 0, "documents": 0,
+            "complete": False}
+
+
+def _write_manifest(root: Path, manifest: dict) -> None:
+    text = json.dumps(manifest, indent=1) + "\n"
+    atomic_write(root / "manifest.json", lambda tmp: Path(tmp).write_text(text))
+
+
+def _documents(sources: Sequence[Source], vocab: Vocab, start: list[int],
+               progress) -> Iterator[tuple[np.ndarray, int, int, int]]:
+    """(token ids, text hash, source index, document index) per document, from document `start` on."""
+    chars = tokens = 0
+    for s_index in range(start[0], len(sources)):
+        source, skip = sources[s_index], start[1] if s_index == start[0] else 0
+        if source.kind == "tokens":
+            for d_index, ids in enumerate(_token_documents(source, vocab)):
+                if d_index >= skip:
+                    tokens += len(ids)
+                    yield ids, zlib.crc32(ids.tobytes()), s_index, d_index
+            continue
+        for d_index, (ids, key, n_chars) in enumerate(_encoded(source, vocab, skip)):
+            chars, tokens = chars + n_chars, tokens + len(ids)
+            progress("tokenising", chars, tokens)
+            yield ids, key, s_index, d_index + skip
+
+
+def _encoded(source: Source, vocab: Vocab, skip: int) -> Iterator[tuple[np.ndarray, int, int]]:
+    """Per document of `source` after the first `skip`: its ids (EOS appended), text hash and length."""
+    state = {"ids": [], "key": 0, "chars": 0}  # the document being assembled from its pieces
+    batch, size = [], 0
+    for text, last in _after(source.pieces(), skip):
+        batch.append((text, last))
+        size += len(text)
+        if size >= BATCH_CHARS:
+            yield from _encode_batch(batch, vocab, state)
+            batch, size = [], 0
+    yield from _encode_batch(batch, vocab, state)
+
+
+def _encode_batch(batch: list[tuple[str, bool]], vocab: Vocab, state: dict) -> Iterator[tuple[np.ndarray, int, int]]:
+    # pieces of one long document are encoded apart; each is cut after a newline, as BPE pre-tokenising would
+    encodings = vocab.tokenizer.encode_batch([t for t, _ in batch], add_special_tokens=False) if batch else []
+    for (text, last), enc in zip(batch, encodings, strict=True):
+        state["ids"].append(np.asarray(enc.ids, dtype=np.uint32))
+        state["key"] = zlib.crc32(text.encode("utf-8"), state["key"])
+        state["chars"] += len(text)
+        if last:
+            if vocab.eos_id is not None:
+                state["ids"].append(np.asarray([vocab.eos_id], dtype=np.uint32))
+            yield np.concatenate(state["ids"]), state["key"], state["chars"]
+            state.update(ids=[], key=0, chars=0)
+
+
+def _after(pieces: Iterator[tuple[str, bool]], skip: int) -> Iterator[tuple[str, bool]]:
+    """The pieces of every document after the first `skip` (those were tokenised before a resume)."""
+    seen = 0
+    for text, last in pieces:
+        if seen >= skip:
+            yield text, last
+        seen += last
+
+
+def _token_documents(source: Source, vocab: Vocab, chunk: int = 1 << 24) -> Iterator[np.ndarray]:
+    """A token file's ids, checked against the vocabulary, as documents split after each EOS id (and at
+    every `chunk` ids, so that memory stays bounded)."""
+    ids = source.tokens()
+    for begin in range(0, len(ids), chunk):
+        part = np.asarray(ids[begin:begin + chunk])
+        if len(part) and int(part.max()) >= vocab.size:
+            raise DataError(f"{source.path}: token id {int(part.max())} is outside the tokenizer's vocabulary "
+                            f"of {vocab.size}")
+        cuts = np.flatnonzero(part == vocab.eos_id) + 1 if vocab.eos_id is not None else np.zeros(0, np.int64)
+        yield from (p for p in np.split(part.astype(np.uint32), cuts) if len(p))
+
+
+def _save_npy(path: str, array: np.ndarray) -> None:
+    with open(path, "wb") as f:
+        np.save(f, array)
+
+
+class _ShardWriter:
+    """Collects documents and writes a shard (tokens, then document table, then manifest) once it is full."""
+
+    def __init__(self, root: Path, manifest: dict, shard_tokens: int):
+        self.root, self.manifest, self.limit = root, manifest, shard_tokens
+        self.parts: list[np.ndarray] = []
+        self.ends: list[tuple[int, int]] = []
+        self.count, self.next = 0, manifest.get("next", [0, 0])
+
+    def add(self, ids: np.ndarray, key: int, next_position: tuple[int, int]) -> None:
+        self.parts.append(ids)
+        self.count += len(ids)
+        self.ends.append((self.count, key))
+        self.next = list(next_position)
+        if self.count >= self.limit:
+            self.flush()
+
+    def flush(self, final: bool = False) -> None:
+        m = self.manifest
+        if self.parts:
+            index = len(m["shards"])
+            tokens = np.concatenate(self.parts).astype(m["dtype"])
+            file, docs = f"tokens-{index:05d}.bin", f"docs-{index:05d}.npy"
+            atomic_write(self.root / file, lambda tmp: tokens.tofile(tmp))
+            table = np.asarray(self.ends, dtype=np.int64)
+            atomic_write(self.root / docs, lambda tmp: _save_npy(tmp, table))
+            m["shards"].append({"file": file, "docs": docs, "tokens": int(len(tokens)), "documents": len(table)})
+            m["tokens"] += int(len(tokens))
+            m["documents"] += len(table)
+            self.parts, self.ends, self.count = [], [], 0
+        m["next"] = self.next
+        m["complete"] = final
+        _write_manifest(self.root, m)
