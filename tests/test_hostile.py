@@ -349,6 +349,16 @@ CASES += [
     Case("resume-tokens-corrupt", lambda b, d: ["train", "--out", write(copy(b, d, "run") / "data" / "tokens.npy",
                                                                         noise(300)).parent.parent, "--resume",
                                                 "--steps", "6", "-q"], 1, ("tokens.npy",)),
+    Case("resume-data-record-corrupt", lambda b, d: ["train", "--out", write(copy(b, d, "run") / "data" / "cache.json",
+                                                                             noise(300)).parent.parent, "--resume",
+                                                     "--steps", "6", "-q"], 1, ("cache.json", "damaged")),
+    Case("resume-token-cache-gone", lambda b, d: ["train", "--out", _point_at(copy(b, d, "run"), d / "gone"), "--resume",
+                                                  "--steps", "6", "-q"], 1, ("gone", "not a token cache")),
+    Case("tokenize-jsonl-not-json", lambda b, d: ["tokenize", write(d / "d.jsonl", '{"text": "a"}\n{oops\n'), "-o",
+                                                  d / "c"], 1, ("d.jsonl:2", "not a JSON record")),
+    Case("tokenize-into-a-users-directory", lambda b, d: ["tokenize", copy(b, d, "text.txt"), "-o",
+                                                          write(d / "mine" / "notes.txt", "x").parent], 1,
+         ("mine", "not a token cache")),
     Case("resume-settings-damaged", lambda b, d: ["train", "--out", _damage_checkpoint_config(copy(b, d, "run")),
                                                   "--resume", "--steps", "6", "-q"], 1, ("settings are damaged",)),
     Case("train-out-is-a-file", lambda b, d: ["train", "--out", write(d / "r", "x"), *TRAIN], 1,
@@ -372,6 +382,12 @@ CASES += [
 def _truncate_all(run: Path) -> Path:
     for p in (run / "checkpoints").glob("*.pt"):
         truncate(p, 0.4)
+    return run
+
+
+def _point_at(run: Path, cache: Path) -> Path:
+    link = json.loads((run / "data" / "cache.json").read_text())
+    (run / "data" / "cache.json").write_text(json.dumps({**link, "train": str(cache)}))
     return run
 
 

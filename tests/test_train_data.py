@@ -7,19 +7,23 @@ import pytest
 import torch
 
 from alphaspec.train import data
+from alphaspec.train.cache import build_cache
 from alphaspec.train.loop import TrainConfig, _lr_lambda
+from alphaspec.train.sources import open_sources
 
 
-def test_bundled_corpus_round_trips_through_the_bpe():
+def test_bundled_corpus_round_trips_through_the_bpe(tmp_path):
     files = data.bundled_corpus()
     assert len(files) == 3 and sum(f.stat().st_size for f in files) > 300_000
     docs = [f.read_text()[:20_000] for f in files]
-    tok = data.train_tokenizer(docs, 512)
-    assert tok.get_vocab_size() == 512
+    for i, doc in enumerate(docs):
+        (tmp_path / f"{i}.txt").write_text(doc)
+    cache = build_cache(open_sources([tmp_path]), tmp_path / "cache", vocab_size=512)
+    tok, eos = cache.vocab.tokenizer, cache.vocab.eos_id
+    assert tok.get_vocab_size() == 512 and eos == tok.token_to_id(data.EOS)
     for doc in docs:
         assert tok.decode(tok.encode(doc).ids) == doc
-    stream = data.encode(tok, docs)
-    eos = tok.token_to_id(data.EOS)
+    stream = cache.shards()[0]
     assert stream.dtype == np.uint16 and (stream == eos).sum() == 3 and stream[-1] == eos
     assert len(stream) < sum(map(len, docs)) / 1.5  # even a 512-token BPE compresses English text
 
@@ -57,15 +61,15 @@ def test_split_keeps_the_tail_for_validation_and_refuses_tiny_text():
         data.TokenData.split(np.arange(100, dtype=np.uint16), 0.1, seq_len=64)
 
 
-def test_text_files_errors_name_the_path(tmp_path):
+def test_source_errors_name_the_path(tmp_path):
     with pytest.raises(data.DataError, match="no such file"):
-        data.text_files([tmp_path / "missing.txt"])
+        open_sources([tmp_path / "missing.txt"])
     (tmp_path / "empty").mkdir()
-    with pytest.raises(data.DataError, match="no text files"):
-        data.text_files([tmp_path / "empty"])
+    with pytest.raises(data.DataError, match="no data files"):
+        open_sources([tmp_path / "empty"])
     (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
-    with pytest.raises(data.DataError, match="not UTF-8"):
-        data.read_documents(data.text_files([tmp_path]))
+    with pytest.raises(data.DataError, match="latin1.txt: not UTF-8"):
+        [piece for source in open_sources([tmp_path]) for piece in source.pieces()]
 
 
 def test_lr_schedule_warmup_then_cosine_to_the_floor():
@@ -75,10 +79,3 @@ def test_lr_schedule_warmup_then_cosine_to_the_floor():
     assert f(10) == pytest.approx(1.0)
     assert f(60) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
     assert f(110) == pytest.approx(0.1)
-
-
-def test_chunks_cut_at_line_ends_and_lose_nothing():
-    doc = "".join(f"line {i} of the text\n" for i in range(1000)) + "no newline at the end"
-    pieces = list(data.chunks([doc, "short"], size=500))
-    assert "".join(pieces) == doc + "short"
-    assert all(p.endswith("\n") for p in pieces[:-2]) and max(map(len, pieces)) < 500 + 30

@@ -106,9 +106,24 @@ def build_cache(sources: Sequence[Source], root: Path, tokenizer: Vocab | None =
     or finish the cache already there when it was made from the same sources and tokenizer.
     progress(stage, characters done, tokens done) is called after each batch."""
     key = cache_key(sources, tokenizer, vocab_size)
+    created = not root.exists()
     manifest = _start(root, key)
     if manifest.get("complete"):
         return TokenCache(root, manifest)
+    try:
+        return _fill(sources, root, manifest, tokenizer, vocab_size, progress, shard_tokens)
+    except BaseException:
+        if created and not manifest["shards"]:  # nothing worth resuming: leave no directory behind
+            for name in ("manifest.json", "tokenizer.json"):
+                (root / name).unlink(missing_ok=True)
+            for stray in root.glob(".*.tmp"):
+                stray.unlink(missing_ok=True)
+            root.rmdir()
+        raise
+
+
+def _fill(sources: Sequence[Source], root: Path, manifest: dict, tokenizer: Vocab | None, vocab_size: int,
+          progress, shard_tokens: int) -> TokenCache:
     if tokenizer is None and not (root / "tokenizer.json").is_file():
         progress("training tokenizer", 0, 0)
         tokenizer = train_bpe((text for s in sources if s.kind != "tokens" for text, _ in s.pieces()), vocab_size)
@@ -125,9 +140,9 @@ def build_cache(sources: Sequence[Source], root: Path, tokenizer: Vocab | None =
     for tokens, key_, source_index, doc_index in _documents(sources, tokenizer, manifest.get("next", [0, 0]),
                                                            progress):
         writer.add(tokens, key_, (source_index, doc_index + 1))
-    writer.flush(final=True)
-    if manifest["tokens"] == 0:
+    if manifest["tokens"] + writer.count == 0:  # refused before the manifest could say "complete"
         raise DataError("the data holds no text: " + ", ".join(s.spec for s in sources[:3]))
+    writer.flush(final=True)
     return TokenCache(root, manifest)
 
 

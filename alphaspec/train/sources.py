@@ -211,12 +211,16 @@ def _hf_pieces(src: Source) -> Iterator[Piece]:
             data = datasets.load_from_disk(str(src.path))
             if isinstance(data, datasets.DatasetDict):
                 data = data["train"] if "train" in data else next(iter(data.values()))
+            if len(data) == 0:
+                raise DataError(f"{src.spec}: the dataset is empty")
             data = data.to_iterable_dataset()
         else:
             name, config, split = (src.spec[3:].split(":") + [None, None])[:3]
             data = datasets.load_dataset(name, config or None, split=split or "train", streaming=True)
         records = iter(data)
         first = next(records, None)
+    except DataError:
+        raise
     except Exception as e:  # datasets raises many kinds (not found, offline, bad config)
         raise DataError(f"{src.spec}: cannot open the dataset ({first_line(e)})") from e
     if first is None:

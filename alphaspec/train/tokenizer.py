@@ -73,12 +73,15 @@ def resolve_tokenizer(spec: str | Path) -> Vocab:
 
 def _from_hub(spec: str) -> Vocab:
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
     repo, _, revision = spec.partition("@")
     try:
         file = hf_hub_download(repo, "tokenizer.json", revision=revision or None)
-    except EntryNotFoundError:
+    except EntryNotFoundError as e:
+        if isinstance(e, LocalEntryNotFoundError):  # offline, or no network, and not in the cache
+            raise DataError(f"{spec}: no such tokenizer in the local cache, and the hub cannot be reached "
+                            f"({first_line(e)})") from e
         raise DataError(f"{spec}: the repository has no tokenizer.json (a fast tokenizer is needed)") from None
     except Exception as e:  # not found, offline without a cached copy, no network, bad revision
         raise DataError(f"{spec}: no such tokenizer on the hub or in the local cache ({first_line(e)})") from e
