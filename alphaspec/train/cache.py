@@ -28,8 +28,8 @@ from .sources import DataError, Source
 from .tokenizer import Vocab, load_tokenizer, train_bpe
 
 SCHEMA = "alphaspec.token-cache/1"
-SHARD_TOKENS = 1 << 25
-BATCH_CHARS = 8 << 20  # text encoded per encode_batch call
+SHARD_TOKENS = 1 << 24
+BATCH_CHARS = 2 << 20  # text per encode_batch call: a few pieces for the cores, few Encoding objects alive
 
 
 @dataclass
