@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Annotated
@@ -39,9 +40,12 @@ def tokenize(
     = DataOptions.vocab_size,
     text_field: Annotated[str, typer.Option(metavar="NAME", help="The text field of JSON records, Parquet rows and "
                                             "datasets.")] = DataOptions.text_field,
+    workers: Annotated[int, typer.Option(min=0, help="Threads encoding text (0: every core).")] = 0,
     quiet: Quiet = False,
 ) -> None:
     """Tokenise training data once into sharded token files that every run reuses."""
+    if workers:  # tokenizers sizes its thread pool from this when it first encodes
+        os.environ["RAYON_RS_NUM_CPUS"] = str(workers)
     from ..train.cache import build_cache
     from ..train.sources import open_sources
     from ..train.tokenizer import resolve_tokenizer
