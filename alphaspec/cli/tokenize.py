@@ -8,7 +8,14 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from ..train.config import DataOptions
 from .common import Quiet, app, err, out
@@ -53,13 +60,19 @@ def tokenize(
     opened = open_sources(sources, text_field)
     vocab = resolve_tokenizer(tokenizer) if tokenizer else None
     started = time.perf_counter()
-    columns = [SpinnerColumn(), TextColumn("{task.description}"), TextColumn("{task.fields[rate]}"), TimeElapsedColumn()]
+    # the files' sizes give an ETA: text read so far stands for bytes read (capped at each file's size)
+    sizes = [s.path.stat().st_size if s.path is not None and s.path.is_file() else None for s in opened]
+    total = sum(sizes) if None not in sizes else None
+    before = [sum(sizes[:i]) for i in range(len(sizes))] if total else []
+    columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[rate]}"),
+               TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
     with Progress(*columns, console=err, disable=quiet, transient=True) as bar:
-        task = bar.add_task("starting", rate="")
+        task = bar.add_task("starting", rate="", total=total)
 
-        def progress(stage: str, chars: int, tokens: int) -> None:
+        def progress(stage: str, chars: int, tokens: int, source: int = 0, here: int = 0) -> None:
             seconds = max(time.perf_counter() - started, 1e-9)
-            bar.update(task, description=f"{stage} {chars / 1e6:,.1f} MB → {tokens:,} tokens",
+            done = before[source] + min(here, sizes[source]) if total else None
+            bar.update(task, description=f"{stage} {chars / 1e6:,.1f} MB → {tokens:,} tokens", completed=done,
                        rate=f"{chars / 1e6 / seconds:.1f} MB/s {tokens / seconds:,.0f} tok/s" if tokens else "")
 
         cache = build_cache(opened, output, vocab, vocab_size, progress)

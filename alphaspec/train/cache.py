@@ -100,11 +100,11 @@ def cache_key(sources: Sequence[Source], tokenizer: Vocab | None, vocab_size: in
 
 
 def build_cache(sources: Sequence[Source], root: Path, tokenizer: Vocab | None = None, vocab_size: int = 4096,
-                progress: Callable[[str, int, int], None] = lambda *_: None,
+                progress: Callable[..., None] = lambda *_: None,
                 shard_tokens: int = SHARD_TOKENS) -> TokenCache:
     """Tokenise `sources` into `root` (training a BPE of `vocab_size` when no tokenizer is given), or reuse
     or finish the cache already there when it was made from the same sources and tokenizer.
-    progress(stage, characters done, tokens done) is called after each batch."""
+    progress(stage, characters, tokens[, source index, characters of that source]) reports as it goes."""
     key = cache_key(sources, tokenizer, vocab_size)
     created = not root.exists()
     manifest = _start(root, key)
@@ -174,10 +174,11 @@ def _write_manifest(root: Path, manifest: dict) -> None:
 
 def _documents(sources: Sequence[Source], vocab: Vocab, start: list[int],
                progress) -> Iterator[tuple[np.ndarray, int, int, int]]:
-    """(token ids, text hash, source index, document index) per document, from document `start` on."""
+    """(token ids, text hash, source index, document index) per document, from document `start` on.
+    progress(stage, characters, tokens, source index, characters of this source) follows each document."""
     chars = tokens = 0
     for s_index in range(start[0], len(sources)):
-        source, skip = sources[s_index], start[1] if s_index == start[0] else 0
+        source, skip, here = sources[s_index], start[1] if s_index == start[0] else 0, 0
         if source.kind == "tokens":
             for d_index, ids in enumerate(_token_documents(source, vocab)):
                 if d_index >= skip:
@@ -185,8 +186,8 @@ def _documents(sources: Sequence[Source], vocab: Vocab, start: list[int],
                     yield ids, zlib.crc32(ids.tobytes()), s_index, d_index
             continue
         for d_index, (ids, key, n_chars) in enumerate(_encoded(source, vocab, skip)):
-            chars, tokens = chars + n_chars, tokens + len(ids)
-            progress("tokenising", chars, tokens)
+            chars, tokens, here = chars + n_chars, tokens + len(ids), here + n_chars
+            progress("tokenising", chars, tokens, s_index, here)
             yield ids, key, s_index, d_index + skip
 
 

@@ -208,7 +208,7 @@ def _cache_for(specs, opts, vocab: Vocab | None, status) -> TokenCache:
     else:
         status(f"tokenising {len(sources)} source(s) into {root}")
 
-    def progress(stage: str, chars: int, tokens: int) -> None:
+    def progress(stage: str, *_) -> None:
         if stage == "training tokenizer":
             status(f"training a {opts.vocab_size}-token BPE")
 
