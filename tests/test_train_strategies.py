@@ -102,7 +102,7 @@ def test_strategy_of_each_name():
 def test_adamw_decays_decoupled_and_adam_through_the_gradient():
     """With a zero loss gradient: AdamW shrinks θ by exactly (1 − lr·λ); Adam's L2 term goes through the
     moments, so its first step moves every weight by ~lr·sign(θ) (docs/math.md §4)."""
-    from alphaspec.train.loop import make_optimizer
+    from alphaspec.train.optim import make_optimizer
 
     theta = torch.tensor([0.5, -2.0, 3.0])
     for name, expected in (("adamw", theta * (1 - 0.01 * 0.1)), ("adam", theta - 0.01 * torch.sign(theta))):
@@ -112,3 +112,44 @@ def test_adamw_decays_decoupled_and_adam_through_the_gradient():
         p.grad = torch.zeros(3)
         opt.step()
         torch.testing.assert_close(p.detach(), expected, rtol=1e-6, atol=1e-7)
+
+
+def test_cautious_decay_only_where_update_and_weight_agree_in_sign():
+    """SGD makes the update u = g known: theta1 = theta0 - lr*g - lr*w*[sign(g) == sign(theta0)]*theta0, by hand."""
+    torch.manual_seed(0)
+    model = Llama(CFG)
+    strategy = make_strategy(TrainConfig.of(strategy="cautious", weight_decay=0.3))
+    opt = torch.optim.SGD(strategy.param_groups(model), lr=0.1)
+    strategy.setup(model, opt, None)
+    assert all(g["weight_decay"] == 0.0 for g in opt.param_groups)  # the optimizer's own decay is off
+    set_grads(model)
+    before = {n: (p.detach().double().numpy().copy(), p.grad.double().numpy().copy()) for n, p in model.named_parameters()}
+    strategy.before_step(1, model, opt, torch.tensor(1.0))
+    opt.step()
+    strategy.after_step(1)
+    agreed = total = 0
+    for name, p in model.named_parameters():
+        theta, g = before[name]
+        mask = np.sign(g) == np.sign(theta)
+        want = theta - 0.1 * g - 0.1 * 0.3 * mask * theta
+        np.testing.assert_allclose(p.detach().double().numpy(), want, rtol=1e-5, atol=1e-7, err_msg=name)
+        agreed, total = agreed + mask.sum(), total + mask.size
+    row = strategy.decay_rows()[-1]  # after the step-0 rows of the groups
+    assert row["step"] == 1 and row["name"] == "*"
+    assert row["metric"] == pytest.approx(agreed / total) and 0.3 < row["metric"] < 0.7
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+@pytest.mark.parametrize("strategy", ["uniform", "alphadecay", "awd", "adadecay", "lrm", "cautious"])
+def test_every_strategy_trains_under_each_decoupled_optimizer(tmp_path, strategy, optimizer):
+    from alphaspec.train import train
+    from alphaspec.train.data import bundled_corpus
+
+    if optimizer == "muon" and not hasattr(torch.optim, "Muon"):
+        pytest.skip("torch.optim.Muon needs torch >= 2.9")
+    text = tmp_path / "t.txt"
+    text.write_text(bundled_corpus()[0].read_text()[:30_000])
+    last = train(TrainConfig.of(out=str(tmp_path / "r"), data=[str(text)], strategy=strategy, optimizer=optimizer,
+                                gap=2, steps=4, vocab_size=256, seq_len=16, batch_size=2, eval_every=4, eval_windows=2,
+                                analyze_every=0))
+    assert math.isfinite(last["loss"]) and math.isfinite(last["eval_loss"])

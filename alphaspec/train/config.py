@@ -28,6 +28,7 @@ from ..choices import (
     ESTIMATORS,
     MODELS,
     MULTIPLIERS,
+    MUON_LR_ADJUSTMENTS,
     OPTIMIZERS,
     PACKINGS,
     PRECISIONS,
@@ -87,8 +88,8 @@ class DataOptions:
 @dataclass
 class OptimizerOptions:
     TITLE: ClassVar[str] = "Optimizer"
-    name: str = option("adamw", "adamw (decoupled decay) or adam (L2 decay, the paper's table).", key="optimizer",
-                       choices=OPTIMIZERS)
+    name: str = option("adamw", "adamw (decoupled decay), adam (L2 decay, the paper's table) or muon (Muon for the "
+                       "blocks' matrices, AdamW for the rest).", key="optimizer", choices=OPTIMIZERS)
     lr: float = option(1e-3, "Peak learning rate.", min=0.0, kind="finite")
     betas: tuple[float, float] = option((0.9, 0.95), cli=False)
     eps: float = option(1e-8, cli=False)
@@ -96,6 +97,12 @@ class OptimizerOptions:
     batch_size: int = option(16, "Sequences per optimizer step, over all GPUs.", min=1)
     micro_batch: int | None = option(None, "Sequences per forward pass per GPU (gradient accumulation makes up the "
                                      "rest; default: batch size / GPUs).", min=1)
+    muon_momentum: float = option(0.95, "Muon's momentum.", min=0.0, max=1.0, kind="finite")
+    muon_nesterov: bool = option(True, "Muon's Nesterov momentum.", flags=("--muon-nesterov/--no-muon-nesterov",))
+    muon_ns_steps: int = option(5, "Muon's Newton-Schulz iterations.", min=1, max=99)
+    muon_adjust_lr: str = option("match_rms_adamw", "match_rms_adamw: lr x 0.2 sqrt(max(A, B)), so Muon reuses "
+                                 "AdamW's --lr (Moonlight); original: lr x sqrt(max(1, A/B)).",
+                                 choices=MUON_LR_ADJUSTMENTS)
 
 
 @dataclass
@@ -229,7 +236,13 @@ class TrainConfig:
                 raise ConfigError(f"--{_flag(key)} {value!r}: choose one of {', '.join(meta['choices'])}")
             if isinstance(value, int | float) and not isinstance(value, bool) and _out_of_range(value, meta):
                 raise ConfigError(f"--{_flag(key)} {value!r}: must be a finite number {_bounds(meta)}")
+        if self.optimizer.name == "muon" and self.hardware.sharding == "fsdp":
+            raise ConfigError("--optimizer muon orthogonalises whole matrices, which --sharding fsdp splits over "
+                              "ranks; use --sharding ddp")
         d = self.decay
+        if d.strategy == "cautious" and self.optimizer.name == "adam":
+            raise ConfigError("--strategy cautious masks a decoupled decay; use --optimizer adamw or muon, not adam "
+                              "(L2 decay goes through the gradient)")
         if d.decay_map and d.strategy not in (None, "alphadecay"):
             raise ConfigError(f"--decay-map is AlphaDecay's static map; it cannot be used with strategy {d.strategy!r}")
         s1, s2 = d.ratio

@@ -28,7 +28,8 @@ from ..hook import full_tensor
 from . import data as datamod
 from . import parallel
 from .config import ConfigError, TrainConfig, default_gap, resumed_config
-from .model import PRESETS, Llama, ModelConfig, count_params, hf_tensors
+from .model import PRESETS, Llama, ModelConfig, count_params, hf_tensors, is_multiplier
+from .optim import make_optimizer
 from .rundir import (
     ALPHA_COLUMNS,
     DECAY_COLUMNS,
@@ -58,14 +59,6 @@ def _lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
         progress = min(1.0, (step - s.warmup_steps) / max(1, s.steps - s.warmup_steps))
         return s.min_lr_ratio + (1 - s.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
     return f
-
-
-def make_optimizer(cfg: TrainConfig, groups: list[dict], device: torch.device) -> torch.optim.Optimizer:
-    """AdamW (decoupled decay: θ ← θ − lr·(u + λθ)) or Adam with L2 decay (λθ added to the gradient), docs/math.md §4."""
-    opt_cls = torch.optim.AdamW if cfg.optimizer.name == "adamw" else torch.optim.Adam
-    fused = {"fused": True} if device.type == "cuda" else {}
-    o = cfg.optimizer
-    return opt_cls(groups, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=cfg.decay.weight_decay, **fused)
 
 
 def train(cfg: TrainConfig, on_log: Callable[[dict], None] | None = None,
@@ -155,7 +148,8 @@ def _build(cfg: TrainConfig, mcfg: ModelConfig, state: dict | None, device: torc
         model.load_state_dict(state["model"])
     net = parallel.wrap(model, world, device, cfg.hardware.sharding, _bf16(cfg, device))  # FSDP2 shards in place
     strategy = make_strategy(cfg)
-    optimizer = make_optimizer(cfg, strategy.param_groups(model), device)
+    muon = {id(p) for n, p in model.named_parameters() if is_tuned_candidate(n, p) and not is_multiplier(n)}
+    optimizer = make_optimizer(cfg, strategy.param_groups(model), device, muon)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
     strategy.setup(net, optimizer, scheduler)
     if state:

@@ -183,13 +183,42 @@ class AdaDecay(Strategy):
         self._log(step, dict(zip(names, map(float, wd), strict=True)), dict(zip(names, map(float, norms), strict=True)))
 
 
+class Cautious(Strategy):
+    """Cautious weight decay (Chen et al. 2025): decay only the coordinates where the optimizer's update and
+    the weight agree in sign, θ ← θ − lr·λ·𝟙[sign(u) = sign(θ)]⊙θ (docs/math.md §5). The optimizer's own
+    decay is set to 0 and the masked one applied after its step; u's sign is that of θ_before − θ_after."""
+
+    def setup(self, model, optimizer, scheduler) -> None:
+        self.groups = [g for g in optimizer.param_groups if g["weight_decay"] > 0 and g.get("name") != "multipliers"]
+        self.decays = [g["weight_decay"] for g in self.groups]
+        for g in self.groups:
+            g["weight_decay"] = 0.0
+        self.before: list[list[torch.Tensor]] = []
+
+    def before_step(self, step, model, optimizer, grad_norm) -> None:
+        self.before = [[p.detach().clone() for p in g["params"]] for g in self.groups]
+
+    @torch.no_grad()
+    def after_step(self, step: int) -> None:
+        kept = total = 0
+        for g, wd, olds in zip(self.groups, self.decays, self.before, strict=True):
+            for p, old in zip(g["params"], olds, strict=True):
+                agree = torch.sign(old - p) == torch.sign(old)  # the update -lr·u moved θ by old - p = lr·u
+                p.sub_(g["lr"] * wd * agree * old)
+                kept, total = kept + int(agree.sum()), total + agree.numel()
+        self.before = []
+        self._rows.append({"step": step, "name": "*", "module": "*", "layer": None, "metric": kept / max(total, 1),
+                           "weight_decay": self.w})  # metric: the share of coordinates decayed
+
+
 def make_strategy(cfg) -> Strategy:
     """The strategy object a TrainConfig asks for (its implied defaults filled in)."""
     cfg = cfg.settled()
     cfg = cfg.with_options(gap=cfg.decay.gap or default_gap(cfg.schedule.steps))
     if cfg.decay.strategy == "alphadecay":
         return StaticMap(cfg) if cfg.decay.decay_map else Refreshed(cfg)
-    return {"uniform": Strategy, "lrm": Strategy, "awd": AWD, "adadecay": AdaDecay}[cfg.decay.strategy](cfg)
+    return {"uniform": Strategy, "lrm": Strategy, "awd": AWD, "adadecay": AdaDecay,
+            "cautious": Cautious}[cfg.decay.strategy](cfg)
 
 
 def clip_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
