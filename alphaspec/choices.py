@@ -7,7 +7,7 @@ PRESERVE = ("none", "modules", "params")  # --preserve-mean
 DECAY_METRICS = ("alpha", "alpha_weighted", "spectral_norm", "frobenius_norm", "stable_rank", "log_spectral_norm",
                  "log_norm", "entropy", "lambda_max")  # what decays can be assigned from
 DEFAULT_POLICIES = ("all", "matrices")  # --default-decay, besides a number
-STRATEGIES = ("uniform", "alphadecay", "awd", "adadecay", "lrm", "cautious")
+STRATEGIES = ("uniform", "alphadecay", "awd", "adadecay", "lrm", "cautious", "mup")
 MODELS = ("tiny", "llama-20m", "llama-60m", "llama-130m", "llama-350m", "llama-1b")  # GaLore's LLaMA shapes
 MULTIPLIERS = ("none", "vector", "full", "scalar")  # learnable-multiplier placements
 OPTIMIZERS = ("adamw", "adam", "muon")

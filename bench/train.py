@@ -2,6 +2,7 @@
 
     python bench/train.py --model llama-60m --seq-len 256 --batch-size 32 --steps 40           # CPU or GPU
     python bench/train.py --model llama-130m --seq-len 256 --batch-size 128 --steps 100 --compile --json out.json
+    python bench/train.py --strategies uniform --optimizers adamw,muon          # Muon's cost against AdamW
 
 Each strategy trains on the bundled text in a fresh temporary run; the first log interval (warm-up,
 compilation) is left out of the medians. alphadecay and adadecay refresh every --gap steps, so their
@@ -33,6 +34,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--gap", type=int, default=20)
     ap.add_argument("--strategies", default="uniform,alphadecay,awd,adadecay,lrm")
+    ap.add_argument("--optimizers", default="adamw", help="comma-separated: adamw, adam, muon")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--json", type=Path)
@@ -44,28 +46,31 @@ def main() -> None:
     log_every = max(1, args.steps // 10)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        for strategy in args.strategies.split(","):
-            cfg = TrainConfig.of(out=f"{tmp}/{strategy}", model=args.model, seq_len=args.seq_len, batch_size=args.batch_size,
-                              steps=args.steps, strategy=strategy, gap=args.gap, device=args.device, compile=args.compile,
-                              log_every=log_every, eval_every=10**9, checkpoint_every=10**9, warmup_steps=1)
+        for optimizer, strategy in [(o, s) for o in args.optimizers.split(",") for s in args.strategies.split(",")]:
+            out = f"{tmp}/{optimizer}-{strategy}"
+            cfg = TrainConfig.of(out=out, model=args.model, seq_len=args.seq_len, batch_size=args.batch_size,
+                                 steps=args.steps, strategy=strategy, gap=args.gap, device=args.device,
+                                 compile=args.compile, log_every=log_every, eval_every=10**9, checkpoint_every=10**9,
+                                 warmup_steps=1, optimizer=optimizer)
             train(cfg)
-            m = pd.read_csv(f"{tmp}/{strategy}/metrics.csv").iloc[1:]
-            vocab = json.loads(Path(f"{tmp}/{strategy}/config.json").read_text())["vocab_size"]
+            m = pd.read_csv(f"{out}/metrics.csv").iloc[1:]
+            vocab = json.loads(Path(f"{out}/config.json").read_text())["vocab_size"]
             flops = model_flops_per_token(ModelConfig(vocab_size=vocab, **PRESETS[args.model]), args.seq_len)
             tps = float(m["tokens_per_s"].median())
-            row = {"strategy": strategy, "tokens_per_s": tps, "step_ms": 1e3 * args.batch_size * args.seq_len / tps,
-                   "tflops": tps * flops / 1e12}
+            row = {"optimizer": optimizer, "strategy": strategy, "tokens_per_s": tps,
+                   "step_ms": 1e3 * args.batch_size * args.seq_len / tps, "tflops": tps * flops / 1e12}
             peak = next((v for k, v in PEAK_BF16.items() if k in gpu), None)
             row["mfu"] = row["tflops"] * 1e12 / peak if peak else None
             results.append(row)
-    base = results[0]["tokens_per_s"]
+    base = results[0]["tokens_per_s"]  # the first optimizer's first strategy
     print(f"model {args.model}, batch {args.batch_size} x {args.seq_len}, {args.steps} steps, gap {args.gap}, "
           f"compile {args.compile}")
     for r in results:
         r["slowdown"] = base / r["tokens_per_s"]
         mfu = f", MFU {r['mfu']:.1%}" if r["mfu"] else ""
-        print(f"{r['strategy']:>11}: {r['tokens_per_s']:>10,.0f} tok/s  {r['step_ms']:8.1f} ms/step  "
-              f"{r['tflops']:7.2f} TFLOP/s{mfu}  {r['slowdown']:.3f}x uniform", flush=True)
+        print(f"{r['optimizer']:>6} {r['strategy']:>11}: {r['tokens_per_s']:>10,.0f} tok/s  {r['step_ms']:8.1f} ms/step  "
+              f"{r['tflops']:7.2f} TFLOP/s{mfu}  {r['slowdown']:.3f}x {results[0]['optimizer']} "
+              f"{results[0]['strategy']}", flush=True)
     if args.json:
         args.json.write_text(json.dumps({"machine": {"gpu": gpu, "torch": torch.__version__}, "args": vars(args) | {
             "json": str(args.json)}, "results": results}, indent=1))

@@ -64,3 +64,29 @@ def test_config_json_is_a_llama_config(tmp_path):
     assert (hf.hidden_size, hf.num_hidden_layers, hf.num_key_value_heads, hf.vocab_size) == (32, 3, 2, 61)
     with pytest.raises(ValueError):
         ModelConfig(hidden_size=30, num_attention_heads=4)
+
+
+@pytest.mark.parametrize("width", [64, 128])
+def test_mup_multipliers_are_the_closed_forms_and_fold_into_an_ordinary_llama(width):
+    """Base width 64: at width 64 m = 1, at 128 m = 2. Attention logits q.k / d_head (SDPA's 1/sqrt(d_head)
+    times 1/sqrt(d_head) on q); output logits / m; hidden matrices learn at lr / m, the rest at lr."""
+    from alphaspec.train.config import TrainConfig
+    from alphaspec.train.strategies import make_strategy
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=61, hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2,
+                      num_attention_heads=4)
+    m, head_dim = width / 64, width / 4
+    model = Llama(cfg, mup_width_mult=m).eval()
+    assert float(model.logit_mult) == 1 / m
+    assert float(model.model.layers[0].self_attn.q_mult) == pytest.approx(head_dim ** -0.5, rel=1e-7)  # float32
+    ids = torch.randint(0, 61, (2, 16), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        plain = Llama(cfg).eval()
+        plain.load_state_dict(model.state_dict(), strict=False)  # same weights, no muP
+        assert not torch.allclose(model(ids), plain(ids))
+        torch.testing.assert_close(model(ids), hf_model(model)(ids).logits, atol=2e-5, rtol=1e-4)
+    assert not any(n.endswith(("q_mult", "logit_mult")) for n in model.hf_state_dict())
+    groups = make_strategy(TrainConfig.of(strategy="mup", lr=1e-2, mup_base_width=64)).param_groups(model)
+    lrs = {g["name"]: g.get("lr", 1e-2) for g in groups}
+    assert lrs["matrices"] == pytest.approx(1e-2 / m) and lrs["untuned"] == 1e-2

@@ -62,6 +62,8 @@ class ModelOptions:
     TITLE: ClassVar[str] = "Model"
     name: str = option("tiny", "GaLore's LLaMA shapes.", key="model", choices=MODELS)
     multipliers: str = option("none", "Learnable multipliers (strategy lrm: vector).", choices=MULTIPLIERS)
+    mup_base_width: int = option(256, "Strategy mup: the width whose learning rate --lr is; wider models' hidden "
+                                 "matrices learn at lr x base/width.", min=1)
 
 
 @dataclass

@@ -44,7 +44,7 @@ from .rundir import (
     save_weights,
     write_json,
 )
-from .strategies import Strategy, clip_parameters, make_strategy
+from .strategies import Strategy, clip_parameters, make_strategy, mup_width_mult
 
 log = logging.getLogger("alphaspec")
 
@@ -143,7 +143,8 @@ def _from_rank0(values: list, world: int) -> list:
 def _build(cfg: TrainConfig, mcfg: ModelConfig, state: dict | None, device: torch.device, world: int):
     """Model (wrapped for DDP/FSDP2), strategy, optimizer and scheduler, restored from `state` if given."""
     torch.manual_seed(cfg.run.seed)
-    model = Llama(mcfg, lrm=cfg.model.multipliers).to(device)
+    mup = mup_width_mult(cfg, mcfg.hidden_size) if cfg.decay.strategy == "mup" else None
+    model = Llama(mcfg, lrm=cfg.model.multipliers, mup_width_mult=mup).to(device)
     if state:
         model.load_state_dict(state["model"])
     net = parallel.wrap(model, world, device, cfg.hardware.sharding, _bf16(cfg, device))  # FSDP2 shards in place

@@ -70,6 +70,7 @@ LRM_MODES = {
     "scalar": {m: (False, False) for m in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")},
 }
 MULTIPLIER_NAMES = ("row_mult", "col_mult", "scale")
+MUP_BUFFERS = ("q_mult", "logit_mult")  # muP's fixed multipliers (buffers, folded into q_proj and lm_head on save)
 
 
 class Linear(nn.Linear):
@@ -111,7 +112,7 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig, lrm: dict):
+    def __init__(self, cfg: ModelConfig, lrm: dict, mup: bool = False):
         super().__init__()
         d, hd = cfg.hidden_size, cfg.head_dim
         self.heads, self.kv_heads, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, hd
@@ -119,10 +120,13 @@ class Attention(nn.Module):
         self.k_proj = _linear(d, cfg.num_key_value_heads * hd, "k_proj", lrm)
         self.v_proj = _linear(d, cfg.num_key_value_heads * hd, "v_proj", lrm)
         self.o_proj = _linear(cfg.num_attention_heads * hd, d, "o_proj", lrm)
+        if mup:  # muP's attention logits q.k / d_head: SDPA's 1 / sqrt(d_head) times this on q
+            self.register_buffer("q_mult", torch.tensor(hd ** -0.5))
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         b, t, _ = x.shape
-        q = self.q_proj(x).view(b, t, self.heads, self.head_dim).transpose(1, 2)
+        q = self.q_proj(x)
+        q = (q * self.q_mult if hasattr(self, "q_mult") else q).view(b, t, self.heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
         q, k = rope(q, cos, sin), rope(k, cos, sin)
@@ -145,10 +149,10 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig, lrm: dict):
+    def __init__(self, cfg: ModelConfig, lrm: dict, mup: bool = False):
         super().__init__()
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.self_attn = Attention(cfg, lrm)
+        self.self_attn = Attention(cfg, lrm, mup)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg, lrm)
 
@@ -158,26 +162,32 @@ class Block(nn.Module):
 
 
 class Decoder(nn.Module):
-    def __init__(self, cfg: ModelConfig, lrm: dict):
+    def __init__(self, cfg: ModelConfig, lrm: dict, mup: bool = False):
         super().__init__()
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(Block(cfg, lrm) for _ in range(cfg.num_hidden_layers))
+        self.layers = nn.ModuleList(Block(cfg, lrm, mup) for _ in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
 
 class Llama(nn.Module):
     """LlamaForCausalLM's structure: `model.embed_tokens`, `model.layers.N.{self_attn,mlp}.*_proj`, `lm_head`."""
 
-    def __init__(self, cfg: ModelConfig, lrm: str = "none"):
+    def __init__(self, cfg: ModelConfig, lrm: str = "none", mup_width_mult: float | None = None):
+        """lrm: learnable-multiplier placement. mup_width_mult: width / base width for muP's fixed multipliers
+        (attention logits over d_head, output logits over the width multiplier; docs/math.md §5)."""
         super().__init__()
         if lrm not in LRM_MODES:
             raise ValueError(f"unknown multiplier mode {lrm!r}; choose one of {', '.join(LRM_MODES)}")
+        if mup_width_mult is not None and cfg.tie_word_embeddings:
+            raise ValueError("muP's output multiplier needs an untied lm_head")
         self.config, self.lrm = cfg, lrm
         placement = {k: (*v, lrm == "scalar") for k, v in LRM_MODES[lrm].items()}
-        self.model = Decoder(cfg, placement)
+        self.model = Decoder(cfg, placement, mup_width_mult is not None)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
+        if mup_width_mult is not None:
+            self.register_buffer("logit_mult", torch.tensor(1.0 / mup_width_mult))
         inv = 1.0 / cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float32) / cfg.head_dim)
         self.register_buffer("inv_freq", inv, persistent=False)
         self.apply(self._init)
@@ -195,7 +205,8 @@ class Llama(nn.Module):
         cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
         for layer in self.model.layers:
             x = layer(x, cos, sin)
-        return self.lm_head(self.model.norm(x))
+        logits = self.lm_head(self.model.norm(x))
+        return logits * self.logit_mult if hasattr(self, "logit_mult") else logits
 
     def hf_state_dict(self) -> dict[str, torch.Tensor]:
         """Weights under LlamaForCausalLM names, multipliers folded in, contiguous fp32 on the CPU."""
@@ -204,11 +215,12 @@ class Llama(nn.Module):
 
 def hf_tensors(state: dict[str, torch.Tensor], tied: bool = False) -> dict[str, torch.Tensor]:
     """A (full, unsharded) Llama state dict as LlamaForCausalLM tensors: each weight with multipliers
-    folded in, W_eff = s * diag(r) W diag(c); the multipliers themselves dropped."""
+    folded in, W_eff = s * diag(r) W diag(c), and muP's fixed ones into q_proj and lm_head; the multipliers
+    themselves dropped."""
     out = {}
     for name, t in state.items():
         prefix, _, leaf = name.rpartition(".")
-        if leaf in MULTIPLIER_NAMES:
+        if leaf in MULTIPLIER_NAMES or leaf in MUP_BUFFERS or name in MUP_BUFFERS:
             continue
         w = t.detach().float()
         if leaf == "weight":
@@ -218,6 +230,10 @@ def hf_tensors(state: dict[str, torch.Tensor], tied: bool = False) -> dict[str, 
                 w = w * state[f"{prefix}.col_mult"].float()[None, :]
             if f"{prefix}.scale" in state:
                 w = w * state[f"{prefix}.scale"].float()
+            fixed = f"{prefix.rpartition('.')[0]}.q_mult" if prefix.endswith("q_proj") else (
+                "logit_mult" if name == "lm_head.weight" else None)
+            if fixed in state:
+                w = w * state[fixed].float()
         out[name] = w.cpu().contiguous()
     if tied:
         out.pop("lm_head.weight", None)

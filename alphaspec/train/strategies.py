@@ -211,6 +211,21 @@ class Cautious(Strategy):
                            "weight_decay": self.w})  # metric: the share of coordinates decayed
 
 
+class MuP(Strategy):
+    """muP (Yang et al. 2022) for this LLaMA under Adam-type optimizers: uniform decay, the hidden matrices
+    learning at lr / m with m = width / --mup-base-width; the model carries muP's fixed multipliers
+    (attention logits over d_head, output logits over m; docs/math.md §5)."""
+
+    def param_groups(self, model: torch.nn.Module) -> list[dict]:
+        groups = super().param_groups(model)  # the block matrices first, then the rest
+        groups[0]["lr"] = self.cfg.optimizer.lr / mup_width_mult(self.cfg, model.config.hidden_size)
+        return groups
+
+
+def mup_width_mult(cfg, hidden_size: int) -> float:
+    return hidden_size / cfg.model.mup_base_width
+
+
 def make_strategy(cfg) -> Strategy:
     """The strategy object a TrainConfig asks for (its implied defaults filled in)."""
     cfg = cfg.settled()
@@ -218,7 +233,7 @@ def make_strategy(cfg) -> Strategy:
     if cfg.decay.strategy == "alphadecay":
         return StaticMap(cfg) if cfg.decay.decay_map else Refreshed(cfg)
     return {"uniform": Strategy, "lrm": Strategy, "awd": AWD, "adadecay": AdaDecay,
-            "cautious": Cautious}[cfg.decay.strategy](cfg)
+            "cautious": Cautious, "mup": MuP}[cfg.decay.strategy](cfg)
 
 
 def clip_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
