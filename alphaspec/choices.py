@@ -16,5 +16,5 @@ PRECISIONS = ("auto", "bf16", "fp32")
 SHARDINGS = ("ddp", "fsdp")
 PACKINGS = ("concat", "docs")  # windows of the document stream, or one padded document per row
 ALPHADECAY_WARMUPS = ("init", "uniform")
-FIGURES = ("spectra", "alpha-modules", "alpha-depth", "esd", "decay", "training")
+FIGURES = ("spectra", "alpha-modules", "alpha-depth", "esd", "decay", "training", "multipliers")
 FORMATS = ("png", "svg", "pdf")

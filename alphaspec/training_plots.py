@@ -1,16 +1,18 @@
-"""Figures of training runs: runs compared (`alphaspec compare --plot`) and one run's spectra over the steps."""
+"""Figures of training runs: runs compared (`alphaspec compare --plot`), one run's spectra over the steps, and
+what learnable multipliers learned (in one run, and across widths)."""
 
 from __future__ import annotations
 
 import textwrap
 
+import numpy as np
 import pandas as pd
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from .modules import BLOCK_MODULES
+from .modules import BLOCK_MODULES, module_type
 from .plots import DEPTH_CMAP, OKABE_ITO, module_colour
 from .random_baseline import random_alpha
 
@@ -103,3 +105,86 @@ def alphas_figure(alphas: pd.DataFrame, estimator: str = "median") -> Figure:
 
 
 
+
+
+def multipliers_figure(history: pd.DataFrame, final: dict[str, np.ndarray]) -> Figure:
+    """What learnable multipliers learned in one run: the distribution of the final values per module type
+    and kind, their mean over training, and how far they moved the matrices (‖W_eff‖ / ‖W‖).
+
+    `history`: the run's multipliers.csv; `final`: multiplier name -> values (from its latest checkpoint).
+    """
+    fig = Figure(figsize=(14, 4.6), layout="constrained")
+    ax_dist, ax_mean, ax_norm = fig.subplots(1, 3)
+    groups: dict[str, list[np.ndarray]] = {}
+    for name, values in final.items():
+        prefix, _, kind = name.rpartition(".")
+        label = f"{module_type(prefix + '.weight')} {KIND_LABELS.get(kind, kind)}"
+        groups.setdefault(label, []).append(np.ravel(values))
+    labels = sorted(groups, key=lambda lab: (_module_order(lab.split()[0]), lab))
+    data = [np.concatenate(groups[lab]) for lab in labels]
+    for i, (lab, values) in enumerate(zip(labels, data, strict=True)):  # range, quartiles and median per group
+        lo, q1, med, q3, hi = np.quantile(values, [0, 0.25, 0.5, 0.75, 1])
+        colour = module_colour(lab.split()[0])
+        ax_dist.hlines(i, lo, hi, color=colour, lw=1)
+        ax_dist.hlines(i, q1, q3, color=colour, lw=7, alpha=0.6)
+        ax_dist.plot([med], [i], marker="|", ms=12, color="black")
+    ax_dist.set_yticks(range(len(labels)), labels)
+    ax_dist.invert_yaxis()
+    ax_dist.axvline(1.0, color="#999999", lw=0.8, ls="--")
+    ax_dist.ticklabel_format(axis="x", useOffset=False)
+    ax_dist.set_title("learned multipliers at the end", loc="left")
+    ax_dist.set_xlabel("value (all start at 1)")
+    history = history.assign(ratio=history["effective_norm"] / history["weight_norm"])
+    for (module, kind), part in history.groupby(["module", "kind"], sort=False):
+        mean = part.groupby("step")["mean"].mean()
+        ax_mean.plot(mean.index, mean.to_numpy(), color=module_colour(module), lw=1.3, marker="o", ms=2,
+                     ls="-" if kind == "row_mult" else "--", label=f"{module} {KIND_LABELS.get(kind, kind)}")
+    for module, part in history.drop_duplicates(["step", "name"]).groupby("module", sort=False):
+        ratio = part.groupby("step")["ratio"].mean()
+        ax_norm.plot(ratio.index, ratio.to_numpy(), color=module_colour(module), lw=1.3, marker="o", ms=2, label=module)
+    for ax, title, ylabel in ((ax_mean, "mean multiplier over training", "mean over layers"),
+                              (ax_norm, "how much they scale the matrix", "‖W_eff‖ / ‖W‖ (mean over layers)")):
+        ax.set_title(title, loc="left")
+        ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
+        ax.axhline(1.0, color="#999999", lw=0.8, ls="--")
+        ax.ticklabel_format(axis="y", useOffset=False)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, frameon=False, ncols=2)
+    return fig
+
+
+def multipliers_width_figure(runs: list[tuple[str, int, pd.DataFrame]]) -> Figure:
+    """The width-scaling question: at the end of runs of different widths, the mean learned multiplier and
+    ‖W_eff‖ / ‖W‖ per module type against the model width. runs: (label, hidden size, multipliers.csv)."""
+    rows = []
+    for label, width, history in runs:
+        last = history[history["step"] == history["step"].max()]
+        last = last.assign(ratio=last["effective_norm"] / last["weight_norm"])
+        for module, part in last.groupby("module"):
+            rows.append({"label": label, "width": width, "module": module, "mean": part["mean"].mean(),
+                         "ratio": part.drop_duplicates("name")["ratio"].mean()})
+    table = pd.DataFrame(rows).sort_values(["width"])
+    table = table.iloc[table["module"].map(_module_order).argsort(kind="stable")]
+    fig = Figure(figsize=(11, 4.4), layout="constrained")
+    ax_mean, ax_ratio = fig.subplots(1, 2)
+    for module, part in table.groupby("module", sort=False):
+        for ax, column in ((ax_mean, "mean"), (ax_ratio, "ratio")):
+            ax.plot(part["width"], part[column], color=module_colour(module), marker="o", lw=1.3, label=module)
+    for ax, title in ((ax_mean, "mean learned multiplier at the end"), (ax_ratio, "‖W_eff‖ / ‖W‖ at the end")):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted(set(table["width"])), [str(w) for w in sorted(set(table["width"]))])
+        ax.set_xlabel("model width (hidden size)")
+        ax.set_title(title, loc="left")
+        ax.axhline(1.0, color="#999999", lw=0.8, ls="--")
+        ax.ticklabel_format(axis="y", useOffset=False)
+        ax.grid(alpha=0.3)
+    ax_mean.legend(fontsize=8, frameon=False, ncols=2)
+    return fig
+
+
+KIND_LABELS = {"row_mult": "rows", "col_mult": "columns", "scale": "scalar"}
+
+
+def _module_order(module: str) -> int:
+    return BLOCK_MODULES.index(module) if module in BLOCK_MODULES else len(BLOCK_MODULES)

@@ -338,3 +338,32 @@ def test_default_gap_refreshes_a_short_run(tmp_path, text):
     run(tmp_path, text, strategy="alphadecay", steps=8, overlap=False)  # gap 1: decays set at every step
     assert sorted({int(r["step"]) for r in rows(tmp_path / "run" / "decay.csv")}) == list(range(0, 9))
     assert json.loads((tmp_path / "run" / "run.json").read_text())["config"]["gap"] == 1
+
+
+def test_learned_multipliers_are_recorded_and_drawn(tmp_path, text):
+    """multipliers.csv: per matrix and kind, the statistics of the values and ‖W‖, ‖s·diag(r)·W·diag(c)‖ as
+    computed here from the checkpoint; `plot --kind multipliers` and `compare --plot-multipliers` draw them."""
+    _, out = run(tmp_path, text, strategy="lrm", multipliers="full", analyze_every=4)
+    history = rows(out / "multipliers.csv")
+    assert {int(r["step"]) for r in history} == {0, 4, 8}
+    state = torch.load(out / "checkpoints" / "step_0000008.pt", weights_only=True)["model"]
+    last = [r for r in history if r["step"] == "8" and r["name"] == "model.layers.1.mlp.down_proj"]
+    assert {r["kind"] for r in last} == {"row_mult", "col_mult"}
+    w = state["model.layers.1.mlp.down_proj.weight"].double()
+    r_, c_ = (state[f"model.layers.1.mlp.down_proj.{k}"].double() for k in ("row_mult", "col_mult"))
+    for row in last:
+        values = r_ if row["kind"] == "row_mult" else c_
+        assert float(row["mean"]) == pytest.approx(float(values.mean()), rel=1e-5)
+        assert float(row["max"]) == pytest.approx(float(values.max()), rel=1e-5)
+        assert float(row["weight_norm"]) == pytest.approx(float(w.norm()), rel=1e-5)
+        assert float(row["effective_norm"]) == pytest.approx(float((r_[:, None] * w * c_[None, :]).norm()), rel=1e-5)
+    assert float(r_.std()) > 0  # they learned something
+    res = CliRunner().invoke(app, ["plot", str(out), "--kind", "multipliers", "-o", str(tmp_path / "figs")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "figs" / "multipliers.png").stat().st_size > 10_000
+    res = CliRunner().invoke(app, ["compare", str(out), "--baseline", "lrm", "--plot-multipliers",
+                                   str(tmp_path / "width.png"), "-q"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "width.png").stat().st_size > 10_000
+    res = CliRunner().invoke(app, ["plot", str(tmp_path / "nope"), "--kind", "multipliers", "-o", str(tmp_path / "f")])
+    assert res.exit_code == 1 and "learnable multipliers" in res.output

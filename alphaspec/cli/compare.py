@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from .common import Quiet, app, out
+from .common import Quiet, app, fail, out
 
 
 @app.command(no_args_is_help=True, epilog="""
@@ -26,6 +26,9 @@ def compare(
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Per-run table (.csv, .json, .parquet).")] = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="Loss curves and applied decay (.png, .svg, .pdf).")] = None,
     baseline: Annotated[str | None, typer.Option(help="Label to compare against (default: the uniform runs).")] = None,
+    plot_multipliers: Annotated[Path | None, typer.Option(
+        "--plot-multipliers", help="Learned multipliers against model width, for runs with learnable multipliers "
+        "(.png, .svg, .pdf).")] = None,
     quiet: Quiet = False,
 ) -> None:
     """Judge weight-decay strategies: final and best validation loss, seeds pooled, against a baseline."""
@@ -34,8 +37,8 @@ def compare(
 
     if output is not None:
         check_output(output)
-    if plot is not None:
-        check_output(plot, (".png", ".svg", ".pdf"))
+    for figure in filter(None, (plot, plot_multipliers)):
+        check_output(figure, (".png", ".svg", ".pdf"))
     result = compare_runs(runs, baseline)
     if output is not None:
         write_table(result.table, output)
@@ -44,6 +47,8 @@ def compare(
         from ..training_plots import compare_figure
 
         save_figure(compare_figure(result), plot)
+    if plot_multipliers is not None:
+        _multipliers_by_width(result, plot_multipliers)
     if quiet:
         return
     out.print(_summary(result.summary))
@@ -57,8 +62,26 @@ def compare(
         out.print("[yellow]note:[/] average decay differs from the baseline's for "
                   f"{', '.join(uneven['label'])}: gains may come from more (or less) regularisation; "
                   "compare at equal average decay with --preserve-mean params")
-    for path in filter(None, (output, plot)):
+    for path in filter(None, (output, plot, plot_multipliers)):
         out.print(f"wrote {path}", highlight=False)
+
+
+def _multipliers_by_width(result, path: Path) -> None:
+    """The width-scaling figure from the runs that learned multipliers (width from each run's config.json)."""
+    import json
+
+    from ..output import read_csv_checked
+    from ..plots import save_figure
+    from ..train.rundir import MULTIPLIER_COLUMNS
+    from ..training_plots import multipliers_width_figure
+
+    runs = [(row.label, json.loads((run.path / "config.json").read_text())["hidden_size"],
+             read_csv_checked(run.path / "multipliers.csv", MULTIPLIER_COLUMNS, text=("name", "module", "kind")))
+            for run, row in zip(result.runs, result.table.itertuples(), strict=True)
+            if (run.path / "multipliers.csv").is_file()]
+    if not runs:
+        fail("--plot-multipliers: none of the runs learned multipliers (--strategy lrm or --multipliers)")
+    save_figure(multipliers_width_figure(runs), path)
 
 
 def _summary(summary) -> Table:

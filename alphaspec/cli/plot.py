@@ -18,6 +18,7 @@ from .common import (
     app,
     choice_enum,
     draw,
+    err,
     fail,
     load,
     out,
@@ -62,19 +63,19 @@ def plot(
     from ..output import check_output_dir
 
     check_output_dir(output)
-    run_alphas = Path(source) / "alphas.csv"
+    run = Path(source)
     kinds = [k.value for k in kind] if kind else [*MODEL_KINDS, *(["esd"] if module else []),
                                                    *(["decay"] if decay_map_file else []),
-                                                   *(["training"] if run_alphas.is_file() else [])]
-    if "training" in kinds:
-        if not run_alphas.is_file():
-            fail(f"{source}: the training figure needs a run directory of `alphaspec train` with alphas.csv")
-        drawn = _training_figure(Path(source), output, fmt.value)
-        if not quiet:
-            out.print(f"drew {drawn}", highlight=False)
-        kinds.remove("training")
-        if not kinds:
-            return
+                                                   *(["training"] if (run / "alphas.csv").is_file() else []),
+                                                   *(["multipliers"] if (run / "multipliers.csv").is_file() else [])]
+    for figure, draw_run in (("training", _training_figure), ("multipliers", _multipliers_figure)):
+        if figure in kinds:  # figures of a training run, from its logs
+            drawn = draw_run(run, output, fmt.value)
+            if not quiet:
+                out.print(f"drew {drawn}", highlight=False)
+            kinds.remove(figure)
+    if not kinds:
+        return
     if "esd" in kinds and not module:
         fail("the esd figure needs --module NAME (a row name or a regex)", 2)
     dmap = DecayMap.load(decay_map_file) if decay_map_file is not None else None
@@ -126,9 +127,30 @@ def _training_figure(run: Path, output: Path, fmt: str) -> Path:
     from ..train.rundir import ALPHA_COLUMNS
     from ..training_plots import alphas_figure
 
+    if not (run / "alphas.csv").is_file():
+        fail(f"{run}: the training figure needs a run directory of `alphaspec train` with alphas.csv")
     alphas = read_csv_checked(run / "alphas.csv", ALPHA_COLUMNS)
     if alphas.empty:
         fail(f"{run / 'alphas.csv'}: no rows yet (the run has not analysed its matrices)")
     estimator = load_run_json(run).get("config", {}).get("estimator", "median")
     output.mkdir(parents=True, exist_ok=True)
     return save_figure(alphas_figure(alphas, str(estimator)), output / f"training.{fmt}")
+
+
+def _multipliers_figure(run: Path, output: Path, fmt: str) -> Path:
+    from ..output import read_csv_checked
+    from ..plots import save_figure
+    from ..train.model import is_multiplier
+    from ..train.rundir import MULTIPLIER_COLUMNS, load_checkpoint
+    from ..training_plots import multipliers_figure
+
+    if not (run / "multipliers.csv").is_file():
+        fail(f"{run}: the multipliers figure needs a run of `alphaspec train` with learnable multipliers "
+             "(--strategy lrm or --multipliers)")
+    history = read_csv_checked(run / "multipliers.csv", MULTIPLIER_COLUMNS, text=("name", "module", "kind"))
+    if history.empty:
+        fail(f"{run / 'multipliers.csv'}: no rows yet (the run has not recorded its multipliers)")
+    _, state = load_checkpoint(run, lambda line: err.print(f"warning: {line}", style="yellow", highlight=False))
+    final = {n: t.float().numpy() for n, t in state["model"].items() if is_multiplier(n)}
+    output.mkdir(parents=True, exist_ok=True)
+    return save_figure(multipliers_figure(history, final), output / f"multipliers.{fmt}")

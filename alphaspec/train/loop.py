@@ -18,7 +18,6 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from .._version import __version__
-from ..analysis import analyze_tensors, records
 from ..compare import load_run_json
 from ..decay import DecayMap, is_tuned_candidate
 from ..distributed import launched
@@ -29,12 +28,14 @@ from . import data as datamod
 from . import parallel
 from .config import ConfigError, TrainConfig, default_gap, resumed_config
 from .model import PRESETS, Llama, ModelConfig, count_params, hf_tensors, is_multiplier
+from .observe import multiplier_rows, spectra_rows
 from .optim import make_optimizer
 from .rundir import (
     ALPHA_COLUMNS,
     DECAY_COLUMNS,
     MAP_COPY,
     METRICS_COLUMNS,
+    MULTIPLIER_COLUMNS,
     CsvLog,
     RunDir,
     RunError,
@@ -260,18 +261,24 @@ def _prepare(cfg: TrainConfig, path: Path, rd: RunDir | None, rank: int, world: 
             clip_parameters(model))
     resume_at = r.start if state else None  # CSV rows past it are dropped
     weights = hf_tensors(parallel.model_state(model), mcfg.tie_word_embeddings)
-    first_alphas = spectra_rows(model, 0, cfg.decay.estimator, rank) if not state and r.analyze_every else []
+    first = not state and r.analyze_every
+    first_alphas = spectra_rows(model, 0, cfg.decay.estimator, rank) if first else []
+    first_multipliers = multiplier_rows(model, 0, rank) if first else []
     if rank == 0:
         info = _run_info(cfg, path, device, world, count_params(model), micro, accum, bf16, resume_at)
         write_json(path / "run.json", info)
         if on_start:
             on_start({**info, "config": cfg.flat(), "start_step": r.start})  # the settings in force now
         save_weights(path, weights, mcfg.hf_config())
-        r.logs = {name: CsvLog(path / file, columns, resume_at, on_warning) for name, file, columns in
-                  (("metrics", "metrics.csv", METRICS_COLUMNS), ("decays", "decay.csv", DECAY_COLUMNS),
-                   ("alphas", "alphas.csv", ALPHA_COLUMNS))}
+        logs = [("metrics", "metrics.csv", METRICS_COLUMNS), ("decays", "decay.csv", DECAY_COLUMNS),
+                ("alphas", "alphas.csv", ALPHA_COLUMNS)]
+        if cfg.model.multipliers != "none":
+            logs.append(("multipliers", "multipliers.csv", MULTIPLIER_COLUMNS))
+        r.logs = {name: CsvLog(path / file, columns, resume_at, on_warning) for name, file, columns in logs}
         r.logs["decays"].write(strategy.decay_rows())
         r.logs["alphas"].write(first_alphas)
+        if "multipliers" in r.logs:
+            r.logs["multipliers"].write(first_multipliers)
     return r
 
 
@@ -297,9 +304,12 @@ def _record_decays_and_spectra(r: Run, step: int) -> None:
     new_decays = r.strategy.decay_rows()
     due = r.analyze_every and (step % r.analyze_every == 0 or step == r.cfg.schedule.steps)
     new_alphas = spectra_rows(r.model, step, r.cfg.decay.estimator, r.rank) if due else []  # every rank (FSDP2 gathers)
+    new_multipliers = multiplier_rows(r.model, step, r.rank) if due else []
     if r.rank == 0:
         r.logs["decays"].write(new_decays)
         r.logs["alphas"].write(new_alphas)
+        if "multipliers" in r.logs:
+            r.logs["multipliers"].write(new_multipliers)
 
 
 def _log(r: Run, step: int, loss_sum: torch.Tensor, n_loss: int, n_tokens: int, grad_norm: torch.Tensor,
@@ -321,19 +331,6 @@ def _log(r: Run, step: int, loss_sum: torch.Tensor, n_loss: int, n_tokens: int, 
         if on_log:
             on_log(row)
     return row
-
-
-def spectra_rows(model: torch.nn.Module, step: int, estimator: str, rank: int = 0) -> list[dict]:
-    """The fits and norms of the block matrices as they are now (the ESD engine of `analyze`), on rank 0.
-
-    Every rank calls it: FSDP2 shards are gathered first.
-    """
-    tuned = {n: full_tensor(p.detach()) for n, p in model.named_parameters() if is_tuned_candidate(n, p)}
-    if rank:
-        return []
-    table = analyze_tensors(tuned, estimator)
-    table.insert(0, "step", step)
-    return records(table[ALPHA_COLUMNS])
 
 
 def _run_info(cfg: TrainConfig, run: Path, device: torch.device, world: int, params: int, micro: int, accum: int,

@@ -32,6 +32,8 @@ METRICS_COLUMNS = ["step", "tokens", "loss", "lr", "grad_norm", "tokens_per_s", 
 DECAY_COLUMNS = ["step", "name", "module", "layer", "metric", "weight_decay"]
 ALPHA_COLUMNS = ["step", "name", "module", "layer", "rows", "cols", "alpha", "xmin", "ks_d", "n_tail", "spectral_norm",
                  "stable_rank", "log_norm", "entropy"]
+MULTIPLIER_COLUMNS = ["step", "name", "module", "layer", "kind", "mean", "std", "min", "max", "weight_norm",
+                      "effective_norm"]
 CKPT = re.compile(r"step_(\d+)\.pt$")
 MAP_COPY = "decay-map.json"  # a static AlphaDecay map, as the run used it (resumable without the original)
 
@@ -47,7 +49,7 @@ def write_json(path: Path, doc: dict) -> None:
 
 LOCK = ".lock"
 OURS = ("run.json", "config.json", "model.safetensors", "tokenizer.json", "metrics.csv", "decay.csv", "alphas.csv",
-        "checkpoints", "data", MAP_COPY)  # what a run writes: a directory holding only these is a run
+        "multipliers.csv", "checkpoints", "data", MAP_COPY)  # what a run writes: a directory holding only these is a run
 CHECKPOINT_KEYS = {"step": int, "model": dict, "optimizer": dict, "scheduler": dict, "strategy": dict, "rng": dict,
                    "config": dict}
 
