@@ -29,8 +29,10 @@ EPILOG = """
 
     alphaspec train --out runs/uniform --resume --steps 600                # continue from the last checkpoint
 
+    alphaspec train --out runs/muon-lrm --optimizer muon --strategy lrm       # learnable multipliers under Muon
+
 Writes RUN/run.json, config.json + model.safetensors (a Hugging Face LlamaForCausalLM), checkpoints/,
-metrics.csv and decay.csv; `alphaspec analyze RUN` and `alphaspec compare RUN...` read it.
+metrics.csv, decay.csv and alphas.csv; `alphaspec analyze RUN`, `plot RUN` and `compare RUN...` read it.
 """
 
 
@@ -76,7 +78,8 @@ def _choice(allowed: tuple[str, ...]):
 
 
 def train(ctx: typer.Context, quiet: bool, **settings) -> None:
-    """Pretrain a LLaMA with uniform, AlphaDecay, AWD, AdaDecay or learnable-multiplier weight decay."""
+    """Pretrain a LLaMA with uniform, AlphaDecay, AWD, AdaDecay, cautious or muP weight decay, or learnable
+    multipliers, under AdamW, Adam or Muon."""
     from ..esd import resolve_device
     from ..train import TrainConfig
     from ..train import train as run_training

@@ -120,7 +120,8 @@ class DecayOptions:
     """The weight-decay strategy; the AlphaDecay options take their defaults from DecaySpec."""
 
     TITLE: ClassVar[str] = "Weight-decay strategy"
-    strategy: str | None = option(None, "Default: alphadecay with --decay-map, else uniform.", choices=STRATEGIES)
+    strategy: str | None = option(None, ", ".join(STRATEGIES) + " (default: alphadecay with --decay-map, else "
+                                  "uniform).", choices=STRATEGIES, metavar="STRATEGY")
     weight_decay: float = option(0.1, "Base decay w.", min=0.0, kind="finite")
     default_decay: str = option("all", "Untuned parameters: all (w), matrices (0 for 1-D and embeddings) or a "
                                 "number.", kind="policy", metavar="all|matrices|FLOAT")
