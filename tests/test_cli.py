@@ -144,7 +144,7 @@ def test_help_reads_like_click_at_any_width(columns):
                   "--ratio S1 S2", "--assign [linear|sqrt|log2|sigmoid]", "--include REGEX", "--device DEVICE"):
         assert shown in text, shown
     text = " ".join(CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "160"}).output.split())
-    assert "--steps N [x>=1]" in text and "--optimizer [adamw|adam]" in text and "--lr FLOAT [x>=0.0]" in text
+    assert "--steps N [x>=1]" in text and "--optimizer [adamw|adam|muon]" in text and "--lr FLOAT [x>=0.0]" in text
 
 
 def test_help_has_examples():
