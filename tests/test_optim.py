@@ -88,3 +88,19 @@ def test_make_optimizer_gives_muon_only_the_named_matrices_and_fsdp_is_refused()
     assert opt.param_groups[0]["adjust_lr_fn"] == "match_rms_adamw" and opt.param_groups[0]["momentum"] == 0.95
     with pytest.raises(ConfigError, match="--sharding ddp"):
         TrainConfig.of(optimizer="muon", sharding="fsdp").validate()
+
+
+def test_the_step_is_torchs_orthogonalisation_with_the_documented_lr_and_decay_exactly():
+    """With torch's own Newton-Schulz as the reference, the wrapper's step is exact: the routing to Muon, the
+    decoupled decay with the unadjusted lr and the 0.2 sqrt(max(A, B)) adjustment."""
+    muon_impl = pytest.importorskip("torch.optim._muon")
+    w, b = two_groups()
+    w0, g = w.detach().clone(), w.grad.clone()
+    lr, wd, mu = 0.02, 0.1, 0.95
+    MuonAdamW([{"params": [w], "muon": True}, {"params": [b], "muon": False}], lr=lr, weight_decay=wd,
+              momentum=mu).step()
+    buffer = torch.zeros_like(g).lerp_(g, 1 - mu)  # momentum at step 1, with torch's own float operations
+    direction = g.lerp(buffer, mu)  # Nesterov: g + mu (buffer - g)
+    ortho = muon_impl._zeropower_via_newtonschulz(direction, (A, B, C), 5, 1e-7).float()  # bfloat16 out
+    torch.testing.assert_close(w.detach(), w0 * (1 - lr * wd) - lr * 0.2 * math.sqrt(48) * ortho, rtol=1e-6,
+                               atol=1e-7)
