@@ -25,11 +25,13 @@ from .checkpoint import Checkpoint, SourceError, TensorInfo, dtype_name, open_ch
 from .esd import EPS_ZERO, eigenvalues, finite_rows, resolve_device
 from .modules import MODULE_TYPES, MatrixSpec, Skipped, plan
 from .powerlaw import PowerLawFit, check_estimator, fit_sorted
+from .random_baseline import random_alpha
 from .spectral_metrics import nan_metrics, spectral_metrics
 
 COLUMNS = ["name", "layer", "module", "rows", "cols", "n_eigs", "n_zero", "estimator", "alpha", "xmin",
            "ks_d", "n_tail", "lambda_max", "spectral_norm", "frobenius_norm", "stable_rank",
-           "log_spectral_norm", "log_norm", "alpha_weighted", "entropy", "status", "expert", "tensor", "dtype", "stack"]
+           "log_spectral_norm", "log_norm", "alpha_weighted", "entropy", "status", "expert", "tensor", "dtype", "stack",
+           "alpha_random"]
 NATIVE_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 PREFETCH = 4  # matrices read ahead of the solver
 CUDA_BATCH_BYTES = 1 << 30  # float64 bytes of same-shape matrices solved together on a GPU
@@ -140,7 +142,8 @@ def matrix_row(spec: MatrixSpec, eigs: torch.Tensor | None, estimator: str, dtyp
     """One results row from a matrix's eigenvalues (None when the matrix held NaN/Inf)."""
     row = {"name": spec.name, "layer": spec.layer, "module": spec.module, "rows": spec.rows, "cols": spec.cols,
            "n_eigs": min(spec.rows, spec.cols), "estimator": estimator, "expert": spec.expert, "tensor": spec.tensor,
-           "dtype": dtype, "stack": spec.stack}
+           "dtype": dtype, "stack": spec.stack,
+           "alpha_random": random_alpha(spec.rows, spec.cols, estimator)}  # the same shape's Gaussian matrix
     if eigs is None:
         fit = PowerLawFit.empty("matrix contains NaN or Inf")
         return row | {"n_zero": 0} | _fit_columns(fit) | nan_metrics() | {"alpha_weighted": math.nan}

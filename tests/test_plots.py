@@ -135,3 +135,18 @@ def test_minilm_figures(tmp_path):
     panels = [ax for ax in spectra_figure(result.table, result.spectra).axes if ax.get_visible() and ax.get_title()]
     assert len(panels) == 6 and all(len([ln for ln in ax.get_lines() if ln.get_linestyle() == "-"]) == 6
                                     for ax in panels)
+
+
+def test_every_table_carries_the_random_matrix_alpha_of_each_shape(llama):
+    """alpha_random: the alpha a Gaussian matrix of the row's shape gives under the row's estimator. Checked
+    against the mean alpha of 30 sampled Gaussian matrices of each shape in the table; elongated shapes give
+    larger alphas than square ones (the shape effect alpha_random is there to show)."""
+    t = llama.table
+    for (rows, cols), part in t.groupby(["rows", "cols"]):
+        g = torch.Generator().manual_seed(rows * 1000 + cols)
+        sampled = np.mean([fit(torch.linalg.eigvalsh((lambda w: w.T @ w)(torch.randn(
+            rows, cols, dtype=torch.float64, generator=g))).numpy()).alpha for _ in range(30)])
+        assert part["alpha_random"].iloc[0] == pytest.approx(sampled, rel=0.06), (rows, cols)
+        assert part["alpha_random"].nunique() == 1
+    aspect = t[["rows", "cols"]].min(axis=1) / t[["rows", "cols"]].max(axis=1)
+    assert t.loc[aspect.idxmin(), "alpha_random"] > t.loc[aspect.idxmax(), "alpha_random"]
