@@ -23,6 +23,7 @@ import torch
 from ._version import __version__
 from .checkpoint import Checkpoint, SourceError, TensorInfo, dtype_name, open_checkpoint
 from .esd import EPS_ZERO, eigenvalues, finite_rows, resolve_device
+from .farms import farms_alpha
 from .modules import MODULE_TYPES, MatrixSpec, Skipped, plan
 from .powerlaw import PowerLawFit, check_estimator, fit_sorted
 from .random_baseline import random_alpha
@@ -160,8 +161,18 @@ def metrics_of(eigs: torch.Tensor, estimator: str) -> dict:
     return {"n_zero": n_zero} | _fit_columns(fit) | metrics | {"alpha_weighted": weighted}
 
 
-def solve_batch(batch: list[tuple[MatrixSpec, torch.Tensor]], dev: torch.device, estimator: str,
-                dtypes: dict[str, str]) -> list[tuple[dict, torch.Tensor | None]]:
+@dataclass(frozen=True)
+class Solve:
+    """What every solve of one analysis needs: the estimator, each tensor's stored dtype, and whether FARMS
+    alphas are wanted too."""
+
+    estimator: str
+    dtypes: dict[str, str]
+    farms: bool = False
+
+
+def solve_batch(batch: list[tuple[MatrixSpec, torch.Tensor]], dev: torch.device,
+                how: Solve) -> list[tuple[dict, torch.Tensor | None]]:
     """Rows (and spectra) of same-shape matrices solved together on `dev`; NaN/Inf matrices get no spectrum."""
     if dev.type == "cuda":
         for _, m in batch:
@@ -177,22 +188,24 @@ def solve_batch(batch: list[tuple[MatrixSpec, torch.Tensor]], dev: torch.device,
     out = []
     for i, (spec, _) in enumerate(batch):
         e = eigs[i] if bool(ok[i]) else None
-        out.append((matrix_row(spec, e, estimator, dtypes.get(spec.tensor, "")), e))
+        row = matrix_row(spec, e, how.estimator, how.dtypes.get(spec.tensor, ""))
+        if how.farms:  # the same matrix, cut into square windows (farms.py)
+            row["alpha_farms"] = farms_alpha(w[i], how.estimator).alpha if e is not None else math.nan
+        out.append((row, e))
     return out
 
 
-def _solve_concurrently(batches: Iterable, dev: torch.device, estimator: str, dtypes: dict[str, str], workers: int,
-                        collect: Callable) -> None:
+def _solve_concurrently(batches: Iterable, dev: torch.device, how: Solve, workers: int, collect: Callable) -> None:
     """Solve batches in `workers` threads, each on its own CUDA stream on a GPU, at most 2*workers in flight."""
     local = threading.local()
 
     def solve(batch):
         if dev.type != "cuda":
-            return solve_batch(batch, dev, estimator, dtypes)
+            return solve_batch(batch, dev, how)
         if not hasattr(local, "stream"):
             local.stream = torch.cuda.Stream(dev)
         with torch.no_grad(), torch.cuda.stream(local.stream):
-            out = solve_batch(batch, dev, estimator, dtypes)
+            out = solve_batch(batch, dev, how)
             local.stream.synchronize()
             return out
 
@@ -218,7 +231,8 @@ def _row_order(row: dict) -> tuple:
 
 def ordered_table(rows: list[dict]) -> pd.DataFrame:
     """Rows in reading order for people (see _row_order), integer columns that may be empty as Int64."""
-    table = pd.DataFrame(sorted(rows, key=_row_order), columns=COLUMNS)
+    extra = [c for c in ("alpha_farms",) if rows and c in rows[0]]  # columns only some analyses have
+    table = pd.DataFrame(sorted(rows, key=_row_order), columns=COLUMNS + extra)
     for col in ("layer", "expert"):
         table[col] = table[col].astype("Int64")
     return table
@@ -231,11 +245,12 @@ def _fit_columns(fit: PowerLawFit) -> dict:
 def analyze_checkpoint(source, estimator: str = "median", device: str | torch.device = "auto", *,
         include: Iterable[str] = (), exclude: Iterable[str] = (), split_fused: bool = True,
         keep_spectra: bool = False, progress: Callable[[int, int], None] | None = None,
-        checkpoint: Checkpoint | None = None, workers: int = 1) -> Analysis:
+        checkpoint: Checkpoint | None = None, workers: int = 1, farms: bool = False) -> Analysis:
     """Analyse every weight matrix of `source`; see `analyze` for the arguments.
 
     keep_spectra: also return every spectrum. workers: concurrent solves (threads; on a GPU each
-    with its own CUDA stream, which can overlap the eigen-solver's latency-bound phases).
+    with its own CUDA stream, which can overlap the eigen-solver's latency-bound phases). farms: also
+    an `alpha_farms` column (FARMS: the pooled spectrum of square windows, free of the shape effect).
     """
     check_estimator(estimator)
     dev = resolve_device(device)
@@ -245,7 +260,7 @@ def analyze_checkpoint(source, estimator: str = "median", device: str | torch.de
         reasons = Counter(s.reason for s in todo.skipped).most_common(2)
         raise SourceError(f"{ckpt.source}: no weight matrix to analyse among its {len(ckpt.tensors)} tensor(s) ("
                           + "; ".join(f"{n} x {r}" for r, n in reasons) + ")")
-    dtypes = {t.name: t.dtype for t in ckpt.tensors}
+    how = Solve(estimator, {t.name: t.dtype for t in ckpt.tensors}, farms)
     max_bytes = CUDA_BATCH_BYTES if dev.type == "cuda" else 0
     rows: list[dict] = []
     spectra: dict[str, np.ndarray] = {}
@@ -266,9 +281,9 @@ def analyze_checkpoint(source, estimator: str = "median", device: str | torch.de
     with torch.no_grad():
         if workers <= 1:
             for batch in batches:
-                collect(solve_batch(batch, dev, estimator, dtypes))
+                collect(solve_batch(batch, dev, how))
         else:
-            _solve_concurrently(batches, dev, estimator, dtypes, workers, collect)
+            _solve_concurrently(batches, dev, how, workers, collect)
     table = ordered_table(rows)
     result = Analysis(table, todo.skipped, todo.notes, str(source), estimator, str(dev), spectra)
     table.attrs.update({"source": result.source, "estimator": estimator, "device": result.device,
@@ -292,7 +307,7 @@ def analyze(source, estimator: str = "median", device: str | torch.device = "aut
 
 
 def analyze_tensors(tensors: dict[str, torch.Tensor], estimator: str = "median", *, config: dict | None = None,
-                    split_fused: bool = True) -> pd.DataFrame:
+                    split_fused: bool = True, farms: bool = False) -> pd.DataFrame:
     """Rows for in-memory tensors (e.g. a live model's parameters), each solved on its own device.
 
     The same module map, ESD engine and fits as `analyze`; used by the training hook.
@@ -306,5 +321,5 @@ def analyze_tensors(tensors: dict[str, torch.Tensor], estimator: str = "median",
     with torch.no_grad():
         for spec in todo.matrices:
             w = spec.extract(tensors[spec.tensor].detach())
-            rows.extend(row for row, _ in solve_batch([(spec, w)], w.device, estimator, dtypes))
+            rows.extend(row for row, _ in solve_batch([(spec, w)], w.device, Solve(estimator, dtypes, farms)))
     return ordered_table(rows)

@@ -330,7 +330,8 @@ def build_decay_map(table: pd.DataFrame, weight_decay: float, spec: DecaySpec | 
     spec = decay_spec(spec, options)
     metric = spec.metric
     if metric not in table.columns:
-        raise DecayMapError(f"the table has no {metric!r} column")
+        hint = " (analyse with --farms)" if metric == "alpha_farms" else ""
+        raise DecayMapError(f"the table has no {metric!r} column{hint}")
     if spec.paper_compat:
         return _finish(table, _paper_modules(table, weight_decay, spec), weight_decay, spec, default, source)
     rows = table if all_rows else tuned_rows(table, spec.include, spec.exclude)

@@ -129,6 +129,7 @@ class AlphaDecay:
             raise DecayMapError("no parameters to tune: no matrices inside transformer blocks (see include=)")
         self.weight_decay = float(optimizer.defaults.get("weight_decay", 0.0) if weight_decay is None else weight_decay)
         self.gap = gap
+        self._farms = spec.metric == "alpha_farms"  # FARMS alphas are fitted only when they are the metric
         self.groups = split_param_groups(optimizer, self.tuned, scheduler)
         self.rank, self.world = process_group()
         self.owned = share_of_work(self.tuned, self.rank, self.world)
@@ -219,10 +220,10 @@ class AlphaDecay:
         if self._stream is not None:
             with torch.cuda.device(self._stream.device), torch.cuda.stream(self._stream):
                 table = analyze_tensors(snapshot, self.spec.estimator, config=self.config,
-                                        split_fused=not self.spec.paper_compat)
+                                        split_fused=not self.spec.paper_compat, farms=self._farms)
         else:
             table = analyze_tensors(snapshot, self.spec.estimator, config=self.config,
-                                    split_fused=not self.spec.paper_compat)
+                                    split_fused=not self.spec.paper_compat, farms=self._farms)
         return records(table) if self.world > 1 else table
 
     def _gather(self, rows: pd.DataFrame | list[dict]) -> pd.DataFrame:

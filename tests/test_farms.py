@@ -56,3 +56,36 @@ def test_farms_removes_the_shape_effect_on_gaussian_matrices():
     spread = max(fsquare.std(), flong.std(), 0.01)
     assert abs(flong.mean() - fsquare.mean()) < 4 * spread
     assert abs(flong.mean() - fsquare.mean()) < 0.1 * (long.mean() - square.mean())
+
+
+def test_analyze_decay_map_and_the_hook_use_farms_when_asked(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    import synth
+    from safetensors.torch import load_file
+
+    from alphaspec import AlphaDecay, analyze_checkpoint, build_decay_map
+    from alphaspec.decay import DecayMapError
+
+    folder = synth.write(tmp_path / "m", synth.llama(dtype=torch.float32, lm_head=True), synth.LLAMA_CONFIG)
+    plain = analyze_checkpoint(folder, device="cpu").table
+    assert "alpha_farms" not in plain
+    table = analyze_checkpoint(folder, device="cpu", farms=True).table
+    weights = load_file(str(next(folder.glob("*.safetensors"))))
+    row = table[table["name"] == "model.layers.1.mlp.down_proj.weight"].iloc[0]
+    assert row["alpha_farms"] == farms_alpha(weights["model.layers.1.mlp.down_proj.weight"].double()).alpha
+    with pytest.raises(DecayMapError, match="analyse with --farms"):
+        build_decay_map(plain, 0.1, metric="alpha_farms")
+    assert build_decay_map(table, 0.1, metric="alpha_farms").metric == "alpha_farms"
+    proc = subprocess.run([sys.executable, "-m", "alphaspec", "decay-map", str(folder), "-o", str(tmp_path / "wd.json"),
+                           "--metric", "alpha_farms", "-q"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "wd.json").read_text())["modules"][0]["alpha_farms"] > 0
+    from test_decay import TinyLlama
+
+    model = TinyLlama(synth.llama(dtype=torch.float32, lm_head=True))
+    hook = AlphaDecay(model, torch.optim.AdamW(model.parameters(), weight_decay=0.1), metric="alpha_farms",
+                      overlap=False, config=synth.LLAMA_CONFIG)
+    assert all(v > 0 for v in hook.alphas.values())

@@ -99,6 +99,8 @@ def analyze(
         "--plots", help="Also draw the model-level figures (spectra, alpha-modules, alpha-depth) into DIR.")] = None,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Concurrent solves (on a GPU, one CUDA stream "
                                          "each).")] = 1,
+    farms: Annotated[bool, typer.Option("--farms", help="Also an alpha_farms column: FARMS, the pooled spectrum of "
+                                        "square windows, free of the shape effect (docs/estimators.md).")] = False,
     quiet: Quiet = False,
 ) -> None:
     """Eigenvalue spectrum and power-law tail fit (alpha) of every weight matrix in a checkpoint."""
@@ -120,7 +122,7 @@ def analyze(
     result = analyze_with_progress(source, estimator.value, dev, quiet, header, include=include or [],
                                    exclude=exclude or [], split_fused=split_fused,
                                    keep_spectra=save_spectra is not None or plots is not None, checkpoint=ckpt,
-                                   workers=workers)
+                                   workers=workers, farms=farms)
     if output is not None:
         write_results(result, output)
     if save_spectra is not None:

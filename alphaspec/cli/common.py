@@ -165,14 +165,15 @@ def analyze_with_progress(source: str, estimator: str, device, quiet: bool, head
 
 
 def load(source: str, estimator: str, device: str, quiet: bool, spectra_file: Path | None = None,
-         split_fused: bool = True):
+         split_fused: bool = True, farms: bool = False):
     """(table, spectra) from a results file written by `analyze` (spectra from its .npz, when there is one),
     or from a checkpoint analysed now."""
     from ..output import TABLE_SUFFIXES, read_results, read_spectra
 
     path = Path(source)
     if path.suffix not in TABLE_SUFFIXES or not path.is_file():
-        result = analyze_with_progress(source, estimator, device, quiet, keep_spectra=True, split_fused=split_fused)
+        result = analyze_with_progress(source, estimator, device, quiet, keep_spectra=True, split_fused=split_fused,
+                                       farms=farms)
         return result.table, result.spectra
     npz = spectra_file or path.with_suffix(".npz")
     return read_results(path), (read_spectra(npz) if spectra_file or npz.exists() else {})

@@ -79,7 +79,8 @@ def decay_map(
                      estimator=_value(estimator), include=include, exclude=exclude, paper_compat=paper_compat)
     check_output(output, (".json",))
     default: str | float = default_decay if default_decay in ("all", "matrices") else float(default_decay)
-    table, _ = load(source, spec.estimator, device, quiet, split_fused=not paper_compat)
+    table, _ = load(source, spec.estimator, device, quiet, split_fused=not paper_compat,
+                    farms=spec.metric == "alpha_farms")
     dmap = build_decay_map(table, weight_decay, spec, default=default, source=source)
     dmap.save(output)
     if not quiet:
