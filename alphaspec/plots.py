@@ -167,7 +167,7 @@ def alpha_modules_figure(table: pd.DataFrame) -> Figure:
         fitted = table[(table["module"] == m) & table["alpha"].notna()]
         shapes = fitted[["rows", "cols"]].drop_duplicates().itertuples(index=False)
         refs.append([random_alpha(int(r), int(c), estimator) for r, c in shapes])
-    values = np.concatenate(data)
+    values = np.concatenate(data + _farms_points(ax, table, mods))
     top = max(values.max(), *(r for rs in refs for r in rs if r < 2 * values.max())) + 0.3
     for i, rs in enumerate(refs):
         shown = [min(r, top) for r in rs]
@@ -183,6 +183,19 @@ def alpha_modules_figure(table: pd.DataFrame) -> Figure:
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend(loc="best", frameon=False)
     return fig
+
+
+def _farms_points(ax, table: pd.DataFrame, mods: list[str]) -> list[np.ndarray]:
+    """FARMS alphas (analyze --farms), hollow, left of each module's box: alpha with the shape effect removed."""
+    if "alpha_farms" not in table or table["alpha_farms"].isna().all():
+        return []
+    out = []
+    for i, m in enumerate(mods):
+        values = table.loc[table["module"] == m, "alpha_farms"].dropna().to_numpy()
+        ax.scatter([i - 0.33] * len(values), values, s=22, facecolors="none", edgecolors=module_colour(m),
+                   linewidths=1.0, zorder=3, label="FARMS (square windows)" if i == 0 else None)
+        out.append(values)
+    return out
 
 
 def alpha_depth_figure(table: pd.DataFrame) -> Figure:

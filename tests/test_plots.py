@@ -150,3 +150,16 @@ def test_every_table_carries_the_random_matrix_alpha_of_each_shape(llama):
         assert part["alpha_random"].nunique() == 1
     aspect = t[["rows", "cols"]].min(axis=1) / t[["rows", "cols"]].max(axis=1)
     assert t.loc[aspect.idxmin(), "alpha_random"] > t.loc[aspect.idxmax(), "alpha_random"]
+
+
+def test_alpha_modules_shows_farms_beside_alpha_when_the_table_has_it(llama):
+    from alphaspec.plots import alpha_modules_figure
+
+    plain = alpha_modules_figure(llama.table).axes[0]
+    table = llama.table.assign(alpha_farms=llama.table["alpha"] - 0.5)
+    ax = alpha_modules_figure(table).axes[0]
+    hollow = [c for c in ax.collections if c.get_label() == "FARMS (square windows)" or
+              (len(c.get_offsets()) and np.allclose(c.get_offsets()[:, 0] % 1, 1 - 0.33))]
+    assert len(ax.collections) == len(plain.collections) + len(hollow) and hollow
+    shown = np.concatenate([c.get_offsets()[:, 1] for c in hollow])
+    assert sorted(shown) == pytest.approx(sorted(table["alpha_farms"].dropna()))
