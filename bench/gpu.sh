@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks and benchmarks, for a session lent the device machine (see docs/benchmarks.md).
+# The GPU checks and benchmarks, run on a machine with an NVIDIA GPU (see docs/benchmarks.md).
 #   part 1 (one device call):  bash bench/gpu.sh tests-decay
 #   part 2 (one device call):  bash bench/gpu.sh esd          (13B-shaped, 40 blocks; ~8 min)
 #   part 3 (one device call):  bash bench/gpu.sh ww           (needs WeightWatcher wheels carried in .whl/)
