@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 from .choices import ASSIGN, DECAY_METRICS, ESTIMATORS, PRESERVE
 from .errors import AlphaspecError
@@ -60,8 +60,6 @@ class DecaySpec:
 
 def decay_spec(spec: DecaySpec | None = None, options: dict | None = None) -> DecaySpec:
     """`spec` with `options` (DecaySpec fields by name) set; a misspelt option is a TypeError, as in a call."""
-    from dataclasses import replace
-
     options = options or {}
     unknown = set(options) - set(DecaySpec.option_names())
     if unknown:

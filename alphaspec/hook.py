@@ -129,7 +129,6 @@ class AlphaDecay:
             raise DecayMapError("no parameters to tune: no matrices inside transformer blocks (see include=)")
         self.weight_decay = float(optimizer.defaults.get("weight_decay", 0.0) if weight_decay is None else weight_decay)
         self.gap = gap
-        self._farms = spec.metric == "alpha_farms"  # FARMS alphas are fitted only when they are the metric
         self.groups = split_param_groups(optimizer, self.tuned, scheduler)
         self.rank, self.world = process_group()
         self.owned = share_of_work(self.tuned, self.rank, self.world)
@@ -219,12 +218,15 @@ class AlphaDecay:
             return []
         if self._stream is not None:
             with torch.cuda.device(self._stream.device), torch.cuda.stream(self._stream):
-                table = analyze_tensors(snapshot, self.spec.estimator, config=self.config,
-                                        split_fused=not self.spec.paper_compat, farms=self._farms)
+                table = self._analyze(snapshot)
         else:
-            table = analyze_tensors(snapshot, self.spec.estimator, config=self.config,
-                                    split_fused=not self.spec.paper_compat, farms=self._farms)
+            table = self._analyze(snapshot)
         return records(table) if self.world > 1 else table
+
+    def _analyze(self, snapshot: dict[str, torch.Tensor]) -> pd.DataFrame:
+        # FARMS alphas are fitted only when they are the metric (they cost many window solves)
+        return analyze_tensors(snapshot, self.spec.estimator, config=self.config,
+                               split_fused=not self.spec.paper_compat, farms=self.spec.metric == "alpha_farms")
 
     def _gather(self, rows: pd.DataFrame | list[dict]) -> pd.DataFrame:
         if self.world == 1:

@@ -95,12 +95,7 @@ def choice_enum(name: str, values: tuple[str, ...]) -> type[Enum]:
 
 def _regex_list(patterns: list[str] | None) -> list[str]:
     """Typer callback: every pattern must compile (an empty list when the option is not given)."""
-    for p in patterns or []:
-        try:
-            re.compile(p)
-        except re.error as e:
-            raise typer.BadParameter(f"{p!r} is not a valid regular expression ({e})") from e
-    return list(patterns or [])
+    return regexes(list(patterns or []), None)
 
 
 Estimator = choice_enum("Estimator", ESTIMATORS)
@@ -209,7 +204,8 @@ def decay_policy(value: str) -> str:
     return value
 
 
-def regexes(patterns: list[str], option: str) -> list[str]:
+def regexes(patterns: list[str], option: str | None) -> list[str]:
+    """The patterns, each checked to compile; a bad one is a usage error naming `option`."""
     for p in patterns:
         try:
             re.compile(p)

@@ -124,14 +124,12 @@ def build_cache(sources: Sequence[Source], root: Path, tokenizer: Vocab | None =
 
 def _fill(sources: Sequence[Source], root: Path, manifest: dict, tokenizer: Vocab | None, vocab_size: int,
           progress, shard_tokens: int) -> TokenCache:
-    if tokenizer is None and not (root / "tokenizer.json").is_file():
-        progress("training tokenizer", 0, 0)
-        tokenizer = train_bpe((text for s in sources if s.kind != "tokens" for text, _ in s.pieces()), vocab_size)
-        atomic_write(root / "tokenizer.json", lambda tmp: tokenizer.tokenizer.save(tmp))
-        manifest["tokenizer"]["eos_id"] = tokenizer.eos_id
-    elif tokenizer is None:
+    if tokenizer is None and (root / "tokenizer.json").is_file():  # a BPE trained before the cache was resumed
         tokenizer = Vocab(load_tokenizer(root / "tokenizer.json"), manifest["tokenizer"]["eos_id"])
     else:
+        if tokenizer is None:
+            progress("training tokenizer", 0, 0)
+            tokenizer = train_bpe((text for s in sources if s.kind != "tokens" for text, _ in s.pieces()), vocab_size)
         atomic_write(root / "tokenizer.json", lambda tmp: tokenizer.tokenizer.save(tmp))
         manifest["tokenizer"]["eos_id"] = tokenizer.eos_id
     manifest["dtype"] = "uint16" if tokenizer.size <= 65536 else "uint32"

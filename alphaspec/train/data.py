@@ -241,21 +241,22 @@ def load_tokens(run_dir: Path, val_fraction: float, seq_len: int, vocab_size: in
     return data
 
 
-def _stream(cache: TokenCache, keep: np.ndarray | None = None) -> DocStream:
+def _stream(cache: TokenCache) -> DocStream:
     starts, lengths, _ = cache.documents()
-    keep = np.ones(len(starts), bool) if keep is None else keep
-    return DocStream(cache.shards(), starts[keep], lengths[keep])
+    return DocStream(cache.shards(), starts, lengths)
 
 
 def _held_out(cache: TokenCache, val_fraction: float, seq_len: int, kw: dict) -> TokenData:
     starts, lengths, keys = cache.documents()
+    shards = cache.shards()  # the table and the memory-maps are read once, for both sides
     val = keys < val_fraction * 2**32  # a document's side depends on its text only
     enough = 2 * (seq_len + 1)
     if lengths[val].sum() >= enough and lengths[~val].sum() >= enough:
-        data = TokenData(train=_stream(cache, ~val), val=_stream(cache, val), **kw)
+        data = TokenData(train=DocStream(shards, starts[~val], lengths[~val]),
+                         val=DocStream(shards, starts[val], lengths[val]), **kw)
         data.held_out = f"{int(val.sum())} of {len(val)} documents"
         return data
-    data = TokenData.split(_stream(cache), val_fraction, seq_len, **kw)
+    data = TokenData.split(DocStream(shards, starts, lengths), val_fraction, seq_len, **kw)
     data.held_out = f"the last {val_fraction:.0%} of the tokens (too few documents to hold out whole ones)"
     return data
 
