@@ -163,12 +163,13 @@ def metrics_of(eigs: torch.Tensor, estimator: str) -> dict:
 
 @dataclass(frozen=True)
 class Solve:
-    """What every solve of one analysis needs: the estimator, each tensor's stored dtype, and whether FARMS
-    alphas are wanted too."""
+    """What every solve of one analysis needs: the estimator, each tensor's stored dtype (and GGUF
+    quantisation type), and whether FARMS alphas are wanted too."""
 
     estimator: str
     dtypes: dict[str, str]
     farms: bool = False
+    quants: dict[str, str] = field(default_factory=dict)
 
 
 def solve_batch(batch: list[tuple[MatrixSpec, torch.Tensor]], dev: torch.device,
@@ -189,6 +190,8 @@ def solve_batch(batch: list[tuple[MatrixSpec, torch.Tensor]], dev: torch.device,
     for i, (spec, _) in enumerate(batch):
         e = eigs[i] if bool(ok[i]) else None
         row = matrix_row(spec, e, how.estimator, how.dtypes.get(spec.tensor, ""))
+        if how.quants:
+            row["quant"] = how.quants.get(spec.tensor, "")
         if how.farms:  # the same matrix, cut into square windows (farms.py)
             row["alpha_farms"] = farms_alpha(w[i], how.estimator).alpha if e is not None else math.nan
         out.append((row, e))
@@ -231,7 +234,7 @@ def _row_order(row: dict) -> tuple:
 
 def ordered_table(rows: list[dict]) -> pd.DataFrame:
     """Rows in reading order for people (see _row_order), integer columns that may be empty as Int64."""
-    extra = [c for c in ("alpha_farms",) if rows and c in rows[0]]  # columns only some analyses have
+    extra = [c for c in ("alpha_farms", "quant") if rows and c in rows[0]]  # columns only some analyses have
     table = pd.DataFrame(sorted(rows, key=_row_order), columns=COLUMNS + extra)
     for col in ("layer", "expert"):
         table[col] = table[col].astype("Int64")
@@ -260,7 +263,7 @@ def analyze_checkpoint(source, estimator: str = "median", device: str | torch.de
         reasons = Counter(s.reason for s in todo.skipped).most_common(2)
         raise SourceError(f"{ckpt.source}: no weight matrix to analyse among its {len(ckpt.tensors)} tensor(s) ("
                           + "; ".join(f"{n} x {r}" for r, n in reasons) + ")")
-    how = Solve(estimator, {t.name: t.dtype for t in ckpt.tensors}, farms)
+    how = Solve(estimator, {t.name: t.dtype for t in ckpt.tensors}, farms, {t.name: t.quant for t in ckpt.tensors if t.quant})
     max_bytes = CUDA_BATCH_BYTES if dev.type == "cuda" else 0
     rows: list[dict] = []
     spectra: dict[str, np.ndarray] = {}
@@ -285,10 +288,11 @@ def analyze_checkpoint(source, estimator: str = "median", device: str | torch.de
         else:
             _solve_concurrently(batches, dev, how, workers, collect)
     table = ordered_table(rows)
-    result = Analysis(table, todo.skipped, todo.notes, str(source), estimator, str(dev), spectra)
+    notes = ckpt.notes + todo.notes
+    result = Analysis(table, todo.skipped, notes, str(source), estimator, str(dev), spectra)
     table.attrs.update({"source": result.source, "estimator": estimator, "device": result.device,
                         "skipped": [{"name": s.name, "reason": s.reason} for s in todo.skipped],
-                        "notes": list(todo.notes)})
+                        "notes": list(notes)})
     return result
 
 

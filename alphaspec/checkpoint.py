@@ -21,6 +21,17 @@ import torch
 from safetensors import safe_open
 
 from .errors import AlphaspecError, check_input_file, first_line, input_kind
+from .gguf_reader import (
+    GGUF_SUFFIX,
+    GGUFError,
+    directory_model,
+    model_config,
+    open_reader,
+    quantisation_note,
+    read_tensors,
+    split_files,
+    tensor_headers,
+)
 
 # safetensors dtype codes in torch's spelling; float8 formats are promoted exactly before any arithmetic.
 SAFETENSORS_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "F64": "float64",
@@ -48,6 +59,8 @@ class TensorInfo:
     shape: tuple[int, ...]
     dtype: str
     file: Path
+    key: str = ""  # the name inside the file, when it differs (GGUF tensors take their HF names)
+    quant: str = ""  # GGUF: the stored GGML type (F16, Q8_0, Q4_K, ...)
 
     @property
     def is_float(self) -> bool:
@@ -62,11 +75,15 @@ class Checkpoint:
     files: list[Path]
     tensors: list[TensorInfo]
     config: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # what the reader did that the summary should say
 
     def read(self, file: Path, names: list[str]) -> Iterator[tuple[str, torch.Tensor]]:
         """Yield (name, tensor) for `names` from one file, each tensor read once, on the CPU."""
         try:
-            if file.suffix == ".safetensors":
+            if file.suffix == GGUF_SUFFIX:
+                keys = {t.name: t.key or t.name for t in self.tensors if t.file == file}
+                yield from read_tensors(file, {name: keys[name] for name in names})
+            elif file.suffix == ".safetensors":
                 with safe_open(str(file), framework="pt", device="cpu") as f:
                     for name in names:
                         yield name, f.get_tensor(name)
@@ -74,7 +91,7 @@ class Checkpoint:
                 state = _load_state_dict(file)
                 for name in names:
                     yield name, state[name]
-        except SourceError:
+        except (SourceError, GGUFError):
             raise
         except Exception as err:  # noqa: BLE001 - any read failure is a property of the input file
             raise SourceError(f"{file}: cannot read tensor data ({first_line(err, with_type=True)})") from err
@@ -195,7 +212,10 @@ def _directory_files(path: Path) -> list[Path]:
         found = sorted(p for p in path.glob(pattern) if p.is_file())
         if found:
             return found
-    raise SourceError(f"{path}: no weights found (expected *.safetensors, a shard index, or pytorch_model*.bin)")
+    gguf_files = directory_model(path)
+    if gguf_files:
+        return gguf_files
+    raise SourceError(f"{path}: no weights found (expected *.safetensors, a shard index, pytorch_model*.bin or *.gguf)")
 
 
 def _read_config(folder: Path) -> dict:
@@ -268,8 +288,13 @@ def open_checkpoint(source: str | Path) -> Checkpoint:
         files, config = _directory_files(path), _read_config(path)
     elif path.suffix == ".safetensors" or path.suffix in TORCH_SUFFIXES:
         files, config = [path], _read_config(path.parent)
+    elif path.suffix == GGUF_SUFFIX:
+        _check_weights_file(path)
+        files = split_files(path, open_reader(path))
     else:
-        raise SourceError(f"{path}: not a checkpoint (expected .safetensors, .bin, .pt or a model directory)")
+        raise SourceError(f"{path}: not a checkpoint (expected .safetensors, .bin, .pt, .gguf or a model directory)")
+    if files[0].suffix == GGUF_SUFFIX:
+        return _gguf_checkpoint(str(source), files)
     tensors = []
     for file in files:
         _check_weights_file(file)
@@ -279,6 +304,26 @@ def open_checkpoint(source: str | Path) -> Checkpoint:
     if index is not None:
         _check_index_names(index, weight_map, tensors)
     return Checkpoint(str(source), files, tensors, config)
+
+
+def _gguf_checkpoint(source: str, files: list[Path]) -> Checkpoint:
+    """A GGUF model (one file or a split set): HF names, the config from its metadata, a note on quantisation."""
+    config: dict = {}
+    tensors = []
+    for file in files:
+        _check_weights_file(file)
+        reader = open_reader(file)
+        config = config or (model_config(reader, file) if reader.get_field("general.architecture") else {})
+        if not config:
+            raise GGUFError(f"{file}: the GGUF metadata names no architecture (general.architecture)")
+        arch = config["gguf_architecture"]
+        tensors += [TensorInfo(name, shape, dtype, file, key, quant)
+                    for name, key, shape, dtype, quant in tensor_headers(file, reader, arch)]
+    if not tensors:
+        raise SourceError(f"{files[0]}: the checkpoint holds no tensors")
+    note = quantisation_note({t.name: t.quant for t in tensors if len(t.shape) >= 2})
+    mapped = f"GGUF tensor names read as the HF names of model_type {config['model_type']!r}"
+    return Checkpoint(source, files, tensors, config, [mapped] + ([note] if note else []))
 
 
 def _check_index_names(index: Path, weight_map: dict[str, Path], tensors: list[TensorInfo]) -> None:

@@ -81,10 +81,12 @@ def _report(result: Analysis, n_tensors: int) -> None:
 
     alphaspec analyze meta-llama/Llama-2-7b-hf@main -e gof -o llama.json
 
+    alphaspec analyze Qwen2.5-7B-Instruct-Q4_K_M.gguf -o qwen.csv   # GGUF (pip install 'alphaspec[gguf]')
+
     alphaspec analyze model.safetensors --include 'layers\\.[0-3]\\.' --exclude 'k_proj'
 """)
 def analyze(
-    source: Annotated[str, typer.Argument(help="A .safetensors/.bin/.pt file, a model or run directory, "
+    source: Annotated[str, typer.Argument(help="A .safetensors/.bin/.pt/.gguf file, a model or run directory, "
                                           "a hub id org/name[@revision], or example:minilm.")],
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Write the table: .csv, .json or .parquet.")] = None,
     estimator: EstimatorOption = Estimator.median,

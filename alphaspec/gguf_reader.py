@@ -1,0 +1,215 @@
+"""GGUF checkpoints (llama.cpp's format): headers under Hugging Face names, tensors dequantised to float32.
+
+GGUF names tensors by role (`blk.3.attn_q.weight`) whatever the architecture; they are mapped to the
+HF names of the architecture the file declares, so the module map, tables and decay maps read them
+as they read a safetensors checkpoint. Quantised tensors (Q8_0, Q4_K, ...) are dequantised row block
+by row block with the `gguf` package's own dequantisers (the optional extra `alphaspec[gguf]`).
+The Q/K row permutation llama.cpp applies for its rotary layout does not change singular values.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import AlphaspecError, first_line
+
+GGUF_SUFFIX = ".gguf"
+DEQUANT_ELEMENTS = 1 << 24  # float32 values dequantised per block of rows (64 MiB)
+_SPLIT = re.compile(r"^(?P<stem>.*)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
+_BLOCK = re.compile(r"^blk\.(\d+)\.(.+)$")
+
+# GGUF architecture -> the HF model_type whose names the tensors take (and whose fused layouts apply).
+ARCHITECTURES = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3", "qwen2moe": "qwen2_moe",
+                 "qwen3moe": "qwen3_moe", "gemma": "gemma", "gemma2": "gemma2", "gemma3": "gemma3_text",
+                 "phi3": "phi3", "bert": "bert"}
+_DECODER_TOP = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
+_DECODER_BLOCK = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+                  "attn_qkv": "self_attn.qkv_proj", "attn_output": "self_attn.o_proj",
+                  "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm",
+                  "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
+                  "ffn_gate_inp": "mlp.gate", "ffn_gate_exps": "mlp.experts.gate_proj",
+                  "ffn_up_exps": "mlp.experts.up_proj", "ffn_down_exps": "mlp.experts.down_proj",
+                  "ffn_gate_shexp": "mlp.shared_expert.gate_proj", "ffn_up_shexp": "mlp.shared_expert.up_proj",
+                  "ffn_down_shexp": "mlp.shared_expert.down_proj", "attn_norm": "input_layernorm",
+                  "ffn_norm": "post_attention_layernorm", "post_attention_norm": "post_attention_layernorm",
+                  "post_ffw_norm": "post_feedforward_layernorm"}
+_BERT_TOP = {"token_embd": "embeddings.word_embeddings", "position_embd": "embeddings.position_embeddings",
+             "token_types": "embeddings.token_type_embeddings", "token_embd_norm": "embeddings.LayerNorm"}
+_BERT_BLOCK = {"attn_q": "attention.self.query", "attn_k": "attention.self.key", "attn_v": "attention.self.value",
+               "attn_output": "attention.output.dense", "attn_output_norm": "attention.output.LayerNorm",
+               "ffn_up": "intermediate.dense", "ffn_down": "output.dense", "layer_output_norm": "output.LayerNorm"}
+
+
+class GGUFError(AlphaspecError):
+    """A GGUF file that cannot be read, or a GGUF source without the `gguf` package."""
+
+
+def _gguf():
+    try:
+        import gguf
+    except ImportError as err:
+        raise GGUFError("reading GGUF files needs the gguf package: pip install 'alphaspec[gguf]'") from err
+    return gguf
+
+
+def open_reader(file: Path):
+    """A memory-mapped `gguf.GGUFReader` (metadata and tensor index read, no tensor data)."""
+    gguf = _gguf()
+    try:
+        return gguf.GGUFReader(str(file))
+    except Exception as err:  # noqa: BLE001 - a damaged or foreign file fails in many ways inside the reader
+        raise GGUFError(f"{file}: not a valid GGUF file ({first_line(err, with_type=True)})") from err
+
+
+def field(reader, key: str):
+    """A metadata value (str, number, or list), None when the file does not set it."""
+    f = reader.get_field(key)
+    if f is None:
+        return None
+    try:
+        return f.contents()
+    except Exception:  # noqa: BLE001 - a malformed value reads as unset; the names still tell the layout
+        return None
+
+
+def hf_name(gguf_name: str, arch: str) -> str:
+    """The HF name of a GGUF tensor for architecture `arch`; names with no counterpart are kept as they are."""
+    base, dot, suffix = gguf_name.rpartition(".")
+    if not dot or suffix not in ("weight", "bias"):
+        return gguf_name
+    bert = arch == "bert"
+    match = _BLOCK.match(base)
+    if match is None:
+        part = (_BERT_TOP if bert else _DECODER_TOP).get(base)
+        return f"{part}.{suffix}" if part else gguf_name
+    layer, role = match.groups()
+    part = (_BERT_BLOCK if bert else _DECODER_BLOCK).get(role)
+    if part is None:
+        return gguf_name
+    if arch == "phi3" and role == "ffn_up":
+        part = "mlp.gate_up_proj"  # phi3 stores gate and up fused, gate first
+    prefix = f"encoder.layer.{layer}" if bert else f"model.layers.{layer}"
+    return f"{prefix}.{part}.{suffix}"
+
+
+def model_config(reader, file: Path) -> dict:
+    """A HF-style config (model_type, layers, widths, heads) from the GGUF metadata."""
+    arch = field(reader, "general.architecture")
+    if not isinstance(arch, str):
+        raise GGUFError(f"{file}: the GGUF metadata names no architecture (general.architecture)")
+    keys = {"num_hidden_layers": "block_count", "hidden_size": "embedding_length",
+            "intermediate_size": "feed_forward_length", "num_attention_heads": "attention.head_count",
+            "num_key_value_heads": "attention.head_count_kv", "head_dim": "attention.key_length",
+            "num_experts": "expert_count"}
+    config = {"model_type": ARCHITECTURES.get(arch, arch), "gguf_architecture": arch}
+    for hf_key, gguf_key in keys.items():
+        value = field(reader, f"{arch}.{gguf_key}")
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            config[hf_key] = value  # per-layer lists (some hybrids) are left out: the shapes still tell
+    return config
+
+
+def split_files(file: Path, reader) -> list[Path]:
+    """All files of a split GGUF model (llama.cpp's `NAME-0000i-of-0000n.gguf`) given any one of them."""
+    count = field(reader, "split.count")
+    match = _SPLIT.match(file.name)
+    if not isinstance(count, int) or count <= 1:
+        return [file]
+    if match is None:
+        raise GGUFError(f"{file}: one of {count} split GGUF files, but its name does not say which "
+                        "(llama.cpp names them NAME-00001-of-0000N.gguf)")
+    files = [file.with_name(f"{match['stem']}-{i:05d}-of-{count:05d}.gguf") for i in range(1, count + 1)]
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise GGUFError(f"{file}: split GGUF model of {count} files, missing: {', '.join(missing)}")
+    return files
+
+
+def directory_model(folder: Path) -> list[Path] | None:
+    """The GGUF files of a directory when they are one model (one file, or one split set); None without any."""
+    found = sorted(p for p in folder.glob("*" + GGUF_SUFFIX) if p.is_file())
+    if not found:
+        return None
+    stems = {m["stem"] if (m := _SPLIT.match(p.name)) else p.name for p in found}
+    if len(stems) > 1:
+        raise GGUFError(f"{folder}: holds {len(stems)} GGUF models ({', '.join(sorted(stems)[:3])}"
+                        f"{', ...' if len(stems) > 3 else ''}); pass the path of the one to analyse")
+    return split_files(found[0], open_reader(found[0]))
+
+
+@cache
+def readable(type_name: str) -> bool:
+    """Whether the installed gguf package can dequantise tensors of this GGML type."""
+    gguf = _gguf()
+    qtype = gguf.GGMLQuantizationType[type_name]
+    block, size = gguf.GGML_QUANT_SIZES[qtype]
+    try:
+        gguf.quants.dequantize(np.zeros((1, size), dtype=np.uint8), qtype)
+    except (NotImplementedError, ValueError, TypeError):
+        return False
+    return True
+
+
+def stored_dtype(type_name: str) -> str:
+    """The dtype a GGML type is analysed in (TensorInfo's spelling); quantised types dequantise to float32."""
+    plain = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64",
+             "I8": "int8", "I16": "int16", "I32": "int32", "I64": "int64"}
+    if type_name in plain:
+        return plain[type_name]
+    return "float32" if readable(type_name) else f"packed GGML {type_name} (no dequantiser in the installed gguf package)"
+
+
+def read_tensors(file: Path, keys: dict[str, str]) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield (name, tensor) for {name: name in the file}, quantised tensors dequantised to float32."""
+    gguf = _gguf()
+    reader = open_reader(file)
+    by_key = {t.name: t for t in reader.tensors}
+    for name, key in keys.items():
+        t = by_key[key]
+        shape = tuple(int(d) for d in reversed(t.shape))
+        data = np.asarray(t.data)
+        if t.tensor_type == gguf.GGMLQuantizationType.BF16:
+            yield name, torch.from_numpy(data.view(np.int16).copy()).view(torch.bfloat16).reshape(shape)
+        elif t.tensor_type.name in ("F32", "F16", "F64") or t.tensor_type.name.startswith("I"):
+            yield name, torch.from_numpy(data.copy()).reshape(shape)
+        else:
+            yield name, torch.from_numpy(_dequantise(data, t.tensor_type, shape))
+
+
+def _dequantise(data: np.ndarray, qtype, shape: tuple[int, ...]) -> np.ndarray:
+    """Float32 values of block-quantised rows, a block of rows at a time (memory stays one output)."""
+    from gguf.quants import dequantize
+
+    rows = data.reshape(-1, data.shape[-1])
+    out = np.empty((rows.shape[0], shape[-1]), dtype=np.float32)
+    step = max(1, DEQUANT_ELEMENTS // shape[-1])
+    for lo in range(0, rows.shape[0], step):
+        out[lo:lo + step] = dequantize(rows[lo:lo + step], qtype)
+    return out.reshape(shape)
+
+
+def tensor_headers(file: Path, reader, arch: str) -> list[tuple[str, str, tuple[int, ...], str, str]]:
+    """(HF name, name in the file, shape as PyTorch orders it, dtype, GGML type) of every tensor of one file."""
+    out = []
+    for t in reader.tensors:
+        qtype = t.tensor_type.name
+        shape = tuple(int(d) for d in reversed(t.shape))
+        out.append((hf_name(t.name, arch), t.name, shape, stored_dtype(qtype), qtype))
+    return out
+
+
+def quantisation_note(quants: dict[str, str]) -> str | None:
+    """The summary's note on quantised matrices: what was analysed, and what quantisation does to a spectrum."""
+    kinds = sorted({q for q in quants.values() if q not in ("F32", "F16", "BF16", "F64")})
+    if not kinds:
+        return None
+    n = sum(q in kinds for q in quants.values())
+    return (f"{n} tensor(s) are stored quantised ({', '.join(kinds)}) and were analysed dequantised: quantisation "
+            "noise adds a flat, random-like floor under each spectrum's bulk, which raises alpha slightly with the "
+            "median estimator and can move xmin-searching estimators more (docs/analyze.md, GGUF checkpoints)")
