@@ -22,9 +22,10 @@ import torch
 
 from ._version import __version__
 from .checkpoint import Checkpoint, SourceError, TensorInfo, dtype_name, open_checkpoint
+from .distributed import process_group
 from .esd import EPS_ZERO, eigenvalues, finite_rows, resolve_device
 from .farms import farms_alpha
-from .modules import MODULE_TYPES, MatrixSpec, Skipped, plan
+from .modules import MODULE_TYPES, MatrixSpec, Plan, Skipped, plan
 from .powerlaw import PowerLawFit, check_estimator, fit_sorted
 from .random_baseline import random_alpha
 from .spectral_metrics import nan_metrics, spectral_metrics
@@ -49,6 +50,7 @@ class Analysis:
     estimator: str
     device: str
     spectra: dict[str, np.ndarray] = field(default_factory=dict)
+    n_tensors: int = 0  # in the checkpoint: analysed, split or skipped
 
     def to_json(self) -> dict:
         """The JSON layout documented in docs/analyze.md (NaN becomes null)."""
@@ -107,6 +109,8 @@ def _read_ahead(ckpt: Checkpoint, specs: list[MatrixSpec], stop: threading.Event
         try:
             for file in ckpt.files:
                 names = [n for n in order if file_of[n] == file]
+                if not names:  # a file none of these matrices live in is never opened
+                    continue
                 for name, tensor in ckpt.read(file, names):
                     for spec in by_tensor[name]:
                         if not put((spec, stage(spec.extract(tensor)))):
@@ -254,46 +258,82 @@ def analyze_checkpoint(source, estimator: str = "median", device: str | torch.de
     keep_spectra: also return every spectrum. workers: concurrent solves (threads; on a GPU each
     with its own CUDA stream, which can overlap the eigen-solver's latency-bound phases). farms: also
     an `alpha_farms` column (FARMS: the pooled spectrum of square windows, free of the shape effect).
+    Inside an initialised torch.distributed job (torchrun) the matrices are split over the ranks
+    (sharded.py): every rank returns the whole table, rank 0 the spectra.
     """
     check_estimator(estimator)
+    options = {"include": include, "exclude": exclude, "split_fused": split_fused, "keep_spectra": keep_spectra,
+               "progress": progress, "checkpoint": checkpoint, "workers": workers, "farms": farms}
+    if process_group()[1] > 1:
+        from .sharded import analyze_sharded
+
+        return analyze_sharded(source, estimator, device, **options)
     dev = resolve_device(device)
     ckpt = checkpoint or open_checkpoint(source)
+    todo = plan_checkpoint(ckpt, include, exclude, split_fused)
+    total, done = len(todo.matrices), [0]
+    if progress:
+        progress(0, total)
+
+    def advance(n: int) -> None:
+        done[0] += n
+        if progress:
+            progress(done[0], total)
+
+    rows, spectra = solve_matrices(ckpt, todo.matrices, dev, solve_options(ckpt, estimator, farms), workers=workers,
+                                   keep_spectra=keep_spectra, on_solved=advance)
+    return assemble(rows, spectra, ckpt, todo, str(source), estimator, str(dev))
+
+
+def plan_checkpoint(ckpt: Checkpoint, include: Iterable[str], exclude: Iterable[str], split_fused: bool) -> Plan:
+    """The module map of a checkpoint; a checkpoint without any weight matrix is an error that says why."""
     todo = plan(ckpt.tensors, ckpt.config, split_fused=split_fused, include=include, exclude=exclude)
     if not todo.matrices:
         reasons = Counter(s.reason for s in todo.skipped).most_common(2)
         raise SourceError(f"{ckpt.source}: no weight matrix to analyse among its {len(ckpt.tensors)} tensor(s) ("
                           + "; ".join(f"{n} x {r}" for r, n in reasons) + ")")
-    how = Solve(estimator, {t.name: t.dtype for t in ckpt.tensors}, farms, {t.name: t.quant for t in ckpt.tensors if t.quant})
-    max_bytes = CUDA_BATCH_BYTES if dev.type == "cuda" else 0
+    return todo
+
+
+def solve_options(ckpt: Checkpoint, estimator: str, farms: bool) -> Solve:
+    return Solve(estimator, {t.name: t.dtype for t in ckpt.tensors}, farms,
+                 {t.name: t.quant for t in ckpt.tensors if t.quant})
+
+
+def solve_matrices(ckpt: Checkpoint, matrices: list[MatrixSpec], dev: torch.device, how: Solve, *, workers: int = 1,
+                   keep_spectra: bool = False, on_solved: Callable[[int], None] | None = None
+                   ) -> tuple[list[dict], dict[str, np.ndarray]]:
+    """Rows (and spectra) of `matrices`, read from the checkpoint's files in order, solved on `dev`."""
     rows: list[dict] = []
     spectra: dict[str, np.ndarray] = {}
-    total = len(todo.matrices)
-    if progress:
-        progress(0, total)
 
     def collect(solved: list[tuple[dict, torch.Tensor | None]]) -> None:
         for row, eigs in solved:
             rows.append(row)
             if keep_spectra and eigs is not None:
                 spectra[row["name"]] = eigs.cpu().numpy()
-        if progress:
-            progress(len(rows), total)
+        if on_solved:
+            on_solved(len(solved))
 
     stop = threading.Event()
-    batches = _batches(_read_ahead(ckpt, todo.matrices, stop, dev), max_bytes)
+    batches = _batches(_read_ahead(ckpt, matrices, stop, dev), CUDA_BATCH_BYTES if dev.type == "cuda" else 0)
     with torch.no_grad():
         if workers <= 1:
             for batch in batches:
                 collect(solve_batch(batch, dev, how))
         else:
             _solve_concurrently(batches, dev, how, workers, collect)
+    return rows, spectra
+
+
+def assemble(rows: list[dict], spectra: dict[str, np.ndarray], ckpt: Checkpoint, todo: Plan, source: str,
+             estimator: str, device: str) -> Analysis:
+    """The Analysis of solved rows: the ordered table, with source, skips and notes also in its attrs."""
     table = ordered_table(rows)
     notes = ckpt.notes + todo.notes
-    result = Analysis(table, todo.skipped, notes, str(source), estimator, str(dev), spectra)
-    table.attrs.update({"source": result.source, "estimator": estimator, "device": result.device,
-                        "skipped": [{"name": s.name, "reason": s.reason} for s in todo.skipped],
-                        "notes": list(notes)})
-    return result
+    table.attrs.update({"source": source, "estimator": estimator, "device": device,
+                        "skipped": [{"name": s.name, "reason": s.reason} for s in todo.skipped], "notes": list(notes)})
+    return Analysis(table, todo.skipped, notes, source, estimator, device, spectra, len(ckpt.tensors))
 
 
 def analyze(source, estimator: str = "median", device: str | torch.device = "auto", *,

@@ -1,10 +1,19 @@
-"""Where this process stands in a torch.distributed job (one place for both questions the code asks)."""
+"""Where this process stands in a torch.distributed job, and the few collectives the analysis needs."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
+import torch
 import torch.distributed as dist
+
+from .errors import AlphaspecError, first_line
+
+
+class RankFailure(AlphaspecError):
+    """Another rank of the job failed; the message is that rank's error line."""
 
 
 def process_group() -> tuple[int, int]:
@@ -20,3 +29,68 @@ def launched() -> tuple[int, int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size(), local
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), local
+
+
+@contextmanager
+def joined(use_cuda: bool) -> Iterator[tuple[int, int, int]]:
+    """Under torchrun, join the process group (NCCL with GPUs, else gloo) and leave it afterwards; yields
+    (rank, world, local rank). Outside torchrun, or with a group already initialised, it does nothing."""
+    rank, world, local = launched()
+    owns = world > 1 and dist.is_available() and not dist.is_initialized()
+    if owns:
+        dist.init_process_group("nccl" if use_cuda and torch.cuda.is_available() else "gloo")
+    try:
+        yield rank, world, local
+    finally:
+        if owns:
+            dist.destroy_process_group()
+
+
+def solve_cost(rows: int, cols: int) -> int:
+    """Flops of a Gram product and its eigen-solve, up to a constant: m²n + m³ with m = min(rows, cols)."""
+    m, n = sorted((rows, cols))
+    return m * m * n + m**3
+
+
+def split_by_cost(costs: dict[str, int], world: int) -> list[list[str]]:
+    """Names per rank, balancing total cost greedily (largest first). Deterministic from names and costs
+    alone, so every rank computes the same split without talking to the others."""
+    load, shares = [0] * world, [[] for _ in range(world)]
+    for name in sorted(costs, key=lambda n: (-costs[n], n)):
+        r = min(range(world), key=lambda i: (load[i], i))
+        shares[r].append(name)
+        load[r] += costs[name]
+    return [sorted(s) for s in shares]
+
+
+def object_group():
+    """A gloo group over all ranks for exchanging Python objects (works beside an NCCL default group). Collective."""
+    return dist.new_group(backend="gloo")
+
+
+def gather_outcomes(value, error: BaseException | None, group) -> list:
+    """Collective: every rank's value; when any rank failed, every rank raises.
+
+    The error raised is a RankFailure with the first failure's message and exit code (prefixed with its
+    rank unless every rank failed alike), so no rank waits or writes alone and rank 0 can report it; a
+    rank whose own failure is not an AlphaspecError (a bug) raises that instead, traceback and all.
+    """
+    mine = (None if error is None else _describe(error), None if error is not None else value)
+    outcomes: list = [None] * dist.get_world_size(group)
+    dist.all_gather_object(outcomes, mine, group=group)
+    failures = [(r, fail) for r, (fail, _) in enumerate(outcomes) if fail is not None]
+    if error is not None and not isinstance(error, AlphaspecError):
+        raise error
+    if failures:
+        rank, (message, code) = failures[0]
+        alike = len(failures) == len(outcomes) and len({fail for _, fail in failures}) == 1
+        failure = RankFailure(message if alike else f"rank {rank}: {message}")
+        failure.exit_code = code
+        raise failure from error
+    return [value for _, value in outcomes]
+
+
+def _describe(err: BaseException) -> tuple[str, int]:
+    if isinstance(err, AlphaspecError):
+        return str(err), err.exit_code
+    return first_line(err, with_type=True), 1

@@ -25,7 +25,7 @@ from .analysis import analyze_tensors, ordered_table, records
 from .choices import ALPHADECAY_WARMUPS
 from .decay import DecayMapError, build_decay_map, is_tuned_candidate
 from .decayspec import DecaySpec, decay_spec
-from .distributed import process_group
+from .distributed import process_group, solve_cost, split_by_cost
 
 
 def model_config(model: torch.nn.Module) -> dict:
@@ -48,16 +48,9 @@ def share_of_work(tuned: dict[str, torch.Tensor], rank: int, world: int) -> list
 
     Deterministic from names and shapes alone, so every rank computes the same partition.
     """
-    def cost(t: torch.Tensor) -> int:
-        m, n = sorted((t.shape[-2], t.shape[-1]))
-        return (t.numel() // (m * n)) * (m * m * n + m**3)  # stacked experts count once each
-
-    load, owner = [0] * world, {}
-    for name in sorted(tuned, key=lambda n: (-cost(tuned[n]), n)):
-        r = min(range(world), key=lambda i: (load[i], i))
-        owner[name] = r
-        load[r] += cost(tuned[name])
-    return sorted(n for n, r in owner.items() if r == rank)
+    costs = {name: (t.numel() // (t.shape[-2] * t.shape[-1])) * solve_cost(t.shape[-2], t.shape[-1])
+             for name, t in tuned.items()}  # stacked experts count once each
+    return split_by_cost(costs, world)[rank]
 
 
 def split_param_groups(optimizer: torch.optim.Optimizer, tuned: dict[str, torch.nn.Parameter],

@@ -51,7 +51,7 @@ def _summary(result: Analysis) -> Table:
     return table
 
 
-def _report(result: Analysis, n_tensors: int) -> None:
+def _report(result: Analysis) -> None:
     df = result.table
     out.print(_summary(result))
     failed = df[df["status"] != "ok"]
@@ -69,7 +69,7 @@ def _report(result: Analysis, n_tensors: int) -> None:
             out.print(Text(f"  {count:>5} x {reason}  (e.g. {example})"))
     for note in result.notes:
         out.print(Text(f"note: {note}"), style="yellow")
-    out.print(f"{len(df)} matrices analysed, {len(result.skipped)} tensors skipped, {n_tensors} tensors in the checkpoint")
+    out.print(f"{len(df)} matrices analysed, {len(result.skipped)} tensors skipped, {result.n_tensors} tensors in the checkpoint")
 
 
 @app.command(no_args_is_help=True, epilog="""
@@ -107,31 +107,42 @@ def analyze(
 ) -> None:
     """Eigenvalue spectrum and power-law tail fit (alpha) of every weight matrix in a checkpoint."""
     from ..checkpoint import open_checkpoint
+    from ..distributed import RankFailure, joined, launched
     from ..esd import resolve_device
     from ..output import check_output, check_output_dir, write_results, write_spectra
 
-    if output is not None:
-        check_output(output)
-    if save_spectra is not None:
-        check_output(save_spectra, (".npz",))
-    if plots is not None:
-        check_output_dir(plots)
+    rank, world, _ = launched()
+    if rank == 0:  # under torchrun rank 0 writes everything (a failure here ends the job before it starts)
+        if output is not None:
+            check_output(output)
+        if save_spectra is not None:
+            check_output(save_spectra, (".npz",))
+        if plots is not None:
+            check_output_dir(plots)
     dev = resolve_device(device)
-    ckpt = open_checkpoint(source)
     why = " (no CUDA device found)" if device == "auto" and dev.type == "cpu" else ""
-    header = (f"alphaspec {__version__} · {len(ckpt.tensors)} tensors in {len(ckpt.files)} file(s) · "
-              f"device {dev}{why} · estimator {estimator.value}")
-    result = analyze_with_progress(source, estimator.value, dev, quiet, header, include=include or [],
-                                   exclude=exclude or [], split_fused=split_fused,
-                                   keep_spectra=save_spectra is not None or plots is not None, checkpoint=ckpt,
-                                   workers=workers, farms=farms)
+    with joined(dev.type == "cuda"):
+        ckpt = open_checkpoint(source) if world == 1 else None
+        where = f"{len(ckpt.tensors)} tensors in {len(ckpt.files)} file(s)" if ckpt else f"{world} ranks"
+        header = f"alphaspec {__version__} · {where} · device {dev}{why} · estimator {estimator.value}"
+        try:
+            result = analyze_with_progress(source, estimator.value, dev, quiet or rank > 0, header, include=include or [],
+                                           exclude=exclude or [], split_fused=split_fused,
+                                           keep_spectra=save_spectra is not None or plots is not None, checkpoint=ckpt,
+                                           workers=workers, farms=farms)
+        except RankFailure as failure:
+            if rank > 0:  # rank 0 reports it; one error line for the job
+                raise typer.Exit(failure.exit_code) from failure
+            raise
+    if rank > 0:
+        return
     if output is not None:
         write_results(result, output)
     if save_spectra is not None:
         write_spectra(result, save_spectra)
     drawn = draw(result.table, result.spectra, plots, list(MODEL_KINDS), "png", []) if plots is not None else None
     if not quiet:
-        _report(result, len(ckpt.tensors))
+        _report(result)
         if drawn is not None:
             report_figures(drawn)
         if output is not None:

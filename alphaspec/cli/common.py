@@ -142,10 +142,12 @@ def analyze_with_progress(source: str, estimator: str, device, quiet: bool, head
     work is planned (so that bad input ends in a lone `error:` line)."""
     from ..analysis import analyze_checkpoint
     from ..checkpoint import open_checkpoint
+    from ..distributed import process_group
     from ..esd import resolve_device
 
     device = resolve_device(device)  # bad input fails before a progress bar is drawn
-    options["checkpoint"] = options.get("checkpoint") or open_checkpoint(source)
+    if process_group()[1] == 1:  # under torchrun every rank opens it inside the collective analysis
+        options["checkpoint"] = options.get("checkpoint") or open_checkpoint(source)
     columns = [TextColumn("analysing"), BarColumn(), MofNCompleteColumn(), RateColumn(), TimeElapsedColumn(),
                TextColumn("eta"), TimeRemainingColumn()]
     with Progress(*columns, console=err, disable=quiet, transient=True) as bar:
