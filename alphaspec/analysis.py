@@ -23,7 +23,7 @@ import torch
 from ._version import __version__
 from .checkpoint import Checkpoint, SourceError, TensorInfo, dtype_name, open_checkpoint
 from .distributed import process_group
-from .esd import EPS_ZERO, eigenvalues, finite_rows, resolve_device
+from .esd import EPS_ZERO, check_precision, eigenvalues, finite_rows, resolve_device
 from .farms import farms_alpha
 from .modules import MODULE_TYPES, MatrixSpec, Plan, Skipped, plan
 from .powerlaw import PowerLawFit, check_estimator, fit_sorted
@@ -51,11 +51,12 @@ class Analysis:
     device: str
     spectra: dict[str, np.ndarray] = field(default_factory=dict)
     n_tensors: int = 0  # in the checkpoint: analysed, split or skipped
+    precision: str = "fp64"
 
     def to_json(self) -> dict:
         """The JSON layout documented in docs/analyze.md (NaN becomes null)."""
         return {"alphaspec": __version__, "source": self.source, "estimator": self.estimator,
-                "device": self.device, "matrices": records(self.table),
+                "device": self.device, "precision": self.precision, "matrices": records(self.table),
                 "skipped": [{"name": s.name, "reason": s.reason} for s in self.skipped], "notes": self.notes}
 
 
@@ -168,12 +169,13 @@ def metrics_of(eigs: torch.Tensor, estimator: str) -> dict:
 @dataclass(frozen=True)
 class Solve:
     """What every solve of one analysis needs: the estimator, each tensor's stored dtype (and GGUF
-    quantisation type), and whether FARMS alphas are wanted too."""
+    quantisation type), whether FARMS alphas are wanted too, and the solver's precision (fp64 | fp32)."""
 
     estimator: str
     dtypes: dict[str, str]
     farms: bool = False
     quants: dict[str, str] = field(default_factory=dict)
+    precision: str = "fp64"
 
 
 def solve_batch(batch: list[tuple[MatrixSpec, torch.Tensor]], dev: torch.device,
@@ -189,7 +191,7 @@ def solve_batch(batch: list[tuple[MatrixSpec, torch.Tensor]], dev: torch.device,
     ok = finite_rows(w)
     if not bool(ok.all()):
         w[~ok] = 0
-    eigs = eigenvalues(w, dev)
+    eigs = eigenvalues(w, dev, how.precision)
     out = []
     for i, (spec, _) in enumerate(batch):
         e = eigs[i] if bool(ok[i]) else None
@@ -252,18 +254,22 @@ def _fit_columns(fit: PowerLawFit) -> dict:
 def analyze_checkpoint(source, estimator: str = "median", device: str | torch.device = "auto", *,
         include: Iterable[str] = (), exclude: Iterable[str] = (), split_fused: bool = True,
         keep_spectra: bool = False, progress: Callable[[int, int], None] | None = None,
-        checkpoint: Checkpoint | None = None, workers: int = 1, farms: bool = False) -> Analysis:
+        checkpoint: Checkpoint | None = None, workers: int = 1, farms: bool = False,
+        precision: str = "fp64") -> Analysis:
     """Analyse every weight matrix of `source`; see `analyze` for the arguments.
 
-    keep_spectra: also return every spectrum. workers: concurrent solves (threads; on a GPU each
-    with its own CUDA stream, which can overlap the eigen-solver's latency-bound phases). farms: also
-    an `alpha_farms` column (FARMS: the pooled spectrum of square windows, free of the shape effect).
+    keep_spectra: also return every spectrum. precision: fp64 (the default), or fp32 for the Gram
+    product and eigen-solve (faster on GPUs, with the alpha error measured in docs/analyze.md).
+    workers: concurrent solves (threads; on a GPU each with its own CUDA stream, which can overlap
+    the eigen-solver's latency-bound phases). farms: also an `alpha_farms` column (FARMS: the
+    pooled spectrum of square windows, free of the shape effect).
     Inside an initialised torch.distributed job (torchrun) the matrices are split over the ranks
     (sharded.py): every rank returns the whole table, rank 0 the spectra.
     """
     check_estimator(estimator)
+    check_precision(precision)
     options = {"include": include, "exclude": exclude, "split_fused": split_fused, "keep_spectra": keep_spectra,
-               "progress": progress, "checkpoint": checkpoint, "workers": workers, "farms": farms}
+               "progress": progress, "checkpoint": checkpoint, "workers": workers, "farms": farms, "precision": precision}
     if process_group()[1] > 1:
         from .sharded import analyze_sharded
 
@@ -280,9 +286,10 @@ def analyze_checkpoint(source, estimator: str = "median", device: str | torch.de
         if progress:
             progress(done[0], total)
 
-    rows, spectra = solve_matrices(ckpt, todo.matrices, dev, solve_options(ckpt, estimator, farms), workers=workers,
-                                   keep_spectra=keep_spectra, on_solved=advance)
-    return assemble(rows, spectra, ckpt, todo, str(source), estimator, str(dev))
+    how = solve_options(ckpt, estimator, farms, precision)
+    rows, spectra = solve_matrices(ckpt, todo.matrices, dev, how, workers=workers, keep_spectra=keep_spectra,
+                                   on_solved=advance)
+    return assemble(rows, spectra, ckpt, todo, str(source), how, str(dev))
 
 
 def plan_checkpoint(ckpt: Checkpoint, include: Iterable[str], exclude: Iterable[str], split_fused: bool) -> Plan:
@@ -295,9 +302,9 @@ def plan_checkpoint(ckpt: Checkpoint, include: Iterable[str], exclude: Iterable[
     return todo
 
 
-def solve_options(ckpt: Checkpoint, estimator: str, farms: bool) -> Solve:
+def solve_options(ckpt: Checkpoint, estimator: str, farms: bool, precision: str = "fp64") -> Solve:
     return Solve(estimator, {t.name: t.dtype for t in ckpt.tensors}, farms,
-                 {t.name: t.quant for t in ckpt.tensors if t.quant})
+                 {t.name: t.quant for t in ckpt.tensors if t.quant}, precision)
 
 
 def solve_matrices(ckpt: Checkpoint, matrices: list[MatrixSpec], dev: torch.device, how: Solve, *, workers: int = 1,
@@ -327,27 +334,33 @@ def solve_matrices(ckpt: Checkpoint, matrices: list[MatrixSpec], dev: torch.devi
 
 
 def assemble(rows: list[dict], spectra: dict[str, np.ndarray], ckpt: Checkpoint, todo: Plan, source: str,
-             estimator: str, device: str) -> Analysis:
+             how: Solve, device: str) -> Analysis:
     """The Analysis of solved rows: the ordered table, with source, skips and notes also in its attrs."""
     table = ordered_table(rows)
     notes = ckpt.notes + todo.notes
-    table.attrs.update({"source": source, "estimator": estimator, "device": device,
+    if how.precision != "fp64":
+        notes.append(f"eigenvalues solved in {how.precision} (--precision): alphas differ from the float64 ones "
+                     "by the error measured in docs/analyze.md")
+    table.attrs.update({"source": source, "estimator": how.estimator, "device": device, "precision": how.precision,
                         "skipped": [{"name": s.name, "reason": s.reason} for s in todo.skipped], "notes": list(notes)})
-    return Analysis(table, todo.skipped, notes, source, estimator, device, spectra, len(ckpt.tensors))
+    return Analysis(table, todo.skipped, notes, source, how.estimator, device, spectra, len(ckpt.tensors),
+                    how.precision)
 
 
 def analyze(source, estimator: str = "median", device: str | torch.device = "auto", *,
             include: Iterable[str] = (), exclude: Iterable[str] = (), split_fused: bool = True,
-            progress: Callable[[int, int], None] | None = None, workers: int = 1) -> pd.DataFrame:
+            progress: Callable[[int, int], None] | None = None, workers: int = 1,
+            precision: str = "fp64") -> pd.DataFrame:
     """Spectral analysis of a checkpoint: one row per weight matrix, columns as in docs/analyze.md.
 
     source: a .safetensors/.bin/.pt file, a HF model or alphaspec run directory, a hub id
     `org/name[@rev]`, or `example:minilm`. estimator: median | gof | fix-finger. device: auto | cpu |
-    cuda | cuda:N. include/exclude: regexes on tensor names. workers: concurrent solves. Skipped
+    cuda | cuda:N. include/exclude: regexes on tensor names. workers: concurrent solves. precision:
+    fp64 | fp32 (opt-in, faster on GPUs; its alpha error is measured in docs/analyze.md). Skipped
     tensors and their reasons are in `table.attrs["skipped"]`.
     """
     return analyze_checkpoint(source, estimator, device, include=include, exclude=exclude, split_fused=split_fused,
-               progress=progress, workers=workers).table
+               progress=progress, workers=workers, precision=precision).table
 
 
 def analyze_tensors(tensors: dict[str, torch.Tensor], estimator: str = "median", *, config: dict | None = None,

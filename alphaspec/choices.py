@@ -2,6 +2,7 @@
 builds its options from them, so a choice is spelled once and a bad one is a usage error everywhere."""
 
 ESTIMATORS = ("median", "gof", "fix-finger", "fix-finger-legacy")  # how xmin is chosen (docs/math.md §2)
+ESD_PRECISIONS = ("fp64", "fp32")  # the Gram product and eigen-solve of analyze (fp32: opt-in, for the largest models)
 ASSIGN = ("linear", "sqrt", "log2", "sigmoid")  # metric -> decay (docs/math.md §3)
 PRESERVE = ("none", "modules", "params")  # --preserve-mean
 DECAY_METRICS = ("alpha", "alpha_farms", "alpha_weighted", "spectral_norm", "frobenius_norm", "stable_rank", "log_spectral_norm",

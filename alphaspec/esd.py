@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 
-from .errors import AlphaspecError
+from .choices import ESD_PRECISIONS
+from .errors import AlphaspecError, UsageError
 
 EPS_ZERO = 1e-12  # eigenvalues <= EPS_ZERO * lambda_max count as zero
+SOLVE_DTYPES = {"fp64": torch.float64, "fp32": torch.float32}
 TRIANGLE_MIN = 512  # CPU Gram matrices from this size on are formed as their lower triangle only
 TRIANGLE_BLOCKS = 4
 
@@ -35,14 +40,37 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return dev
 
 
-def eigenvalues(w: torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
-    """Ascending eigenvalues (squared singular values) of a (rows, cols) matrix or a (B, rows, cols) batch.
+def check_precision(precision: str) -> str:
+    if precision not in ESD_PRECISIONS:
+        raise UsageError(f"unknown precision {precision!r}; use {' or '.join(ESD_PRECISIONS)}")
+    return precision
 
-    The matrix is moved in its own dtype and promoted to float64 on the device; the Gram matrix is
+
+def eigenvalues(w: torch.Tensor, device: torch.device | str | None = None, precision: str = "fp64") -> torch.Tensor:
+    """Ascending float64 eigenvalues (squared singular values) of a (rows, cols) matrix or a (B, rows, cols) batch.
+
+    The matrix is moved in its own dtype and promoted on the device to float64 (or, with
+    precision="fp32", float32: Gram and eigen-solve in single precision, then widened); the Gram matrix is
     formed on the smaller side, so there are min(rows, cols) eigenvalues. Round-off negatives become 0.
     """
-    w = w.to(device=device or w.device, non_blocking=True).to(torch.float64)
-    return torch.linalg.eigvalsh(gram(w)).clamp_min_(0.0)
+    w = w.to(device=device or w.device, non_blocking=True).to(SOLVE_DTYPES[precision])
+    with full_fp32_matmul():
+        g = gram(w)
+    return torch.linalg.eigvalsh(g).clamp_min_(0.0).to(torch.float64)
+
+
+@contextmanager
+def full_fp32_matmul() -> Iterator[None]:
+    """float32 products in full float32, even where the process allows TF32 (10-bit mantissa) for speed."""
+    before = torch.get_float32_matmul_precision()
+    if before == "highest":
+        yield
+        return
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
 
 
 def gram(w: torch.Tensor) -> torch.Tensor:

@@ -33,3 +33,54 @@ def test_bf16_input_is_promoted_before_the_product():
     lam = esd.eigenvalues(w).numpy()
     s = np.linalg.svd(w.double().numpy(), compute_uv=False)
     np.testing.assert_allclose(lam, np.sort(s**2), rtol=1e-10, atol=1e-12 * s.max() ** 2)
+
+
+@pytest.mark.parametrize("shape", [(300, 200), (700, 600), (3, 640, 520)])
+def test_fp32_eigenvalues_are_within_single_precision_of_the_squared_singular_values(shape):
+    w = torch.randn(*shape, generator=torch.Generator().manual_seed(4), dtype=torch.float32)
+    lam = esd.eigenvalues(w, precision="fp32")
+    assert lam.dtype == torch.float64  # widened for the fits
+    expected = np.sort(np.linalg.svd(w.double().numpy(), compute_uv=False) ** 2, axis=-1)
+    top = expected.max(axis=-1, keepdims=True)
+    error = np.abs(lam.numpy() - expected) / top
+    assert error.max() < max(shape[-2:]) * np.finfo(np.float32).eps  # Gram sums of n products: ~n eps of the largest
+    assert error.max() > 1e-12  # and it really was single precision
+
+
+def test_fp32_products_are_never_tf32_and_the_setting_is_restored():
+    torch.set_float32_matmul_precision("high")  # what a trainer sets for speed
+    try:
+        seen = []
+        real = esd.gram
+
+        def spy(w):
+            seen.append(torch.get_float32_matmul_precision())
+            return real(w)
+
+        esd.gram, before = spy, esd.gram
+        try:
+            esd.eigenvalues(torch.randn(64, 32), precision="fp32")
+        finally:
+            esd.gram = before
+        assert seen == ["highest"] and torch.get_float32_matmul_precision() == "high"
+    finally:
+        torch.set_float32_matmul_precision("highest")
+
+
+def test_fp32_alphas_match_fp64_on_heavy_tailed_matrices_and_bad_precisions_are_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    from alphaspec import analyze
+    from alphaspec.errors import UsageError
+
+    torch.manual_seed(5)
+    tensors = {f"model.layers.{i}.mlp.up_proj.weight": torch.distributions.StudentT(3.0).sample((256, 128)) * 0.02
+               for i in range(3)}
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    for estimator in ("median", "gof"):
+        a64 = analyze(tmp_path / "model.safetensors", estimator, "cpu")
+        a32 = analyze(tmp_path / "model.safetensors", estimator, "cpu", precision="fp32")
+        np.testing.assert_allclose(a32["alpha"], a64["alpha"], rtol=0, atol=1e-4)
+        assert not np.array_equal(a32["lambda_max"], a64["lambda_max"])  # two different solves
+    with pytest.raises(UsageError, match="unknown precision 'fp16'"):
+        analyze(tmp_path / "model.safetensors", precision="fp16")

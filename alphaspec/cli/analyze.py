@@ -11,6 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .._version import __version__
+from ..choices import ESD_PRECISIONS
 from .common import (
     MODEL_KINDS,
     Device,
@@ -21,10 +22,13 @@ from .common import (
     Quiet,
     analyze_with_progress,
     app,
+    choice_enum,
     draw,
     out,
     report_figures,
 )
+
+Precision = choice_enum("Precision", ESD_PRECISIONS)
 
 if TYPE_CHECKING:
     from ..analysis import Analysis
@@ -103,6 +107,9 @@ def analyze(
                                          "each).")] = 1,
     farms: Annotated[bool, typer.Option("--farms", help="Also an alpha_farms column: FARMS, the pooled spectrum of "
                                         "square windows, free of the shape effect (docs/estimators.md).")] = False,
+    precision: Annotated[Precision, typer.Option(
+        "--precision", help="fp64, or fp32 for the Gram product and eigen-solve: faster on GPUs, for the largest "
+        "models; alpha error measured in docs/analyze.md.")] = Precision.fp64,
     quiet: Quiet = False,
 ) -> None:
     """Eigenvalue spectrum and power-law tail fit (alpha) of every weight matrix in a checkpoint."""
@@ -124,12 +131,13 @@ def analyze(
     with joined(dev.type == "cuda"):
         ckpt = open_checkpoint(source) if world == 1 else None
         where = f"{len(ckpt.tensors)} tensors in {len(ckpt.files)} file(s)" if ckpt else f"{world} ranks"
-        header = f"alphaspec {__version__} · {where} · device {dev}{why} · estimator {estimator.value}"
+        header = f"alphaspec {__version__} · {where} · device {dev}{why} · estimator {estimator.value}" + (
+            f" · precision {precision.value}" if precision != Precision.fp64 else "")
         try:
             result = analyze_with_progress(source, estimator.value, dev, quiet or rank > 0, header, include=include or [],
                                            exclude=exclude or [], split_fused=split_fused,
                                            keep_spectra=save_spectra is not None or plots is not None, checkpoint=ckpt,
-                                           workers=workers, farms=farms)
+                                           workers=workers, farms=farms, precision=precision.value)
         except RankFailure as failure:
             if rank > 0:  # rank 0 reports it; one error line for the job
                 raise typer.Exit(failure.exit_code) from failure
