@@ -6,6 +6,7 @@ WeightWatcher 0.7.7 `analyze()` with its defaults (install it in the bench envir
 
     python bench/esd.py --model 13b --blocks 40              # the whole 13B-shaped model (H100)
     python bench/esd.py --model 13b --blocks 1 --ww          # one block, plus WeightWatcher (2-core box)
+    python bench/esd.py --estimate 405b --gpus 8 16 64       # Llama-3.1-405B over many GPUs, from one GPU's times
 
 Times for a subset of blocks are also extrapolated per matrix to the full model, and say so.
 """
@@ -30,6 +31,9 @@ from alphaspec.esd import resolve_device
 from alphaspec.powerlaw import fit_sorted
 
 SHAPES = {"7b": {"hidden": 4096, "ff": 11008, "layers": 32}, "13b": {"hidden": 5120, "ff": 13824, "layers": 40}}
+# Llama-3.1-405B: (rows, cols) -> matrices of that shape (126 blocks of q, k, v, o, gate, up, down; embed, head)
+SHAPES_405B = {(16384, 16384): 2 * 126, (1024, 16384): 2 * 126, (53248, 16384): 2 * 126, (16384, 53248): 126,
+               (128256, 16384): 2}
 OUT = Path(__file__).resolve().parent / "out"
 
 
@@ -130,6 +134,72 @@ def machine() -> dict[str, str]:
             "python": platform.python_version()}
 
 
+def solve_seconds(rows: int, cols: int, device: torch.device, precision: str, repeats: int = 2) -> float:
+    """Best-of wall seconds of alphaspec's solve (promote, Gram, eigvalsh, median fit) of one bf16 matrix."""
+    from alphaspec.esd import eigenvalues
+
+    w = (torch.randn(rows, cols, device=device) * 0.02).bfloat16()
+    best = float("inf")
+    for _ in range(repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        lam = eigenvalues(w, device, precision)
+        fit_sorted(lam[lam > 1e-12 * lam[-1]], "median")
+        sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def read_bandwidth(folder: Path, gigabytes: float = 2.0) -> float:
+    """GB/s of one reader through alphaspec's Checkpoint.read from a file just written, its pages dropped
+    from the page cache first (posix_fadvise), so the disk is measured, not memory."""
+    from alphaspec.checkpoint import open_checkpoint
+
+    folder.mkdir(parents=True, exist_ok=True)
+    n = max(1, int(gigabytes * 1e9 / (16384 * 16384 * 2)))
+    file = folder / "bandwidth.safetensors"
+    save_file({f"w{i}": torch.zeros(16384, 16384, dtype=torch.bfloat16) for i in range(n)}, str(file))
+    fd = os.open(file, os.O_RDONLY)
+    os.fsync(fd)  # written pages must be on disk before they can be dropped
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    os.close(fd)
+    ckpt = open_checkpoint(file)
+    t0 = time.perf_counter()
+    total = sum(t.numel() * 2 for _, t in ckpt.read(file, [t.name for t in ckpt.tensors]))
+    seconds = time.perf_counter() - t0
+    file.unlink()
+    return total / 1e9 / seconds
+
+
+def clock(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def estimate_405b(device: torch.device, gpus: list[int], precisions: list[str], shrink: int) -> dict:
+    """Llama-3.1-405B over many GPUs: per-matrix solve time (measured here) x matrices / GPUs, and the time
+    each rank needs to read its share (bf16 bytes / ranks at the measured reader bandwidth)."""
+    shapes = {(r // shrink, c // shrink): n for (r, c), n in SHAPES_405B.items()}
+    label = "Llama-3.1-405B" + (f" shapes / {shrink}" if shrink > 1 else "")
+    out: dict = {"model": label, "device": str(device)}
+    bandwidth = read_bandwidth(OUT / "bandwidth")
+    total_gb = sum(r * c * n * 2 for (r, c), n in shapes.items()) / 1e9
+    out |= {"reader_gb_s": bandwidth, "checkpoint_gb": total_gb}
+    print(f"{label}: {sum(shapes.values())} matrices, {total_gb:.0f} GB in bf16; "
+          f"one reader: {bandwidth:.2f} GB/s (its page cache dropped; a virtual machine's host may still cache it)", flush=True)
+    for precision in precisions:
+        per = {shape: solve_seconds(*shape, device, precision) for shape in shapes}
+        serial = sum(per[s] * n for s, n in shapes.items())
+        out[f"solve_{precision}_s"] = {f"{r}x{c}": t for (r, c), t in per.items()}
+        print(f"  {precision}: " + ", ".join(f"{r}x{c} {t:.2f} s" for (r, c), t in per.items())
+              + f"; one device, all matrices: {clock(serial)}", flush=True)
+        for n in gpus:
+            solve, read = serial / n, total_gb / n / bandwidth
+            out[f"{precision}_{n}_gpus_s"] = max(solve, read)
+            print(f"    {n:>4} GPUs: solve {clock(solve)}, read {clock(read)} per rank "
+                  f"(overlapped: ~{clock(max(solve, read))})", flush=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", choices=sorted(SHAPES), default="13b")
@@ -143,10 +213,19 @@ def main() -> None:
     ap.add_argument("--ww-python", default=sys.executable, help="python of an environment with weightwatcher")
     ap.add_argument("--ww-cpu", action="store_true", help="also time WeightWatcher's CPU path (svd_method='accurate')")
     ap.add_argument("--json", type=Path, help="save the figures here")
+    ap.add_argument("--estimate", choices=["405b"], help="estimate a model too large to time whole (see --gpus)")
+    ap.add_argument("--gpus", type=int, nargs="+", default=[8, 16, 64], help="GPU counts of the estimate")
+    ap.add_argument("--precisions", nargs="+", default=["fp64", "fp32"], help="solver precisions of the estimate")
+    ap.add_argument("--shrink", type=int, default=1, help="divide the estimate's shapes by this (a dry run on a CPU)")
     args = ap.parse_args()
 
     info = machine()
     print("machine:", ", ".join(f"{k} {v}" for k, v in info.items()), flush=True)
+    if args.estimate:
+        results = {"machine": info} | estimate_405b(resolve_device(args.device), args.gpus, args.precisions, args.shrink)
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=1))
+        return
     cfg = SHAPES[args.model]
     folder = write_checkpoint(args.model, args.blocks, args.per_shard)
     n_mats = 7 * args.blocks

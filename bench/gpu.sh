@@ -4,6 +4,7 @@
 #   part 2 (one device call):  bash bench/gpu.sh esd          (13B-shaped, 40 blocks; ~8 min)
 #   part 3 (one device call):  bash bench/gpu.sh ww           (needs WeightWatcher wheels carried in .whl/)
 #   part 4 (one device call):  bash bench/gpu.sh train        (trainer throughput per strategy, 60M and 130M)
+#   part 5 (one device call):  bash bench/gpu.sh scale        (405B estimate, fp32 error, torchrun on the GPU)
 # Logs and JSON go to $OUT (the device tool brings them back), else bench/out.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -28,5 +29,10 @@ case "${1:-}" in
       --json "$out/train-60m.json" 2>&1 | tee "$out/train-60m.log"
     python3 bench/train.py --model llama-130m --seq-len 256 --batch-size 256 --steps 60 --gap 20 --compile \
       --strategies uniform,alphadecay --json "$out/train-130m.json" 2>&1 | tee "$out/train-130m.log" ;;
-  *) echo "usage: bash bench/gpu.sh tests-decay|esd|ww|train" >&2; exit 2 ;;
+  scale)
+    python3 bench/esd.py --estimate 405b --gpus 8 16 64 --json "$out/esd-405b.json" 2>&1 | tee "$out/esd-405b.log"
+    python3 bench/precision.py --device cuda 2>&1 | tee "$out/precision.log"
+    python3 -m torch.distributed.run --standalone --nproc-per-node 1 -m alphaspec analyze \
+      bench/out/llama-13b-40blocks -o "$out/torchrun.csv" -q 2>&1 | tee "$out/torchrun.log" ;;
+  *) echo "usage: bash bench/gpu.sh tests-decay|esd|ww|train|scale" >&2; exit 2 ;;
 esac

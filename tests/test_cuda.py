@@ -56,3 +56,38 @@ def test_train_on_cuda(tmp_path, strategy):
     cpu = train(TrainConfig.of(out=str(tmp_path / "cpu"), device="cpu", **common))
     assert gpu["step"] == 6 and gpu["loss"] == pytest.approx(cpu["loss"], rel=2e-2)
     assert gpu["eval_loss"] == pytest.approx(cpu["eval_loss"], rel=2e-2)
+
+
+def test_fp32_on_cuda_stays_within_the_measured_error_of_fp64(tmp_path):
+    """--precision fp32 on the GPU (TF32 off inside the solve even when the process allows it)."""
+    tensors = synth.llama(layers=2, dtype=torch.bfloat16)
+    tensors["model.layers.0.mlp.up_proj.weight"] = synth.rand(1536, 384, dtype=torch.bfloat16)
+    folder = synth.write(tmp_path, tensors, synth.LLAMA_CONFIG)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        fp64 = analyze_checkpoint(folder, device="cuda").table
+        fp32 = analyze_checkpoint(folder, device="cuda", precision="fp32").table
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = False
+    assert fp32["alpha"].tolist() == pytest.approx(fp64["alpha"].tolist(), abs=1e-4)
+
+
+def test_torchrun_two_ranks_with_nccl_on_the_gpus_there_are(tmp_path):
+    """Two ranks under torchrun (sharing GPU 0 when there is one): the NCCL default group, the gloo side
+    group that carries the results, and the gather, on real GPUs."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    folder = synth.write(tmp_path / "m", synth.llama(layers=2), synth.LLAMA_CONFIG)
+    env = os.environ | {"PYTHONPATH": str(Path(__file__).parent.parent)}
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
+                          "alphaspec", "analyze", str(folder), "-o", str(tmp_path / "r.json"), "-q"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = json.loads((tmp_path / "r.json").read_text())["matrices"]
+    want = analyze_checkpoint(folder, device="cuda").table
+    assert [r["name"] for r in rows] == list(want["name"])
+    assert [r["alpha"] for r in rows] == pytest.approx(want["alpha"].tolist(), rel=1e-9)
