@@ -9,15 +9,16 @@ The Q/K row permutation llama.cpp applies for its rotary layout does not change 
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .errors import AlphaspecError, first_line
+from .errors import AlphaspecError, first_line, os_reason
 
 GGUF_SUFFIX = ".gguf"
 DEQUANT_ELEMENTS = 1 << 24  # float32 values dequantised per block of rows (64 MiB)
@@ -59,10 +60,22 @@ def _gguf():
 
 
 def open_reader(file: Path):
-    """A memory-mapped `gguf.GGUFReader` (metadata and tensor index read, no tensor data)."""
+    """A memory-mapped `gguf.GGUFReader` (metadata and tensor index read, no tensor data).
+
+    Parsing the metadata takes seconds for a 150k-token vocabulary, so a reader is kept for the
+    next call on the same unchanged file (headers, then tensor data)."""
+    try:
+        stat = os.stat(file)
+    except OSError as err:
+        raise GGUFError(f"{file}: cannot open this GGUF file ({os_reason(err)})") from err
+    return _cached_reader(str(file), stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=4)
+def _cached_reader(file: str, mtime_ns: int, size: int):
     gguf = _gguf()
     try:
-        return gguf.GGUFReader(str(file))
+        return gguf.GGUFReader(file)
     except Exception as err:  # noqa: BLE001 - a damaged or foreign file fails in many ways inside the reader
         raise GGUFError(f"{file}: not a valid GGUF file ({first_line(err, with_type=True)})") from err
 

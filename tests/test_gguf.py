@@ -232,3 +232,28 @@ def test_unknown_names_are_kept_and_accounted_for(tmp_path):
     assert [s.name for s in result.skipped] == ["rope_freqs.weight"]
     modules = result.table.set_index("name")["module"]
     assert modules["blk.0.mystery.weight"] == "other" and modules["model.layers.0.self_attn.q_proj.weight"] == "att.q"
+
+
+def test_bf16_and_quantised_moe_experts(tmp_path):
+    """BF16 matrices, and a stacked [experts, out, in] Q8_0 tensor: one row per expert, each spectrum the
+    reference dequantisation's."""
+    rng = np.random.default_rng(2)
+    a, experts = rng.normal(size=(64, 96)).astype(np.float32), rng.normal(size=(3, 64, 32)).astype(np.float32)
+    w = gguf.GGUFWriter(str(tmp_path / "moe.gguf"), "qwen2moe")
+    bf16, q8 = quantize(a, T.BF16), quantize(experts, T.Q8_0)
+    w.add_tensor("blk.0.attn_q.weight", bf16, raw_shape=bf16.shape, raw_dtype=T.BF16)
+    w.add_tensor("blk.0.ffn_up_exps.weight", q8, raw_shape=q8.shape, raw_dtype=T.Q8_0)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    result = analyze_checkpoint(tmp_path / "moe.gguf", device="cpu", keep_spectra=True)
+    table = result.table.set_index("name")
+    q = "model.layers.0.self_attn.q_proj.weight"
+    assert (table.loc[q, "dtype"], table.loc[q, "quant"], table.loc[q, "module"]) == ("bfloat16", "BF16", "att.q")
+    np.testing.assert_allclose(result.spectra[q], eigs_numpy(dequantize(bf16, T.BF16).astype(np.float64)), rtol=1e-9)
+    reference = dequantize(q8, T.Q8_0).astype(np.float64)
+    for e in range(3):
+        name = f"model.layers.0.mlp.experts.up_proj.weight[{e}]"
+        assert table.loc[name, "expert"] == e and table.loc[name, "module"] == "mlp.up"
+        np.testing.assert_allclose(result.spectra[name], eigs_numpy(reference[e]), rtol=1e-9)
