@@ -257,3 +257,21 @@ def test_bf16_and_quantised_moe_experts(tmp_path):
         name = f"model.layers.0.mlp.experts.up_proj.weight[{e}]"
         assert table.loc[name, "expert"] == e and table.loc[name, "module"] == "mlp.up"
         np.testing.assert_allclose(result.spectra[name], eigs_numpy(reference[e]), rtol=1e-9)
+
+
+@pytest.mark.parametrize(("arch", "gguf_name", "hf"), [
+    ("qwen2", "blk.7.attn_k.bias", "model.layers.7.self_attn.k_proj.bias"),
+    ("qwen2", "blk.0.ffn_gate.weight", "model.layers.0.mlp.gate_proj.weight"),
+    ("gemma", "token_embd.weight", "model.embed_tokens.weight"),
+    ("gemma2", "blk.3.post_ffw_norm.weight", "model.layers.3.post_feedforward_layernorm.weight"),
+    ("gemma3", "blk.1.attn_q_norm.weight", "model.layers.1.self_attn.q_norm.weight"),
+    ("phi3", "blk.2.ffn_up.weight", "model.layers.2.mlp.gate_up_proj.weight"),
+    ("llama", "blk.2.ffn_up.weight", "model.layers.2.mlp.up_proj.weight"),
+    ("qwen3moe", "blk.4.ffn_down_exps.weight", "model.layers.4.mlp.experts.down_proj.weight"),
+    ("bert", "blk.5.layer_output_norm.weight", "encoder.layer.5.output.LayerNorm.weight"),
+    ("llama", "rope_freqs.weight", "rope_freqs.weight"),
+])
+def test_gguf_names_become_the_architectures_hf_names(arch, gguf_name, hf):
+    from alphaspec.gguf_reader import hf_name
+
+    assert hf_name(gguf_name, arch) == hf
