@@ -223,6 +223,8 @@ CASES += [
          1, ("r.csv", "is a directory")),
     Case("analyze-o-missing-dir", lambda b, d: ["analyze", copy(b, d, "model"), "-o", d / "no" / "r.csv"], 1,
          ("does not exist",)),
+    Case("analyze-precision-unknown", lambda b, d: ["analyze", copy(b, d, "model"), "--precision", "fp16"], 2,
+         ("fp16", "fp64", "fp32")),
     Case("analyze-o-unknown-format", lambda b, d: ["analyze", copy(b, d, "model"), "-o", d / "r.txt"], 2, ("r.txt",)),
     Case("analyze-spectra-not-npz", lambda b, d: ["analyze", copy(b, d, "model"), "--save-spectra", d / "s.txt"], 2,
          ("s.txt",)),
