@@ -87,6 +87,8 @@ def _report(result: Analysis) -> None:
 
     alphaspec analyze Qwen2.5-7B-Instruct-Q4_K_M.gguf -o qwen.csv   # GGUF (pip install 'alphaspec[gguf]')
 
+    torchrun --nproc-per-node 8 -m alphaspec analyze ./Llama-3.1-405B -o l405.parquet   # over 8 GPUs
+
     alphaspec analyze model.safetensors --include 'layers\\.[0-3]\\.' --exclude 'k_proj'
 """)
 def analyze(
