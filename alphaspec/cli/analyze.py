@@ -118,7 +118,7 @@ def analyze(
     from ..checkpoint import open_checkpoint
     from ..distributed import RankFailure, joined, launched
     from ..esd import resolve_device
-    from ..output import check_output, check_output_dir, write_results, write_spectra
+    from ..output import check_output, check_output_dir
 
     rank, world, _ = launched()
     if rank == 0:  # under torchrun rank 0 writes everything (a failure here ends the job before it starts)
@@ -144,8 +144,14 @@ def analyze(
             if rank > 0:  # rank 0 reports it; one error line for the job
                 raise typer.Exit(failure.exit_code) from failure
             raise
-    if rank > 0:
-        return
+    if rank == 0:
+        _write(result, output, save_spectra, plots, quiet)
+
+
+def _write(result: Analysis, output: Path | None, save_spectra: Path | None, plots: Path | None, quiet: bool) -> None:
+    """The table, spectra and figures asked for, then the summary (rank 0 alone under torchrun)."""
+    from ..output import write_results, write_spectra
+
     if output is not None:
         write_results(result, output)
     if save_spectra is not None:
