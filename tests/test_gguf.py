@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -166,14 +167,14 @@ def test_real_minilm_as_gguf(tmp_path):
     assert (q8.loc[blocks, "alpha"] - f32.loc[q8.index[blocks], "alpha"]).abs().max() < 0.1
 
 
-def split_model(folder, count: int = 2):
+def split_model(folder, count: int = 2, stem: str = "m"):
     tensors = {LLAMA_NAMES[k]: v for k, v in llama_tensors().items()}
     keys = sorted(tensors)
     folder.mkdir(exist_ok=True)
     for no in range(count):
         meta = (LLAMA_META if no == 0 else {}) | {"split.count": count, "split.no": no}
         part = {k: tensors[k] for k in keys[no::count]}
-        write_gguf(folder / f"m-{no + 1:05d}-of-{count:05d}.gguf", "llama", part, T.Q8_0, meta)
+        write_gguf(folder / f"{stem}-{no + 1:05d}-of-{count:05d}.gguf", "llama", part, T.Q8_0, meta)
     return tensors
 
 
@@ -275,3 +276,52 @@ def test_gguf_names_become_the_architectures_hf_names(arch, gguf_name, hf):
     from alphaspec.gguf_reader import hf_name
 
     assert hf_name(gguf_name, arch) == hf
+
+
+def test_hub_gguf_repos_by_quantisation_tag_or_file_name(tmp_path, monkeypatch):
+    """`org/name:Q8_0` (llama.cpp's -hf convention, any case) or `org/name:FILE.gguf`; split sets in a sub-folder."""
+    import huggingface_hub
+
+    snap = tmp_path / "snap"
+    snap.mkdir()
+    tensors = {LLAMA_NAMES[k]: v for k, v in llama_tensors().items()}
+    write_gguf(snap / "tiny-Q8_0.gguf", "llama", tensors, T.Q8_0, LLAMA_META)
+    write_gguf(snap / "tiny-Q4_0.gguf", "llama", tensors, T.Q4_0, LLAMA_META)
+    write_gguf(snap / "tiny-Q4_0-imatrix.gguf", "llama", tensors, T.Q4_0, LLAMA_META)
+    split_model(snap / "Q5_0", stem="tiny-Q5_0")
+    calls = []
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda **kw: calls.append(kw) or str(snap))
+    assert open_checkpoint("org/tiny-GGUF:q8_0").files == [snap / "tiny-Q8_0.gguf"]
+    assert calls[-1] == {"repo_id": "org/tiny-GGUF", "revision": None,
+                         "allow_patterns": ["*Q8_0*.gguf", "*q8_0*.gguf"]}
+    assert open_checkpoint("org/tiny-GGUF@v2:tiny-Q4_0.gguf").files == [snap / "tiny-Q4_0.gguf"]
+    assert calls[-1]["revision"] == "v2" and calls[-1]["allow_patterns"] == ["*tiny-Q4_0.gguf"]
+    parts = open_checkpoint("org/tiny-GGUF:Q5_0").files  # a split set in a sub-folder is one model
+    assert parts == [snap / "Q5_0" / f"tiny-Q5_0-0000{i}-of-00002.gguf" for i in (1, 2)]
+    with pytest.raises(AlphaspecError, match=r"2 GGUF models match 'Q4_0' \(tiny-Q4_0-imatrix.gguf, tiny-Q4_0.gguf\)"):
+        open_checkpoint("org/tiny-GGUF:Q4_0")
+    with pytest.raises(AlphaspecError, match="no GGUF file matching 'IQ2_XS'"):
+        open_checkpoint("org/tiny-GGUF:IQ2_XS")
+    with pytest.raises(SourceError, match=r"name the quantisation, org/tiny-GGUF:Q4_K_M"):
+        open_checkpoint("org/tiny-GGUF")
+
+
+def test_hub_gguf_from_the_offline_cache(tmp_path):
+    """The real huggingface_hub, offline, on the cache layout it writes: `org/name:TAG` finds the file."""
+    import os
+    import subprocess
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    base = tmp_path / "hf" / "hub" / "models--org--tiny-GGUF"
+    (base / "snapshots" / commit).mkdir(parents=True)
+    (base / "refs").mkdir()
+    (base / "refs" / "main").write_text(commit)
+    tensors = {LLAMA_NAMES[k]: v for k, v in llama_tensors().items()}
+    for q in (T.Q8_0, T.Q4_0):
+        write_gguf(base / "snapshots" / commit / f"tiny-{q.name}.gguf", "llama", tensors, q, LLAMA_META)
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "HF_HUB_DISABLE_TELEMETRY": "1"}
+    proc = subprocess.run([sys.executable, "-m", "alphaspec", "analyze", "org/tiny-GGUF:q4_0", "-o",
+                           str(tmp_path / "r.csv"), "-q"], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    table = pd.read_csv(tmp_path / "r.csv")
+    assert set(table["quant"]) == {"Q4_0"} and len(table) == 2 + 7 * LAYERS

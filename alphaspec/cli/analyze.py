@@ -93,7 +93,8 @@ def _report(result: Analysis) -> None:
 """)
 def analyze(
     source: Annotated[str, typer.Argument(help="A .safetensors/.bin/.pt/.gguf file, a model or run directory, "
-                                          "a hub id org/name[@revision], or example:minilm.")],
+                                          "a hub id org/name[@revision] (org/name:Q4_K_M for a GGUF "
+                                          "quantisation), or example:minilm.")],
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Write the table: .csv, .json or .parquet.")] = None,
     estimator: EstimatorOption = Estimator.median,
     device: Device = "auto",
