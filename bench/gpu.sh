@@ -5,6 +5,7 @@
 #   part 3 (one device call):  bash bench/gpu.sh ww           (needs WeightWatcher wheels carried in .whl/)
 #   part 4 (one device call):  bash bench/gpu.sh train        (trainer throughput per strategy, 60M and 130M)
 #   part 5 (one device call):  bash bench/gpu.sh scale        (405B estimate, fp32 error, torchrun on the GPU)
+#   part 6 (one device call):  bash bench/gpu.sh study        (issue 8 part B; carry bench/out/study-tokens.tar.xz)
 # Logs and JSON go to $OUT (the device tool brings them back), else bench/out.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -34,5 +35,12 @@ case "${1:-}" in
     python3 bench/precision.py --device cuda 2>&1 | tee "$out/precision.log"
     python3 -m torch.distributed.run --standalone --nproc-per-node 1 -m alphaspec analyze \
       bench/out/llama-13b-40blocks -o "$out/torchrun.csv" -q 2>&1 | tee "$out/torchrun.log" ;;
-  *) echo "usage: bash bench/gpu.sh tests-decay|esd|ww|train|scale" >&2; exit 2 ;;
+  study)  # the token cache travels as bench/out/study-tokens.tar.xz (see docs/benchmarks.md, "The AlphaDecay study")
+    python3 -c "import tarfile; tarfile.open('bench/out/study-tokens.tar.xz').extractall('bench/out', filter='data')"
+    bash bench/decay_study.sh bench/out/study bench/out/study-tokens "${MODEL:-llama-20m}" "${STEPS:-2000}" \
+      "${JOBS:-3}" 2>&1 | tee "$out/study.log"
+    cp bench/out/study/compare-* "$out/"
+    tar -czf "$out/study-runs.tar.gz" bench/out/study/*/metrics.csv bench/out/study/*/decay.csv \
+      bench/out/study/*/run.json ;;
+  *) echo "usage: bash bench/gpu.sh tests-decay|esd|ww|train|scale|study" >&2; exit 2 ;;
 esac

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The AlphaDecay study: uniform vs AlphaDecay as published vs AlphaDecay mean-preserving vs AWD vs AdaDecay,
+# at two base decays, several seeds each, paired by seed; then `alphaspec compare` per base decay.
+#   bash bench/decay_study.sh OUT DATA [MODEL] [STEPS] [JOBS] [SEEDS] [DECAYS]
+# DATA: a token cache (alphaspec tokenize) or raw text. JOBS runs train side by side (small models leave a
+# GPU mostly idle, so several fit on one). A finished run is skipped, so the script can be re-run to resume.
+# Defaults: llama-20m, 2000 steps of BATCH x SEQ = 64 x 256 tokens (environment variables), 3 jobs,
+# seeds "0 1 2", decays "0.1 0.01". Each run's stderr goes to OUT/RUN.log.
+set -euo pipefail
+out=${1:?usage: bench/decay_study.sh OUT DATA [MODEL] [STEPS] [JOBS] [SEEDS] [DECAYS]}
+data=${2:?usage: bench/decay_study.sh OUT DATA [MODEL] [STEPS] [JOBS] [SEEDS] [DECAYS]}
+model=${3:-llama-20m}; steps=${4:-2000}; jobs=${5:-3}; seeds=${6:-0 1 2}; decays=${7:-0.1 0.01}
+batch=${BATCH:-64}; seq=${SEQ:-256}
+mkdir -p "$out"
+declare -A arms=(
+  [uniform]="--strategy uniform"
+  [alphadecay]="--strategy alphadecay --gap 500"
+  [alphadecay-mean]="--strategy alphadecay --gap 500 --preserve-mean params"
+  [awd]="--strategy awd"
+  [adadecay]="--strategy adadecay --gap 500"
+)
+for w in $decays; do
+  for arm in uniform alphadecay alphadecay-mean awd adadecay; do
+    for seed in $seeds; do
+      run="$out/w$w-$arm-$seed"
+      [ -f "$run/metrics.csv" ] && grep -q "^$steps," "$run/metrics.csv" && [ -f "$run/model.safetensors" ] && continue
+      rm -rf "$run"
+      echo "alphaspec train --out $run --data $data --model $model --steps $steps --seed $seed --weight-decay $w" \
+           "${arms[$arm]} --batch-size $batch --seq-len $seq --eval-every $((steps / 10))" \
+           "--analyze-every $((steps / 2)) -q 2> $run.log"
+    done
+  done
+done | xargs -P "$jobs" -I{} sh -c '{}'
+for w in $decays; do
+  alphaspec compare "$out/w$w"-*/ -o "$out/compare-w$w.csv" --plot "$out/compare-w$w.png"
+done
