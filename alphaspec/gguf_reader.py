@@ -21,6 +21,9 @@ import torch
 from .errors import AlphaspecError, first_line, os_reason
 
 GGUF_SUFFIX = ".gguf"
+# GGML types whose bytes are the values (BF16 is read through int16); all others are block-quantised
+PLAIN_TYPES = {"F32": "float32", "F16": "float16", "F64": "float64", "I8": "int8", "I16": "int16", "I32": "int32",
+               "I64": "int64"}
 DEQUANT_ELEMENTS = 1 << 24  # float32 values dequantised per block of rows (64 MiB)
 _SPLIT = re.compile(r"^(?P<stem>.*)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
 _BLOCK = re.compile(r"^blk\.(\d+)\.(.+)$")
@@ -194,10 +197,10 @@ def readable(type_name: str) -> bool:
 
 def stored_dtype(type_name: str) -> str:
     """The dtype a GGML type is analysed in (TensorInfo's spelling); quantised types dequantise to float32."""
-    plain = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64",
-             "I8": "int8", "I16": "int16", "I32": "int32", "I64": "int64"}
-    if type_name in plain:
-        return plain[type_name]
+    if type_name in PLAIN_TYPES:
+        return PLAIN_TYPES[type_name]
+    if type_name == "BF16":
+        return "bfloat16"
     return "float32" if readable(type_name) else f"packed GGML {type_name} (no dequantiser in the installed gguf package)"
 
 
@@ -212,7 +215,7 @@ def read_tensors(file: Path, keys: dict[str, str]) -> Iterator[tuple[str, torch.
         data = np.asarray(t.data)
         if t.tensor_type == gguf.GGMLQuantizationType.BF16:
             yield name, torch.from_numpy(data.view(np.int16).copy()).view(torch.bfloat16).reshape(shape)
-        elif t.tensor_type.name in ("F32", "F16", "F64") or t.tensor_type.name.startswith("I"):
+        elif t.tensor_type.name in PLAIN_TYPES:  # stored as they are read (IQ* names are quantised types)
             yield name, torch.from_numpy(data.copy()).reshape(shape)
         else:
             yield name, torch.from_numpy(_dequantise(data, t.tensor_type, shape))

@@ -110,9 +110,10 @@ def analyze_sharded(source, estimator: str, device: str | torch.device, *, inclu
             error = err
         parts = gather_outcomes(rows, error, group)
         finished = True
+        merged = _gather_spectra(spectra, rank, world, group) if keep_spectra else {}
     finally:
         board.stop(finished)
-    merged = _gather_spectra(spectra, rank, world, group) if keep_spectra else {}
+        dist.destroy_process_group(group)
     return assemble([row for part in parts for row in part], merged, ckpt, todo, str(source), how,
                     f"{dev} x {world} ranks")
 

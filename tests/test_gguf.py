@@ -325,3 +325,24 @@ def test_hub_gguf_from_the_offline_cache(tmp_path):
     assert proc.returncode == 0, proc.stderr
     table = pd.read_csv(tmp_path / "r.csv")
     assert set(table["quant"]) == {"Q4_0"} and len(table) == 2 + 7 * LAYERS
+
+
+def test_iq_types_are_dequantised_not_mistaken_for_integers(tmp_path):
+    """IQ4_NL (no quantiser in gguf, so its blocks are written by hand: fp16 scale + 16 bytes of nibbles)."""
+    rng = np.random.default_rng(3)
+    rows, cols = 64, 96
+    blocks = np.zeros((rows, cols // 32, 18), np.uint8)
+    blocks[..., :2] = np.full((rows, cols // 32, 1), 0.01, np.float16).view(np.uint8)
+    blocks[..., 2:] = rng.integers(0, 256, size=(rows, cols // 32, 16), dtype=np.uint8)
+    raw = blocks.reshape(rows, -1)
+    w = gguf.GGUFWriter(str(tmp_path / "iq.gguf"), "llama")
+    w.add_tensor("blk.0.attn_q.weight", raw, raw_shape=raw.shape, raw_dtype=T.IQ4_NL)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    result = analyze_checkpoint(tmp_path / "iq.gguf", device="cpu", keep_spectra=True)
+    row = result.table.iloc[0]
+    assert (row["quant"], row["dtype"], row["rows"], row["cols"]) == ("IQ4_NL", "float32", rows, cols)
+    expected = eigs_numpy(dequantize(raw, T.IQ4_NL).astype(np.float64))
+    np.testing.assert_allclose(result.spectra[row["name"]], expected, rtol=1e-9, atol=1e-12 * expected.max())
