@@ -84,7 +84,7 @@ def _cached_reader(file: str, mtime_ns: int, size: int):
 
 
 def field(reader, key: str):
-    """A metadata value (str, number, or list), None when the file does not set it."""
+    """A metadata value (str, number, or list), None when the file does not set it (gguf >= 0.16 reads it)."""
     f = reader.get_field(key)
     if f is None:
         return None
