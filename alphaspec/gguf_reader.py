@@ -59,6 +59,8 @@ def _gguf():
         import gguf
     except ImportError as err:
         raise GGUFError("reading GGUF files needs the gguf package: pip install 'alphaspec[gguf]'") from err
+    if not hasattr(gguf.ReaderField, "contents"):
+        raise GGUFError("reading GGUF files needs gguf >= 0.16 (this one cannot decode metadata): pip install -U gguf")
     return gguf
 
 
