@@ -134,3 +134,17 @@ def test_job_progress_reports_what_every_rank_added_to_the_store(monkeypatch):
         time.sleep(0.01)
     board.stop(finished=True)
     assert seen[0] == (0, 10) and (7, 10) in seen and seen[-1] == (10, 10)
+
+
+def test_more_ranks_than_tensors_and_a_failure_every_rank_shares(tmp_path):
+    """A rank with nothing to do still joins the gather; a missing source fails all ranks alike: one plain
+    error line (no rank prefix), exit status 1."""
+    one = tmp_path / "one"
+    one.mkdir()
+    save_file({"model.layers.0.mlp.up_proj.weight": synth.rand(48, 32)}, str(one / "model.safetensors"))
+    res = torchrun(tmp_path, -1, str(one), "-o", str(tmp_path / "one.csv"), "-q")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert pd.read_csv(tmp_path / "one.csv")["name"].tolist() == ["model.layers.0.mlp.up_proj.weight"]
+    res = torchrun(tmp_path, -1, str(tmp_path / "missing"), "-o", str(tmp_path / "r.csv"))
+    errors = [line for line in (res.stdout + res.stderr).splitlines() if line.startswith("error:")]
+    assert res.returncode != 0 and errors == [f"error: {tmp_path / 'missing'}: no such file or directory"], errors
