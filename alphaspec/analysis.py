@@ -7,6 +7,7 @@ the next tensors overlaps with compute.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import queue
 import threading
@@ -75,26 +76,22 @@ def _read_ahead(ckpt: Checkpoint, specs: list[MatrixSpec], stop: threading.Event
                 device: torch.device | None = None) -> Iterator:
     """Yield (spec, matrix) in file order, read by a background thread a few matrices ahead.
 
-    With a CUDA device the thread also copies each matrix there (on its own stream, in the
-    checkpoint's dtype), so the host-to-device transfer overlaps the solver too.
+    With a CUDA device the thread also copies each matrix there (and expands GGUF blocks there), on its
+    own stream, in the checkpoint's dtype, so the host-to-device transfer overlaps the solver too.
     """
     copy_stream = torch.cuda.Stream(device) if device is not None and device.type == "cuda" else None
 
     def stage(m: torch.Tensor) -> torch.Tensor:
         if copy_stream is None:
             return m
-        with torch.cuda.stream(copy_stream):
-            staged = m.to(device)
+        staged = m.to(device)  # on copy_stream, as everything this thread does on the GPU
         # From pageable memory the copy call can return before the DMA has landed; this thread waits
-        # for it, so a queued matrix is complete whatever stream the solver reads it on.
+        # for it (and for the dequantisation kernels), so a queued matrix is complete whatever stream
+        # the solver reads it on.
         copy_stream.synchronize()
         return staged
 
-    by_tensor: dict[str, list[MatrixSpec]] = {}
-    for spec in specs:
-        by_tensor.setdefault(spec.tensor, []).append(spec)
-    file_of = {t.name: t.file for t in ckpt.tensors}
-    order = sorted(by_tensor, key=lambda n: (ckpt.files.index(file_of[n]), by_tensor[n][0].rows, by_tensor[n][0].cols))
+    by_tensor, reads = _reading_order(ckpt, specs)
     q: queue.Queue = queue.Queue(maxsize=PREFETCH)
 
     def put(item) -> bool:
@@ -108,14 +105,12 @@ def _read_ahead(ckpt: Checkpoint, specs: list[MatrixSpec], stop: threading.Event
 
     def work() -> None:
         try:
-            for file in ckpt.files:
-                names = [n for n in order if file_of[n] == file]
-                if not names:  # a file none of these matrices live in is never opened
-                    continue
-                for name, tensor in ckpt.read(file, names):
-                    for spec in by_tensor[name]:
-                        if not put((spec, stage(spec.extract(tensor)))):
-                            return
+            with torch.cuda.stream(copy_stream) if copy_stream is not None else contextlib.nullcontext():
+                for file, names in reads:
+                    for name, tensor in ckpt.read(file, names, device):
+                        for spec in by_tensor[name]:
+                            if not put((spec, stage(spec.extract(tensor)))):
+                                return
             put(_DONE)
         except BaseException as err:  # noqa: BLE001 - handed to the consumer, which re-raises it
             put(err)
@@ -130,6 +125,18 @@ def _read_ahead(ckpt: Checkpoint, specs: list[MatrixSpec], stop: threading.Event
     finally:
         stop.set()
         thread.join(timeout=5)
+
+
+def _reading_order(ckpt: Checkpoint, specs: list[MatrixSpec]) -> tuple[dict[str, list[MatrixSpec]], list]:
+    """The matrices of each tensor, and [(file, tensor names)] in file order, same shapes together; a
+    file none of these matrices live in is not listed, so it is never opened."""
+    by_tensor: dict[str, list[MatrixSpec]] = {}
+    for spec in specs:
+        by_tensor.setdefault(spec.tensor, []).append(spec)
+    file_of = {t.name: t.file for t in ckpt.tensors}
+    order = sorted(by_tensor, key=lambda n: (ckpt.files.index(file_of[n]), by_tensor[n][0].rows, by_tensor[n][0].cols))
+    reads = [(file, [n for n in order if file_of[n] == file]) for file in ckpt.files]
+    return by_tensor, [(file, names) for file, names in reads if names]
 
 
 def _batches(items: Iterable[tuple[MatrixSpec, torch.Tensor]], max_bytes: int) -> Iterator[list]:

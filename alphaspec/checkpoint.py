@@ -79,12 +79,14 @@ class Checkpoint:
     config: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # what the reader did that the summary should say
 
-    def read(self, file: Path, names: list[str]) -> Iterator[tuple[str, torch.Tensor]]:
-        """Yield (name, tensor) for `names` from one file, each tensor read once, on the CPU."""
+    def read(self, file: Path, names: list[str], device: torch.device | None = None
+             ) -> Iterator[tuple[str, torch.Tensor]]:
+        """Yield (name, tensor) for `names` from one file, each tensor read once, on the CPU (GGUF blocks
+        that torch can expand: on `device`, where they are dequantised)."""
         try:
             if file.suffix == GGUF_SUFFIX:
                 keys = {t.name: t.key or t.name for t in self.tensors if t.file == file}
-                yield from read_tensors(file, {name: keys[name] for name in names})
+                yield from read_tensors(file, {name: keys[name] for name in names}, device)
             elif file.suffix == ".safetensors":
                 with safe_open(str(file), framework="pt", device="cpu") as f:
                     for name in names:

@@ -91,3 +91,18 @@ def test_torchrun_two_ranks_with_nccl_on_the_gpus_there_are(tmp_path):
     want = analyze_checkpoint(folder, device="cuda").table
     assert [r["name"] for r in rows] == list(want["name"])
     assert [r["alpha"] for r in rows] == pytest.approx(want["alpha"].tolist(), rel=1e-9)
+
+
+@pytest.mark.parametrize("kind", ["Q8_0", "Q4_0", "Q4_K", "Q5_K", "Q6_K"])
+def test_gguf_blocks_dequantised_on_the_gpu_equal_the_cpu(kind):
+    from alphaspec.gguf_dequant import DEQUANTISERS, dequantise
+
+    block, size, _ = DEQUANTISERS[kind]
+    raw = torch.randint(0, 256, (16, 4 * size), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    blocks = raw.view(16, 4, size)
+    for at in (0, 2, 208):  # every float16 scale position of these types: finite values
+        if at + 2 <= size:
+            blocks[..., at:at + 2] = (torch.rand(16, 4, 1) * 0.1 - 0.05).half().view(torch.uint8)
+    cpu = dequantise(raw, kind, (16, 4 * block), rows_per_chunk=3)
+    gpu = dequantise(raw.cuda(), kind, (16, 4 * block), rows_per_chunk=3)
+    assert torch.equal(gpu.cpu(), cpu)

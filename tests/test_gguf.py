@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from alphaspec import analyze_checkpoint
@@ -346,3 +347,23 @@ def test_iq_types_are_dequantised_not_mistaken_for_integers(tmp_path):
     assert (row["quant"], row["dtype"], row["rows"], row["cols"]) == ("IQ4_NL", "float32", rows, cols)
     expected = eigs_numpy(dequantize(raw, T.IQ4_NL).astype(np.float64))
     np.testing.assert_allclose(result.spectra[row["name"]], expected, rtol=1e-9, atol=1e-12 * expected.max())
+
+
+@pytest.mark.parametrize(("kind", "scale_bytes"), [("Q8_0", [0]), ("Q4_0", [0]), ("Q4_K", [0, 2]), ("Q5_K", [0, 2]),
+                                                   ("Q6_K", [208])])
+def test_torch_dequantisers_equal_the_gguf_package_bit_for_bit(kind, scale_bytes):
+    """Random blocks (every bit pattern of the packed values, finite float16 scales) through alphaspec's torch
+    dequantiser and through gguf's numpy one."""
+    from alphaspec.gguf_dequant import DEQUANTISERS, dequantise
+
+    block, size, _ = DEQUANTISERS[kind]
+    assert gguf.GGML_QUANT_SIZES[getattr(T, kind)] == (block, size)
+    rng = np.random.default_rng(7)
+    rows, per_row = 24, 3
+    raw = rng.integers(0, 256, size=(rows, per_row, size), dtype=np.uint8)
+    for at in scale_bytes:
+        raw[..., at:at + 2] = rng.uniform(-0.05, 0.05, size=(rows, per_row, 1)).astype(np.float16).view(np.uint8)
+    raw = raw.reshape(rows, per_row * size)
+    expected = dequantize(raw, getattr(T, kind))
+    got = dequantise(torch.from_numpy(raw.copy()), kind, (rows, per_row * block), rows_per_chunk=5)
+    np.testing.assert_array_equal(got.numpy(), expected)

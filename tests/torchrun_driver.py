@@ -20,11 +20,11 @@ reads: list = []
 original = Checkpoint.read
 
 
-def read(self, file, names):
+def read(self, file, names, device=None):
     if rank == fail_rank:
         raise SourceError(f"{file}: injected read failure")
     reads.append([str(file), list(names)])
-    yield from original(self, file, names)
+    yield from original(self, file, names, device)
 
 
 Checkpoint.read = read
