@@ -82,7 +82,7 @@ class Checkpoint:
     def read(self, file: Path, names: list[str], device: torch.device | None = None
              ) -> Iterator[tuple[str, torch.Tensor]]:
         """Yield (name, tensor) for `names` from one file, each tensor read once, on the CPU (GGUF blocks
-        that torch can expand: on `device`, where they are dequantised)."""
+        that torch can expand, with a CUDA `device`: there, where they are dequantised)."""
         try:
             if file.suffix == GGUF_SUFFIX:
                 keys = {t.name: t.key or t.name for t in self.tensors if t.file == file}

@@ -211,8 +211,9 @@ def read_tensors(file: Path, keys: dict[str, str], device: torch.device | None =
                  ) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield (name, tensor) for {name: name in the file}, quantised tensors dequantised to float32.
 
-    Types gguf_dequant knows are expanded by torch on `device` (the raw blocks copied there first, so a
-    GPU receives 4-8x fewer bytes); the others by the gguf package, on the CPU.
+    On a GPU, the types gguf_dequant knows are expanded there by torch (the raw blocks copied first: 4-8x
+    fewer bytes); everything else by the gguf package on the CPU, whose single-threaded numpy code, unlike
+    torch's thread pool, does not contend with the eigen-solver running beside the reader thread.
     """
     gguf = _gguf()
     reader = open_reader(file)
@@ -225,8 +226,8 @@ def read_tensors(file: Path, keys: dict[str, str], device: torch.device | None =
             yield name, torch.from_numpy(data.view(np.int16).copy()).view(torch.bfloat16).reshape(shape)
         elif kind in PLAIN_TYPES:  # stored as they are read (IQ* names are quantised types)
             yield name, torch.from_numpy(data.copy()).reshape(shape)
-        elif kind in DEQUANTISERS:
-            raw = torch.from_numpy(data.copy()).to(device or "cpu", non_blocking=True)
+        elif kind in DEQUANTISERS and device is not None and device.type == "cuda":
+            raw = torch.from_numpy(data.copy()).to(device, non_blocking=True)
             yield name, dequantise(raw, kind, shape, max(1, DEQUANT_ELEMENTS // shape[-1]))
         else:
             yield name, torch.from_numpy(_dequantise(data, t.tensor_type, shape))

@@ -106,3 +106,19 @@ def test_gguf_blocks_dequantised_on_the_gpu_equal_the_cpu(kind):
     cpu = dequantise(raw, kind, (16, 4 * block), rows_per_chunk=3)
     gpu = dequantise(raw.cuda(), kind, (16, 4 * block), rows_per_chunk=3)
     assert torch.equal(gpu.cpu(), cpu)
+
+
+def test_quantised_gguf_analysed_on_the_gpu_equals_the_cpu(tmp_path):
+    """Blocks expanded on the GPU (reader's copy stream) give the CPU's table, with concurrent solvers too."""
+    import numpy as np
+    from gguf import GGMLQuantizationType as T
+    from test_gguf import LLAMA_META, LLAMA_NAMES, llama_tensors, write_gguf
+
+    tensors = {LLAMA_NAMES[k]: v for k, v in llama_tensors().items()}
+    write_gguf(tmp_path / "m.gguf", "llama", tensors, T.Q8_0, LLAMA_META)
+    cpu = analyze_checkpoint(tmp_path / "m.gguf", device="cpu", keep_spectra=True)
+    for workers in (1, 3):
+        gpu = analyze_checkpoint(tmp_path / "m.gguf", device="cuda", keep_spectra=True, workers=workers)
+        assert gpu.table["alpha"].tolist() == pytest.approx(cpu.table["alpha"].tolist(), rel=1e-9)
+        for name, eigs in cpu.spectra.items():
+            np.testing.assert_allclose(gpu.spectra[name], eigs, rtol=1e-9, atol=1e-12 * eigs.max())
