@@ -68,6 +68,17 @@ def write_gguf(path, arch: str, tensors: dict[str, np.ndarray], qtype: T, meta: 
     return reference
 
 
+def write_raw_gguf(path, arch: str, tensors: dict[str, tuple[np.ndarray, T]]) -> None:
+    """Write tensors already in their stored form: {GGUF name: (bytes or values, GGML type)}."""
+    w = gguf.GGUFWriter(str(path), arch)
+    for name, (data, qtype) in tensors.items():
+        w.add_tensor(name, data, raw_shape=data.shape, raw_dtype=qtype)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
 LLAMA_META = {"llama.block_count": LAYERS, "llama.embedding_length": D, "llama.feed_forward_length": FF,
               "llama.attention.head_count": HEADS, "llama.attention.head_count_kv": KV}
 
@@ -241,14 +252,9 @@ def test_bf16_and_quantised_moe_experts(tmp_path):
     reference dequantisation's."""
     rng = np.random.default_rng(2)
     a, experts = rng.normal(size=(64, 96)).astype(np.float32), rng.normal(size=(3, 64, 32)).astype(np.float32)
-    w = gguf.GGUFWriter(str(tmp_path / "moe.gguf"), "qwen2moe")
     bf16, q8 = quantize(a, T.BF16), quantize(experts, T.Q8_0)
-    w.add_tensor("blk.0.attn_q.weight", bf16, raw_shape=bf16.shape, raw_dtype=T.BF16)
-    w.add_tensor("blk.0.ffn_up_exps.weight", q8, raw_shape=q8.shape, raw_dtype=T.Q8_0)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    write_raw_gguf(tmp_path / "moe.gguf", "qwen2moe", {"blk.0.attn_q.weight": (bf16, T.BF16),
+                                                        "blk.0.ffn_up_exps.weight": (q8, T.Q8_0)})
     result = analyze_checkpoint(tmp_path / "moe.gguf", device="cpu", keep_spectra=True)
     table = result.table.set_index("name")
     q = "model.layers.0.self_attn.q_proj.weight"
@@ -336,12 +342,7 @@ def test_iq_types_are_dequantised_not_mistaken_for_integers(tmp_path):
     blocks[..., :2] = np.full((rows, cols // 32, 1), 0.01, np.float16).view(np.uint8)
     blocks[..., 2:] = rng.integers(0, 256, size=(rows, cols // 32, 16), dtype=np.uint8)
     raw = blocks.reshape(rows, -1)
-    w = gguf.GGUFWriter(str(tmp_path / "iq.gguf"), "llama")
-    w.add_tensor("blk.0.attn_q.weight", raw, raw_shape=raw.shape, raw_dtype=T.IQ4_NL)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    write_raw_gguf(tmp_path / "iq.gguf", "llama", {"blk.0.attn_q.weight": (raw, T.IQ4_NL)})
     result = analyze_checkpoint(tmp_path / "iq.gguf", device="cpu", keep_spectra=True)
     row = result.table.iloc[0]
     assert (row["quant"], row["dtype"], row["rows"], row["cols"]) == ("IQ4_NL", "float32", rows, cols)
