@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU checks and benchmarks, run on a machine with an NVIDIA GPU (see docs/benchmarks.md).
-#   part 1 (one device call):  bash bench/gpu.sh tests-decay
+#   part 1 (one device call):  bash bench/gpu.sh tests-decay  (carry gguf's wheel in .whl/ for the GGUF tests)
 #   part 2 (one device call):  bash bench/gpu.sh esd          (13B-shaped, 40 blocks; ~8 min)
 #   part 3 (one device call):  bash bench/gpu.sh ww           (needs WeightWatcher wheels carried in .whl/)
 #   part 4 (one device call):  bash bench/gpu.sh train        (trainer throughput per strategy, 60M and 130M)
@@ -13,6 +13,9 @@ export PYTHONPATH="$PWD:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
 out="${OUT:-bench/out}"
 mkdir -p "$out"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
+# wheels carried in .whl/ (WeightWatcher's, gguf's) go on the path; everything else is on the image
+if [ -d .whl ]; then python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl \
+  && export PYTHONPATH="$PYTHONPATH:/tmp/site"; fi
 case "${1:-}" in
   tests-decay)
     python3 -m pytest -q -m gpu tests/test_cuda.py 2>&1 | tee "$out/gpu-tests.log"
@@ -21,8 +24,6 @@ case "${1:-}" in
     python3 bench/esd.py --model 13b --blocks 40 --estimators median,gof --workers 1,2,4 \
       --json "$out/esd-13b.json" 2>&1 | tee "$out/esd-13b.log" ;;
   ww)
-    if [ -d .whl ]; then python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl \
-      && export PYTHONPATH="$PYTHONPATH:/tmp/site"; fi
     python3 bench/esd.py --model 13b --blocks 1 --estimators median --ww --ww-cpu \
       --json "$out/esd-13b-ww.json" 2>&1 | tee "$out/esd-13b-ww.log" ;;
   train)
@@ -33,8 +34,10 @@ case "${1:-}" in
   scale)
     python3 bench/esd.py --estimate 405b --gpus 8 16 64 --json "$out/esd-405b.json" 2>&1 | tee "$out/esd-405b.log"
     python3 bench/precision.py --device cuda 2>&1 | tee "$out/precision.log"
-    python3 -m torch.distributed.run --standalone --nproc-per-node 1 -m alphaspec analyze \
-      bench/out/llama-13b-40blocks -o "$out/torchrun.csv" -q 2>&1 | tee "$out/torchrun.log" ;;
+    ckpt=$(python3 -c "import sys; sys.path.insert(0, 'bench'); from esd import write_checkpoint; \
+print(write_checkpoint('13b', 4, 2))" | tail -1)
+    python3 -m torch.distributed.run --standalone --nproc-per-node 2 -m alphaspec analyze "$ckpt" \
+      -o "$out/torchrun.csv" 2>&1 | tee "$out/torchrun.log" ;;
   study)  # the token cache travels as bench/out/study-tokens.tar.xz (see docs/benchmarks.md, "The AlphaDecay study")
     python3 -c "import tarfile; tarfile.open('bench/out/study-tokens.tar.xz').extractall('bench/out', filter='data')"
     bash bench/decay_study.sh bench/out/study bench/out/study-tokens "${MODEL:-llama-20m}" "${STEPS:-2000}" \
