@@ -5,7 +5,7 @@
 #   part 3 (one device call):  bash bench/gpu.sh ww           (needs WeightWatcher wheels carried in .whl/)
 #   part 4 (one device call):  bash bench/gpu.sh train        (trainer throughput per strategy, 60M and 130M)
 #   part 5 (one device call):  bash bench/gpu.sh scale        (405B estimate, fp32 error, torchrun on the GPU)
-#   part 6 (one device call):  bash bench/gpu.sh study        (issue 8 part B; carry bench/out/study-tokens.tar.xz)
+#   part 6 (one device call):  bash bench/gpu.sh study        (the AlphaDecay study; carry bench/out/study-tokens.tar.xz)
 # Logs and JSON go to $OUT (the device tool brings them back), else bench/out.
 set -uo pipefail
 cd "$(dirname "$0")/.."
