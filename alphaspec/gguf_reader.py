@@ -190,7 +190,7 @@ def readable(type_name: str) -> bool:
     """Whether the installed gguf package can dequantise tensors of this GGML type."""
     gguf = _gguf()
     qtype = gguf.GGMLQuantizationType[type_name]
-    block, size = gguf.GGML_QUANT_SIZES[qtype]
+    size = gguf.GGML_QUANT_SIZES[qtype][1]
     try:
         gguf.quants.dequantize(np.zeros((1, size), dtype=np.uint8), qtype)
     except (NotImplementedError, ValueError, TypeError):
