@@ -323,9 +323,7 @@ def _gguf_checkpoint(source: str, files: list[Path]) -> Checkpoint:
     for file in files:
         _check_weights_file(file)
         reader = open_reader(file)
-        config = config or (model_config(reader, file) if reader.get_field("general.architecture") else {})
-        if not config:
-            raise GGUFError(f"{file}: the GGUF metadata names no architecture (general.architecture)")
+        config = config or model_config(reader, file)  # from the first file (a split set's other parts lack it)
         arch = config["gguf_architecture"]
         tensors += [TensorInfo(name, shape, dtype, file, key, quant)
                     for name, key, shape, dtype, quant in tensor_headers(file, reader, arch)]
