@@ -368,3 +368,16 @@ def test_torch_dequantisers_equal_the_gguf_package_bit_for_bit(kind, scale_bytes
     expected = dequantize(raw, getattr(T, kind))
     got = dequantise(torch.from_numpy(raw.copy()), kind, (rows, per_row * block), rows_per_chunk=5)
     np.testing.assert_array_equal(got.numpy(), expected)
+
+
+def test_a_gguf_file_naming_no_architecture_is_one_error_line(tmp_path):
+    w = gguf.GGUFWriter(str(tmp_path / "anon.gguf"), "llama")
+    w.kv_data[0].pop("general.architecture")  # as a hand-made or damaged file would lack it
+    w.add_tensor("blk.0.attn_q.weight", np.ones((32, 32), np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    code, out = cli_error(["analyze", str(tmp_path / "anon.gguf"), "-o", str(tmp_path / "r.csv")])
+    assert code == 1 and out.startswith("error:") and "names no architecture" in out, out
+    assert not (tmp_path / "r.csv").exists()
