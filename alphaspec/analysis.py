@@ -7,9 +7,7 @@ the next tensors overlaps with compute.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import queue
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -24,11 +22,12 @@ import torch
 from ._version import __version__
 from .checkpoint import Checkpoint, SourceError, TensorInfo, dtype_name, open_checkpoint
 from .distributed import process_group
-from .esd import EPS_ZERO, check_precision, eigenvalues, finite_rows, resolve_device
+from .esd import EPS_ZERO, SolveError, check_precision, eigenvalues, finite_scale, resolve_device
 from .farms import farms_alpha
 from .modules import MODULE_TYPES, MatrixSpec, Plan, Skipped, plan
 from .powerlaw import PowerLawFit, check_estimator, fit_sorted
 from .random_baseline import random_alpha
+from .reader import read_ahead
 from .spectral_metrics import nan_metrics, spectral_metrics
 
 COLUMNS = ["name", "layer", "module", "rows", "cols", "n_eigs", "n_zero", "estimator", "alpha", "xmin",
@@ -36,8 +35,7 @@ COLUMNS = ["name", "layer", "module", "rows", "cols", "n_eigs", "n_zero", "estim
            "log_spectral_norm", "log_norm", "alpha_weighted", "entropy", "status", "expert", "tensor", "dtype", "stack",
            "alpha_random"]
 NATIVE_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-PREFETCH = 4  # matrices read ahead of the solver
-CUDA_BATCH_BYTES = 1 << 30  # float64 bytes of same-shape matrices solved together on a GPU
+BATCH_BYTES = {"cpu": 8 << 20, "cuda": 1 << 30}  # float64 bytes of same-shape matrices solved together
 
 
 @dataclass
@@ -67,76 +65,6 @@ def records(table: pd.DataFrame) -> list[dict]:
         return None if v is None or v is pd.NA or (isinstance(v, float) and not math.isfinite(v)) else v
 
     return [{k: clean(v) for k, v in row.items()} for row in table.astype(object).to_dict("records")]
-
-
-_DONE = object()
-
-
-def _read_ahead(ckpt: Checkpoint, specs: list[MatrixSpec], stop: threading.Event,
-                device: torch.device | None = None) -> Iterator:
-    """Yield (spec, matrix) in file order, read by a background thread a few matrices ahead.
-
-    With a CUDA device the thread also copies each matrix there (and expands GGUF blocks there), on its
-    own stream, in the checkpoint's dtype, so the host-to-device transfer overlaps the solver too.
-    """
-    copy_stream = torch.cuda.Stream(device) if device is not None and device.type == "cuda" else None
-
-    def stage(m: torch.Tensor) -> torch.Tensor:
-        if copy_stream is None:
-            return m
-        staged = m.to(device)  # on copy_stream, as everything this thread does on the GPU
-        # From pageable memory the copy call can return before the DMA has landed; this thread waits
-        # for it (and for the dequantisation kernels), so a queued matrix is complete whatever stream
-        # the solver reads it on.
-        copy_stream.synchronize()
-        return staged
-
-    by_tensor, reads = _reading_order(ckpt, specs)
-    q: queue.Queue = queue.Queue(maxsize=PREFETCH)
-
-    def put(item) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def work() -> None:
-        try:
-            with torch.cuda.stream(copy_stream) if copy_stream is not None else contextlib.nullcontext():
-                for file, names in reads:
-                    for name, tensor in ckpt.read(file, names, device):
-                        for spec in by_tensor[name]:
-                            if not put((spec, stage(spec.extract(tensor)))):
-                                return
-            put(_DONE)
-        except BaseException as err:  # noqa: BLE001 - handed to the consumer, which re-raises it
-            put(err)
-
-    thread = threading.Thread(target=work, name="alphaspec-reader", daemon=True)
-    thread.start()
-    try:
-        while (item := q.get()) is not _DONE:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        thread.join(timeout=5)
-
-
-def _reading_order(ckpt: Checkpoint, specs: list[MatrixSpec]) -> tuple[dict[str, list[MatrixSpec]], list]:
-    """The matrices of each tensor, and [(file, tensor names)] in file order, same shapes together; a
-    file none of these matrices live in is not listed, so it is never opened."""
-    by_tensor: dict[str, list[MatrixSpec]] = {}
-    for spec in specs:
-        by_tensor.setdefault(spec.tensor, []).append(spec)
-    file_of = {t.name: t.file for t in ckpt.tensors}
-    order = sorted(by_tensor, key=lambda n: (ckpt.files.index(file_of[n]), by_tensor[n][0].rows, by_tensor[n][0].cols))
-    reads = [(file, [n for n in order if file_of[n] == file]) for file in ckpt.files]
-    return by_tensor, [(file, names) for file, names in reads if names]
 
 
 def _batches(items: Iterable[tuple[MatrixSpec, torch.Tensor]], max_bytes: int) -> Iterator[list]:
@@ -187,21 +115,32 @@ class Solve:
 
 def solve_batch(batch: list[tuple[MatrixSpec, torch.Tensor]], dev: torch.device,
                 how: Solve) -> list[tuple[dict, torch.Tensor | None]]:
-    """Rows (and spectra) of same-shape matrices solved together on `dev`; NaN/Inf matrices get no spectrum."""
+    """Rows (and spectra) of same-shape matrices solved together on `dev`; NaN/Inf matrices get no spectrum.
+
+    A failed solve (out of memory, no convergence) is a SolveError naming the matrices.
+    """
     if dev.type == "cuda":
         for _, m in batch:
             if m.is_cuda:  # staged on the reader's stream: keep the allocator from reusing it too early
                 m.record_stream(torch.cuda.current_stream(dev))
-    w = torch.stack([m.to(dev, non_blocking=True) for _, m in batch])
-    if w.dtype not in NATIVE_FLOATS:  # float8 and other narrow floats lack isfinite/indexing: promote (exact)
+    mats = [m.to(dev, non_blocking=True) for _, m in batch]
+    w = mats[0].unsqueeze(0) if len(mats) == 1 else torch.stack(mats)  # a batch of one is a view, not a copy
+    if w.dtype not in NATIVE_FLOATS:  # float8 and other narrow floats lack reductions: promote (exact)
         w = w.float()
-    ok = finite_rows(w)
-    if not bool(ok.all()):
-        w[~ok] = 0
-    eigs = eigenvalues(w, dev, how.precision)
+    ok, _ = finite_scale(w)
+    ok = ok.tolist()
+    failure = None
+    try:
+        eigs = eigenvalues(w if all(ok) else w[torch.tensor(ok, device=w.device)], dev, how.precision)
+    except RuntimeError as err:  # torch.OutOfMemoryError, LinAlgError and CUDA/cuSOLVER errors are RuntimeErrors
+        failure = err
+    if failure is not None:  # raised outside the handler, so the exception holds no frame (or GPU buffer) of the solve
+        del w, mats
+        raise SolveError.of([spec for spec, _ in batch], failure, dev)
+    spectra = iter(eigs)
     out = []
     for i, (spec, _) in enumerate(batch):
-        e = eigs[i] if bool(ok[i]) else None
+        e = next(spectra) if ok[i] else None
         row = matrix_row(spec, e, how.estimator, how.dtypes.get(spec.tensor, ""))
         if how.quants:
             row["quant"] = how.quants.get(spec.tensor, "")
@@ -212,29 +151,37 @@ def solve_batch(batch: list[tuple[MatrixSpec, torch.Tensor]], dev: torch.device,
 
 
 def _solve_concurrently(batches: Iterable, dev: torch.device, how: Solve, workers: int, collect: Callable) -> None:
-    """Solve batches in `workers` threads, each on its own CUDA stream on a GPU, at most 2*workers in flight."""
+    """Solve batches in `workers` threads, each on its own CUDA stream on a GPU, at most 2*workers in flight.
+
+    The first failure cancels what has not started; the pool is shut down before it propagates.
+    """
     local = threading.local()
 
     def solve(batch):
         if dev.type != "cuda":
             return solve_batch(batch, dev, how)
         if not hasattr(local, "stream"):
-            local.stream = torch.cuda.Stream(dev)
-        with torch.no_grad(), torch.cuda.stream(local.stream):
+            local.stream = torch.cuda.Stream(dev)  # dev has an index (resolve_device): right in any thread
+        with torch.no_grad(), torch.cuda.device(dev), torch.cuda.stream(local.stream):
             out = solve_batch(batch, dev, how)
             local.stream.synchronize()
             return out
 
     with ThreadPoolExecutor(workers, thread_name_prefix="alphaspec-solver") as pool:
         pending: set = set()
-        for batch in batches:
-            pending.add(pool.submit(solve, batch))
-            if len(pending) >= 2 * workers:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for f in done:
-                    collect(f.result())
-        for f in pending:
-            collect(f.result())
+        try:
+            for batch in batches:
+                pending.add(pool.submit(solve, batch))
+                if len(pending) >= 2 * workers:
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for f in done:
+                        collect(f.result())
+            while pending:
+                collect(pending.pop().result())
+        except BaseException:
+            for f in pending:
+                f.cancel()
+            raise
 
 
 def _row_order(row: dict) -> tuple:
@@ -329,14 +276,22 @@ def solve_matrices(ckpt: Checkpoint, matrices: list[MatrixSpec], dev: torch.devi
         if on_solved:
             on_solved(len(solved))
 
-    stop = threading.Event()
-    batches = _batches(_read_ahead(ckpt, matrices, stop, dev), CUDA_BATCH_BYTES if dev.type == "cuda" else 0)
-    with torch.no_grad():
-        if workers <= 1:
-            for batch in batches:
-                collect(solve_batch(batch, dev, how))
-        else:
-            _solve_concurrently(batches, dev, how, workers, collect)
+    staged = read_ahead(ckpt, matrices, threading.Event(), dev)
+    batches = _batches(staged, BATCH_BYTES["cuda" if dev.type == "cuda" else "cpu"])
+    failure = None
+    try:
+        with torch.no_grad():
+            if workers <= 1:
+                for batch in batches:
+                    collect(solve_batch(batch, dev, how))
+            else:
+                _solve_concurrently(batches, dev, how, workers, collect)
+    except SolveError as err:
+        failure = SolveError(f"{ckpt.source}: {err}")
+    finally:
+        staged.close()  # stops and joins the reader thread and drops what it staged, also after a failure
+    if failure is not None:
+        raise failure
     return rows, spectra
 
 

@@ -2,41 +2,69 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+import math
 
 import torch
 
 from .choices import ESD_PRECISIONS
-from .errors import AlphaspecError, UsageError
+from .errors import AlphaspecError, UsageError, first_line
 
 EPS_ZERO = 1e-12  # eigenvalues <= EPS_ZERO * lambda_max count as zero
 SOLVE_DTYPES = {"fp64": torch.float64, "fp32": torch.float32}
 TRIANGLE_MIN = 512  # CPU Gram matrices from this size on are formed as their lower triangle only
 TRIANGLE_BLOCKS = 4
+BLOCK_BYTES = {"cpu": 64 << 20, "cuda": 1 << 30}  # widened rows formed at a time: never the whole matrix
 
 
 class DeviceError(AlphaspecError, ValueError):
     """The requested device does not exist on this machine."""
 
 
+class SolveError(AlphaspecError):
+    """An eigen-solve that failed (out of memory, no convergence), naming the matrices and what to try."""
+
+    @classmethod
+    def of(cls, specs: list, err: RuntimeError, device: torch.device) -> SolveError:
+        """The error for `specs` (objects with name, rows, cols) whose solve on `device` raised `err`."""
+        first = specs[0]
+        what = f"{first.name} ({first.rows}x{first.cols}" + (f", and {len(specs) - 1} more of that shape)"
+                                                             if len(specs) > 1 else ")")
+        text = first_line(err)
+        if isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in text or "can't allocate" in text:
+            advice = "--workers 1 or --device cpu" if device.type == "cuda" else "a machine with more memory"
+            return cls(f"{what}: out of memory on {device} in the eigen-solve; try {advice} "
+                       "(--precision fp32 halves the solver's memory)")
+        if isinstance(err, torch.linalg.LinAlgError):
+            return cls(f"{what}: the eigen-solver did not converge on {device} ({text})"
+                       + ("; try --device cpu" if device.type == "cuda" else ""))
+        return cls(f"{what}: the eigen-solve failed on {device} ({text})")
+
+
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """`auto` means the first CUDA device when there is one, else the CPU; a missing CUDA is an error."""
+    """The device to use, always with an index on CUDA (`cuda` is the current device, `cuda:0` by default).
+
+    `auto` means the current CUDA device when there is one, else the CPU; a missing CUDA is an error.
+    An indexed device means the same GPU in every thread (a thread's current device starts at 0) and
+    is what `torch.cuda.set_device` requires.
+    """
     if isinstance(device, torch.device):
-        return device
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as err:
-        raise DeviceError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from err
+        dev = device
+    elif device == "auto":
+        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        try:
+            dev = torch.device(device)
+        except RuntimeError as err:
+            raise DeviceError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from err
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise DeviceError(f"device {device!r} requested but CUDA is not available on this machine")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise DeviceError(f"device {device!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
-    elif dev.type != "cpu":
-        raise DeviceError(f"unsupported device {device!r}; use auto, cpu, cuda or cuda:N")
+            raise DeviceError(f"device {str(device)!r} requested but CUDA is not available on this machine")
+        if dev.index is None:
+            return torch.device("cuda", torch.cuda.current_device())
+        if dev.index >= torch.cuda.device_count():
+            raise DeviceError(f"device {str(device)!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
+    elif dev.type != "cpu" and not isinstance(device, torch.device):  # torch.device objects: the caller's choice
+        raise DeviceError(f"unsupported device {str(device)!r}; use auto, cpu, cuda or cuda:N")
     return dev
 
 
@@ -49,47 +77,71 @@ def check_precision(precision: str) -> str:
 def eigenvalues(w: torch.Tensor, device: torch.device | str | None = None, precision: str = "fp64") -> torch.Tensor:
     """Ascending float64 eigenvalues (squared singular values) of a (rows, cols) matrix or a (B, rows, cols) batch.
 
-    The matrix is moved in its own dtype and promoted on the device to float64 (or, with
-    precision="fp32", float32: Gram and eigen-solve in single precision, then widened); the Gram matrix is
-    formed on the smaller side, so there are min(rows, cols) eigenvalues. Round-off negatives become 0.
+    The matrix is moved in its own dtype; on the device, blocks of its rows are widened to float64 (or,
+    with precision="fp32", float32) and summed into the Gram matrix of the smaller side, so there are
+    min(rows, cols) eigenvalues and the widened copy of a large matrix never exists whole. Each matrix
+    is first scaled by a power of two that brings its largest entry into [0.5, 1): exact in binary
+    floating point, it keeps the Gram product from overflowing (entries near 1e160 in float64, 1e20 in
+    float32) or underflowing (1e-170, 1e-30). Round-off negatives become 0. Matrices must be finite
+    (see `finite_scale`); no process-wide setting is read-modified-written, so solver threads may
+    run beside training.
     """
-    w = w.to(device=device or w.device, non_blocking=True).to(SOLVE_DTYPES[precision])
-    with full_fp32_matmul():
-        g = gram(w)
-    return torch.linalg.eigvalsh(g).clamp_min_(0.0).to(torch.float64)
-
-
-@contextmanager
-def full_fp32_matmul() -> Iterator[None]:
-    """float32 products in full float32, even where the process allows TF32 (10-bit mantissa) for speed."""
-    before = torch.get_float32_matmul_precision()
-    if before == "highest":
-        yield
-        return
-    torch.set_float32_matmul_precision("highest")
-    try:
-        yield
-    finally:
-        torch.set_float32_matmul_precision(before)
-
-
-def gram(w: torch.Tensor) -> torch.Tensor:
-    """The Gram matrix on the smaller side of a float64 (…, rows, cols) tensor, as `eigvalsh` reads it.
-
-    On the CPU, where the product costs as much as the eigen-solve, only the lower triangle is formed
-    (block columns of a.T @ a, ~35% less time at 5120 columns); `eigvalsh` never reads the upper one.
-    """
+    w = w.to(device=device or w.device, non_blocking=True)
     a = w if w.shape[-2] >= w.shape[-1] else w.mT
+    _, exponent = finite_scale(a)
+    g = gram(a, gram_dtype(precision, a.device), exponent)
+    lam = torch.linalg.eigvalsh(g.to(SOLVE_DTYPES[precision])).clamp_min_(0.0).to(torch.float64)
+    return torch.ldexp(lam, (2 * exponent).to(torch.float64)[..., None])
+
+
+def finite_scale(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per matrix of a (..., rows, cols) tensor: whether it is finite, and the power of two of its largest entry.
+
+    Two reductions in the matrix's own dtype (NaN propagates through max and min), no copy of it:
+    finite[i] says matrix i holds no NaN/Inf; exponent[i] (int64) is e with max|w_i| in [2^(e-1), 2^e).
+    """
+    dims = (-2, -1)
+    top = torch.maximum(w.amax(dim=dims).double().abs(), w.amin(dim=dims).double().abs())
+    finite = torch.isfinite(top)
+    _, exponent = torch.frexp(torch.where(finite, top, 1.0))
+    return finite, exponent.to(torch.int64)
+
+
+def gram_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """float64 for fp64 solves; for fp32, float32 unless this process lets float32 products run in TF32
+    or bfloat16 (then float64 products, rounded to float32 for the solve: never a 10-bit mantissa)."""
+    if precision == "fp64":
+        return torch.float64
+    reduced = torch.get_float32_matmul_precision() != "highest" or (
+        device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32)
+    return torch.float64 if reduced else torch.float32
+
+
+def gram(a: torch.Tensor, dtype: torch.dtype = torch.float64, exponent: torch.Tensor | None = None) -> torch.Tensor:
+    """The Gram matrix aᵀa of a tall (…, rows, cols) tensor in `dtype`, as `eigvalsh` reads it.
+
+    Rows are widened (and multiplied by 2^-exponent per matrix) a block at a time, BLOCK_BYTES of
+    them, and the blocks' products summed. On the CPU, where the product costs as much as the
+    eigen-solve, only the lower triangle is formed (block columns, ~35% less time at 5120 columns);
+    `eigvalsh` never reads the upper one.
+    """
     n = a.shape[-1]
+    g = torch.zeros(*a.shape[:-2], n, n, dtype=dtype, device=a.device)
+    batch = math.prod(a.shape[:-2])
+    rows = max(1, BLOCK_BYTES[a.device.type if a.device.type in BLOCK_BYTES else "cuda"]
+               // (batch * n * torch.finfo(dtype).bits // 8))
     if a.device.type != "cpu" or n < TRIANGLE_MIN:
-        return a.mT @ a
-    g = a.new_zeros(*a.shape[:-2], n, n)
-    edges = [round(i * n / TRIANGLE_BLOCKS) for i in range(TRIANGLE_BLOCKS + 1)]
-    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
-        torch.matmul(a[..., lo:].mT, a[..., lo:hi], out=g[..., lo:, lo:hi])
+        columns = [(0, n)]
+    else:
+        edges = [round(i * n / TRIANGLE_BLOCKS) for i in range(TRIANGLE_BLOCKS + 1)]
+        columns = list(zip(edges[:-1], edges[1:], strict=True))
+    wide = torch.float64 if a.dtype == torch.float64 else dtype  # float64 entries may need a float64 scale
+    scale = None if exponent is None else torch.pow(2.0, -exponent.to(a.device, wide))[..., None, None]  # exact
+    accumulate = torch.Tensor.addmm_ if a.ndim == 2 else torch.Tensor.baddbmm_
+    for start in range(0, a.shape[-2], rows):
+        block = a[..., start:start + rows, :].to(wide, copy=True)  # a copy, so scaling never touches `a`
+        if scale is not None:
+            block = block.mul_(scale).to(dtype)
+        for lo, hi in columns:  # g[lo:, lo:hi] += block[:, lo:]ᵀ block[:, lo:hi]
+            accumulate(g[..., lo:, lo:hi], block[..., lo:].mT, block[..., lo:hi])
     return g
-
-
-def finite_rows(w: torch.Tensor) -> torch.Tensor:
-    """Which matrices of a (B, rows, cols) batch hold only finite numbers."""
-    return torch.isfinite(w).flatten(1).all(1)

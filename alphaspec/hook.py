@@ -13,6 +13,7 @@ and the metric rows are all-gathered, so every rank applies identical decays.
 
 from __future__ import annotations
 
+import logging
 import re
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
@@ -26,6 +27,9 @@ from .choices import ALPHADECAY_WARMUPS
 from .decay import DecayMapError, build_decay_map, is_tuned_candidate
 from .decayspec import DecaySpec, decay_spec
 from .distributed import process_group, solve_cost, split_by_cost
+from .errors import AlphaspecError, first_line
+
+log = logging.getLogger("alphaspec")
 
 
 def model_config(model: torch.nn.Module) -> dict:
@@ -97,7 +101,9 @@ class AlphaDecay:
     first refresh. overlap: snapshot the weights and solve in a worker thread (on a side CUDA stream
     for GPU weights) while training goes on; the decays are applied when ready (under
     torch.distributed: at the next step, on every rank alike) and `staleness` says how many steps old
-    they were. A refresh due while one is in flight is skipped. "auto" (the default) overlaps.
+    they were. A refresh due while one is in flight is skipped. "auto" (the default) overlaps. A refresh
+    whose solve fails (out of GPU memory, no convergence) keeps the decays in force and logs one warning;
+    `failed_refreshes` counts them.
     config: the model's config.json as a dict (default: `model.config`, as Hugging Face models carry
     it), which says how fused tensors split, exactly as `analyze` reads the checkpoint. With
     paper_compat the first Linear keeps w, as in the release; unlike the release, biases keep the
@@ -127,7 +133,7 @@ class AlphaDecay:
         self.owned = share_of_work(self.tuned, self.rank, self.world)
         on_cuda = next(iter(self.tuned.values())).is_cuda
         self.overlap = True if overlap == "auto" else bool(overlap)  # measured faster on CPU too (docs/benchmarks.md)
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="alphadecay") if self.overlap else None
+        self._executor: ThreadPoolExecutor | None = None  # the worker thread of overlapped refreshes, made when needed
         self._stream = torch.cuda.Stream(next(iter(self.tuned.values())).device) if self.overlap and on_cuda else None
         self._pending: tuple[int, Future] | None = None
         self.step_count = 0
@@ -135,6 +141,7 @@ class AlphaDecay:
         self.decays: dict[str, float] = dict.fromkeys(self.tuned, self.weight_decay)
         self.staleness: int | None = None
         self.refreshes = 0
+        self.failed_refreshes = 0  # refreshes whose solve failed (out of memory, ...): their decays were kept
         self.history: list[dict] = []
         self._set(self.decays)
         if warmup == "init":
@@ -157,19 +164,25 @@ class AlphaDecay:
                 self._apply(self._gather(future.result()), started)
         if self.step_count % self.gap == 0 and self._pending is None:
             snapshot = self._snapshot()
-            if self._executor is None:
+            if not self.overlap:
                 self._apply(self._gather(self._solve(snapshot)), self.step_count)
             else:
+                if self._executor is None:
+                    self._executor = ThreadPoolExecutor(1, thread_name_prefix="alphadecay")
                 self._pending = (self.step_count, self._executor.submit(self._solve, snapshot))
 
     def close(self) -> None:
-        """Apply a refresh still in flight and stop the worker thread (under distributed: on every rank)."""
+        """Apply a refresh still in flight and stop the worker thread (under distributed: on every rank).
+
+        The hook stays usable: a later step() starts a new worker when it needs one.
+        """
         if self._pending is not None:
             started, future = self._pending
             self._pending = None
             self._apply(self._gather(future.result()), started)
         if self._executor is not None:
             self._executor.shutdown()
+            self._executor = None
 
     def state_dict(self) -> dict:
         """What a resumed run needs to continue the refresh schedule: step count, latest decays and metrics.
@@ -188,32 +201,41 @@ class AlphaDecay:
         self.decays, self.metrics = {**self.decays, **state["decays"]}, dict(state["metrics"])
         self._set(self.decays)
 
-    def _snapshot(self) -> dict[str, torch.Tensor]:
-        """The owned matrices as they are now: views when solved in line, copies when solved alongside training."""
+    def _snapshot(self) -> tuple[dict[str, torch.Tensor], torch.cuda.Event | None]:
+        """The owned matrices as they are now (views when solved in line, copies when solved alongside
+        training), and on a GPU the event the side stream waits for before it reads them.
+
+        The copies are made on the training stream, in order with the gathers that produce them: an
+        FSDP2 full tensor is freed when the next one is gathered, and its memory reused at once.
+        """
         snap = {}
         for name in sorted(self.tuned):
-            full = full_tensor(self.tuned[name].detach())
-            if name not in self.owned:
-                continue
-            if self._stream is not None:
-                self._stream.wait_stream(torch.cuda.current_stream(full.device))
-                with torch.cuda.stream(self._stream):
-                    snap[name] = full.clone()
-            else:
+            full = full_tensor(self.tuned[name].detach())  # a collective under FSDP2: every rank, every matrix
+            if name in self.owned:
                 snap[name] = full.clone() if self.overlap else full
-        if self._stream is not None:  # the optimizer must not overwrite the weights before they are copied
-            torch.cuda.current_stream(next(iter(self.tuned.values())).device).wait_stream(self._stream)
-        return snap
+        if self._stream is None:
+            return snap, None
+        ready = torch.cuda.Event()
+        ready.record(torch.cuda.current_stream(self._stream.device))
+        return snap, ready
 
-    def _solve(self, snapshot: dict[str, torch.Tensor]) -> pd.DataFrame | list[dict]:
-        """The owned matrices' table; under torch.distributed as plain rows, which travel between ranks."""
+    def _solve(self, taken: tuple[dict[str, torch.Tensor], torch.cuda.Event | None]) -> pd.DataFrame | list[dict] | str:
+        """The owned matrices' table (under torch.distributed as plain rows, which travel between ranks), or
+        the one-line reason the solve failed (out of memory, no convergence): training goes on without it."""
+        snapshot, ready = taken
         if not snapshot:
             return []
-        if self._stream is not None:
-            with torch.cuda.device(self._stream.device), torch.cuda.stream(self._stream):
+        try:
+            if self._stream is None:
                 table = self._analyze(snapshot)
-        else:
-            table = self._analyze(snapshot)
+            else:
+                with torch.cuda.device(self._stream.device), torch.cuda.stream(self._stream):
+                    self._stream.wait_event(ready)
+                    for t in snapshot.values():  # made on the training stream, read and freed on this one
+                        t.record_stream(self._stream)
+                    table = self._analyze(snapshot)
+        except (AlphaspecError, RuntimeError) as err:
+            return first_line(err)
         return records(table) if self.world > 1 else table
 
     def _analyze(self, snapshot: dict[str, torch.Tensor]) -> pd.DataFrame:
@@ -221,14 +243,24 @@ class AlphaDecay:
         return analyze_tensors(snapshot, self.spec.estimator, config=self.config,
                                split_fused=not self.spec.paper_compat, farms=self.spec.metric == "alpha_farms")
 
-    def _gather(self, rows: pd.DataFrame | list[dict]) -> pd.DataFrame:
+    def _gather(self, rows: pd.DataFrame | list[dict] | str) -> pd.DataFrame | str:
+        """The whole table from every rank's rows, or the first rank's failure (then every rank keeps its decays)."""
         if self.world == 1:
             return rows  # already the whole table, in the order of analyze
         parts: list = [None] * self.world
         dist.all_gather_object(parts, rows)
+        failed = [(r, p) for r, p in enumerate(parts) if isinstance(p, str)]
+        if failed:
+            return f"rank {failed[0][0]}: {failed[0][1]}"
         return ordered_table([r for part in parts for r in part])  # the order of analyze: blocks by layer, then type
 
-    def _apply(self, table: pd.DataFrame, started: int) -> None:
+    def _apply(self, table: pd.DataFrame | str, started: int) -> None:
+        if isinstance(table, str):  # the refresh failed: the decays in force stay, and the user hears it once
+            self.failed_refreshes += 1
+            if self.failed_refreshes == 1:
+                log.warning(f"AlphaDecay: the refresh of step {started} failed ({table}); keeping the decays in "
+                            "force (later failures are counted in failed_refreshes, not reported)")
+            return
         # the tuned set was chosen above (include/exclude); the map takes every row of the solved table
         dmap = build_decay_map(table, self.weight_decay, replace(self.spec, include=(), exclude=()), all_rows=True)
         metric = self.spec.metric

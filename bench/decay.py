@@ -20,8 +20,10 @@ from alphaspec import AlphaDecay
 
 
 def sync(device: torch.device) -> None:
+    """Wait for the training stream only: a whole-device synchronize would also wait for the hook's side
+    stream and make the overlapped refresh serial."""
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
+        torch.cuda.current_stream(device).synchronize()
 
 
 def make(device: torch.device):

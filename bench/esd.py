@@ -30,7 +30,8 @@ from safetensors.torch import save_file
 from alphaspec.esd import resolve_device
 from alphaspec.powerlaw import fit_sorted
 
-SHAPES = {"7b": {"hidden": 4096, "ff": 11008, "layers": 32}, "13b": {"hidden": 5120, "ff": 13824, "layers": 40}}
+SHAPES = {"7b": {"hidden": 4096, "ff": 11008, "layers": 32}, "13b": {"hidden": 5120, "ff": 13824, "layers": 40},
+          "tiny": {"hidden": 256, "ff": 688, "layers": 4}}  # tiny: the CPU rehearsal of bench/gpu.sh
 # Llama-3.1-405B: (rows, cols) -> matrices of that shape (126 blocks of q, k, v, o, gate, up, down; embed, head)
 SHAPES_405B = {(16384, 16384): 2 * 126, (1024, 16384): 2 * 126, (53248, 16384): 2 * 126, (16384, 53248): 126,
                (128256, 16384): 2}
@@ -87,12 +88,16 @@ def run_child(cmd: list[str]) -> tuple[float, float, str]:
     return wall, usage.ru_maxrss / 1e6, stdout
 
 
-def bare_eigvalsh(folder: Path, device: torch.device) -> dict[str, float]:
-    """Seconds of Gram + eigvalsh alone (and with a median fit) over the same matrices, no reading counted."""
+def bare_eigvalsh(folder: Path, device: torch.device, blocks: int | None = None) -> dict[str, float]:
+    """Seconds of Gram + eigvalsh alone (and with a median fit) over the same matrices (those of the first
+    `blocks` blocks), no reading counted."""
     solve = fitted = 0.0
     for shard in sorted(folder.glob("*.safetensors")):
         with safe_open(str(shard), framework="pt") as f:
             for name in f.keys():  # noqa: SIM118
+                layer = int(name.split(".")[2]) if name.startswith("model.layers.") else 0
+                if blocks is not None and layer >= blocks:
+                    continue
                 w = f.get_tensor(name)
                 if w.ndim != 2:
                     continue
@@ -171,16 +176,51 @@ def read_bandwidth(folder: Path, gigabytes: float = 2.0) -> float:
     return total / 1e9 / seconds
 
 
+class Results(dict):
+    """The figures, rewritten to `path` (when given) after every one is added: a run cut off by its time
+    limit keeps what it measured."""
+
+    def __init__(self, path: Path | None, **figures):
+        super().__init__()
+        self.path = path
+        self.update(figures)
+
+    def __setitem__(self, key, value) -> None:
+        super().__setitem__(key, value)
+        self.save()
+
+    def update(self, *args, **kwargs) -> None:
+        super().update(*args, **kwargs)
+        self.save()
+
+    def __ior__(self, other):
+        self.update(other)
+        return self
+
+    def save(self) -> None:
+        if self.path is not None:
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text(json.dumps(self, indent=1))
+            tmp.replace(self.path)
+
+
+def linalg_libraries(device: torch.device) -> list[str]:
+    """The eigen-solver back ends to time: cuSOLVER (default) and, where this torch was built with it, MAGMA."""
+    if device.type != "cuda":
+        return ["default"]
+    return ["default", "magma"] if getattr(torch.cuda, "has_magma", False) else ["default"]
+
+
 def clock(seconds: float) -> str:
     return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
-def estimate_405b(device: torch.device, gpus: list[int], precisions: list[str], shrink: int) -> dict:
+def estimate_405b(device: torch.device, gpus: list[int], precisions: list[str], shrink: int, out: Results) -> None:
     """Llama-3.1-405B over many GPUs: per-matrix solve time (measured here) x matrices / GPUs, and the time
     each rank needs to read its share (bf16 bytes / ranks at the measured reader bandwidth)."""
     shapes = {(r // shrink, c // shrink): n for (r, c), n in SHAPES_405B.items()}
     label = "Llama-3.1-405B" + (f" shapes / {shrink}" if shrink > 1 else "")
-    out: dict = {"model": label, "device": str(device)}
+    out |= {"model": label, "device": str(device)}
     bandwidth = read_bandwidth(OUT / "bandwidth")
     total_gb = sum(r * c * n * 2 for (r, c), n in shapes.items()) / 1e9
     out |= {"reader_gb_s": bandwidth, "checkpoint_gb": total_gb}
@@ -197,7 +237,6 @@ def estimate_405b(device: torch.device, gpus: list[int], precisions: list[str], 
             out[f"{precision}_{n}_gpus_s"] = max(solve, read)
             print(f"    {n:>4} GPUs: solve {clock(solve)}, read {clock(read)} per rank "
                   f"(overlapped: ~{clock(max(solve, read))})", flush=True)
-    return out
 
 
 def main() -> None:
@@ -206,13 +245,15 @@ def main() -> None:
     ap.add_argument("--blocks", type=int, default=1, help="transformer blocks to write and time (full model: 32/40)")
     ap.add_argument("--per-shard", type=int, default=8, help="blocks per safetensors shard")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--estimators", default="median,gof")
+    ap.add_argument("--estimators", default="median,gof", help="comma-separated; empty for none")
     ap.add_argument("--workers", default="1", help="comma-separated --workers values to time (median only beyond 1)")
+    ap.add_argument("--bare-blocks", type=int, default=None,
+                    help="time the bare Gram + eigvalsh on this many blocks (extrapolated; default all, 0 for none)")
     ap.add_argument("--ww", action="store_true", help="also time WeightWatcher 0.7.7 (and alphaspec) on --ww-blocks")
     ap.add_argument("--ww-blocks", type=int, default=1, help="blocks of the checkpoint WeightWatcher is timed on")
     ap.add_argument("--ww-python", default=sys.executable, help="python of an environment with weightwatcher")
     ap.add_argument("--ww-cpu", action="store_true", help="also time WeightWatcher's CPU path (svd_method='accurate')")
-    ap.add_argument("--json", type=Path, help="save the figures here")
+    ap.add_argument("--json", type=Path, help="save the figures here (rewritten after each measurement)")
     ap.add_argument("--estimate", choices=["405b"], help="estimate a model too large to time whole (see --gpus)")
     ap.add_argument("--gpus", type=int, nargs="+", default=[8, 16, 64], help="GPU counts of the estimate")
     ap.add_argument("--precisions", nargs="+", default=["fp64", "fp32"], help="solver precisions of the estimate")
@@ -222,26 +263,35 @@ def main() -> None:
     info = machine()
     print("machine:", ", ".join(f"{k} {v}" for k, v in info.items()), flush=True)
     if args.estimate:
-        results = {"machine": info} | estimate_405b(resolve_device(args.device), args.gpus, args.precisions, args.shrink)
-        if args.json:
-            args.json.write_text(json.dumps(results, indent=1))
+        estimate_405b(resolve_device(args.device), args.gpus, args.precisions, args.shrink,
+                      Results(args.json, machine=info))
         return
     cfg = SHAPES[args.model]
     folder = write_checkpoint(args.model, args.blocks, args.per_shard)
     n_mats = 7 * args.blocks
-    scale = cfg["layers"] / args.blocks
     largest = max(p.stat().st_size for p in folder.glob("*.safetensors")) / 1e9
     device = resolve_device(args.device)
     print(f"checkpoint: {folder.name}, {n_mats} matrices, largest shard {largest:.2f} GB, device {device}", flush=True)
-    results = {"machine": info, "model": args.model, "blocks": args.blocks, "matrices": n_mats,
-               "device": str(device), "largest_shard_gb": largest}
+    results = Results(args.json, machine=info, model=args.model, blocks=args.blocks, matrices=n_mats,
+                      device=str(device), largest_shard_gb=largest)
+    time_alphaspec(folder, device, args, results)
+    bare_blocks = args.blocks if args.bare_blocks is None else min(args.bare_blocks, args.blocks)
+    if bare_blocks:
+        time_bare(folder, device, bare_blocks, args, results)
+    if args.ww:
+        time_weightwatcher(args, cfg, device, results)
 
+
+def time_alphaspec(folder: Path, device: torch.device, args, results: Results) -> None:
+    """`alphaspec analyze` end to end, per estimator and per --workers value, each in a fresh process."""
+    scale = SHAPES[args.model]["layers"] / args.blocks
+    n_mats = 7 * args.blocks
     with tempfile.TemporaryDirectory() as tmp:
-        for est in args.estimators.split(","):
+        for est in [e for e in args.estimators.split(",") if e]:
             cmd = [sys.executable, "-m", "alphaspec", "analyze", str(folder), "-q", "-e", est,
                    "--device", str(device), "-o", f"{tmp}/r.csv"]
             wall, rss, _ = run_child(cmd)
-            results[f"alphaspec_{est}_s"], results[f"alphaspec_{est}_rss_gb"] = wall, rss
+            results |= {f"alphaspec_{est}_s": wall, f"alphaspec_{est}_rss_gb": rss}
             print(f"alphaspec analyze -e {est}: {wall:.1f} s end to end ({wall / n_mats:.2f} s/matrix), "
                   f"peak RSS {rss:.2f} GB; full {args.model} extrapolated: {wall * scale:.0f} s", flush=True)
         for workers in [int(w) for w in args.workers.split(",") if int(w) > 1]:
@@ -249,30 +299,36 @@ def main() -> None:
                                       str(device), "--workers", str(workers), "-o", f"{tmp}/r.csv"])
             results[f"alphaspec_median_workers{workers}_s"] = wall
             print(f"alphaspec analyze --workers {workers}: {wall:.1f} s end to end, peak RSS {rss:.2f} GB", flush=True)
-    for library in ("default", "magma") if device.type == "cuda" else ("default",):
+
+
+def time_bare(folder: Path, device: torch.device, blocks: int, args, results: Results) -> None:
+    """The bare float64 Gram + eigvalsh on the first `blocks` blocks, per linalg back end, extrapolated."""
+    scale = args.blocks / blocks
+    for library in linalg_libraries(device):
         if device.type == "cuda":
             torch.backends.cuda.preferred_linalg_library(library)
-        bare = bare_eigvalsh(folder, device)
-        results |= {f"{k}_{library}": v for k, v in bare.items()}
-        print(f"bare float64 Gram + eigvalsh ({library} linalg): {bare['eigvalsh_s']:.1f} s; "
-              f"+ median fit: {bare['eigvalsh_median_s']:.1f} s", flush=True)
-    if args.ww:
-        small = folder if args.ww_blocks == args.blocks else write_checkpoint(args.model, args.ww_blocks, args.per_shard)
-        n_small = 7 * args.ww_blocks
-        with tempfile.TemporaryDirectory() as tmp:
-            ours, _, _ = run_child([sys.executable, "-m", "alphaspec", "analyze", str(small), "-q", "--device",
-                                    str(device), "-o", f"{tmp}/r.csv"])
-        results["ww_subset_matrices"], results["alphaspec_median_subset_s"] = n_small, ours
-        print(f"subset for WeightWatcher: {n_small} matrices; alphaspec median on it: {ours:.1f} s", flush=True)
-        for path in ("default", "accurate") if args.ww_cpu else ("default",):
-            wall, rss, out = run_child([args.ww_python, "-c", WW_SNIPPET, str(small), path])
-            inner = float(out.split("RESULT")[1].split()[0])
-            results[f"weightwatcher_{path}_s"] = inner
-            print(f"WeightWatcher 0.7.7 analyze() [{path}]: {inner:.1f} s ({inner / n_small:.2f} s/matrix, "
-                  f"{inner / n_small * 7 * cfg['layers']:.0f} s extrapolated to the full model), peak RSS {rss:.2f} GB; "
-                  f"alphaspec median end to end is {inner / ours:.1f}x faster", flush=True)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
+        bare = bare_eigvalsh(folder, device, blocks)
+        results |= {f"{k}_{library}": v * scale for k, v in bare.items()}
+        print(f"bare float64 Gram + eigvalsh ({library} linalg), {blocks} block(s) x {scale:.1f}: "
+              f"{bare['eigvalsh_s'] * scale:.1f} s; + median fit: {bare['eigvalsh_median_s'] * scale:.1f} s", flush=True)
+
+
+def time_weightwatcher(args, cfg: dict, device: torch.device, results: Results) -> None:
+    """WeightWatcher's analyze() beside alphaspec's, on --ww-blocks blocks."""
+    small = write_checkpoint(args.model, args.ww_blocks, args.per_shard)
+    n_small = 7 * args.ww_blocks
+    with tempfile.TemporaryDirectory() as tmp:
+        ours, _, _ = run_child([sys.executable, "-m", "alphaspec", "analyze", str(small), "-q", "--device",
+                                str(device), "-o", f"{tmp}/r.csv"])
+    results |= {"ww_subset_matrices": n_small, "alphaspec_median_subset_s": ours}
+    print(f"subset for WeightWatcher: {n_small} matrices; alphaspec median on it: {ours:.1f} s", flush=True)
+    for path in ("default", "accurate") if args.ww_cpu else ("default",):
+        wall, rss, out = run_child([args.ww_python, "-c", WW_SNIPPET, str(small), path])
+        inner = float(out.split("RESULT")[1].split()[0])
+        results[f"weightwatcher_{path}_s"] = inner
+        print(f"WeightWatcher 0.7.7 analyze() [{path}]: {inner:.1f} s ({inner / n_small:.2f} s/matrix, "
+              f"{inner / n_small * 7 * cfg['layers']:.0f} s extrapolated to the full model), peak RSS {rss:.2f} GB; "
+              f"alphaspec median end to end is {inner / ours:.1f}x faster", flush=True)
 
 
 if __name__ == "__main__":

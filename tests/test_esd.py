@@ -47,24 +47,31 @@ def test_fp32_eigenvalues_are_within_single_precision_of_the_squared_singular_va
     assert error.max() > 1e-12  # and it really was single precision
 
 
-def test_fp32_products_are_never_tf32_and_the_setting_is_restored():
-    torch.set_float32_matmul_precision("high")  # what a trainer sets for speed
-    try:
-        seen = []
-        real = esd.gram
+def test_no_process_wide_setting_is_written_by_a_solve_and_fp32_never_runs_in_tf32(tmp_path, monkeypatch):
+    """Defect 6 of the GPU review: the solver flipped torch's float32 matmul precision (process-wide) around
+    every Gram product, from worker threads, racing the trainer and recompiling compiled steps. Now
+    nothing is written; with TF32/bf16 products allowed, fp32 solves form the Gram matrix in float64."""
+    from safetensors.torch import save_file
 
-        def spy(w):
-            seen.append(torch.get_float32_matmul_precision())
-            return real(w)
+    from alphaspec import analyze
 
-        esd.gram, before = spy, esd.gram
-        try:
-            esd.eigenvalues(torch.randn(64, 32), precision="fp32")
-        finally:
-            esd.gram = before
-        assert seen == ["highest"] and torch.get_float32_matmul_precision() == "high"
-    finally:
-        torch.set_float32_matmul_precision("highest")
+    writes = []
+    real_setattr = type(torch.backends.cuda.matmul).__setattr__
+    monkeypatch.setattr(torch, "set_float32_matmul_precision", lambda v: writes.append(("precision", v)))
+    monkeypatch.setattr(torch._C, "_set_float32_matmul_precision", lambda v: writes.append(("_C", v)))
+    monkeypatch.setattr(type(torch.backends.cuda.matmul), "__setattr__",
+                        lambda self, k, v: (writes.append((k, v)), real_setattr(self, k, v)))
+    monkeypatch.setattr(torch, "get_float32_matmul_precision", lambda: "high")  # what a trainer sets for speed
+    tensors = {f"model.layers.{i}.mlp.up_proj.weight": torch.randn(96 + i, 64) for i in range(4)}
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    for precision in ("fp64", "fp32"):
+        analyze(tmp_path / "model.safetensors", device="cpu", workers=2, precision=precision)
+    assert writes == []
+    assert esd.gram_dtype("fp32", torch.device("cpu")) == torch.float64  # "high" would allow bf16/TF32 products
+    w = torch.randn(300, 200, generator=torch.Generator().manual_seed(4))
+    lam = esd.eigenvalues(w, precision="fp32").numpy()
+    expected = np.sort(np.linalg.svd(w.double().numpy(), compute_uv=False) ** 2)
+    assert np.abs(lam - expected).max() / expected.max() < 200 * np.finfo(np.float32).eps
 
 
 def test_fp32_alphas_match_fp64_on_heavy_tailed_matrices_and_bad_precisions_are_refused(tmp_path):

@@ -7,8 +7,8 @@ import math
 import platform
 import sys
 import time
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -75,18 +75,14 @@ def train(cfg: TrainConfig, on_log: Callable[[dict], None] | None = None,
     owns_group = world > 1 and not dist.is_initialized()
     if owns_group:
         dist.init_process_group("nccl" if torch.cuda.is_available() and cfg.hardware.device != "cpu" else "gloo")
-    # under torchrun each rank takes the GPU of its local rank, unless a device index was given
-    one_gpu_each = world > 1 and cfg.hardware.device in ("auto", "cuda") and torch.cuda.is_available()
-    device = resolve_device(f"cuda:{local}" if one_gpu_each else cfg.hardware.device)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    device = select_device(cfg.hardware.device, world, local)
     run = Path(cfg.run.out)
     rd = RunDir(run) if rank == 0 else None  # the lock: one trainer per run directory
     marks: dict = {}
     try:
-        return _train(cfg, run, rd, rank, world, device, on_log, on_start, on_status or (lambda _: None),
-                      on_warning or log.warning, marks)
+        with on_device(device):
+            return _train(cfg, run, rd, rank, world, device, on_log, on_start, on_status or (lambda _: None),
+                          on_warning or log.warning, marks)
     except BaseException:
         # A run that fails while being set up (bad decay map, bad data, ...) removes what it created, so the
         # same --out works again once the cause is fixed; what was there before stays. Once training started,
@@ -99,6 +95,30 @@ def train(cfg: TrainConfig, on_log: Callable[[dict], None] | None = None,
             rd.release()
         if owns_group:
             dist.destroy_process_group()
+
+
+def select_device(device: str, world: int, local: int) -> torch.device:
+    """The run's device, with an index on CUDA: under torchrun each rank takes the GPU of its local rank,
+    unless a device index was given."""
+    one_gpu_each = world > 1 and device in ("auto", "cuda") and torch.cuda.is_available()
+    return resolve_device(f"cuda:{local}" if one_gpu_each else device)
+
+
+@contextmanager
+def on_device(device: torch.device) -> Iterator[None]:
+    """The run's GPU as the current device and TF32 products (for speed) while it trains; the process's own
+    settings come back afterwards, so a notebook or a later analysis is not left in TF32."""
+    if device.type != "cuda":
+        yield
+        return
+    before = (torch.cuda.current_device(), torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.cuda.set_device(device)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.cuda.set_device(before[0])
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before[1:]
 
 
 def _open(cfg: TrainConfig, run: Path, rd: RunDir | None, rank: int, world: int, on_status,

@@ -36,14 +36,33 @@ def multiplier_rows(model: torch.nn.Module, step: int, rank: int = 0) -> list[di
                  and getattr(module, k, None) is not None}
         if not kinds:
             continue
-        values = {k: full_tensor(v.detach()).float() for k, v in kinds.items()}
-        w = full_tensor(module.weight.detach()).float()
+        values = {k: full_tensor(v.detach()) for k, v in kinds.items()}
+        w = full_tensor(module.weight.detach())
         if rank:
             continue
-        eff = w * values.get("row_mult", torch.ones(1))[:, None] * values.get("col_mult", torch.ones(1))[None, :]
-        eff = eff * values.get("scale", torch.ones(1))
+        stats = multiplier_stats(w, values).tolist()  # one transfer from the GPU per matrix
         where = {"step": step, "name": name, "module": module_type(f"{name}.weight"), "layer": layer_index(name),
-                 "weight_norm": float(w.norm()), "effective_norm": float(eff.norm())}
-        rows += [{**where, "kind": k, "mean": float(v.mean()), "std": float(v.std()) if v.numel() > 1 else 0.0,
-                  "min": float(v.min()), "max": float(v.max())} for k, v in values.items()]
+                 "weight_norm": stats[0][0], "effective_norm": stats[0][1]}
+        rows += [{**where, "kind": k, "mean": mean, "std": std, "min": lo, "max": hi}
+                 for k, (mean, std, lo, hi) in zip(values, stats[1:], strict=True)]
     return rows
+
+
+def multiplier_stats(w: torch.Tensor, values: dict[str, torch.Tensor]) -> torch.Tensor:
+    """On w's device, a (1 + kinds, 4) float32 tensor: [‖W‖, ‖W_eff‖, 0, 0], then mean, std, min and max of
+    each multiplier (std 0 for a single value), W_eff = scale · diag(row_mult) · W · diag(col_mult)."""
+    w = w.float()
+    eff = w
+    if "row_mult" in values:
+        eff = eff * values["row_mult"].float()[:, None]
+    if "col_mult" in values:
+        eff = eff * values["col_mult"].float()[None, :]
+    if "scale" in values:
+        eff = eff * values["scale"].float()
+    zero = w.new_zeros(())
+    out = [torch.stack([w.norm(), eff.norm(), zero, zero])]
+    for v in values.values():
+        v = v.float().flatten()
+        std = v.std() if v.numel() > 1 else zero
+        out.append(torch.stack([v.mean(), std, v.min(), v.max()]))
+    return torch.stack(out)
