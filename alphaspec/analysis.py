@@ -68,10 +68,12 @@ def records(table: pd.DataFrame) -> list[dict]:
 
 
 def _batches(items: Iterable[tuple[MatrixSpec, torch.Tensor]], max_bytes: int) -> Iterator[list]:
-    """Group consecutive same-shape matrices while their float64 size stays within max_bytes."""
+    """Group consecutive matrices of one shape and dtype while their float64 size stays within max_bytes."""
     batch: list = []
     for spec, mat in items:
-        if batch and (mat.shape != batch[0][1].shape or (len(batch) + 1) * mat.numel() * 8 > max_bytes):
+        first = batch[0][1] if batch else None
+        if batch and (mat.shape != first.shape or mat.dtype != first.dtype
+                      or (len(batch) + 1) * mat.numel() * 8 > max_bytes):
             yield batch
             batch = []
         batch.append((spec, mat))

@@ -24,7 +24,7 @@ class SolveError(AlphaspecError):
     """An eigen-solve that failed (out of memory, no convergence), naming the matrices and what to try."""
 
     @classmethod
-    def of(cls, specs: list, err: RuntimeError, device: torch.device) -> SolveError:
+    def of(cls, specs: list, err: RuntimeError, device: torch.device, during: str = "the eigen-solve") -> SolveError:
         """The error for `specs` (objects with name, rows, cols) whose solve on `device` raised `err`."""
         first = specs[0]
         what = f"{first.name} ({first.rows}x{first.cols}" + (f", and {len(specs) - 1} more of that shape)"
@@ -32,12 +32,12 @@ class SolveError(AlphaspecError):
         text = first_line(err)
         if isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in text or "can't allocate" in text:
             advice = "--workers 1 or --device cpu" if device.type == "cuda" else "a machine with more memory"
-            return cls(f"{what}: out of memory on {device} in the eigen-solve; try {advice} "
+            return cls(f"{what}: out of memory on {device} in {during}; try {advice} "
                        "(--precision fp32 halves the solver's memory)")
         if isinstance(err, torch.linalg.LinAlgError):
             return cls(f"{what}: the eigen-solver did not converge on {device} ({text})"
                        + ("; try --device cpu" if device.type == "cuda" else ""))
-        return cls(f"{what}: the eigen-solve failed on {device} ({text})")
+        return cls(f"{what}: {during} failed on {device} ({text})")
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import torch
 
 from .checkpoint import Checkpoint
+from .esd import SolveError
 from .modules import MatrixSpec
 
 STAGED_BYTES = {"cpu": 1 << 30, "cuda": 2 << 30}  # read ahead of the solver, at most (one matrix always fits)
@@ -74,10 +75,13 @@ def read_ahead(ckpt: Checkpoint, specs: list[MatrixSpec], stop: threading.Event,
     copy_stream = torch.cuda.Stream(device) if cuda else None
     q = StagingQueue(max_bytes or STAGED_BYTES["cuda" if cuda else "cpu"], stop)
 
-    def stage(m: torch.Tensor) -> torch.Tensor:
+    def stage(spec: MatrixSpec, m: torch.Tensor) -> torch.Tensor:
         if copy_stream is None:
             return m
-        staged = m.to(device)  # on copy_stream, as everything this thread does on the GPU
+        try:
+            staged = m.to(device)  # on copy_stream, as everything this thread does on the GPU
+        except torch.cuda.OutOfMemoryError as err:
+            raise SolveError.of([spec], err, device, "the copy to the GPU") from None
         # From pageable memory the copy call can return before the DMA has landed; this thread waits
         # for it (and for the dequantisation kernels), so a queued matrix is complete whatever stream
         # the solver reads it on.
@@ -92,7 +96,7 @@ def read_ahead(ckpt: Checkpoint, specs: list[MatrixSpec], stop: threading.Event,
                 for file, names in reads:
                     for name, tensor in ckpt.read(file, names, device):
                         for spec in by_tensor[name]:
-                            m = stage(spec.extract(tensor))
+                            m = stage(spec, spec.extract(tensor))
                             if not q.put((spec, m), m.numel() * m.element_size()):
                                 return
             q.put(_DONE)

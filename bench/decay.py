@@ -1,6 +1,6 @@
 """Cost of AlphaDecay refreshes on a 60M LLaMA (GaLore's llama_60m shape), beside the optimizer step.
 
-    python bench/decay.py [--device cpu|cuda] [--steps 10] [--batch 8] [--seq 256]
+    python bench/decay.py [--device cpu|cuda] [--steps 10] [--batch 8] [--seq 256] [--model 60m|tiny]
 
 Prints: one refresh (synchronous), the optimizer step and the full training step, and the training
 slowdown at gap 1 (measured, synchronous and overlapped) and gap 500 (measured refresh cost
@@ -26,11 +26,17 @@ def sync(device: torch.device) -> None:
         torch.cuda.current_stream(device).synchronize()
 
 
-def make(device: torch.device):
+MODELS = {"60m": dict(hidden_size=512, intermediate_size=1376, num_hidden_layers=8, num_attention_heads=8),
+          "tiny": dict(hidden_size=128, intermediate_size=344, num_hidden_layers=2, num_attention_heads=4)}  # rehearsal
+VOCAB = 32000
+
+
+def make(device: torch.device, size: str = "60m"):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(vocab_size=32000, hidden_size=512, intermediate_size=1376, num_hidden_layers=8,
-                         num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=1024)
+    shape = MODELS[size]
+    config = LlamaConfig(vocab_size=VOCAB, num_key_value_heads=shape["num_attention_heads"],
+                         max_position_embeddings=1024, **shape)
     torch.manual_seed(0)
     model = LlamaForCausalLM(config).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
@@ -39,7 +45,7 @@ def make(device: torch.device):
 
 def timed_steps(model, opt, hook, steps: int, batch: int, seq: int, device: torch.device) -> tuple[float, float]:
     """Mean seconds of a training step and of its optimizer.step() part."""
-    x = torch.randint(0, 32000, (batch, seq), device=device)
+    x = torch.randint(0, VOCAB, (batch, seq), device=device)
     total = opt_time = 0.0
     for i in range(steps + 1):  # the first step warms up and is not counted
         sync(device)
@@ -68,12 +74,13 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=256)
+    ap.add_argument("--model", choices=sorted(MODELS), default="60m", help="60m (GaLore's llama_60m) or tiny")
     args = ap.parse_args()
     device = torch.device(args.device)
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "none"
     print(f"machine: {platform.machine()}, {torch.get_num_threads()} threads, gpu {gpu}, torch {torch.__version__}")
 
-    model, opt = make(device)
+    model, opt = make(device, args.model)
     print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, batch {args.batch}x{args.seq}")
     base, opt_step = timed_steps(model, opt, None, args.steps, args.batch, args.seq, device)
     hook = AlphaDecay(model, opt, gap=10**9, overlap=False)  # builds the groups; refreshes only when asked
@@ -88,7 +95,7 @@ def main() -> None:
     print(f"one refresh ({len(hook.tuned)} matrices, synchronous): {refresh * 1e3:.0f} ms; "
           f"optimizer step {opt_step * 1e3:.0f} ms; training step {base * 1e3:.0f} ms")
     for overlap in (False, True):
-        model, opt = make(device)
+        model, opt = make(device, args.model)
         hook = AlphaDecay(model, opt, gap=1, overlap=overlap)
         step, _ = timed_steps(model, opt, hook, args.steps, args.batch, args.seq, device)
         hook.close()

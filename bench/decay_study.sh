@@ -26,8 +26,8 @@ for w in $decays; do
       [ -f "$run/metrics.csv" ] && grep -q "^$steps," "$run/metrics.csv" && [ -f "$run/model.safetensors" ] && continue
       rm -rf "$run"
       echo "alphaspec train --out $run --data $data --model $model --steps $steps --seed $seed --weight-decay $w" \
-           "${arms[$arm]} --batch-size $batch --seq-len $seq --eval-every $((steps / 10))" \
-           "--analyze-every $((steps / 2)) -q 2> $run.log"
+           "${arms[$arm]} --batch-size $batch --seq-len $seq --eval-every $(( steps >= 10 ? steps / 10 : 1 ))" \
+           "--analyze-every $(( steps >= 2 ? steps / 2 : 1 )) -q 2> $run.log"
     done
   done
 done | xargs -P "$jobs" -I{} sh -c '{}'

@@ -161,9 +161,10 @@ def read_bandwidth(folder: Path, gigabytes: float = 2.0) -> float:
     from alphaspec.checkpoint import open_checkpoint
 
     folder.mkdir(parents=True, exist_ok=True)
-    n = max(1, int(gigabytes * 1e9 / (16384 * 16384 * 2)))
+    rows = min(16384, max(1, int(gigabytes * 1e9 / (16384 * 2))))  # 16384 x 16384 bf16 tensors, or one smaller
+    n = max(1, int(gigabytes * 1e9 / (rows * 16384 * 2)))
     file = folder / "bandwidth.safetensors"
-    save_file({f"w{i}": torch.zeros(16384, 16384, dtype=torch.bfloat16) for i in range(n)}, str(file))
+    save_file({f"w{i}": torch.zeros(rows, 16384, dtype=torch.bfloat16) for i in range(n)}, str(file))
     fd = os.open(file, os.O_RDONLY)
     os.fsync(fd)  # written pages must be on disk before they can be dropped
     os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
@@ -215,13 +216,14 @@ def clock(seconds: float) -> str:
     return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
-def estimate_405b(device: torch.device, gpus: list[int], precisions: list[str], shrink: int, out: Results) -> None:
+def estimate_405b(device: torch.device, gpus: list[int], precisions: list[str], shrink: int, out: Results,
+                  bandwidth_gb: float = 2.0) -> None:
     """Llama-3.1-405B over many GPUs: per-matrix solve time (measured here) x matrices / GPUs, and the time
     each rank needs to read its share (bf16 bytes / ranks at the measured reader bandwidth)."""
     shapes = {(r // shrink, c // shrink): n for (r, c), n in SHAPES_405B.items()}
     label = "Llama-3.1-405B" + (f" shapes / {shrink}" if shrink > 1 else "")
     out |= {"model": label, "device": str(device)}
-    bandwidth = read_bandwidth(OUT / "bandwidth")
+    bandwidth = read_bandwidth(OUT / "bandwidth", bandwidth_gb)
     total_gb = sum(r * c * n * 2 for (r, c), n in shapes.items()) / 1e9
     out |= {"reader_gb_s": bandwidth, "checkpoint_gb": total_gb}
     print(f"{label}: {sum(shapes.values())} matrices, {total_gb:.0f} GB in bf16; "
@@ -258,13 +260,14 @@ def main() -> None:
     ap.add_argument("--gpus", type=int, nargs="+", default=[8, 16, 64], help="GPU counts of the estimate")
     ap.add_argument("--precisions", nargs="+", default=["fp64", "fp32"], help="solver precisions of the estimate")
     ap.add_argument("--shrink", type=int, default=1, help="divide the estimate's shapes by this (a dry run on a CPU)")
+    ap.add_argument("--bandwidth-gb", type=float, default=2.0, help="GB written and read to measure the reader")
     args = ap.parse_args()
 
     info = machine()
     print("machine:", ", ".join(f"{k} {v}" for k, v in info.items()), flush=True)
     if args.estimate:
         estimate_405b(resolve_device(args.device), args.gpus, args.precisions, args.shrink,
-                      Results(args.json, machine=info))
+                      Results(args.json, machine=info), args.bandwidth_gb)
         return
     cfg = SHAPES[args.model]
     folder = write_checkpoint(args.model, args.blocks, args.per_shard)

@@ -62,6 +62,8 @@ def main() -> None:
             peak = next((v for k, v in PEAK_BF16.items() if k in gpu), None)
             row["mfu"] = row["tflops"] * 1e12 / peak if peak else None
             results.append(row)
+            print(f"{optimizer} {strategy}: {tps:,.0f} tok/s", flush=True)
+            save(args, gpu, results)  # as it goes: a run cut off by its time limit keeps what it measured
     base = results[0]["tokens_per_s"]  # the first optimizer's first strategy
     print(f"model {args.model}, batch {args.batch_size} x {args.seq_len}, {args.steps} steps, gap {args.gap}, "
           f"compile {args.compile}")
@@ -71,6 +73,10 @@ def main() -> None:
         print(f"{r['optimizer']:>6} {r['strategy']:>11}: {r['tokens_per_s']:>10,.0f} tok/s  {r['step_ms']:8.1f} ms/step  "
               f"{r['tflops']:7.2f} TFLOP/s{mfu}  {r['slowdown']:.3f}x {results[0]['optimizer']} "
               f"{results[0]['strategy']}", flush=True)
+    save(args, gpu, results)
+
+
+def save(args, gpu: str, results: list[dict]) -> None:
     if args.json:
         args.json.write_text(json.dumps({"machine": {"gpu": gpu, "torch": torch.__version__}, "args": vars(args) | {
             "json": str(args.json)}, "results": results}, indent=1))

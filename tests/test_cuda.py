@@ -24,26 +24,121 @@ def test_cpu_and_cuda_alphas_agree(tmp_path, estimator):
 
 
 def test_hook_overlapped_on_cuda_equals_cpu_decays():
-    """The overlapped refresh (side CUDA stream) gives the decays a CPU refresh of the same weights gives."""
+    """The overlapped refresh (side CUDA stream) gives the decays a CPU refresh of the same weights gives, also
+    when stepped after close() (defect 3: the old test stepped a shut-down executor)."""
+    from test_gpu_ready import overlapped_equals_synchronous
+
+    overlapped_equals_synchronous("cuda")
+
+
+def test_hook_snapshot_under_fsdp2_equals_the_plain_model(monkeypatch):
+    """Defect 5: under FSDP2 the gathered full tensors are copied on the stream that gathered them; the
+    overlapped refresh of a sharded model (one rank) equals a synchronous one of the same weights."""
+    import socket
+
+    import torch.distributed as dist
+    from torch.distributed.fsdp import fully_shard
+
     from alphaspec import AlphaDecay
     from alphaspec.train.model import Llama, ModelConfig
 
-    torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=64, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4)
-    model = Llama(cfg)
-    gpu_model = Llama(cfg).cuda()
-    gpu_model.load_state_dict(model.state_dict())
-    cpu_model = Llama(cfg)
-    cpu_model.load_state_dict(model.state_dict())
-    cpu_opt = torch.optim.AdamW(cpu_model.parameters(), lr=1e-3, weight_decay=0.1)
-    gpu_opt = torch.optim.AdamW(gpu_model.parameters(), lr=1e-3, weight_decay=0.1)
-    cpu_hook = AlphaDecay(cpu_model, cpu_opt, gap=1, overlap=False)
-    gpu_hook = AlphaDecay(gpu_model, gpu_opt, gap=1, overlap=True)
-    gpu_hook.close()
-    assert gpu_hook.decays == pytest.approx(cpu_hook.decays, rel=1e-9)
-    gpu_hook.step()
-    gpu_hook.close()
-    assert gpu_hook.refreshes == 2 and gpu_hook.decays == pytest.approx(cpu_hook.decays, rel=1e-9)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for k, v in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "WORLD_SIZE": "1"}.items():
+        monkeypatch.setenv(k, v)
+    dist.init_process_group("nccl", rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        cfg = ModelConfig(vocab_size=64, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+                          num_attention_heads=4)
+        plain = Llama(cfg)
+        sharded = Llama(cfg).cuda()
+        sharded.load_state_dict(plain.state_dict())
+        for block in sharded.model.layers:
+            fully_shard(block)
+        fully_shard(sharded)
+        ref = AlphaDecay(plain, torch.optim.AdamW(plain.parameters(), weight_decay=0.1), gap=1, overlap=False)
+        hook = AlphaDecay(sharded, torch.optim.AdamW(sharded.parameters(), weight_decay=0.1), gap=1, overlap=True,
+                          warmup="uniform")
+        for _ in range(3):
+            hook.step()
+            torch.cuda.synchronize()
+        hook.close()
+        assert hook.refreshes >= 1 and hook.failed_refreshes == 0
+        assert hook.decays == pytest.approx(ref.decays, rel=1e-9)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_cuda_out_of_memory_is_one_error_line_with_every_thread_stopped(tmp_path):
+    """Defect 7 on a real GPU: a solve that cannot get its memory is one error line naming the matrix."""
+    from safetensors.torch import save_file
+    from test_gpu_ready import alive
+    from typer.testing import CliRunner
+
+    from alphaspec.cli import app
+
+    save_file({"model.layers.0.mlp.up_proj.weight": torch.randn(8192, 8192)}, str(tmp_path / "model.safetensors"))
+    torch.cuda.empty_cache()
+    total = torch.cuda.get_device_properties(0).total_memory
+    torch.cuda.set_per_process_memory_fraction(300e6 / total)  # the float32 matrix fits, its float64 Gram does not
+    try:
+        res = CliRunner().invoke(app, ["analyze", str(tmp_path / "model.safetensors"), "--device", "cuda", "-q",
+                                       "-o", str(tmp_path / "r.json")], env={"COLUMNS": "200"})
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert res.exit_code == 1 and len(lines) == 1, res.output
+    assert "mlp.up_proj" in lines[0] and "out of memory" in lines[0] and "--workers 1" in lines[0], lines[0]
+    assert not (tmp_path / "r.json").exists() and alive() == []
+
+
+def test_peak_gpu_memory_of_a_tall_embedding_stays_near_its_own_size(tmp_path):
+    """Defect 9: a 262144x640 bf16 embedding (335 MB) was stacked, checked into a bool copy and widened whole
+    to float64 (1.3 GB): ~2.2 GB. Now a view, reductions and float64 blocks of rows: under 1.75 GB."""
+    from safetensors.torch import save_file
+
+    save_file({"model.embed_tokens.weight": (torch.randn(262144, 640) * 0.02).bfloat16()},
+              str(tmp_path / "model.safetensors"))
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    table = analyze_checkpoint(tmp_path / "model.safetensors", device="cuda").table
+    assert table["status"].tolist() == ["ok"]
+    assert torch.cuda.max_memory_allocated() < 1.75e9, torch.cuda.max_memory_allocated() / 1e9
+
+
+def test_solves_on_the_gpu_write_no_process_wide_setting(tmp_path, monkeypatch):
+    """Defect 6: concurrent fp32 and fp64 solves never write the matmul precision or the TF32 flags."""
+    writes = []
+    real_setattr = type(torch.backends.cuda.matmul).__setattr__
+    monkeypatch.setattr(torch, "set_float32_matmul_precision", lambda v: writes.append(("precision", v)))
+    monkeypatch.setattr(type(torch.backends.cuda.matmul), "__setattr__",
+                        lambda self, k, v: (writes.append((k, v)), real_setattr(self, k, v)))
+    folder = synth.write(tmp_path, synth.llama(layers=3), synth.LLAMA_CONFIG)
+    for precision in ("fp64", "fp32"):
+        analyze_checkpoint(folder, device="cuda", workers=3, precision=precision)
+    assert writes == []
+
+
+def test_train_restores_the_processs_tf32_settings(tmp_path):
+    """Defect 10: train() turned TF32 on for the process and left it on."""
+    from alphaspec.train import TrainConfig, train
+
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    train(TrainConfig.of(out=str(tmp_path / "run"), device="auto", vocab_size=512, seq_len=32, batch_size=4, steps=2,
+                         eval_every=2, log_every=1))
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == before
+
+
+def test_multiplier_statistics_on_the_gpu_equal_the_cpus():
+    """Defect 2: the learnable multipliers' statistics with GPU weights (a CPU tensor met them before)."""
+    from alphaspec.train.observe import multiplier_stats
+
+    w, r, c = torch.randn(48, 32), torch.rand(48) + 0.5, torch.rand(32) + 0.5
+    cpu = multiplier_stats(w, {"row_mult": r, "col_mult": c})
+    gpu = multiplier_stats(w.cuda(), {"row_mult": r.cuda(), "col_mult": c.cuda()})
+    assert gpu.is_cuda and torch.allclose(gpu.cpu(), cpu, rtol=1e-5)
 
 
 @pytest.mark.parametrize("strategy", ["uniform", "alphadecay", "awd", "adadecay", "lrm"])
