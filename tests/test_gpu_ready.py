@@ -406,3 +406,32 @@ def test_json_results_are_written_as_they_come(tmp_path):
     assert json.loads((tmp_path / "r.json").read_text()) == {"a": 1.5}
     results |= {"b": 2}
     assert json.loads((tmp_path / "r.json").read_text()) == {"a": 1.5, "b": 2}
+
+
+# --- small models as lean as large ones -------------------------------------------------------------------------------
+
+
+def test_the_cli_solves_one_matrix_per_core_and_gives_back_the_threads(tmp_path, monkeypatch):
+    """`--workers 0` (the default): one single-threaded solve per core on the CPU, the same table as one
+    solve at a time, and torch's thread count as it was (the CLI may run inside a notebook or a test)."""
+    import pandas as pd
+
+    from alphaspec.cpu_threads import MAX_CPU_WORKERS, auto_workers, cores
+
+    assert auto_workers(torch.device("cpu")) == max(1, min(cores(), MAX_CPU_WORKERS))
+    assert auto_workers(torch.device("cuda", 0)) == 1 and auto_workers(torch.device("cpu"), world=2) == 1
+    seen = []
+    real = analysis.eigenvalues
+    monkeypatch.setattr(analysis, "eigenvalues", lambda *a, **k: seen.append(torch.get_num_threads()) or real(*a, **k))
+    folder = synth.write(tmp_path / "m", synth.llama(layers=3), synth.LLAMA_CONFIG)
+    before = torch.get_num_threads()
+    tables = {}
+    for workers in ("0", "1"):
+        res = CliRunner().invoke(app, ["analyze", str(folder), "-q", "--workers", workers, "-o",
+                                       str(tmp_path / f"r{workers}.csv")])
+        assert res.exit_code == 0, res.output
+        tables[workers] = pd.read_csv(tmp_path / f"r{workers}.csv")
+    assert torch.get_num_threads() == before
+    if auto_workers(torch.device("cpu")) > 1:
+        assert set(seen[: len(seen) // 2]) == {1} and set(seen[len(seen) // 2:]) == {before}
+    pd.testing.assert_frame_equal(tables["0"], tables["1"], rtol=1e-12)

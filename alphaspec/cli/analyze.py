@@ -106,8 +106,9 @@ def analyze(
         "--save-spectra", help="Also save every eigenvalue spectrum (ascending) to this .npz.")] = None,
     plots: Annotated[Path | None, typer.Option(
         "--plots", help="Also draw the model-level figures (spectra, alpha-modules, alpha-depth) into DIR.")] = None,
-    workers: Annotated[int, typer.Option("--workers", min=1, help="Concurrent solves (on a GPU, one CUDA stream "
-                                         "each).")] = 1,
+    workers: Annotated[int, typer.Option("--workers", min=0, help="Concurrent solves (on a GPU, one CUDA stream "
+                                         "each). 0: one per core on the CPU, each single-threaded (faster than one "
+                                         "solve threaded over all cores), 1 on a GPU.")] = 0,
     farms: Annotated[bool, typer.Option("--farms", help="Also an alpha_farms column: FARMS, the pooled spectrum of "
                                         "square windows, free of the shape effect (docs/estimators.md).")] = False,
     precision: Annotated[Precision, typer.Option(
@@ -117,6 +118,7 @@ def analyze(
 ) -> None:
     """Eigenvalue spectrum and power-law tail fit (alpha) of every weight matrix in a checkpoint."""
     from ..checkpoint import open_checkpoint
+    from ..cpu_threads import auto_workers, one_thread_per_solve
     from ..distributed import RankFailure, joined, launched
     from ..esd import resolve_device
     from ..output import check_output, check_output_dir
@@ -131,7 +133,8 @@ def analyze(
             check_output_dir(plots)
     dev = resolve_device(device)
     why = " (no CUDA device found)" if device == "auto" and dev.type == "cpu" else ""
-    with joined(dev.type == "cuda"):
+    workers = workers or auto_workers(dev, world)
+    with joined(dev.type == "cuda"), one_thread_per_solve(workers, dev):
         ckpt = open_checkpoint(source) if world == 1 else None
         where = f"{len(ckpt.tensors)} tensors in {len(ckpt.files)} file(s)" if ckpt else f"{world} ranks"
         header = f"alphaspec {__version__} · {where} · device {dev}{why} · estimator {estimator.value}" + (
