@@ -22,13 +22,13 @@ import torch
 from ._version import __version__
 from .checkpoint import Checkpoint, SourceError, TensorInfo, dtype_name, open_checkpoint
 from .distributed import process_group
-from .esd import EPS_ZERO, SolveError, check_precision, eigenvalues, finite_scale, resolve_device
+from .esd import SolveError, check_precision, finite_scale, resolve_device, scaled_eigenvalues, zero_threshold
 from .farms import farms_alpha
 from .modules import MODULE_TYPES, MatrixSpec, Plan, Skipped, plan
 from .powerlaw import PowerLawFit, check_estimator, fit_sorted
 from .random_baseline import random_alpha
 from .reader import read_ahead
-from .spectral_metrics import nan_metrics, spectral_metrics
+from .spectral_metrics import ldexp, nan_metrics, spectral_metrics
 
 COLUMNS = ["name", "layer", "module", "rows", "cols", "n_eigs", "n_zero", "estimator", "alpha", "xmin",
            "ks_d", "n_tail", "lambda_max", "spectral_norm", "frobenius_norm", "stable_rank",
@@ -81,8 +81,9 @@ def _batches(items: Iterable[tuple[MatrixSpec, torch.Tensor]], max_bytes: int) -
         yield batch
 
 
-def matrix_row(spec: MatrixSpec, eigs: torch.Tensor | None, estimator: str, dtype: str) -> dict:
-    """One results row from a matrix's eigenvalues (None when the matrix held NaN/Inf)."""
+def matrix_row(spec: MatrixSpec, eigs: torch.Tensor | None, estimator: str, dtype: str, exponent: int = 0,
+               precision: str = "fp64") -> dict:
+    """One results row from a matrix's eigenvalues, scaled by 4^-exponent (None when the matrix held NaN/Inf)."""
     row = {"name": spec.name, "layer": spec.layer, "module": spec.module, "rows": spec.rows, "cols": spec.cols,
            "n_eigs": min(spec.rows, spec.cols), "estimator": estimator, "expert": spec.expert, "tensor": spec.tensor,
            "dtype": dtype, "stack": spec.stack,
@@ -90,17 +91,20 @@ def matrix_row(spec: MatrixSpec, eigs: torch.Tensor | None, estimator: str, dtyp
     if eigs is None:
         fit = PowerLawFit.empty("matrix contains NaN or Inf")
         return row | {"n_zero": 0} | _fit_columns(fit) | nan_metrics() | {"alpha_weighted": math.nan}
-    return row | metrics_of(eigs, estimator)
+    return row | metrics_of(eigs, estimator, exponent, precision)
 
 
-def metrics_of(eigs: torch.Tensor, estimator: str) -> dict:
-    """n_zero, the fit columns and the norm metrics of one ascending float64 spectrum (zeros included)."""
-    metrics = spectral_metrics(eigs)
-    lam_max = metrics["lambda_max"]
-    n_zero = int((eigs <= EPS_ZERO * lam_max).sum()) if lam_max > 0 else eigs.numel()
-    fit = PowerLawFit.empty("all-zero matrix") if lam_max <= 0 else fit_sorted(eigs[n_zero:], estimator)
+def metrics_of(eigs: torch.Tensor, estimator: str, exponent: int = 0, precision: str = "fp64") -> dict:
+    """n_zero, the fit columns and the norm metrics of one ascending float64 spectrum (zeros included), its
+    values scaled by 4^-exponent: the fits are scale-free, so they use the scaled values; xmin and the norms
+    are scaled back. Eigenvalues within the solver's round-off of zero (`esd.zero_threshold`) are zeros."""
+    metrics = spectral_metrics(eigs, exponent)
+    top = float(eigs[-1]) if eigs.numel() else 0.0
+    n_zero = int((eigs <= zero_threshold(precision, eigs.numel()) * top).sum()) if top > 0 else eigs.numel()
+    fit = PowerLawFit.empty("all-zero matrix") if top <= 0 else fit_sorted(eigs[n_zero:], estimator)
     weighted = fit.alpha * metrics["log_spectral_norm"]
-    return {"n_zero": n_zero} | _fit_columns(fit) | metrics | {"alpha_weighted": weighted}
+    return ({"n_zero": n_zero} | _fit_columns(fit) | {"xmin": ldexp(fit.xmin, 2 * exponent)} | metrics
+            | {"alpha_weighted": weighted})
 
 
 @dataclass(frozen=True)
@@ -133,17 +137,19 @@ def solve_batch(batch: list[tuple[MatrixSpec, torch.Tensor]], dev: torch.device,
     ok = ok.tolist()
     failure = None
     try:
-        eigs = eigenvalues(w if all(ok) else w[torch.tensor(ok, device=w.device)], dev, how.precision)
+        eigs, exponents = scaled_eigenvalues(w if all(ok) else w[torch.tensor(ok, device=w.device)], dev, how.precision)
     except RuntimeError as err:  # torch.OutOfMemoryError, LinAlgError and CUDA/cuSOLVER errors are RuntimeErrors
         failure = err
     if failure is not None:  # raised outside the handler, so the exception holds no frame (or GPU buffer) of the solve
         del w, mats
         raise SolveError.of([spec for spec, _ in batch], failure, dev)
-    spectra = iter(eigs)
+    solved = iter(zip(eigs, exponents.tolist(), strict=True))
     out = []
     for i, (spec, _) in enumerate(batch):
-        e = next(spectra) if ok[i] else None
-        row = matrix_row(spec, e, how.estimator, how.dtypes.get(spec.tensor, ""))
+        e, exponent = next(solved) if ok[i] else (None, 0)
+        row = matrix_row(spec, e, how.estimator, how.dtypes.get(spec.tensor, ""), exponent, how.precision)
+        if e is not None and exponent:
+            e = torch.ldexp(e, torch.tensor(2.0 * exponent, dtype=e.dtype, device=e.device))  # the true spectrum
         if how.quants:
             row["quant"] = how.quants.get(spec.tensor, "")
         if how.farms:  # the same matrix, cut into square windows (farms.py)

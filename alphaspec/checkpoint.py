@@ -8,7 +8,6 @@ Every failure to read becomes a `SourceError` whose message names the file and t
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import pickle
 import re
@@ -20,7 +19,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from .errors import AlphaspecError, check_input_file, first_line, input_kind
+from .errors import AlphaspecError, check_input_file, first_line, input_kind, parse_json
 from .gguf_reader import (
     GGUF_SUFFIX,
     GGUFError,
@@ -180,7 +179,7 @@ def _index_map(index: Path) -> dict[str, Path]:
     """tensor name -> shard file, validated: a str -> str object whose files lie beside the index."""
     try:
         check_input_file(index, "shard index")
-        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        weight_map = parse_json(index.read_text(encoding="utf-8"))["weight_map"]
     except AlphaspecError as err:
         raise SourceError(str(err)) from err
     except (OSError, ValueError, KeyError, TypeError) as err:
@@ -227,7 +226,7 @@ def _read_config(folder: Path) -> dict:
     if not cfg.is_file():
         return {}
     try:
-        data = json.loads(cfg.read_text(encoding="utf-8"))
+        data = parse_json(cfg.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         raise SourceError(f"{cfg}: not valid JSON ({first_line(err, with_type=True)})") from err
     if not isinstance(data, dict):

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from safetensors import safe_open
 
-from .errors import AlphaspecError, check_input_file, first_line
+from .errors import AlphaspecError, check_input_file, first_line, parse_json
 from .output import read_csv_checked
 
 
@@ -43,7 +43,7 @@ def load_run_json(path: Path) -> dict:
         raise RunDirError(f"{path}: not an alphaspec training run (no run.json)")
     try:
         check_input_file(file, "run.json")
-        info = json.loads(file.read_text(encoding="utf-8"))
+        info = parse_json(file.read_text(encoding="utf-8"))
     except AlphaspecError as e:
         raise RunDirError(str(e)) from e
     except (OSError, ValueError) as e:

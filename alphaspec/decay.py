@@ -20,7 +20,7 @@ import pandas as pd
 from ._version import __version__
 from .choices import ASSIGN, PRESERVE
 from .decayspec import DecayMapError, DecaySpec, decay_spec
-from .errors import AlphaspecError, UsageError, check_input_file, os_reason
+from .errors import AlphaspecError, UsageError, check_input_file, os_reason, parse_json
 from .modules import BLOCK_MODULES, FUSED_MODULES, block_place, layer_index, module_type
 from .output import atomic_write
 from .paper import paper_assign, paper_candidates, paper_metric
@@ -129,7 +129,7 @@ class DecayMap:
         """Read and validate a map file; anything wrong raises DecayMapError with one line."""
         try:
             check_input_file(path, "decay map")
-            doc = json.loads(Path(path).read_text(encoding="utf-8"))
+            doc = parse_json(Path(path).read_text(encoding="utf-8"))
         except AlphaspecError as e:
             raise DecayMapError(str(e)) from e
         except OSError as e:

@@ -7,6 +7,7 @@ The CLI turns an `AlphaspecError` into a single `error:` line on stderr and exit
 from __future__ import annotations
 
 import errno
+import json
 import os
 import stat
 from pathlib import Path
@@ -26,6 +27,15 @@ class UsageError(AlphaspecError, ValueError):
 
 class OutputError(AlphaspecError, OSError):
     """An output that cannot be written (missing or read-only directory, a directory in the way, a full disk)."""
+
+
+def parse_json(text: str | bytes) -> object:
+    """json.loads, where a document nested too deeply for the parser is a ValueError like any other bad JSON
+    (json raises RecursionError, which would escape every `except ValueError` around a file being read)."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply to be read (over ~1000 levels)") from None
 
 
 def first_line(err: BaseException, with_type: bool = False) -> str:

@@ -77,21 +77,36 @@ def check_precision(precision: str) -> str:
 def eigenvalues(w: torch.Tensor, device: torch.device | str | None = None, precision: str = "fp64") -> torch.Tensor:
     """Ascending float64 eigenvalues (squared singular values) of a (rows, cols) matrix or a (B, rows, cols) batch.
 
+    See `scaled_eigenvalues`; here scaled back, so values beyond float64's range become inf or 0.
+    """
+    lam, exponent = scaled_eigenvalues(w, device, precision)
+    return torch.ldexp(lam, (2 * exponent).to(torch.float64)[..., None])
+
+
+def scaled_eigenvalues(w: torch.Tensor, device: torch.device | str | None = None,
+                       precision: str = "fp64") -> tuple[torch.Tensor, torch.Tensor]:
+    """The eigenvalues of each matrix scaled by 4^-exponent (so the largest is O(rows)), and the exponents.
+
     The matrix is moved in its own dtype; on the device, blocks of its rows are widened to float64 (or,
     with precision="fp32", float32) and summed into the Gram matrix of the smaller side, so there are
     min(rows, cols) eigenvalues and the widened copy of a large matrix never exists whole. Each matrix
-    is first scaled by a power of two that brings its largest entry into [0.5, 1): exact in binary
-    floating point, it keeps the Gram product from overflowing (entries near 1e160 in float64, 1e20 in
-    float32) or underflowing (1e-170, 1e-30). Round-off negatives become 0. Matrices must be finite
-    (see `finite_scale`); no process-wide setting is read-modified-written, so solver threads may
-    run beside training.
+    is first scaled by 2^-exponent, the power of two that brings its largest entry into [0.5, 1):
+    exact in binary floating point, it keeps the Gram product from overflowing (entries near 1e160 in
+    float64, 1e20 in float32) or underflowing (1e-170, 1e-30), and the fits, which are scale-free,
+    use these values. Round-off negatives become 0. Matrices must be finite (see `finite_scale`); no
+    process-wide setting is written, so solver threads may run beside training.
     """
     w = w.to(device=device or w.device, non_blocking=True)
     a = w if w.shape[-2] >= w.shape[-1] else w.mT
     _, exponent = finite_scale(a)
     g = gram(a, gram_dtype(precision, a.device), exponent)
-    lam = torch.linalg.eigvalsh(g.to(SOLVE_DTYPES[precision])).clamp_min_(0.0).to(torch.float64)
-    return torch.ldexp(lam, (2 * exponent).to(torch.float64)[..., None])
+    return torch.linalg.eigvalsh(g.to(SOLVE_DTYPES[precision])).clamp_min_(0.0).to(torch.float64), exponent
+
+
+def zero_threshold(precision: str, n: int) -> float:
+    """Eigenvalues at or below this fraction of the largest count as zero: 1e-12 in float64; in float32 the
+    solver's round-off, n·ε (a rank-1 matrix's zero eigenvalues come out near ε·λ_max, not at 0)."""
+    return EPS_ZERO if precision == "fp64" else max(EPS_ZERO, n * float(torch.finfo(torch.float32).eps))
 
 
 def finite_scale(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from .errors import AlphaspecError, OutputError, UsageError, check_input_file, first_line, os_reason
+from .errors import AlphaspecError, OutputError, UsageError, check_input_file, first_line, os_reason, parse_json
 
 if TYPE_CHECKING:
     from .analysis import Analysis
@@ -19,9 +20,11 @@ if TYPE_CHECKING:
 TABLE_SUFFIXES = (".csv", ".json", ".parquet")
 
 
-def check_output(path: Path, suffixes: tuple[str, ...] = TABLE_SUFFIXES) -> None:
-    """Fail before any work when `path` cannot be written: an unknown format (a usage error), a missing
-    or read-only directory, a directory in the way (an OutputError)."""
+def check_output(path: Path, suffixes: tuple[str, ...] = TABLE_SUFFIXES, inputs: Iterable[str | Path] = ()) -> None:
+    """Fail before any work when `path` cannot be written: an unknown format, the path of one of the
+    command's inputs or a file inside one (usage errors), a missing or read-only directory, a directory
+    in the way (an OutputError)."""
+    check_not_an_input(path, inputs)
     if path.suffix not in suffixes:
         raise UsageError(f"{path}: unknown output format {path.suffix or '(no suffix)'}; use {', '.join(suffixes)}")
     if path.suffix == ".parquet":
@@ -37,6 +40,30 @@ def check_output(path: Path, suffixes: tuple[str, ...] = TABLE_SUFFIXES) -> None
     if not parent.is_dir():
         raise OutputError(f"{path}: {parent} is not a directory")
     _probe(parent, path)
+
+
+def input_paths(source: str | Path) -> list[Path]:
+    """What reading `source` may open when it is a local path: itself, and beside a file the model's config
+    and shard index (a hub id or `example:` names nothing here)."""
+    path = Path(source)
+    if not path.exists():
+        return []
+    return [path] if path.is_dir() else [path, path.parent / "config.json", path.parent / "model.safetensors.index.json"]
+
+
+def check_not_an_input(path: Path, inputs: Iterable[str | Path]) -> None:
+    """Refuse an output that is one of the command's inputs, or lies inside an input directory (a checkpoint
+    or run being read): writing it would overwrite what the command reads, or change the directory."""
+    target = path.resolve()
+    for given in inputs:
+        src = Path(given)
+        if not src.exists():
+            continue
+        src = src.resolve()
+        if target == src:
+            raise UsageError(f"{path}: is an input of this command ({given}); write the output elsewhere")
+        if src.is_dir() and src in target.parents:
+            raise UsageError(f"{path}: is inside {given}, which this command reads; write the output elsewhere")
 
 
 def check_output_dir(folder: Path) -> None:
@@ -136,7 +163,7 @@ def read_results(path: Path) -> pd.DataFrame:
         elif path.suffix == ".parquet":
             table = pd.read_parquet(path)
         else:
-            doc = json.loads(path.read_text(encoding="utf-8"))
+            doc = parse_json(path.read_text(encoding="utf-8"))
             if not isinstance(doc, dict) or not isinstance(doc.get("matrices"), list):
                 raise ValueError("a JSON object with a 'matrices' list was expected")
             table = pd.DataFrame(doc["matrices"])

@@ -97,8 +97,8 @@ def test_quiet_prints_nothing(llama_dir, tmp_path):
 def test_nan_matrix_does_not_stop_the_run(tmp_path):
     bad = synth.rand(40, 40)
     bad[0, 0] = float("nan")
-    folder = synth.write(tmp_path, {"model.layers.0.mlp.up_proj.weight": bad,
-                                    "model.layers.0.mlp.down_proj.weight": synth.rand(40, 40, seed=3)})
+    folder = synth.write(tmp_path / "m", {"model.layers.0.mlp.up_proj.weight": bad,
+                                          "model.layers.0.mlp.down_proj.weight": synth.rand(40, 40, seed=3)})
     proc = cli("analyze", folder, "-o", tmp_path / "r.csv")
     assert proc.returncode == 0, proc.stderr
     assert "matrix contains NaN or Inf" in proc.stdout

@@ -225,7 +225,7 @@ def alive() -> list[str]:
 @pytest.mark.parametrize("failure", ["oom", "linalg"])
 def test_defect7_a_failed_solve_is_one_error_line_with_every_thread_stopped(tmp_path, monkeypatch, workers, failure):
     folder = synth.write(tmp_path / "m", synth.llama(layers=3), synth.LLAMA_CONFIG)
-    real = analysis.eigenvalues
+    real = analysis.scaled_eigenvalues
 
     def fail_on_down_proj(w, device=None, precision="fp64"):
         if w.shape[-2:] == (synth.D, synth.FF):
@@ -234,7 +234,7 @@ def test_defect7_a_failed_solve_is_one_error_line_with_every_thread_stopped(tmp_
             raise torch.linalg.LinAlgError("linalg.eigvalsh: The algorithm failed to converge")
         return real(w, device, precision)
 
-    monkeypatch.setattr(analysis, "eigenvalues", fail_on_down_proj)
+    monkeypatch.setattr(analysis, "scaled_eigenvalues", fail_on_down_proj)
     out = tmp_path / "r.json"
     res = CliRunner().invoke(app, ["analyze", str(folder), "-o", str(out), "-q", "--workers", str(workers)],
                              env={"COLUMNS": "200"})
@@ -421,8 +421,8 @@ def test_the_cli_solves_one_matrix_per_core_and_gives_back_the_threads(tmp_path,
     assert auto_workers(torch.device("cpu")) == max(1, min(cores(), MAX_CPU_WORKERS))
     assert auto_workers(torch.device("cuda", 0)) == 1 and auto_workers(torch.device("cpu"), world=2) == 1
     seen = []
-    real = analysis.eigenvalues
-    monkeypatch.setattr(analysis, "eigenvalues", lambda *a, **k: seen.append(torch.get_num_threads()) or real(*a, **k))
+    real = analysis.scaled_eigenvalues
+    monkeypatch.setattr(analysis, "scaled_eigenvalues", lambda *a, **k: seen.append(torch.get_num_threads()) or real(*a, **k))
     folder = synth.write(tmp_path / "m", synth.llama(layers=3), synth.LLAMA_CONFIG)
     before = torch.get_num_threads()
     tables = {}

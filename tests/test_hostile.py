@@ -423,6 +423,12 @@ def test_there_are_enough_cases():
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_hostile_input(case, base, tmp_path, monkeypatch):
+    check_case(case, base, tmp_path, monkeypatch)
+
+
+def check_case(case: Case, base: Path, tmp_path: Path, monkeypatch) -> None:
+    """Run one case in-process: its exit status, exactly one `error:` line (naming what `says`), no traceback,
+    nothing of the user's changed and nothing left behind, no code run, no warning."""
     d = tmp_path / "case"
     d.mkdir()
     argv = [str(a) for a in case.build(base, d)]

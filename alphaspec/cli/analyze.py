@@ -121,14 +121,14 @@ def analyze(
     from ..cpu_threads import auto_workers, one_thread_per_solve
     from ..distributed import RankFailure, joined, launched
     from ..esd import resolve_device
-    from ..output import check_output, check_output_dir
+    from ..output import check_output, check_output_dir, input_paths
 
     rank, world, _ = launched()
     if rank == 0:  # under torchrun rank 0 writes everything (a failure here ends the job before it starts)
         if output is not None:
-            check_output(output)
+            check_output(output, inputs=input_paths(source))
         if save_spectra is not None:
-            check_output(save_spectra, (".npz",))
+            check_output(save_spectra, (".npz",), inputs=input_paths(source))
         if plots is not None:
             check_output_dir(plots)
     dev = resolve_device(device)

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import math
+import os
 import re
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -43,7 +49,8 @@ class Commands(TyperGroup):
 
     def main(self, *args, standalone_mode: bool = True, **kwargs):
         try:
-            rv = super().main(*args, standalone_mode=False, **kwargs)
+            with terminate_as_interrupt():
+                rv = super().main(*args, standalone_mode=False, **kwargs)
             code = rv if isinstance(rv, int) else 0
         except _NO_ARGS as e:  # a command called bare: its help, as Typer shows it
             typer.rich_utils.rich_format_help(obj=e.ctx.command, ctx=e.ctx, markup_mode=self.rich_markup_mode)
@@ -55,18 +62,77 @@ class Commands(TyperGroup):
             code = _error_line(e.format_message(), e.exit_code)
         except typer.Abort:
             code = _error_line("aborted", 1)
+        except Stopped as e:
+            code = e.report()
         except AlphaspecError as e:
             code = _error_line(str(e), e.exit_code)
         except OSError as e:
             code = _error_line(describe_os_error(e), 1)
-        except KeyboardInterrupt:
-            code = _error_line("interrupted", 130)
+        except KeyboardInterrupt as e:  # outside a command (while parsing)
+            code = Stopped(e).report()
         if standalone_mode:
             sys.exit(code)
         return code
 
+    def invoke(self, ctx):
+        """Run the command; Ctrl-C, SIGTERM and a closed pipe leave it as Stopped, which Typer and click pass on
+        (they would turn Ctrl-C into a bare exit 130 and a closed pipe into a bare exit 1)."""
+        try:
+            return super().invoke(ctx)
+        except (KeyboardInterrupt, BrokenPipeError) as e:
+            raise Stopped(e) from None
+
+
+class Stopped(Exception):  # noqa: N818 - a command stopped from outside, not a failure of its own
+    """A command stopped by Ctrl-C, SIGTERM or its reader closing the pipe."""
+
+    def __init__(self, cause: BaseException):
+        super().__init__(type(cause).__name__)
+        self.cause = cause
+
+    def report(self) -> int:
+        """The exit status, with one line saying what stopped the command and what it left (none for a pipe)."""
+        if isinstance(self.cause, BrokenPipeError):  # `alphaspec ... | head`: the reader left, as SIGPIPE would end it
+            with contextlib.suppress(OSError, ValueError):  # nothing more to flush at exit (no fd under a test runner)
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 128 + signal.SIGPIPE
+        return _interrupted(self.cause)
+
 
 _NO_ARGS = getattr(click.exceptions, "NoArgsIsHelpError", ())
+RESUME_HINTS = {  # what an interrupted command leaves, by command
+    "train": "the run keeps its last checkpoint; the same command with --resume continues from it",
+    "tokenize": "the cache keeps its complete shards; the same command again continues from the last one",
+}
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's or `kill`'s), raised like Ctrl-C so that locks and temporary files are cleaned up."""
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """While a command runs in the main thread, SIGTERM raises Terminated instead of killing the process."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated()
+
+    before = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def _interrupted(e: BaseException) -> int:
+    """One line saying what stopped the command and what it left; 130 for Ctrl-C, 143 for SIGTERM."""
+    what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted (Ctrl-C)"
+    command = next((c for c in sys.argv[1:] if not c.startswith("-")), "")
+    hint = RESUME_HINTS.get(command, "outputs are written whole or not at all, so none was left half-written")
+    return _error_line(f"{what}: {hint}", 143 if isinstance(e, Terminated) else 130)
 
 
 def _error_line(message: str, code: int) -> int:
@@ -84,8 +150,17 @@ app = typer.Typer(
     rich_markup_mode="markdown",
     pretty_exceptions_enable=False,
 )
-out = Console()
-err = Console(stderr=True)
+class PipeConsole(Console):
+    """rich's console, except that a reader closing the pipe (`| head`) stops the command as SIGPIPE would (exit
+    141, no message) instead of rich's bare exit 1."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        raise BrokenPipeError(errno.EPIPE, "the reader closed the pipe")
+
+
+out = PipeConsole()
+err = PipeConsole(stderr=True)
 
 
 def choice_enum(name: str, values: tuple[str, ...]) -> type[Enum]:

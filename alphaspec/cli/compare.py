@@ -36,9 +36,9 @@ def compare(
     from ..output import check_output, write_table
 
     if output is not None:
-        check_output(output)
+        check_output(output, inputs=runs)
     for figure in filter(None, (plot, plot_multipliers)):
-        check_output(figure, (".png", ".svg", ".pdf"))
+        check_output(figure, (".png", ".svg", ".pdf"), inputs=runs)
     result = compare_runs(runs, baseline)
     if output is not None:
         write_table(result.table, output)
@@ -68,20 +68,31 @@ def compare(
 
 def _multipliers_by_width(result, path: Path) -> None:
     """The width-scaling figure from the runs that learned multipliers (width from each run's config.json)."""
-    import json
-
     from ..output import read_csv_checked
     from ..plots import save_figure
     from ..train.rundir import MULTIPLIER_COLUMNS
     from ..training_plots import multipliers_width_figure
 
-    runs = [(row.label, json.loads((run.path / "config.json").read_text())["hidden_size"],
+    runs = [(row.label, _width(run.path / "config.json"),
              read_csv_checked(run.path / "multipliers.csv", MULTIPLIER_COLUMNS, text=("name", "module", "kind")))
             for run, row in zip(result.runs, result.table.itertuples(), strict=True)
             if (run.path / "multipliers.csv").is_file()]
     if not runs:
         fail("--plot-multipliers: none of the runs learned multipliers (--strategy lrm or --multipliers)")
     save_figure(multipliers_width_figure(runs), path)
+
+
+def _width(config: Path) -> int:
+    """A run's model width, from the config.json its weights were saved with."""
+    from ..errors import first_line, parse_json
+
+    try:
+        width = parse_json(config.read_text(encoding="utf-8"))["hidden_size"]
+        if not isinstance(width, int) or isinstance(width, bool) or width < 1:
+            raise ValueError(f"hidden_size {width!r} is not a positive integer")
+        return width
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        fail(f"{config}: not the model config of a run ({first_line(e)})")
 
 
 def _summary(summary) -> Table:

@@ -73,11 +73,11 @@ def decay_map(
 ) -> None:
     """AlphaDecay module-wise weight decays from the spectra, as a JSON map for any training loop."""
     from ..decay import build_decay_map
-    from ..output import check_output
+    from ..output import check_output, input_paths
 
     spec = DecaySpec(ratio=ratio, assign=_value(assign), metric=_value(metric), preserve_mean=_value(preserve_mean),
                      estimator=_value(estimator), include=include, exclude=exclude, paper_compat=paper_compat)
-    check_output(output, (".json",))
+    check_output(output, (".json",), inputs=input_paths(source))
     default: str | float = default_decay if default_decay in ("all", "matrices") else float(default_decay)
     table, _ = load(source, spec.estimator, device, quiet, split_fused=not paper_compat,
                     farms=spec.metric == "alpha_farms")

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .._version import __version__
-from ..errors import first_line
+from ..errors import first_line, parse_json
 from ..output import atomic_write
 from .sources import DataError, Source
 from .tokenizer import Vocab, load_tokenizer, train_bpe
@@ -74,7 +74,7 @@ def read_manifest(root: Path) -> dict | None:
     if not path.exists():
         return None
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        doc = parse_json(path.read_text(encoding="utf-8"))
         if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
             raise ValueError(f"not an alphaspec token cache (schema {doc.get('schema')!r})")
         return doc

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import AlphaspecError, check_input_file, first_line
+from ..errors import AlphaspecError, check_input_file, first_line, parse_json
 from ..output import atomic_write
 from .cache import TokenCache, build_cache, cache_key, open_cache, read_manifest
 from .sources import DataError, open_sources
@@ -264,7 +264,7 @@ def _held_out(cache: TokenCache, val_fraction: float, seq_len: int, kw: dict) ->
 def _read_link(path: Path) -> dict:
     try:
         check_input_file(path, "run data record")
-        link = json.loads(path.read_text(encoding="utf-8"))
+        link = parse_json(path.read_text(encoding="utf-8"))
         if not isinstance(link, dict) or not isinstance(link.get("train"), str):
             raise ValueError("no 'train' cache named")
         return link

@@ -12,14 +12,14 @@ from __future__ import annotations
 import gzip
 import io
 import itertools
-import json
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import AlphaspecError, first_line, input_kind, os_reason
+from ..errors import AlphaspecError, first_line, input_kind, os_reason, parse_json
 
 TEXT_SUFFIXES = (".txt", ".md", ".rst", ".text")
 JSONL_SUFFIXES = (".jsonl", ".json.gz", ".jsonl.gz", ".jsonl.zst", ".json")
@@ -145,29 +145,42 @@ def _text_pieces(src: Source) -> Iterator[Piece]:
 
 
 def _open_lines(path: Path) -> io.TextIOBase:
+    """The lines of a (compressed) JSON lines file; a UTF-8 byte-order mark at its start is not part of the text."""
     name = path.name.lower()
     if name.endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8")
+        return gzip.open(path, "rt", encoding="utf-8-sig")
     if name.endswith(".zst"):
         try:
             import zstandard
         except ImportError:
             raise DataError(f"{path}: reading .zst needs the zstandard package: pip install 'alphaspec[data]'") from None
         raw = zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True)  # noqa: SIM115 (closed with it)
-        return io.TextIOWrapper(raw, encoding="utf-8")
-    return open(path, encoding="utf-8")
+        return io.TextIOWrapper(raw, encoding="utf-8-sig")
+    return open(path, encoding="utf-8-sig")
 
 
 def _jsonl_pieces(src: Source) -> Iterator[Piece]:
-    with _open_lines(src.path) as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError as e:
-                raise DataError(f"{src.path}:{number}: not a JSON record ({first_line(e)})") from e
-            yield from split_pieces(_field(record, src, f"{src.path}:{number}"))
+    number = 0
+    try:
+        with _open_lines(src.path) as f:
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = parse_json(line)
+                except ValueError as e:
+                    raise DataError(f"{src.path}:{number}: not a JSON record ({first_line(e)})") from e
+                yield from split_pieces(_field(record, src, f"{src.path}:{number}"))
+    except UnicodeDecodeError as e:
+        raise DataError(f"{src.path}:{number + 1}: not UTF-8 text ({first_line(e)})") from e
+    except Exception as e:  # gzip's EOFError/BadGzipFile, zstandard's ZstdError: damaged or truncated data
+        if not isinstance(e, (EOFError, OSError)) and type(e).__name__ != "ZstdError":
+            raise
+        raise DataError(f"{src.path}: the compressed data is damaged or cut short after line {number} "
+                        f"({first_line(e, with_type=True)})") from e
+
+
+SURROGATE = re.compile("[\ud800-\udfff]")  # JSON allows them as escapes; they are not Unicode text
 
 
 def _field(record, src: Source, where: str) -> str:
@@ -177,6 +190,9 @@ def _field(record, src: Source, where: str) -> str:
     text = record[src.text_field]
     if not isinstance(text, str):
         raise DataError(f"{where}: the {src.text_field!r} field is a {type(text).__name__}, not text")
+    if (bad := SURROGATE.search(text)) is not None:
+        raise DataError(f"{where}: the {src.text_field!r} field holds a lone surrogate (\\u{ord(bad.group()):04x}, an "
+                        "escape that is half of a UTF-16 pair), which is not text")
     return text
 
 
@@ -193,6 +209,10 @@ def _parquet_pieces(src: Source) -> Iterator[Piece]:
     if src.text_field not in names:
         raise DataError(f"{src.path}: no column {src.text_field!r} (columns: {', '.join(names[:8])}); "
                         "choose one with --text-field")
+    kind = file.schema_arrow.field(src.text_field).type
+    if str(kind) not in ("string", "large_string", "string_view"):  # a list, bytes or numbers would become reprs
+        raise DataError(f"{src.path}: column {src.text_field!r} holds {kind}, not text; choose a text column "
+                        "with --text-field")
     for batch in file.iter_batches(batch_size=1024, columns=[src.text_field]):
         for text in batch.column(0).to_pylist():
             if text is not None:

@@ -7,14 +7,13 @@ and pads them under `--packing docs`; a hub tokenizer's comes from its own `toke
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from ..errors import AlphaspecError, check_input_file, first_line
+from ..errors import AlphaspecError, check_input_file, first_line, parse_json
 from .sources import DataError
 
 EOS = "<|endoftext|>"
@@ -96,7 +95,7 @@ def _with_eos(tok: Tokenizer, config: Path) -> Vocab:
     name = None
     if config.is_file():
         try:
-            eos = json.loads(config.read_text(encoding="utf-8")).get("eos_token")
+            eos = parse_json(config.read_text(encoding="utf-8")).get("eos_token")
             name = eos.get("content") if isinstance(eos, dict) else eos
         except (OSError, ValueError, AttributeError):
             name = None

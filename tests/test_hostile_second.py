@@ -1,0 +1,225 @@
+"""The second hostile battery: numbers at the edges of floating point, outputs that are inputs, JSON and text
+that break parsers, interruptions. Rows of the same suite as tests/test_hostile.py, checked the same way
+(`check_case`); the numeric cases against numpy's float64 SVD of the same matrices.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import synth
+import torch
+from safetensors.torch import save_file
+from test_hostile import Case, base, check_case, copy, edit_json, llama_dir, write  # noqa: F401 - base: a fixture
+from typer.testing import CliRunner
+
+from alphaspec.cli import app
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# --- numerics: entries near the ends of float32 and float64, against numpy's float64 SVD ------------------------------
+
+
+def hill_median_from_singular_values(s: np.ndarray) -> float:
+    """The median-xmin Hill alpha from singular values: λ = s², so log(λ_i/λ_x) = 2 log(s_i/s_x), which stays
+    finite where s² overflows (1e160) or underflows (1e-170) in float64."""
+    s = np.sort(s)
+    s = s[s > 1e-6 * s[-1]]  # zeros: s² <= 1e-12 λ_max
+    i = len(s) // 2
+    return 1 + (len(s) - i) / (2 * np.log(s[i:] / s[i])).sum()
+
+
+def heavy(rows: int, cols: int, seed: int = 0) -> torch.Tensor:
+    """A heavy-tailed float64 matrix with entries of magnitude ~1 (largest exactly 1)."""
+    w = torch.distributions.StudentT(3.0).sample((rows, cols)).double() if seed == 0 else torch.randn(
+        rows, cols, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return w / w.abs().max()
+
+
+EDGES = [  # (id, entries' scale, stored dtype, --precision)
+    ("fp32-entries-1e30-fp32", 1e30, torch.float32, "fp32"),
+    ("fp32-entries-3e38-fp32", 3e38, torch.float32, "fp32"),
+    ("bf16-entries-3e38-fp32", 3e38, torch.bfloat16, "fp32"),
+    ("fp32-entries-1e-30-fp32", 1e-30, torch.float32, "fp32"),
+    ("fp32-entries-3e38-fp64", 3e38, torch.float32, "fp64"),
+    ("fp64-entries-1e160", 1e160, torch.float64, "fp64"),
+    ("fp64-entries-1e300", 1e300, torch.float64, "fp64"),
+    ("fp64-entries-1e-170", 1e-170, torch.float64, "fp64"),
+    ("fp64-entries-1e160-fp32", 1e160, torch.float64, "fp32"),
+]
+
+
+@pytest.mark.parametrize(("case", "scale", "dtype", "precision"), EDGES, ids=[e[0] for e in EDGES])
+def test_entries_near_the_ends_of_floating_point_give_numpys_alpha(tmp_path, case, scale, dtype, precision):
+    """The Gram product overflowed (an eigh LinAlgError traceback) or underflowed ("all-zero matrix"):
+    the matrix is now scaled by a power of two first, exactly, and the fits use the scaled spectrum."""
+    torch.manual_seed(1)
+    w = (heavy(96, 64) * scale).to(dtype)
+    save_file({"model.layers.0.mlp.up_proj.weight": w}, str(tmp_path / "model.safetensors"))
+    res = CliRunner().invoke(app, ["analyze", str(tmp_path / "model.safetensors"), "--precision", precision,
+                                   "--device", "cpu", "-q", "-o", str(tmp_path / "r.json")])
+    assert res.exit_code == 0, res.output
+    row = json.loads((tmp_path / "r.json").read_text())["matrices"][0]
+    s = np.linalg.svd(w.double().numpy(), compute_uv=False)
+    assert row["status"] == "ok", row
+    assert row["alpha"] == pytest.approx(hill_median_from_singular_values(s), abs=1e-4 if precision == "fp32" else 1e-9)
+    assert row["spectral_norm"] == pytest.approx(s.max(), rel=1e-5 if precision == "fp32" else 1e-12)
+    assert row["log_spectral_norm"] == pytest.approx(2 * np.log10(s.max()), rel=1e-6)
+
+
+@pytest.mark.parametrize("precision", ["fp64", "fp32"])
+@pytest.mark.parametrize("rank", [1, 3])
+def test_low_rank_matrices_have_too_few_eigenvalues_in_either_precision(tmp_path, precision, rank):
+    """Under fp32 the zero eigenvalues of a rank-1 matrix come out near ε·λ_max: they were counted, and a fit
+    reported on round-off. The zero threshold now follows the precision (n·ε in float32)."""
+    g = torch.Generator().manual_seed(rank)
+    w = torch.randn(96, rank, generator=g, dtype=torch.float64) @ torch.randn(rank, 64, generator=g, dtype=torch.float64)
+    save_file({"model.layers.0.mlp.up_proj.weight": w}, str(tmp_path / "model.safetensors"))
+    res = CliRunner().invoke(app, ["analyze", str(tmp_path / "model.safetensors"), "--precision", precision, "-q",
+                                   "-o", str(tmp_path / "r.json")])
+    assert res.exit_code == 0, res.output
+    row = json.loads((tmp_path / "r.json").read_text())["matrices"][0]
+    assert np.linalg.matrix_rank(w.numpy()) == rank
+    assert row["n_zero"] == 64 - rank and row["status"] == f"too few non-zero eigenvalues ({rank} < 10)", row
+
+
+# --- hostile command lines ----------------------------------------------------------------------------------------------
+
+
+def nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+def run_with(b: Path, d: Path, name: str, text: str) -> Path:
+    """A copy of the base run with `name` replaced by `text`."""
+    run = copy(b, d, "run")
+    write(run / name, text)
+    return run
+
+
+def jsonl(path: Path, lines: list[str], opener=open) -> Path:
+    with opener(path, "wt", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
+def parquet_list_column(d: Path) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": [["hello", "world"], ["more", "words"]]}), d / "t.parquet")
+    return d / "t.parquet"
+
+
+def truncated_gz(d: Path) -> Path:
+    jsonl(d / "t.jsonl.gz", [json.dumps({"text": "some words " * 50})] * 200, gzip.open)
+    data = (d / "t.jsonl.gz").read_bytes()
+    (d / "t.jsonl.gz").write_bytes(data[: len(data) // 2])
+    return d / "t.jsonl.gz"
+
+
+def corrupt_zst(d: Path) -> Path:
+    import zstandard
+
+    raw = zstandard.ZstdCompressor().compress(("\n".join([json.dumps({"text": "words " * 40})] * 300)).encode())
+    (d / "t.jsonl.zst").write_bytes(raw[:20] + bytes(64) + raw[84:])
+    return d / "t.jsonl.zst"
+
+
+TOKENIZE = ["--vocab-size", "300", "-q"]
+CASES = [
+    # outputs that are inputs: the command would overwrite what it reads
+    Case("decay-map-o-is-its-input", lambda b, d: ["decay-map", (r := copy(b, d, "results.json")), "-o", r], 2,
+         ("results.json", "input")),
+    Case("analyze-o-into-the-model", lambda b, d: ["analyze", (m := copy(b, d, "model")), "-o", m / "config.json"], 2,
+         ("config.json", "inside")),
+    Case("analyze-file-o-its-config", lambda b, d: ["analyze", (m := copy(b, d, "model") / "model.safetensors"),
+                                                    "-o", m.parent / "config.json"], 2, ("config.json", "input")),
+    Case("analyze-spectra-into-the-model", lambda b, d: ["analyze", (m := copy(b, d, "model")), "--save-spectra",
+                                                         m / "s.npz"], 2, ("s.npz", "inside")),
+    Case("compare-o-into-a-run", lambda b, d: ["compare", (r := copy(b, d, "run")), "-o", r / "metrics.csv"], 2,
+         ("metrics.csv", "inside")),
+    Case("compare-plot-into-a-run", lambda b, d: ["compare", (r := copy(b, d, "run")), "--plot", r / "c.png"], 2,
+         ("c.png", "inside")),
+    # JSON nested past the parser's recursion limit: every JSON file alphaspec reads
+    Case("config-nested-deep", lambda b, d: [
+        "analyze", write(llama_dir(d) / "config.json", '{"a": ' + nested(100_000) + "}").parent], 1,
+         ("config.json", "nested too deeply")),
+    Case("index-nested-deep", lambda b, d: [
+        "analyze", write(llama_dir(d) / "model.safetensors.index.json", nested(100_000)).parent], 1,
+         ("index", "nested too deeply")),
+    Case("decay-map-input-nested-deep", lambda b, d: ["train", "--out", d / "r", "--decay-map",
+                                                      write(d / "wd.json", nested(100_000))], 1, ("wd.json",)),
+    Case("results-nested-deep", lambda b, d: ["decay-map", write(d / "r.json", nested(100_000)), "-o", d / "wd.json"],
+         1, ("r.json", "nested too deeply")),
+    Case("run-json-nested-deep", lambda b, d: ["compare", run_with(b, d, "run.json", nested(100_000)), "-o",
+                                               d / "c.csv"], 1, ("run.json", "nested too deeply")),
+    # text that is not text, compressed data that is damaged
+    Case("jsonl-lone-surrogate", lambda b, d: ["tokenize", jsonl(d / "t.jsonl", ['{"text": "ok words"}',
+                                                                                   '{"text": "bad \\ud800 half"}']),
+                                               "-o", d / "c", *TOKENIZE], 1, ("t.jsonl:2", "lone surrogate")),
+    Case("jsonl-gz-truncated", lambda b, d: ["tokenize", truncated_gz(d), "-o", d / "c", *TOKENIZE], 1,
+         ("t.jsonl.gz", "damaged or cut short")),
+    Case("jsonl-zst-corrupt", lambda b, d: ["tokenize", corrupt_zst(d), "-o", d / "c", *TOKENIZE], 1,
+         ("t.jsonl.zst", "damaged or cut short")),
+    Case("parquet-list-column", lambda b, d: ["tokenize", parquet_list_column(d), "-o", d / "c", *TOKENIZE], 1,
+         ("t.parquet", "list", "not text")),
+]
+
+
+def test_the_second_battery_has_its_cases():
+    assert len({c.id for c in CASES}) == len(CASES) >= 15
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_second_battery(case, base, tmp_path, monkeypatch):  # noqa: F811 - base is test_hostile's fixture
+    check_case(case, base, tmp_path, monkeypatch)
+
+
+def test_a_jsonl_file_with_a_byte_order_mark_is_read(tmp_path):
+    """A UTF-8 byte-order mark (as Windows editors write) was refused as a bad first record."""
+    path = tmp_path / "t.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + "\n".join(json.dumps({"text": f"words of line {i} " * 20})
+                                                  for i in range(50)).encode())
+    res = CliRunner().invoke(app, ["tokenize", str(path), "-o", str(tmp_path / "c"), *TOKENIZE])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "c" / "manifest.json").read_text())["documents"] == 50
+
+
+# --- interruptions and pipes --------------------------------------------------------------------------------------------
+
+
+def test_sigterm_ends_a_command_with_one_line_saying_what_it_left(tmp_path):
+    """SIGTERM (a scheduler's) killed the process without a word; it now ends like Ctrl-C, with cleanup."""
+    text = tmp_path / "t.txt"
+    text.write_text("a few words to train on. " * 400_000)
+    env = os.environ | {"PYTHONPATH": str(ROOT), "COLUMNS": "200"}
+    proc = subprocess.Popen([sys.executable, "-m", "alphaspec", "tokenize", str(text), "-o", str(tmp_path / "c"),
+                             "--vocab-size", "5000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
+    time.sleep(3)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert proc.returncode == 143, err
+    assert lines[-1].startswith("error: terminated (SIGTERM)") and "Traceback" not in err, err
+    assert "continues from the last one" in lines[-1]
+
+
+def test_a_closed_pipe_ends_quietly_as_sigpipe_would(tmp_path):
+    """`alphaspec analyze m | head -1` exited 1 without a word: a reader that leaves is not an error."""
+    model = synth.write(tmp_path / "m", synth.llama(layers=8), synth.LLAMA_CONFIG)
+    env = os.environ | {"PYTHONPATH": str(ROOT), "COLUMNS": "200"}
+    res = subprocess.run(["bash", "-c", f"set -o pipefail; {sys.executable} -m alphaspec analyze {model} | head -1"],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode in (0, 141), (res.returncode, res.stderr)
+    assert "error" not in res.stderr and "Traceback" not in res.stderr, res.stderr
