@@ -136,6 +136,50 @@ def corrupt_zst(d: Path) -> Path:
 
 
 TOKENIZE = ["--vocab-size", "300", "-q"]
+TRAIN = ["--seq-len", "16", "--batch-size", "2", "--steps", "2", "--eval-every", "2", "--eval-windows", "2", "-q"]
+
+
+def cache_copy(b: Path, d: Path, change=None) -> Path:
+    """A copy of a token cache of the base text (made once per base), its manifest edited by `change`."""
+    if not (b / "cache" / "manifest.json").exists():
+        res = CliRunner().invoke(app, ["tokenize", str(b / "text.txt"), "-o", str(b / "cache"), *TOKENIZE])
+        assert res.exit_code == 0, res.output
+    cache = copy(b, d, "cache")
+    if change is not None:
+        edit_json(cache / "manifest.json", change)
+    return cache
+
+
+def shard(i: int = 0, **fields):
+    """A manifest edit: fields of shard i replaced."""
+    return lambda m: m["shards"][i].update(fields)
+
+
+def negative_ids(d: Path) -> Path:
+    np.save(d / "ids.npy", np.array([5, 7, -1, 9] * 50, dtype=np.int32))
+    return d / "ids.npy"
+
+
+def swapped_tokenizer(b: Path, d: Path) -> Path:
+    """The cache's tokenizer.json replaced by a smaller vocabulary's (its ids would wrap past it)."""
+    cache = cache_copy(b, d)
+    small = d / "small"
+    res = CliRunner().invoke(app, ["tokenize", str(b / "text.txt"), "-o", str(small), "--vocab-size", "260", "-q"])
+    assert res.exit_code == 0, res.output
+    (cache / "tokenizer.json").write_bytes((small / "tokenizer.json").read_bytes())
+    import shutil
+
+    shutil.rmtree(small)
+    return cache
+
+
+def truncated_table(b: Path, d: Path) -> Path:
+    cache = cache_copy(b, d)
+    table = cache / "docs-00000.npy"
+    table.write_bytes(table.read_bytes()[:60])
+    return cache
+
+
 CASES = [
     # outputs that are inputs: the command would overwrite what it reads
     Case("decay-map-o-is-its-input", lambda b, d: ["decay-map", (r := copy(b, d, "results.json")), "-o", r], 2,
@@ -173,6 +217,33 @@ CASES = [
          ("t.jsonl.zst", "damaged or cut short")),
     Case("parquet-list-column", lambda b, d: ["tokenize", parquet_list_column(d), "-o", d / "c", *TOKENIZE], 1,
          ("t.parquet", "list", "not text")),
+    # token caches that name, hold or promise the wrong things: refused before training starts
+    Case("cache-shard-outside", lambda b, d: ["train", "--out", d / "r", "--data",
+                                              cache_copy(b, d, shard(file="../secret.bin")), *TRAIN], 1,
+         ("manifest.json", "../secret.bin", "not a shard file")),
+    Case("cache-shard-absolute", lambda b, d: ["train", "--out", d / "r", "--data",
+                                               cache_copy(b, d, shard(docs="/etc/passwd")), *TRAIN], 1,
+         ("manifest.json", "not a shard file")),
+    Case("cache-dtype-float16", lambda b, d: ["train", "--out", d / "r", "--data",
+                                              cache_copy(b, d, lambda m: m.update(dtype="float16")), *TRAIN], 1,
+         ("manifest.json", "float16")),
+    Case("cache-no-token-count", lambda b, d: ["train", "--out", d / "r", "--data",
+                                               cache_copy(b, d, lambda m: m.pop("tokens") and None), *TRAIN], 1,
+         ("manifest.json", "no tokens")),
+    Case("cache-table-truncated", lambda b, d: ["train", "--out", d / "r", "--data", truncated_table(b, d), *TRAIN], 1,
+         ("docs-00000.npy", "damaged document table")),
+    Case("cache-ends-past-the-shard", lambda b, d: ["train", "--out", d / "r", "--data",
+                                                    cache_copy(b, d, shard(tokens=10)), *TRAIN], 1,
+         ("tokens-00000.bin", "missing or damaged")),
+    Case("cache-ids-past-the-vocabulary", lambda b, d: ["train", "--out", d / "r", "--data",
+                                                        cache_copy(b, d, shard(max_id=10**6)), *TRAIN], 1,
+         ("tokens-00000.bin", "outside the vocabulary")),
+    Case("cache-tokenizer-swapped", lambda b, d: ["train", "--out", d / "r", "--data", swapped_tokenizer(b, d), *TRAIN],
+         1, ("tokenizer.json", "replaced")),
+    Case("npy-negative-ids", lambda b, d: ["tokenize", negative_ids(d), "--tokenizer", cache_copy(b, d) /
+                                           "tokenizer.json", "-o", d / "c", "-q"], 1, ("ids.npy", "negative")),
+    Case("same-file-twice", lambda b, d: ["tokenize", write(d / "a.txt", "some text " * 300), d / "." / "a.txt",
+                                          "-o", d / "c", *TOKENIZE], 1, ("a.txt", "given twice")),
 ]
 
 
@@ -193,6 +264,40 @@ def test_a_jsonl_file_with_a_byte_order_mark_is_read(tmp_path):
     res = CliRunner().invoke(app, ["tokenize", str(path), "-o", str(tmp_path / "c"), *TOKENIZE])
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "c" / "manifest.json").read_text())["documents"] == 50
+
+
+def test_tokenizing_a_directory_into_itself_twice_reads_only_the_data(base, tmp_path):  # noqa: F811
+    """`tokenize data/ -o data/cache` failed the second time: its own shards had become sources."""
+    (tmp_path / "data").mkdir()
+    write(tmp_path / "data" / "a.txt", (base / "text.txt").read_text()[:20_000])
+    argv = ["tokenize", str(tmp_path / "data"), "-o", str(tmp_path / "data" / "cache"), *TOKENIZE]
+    for _ in range(2):
+        res = CliRunner().invoke(app, argv)
+        assert res.exit_code == 0, res.output
+    manifest = json.loads((tmp_path / "data" / "cache" / "manifest.json").read_text())
+    assert [Path(s[0]).name for s in manifest["key"]["sources"]] == ["a.txt"] or len(manifest["key"]["sources"]) == 1
+
+
+def test_two_tokenize_runs_into_one_cache_exactly_one_writes(tmp_path):
+    """Two tokenize runs with different data into one directory both exited 0 and could leave a mixed cache
+    (the manifest is written after the BPE is trained, so the second saw an empty directory). The cache is
+    locked as run directories are: while one tokenize holds it, another says so and changes nothing."""
+    from alphaspec.train.cache import LOCK
+    from alphaspec.train.rundir import exclusive_lock
+
+    (tmp_path / "c").mkdir()
+    held = exclusive_lock(tmp_path / "c" / LOCK, RuntimeError("held"))  # what a running tokenize holds
+    try:
+        other = write(tmp_path / "other.txt", "other words " * 2000)
+        env = os.environ | {"PYTHONPATH": str(ROOT), "COLUMNS": "200"}
+        res = subprocess.run([sys.executable, "-m", "alphaspec", "tokenize", str(other), "-o", str(tmp_path / "c"),
+                              "--vocab-size", "300", "-q"], capture_output=True, text=True, env=env, timeout=120)
+    finally:
+        held.close()
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert res.returncode == 1 and len(lines) == 1, res.stderr
+    assert "another alphaspec tokenize is writing this cache" in lines[0]
+    assert [p.name for p in (tmp_path / "c").iterdir()] == [LOCK]
 
 
 # --- interruptions and pipes --------------------------------------------------------------------------------------------

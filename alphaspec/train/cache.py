@@ -14,6 +14,7 @@ run resumes there, and a finished cache with the same fingerprints is reused as 
 from __future__ import annotations
 
 import json
+import re
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -24,10 +25,12 @@ import numpy as np
 from .._version import __version__
 from ..errors import first_line, parse_json
 from ..output import atomic_write
+from .rundir import exclusive_lock
 from .sources import DataError, Source
 from .tokenizer import Vocab, load_tokenizer, train_bpe
 
 SCHEMA = "alphaspec.token-cache/1"
+LOCK = ".lock"  # held by the tokenize writing the cache
 SHARD_TOKENS = 1 << 24
 BATCH_CHARS = 2 << 20  # text per encode_batch call: a few pieces for the cores, few Encoding objects alive
 
@@ -54,12 +57,36 @@ class TokenCache:
             out.append(np.memmap(path, dtype=dtype, mode="r") if shard["tokens"] else np.zeros(0, dtype))
         return out
 
+    def _document_table(self, shard: dict) -> tuple[np.ndarray, np.ndarray]:
+        """A shard's document table, checked: (end offset, text hash) pairs, ends rising to the shard's size."""
+        path = self.root / shard["docs"]
+        try:
+            table = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as e:
+            raise DataError(f"{path}: damaged document table ({first_line(e)}); run `alphaspec tokenize` again "
+                            "into a new directory") from e
+        ok = table.ndim == 2 and table.shape[1] == 2 and table.dtype == np.int64 and len(table) > 0
+        ends = table[:, 0] if ok else np.zeros(0, np.int64)
+        if not ok or ends[0] <= 0 or (np.diff(ends) <= 0).any() or ends[-1] != shard["tokens"]:
+            raise DataError(f"{path}: damaged document table (its document ends do not rise to the shard's "
+                            f"{shard['tokens']} tokens); run `alphaspec tokenize` again into a new directory")
+        return ends, table
+
+    def check_ids(self, vocab_size: int) -> None:
+        """Every token id within a vocabulary of `vocab_size` (the shards' recorded largest ids, or a pass over
+        shards written before those were recorded)."""
+        for shard, tokens in zip(self.manifest["shards"], self.shards(), strict=True):
+            top = shard.get("max_id")
+            top = top if top is not None else (int(tokens.max()) if len(tokens) else 0)
+            if top >= vocab_size:
+                raise DataError(f"{self.root / shard['file']}: token id {top} is outside the vocabulary of "
+                                f"{vocab_size}; the cache does not belong to this tokenizer")
+
     def documents(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(starts, lengths, keys) of every document, in global token positions over all shards."""
         starts, lengths, keys, offset = [], [], [], 0
         for shard in self.manifest["shards"]:
-            table = np.load(self.root / shard["docs"], allow_pickle=False)
-            ends = table[:, 0]
+            ends, table = self._document_table(shard)
             begin = np.concatenate([[0], ends[:-1]])
             starts.append(begin + offset)
             lengths.append(ends - begin)
@@ -70,6 +97,7 @@ class TokenCache:
 
 
 def read_manifest(root: Path) -> dict | None:
+    """The manifest of the cache in `root` (None when there is none), every field it must have checked."""
     path = root / "manifest.json"
     if not path.exists():
         return None
@@ -77,9 +105,45 @@ def read_manifest(root: Path) -> dict | None:
         doc = parse_json(path.read_text(encoding="utf-8"))
         if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
             raise ValueError(f"not an alphaspec token cache (schema {doc.get('schema')!r})")
+        _check_manifest(doc)
         return doc
     except (OSError, ValueError, AttributeError) as e:
         raise DataError(f"{path}: not a token cache manifest ({first_line(e)})") from e
+
+
+SHARD_NAME = re.compile(r"(tokens|docs)-\d{5,}\.(bin|npy)")  # as _ShardWriter names them: plain names in the cache
+COUNTS = ("tokens", "documents")
+
+
+def _check_manifest(doc: dict) -> None:
+    """The fields a cache is read by, with their types; shard files only by plain names inside the cache."""
+    def count(value, what: str) -> int:
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"{what} is {value!r}, not a count")
+        return value
+
+    missing = [k for k in ("key", "tokenizer", "dtype", "shards", "next", "complete", *COUNTS) if k not in doc]
+    if missing:
+        raise ValueError(f"no {', '.join(missing)}")
+    if doc["dtype"] not in ("uint16", "uint32"):
+        raise ValueError(f"token dtype {doc['dtype']!r}; token ids are uint16 or uint32")
+    if not isinstance(doc["tokenizer"], dict) or not isinstance(doc["shards"], list):
+        raise ValueError("'tokenizer' must be an object and 'shards' a list")
+    eos = doc["tokenizer"].get("eos_id")
+    if eos is not None:
+        count(eos, "eos_id")
+    for k in COUNTS:
+        count(doc[k], k)
+    for i, shard in enumerate(doc["shards"]):
+        if not isinstance(shard, dict):
+            raise ValueError(f"shard {i} is not an object")
+        for k in ("file", "docs"):
+            name = shard.get(k)
+            if not isinstance(name, str) or not SHARD_NAME.fullmatch(name):
+                raise ValueError(f"shard {i} names {k} {name!r}: not a shard file of this cache")
+        count(shard.get("tokens"), f"shard {i}'s tokens")
+        if shard.get("max_id") is not None:
+            count(shard["max_id"], f"shard {i}'s max_id")
 
 
 def open_cache(root: Path) -> TokenCache:
@@ -90,7 +154,12 @@ def open_cache(root: Path) -> TokenCache:
     if not manifest.get("complete"):
         raise DataError(f"{root}: the token cache is unfinished; run `alphaspec tokenize` with the same sources "
                         "and -o to finish it")
-    return TokenCache(root, manifest)
+    cache = TokenCache(root, manifest)
+    made_with = manifest["tokenizer"].get("sha")
+    if made_with is not None and cache.vocab.fingerprint() != made_with:
+        raise DataError(f"{root / 'tokenizer.json'}: not the tokenizer the cache was made with (it was replaced)")
+    cache.check_ids(cache.vocab.size)
+    return cache
 
 
 def cache_key(sources: Sequence[Source], tokenizer: Vocab | None, vocab_size: int) -> dict:
@@ -107,19 +176,29 @@ def build_cache(sources: Sequence[Source], root: Path, tokenizer: Vocab | None =
     progress(stage, characters, tokens[, source index, characters of that source]) reports as it goes."""
     key = cache_key(sources, tokenizer, vocab_size)
     created = not root.exists()
-    manifest = _start(root, key)
-    if manifest.get("complete"):
-        return TokenCache(root, manifest)
+    _start(root, key)  # refuses a directory of other data before anything is made
+    lock = exclusive_lock(root / LOCK, DataError(
+        f"{root}: another alphaspec tokenize is writing this cache (it holds {root / LOCK}); wait for it to finish"))
+    cleaned = False
     try:
-        return _fill(sources, root, manifest, tokenizer, vocab_size, progress, shard_tokens)
-    except BaseException:
-        if created and not manifest["shards"]:  # nothing worth resuming: leave no directory behind
-            for name in ("manifest.json", "tokenizer.json"):
-                (root / name).unlink(missing_ok=True)
-            for stray in root.glob(".*.tmp"):
-                stray.unlink(missing_ok=True)
+        manifest = _start(root, key)  # again, under the lock: what the last writer left
+        if manifest.get("complete"):
+            return TokenCache(root, manifest)
+        try:
+            return _fill(sources, root, manifest, tokenizer, vocab_size, progress, shard_tokens)
+        except BaseException:
+            if created and not manifest["shards"]:  # nothing worth resuming: leave no directory behind
+                for name in ("manifest.json", "tokenizer.json"):
+                    (root / name).unlink(missing_ok=True)
+                for stray in root.glob(".*.tmp"):
+                    stray.unlink(missing_ok=True)
+                cleaned = True
+            raise
+    finally:
+        lock.close()
+        if cleaned:
+            (root / LOCK).unlink(missing_ok=True)
             root.rmdir()
-        raise
 
 
 def _fill(sources: Sequence[Source], root: Path, manifest: dict, tokenizer: Vocab | None, vocab_size: int,
@@ -132,6 +211,7 @@ def _fill(sources: Sequence[Source], root: Path, manifest: dict, tokenizer: Voca
             tokenizer = train_bpe((text for s in sources if s.kind != "tokens" for text, _ in s.pieces()), vocab_size)
         atomic_write(root / "tokenizer.json", lambda tmp: tokenizer.tokenizer.save(tmp))
         manifest["tokenizer"]["eos_id"] = tokenizer.eos_id
+    manifest["tokenizer"]["sha"] = tokenizer.fingerprint()  # open_cache checks the tokenizer.json it finds
     manifest["dtype"] = "uint16" if tokenizer.size <= 65536 else "uint32"
     _write_manifest(root, manifest)
     writer = _ShardWriter(root, manifest, shard_tokens)
@@ -154,7 +234,7 @@ def _start(root: Path, key: dict) -> dict:
         for stray in root.glob(".*.tmp"):  # a shard being written when the last run was killed
             stray.unlink(missing_ok=True)
         return manifest
-    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+    if root.exists() and (not root.is_dir() or any(p.name != LOCK for p in root.iterdir())):
         raise DataError(f"{root}: exists and is not a token cache; choose a new or empty directory")
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -231,6 +311,8 @@ def _token_documents(source: Source, vocab: Vocab, chunk: int = 1 << 24) -> Iter
     ids = source.tokens()
     for begin in range(0, len(ids), chunk):
         part = np.asarray(ids[begin:begin + chunk])
+        if len(part) and part.dtype.kind == "i" and int(part.min()) < 0:
+            raise DataError(f"{source.path}: token id {int(part.min())} is negative; token ids count from 0")
         if len(part) and int(part.max()) >= vocab.size:
             raise DataError(f"{source.path}: token id {int(part.max())} is outside the tokenizer's vocabulary "
                             f"of {vocab.size}")
@@ -269,7 +351,8 @@ class _ShardWriter:
             atomic_write(self.root / file, lambda tmp: tokens.tofile(tmp))
             table = np.asarray(self.ends, dtype=np.int64)
             atomic_write(self.root / docs, lambda tmp: _save_npy(tmp, table))
-            m["shards"].append({"file": file, "docs": docs, "tokens": int(len(tokens)), "documents": len(table)})
+            m["shards"].append({"file": file, "docs": docs, "tokens": int(len(tokens)), "documents": len(table),
+                                "max_id": int(tokens.max())})
             m["tokens"] += int(len(tokens))
             m["documents"] += len(table)
             self.parts, self.ends, self.count = [], [], 0

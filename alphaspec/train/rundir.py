@@ -102,7 +102,15 @@ def _make_dir(path: Path) -> bool:
 
 def _lock(path: Path):
     """An open file holding the exclusive lock of RUN/.lock; a RunError when another process holds it."""
-    f = open(path / LOCK, "a+")  # noqa: SIM115 - held open for the life of the run
+    return exclusive_lock(path / LOCK, RunError(
+        f"{path}: another alphaspec train is using this run directory (it holds {path / LOCK}); wait for it to "
+        "finish, or pick another --out"))
+
+
+def exclusive_lock(file: Path, busy: Exception):
+    """An open file holding the exclusive lock of `file` (made if missing); `busy` is raised when another
+    process holds it. The lock goes with the process, however it ends."""
+    f = open(file, "a+")  # noqa: SIM115 - held open for as long as the lock is
     try:
         if fcntl is not None:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -110,8 +118,7 @@ def _lock(path: Path):
             msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
     except OSError as e:
         f.close()
-        raise RunError(f"{path}: another alphaspec train is using this run directory (it holds {path / LOCK}); "
-                       "wait for it to finish, or pick another --out") from e
+        raise busy from e
     return f
 
 

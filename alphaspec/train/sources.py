@@ -96,6 +96,14 @@ def open_sources(specs: Sequence[str | Path], text_field: str = "text") -> list[
             out.append(Source(spec, _kind_of(path), path, text_field))
         else:
             raise DataError(f"{path}: is a {kind}, not a data file")
+    seen: dict[Path, str] = {}
+    for src in out:
+        if src.path is not None and src.kind != "hf":
+            where = src.path.resolve()
+            if where in seen:
+                raise DataError(f"{src.spec}: given twice (also as {seen[where]}); each file is read once, so name "
+                                "it once")
+            seen[where] = src.spec
     return out
 
 
@@ -111,12 +119,23 @@ def _directory(path: Path, text_field: str) -> list[Source]:
     if (path / "state.json").is_file() and (path / "dataset_info.json").is_file():  # datasets' save_to_disk
         return [Source(str(path), "hf", path, text_field)]
     known = TEXT_SUFFIXES + JSONL_SUFFIXES + PARQUET_SUFFIXES + TOKEN_SUFFIXES
+    caches = {m.parent for m in path.rglob("manifest.json") if _is_token_cache(m)}  # e.g. `tokenize data/ -o data/c`
     found = sorted(f for f in path.rglob("*") if f.is_file() and f.name.lower().endswith(known)
-                   and not any(part.startswith(".") for part in f.relative_to(path).parts))
+                   and not any(part.startswith(".") for part in f.relative_to(path).parts)
+                   and not any(c == f.parent or c in f.parents for c in caches))
     if not found:
         raise DataError(f"{path}: no data files (.txt, .md, .jsonl, .json.gz, .jsonl.zst, .parquet, .bin, .npy) "
                         "in this directory")
     return [Source(str(f), _kind_of(f), f, text_field) for f in found]
+
+
+def _is_token_cache(manifest: Path) -> bool:
+    """Whether a manifest.json is an alphaspec token cache's (its shards are outputs, not data)."""
+    try:
+        with open(manifest, encoding="utf-8") as f:
+            return '"alphaspec.token-cache/' in f.read(4096)
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def split_pieces(text: str, last: bool = True) -> Iterator[Piece]:
