@@ -136,12 +136,15 @@ def solve_batch(batch: list[tuple[MatrixSpec, torch.Tensor]], dev: torch.device,
     ok, _ = finite_scale(w)
     ok = ok.tolist()
     failure = None
+    finite = w if all(ok) else w[torch.tensor(ok, device=w.device)]
+    eigs, exponents = [], torch.zeros(0, dtype=torch.int64)
     try:
-        eigs, exponents = scaled_eigenvalues(w if all(ok) else w[torch.tensor(ok, device=w.device)], dev, how.precision)
+        if len(finite):
+            eigs, exponents = scaled_eigenvalues(finite, dev, how.precision)
     except RuntimeError as err:  # torch.OutOfMemoryError, LinAlgError and CUDA/cuSOLVER errors are RuntimeErrors
         failure = err
     if failure is not None:  # raised outside the handler, so the exception holds no frame (or GPU buffer) of the solve
-        del w, mats
+        del w, mats, finite
         raise SolveError.of([spec for spec, _ in batch], failure, dev)
     solved = iter(zip(eigs, exponents.tolist(), strict=True))
     out = []

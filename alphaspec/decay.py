@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -168,8 +169,7 @@ class DecayMap:
             raise DecayMapError(f"{where}: malformed decay map (missing field {e})") from e
         except (TypeError, ValueError) as e:
             raise DecayMapError(f"{where}: malformed decay map ({e})") from e
-        names = [m["name"] for m in mods]
-        repeated = sorted({n for n in names if names.count(n) > 1})
+        repeated = sorted(n for n, k in Counter(m["name"] for m in mods).items() if k > 1)
         if repeated:
             raise DecayMapError(f"{where}: names listed more than once: {', '.join(repeated[:5])}")
         if dmap.default_policy not in POLICIES:
@@ -218,9 +218,15 @@ def _decay(value, field: str) -> float:
     return number
 
 
+MAX_TEXT = 1000  # characters of a name or setting in a map: parameter names are far shorter
+
+
 def _text(value, field: str) -> str:
     if not isinstance(value, str):
-        raise TypeError(f"{field} must be a string, not {json.dumps(value)}")
+        shown = json.dumps(value)
+        raise TypeError(f"{field} must be a string, not {shown if len(shown) <= 60 else type(value).__name__}")
+    if len(value) > MAX_TEXT:
+        raise ValueError(f"a {field} of {len(value):,} characters (at most {MAX_TEXT})")
     return value
 
 

@@ -112,6 +112,10 @@ def atomic_write(path: Path, write) -> None:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(err, OSError) and not isinstance(err, OutputError):
             raise OutputError(f"{path}: cannot write ({os_reason(err)})") from err
+        if type(err).__name__ == "SafetensorError":  # safetensors' own error wraps the OS's (a full disk, ...)
+            text = first_line(err)
+            reason = "no space left on the device" if "StorageFull" in text or "No space left" in text else text
+            raise OutputError(f"{path}: cannot write ({reason})") from err
         raise
 
 

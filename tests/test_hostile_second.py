@@ -180,6 +180,35 @@ def truncated_table(b: Path, d: Path) -> Path:
     return cache
 
 
+def word_level_without_unk(d: Path) -> Path:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    tok = Tokenizer(models.WordLevel({"hello": 0, "world": 1}))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.save(str(d / "wl.json"))
+    return d / "wl.json"
+
+
+def huge_name_map(b: Path, d: Path) -> Path:
+    return edit_json(copy(b, d, "wd.json"), lambda m: m["modules"][0].update(name="x" * 50_000_000))
+
+
+def many_module_map(b: Path, d: Path) -> Path:
+    """100,000 entries: their names were checked for repeats one by one against all (quadratic)."""
+    def grow(m):
+        m["modules"] = [{**m["modules"][0], "name": f"model.layers.{i}.mlp.up_proj.weight"} for i in range(100_000)]
+    return edit_json(copy(b, d, "wd.json"), grow)
+
+
+def safetensors_disk_full(monkeypatch) -> None:
+    from safetensors import SafetensorError
+
+    def full(*args, **kwargs):
+        raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No '
+                              'space left on device" })')
+    monkeypatch.setattr("alphaspec.train.rundir.save_file", full)
+
+
 CASES = [
     # outputs that are inputs: the command would overwrite what it reads
     Case("decay-map-o-is-its-input", lambda b, d: ["decay-map", (r := copy(b, d, "results.json")), "-o", r], 2,
@@ -242,6 +271,30 @@ CASES = [
          1, ("tokenizer.json", "replaced")),
     Case("npy-negative-ids", lambda b, d: ["tokenize", negative_ids(d), "--tokenizer", cache_copy(b, d) /
                                            "tokenizer.json", "-o", d / "c", "-q"], 1, ("ids.npy", "negative")),
+    # numbers that would hang, exhaust memory or abort the process: refused before the work
+    Case("tokenize-workers-a-million", lambda b, d: ["tokenize", write(d / "a.txt", "words " * 300), "-o", d / "c",
+                                                     "--workers", "1000000", *TOKENIZE], 2, ("--workers", "1024")),
+    Case("tokenize-vocab-1e11", lambda b, d: ["tokenize", write(d / "a.txt", "words " * 300), "-o", d / "c",
+                                              "--vocab-size", "100000000000", "-q"], 2, ("--vocab-size",)),
+    Case("train-vocab-1e11", lambda b, d: ["train", "--out", d / "r", "--vocab-size", "100000000000", *TRAIN], 2,
+         ("--vocab-size",)),
+    Case("train-batch-1e9", lambda b, d: ["train", "--out", d / "r", "--data", cache_copy(b, d), "--batch-size",
+                                          "1000000000", "--seq-len", "16", "--steps", "2", "-q"], 1,
+         ("--batch-size", "GiB", "--micro-batch")),
+    Case("train-lr-1e30", lambda b, d: ["train", "--out", d / "r", "--data", cache_copy(b, d), "--lr", "1e30",
+                                        "--log-every", "1", *TRAIN, "--steps", "6"], 1,
+         ("training loss became nan", "--lr")),
+    Case("train-disk-full-weights", lambda b, d: ["train", "--out", d / "r", "--data", cache_copy(b, d), *TRAIN], 1,
+         ("model.safetensors", "no space left"), patch=safetensors_disk_full),
+    Case("tokenizer-word-level-without-unk", lambda b, d: ["tokenize", write(d / "a.txt", "hello world foo " * 300),
+                                                           "--tokenizer", word_level_without_unk(d), "-o", d / "c",
+                                                           "-q"], 1, ("a.txt", "cannot encode", "[UNK]")),
+    Case("decay-map-huge-name", lambda b, d: ["train", "--out", d / "r", "--decay-map", huge_name_map(b, d), *TRAIN], 1,
+         ("wd.json", "50,000,000 characters")),
+    Case("decay-map-100k-modules", lambda b, d: ["train", "--out", d / "r", "--decay-map", many_module_map(b, d),
+                                                 *TRAIN], 1, ("wd.json",)),
+    Case("hf-dir-not-a-dataset", lambda b, d: ["tokenize", f"hf:{(d / 'x').mkdir() or d / 'x'}", "-o", d / "c",
+                                               "-q"], 1, ("not a dataset saved with save_to_disk",)),
     Case("same-file-twice", lambda b, d: ["tokenize", write(d / "a.txt", "some text " * 300), d / "." / "a.txt",
                                           "-o", d / "c", *TOKENIZE], 1, ("a.txt", "given twice")),
 ]

@@ -43,11 +43,13 @@ def tokenize(
                                          "or one this command started).")],
     tokenizer: Annotated[str | None, typer.Option(metavar="TOKENIZER", help=DataOptions.__dataclass_fields__[
         "tokenizer"].metadata["help"])] = None,
-    vocab_size: Annotated[int, typer.Option(min=256, help="Vocabulary of the trained BPE (without --tokenizer).")]
+    vocab_size: Annotated[int, typer.Option(min=256, max=1 << 20, help="Vocabulary of the trained BPE (without "
+                                            "--tokenizer; at most 1,048,576).")]
     = DataOptions.vocab_size,
     text_field: Annotated[str, typer.Option(metavar="NAME", help="The text field of JSON records, Parquet rows and "
                                             "datasets.")] = DataOptions.text_field,
-    workers: Annotated[int, typer.Option(min=0, help="Threads encoding text (0: every core).")] = 0,
+    workers: Annotated[int, typer.Option(min=0, max=1024, help="Threads encoding text (0: every core; at most "
+                                         "1024).")] = 0,
     quiet: Quiet = False,
 ) -> None:
     """Tokenise training data once into sharded token files that every run reuses."""

@@ -277,14 +277,18 @@ def _encoded(source: Source, vocab: Vocab, skip: int) -> Iterator[tuple[np.ndarr
         batch.append((text, last))
         size += len(text)
         if size >= BATCH_CHARS:
-            yield from _encode_batch(batch, vocab, state)
+            yield from _encode_batch(batch, vocab, state, source)
             batch, size = [], 0
-    yield from _encode_batch(batch, vocab, state)
+    yield from _encode_batch(batch, vocab, state, source)
 
 
-def _encode_batch(batch: list[tuple[str, bool]], vocab: Vocab, state: dict) -> Iterator[tuple[np.ndarray, int, int]]:
+def _encode_batch(batch: list[tuple[str, bool]], vocab: Vocab, state: dict,
+                  source: Source) -> Iterator[tuple[np.ndarray, int, int]]:
     # pieces of one long document are encoded apart; each is cut after a newline, as BPE pre-tokenising would
-    encodings = vocab.tokenizer.encode_batch([t for t, _ in batch], add_special_tokens=False) if batch else []
+    try:
+        encodings = vocab.tokenizer.encode_batch([t for t, _ in batch], add_special_tokens=False) if batch else []
+    except Exception as e:  # tokenizers raises plain Exceptions (a WordLevel model without [UNK], ...)
+        raise DataError(f"{source.spec}: the tokenizer cannot encode this text ({first_line(e)})") from e
     for (text, last), enc in zip(batch, encodings, strict=True):
         state["ids"].append(np.asarray(enc.ids, dtype=np.uint32))
         state["key"] = zlib.crc32(text.encode("utf-8"), state["key"])

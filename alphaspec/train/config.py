@@ -79,7 +79,7 @@ class DataOptions:
     text_field: str = option("text", "The text field of JSON records, Parquet rows and datasets.", metavar="NAME")
     tokenizer: str | None = option(None, "A tokenizer.json, a directory with one, or a hub id such as gpt2 or "
                                    "t5-base (default: train a byte-level BPE on the data).", metavar="TOKENIZER")
-    vocab_size: int = option(4096, "Vocabulary of the trained tokenizer.", min=256)
+    vocab_size: int = option(4096, "Vocabulary of the trained tokenizer (at most 1,048,576).", min=256, max=1 << 20)
     seq_len: int = option(128, "Tokens per sequence.", min=2)
     packing: str = option("concat", "concat: windows of the EOS-separated document stream; docs: one document per "
                           "row, truncated or padded (padding out of the loss).", choices=PACKINGS)

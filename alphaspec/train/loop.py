@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import platform
 import sys
 import time
@@ -86,8 +87,8 @@ def train(cfg: TrainConfig, on_log: Callable[[dict], None] | None = None,
     except BaseException:
         # A run that fails while being set up (bad decay map, bad data, ...) removes what it created, so the
         # same --out works again once the cause is fixed; what was there before stays. Once training started,
-        # files stay.
-        if rd is not None and not marks.get("started"):
+        # files stay, unless the loss diverged before anything was saved.
+        if rd is not None and (not marks.get("started") or (marks.get("diverged") and not marks.get("saved"))):
             rd.remove_created()
         raise
     finally:
@@ -95,6 +96,10 @@ def train(cfg: TrainConfig, on_log: Callable[[dict], None] | None = None,
             rd.release()
         if owns_group:
             dist.destroy_process_group()
+
+
+class Diverged(RunError):
+    """The training loss became NaN or infinite: the run stops (with the loss it reached) rather than going on."""
 
 
 def select_device(device: str, world: int, local: int) -> torch.device:
@@ -225,7 +230,16 @@ def _train(cfg: TrainConfig, path: Path, rd: RunDir | None, rank: int, world: in
            on_start, on_status, on_warning, marks: dict) -> dict:
     """Set up, then the step loop: batch, forward/backward, clip, step, strategy, log, evaluate, checkpoint."""
     r = _prepare(cfg, path, rd, rank, world, device, on_start, on_status, on_warning)
-    cfg, last = r.cfg, {}
+    try:
+        return _steps(r, path, marks, on_log)
+    finally:  # the CSV logs are closed however the loop ends (a diverged loss, Ctrl-C, an error)
+        for csv_log in r.logs.values():
+            csv_log.close()
+
+
+def _steps(r: Run, path: Path, marks: dict, on_log) -> dict:
+    """The step loop: batch, forward/backward, clip, step, strategy, log, evaluate, checkpoint."""
+    cfg, rank, device, last = r.cfg, r.rank, r.device, {}
     loss_sum, n_loss, n_tokens, t_last = torch.zeros((), device=device), 0, 0, time.perf_counter()
     marks["started"] = True
     for step in range(r.start + 1, cfg.schedule.steps + 1):
@@ -246,15 +260,19 @@ def _train(cfg: TrainConfig, path: Path, rd: RunDir | None, rank: int, world: in
         if step % cfg.run.log_every and not do_eval:
             continue
         last = _log(r, step, loss_sum, n_loss, n_tokens, grad_norm, time.perf_counter() - t_last, do_eval, on_log)
+        if not math.isfinite(last["loss"]):  # every rank sees the same all-reduced loss, so every rank stops
+            marks["diverged"] = True
+            raise Diverged(f"{path}: the training loss became {last['loss']} by step {step} (lr {last['lr']:.3g}); the "
+                           "run stopped" + (", its last checkpoint kept" if marks.get("saved") else " and was removed, "
+                           "as nothing was saved yet") + ". Lower --lr or raise --warmup-steps")
         if step % cfg.run.checkpoint_every == 0 or step == cfg.schedule.steps:
             _checkpoint(path, step, r.model, r.optimizer, r.scheduler, r.strategy, r.mcfg, cfg, rank)
+            marks["saved"] = True
         loss_sum.zero_()
         n_loss, n_tokens, t_last = 0, 0, time.perf_counter()
     r.strategy.close()
     if rank == 0:
         r.logs["decays"].write(r.strategy.decay_rows())
-        for log in r.logs.values():
-            log.close()
     return last
 
 
@@ -272,6 +290,7 @@ def _prepare(cfg: TrainConfig, path: Path, rd: RunDir | None, rank: int, world: 
     if on_status and rank == 0 and tokens.held_out:
         on_status(f"validation: {tokens.held_out}")
     mcfg = ModelConfig(vocab_size=vocab, max_position_embeddings=cfg.data.seq_len, **PRESETS[cfg.model.name])
+    check_fits(mcfg, micro, cfg.data.seq_len, device)
     model, net, strategy, optimizer, scheduler = _build(cfg, mcfg, state, device, world)
     bf16 = _bf16(cfg, device)
     r = Run(cfg, path, rank, world, device, micro, accum, tokens, mcfg, model, net,
@@ -300,6 +319,22 @@ def _prepare(cfg: TrainConfig, path: Path, rd: RunDir | None, rank: int, world: 
         if "multipliers" in r.logs:
             r.logs["multipliers"].write(first_multipliers)
     return r
+
+
+def check_fits(mcfg: ModelConfig, micro: int, seq_len: int, device: torch.device) -> None:
+    """Refuse, before allocating, a micro-batch whose logits alone (float32, and their gradient) pass the
+    device's whole memory: a lower bound of what a step needs, so a run that could fit is never refused."""
+    need = 2 * 4 * micro * seq_len * mcfg.vocab_size
+    if device.type == "cuda":
+        have, where = torch.cuda.get_device_properties(device).total_memory, f"the {device} GPU's"
+    elif hasattr(os, "sysconf") and "SC_PHYS_PAGES" in os.sysconf_names:
+        have, where = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "this machine's"
+    else:
+        return
+    if need > have:
+        raise ConfigError(f"--batch-size: a micro-batch of {micro:,} sequences x {seq_len} tokens needs at least "
+                          f"{need / 2**30:,.0f} GiB for its logits, more than {where} {have / 2**30:,.0f} GiB; set "
+                          "--micro-batch to a few sequences (gradient accumulation makes up the batch)")
 
 
 def _accumulate(r: Run, step: int) -> tuple[torch.Tensor, int]:

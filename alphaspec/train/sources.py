@@ -47,7 +47,7 @@ class Source:
         """What identifies this source's content for the token cache: path, size and mtime (a dataset: its id)."""
         if self.path is None or (self.kind == "hf" and not self.path.exists()):
             return [self.kind, self.spec, self.text_field]
-        stat = self.path.stat() if self.path.is_file() else (self.path / "state.json").stat()
+        stat = self.path.stat() if self.path.is_file() else _saved_dataset_record(self.path).stat()
         return [self.kind, str(self.path.resolve()), stat.st_size, stat.st_mtime_ns, self.text_field]
 
     def pieces(self) -> Iterator[Piece]:
@@ -83,7 +83,11 @@ def open_sources(specs: Sequence[str | Path], text_field: str = "text") -> list[
     out: list[Source] = []
     for spec in map(str, specs):
         if spec.startswith("hf:"):
-            out.append(Source(spec, "hf", Path(spec[3:]) if Path(spec[3:]).is_dir() else None, text_field))
+            local = Path(spec[3:])
+            if local.is_dir() and _saved_dataset_record(local) is None:
+                raise DataError(f"{local}: a directory, but not a dataset saved with save_to_disk (no state.json or "
+                                "dataset_dict.json); name its data files without hf:")
+            out.append(Source(spec, "hf", local if local.is_dir() else None, text_field))
             continue
         path = Path(spec)
         try:
@@ -105,6 +109,11 @@ def open_sources(specs: Sequence[str | Path], text_field: str = "text") -> list[
                                 "it once")
             seen[where] = src.spec
     return out
+
+
+def _saved_dataset_record(folder: Path) -> Path | None:
+    """The file `datasets`' save_to_disk writes into a dataset's (state.json) or a DatasetDict's folder."""
+    return next((folder / n for n in ("state.json", "dataset_dict.json") if (folder / n).is_file()), None)
 
 
 def _kind_of(path: Path) -> str:

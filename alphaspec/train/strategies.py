@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from ..decay import DecayMap, assign_decays, is_no_decay, is_tuned_candidate, match_names
+from ..decay import DecayMap, DecayMapError, assign_decays, is_no_decay, is_tuned_candidate, match_names
 from ..hook import AlphaDecay, split_param_groups
 from ..modules import layer_index, module_type
 from .config import default_gap
@@ -96,7 +96,10 @@ class StaticMap(Strategy):
         self.w = dmap.weight_decay
         params = dict(model.named_parameters())
         matrices = {n: p for n, p in params.items() if not is_multiplier(n)}
-        resolved = match_names(dmap.decays(), matrices, model)
+        try:
+            resolved = match_names(dmap.decays(), matrices, model)
+        except DecayMapError as e:
+            raise DecayMapError(f"{self.cfg.decay.decay_map}: {e}") from e
         metric = match_names({m["name"]: m.get(dmap.metric, math.nan) for m in dmap.modules}, matrices, model)
         self._log(0, resolved, metric)
         groups = [{"params": [params[n]], "weight_decay": wd, "name": n} for n, wd in resolved.items()]
