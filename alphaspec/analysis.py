@@ -24,7 +24,7 @@ from .checkpoint import Checkpoint, SourceError, TensorInfo, dtype_name, open_ch
 from .distributed import process_group
 from .esd import SolveError, check_precision, finite_scale, resolve_device, scaled_eigenvalues, zero_threshold
 from .farms import farms_alpha
-from .modules import MODULE_TYPES, MatrixSpec, Plan, Skipped, plan
+from .modules import MODULE_TYPES, MatrixSpec, ModelConfigError, Plan, Skipped, plan
 from .powerlaw import PowerLawFit, check_estimator, fit_sorted
 from .random_baseline import random_alpha
 from .reader import read_ahead
@@ -259,7 +259,10 @@ def analyze_checkpoint(source, estimator: str = "median", device: str | torch.de
 
 def plan_checkpoint(ckpt: Checkpoint, include: Iterable[str], exclude: Iterable[str], split_fused: bool) -> Plan:
     """The module map of a checkpoint; a checkpoint without any weight matrix is an error that says why."""
-    todo = plan(ckpt.tensors, ckpt.config, split_fused=split_fused, include=include, exclude=exclude)
+    try:
+        todo = plan(ckpt.tensors, ckpt.config, split_fused=split_fused, include=include, exclude=exclude)
+    except ModelConfigError as err:
+        raise SourceError(f"{ckpt.config_file}: {err}") from err
     if not todo.matrices:
         reasons = Counter(s.reason for s in todo.skipped).most_common(2)
         raise SourceError(f"{ckpt.source}: no weight matrix to analyse among its {len(ckpt.tensors)} tensor(s) ("

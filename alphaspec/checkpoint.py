@@ -77,6 +77,7 @@ class Checkpoint:
     tensors: list[TensorInfo]
     config: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # what the reader did that the summary should say
+    config_file: str = "config.json"  # where the config came from (a config.json, or a GGUF file's metadata)
 
     def read(self, file: Path, names: list[str], device: torch.device | None = None
              ) -> Iterator[tuple[str, torch.Tensor]]:
@@ -312,7 +313,8 @@ def open_checkpoint(source: str | Path) -> Checkpoint:
         raise SourceError(f"{path}: the checkpoint holds no tensors")
     if index is not None:
         _check_index_names(index, weight_map, tensors)
-    return Checkpoint(str(source), files, tensors, config)
+    folder = index.parent if index is not None else path if path.is_dir() else path.parent
+    return Checkpoint(str(source), files, tensors, config, config_file=str(folder / "config.json"))
 
 
 def _gguf_checkpoint(source: str, files: list[Path]) -> Checkpoint:
@@ -330,7 +332,7 @@ def _gguf_checkpoint(source: str, files: list[Path]) -> Checkpoint:
         raise SourceError(f"{files[0]}: the checkpoint holds no tensors")
     note = quantisation_note({t.name: t.quant for t in tensors if len(t.shape) >= 2})
     mapped = f"GGUF tensor names read as the HF names of model_type {config['model_type']!r}"
-    return Checkpoint(source, files, tensors, config, [mapped] + ([note] if note else []))
+    return Checkpoint(source, files, tensors, config, [mapped] + ([note] if note else []), str(files[0]))
 
 
 def _check_index_names(index: Path, weight_map: dict[str, Path], tensors: list[TensorInfo]) -> None:

@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import AlphaspecError, first_line, os_reason
+from .errors import AlphaspecError, os_reason
 from .gguf_dequant import DEQUANTISERS, dequantise
+from .gguf_header import GGUFHeader, HeaderError
 
 GGUF_SUFFIX = ".gguf"
 # GGML types whose bytes are the values (BF16 is read through int16); all others are block-quantised
@@ -66,10 +67,8 @@ def _gguf():
 
 
 def open_reader(file: Path):
-    """A memory-mapped `gguf.GGUFReader` (metadata and tensor index read, no tensor data).
-
-    Parsing the metadata takes seconds for a 150k-token vocabulary, so a reader is kept for the
-    next call on the same unchanged file (headers, then tensor data)."""
+    """The file's header (gguf_header: scalar metadata and the tensor index, bounded by the file's size; the
+    data memory-mapped), kept for the next call on the same unchanged file (headers, then tensor data)."""
     try:
         stat = os.stat(file)
     except OSError as err:
@@ -78,23 +77,19 @@ def open_reader(file: Path):
 
 
 @lru_cache(maxsize=4)
-def _cached_reader(file: str, mtime_ns: int, size: int):
-    gguf = _gguf()
+def _cached_reader(file: str, mtime_ns: int, size: int) -> GGUFHeader:
+    _gguf()
     try:
-        return gguf.GGUFReader(file)
-    except Exception as err:  # noqa: BLE001 - a damaged or foreign file fails in many ways inside the reader
-        raise GGUFError(f"{file}: not a valid GGUF file ({first_line(err, with_type=True)})") from err
+        return GGUFHeader(Path(file))
+    except HeaderError as err:
+        raise GGUFError(f"{file}: not a valid GGUF file ({err})") from err
+    except OSError as err:
+        raise GGUFError(f"{file}: cannot read this GGUF file ({os_reason(err)})") from err
 
 
-def field(reader, key: str):
-    """A metadata value (str, number, or list), None when the file does not set it (gguf >= 0.16 reads it)."""
-    f = reader.get_field(key)
-    if f is None:
-        return None
-    try:
-        return f.contents()
-    except Exception:  # noqa: BLE001 - a malformed value reads as unset; the names still tell the layout
-        return None
+def field(reader: GGUFHeader, key: str):
+    """A metadata scalar or short string, None when the file does not set it (arrays are not decoded)."""
+    return reader.fields.get(key)
 
 
 def hf_name(gguf_name: str, arch: str) -> str:
@@ -135,7 +130,8 @@ def model_config(reader, file: Path) -> dict:
 
 
 def split_files(file: Path, reader) -> list[Path]:
-    """All files of a split GGUF model (llama.cpp's `NAME-0000i-of-0000n.gguf`) given any one of them."""
+    """All files of a split GGUF model (llama.cpp's `NAME-0000i-of-0000n.gguf`) given any one of them, each
+    checked to be a part of the same model (its architecture, part count and part number)."""
     count = field(reader, "split.count")
     match = _SPLIT.match(file.name)
     if not isinstance(count, int) or count <= 1:
@@ -143,10 +139,20 @@ def split_files(file: Path, reader) -> list[Path]:
     if match is None:
         raise GGUFError(f"{file}: one of {count} split GGUF files, but its name does not say which "
                         "(llama.cpp names them NAME-00001-of-0000N.gguf)")
+    if count != int(match["count"]):
+        raise GGUFError(f"{file}: its metadata says {count:,} split files, its name {int(match['count'])}")
     files = [file.with_name(f"{match['stem']}-{i:05d}-of-{count:05d}.gguf") for i in range(1, count + 1)]
     missing = [f.name for f in files if not f.is_file()]
     if missing:
         raise GGUFError(f"{file}: split GGUF model of {count} files, missing: {', '.join(missing)}")
+    arch = field(reader, "general.architecture")
+    for i, part in enumerate(files):
+        other = open_reader(part)
+        seen = (field(other, "general.architecture"), field(other, "split.count"), field(other, "split.no"))
+        if seen != (arch, count, i):
+            raise GGUFError(f"{part}: not part {i + 1} of the same model as {file.name} (architecture, split "
+                            f"count, part number: {seen[0]!r}, {seen[1]!r}, {seen[2]!r}; expected {arch!r}, {count}, "
+                            f"{i})")
     return files
 
 

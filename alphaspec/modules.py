@@ -121,6 +121,10 @@ def layer_index(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+class ModelConfigError(SourceError):
+    """A model config value that cannot be used; the caller names the file it came from."""
+
+
 def config_int(config: dict, *keys: str) -> int | None:
     """The first of `keys` that config.json sets, as a positive integer; a value of another kind is an error."""
     key = next((k for k in keys if config.get(k) is not None), None)
@@ -128,7 +132,7 @@ def config_int(config: dict, *keys: str) -> int | None:
         return None
     value = config[key]
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise SourceError(f"config.json: {key} is {value!r}, not a positive integer")
+        raise ModelConfigError(f"{key} is {value!r}, not a positive integer")
     return value
 
 
@@ -144,7 +148,7 @@ def _heads(config: dict) -> tuple[int, int, int] | None:
     if nkv is None:
         nkv = 1 if config.get("multi_query") else nh
     if nh % nkv:
-        raise SourceError(f"config.json: {nh} attention heads are not a multiple of {nkv} key/value heads")
+        raise ModelConfigError(f"{nh} attention heads are not a multiple of {nkv} key/value heads")
     return nh, nkv, config_int(config, "head_dim") or hidden // nh
 
 

@@ -9,6 +9,7 @@ import gzip
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -209,6 +210,49 @@ def safetensors_disk_full(monkeypatch) -> None:
     monkeypatch.setattr("alphaspec.train.rundir.save_file", full)
 
 
+def gguf_bytes(path: Path, kvs: list[bytes], n_tensors: int = 0) -> Path:
+    """A GGUF v3 file written by hand: the header, the metadata entries given, no tensors."""
+    path.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, n_tensors, len(kvs)) + b"".join(kvs))
+    return path
+
+
+def gstr(text: str) -> bytes:
+    return struct.pack("<Q", len(text.encode())) + text.encode()
+
+
+def gkv(key: str, kind: int, payload: bytes) -> bytes:
+    return gstr(key) + struct.pack("<I", kind) + payload
+
+
+ARCH = gkv("general.architecture", 8, gstr("llama"))
+
+
+def gguf_parts_of_two_models(d: Path) -> Path:
+    from gguf import GGMLQuantizationType as T
+    from test_gguf import LLAMA_META, LLAMA_NAMES, llama_tensors, write_gguf
+
+    tensors = {LLAMA_NAMES[k]: v for k, v in llama_tensors().items()}
+    keys = sorted(tensors)
+    for no, arch in enumerate(("llama", "qwen2")):
+        meta = (LLAMA_META if no == 0 else {}) | {"split.count": 2, "split.no": no}
+        write_gguf(d / f"m-{no + 1:05d}-of-00002.gguf", arch, {k: tensors[k] for k in keys[no::2]}, T.F32, meta)
+    return d / "m-00001-of-00002.gguf"
+
+
+def gguf_more_kv_heads(d: Path) -> Path:
+    """phi3 (fused q/k/v, split by the heads its metadata gives) claiming 8 key/value heads for 4 query heads."""
+    from gguf import GGMLQuantizationType as T
+    from test_gguf import FF, D, write_gguf
+
+    rng = np.random.default_rng(1)
+    tensors = {"blk.0.attn_qkv.weight": rng.normal(size=(3 * D, D)), "blk.0.ffn_up.weight": rng.normal(size=(2 * FF, D)),
+               "blk.0.ffn_down.weight": rng.normal(size=(D, FF))}
+    meta = {"phi3.block_count": 1, "phi3.embedding_length": D, "phi3.attention.head_count": 4,
+            "phi3.attention.head_count_kv": 8, "phi3.feed_forward_length": FF}
+    write_gguf(d / "m.gguf", "phi3", {k: v.astype(np.float32) for k, v in tensors.items()}, T.F32, meta)
+    return d / "m.gguf"
+
+
 CASES = [
     # outputs that are inputs: the command would overwrite what it reads
     Case("decay-map-o-is-its-input", lambda b, d: ["decay-map", (r := copy(b, d, "results.json")), "-o", r], 2,
@@ -295,6 +339,23 @@ CASES = [
                                                  *TRAIN], 1, ("wd.json",)),
     Case("hf-dir-not-a-dataset", lambda b, d: ["tokenize", f"hf:{(d / 'x').mkdir() or d / 'x'}", "-o", d / "c",
                                                "-q"], 1, ("not a dataset saved with save_to_disk",)),
+    # GGUF headers that claim more than the file holds: refused from the header alone, in bounded memory
+    Case("gguf-array-of-2-60-strings", lambda b, d: ["analyze", gguf_bytes(d / "m.gguf", [
+        ARCH, gkv("tokenizer.ggml.tokens", 9, struct.pack("<IQ", 8, 2**60))])], 1,
+         ("m.gguf", "1,152,921,504,606,846,976 array elements")),
+    Case("gguf-array-of-2-60-floats", lambda b, d: ["analyze", gguf_bytes(d / "m.gguf", [
+        ARCH, gkv("tokenizer.ggml.scores", 9, struct.pack("<IQ", 6, 2**60))])], 1, ("m.gguf", "array elements")),
+    Case("gguf-2-60-metadata-entries", lambda b, d: ["analyze", write(d / "m.gguf", b"GGUF" + struct.pack(
+        "<IQQ", 3, 0, 2**60) + ARCH)], 1, ("m.gguf", "metadata entries")),
+    Case("gguf-string-past-the-end", lambda b, d: ["analyze", gguf_bytes(d / "m.gguf", [
+        gkv("general.architecture", 8, struct.pack("<Q", 10**15) + b"llama")])], 1, ("m.gguf", "past the end")),
+    Case("gguf-split-count-1e12", lambda b, d: ["analyze", gguf_bytes(d / "m-00001-of-00002.gguf", [
+        ARCH, gkv("split.count", 10, struct.pack("<Q", 10**12))])], 1,
+         ("m-00001-of-00002.gguf", "1,000,000,000,000 split files")),
+    Case("gguf-parts-of-two-models", lambda b, d: ["analyze", gguf_parts_of_two_models(d)], 1,
+         ("m-00002-of-00002.gguf", "not part 2 of the same model")),
+    Case("gguf-more-kv-heads-than-heads", lambda b, d: ["analyze", gguf_more_kv_heads(d)], 1,
+         ("m.gguf", "not a multiple of 8 key/value heads")),
     Case("same-file-twice", lambda b, d: ["tokenize", write(d / "a.txt", "some text " * 300), d / "." / "a.txt",
                                           "-o", d / "c", *TOKENIZE], 1, ("a.txt", "given twice")),
 ]
@@ -351,6 +412,28 @@ def test_two_tokenize_runs_into_one_cache_exactly_one_writes(tmp_path):
     assert res.returncode == 1 and len(lines) == 1, res.stderr
     assert "another alphaspec tokenize is writing this cache" in lines[0]
     assert [p.name for p in (tmp_path / "c").iterdir()] == [LOCK]
+
+
+def test_a_three_million_string_vocabulary_is_skipped_in_bounded_memory(tmp_path):
+    """gguf's reader decoded every metadata value: a 3-million-string vocabulary cost 4.9 GB to skip. The
+    header reader walks such an array one length at a time and keeps nothing of it."""
+    import tracemalloc
+
+    from alphaspec.gguf_header import GGUFHeader
+
+    n = 3_000_000
+    strings = b"".join(struct.pack("<Q", 6) + b"tok%03d" % (i % 1000) for i in range(n))
+    gguf_bytes(tmp_path / "m.gguf", [ARCH, gkv("tokenizer.ggml.tokens", 9, struct.pack("<IQ", 8, n) + strings),
+                                     gkv("llama.block_count", 4, struct.pack("<I", 2))])
+    del strings
+    tracemalloc.start()
+    started = time.perf_counter()
+    header = GGUFHeader(tmp_path / "m.gguf")
+    seconds = time.perf_counter() - started
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert header.fields == {"general.architecture": "llama", "tokenizer.ggml.tokens": None, "llama.block_count": 2}
+    assert peak < 1 << 20 and seconds < 30, (peak, seconds)
 
 
 # --- interruptions and pipes --------------------------------------------------------------------------------------------
