@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
-from .errors import AlphaspecError, first_line
+from .errors import AlphaspecError, UsageError, first_line
 
 
 class RankFailure(AlphaspecError):
@@ -38,7 +39,7 @@ def joined(use_cuda: bool) -> Iterator[tuple[int, int, int]]:
     rank, world, local = launched()
     owns = world > 1 and dist.is_available() and not dist.is_initialized()
     if owns:
-        dist.init_process_group("nccl" if use_cuda and torch.cuda.is_available() else "gloo")
+        dist.init_process_group("nccl" if use_cuda and torch.cuda.is_available() else "gloo", timeout=timeout())
     try:
         yield rank, world, local
     finally:
@@ -65,7 +66,21 @@ def split_by_cost(costs: dict[str, int], world: int) -> list[list[str]]:
 
 def object_group():
     """A gloo group over all ranks for exchanging Python objects (works beside an NCCL default group). Collective."""
-    return dist.new_group(backend="gloo")
+    return dist.new_group(backend="gloo", timeout=timeout())
+
+
+def timeout() -> timedelta:
+    """How long a rank waits for the others at a collective: ALPHASPEC_DIST_TIMEOUT seconds (default 900), so
+    a rank that stopped (frozen, not dead: torchrun ends the job when one dies) fails the job in 15 minutes
+    rather than gloo's 30. Raise it when the ranks' shares of a very large model take longer to diverge."""
+    value = os.environ.get("ALPHASPEC_DIST_TIMEOUT", "900")
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise UsageError(f"ALPHASPEC_DIST_TIMEOUT={value!r}: give a number of seconds above 0")
+    return timedelta(seconds=seconds)
 
 
 def gather_outcomes(value, error: BaseException | None, group) -> list:

@@ -5,7 +5,7 @@
 # DATA: a token cache (alphaspec tokenize) or raw text. JOBS runs train side by side (small models leave a
 # GPU mostly idle, so several fit on one). A finished run is skipped, so the script can be re-run to resume.
 # Defaults: llama-20m, 2000 steps of BATCH x SEQ = 64 x 256 tokens (environment variables), 3 jobs,
-# seeds "0 1 2", decays "0.1 0.01". Each run's stderr goes to OUT/RUN.log.
+# seeds "0 1 2", decays "0.1 0.01", every arm (ARMS="uniform awd" runs some). Each run's stderr goes to OUT/RUN.log.
 set -euo pipefail
 out=${1:?usage: bench/decay_study.sh OUT DATA [MODEL] [STEPS] [JOBS] [SEEDS] [DECAYS]}
 data=${2:?usage: bench/decay_study.sh OUT DATA [MODEL] [STEPS] [JOBS] [SEEDS] [DECAYS]}
@@ -20,7 +20,7 @@ declare -A arms=(
   [adadecay]="--strategy adadecay --gap 500"
 )
 for w in $decays; do
-  for arm in uniform alphadecay alphadecay-mean awd adadecay; do
+  for arm in ${ARMS:-uniform alphadecay alphadecay-mean awd adadecay}; do
     for seed in $seeds; do
       run="$out/w$w-$arm-$seed"
       [ -f "$run/metrics.csv" ] && grep -q "^$steps," "$run/metrics.csv" && [ -f "$run/model.safetensors" ] && continue

@@ -98,7 +98,7 @@ print(write_checkpoint('$model', 4, 2))" | tail -1)
       rm -rf "$study" bench/out/study-toy-tokens
       alphaspec tokenize alphaspec/train/corpus/*.txt -o bench/out/study-toy-tokens --vocab-size 512 -q || status=1
       tokens=bench/out/study-toy-tokens
-      export BATCH=4 SEQ=32
+      export BATCH=4 SEQ=32 ARMS="uniform alphadecay"  # two of the five arms: the same commands, a third of the time
       run study bash bench/decay_study.sh "$study" "$tokens" tiny 4 2 "0" "0.1"
     else
       python3 -c "import tarfile; tarfile.open('bench/out/study-tokens.tar.xz').extractall('bench/out', filter='data')"

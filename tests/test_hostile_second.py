@@ -288,6 +288,8 @@ CASES = [
          ("t.jsonl.gz", "damaged or cut short")),
     Case("jsonl-zst-corrupt", lambda b, d: ["tokenize", corrupt_zst(d), "-o", d / "c", *TOKENIZE], 1,
          ("t.jsonl.zst", "damaged or cut short")),
+    Case("jsonl-record-over-64-mi", lambda b, d: ["tokenize", jsonl(d / "t.jsonl", [
+        '{"text": "' + "a" * (65 << 20) + '"}']), "-o", d / "c", *TOKENIZE], 1, ("t.jsonl:1", "over 64 Mi characters")),
     Case("parquet-list-column", lambda b, d: ["tokenize", parquet_list_column(d), "-o", d / "c", *TOKENIZE], 1,
          ("t.parquet", "list", "not text")),
     # token caches that name, hold or promise the wrong things: refused before training starts
@@ -414,14 +416,14 @@ def test_two_tokenize_runs_into_one_cache_exactly_one_writes(tmp_path):
     assert [p.name for p in (tmp_path / "c").iterdir()] == [LOCK]
 
 
-def test_a_three_million_string_vocabulary_is_skipped_in_bounded_memory(tmp_path):
+def test_a_million_string_vocabulary_is_skipped_in_bounded_memory(tmp_path):
     """gguf's reader decoded every metadata value: a 3-million-string vocabulary cost 4.9 GB to skip. The
-    header reader walks such an array one length at a time and keeps nothing of it."""
+    header reader walks such an array one length at a time and keeps nothing of it (a million here)."""
     import tracemalloc
 
     from alphaspec.gguf_header import GGUFHeader
 
-    n = 3_000_000
+    n = 1_000_000
     strings = b"".join(struct.pack("<Q", 6) + b"tok%03d" % (i % 1000) for i in range(n))
     gguf_bytes(tmp_path / "m.gguf", [ARCH, gkv("tokenizer.ggml.tokens", 9, struct.pack("<IQ", 8, n) + strings),
                                      gkv("llama.block_count", 4, struct.pack("<I", 2))])

@@ -191,7 +191,10 @@ def _jsonl_pieces(src: Source) -> Iterator[Piece]:
     number = 0
     try:
         with _open_lines(src.path) as f:
-            for number, line in enumerate(f, 1):
+            for number, line in enumerate(iter(lambda: f.readline(MAX_RECORD_CHARS + 1), ""), 1):
+                if len(line) > MAX_RECORD_CHARS:
+                    raise DataError(f"{src.path}:{number}: a JSON record of over {MAX_RECORD_CHARS >> 20} Mi characters; "
+                                    "one record is at most that (split long documents into several records)")
                 if not line.strip():
                     continue
                 try:
@@ -208,6 +211,7 @@ def _jsonl_pieces(src: Source) -> Iterator[Piece]:
                         f"({first_line(e, with_type=True)})") from e
 
 
+MAX_RECORD_CHARS = 64 << 20  # one JSON line: a document of a few books; longer lines are refused, not held in memory
 SURROGATE = re.compile("[\ud800-\udfff]")  # JSON allows them as escapes; they are not Unicode text
 
 
