@@ -13,81 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from safetensors import safe_open
 
-from .errors import AlphaspecError, check_input_file, first_line, parse_json
-from .output import read_csv_checked
-
-
-class RunDirError(AlphaspecError, ValueError):
-    """A path that is not a readable alphaspec training run."""
-
-
-@dataclass
-class Run:
-    path: Path
-    config: dict
-    info: dict
-    metrics: pd.DataFrame
-    decays: pd.DataFrame
-    sizes: dict[str, int]
-
-
-RUN_KEYS = {"strategy": str, "seed": int, "steps": int, "weight_decay": int | float}  # what compare reads
-
-
-def load_run_json(path: Path) -> dict:
-    """RUN/run.json as a dict whose `config` is a dict; anything else is a RunDirError naming the file."""
-    file = Path(path) / "run.json"
-    if not file.exists():
-        raise RunDirError(f"{path}: not an alphaspec training run (no run.json)")
-    try:
-        check_input_file(file, "run.json")
-        info = parse_json(file.read_text(encoding="utf-8"))
-    except AlphaspecError as e:
-        raise RunDirError(str(e)) from e
-    except (OSError, ValueError) as e:
-        raise RunDirError(f"{file}: damaged ({first_line(e)})") from e
-    if not isinstance(info, dict) or not isinstance(info.get("config"), dict):
-        raise RunDirError(f"{file}: damaged (no 'config' object)")
-    return info
-
-
-def load_run(path: str | Path) -> Run:
-    """A run directory's run.json, metrics.csv, decay.csv and the tuned tensors' sizes, each checked."""
-    from .train.rundir import DECAY_COLUMNS, METRICS_COLUMNS
-
-    path = Path(path)
-    if not path.is_dir():
-        raise RunDirError(f"{path}: not a run directory")
-    info = load_run_json(path)
-    if not (path / "metrics.csv").exists():
-        raise RunDirError(f"{path}: not an alphaspec training run (no metrics.csv)")
-    try:
-        metrics = read_csv_checked(path / "metrics.csv", METRICS_COLUMNS, required=("step", "tokens", "loss", "tokens_per_s"))
-        decays = read_csv_checked(path / "decay.csv", DECAY_COLUMNS, required=("step", "weight_decay")) \
-            if (path / "decay.csv").exists() else pd.DataFrame(columns=["step"])
-    except AlphaspecError as e:
-        raise RunDirError(str(e)) from e
-    if metrics.empty:
-        raise RunDirError(f"{path}: metrics.csv has no rows yet (the run logged nothing)")
-    for key, kind in RUN_KEYS.items():
-        value = info["config"].get(key)
-        if isinstance(value, bool) or not isinstance(value, kind):
-            raise RunDirError(f"{path / 'run.json'}: damaged (its config has no valid {key!r}: {value!r})")
-    return Run(path, info["config"], info, metrics, decays, _sizes(path / "model.safetensors"))
-
-
-def _sizes(file: Path) -> dict[str, int]:
-    """Element count of every tensor in model.safetensors (from its header); {} when there is none."""
-    if not file.exists():
-        return {}
-    try:
-        with safe_open(str(file), framework="np") as f:
-            return {k: math.prod(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 - not a mapping
-    except Exception as e:  # noqa: BLE001 - any header failure is a property of the file
-        raise RunDirError(f"{file}: not a valid safetensors file ({first_line(e)})") from e
-
+from .train.rundir import Run, RunDirError, load_run
 
 
 def evaluations(run: Run) -> pd.DataFrame:

@@ -68,15 +68,12 @@ def compare(
 
 def _multipliers_by_width(result, path: Path) -> None:
     """The width-scaling figure from the runs that learned multipliers (width from each run's config.json)."""
-    from ..output import read_csv_checked
     from ..plots import save_figure
-    from ..train.rundir import MULTIPLIER_COLUMNS
+    from ..train.rundir import has_log, read_log
     from ..training_plots import multipliers_width_figure
 
-    runs = [(row.label, _width(run.path / "config.json"),
-             read_csv_checked(run.path / "multipliers.csv", MULTIPLIER_COLUMNS, text=("name", "module", "kind")))
-            for run, row in zip(result.runs, result.table.itertuples(), strict=True)
-            if (run.path / "multipliers.csv").is_file()]
+    runs = [(row.label, _width(run.path / "config.json"), read_log(run.path, "multipliers", "--plot-multipliers"))
+            for run, row in zip(result.runs, result.table.itertuples(), strict=True) if has_log(run.path, "multipliers")]
     if not runs:
         fail("--plot-multipliers: none of the runs learned multipliers (--strategy lrm or --multipliers)")
     save_figure(multipliers_width_figure(runs), path)

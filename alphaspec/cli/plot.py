@@ -61,13 +61,14 @@ def plot(
     and weight decay against alpha."""
     from ..decay import DecayMap
     from ..output import check_output_dir
+    from ..train.rundir import has_log
 
     check_output_dir(output)
     run = Path(source)
     kinds = [k.value for k in kind] if kind else [*MODEL_KINDS, *(["esd"] if module else []),
                                                    *(["decay"] if decay_map_file else []),
-                                                   *(["training"] if (run / "alphas.csv").is_file() else []),
-                                                   *(["multipliers"] if (run / "multipliers.csv").is_file() else [])]
+                                                   *(["training"] if has_log(run, "alphas") else []),
+                                                   *(["multipliers"] if has_log(run, "multipliers") else [])]
     for figure, draw_run in (("training", _training_figure), ("multipliers", _multipliers_figure)):
         if figure in kinds:  # figures of a training run, from its logs
             drawn = draw_run(run, output, fmt.value)
@@ -121,35 +122,23 @@ def _default_map(table):
 
 
 def _training_figure(run: Path, output: Path, fmt: str) -> Path:
-    from ..compare import load_run_json
-    from ..output import read_csv_checked
     from ..plots import save_figure
-    from ..train.rundir import ALPHA_COLUMNS
+    from ..train.rundir import load_run_json, read_log
     from ..training_plots import alphas_figure
 
-    if not (run / "alphas.csv").is_file():
-        fail(f"{run}: the training figure needs a run directory of `alphaspec train` with alphas.csv")
-    alphas = read_csv_checked(run / "alphas.csv", ALPHA_COLUMNS)
-    if alphas.empty:
-        fail(f"{run / 'alphas.csv'}: no rows yet (the run has not analysed its matrices)")
+    alphas = read_log(run, "alphas", "the training figure")
     estimator = load_run_json(run).get("config", {}).get("estimator", "median")
     output.mkdir(parents=True, exist_ok=True)
     return save_figure(alphas_figure(alphas, str(estimator)), output / f"training.{fmt}")
 
 
 def _multipliers_figure(run: Path, output: Path, fmt: str) -> Path:
-    from ..output import read_csv_checked
     from ..plots import save_figure
     from ..train.model import is_multiplier
-    from ..train.rundir import MULTIPLIER_COLUMNS, load_checkpoint
+    from ..train.rundir import load_checkpoint, read_log
     from ..training_plots import multipliers_figure
 
-    if not (run / "multipliers.csv").is_file():
-        fail(f"{run}: the multipliers figure needs a run of `alphaspec train` with learnable multipliers "
-             "(--strategy lrm or --multipliers)")
-    history = read_csv_checked(run / "multipliers.csv", MULTIPLIER_COLUMNS, text=("name", "module", "kind"))
-    if history.empty:
-        fail(f"{run / 'multipliers.csv'}: no rows yet (the run has not recorded its multipliers)")
+    history = read_log(run, "multipliers", "the multipliers figure (--strategy lrm or --multipliers)")
     _, state = load_checkpoint(run, lambda line: err.print(f"warning: {line}", style="yellow", highlight=False))
     final = {n: t.float().numpy() for n, t in state["model"].items() if is_multiplier(n)}
     output.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ import json
 import math
 import types
 import typing
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import Field, dataclass, field, fields, replace
 from pathlib import Path
 from typing import ClassVar
@@ -46,15 +46,54 @@ class ConfigError(AlphaspecError, ValueError):
 
 def option(default, help: str = "", *, key: str = "", flags: tuple[str, ...] = (), min: float | None = None,
            max: float | None = None, choices: tuple[str, ...] = (), kind: str = "", metavar: str = "",
-           cli: bool = True):
+           cli: bool = True, incidental: bool = False, applies: Callable[[dict], bool] | None = None):
     """A config field with what its CLI option needs. key: the option's name when it is not the field's
     (`--model` for `model.name`). kind: "path" (a file or directory), "finite" (a float that must be
-    finite), "ratio", "policy" (all, matrices or a number)."""
+    finite), "ratio", "policy" (all, matrices or a number). incidental: the option cannot change what a
+    run learns (where it runs, its seed, how often it logs): runs that differ only in incidental options
+    are replicates of one setting (`compare`). applies: given the run's flat settings, whether the option
+    takes effect at all (Muon's options only with --optimizer muon); None: always."""
     meta = {"help": help, "key": key, "flags": flags, "min": min, "max": max, "choices": choices, "kind": kind,
-            "metavar": metavar, "cli": cli}
+            "metavar": metavar, "cli": cli, "incidental": incidental, "applies": applies}
     if isinstance(default, list):
         return field(default_factory=list, metadata=meta)
     return field(default=default, metadata=meta)
+
+
+def _muon(c: dict) -> bool:
+    return c["optimizer"] == "muon"
+
+
+def _mup(c: dict) -> bool:
+    return c["strategy"] == "mup"
+
+
+def _own_bpe(c: dict) -> bool:
+    """A BPE trained on the data (a given tokenizer fixes the vocabulary)."""
+    return c["tokenizer"] is None
+
+
+def _alphadecay(c: dict) -> bool:
+    return c["strategy"] == "alphadecay"
+
+
+def _refreshed(c: dict) -> bool:
+    """AlphaDecay recomputed from the live weights (not from a static --decay-map)."""
+    return c["strategy"] == "alphadecay" and not c["decay_map"]
+
+
+def _assigned(c: dict) -> bool:
+    """A strategy that maps a metric to decays (AlphaDecay refreshed, AdaDecay)."""
+    return _refreshed(c) or c["strategy"] == "adadecay"
+
+
+def _refreshing(c: dict) -> bool:
+    """A strategy that recomputes its decays every --gap steps."""
+    return _refreshed(c) or c["strategy"] == "adadecay"
+
+
+def _multipliers(c: dict) -> bool:
+    return c["multipliers"] != "none"
 
 
 @dataclass
@@ -63,7 +102,7 @@ class ModelOptions:
     name: str = option("tiny", "GaLore's LLaMA shapes.", key="model", choices=MODELS)
     multipliers: str = option("none", "Learnable multipliers (strategy lrm: vector).", choices=MULTIPLIERS)
     mup_base_width: int = option(256, "Strategy mup: the width whose learning rate --lr is; wider models' hidden "
-                                 "matrices learn at lr x base/width.", min=1)
+                                 "matrices learn at lr x base/width.", min=1, applies=_mup)
 
 
 @dataclass
@@ -79,12 +118,13 @@ class DataOptions:
     text_field: str = option("text", "The text field of JSON records, Parquet rows and datasets.", metavar="NAME")
     tokenizer: str | None = option(None, "A tokenizer.json, a directory with one, or a hub id such as gpt2 or "
                                    "t5-base (default: train a byte-level BPE on the data).", metavar="TOKENIZER")
-    vocab_size: int = option(4096, "Vocabulary of the trained tokenizer (at most 1,048,576).", min=256, max=1 << 20)
+    vocab_size: int = option(4096, "Vocabulary of the trained tokenizer (at most 1,048,576).", min=256, max=1 << 20,
+                             applies=_own_bpe)
     seq_len: int = option(128, "Tokens per sequence.", min=2)
     packing: str = option("concat", "concat: windows of the EOS-separated document stream; docs: one document per "
                           "row, truncated or padded (padding out of the loss).", choices=PACKINGS)
     token_cache: str | None = option(None, "Where token caches of raw data go (default: $ALPHASPEC_CACHE or "
-                                     "~/.cache/alphaspec/tokens).", kind="path", metavar="DIR")
+                                     "~/.cache/alphaspec/tokens).", kind="path", metavar="DIR", incidental=True)
 
 
 @dataclass
@@ -98,13 +138,13 @@ class OptimizerOptions:
     grad_clip: float = option(1.0, "Global gradient-norm clip (0: off).", min=0.0, kind="finite")
     batch_size: int = option(16, "Sequences per optimizer step, over all GPUs.", min=1)
     micro_batch: int | None = option(None, "Sequences per forward pass per GPU (gradient accumulation makes up the "
-                                     "rest; default: batch size / GPUs).", min=1)
-    muon_momentum: float = option(0.95, "Muon's momentum.", min=0.0, max=1.0, kind="finite")
-    muon_nesterov: bool = option(True, "Muon's Nesterov momentum.", flags=("--muon-nesterov/--no-muon-nesterov",))
-    muon_ns_steps: int = option(5, "Muon's Newton-Schulz iterations.", min=1, max=99)
+                                     "rest; default: batch size / GPUs).", min=1, incidental=True)
+    muon_momentum: float = option(0.95, "Muon's momentum.", min=0.0, max=1.0, kind="finite", applies=_muon)
+    muon_nesterov: bool = option(True, "Muon's Nesterov momentum.", flags=("--muon-nesterov/--no-muon-nesterov",), applies=_muon)
+    muon_ns_steps: int = option(5, "Muon's Newton-Schulz iterations.", min=1, max=99, applies=_muon)
     muon_adjust_lr: str = option("match_rms_adamw", "match_rms_adamw: lr x 0.2 sqrt(max(A, B)), so Muon reuses "
                                  "AdamW's --lr (Moonlight); original: lr x sqrt(max(1, A/B)).",
-                                 choices=MUON_LR_ADJUSTMENTS)
+                                 choices=MUON_LR_ADJUSTMENTS, applies=_muon)
 
 
 @dataclass
@@ -125,23 +165,23 @@ class DecayOptions:
     weight_decay: float = option(0.1, "Base decay w.", min=0.0, kind="finite")
     default_decay: str = option("all", "Untuned parameters: all (w), matrices (0 for 1-D and embeddings) or a "
                                 "number.", kind="policy", metavar="all|matrices|FLOAT")
-    decay_map: str | None = option(None, "Static AlphaDecay decays from `alphaspec decay-map`.", kind="path")
+    decay_map: str | None = option(None, "Static AlphaDecay decays from `alphaspec decay-map`.", kind="path", applies=_alphadecay)
     gap: int | None = option(None, "Refresh alphadecay/adadecay decays every GAP steps (default: 500, or a tenth "
-                             "of a run shorter than 5000 steps).", min=1)
+                             "of a run shorter than 5000 steps).", min=1, applies=_refreshing)
     estimator: str = option(DecaySpec.estimator, "How xmin is chosen.", flags=("-e", "--estimator"),
-                            choices=ESTIMATORS)
+                            choices=ESTIMATORS, applies=_refreshed)
     metric: str = option(DecaySpec.metric, "Metric behind alphadecay's decays: " + ", ".join(DECAY_METRICS) + ".",
-                         choices=DECAY_METRICS, metavar="METRIC")
-    assign: str | None = option(None, f"Default: {DecaySpec.assign}; adadecay: sigmoid.", choices=ASSIGN)
-    ratio: tuple[float, float] = option(DecaySpec.ratio, "linear: decays span s1·w .. s2·w.", kind="ratio")
+                         choices=DECAY_METRICS, metavar="METRIC", applies=_refreshed)
+    assign: str | None = option(None, f"Default: {DecaySpec.assign}; adadecay: sigmoid.", choices=ASSIGN, applies=_assigned)
+    ratio: tuple[float, float] = option(DecaySpec.ratio, "linear: decays span s1·w .. s2·w.", kind="ratio", applies=_assigned)
     preserve_mean: str = option(DecaySpec.preserve_mean, "Rescale so the plain (modules) or parameter-weighted "
-                                "(params) mean decay is w.", choices=PRESERVE)
+                                "(params) mean decay is w.", choices=PRESERVE, applies=_assigned)
     alphadecay_warmup: str = option("init", "Decays before the first refresh: init (from the initial weights, the "
-                                    "paper) or uniform.", choices=ALPHADECAY_WARMUPS)
+                                    "paper) or uniform.", choices=ALPHADECAY_WARMUPS, applies=_refreshed)
     overlap: bool = option(True, "Solve alphadecay refreshes alongside training or in line (bit-reproducible).",
-                           flags=("--overlap/--no-overlap",))
-    lrm_decay: float = option(2e-3, "Weight decay of the multipliers.", min=0.0, kind="finite")
-    lrm_lr_mult: float = option(1.0, "Multipliers' LR relative to --lr.", min=0.0, kind="finite")
+                           flags=("--overlap/--no-overlap",), applies=_refreshed)
+    lrm_decay: float = option(2e-3, "Weight decay of the multipliers.", min=0.0, kind="finite", applies=_multipliers)
+    lrm_lr_mult: float = option(1.0, "Multipliers' LR relative to --lr.", min=0.0, kind="finite", applies=_multipliers)
 
     def spec(self, assign: str = DecaySpec.assign) -> DecaySpec:
         """The DecaySpec these options describe (`assign` when --assign is not given)."""
@@ -152,27 +192,27 @@ class DecayOptions:
 @dataclass
 class RunOptions:
     TITLE: ClassVar[str] = "Run and checkpoints"
-    out: str = option("runs/default", "The run directory to create (or continue with --resume).", kind="path")
-    resume: bool = option(False, "Continue the run in --out from its last checkpoint.", flags=("--resume",))
-    seed: int = option(0, "Initialisation and data order.")
-    log_every: int = option(10, "Steps per metrics row.", min=1)
-    eval_every: int = option(100, "Steps per evaluation.", min=1)
+    out: str = option("runs/default", "The run directory to create (or continue with --resume).", kind="path", incidental=True)
+    resume: bool = option(False, "Continue the run in --out from its last checkpoint.", flags=("--resume",), incidental=True)
+    seed: int = option(0, "Initialisation and data order.", incidental=True)
+    log_every: int = option(10, "Steps per metrics row.", min=1, incidental=True)
+    eval_every: int = option(100, "Steps per evaluation.", min=1, incidental=True)
     eval_windows: int = option(64, "Validation windows per evaluation.", min=1)
     analyze_every: int | None = option(None, "Fit the block matrices' spectra into alphas.csv every N steps "
-                                       "(default: --eval-every; 0: never).", min=0)
-    checkpoint_every: int = option(500, "Steps per checkpoint.", min=1)
-    keep_checkpoints: int = option(2, "Newest checkpoints kept.", min=1)
+                                       "(default: --eval-every; 0: never).", min=0, incidental=True)
+    checkpoint_every: int = option(500, "Steps per checkpoint.", min=1, incidental=True)
+    keep_checkpoints: int = option(2, "Newest checkpoints kept.", min=1, incidental=True)
 
 
 @dataclass
 class HardwareOptions:
     TITLE: ClassVar[str] = "Hardware"
-    device: str = option("auto", "auto, cpu, cuda or cuda:N.", metavar="DEVICE")
+    device: str = option("auto", "auto, cpu, cuda or cuda:N.", metavar="DEVICE", incidental=True)
     precision: str = option("auto", "auto (bf16 autocast on CUDA), bf16 or fp32; weights stay fp32.",
                             choices=PRECISIONS)
-    compile: bool = option(False, "torch.compile the model.", flags=("--compile/--no-compile",))
+    compile: bool = option(False, "torch.compile the model.", flags=("--compile/--no-compile",), incidental=True)
     sharding: str = option("ddp", "Under torchrun: ddp (replicated weights) or fsdp (FSDP2: weights, gradients "
-                           "and optimizer state sharded).", choices=SHARDINGS)
+                           "and optimizer state sharded).", choices=SHARDINGS, incidental=True)
 
 
 SECTION_TYPES = {"model": ModelOptions, "data": DataOptions, "optimizer": OptimizerOptions,
@@ -265,6 +305,19 @@ class TrainConfig:
         strategy = self.decay.strategy or ("alphadecay" if self.decay.decay_map else "uniform")
         multipliers = "vector" if strategy == "lrm" and self.model.multipliers == "none" else self.model.multipliers
         return self.with_options(strategy=strategy, multipliers=multipliers)
+
+
+def settings_that_matter(config: dict) -> dict:
+    """The options of a run's flat settings (run.json's `config`) that can change what it learns: every option
+    but the incidental ones and those that do not apply to its strategy or optimizer. Options a run of an
+    older alphaspec did not record take their defaults. Two runs are replicates when these are equal."""
+    full = TrainConfig().flat() | {k: v for k, v in config.items()}
+    out = {}
+    for _, f, key in option_fields():
+        applies = f.metadata["applies"]
+        if not f.metadata["incidental"] and (applies is None or applies(full)):
+            out[key] = full[key]
+    return out
 
 
 def option_fields() -> Iterator[tuple[str, Field, str]]:

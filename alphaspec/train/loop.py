@@ -19,7 +19,6 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from .._version import __version__
-from ..compare import load_run_json
 from ..decay import DecayMap, is_tuned_candidate
 from ..distributed import launched
 from ..errors import AlphaspecError
@@ -32,15 +31,14 @@ from .model import PRESETS, Llama, ModelConfig, count_params, hf_tensors, is_mul
 from .observe import multiplier_rows, spectra_rows
 from .optim import make_optimizer
 from .rundir import (
-    ALPHA_COLUMNS,
-    DECAY_COLUMNS,
+    LOGS,
     MAP_COPY,
-    METRICS_COLUMNS,
-    MULTIPLIER_COLUMNS,
+    RUN_JSON,
     CsvLog,
     RunDir,
     RunError,
     load_checkpoint,
+    load_run_json,
     plan_start,
     save_checkpoint,
     save_weights,
@@ -144,13 +142,13 @@ def _open(cfg: TrainConfig, run: Path, rd: RunDir | None, rank: int, world: int,
         if missing:
             raise RunError(f"{run}: cannot resume without {' and '.join(missing)} (the run directory is incomplete)")
     elif how == "restart":
-        if (run / "run.json").exists():
-            cfg = resumed_config(load_run_json(run)["config"], cfg, where=run / "run.json", from_checkpoint=False)
+        if (run / RUN_JSON).exists():
+            cfg = resumed_config(load_run_json(run)["config"], cfg, where=run / RUN_JSON, from_checkpoint=False)
         if rank == 0:
             on_warning(f"{run} has no checkpoint yet: starting it again from step 0")
     if rank == 0:
         if how != "resume":  # the settings are on record from the start, so a run killed early can be restarted
-            write_json(run / "run.json", {"config": cfg.flat(), "alphaspec": __version__})
+            write_json(run / RUN_JSON, {"config": cfg.flat(), "alphaspec": __version__})
         if cfg.decay.decay_map and not (run / MAP_COPY).exists():  # the run keeps its own copy: resumable without it
             DecayMap.load(cfg.decay.decay_map).save(run / MAP_COPY)
         datamod.prepare(run, cfg.data, on_status)
@@ -305,15 +303,12 @@ def _prepare(cfg: TrainConfig, path: Path, rd: RunDir | None, rank: int, world: 
     first_multipliers = multiplier_rows(model, 0, rank) if first else []
     if rank == 0:
         info = _run_info(cfg, path, device, world, count_params(model), micro, accum, bf16, resume_at)
-        write_json(path / "run.json", info)
+        write_json(path / RUN_JSON, info)
         if on_start:
             on_start({**info, "config": cfg.flat(), "start_step": r.start})  # the settings in force now
         save_weights(path, weights, mcfg.hf_config())
-        logs = [("metrics", "metrics.csv", METRICS_COLUMNS), ("decays", "decay.csv", DECAY_COLUMNS),
-                ("alphas", "alphas.csv", ALPHA_COLUMNS)]
-        if cfg.model.multipliers != "none":
-            logs.append(("multipliers", "multipliers.csv", MULTIPLIER_COLUMNS))
-        r.logs = {name: CsvLog(path / file, columns, resume_at, on_warning) for name, file, columns in logs}
+        kept = [name for name in LOGS if name != "multipliers" or cfg.model.multipliers != "none"]
+        r.logs = {name: CsvLog(path / LOGS[name][0], LOGS[name][1], resume_at, on_warning) for name in kept}
         r.logs["decays"].write(strategy.decay_rows())
         r.logs["alphas"].write(first_alphas)
         if "multipliers" in r.logs:

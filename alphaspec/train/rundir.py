@@ -1,16 +1,21 @@
 """The training run directory (docs/train.md): run.json, config.json, model.safetensors, checkpoints/, metrics.csv,
-decay.csv, and alphas.csv (the spectra of the block matrices during training)."""
+decay.csv, and alphas.csv (the spectra of the block matrices during training).
+
+The one module that reads and writes these files: the trainer writes through it, `compare` and `plot` read
+through it (`load_run`, `load_run_json`, `read_alphas`)."""
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import pickle
 import re
 import shutil
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 try:
@@ -22,11 +27,11 @@ except ImportError:  # Windows
 
     fcntl = None
 
-import torch
-from safetensors.torch import save_file
+import pandas as pd
+from safetensors import safe_open
 
-from ..errors import AlphaspecError, first_line
-from ..output import atomic_write
+from ..errors import AlphaspecError, check_input_file, first_line, parse_json
+from ..output import atomic_write, read_csv_checked
 
 METRICS_COLUMNS = ["step", "tokens", "loss", "lr", "grad_norm", "tokens_per_s", "eval_loss", "eval_ppl"]
 DECAY_COLUMNS = ["step", "name", "module", "layer", "metric", "weight_decay"]
@@ -34,12 +39,102 @@ ALPHA_COLUMNS = ["step", "name", "module", "layer", "rows", "cols", "alpha", "xm
                  "stable_rank", "log_norm", "entropy"]
 MULTIPLIER_COLUMNS = ["step", "name", "module", "layer", "kind", "mean", "std", "min", "max", "weight_norm",
                       "effective_norm"]
+RUN_JSON = "run.json"
+LOGS = {"metrics": ("metrics.csv", METRICS_COLUMNS), "decays": ("decay.csv", DECAY_COLUMNS),
+        "alphas": ("alphas.csv", ALPHA_COLUMNS), "multipliers": ("multipliers.csv", MULTIPLIER_COLUMNS)}
 CKPT = re.compile(r"step_(\d+)\.pt$")
 MAP_COPY = "decay-map.json"  # a static AlphaDecay map, as the run used it (resumable without the original)
 
 
 class RunError(AlphaspecError, ValueError):
     """The run directory cannot be used as asked (exists without --resume, nothing to resume, ...)."""
+
+
+class RunDirError(AlphaspecError, ValueError):
+    """A path that is not a readable alphaspec training run."""
+
+
+@dataclass
+class Run:
+    """A finished or running training run, as read back: its settings, records, logs and tensor sizes."""
+
+    path: Path
+    config: dict
+    info: dict
+    metrics: pd.DataFrame
+    decays: pd.DataFrame
+    sizes: dict[str, int]
+
+
+RUN_KEYS = {"strategy": str, "seed": int, "steps": int, "weight_decay": int | float}  # what compare reads
+
+
+def load_run_json(path: Path) -> dict:
+    """RUN/run.json as a dict whose `config` is a dict; anything else is a RunDirError naming the file."""
+    file = Path(path) / RUN_JSON
+    if not file.exists():
+        raise RunDirError(f"{path}: not an alphaspec training run (no run.json)")
+    try:
+        check_input_file(file, "run.json")
+        info = parse_json(file.read_text(encoding="utf-8"))
+    except AlphaspecError as e:
+        raise RunDirError(str(e)) from e
+    except (OSError, ValueError) as e:
+        raise RunDirError(f"{file}: damaged ({first_line(e)})") from e
+    if not isinstance(info, dict) or not isinstance(info.get("config"), dict):
+        raise RunDirError(f"{file}: damaged (no 'config' object)")
+    return info
+
+
+def load_run(path: str | Path) -> Run:
+    """A run directory's run.json, metrics.csv, decay.csv and the tuned tensors' sizes, each checked."""
+    path = Path(path)
+    if not path.is_dir():
+        raise RunDirError(f"{path}: not a run directory")
+    info = load_run_json(path)
+    metrics_file, decay_file = path / LOGS["metrics"][0], path / LOGS["decays"][0]
+    if not metrics_file.exists():
+        raise RunDirError(f"{path}: not an alphaspec training run (no metrics.csv)")
+    try:
+        metrics = read_csv_checked(metrics_file, METRICS_COLUMNS, required=("step", "tokens", "loss", "tokens_per_s"))
+        decays = read_csv_checked(decay_file, DECAY_COLUMNS, required=("step", "weight_decay")) \
+            if decay_file.exists() else pd.DataFrame(columns=["step"])
+    except AlphaspecError as e:
+        raise RunDirError(str(e)) from e
+    if metrics.empty:
+        raise RunDirError(f"{path}: metrics.csv has no rows yet (the run logged nothing)")
+    for key, kind in RUN_KEYS.items():
+        value = info["config"].get(key)
+        if isinstance(value, bool) or not isinstance(value, kind):
+            raise RunDirError(f"{path / RUN_JSON}: damaged (its config has no valid {key!r}: {value!r})")
+    return Run(path, info["config"], info, metrics, decays, _sizes(path / "model.safetensors"))
+
+
+def read_log(path: Path, name: str, needed_by: str) -> pd.DataFrame:
+    """One of a run's logs (LOGS: metrics, decays, alphas, multipliers), checked; a RunDirError naming what
+    needs it when the file is absent or has no rows yet."""
+    file, columns = Path(path) / LOGS[name][0], LOGS[name][1]
+    if not file.is_file():
+        raise RunDirError(f"{path}: {needed_by} needs a run directory of `alphaspec train` with {file.name}")
+    table = read_csv_checked(file, columns, text=tuple(c for c in ("name", "module", "kind") if c in columns))
+    if table.empty:
+        raise RunDirError(f"{file}: no rows yet")
+    return table
+
+
+def has_log(path: Path, name: str) -> bool:
+    return (Path(path) / LOGS[name][0]).is_file()
+
+
+def _sizes(file: Path) -> dict[str, int]:
+    """Element count of every tensor in model.safetensors (from its header); {} when there is none."""
+    if not file.exists():
+        return {}
+    try:
+        with safe_open(str(file), framework="np") as f:
+            return {k: math.prod(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 - not a mapping
+    except Exception as e:  # noqa: BLE001 - any header failure is a property of the file
+        raise RunDirError(f"{file}: not a valid safetensors file ({first_line(e)})") from e
 
 
 def write_json(path: Path, doc: dict) -> None:
@@ -149,6 +244,8 @@ def load_checkpoint(run: Path, warn: Callable[[str], None]) -> tuple[Path, dict]
     """The newest intact checkpoint, read as data only (weights_only: tensors and plain containers, never
     code). A damaged one (truncated by a kill, replaced by a directory, not a checkpoint) is passed over
     with a warning that names it; if none is intact, a RunError lists them all."""
+    import torch  # here, so that reading a run's records (compare, plot) needs no torch
+
     damaged = []
     for path in checkpoints(run):
         try:
@@ -172,6 +269,8 @@ def load_checkpoint(run: Path, warn: Callable[[str], None]) -> tuple[Path, dict]
 
 
 def _check_state(state) -> None:
+    import torch
+
     if not isinstance(state, dict):
         raise ValueError(f"holds a {type(state).__name__}, not a checkpoint")
     for key, kind in CHECKPOINT_KEYS.items():
@@ -188,9 +287,10 @@ def _step(row: dict) -> float | None:
         return None
 
 
-
 def save_checkpoint(run: Path, step: int, state: dict, keep: int) -> Path:
     """Write checkpoints/step_N.pt atomically, then delete all but the newest `keep`."""
+    import torch  # here, so that reading a run's records (compare, plot) needs no torch
+
     d = run / "checkpoints"
     d.mkdir(parents=True, exist_ok=True)
     path = d / f"step_{step:07d}.pt"
@@ -201,8 +301,10 @@ def save_checkpoint(run: Path, step: int, state: dict, keep: int) -> Path:
     return path
 
 
-def save_weights(run: Path, tensors: dict[str, torch.Tensor], hf_config: dict) -> None:
+def save_weights(run: Path, tensors: dict, hf_config: dict) -> None:
     """model.safetensors (HF LlamaForCausalLM names) and config.json, each replaced atomically."""
+    from safetensors.torch import save_file
+
     atomic_write(run / "model.safetensors", lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
     write_json(run / "config.json", hf_config)
 
