@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
@@ -69,7 +71,9 @@ def compare(paths: list[str | Path], baseline: str | None = None) -> Comparison:
         seen[key] = str(p)
     runs = [load_run(p) for p in paths]
     table = tabulate(runs)
-    return Comparison(runs, table, summarise(table, baseline), unfair([r.config for r in runs]), incomplete(runs))
+    summary = summarise(table, baseline)
+    return Comparison(runs, table, summary, unfair([r.config for r in runs]),
+                      incomplete(runs) + statistical_notes(summary))
 
 
 def incomplete(runs: list[Run]) -> list[str]:
@@ -88,9 +92,7 @@ def incomplete(runs: list[Run]) -> list[str]:
 def tabulate(runs: list[Run]) -> pd.DataFrame:
     """One row per run: label, strategy, seed, steps, tokens, final loss, final/best eval loss and ppl,
     applied decay (and its ratio to the base w), median tokens/s."""
-    from .train.config import TrainConfig
-
-    varying, defaults = _varying([r.config for r in runs]), TrainConfig().flat()
+    names = labels([r.config for r in runs])
     out = []
     for r in runs:
         m, ev = r.metrics, evaluations(r)
@@ -98,7 +100,7 @@ def tabulate(runs: list[Run]) -> pd.DataFrame:
         w = float(r.config.get("weight_decay", math.nan))
         applied = applied_decay(r)
         out.append({
-            "run": str(r.path), "label": _label(r.config, varying, defaults), "strategy": r.config.get("strategy", "?"),
+            "run": str(r.path), "label": names[len(out)], "strategy": r.config.get("strategy", "?"),
             "seed": r.config.get("seed"), "steps": int(last["step"]), "tokens": int(last["tokens"]),
             "loss": float(last["loss"]),
             "eval_loss": float(ev["eval_loss"].iloc[-1]) if len(ev) else math.nan,
@@ -111,29 +113,90 @@ def tabulate(runs: list[Run]) -> pd.DataFrame:
 
 
 def summarise(table: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
-    """Replicates (same label, different seeds) pooled: n, mean and std of the final eval loss, and its
-    difference to the baseline label (default: the uniform label with the most runs) with a standard error.
-
-    Seeds fix the initialisation and the data order, so a run and the baseline run of the same seed
-    form a pair: when every seed of a label has a baseline twin, the difference is the mean of the
-    paired differences (`paired` True; its se is their std / sqrt(n)), which removes the seed-to-seed
-    variance the strategies share. Otherwise it is the difference of means with Welch's se.
-    """
+    """Replicates (same label, different seeds) pooled, each label set against the baseline label (default:
+    the uniform label with the most runs): n, mean and std of the final and best eval loss, and the
+    difference in final eval loss to the baseline with its 95 % confidence interval, two-sided p-value
+    and Holm-adjusted p-value over the labels of this comparison (`statistics`)."""
     g = table.groupby("label", sort=False)
     out = g.agg(strategy=("strategy", "first"), n=("run", "size"), steps=("steps", "max"),
                 eval_loss=("eval_loss", "mean"), eval_loss_std=("eval_loss", "std"), eval_ppl=("eval_ppl", "mean"),
-                loss=("loss", "mean"), applied_over_w=("applied_over_w", "mean"),
-                tokens_per_s=("tokens_per_s", "mean")).reset_index()
+                best_eval_loss=("best_eval_loss", "mean"), loss=("loss", "mean"),
+                applied_over_w=("applied_over_w", "mean"), tokens_per_s=("tokens_per_s", "mean")).reset_index()
     baseline = baseline if baseline is not None else default_baseline(out)
     if baseline not in set(out["label"]):
         raise RunDirError(f"baseline {baseline!r} is not one of the labels: {', '.join(out['label'])}")
-    base_runs = table[table["label"] == baseline].set_index("seed")["eval_loss"]
-    deltas = [_difference(table[table["label"] == label].set_index("seed")["eval_loss"], base_runs)
-              for label in out["label"]]
-    out["vs_baseline"], out["vs_baseline_se"], out["paired"] = zip(*deltas, strict=True)
-    out.loc[out["label"] == baseline, ["vs_baseline", "vs_baseline_se", "paired"]] = (0.0, np.nan, False)
+    base = table[table["label"] == baseline].set_index("seed")["eval_loss"]
+    rows = [difference(table[table["label"] == label].set_index("seed")["eval_loss"], base)
+            if label != baseline else Difference.none() for label in out["label"]]
+    for name in Difference.COLUMNS:
+        out[name] = [getattr(r, name) for r in rows]
+    out["p_holm"] = holm(out["p_value"].to_numpy())
     out.attrs["baseline"] = baseline
     return out.sort_values("eval_loss", kind="stable").reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class Difference:
+    """A label's final eval loss against the baseline's: mean difference, 95 % CI, two-sided p, df, pairing."""
+
+    COLUMNS: ClassVar[tuple[str, ...]] = ("vs_baseline", "ci_low", "ci_high", "p_value", "df", "paired")
+    vs_baseline: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+    df: float
+    paired: bool
+
+    @classmethod
+    def none(cls) -> Difference:
+        return cls(0.0, math.nan, math.nan, math.nan, math.nan, False)
+
+
+def difference(runs: pd.Series, base: pd.Series, level: float = 0.95) -> Difference:
+    """Final eval losses indexed by seed against the baseline's. Seeds fix the initialisation and the data
+    order, so when every seed of `runs` has a baseline twin the runs are paired (a paired t-test, which
+    removes the seed-to-seed variance the two share); otherwise Welch's unequal-variance t-test. With
+    fewer than two pairs (or runs on a side) there is no interval: NaN."""
+    runs, base = runs.dropna(), base.dropna()
+    with warnings.catch_warnings():  # scipy warns of precision loss when the differences are (nearly) equal
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return _t_test(runs, base, level)
+
+
+def _t_test(runs: pd.Series, base: pd.Series, level: float) -> Difference:
+    from scipy import stats
+
+    if runs.index.is_unique and base.index.is_unique and len(runs) and set(runs.index) <= set(base.index):
+        d = (runs - base.loc[runs.index]).to_numpy(dtype=float)
+        n, mean = len(d), float(d.mean())
+        if n < 2:
+            return Difference(mean, math.nan, math.nan, math.nan, math.nan, True)
+        se, df = float(d.std(ddof=1)) / math.sqrt(n), n - 1
+        p = float(stats.ttest_rel(runs.to_numpy(float), base.loc[runs.index].to_numpy(float)).pvalue)
+        half = float(stats.t.ppf(0.5 + level / 2, df)) * se
+        return Difference(mean, mean - half, mean + half, p, float(df), True)
+    x, y = runs.to_numpy(float), base.to_numpy(float)
+    mean = float(x.mean() - y.mean()) if len(x) and len(y) else math.nan
+    if min(len(x), len(y)) < 2:
+        return Difference(mean, math.nan, math.nan, math.nan, math.nan, False)
+    vx, vy = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
+    se = math.sqrt(vx + vy)
+    df = (vx + vy) ** 2 / (vx**2 / (len(x) - 1) + vy**2 / (len(y) - 1)) if se > 0 else math.nan  # Welch-Satterthwaite
+    p = float(stats.ttest_ind(x, y, equal_var=False).pvalue)
+    half = float(stats.t.ppf(0.5 + level / 2, df)) * se if se > 0 else 0.0
+    return Difference(mean, mean - half, mean + half, p, float(df), False)
+
+
+def holm(p: np.ndarray) -> np.ndarray:
+    """Holm's step-down adjustment of the p-values (NaN ignored): the i-th smallest of m is multiplied by
+    m - i + 1, the results made non-decreasing and capped at 1; it controls the family-wise error."""
+    out = np.full(len(p), np.nan)
+    ok = np.flatnonzero(~np.isnan(p))
+    order = ok[np.argsort(p[ok], kind="stable")]
+    m = len(order)
+    adjusted = np.minimum(1.0, np.maximum.accumulate(p[order] * (m - np.arange(m))))
+    out[order] = adjusted
+    return out
 
 
 def default_baseline(summary: pd.DataFrame) -> str:
@@ -151,14 +214,19 @@ def default_baseline(summary: pd.DataFrame) -> str:
     return str(top["label"].iloc[0])
 
 
-def _difference(runs: pd.Series, base: pd.Series) -> tuple[float, float, bool]:
-    """(mean difference, its standard error, paired?) of final eval losses indexed by seed."""
-    if runs.index.is_unique and base.index.is_unique and set(runs.index) <= set(base.index):
-        d = runs - base.loc[runs.index]
-        return float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else math.nan, True
-    se = math.sqrt(runs.var(ddof=1) / len(runs) + base.var(ddof=1) / len(base)) if min(len(runs), len(base)) > 1 \
-        else math.nan
-    return float(runs.mean() - base.mean()), se, False
+def statistical_notes(summary: pd.DataFrame) -> list[str]:
+    """What a reader must know before reading the differences: too few runs, no pairing."""
+    notes = []
+    few = summary[summary["n"] < 3]
+    if len(few):
+        notes.append(f"fewer than 3 runs for {', '.join(few['label'])}: with n = 2 the 95 % interval is 12.7 "
+                     "standard errors wide either side (t at 1 degree of freedom); run more seeds before "
+                     "drawing a conclusion")
+    unpaired = summary[(summary["label"] != summary.attrs["baseline"]) & ~summary["paired"].astype(bool)]
+    if len(unpaired):
+        notes.append(f"not paired by seed (some seed has no baseline run): {', '.join(unpaired['label'])}; "
+                     "Welch's test instead, which keeps the seed-to-seed variance in the error")
+    return notes
 
 
 def unfair(configs: list[dict]) -> list[str]:
@@ -167,40 +235,34 @@ def unfair(configs: list[dict]) -> list[str]:
     return [k for k in budget if len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1]
 
 
-# The settings that matter to each strategy (plus COMMON): labels name only these.
-COMMON = ("model", "steps", "batch_size", "seq_len", "data", "val_data", "tokenizer", "vocab_size", "lr", "min_lr_ratio",
-          "warmup_steps", "betas", "eps", "optimizer", "weight_decay", "default_decay", "grad_clip", "multipliers",
-          "precision", "val_fraction")
-SPECIFIC = {
-    "alphadecay": ("decay_map", "gap", "estimator", "metric", "assign", "ratio", "preserve_mean", "alphadecay_warmup"),
-    "adadecay": ("gap", "assign", "ratio", "preserve_mean"),
-    "awd": (),
-    "uniform": (),
-    "lrm": (),
-}
-MULTIPLIER_KEYS = ("lrm_decay", "lrm_lr_mult")
+def labels(configs: list[dict]) -> list[str]:
+    """Each run's label: its strategy and the options that set it apart. Runs share a label exactly when
+    they are replicates: equal in every option that matters (all but the incidental ones, as TrainConfig's
+    metadata marks them, and those that do not apply to the run's strategy or optimizer)."""
+    from .train.config import TrainConfig
 
-
-def relevant(config: dict) -> dict:
-    """The part of a run's config that can change what it learns."""
-    keys = [*COMMON, *SPECIFIC.get(config.get("strategy"), ())]
-    if config.get("multipliers", "none") != "none":
-        keys += MULTIPLIER_KEYS
-    if config.get("decay_map"):
-        keys = [k for k in keys if k not in ("gap", "estimator", "metric", "assign", "ratio", "alphadecay_warmup")]
-    return {k: config.get(k) for k in keys if k in config}
+    varying, defaults = _varying(configs), TrainConfig().flat()
+    return [_label(c, varying, defaults) for c in configs]
 
 
 def _varying(configs: list[dict]) -> list[str]:
-    rel = [relevant(c) for c in configs]
+    """The options that matter (train.config.settings_that_matter) and differ among the runs they apply to."""
+    from .train.config import settings_that_matter
+
+    rel = [settings_that_matter(c) for c in configs]
     keys = sorted({k for r in rel for k in r})
     return [k for k in keys if len({json.dumps(r.get(k), sort_keys=True) for r in rel if k in r}) > 1]
 
 
 def _label(config: dict, varying: list[str], defaults: dict) -> str:
-    """The strategy, plus the settings that vary between the compared runs where they are not the default."""
-    rel = relevant(config)
-    extra = [f"{k}={_short(rel[k])}" for k in varying if k in rel and _short(rel[k]) != _short(defaults.get(k))]
+    """The strategy, plus the options that matter, vary between the compared runs and are not the default.
+
+    Two runs get one label exactly when the options that matter are equal: they are replicates."""
+    from .train.config import settings_that_matter
+
+    rel = settings_that_matter(config)
+    extra = [f"{k}={_short(rel[k])}" for k in varying
+             if k in rel and k != "strategy" and _short(rel[k]) != _short(defaults.get(k))]
     return " ".join([str(config.get("strategy", "?")), *extra])
 
 

@@ -38,7 +38,9 @@ def test_applied_decay_is_time_and_parameter_weighted(tmp_path):
     assert applied_decay(run) == pytest.approx((4 * 0.175 + 6 * 0.225) / 10)
 
 
-def test_seeds_are_pooled_and_set_against_the_uniform_baseline(tmp_path):
+def test_seeds_are_pooled_and_set_against_the_uniform_baseline_with_welch(tmp_path):
+    from scipy import stats
+
     u = [fake_run(tmp_path / f"u{s}", [3.5, v], seed=s) for s, v in enumerate([3.0, 3.2])]
     a = [fake_run(tmp_path / f"a{s}", [3.4, v], "alphadecay", seed=s) for s, v in enumerate([2.9, 3.0, 3.05])]
     result = compare([*a, *u])
@@ -47,24 +49,122 @@ def test_seeds_are_pooled_and_set_against_the_uniform_baseline(tmp_path):
     assert s.loc["uniform", "n"] == 2 and s.loc["alphadecay", "n"] == 3
     assert s.loc["alphadecay", "eval_loss"] == pytest.approx(np.mean([2.9, 3.0, 3.05]))
     assert s.loc["alphadecay", "eval_loss_std"] == pytest.approx(np.std([2.9, 3.0, 3.05], ddof=1))
-    assert s.loc["alphadecay", "vs_baseline"] == pytest.approx(np.mean([2.9, 3.0, 3.05]) - 3.1)
-    se = math.sqrt(np.var([2.9, 3.0, 3.05], ddof=1) / 3 + np.var([3.0, 3.2], ddof=1) / 2)
-    assert s.loc["alphadecay", "vs_baseline_se"] == pytest.approx(se) and not s.loc["alphadecay", "paired"]
-    assert math.isnan(s.loc["uniform", "vs_baseline_se"]) and s.loc["uniform", "vs_baseline"] == 0
+    assert s.loc["alphadecay", "best_eval_loss"] == pytest.approx(np.mean([2.9, 3.0, 3.05]))
+    # seed 2 has no uniform twin: Welch. By hand: se² = va/3 + vu/2, Welch-Satterthwaite df, t quantile.
+    x, y = np.array([2.9, 3.0, 3.05]), np.array([3.0, 3.2])
+    va, vu = x.var(ddof=1) / 3, y.var(ddof=1) / 2
+    df = (va + vu) ** 2 / (va**2 / 2 + vu**2 / 1)
+    half = stats.t.ppf(0.975, df) * math.sqrt(va + vu)
+    assert not s.loc["alphadecay", "paired"] and s.loc["alphadecay", "df"] == pytest.approx(df)
+    assert s.loc["alphadecay", "vs_baseline"] == pytest.approx(x.mean() - y.mean())
+    assert (s.loc["alphadecay", "ci_low"], s.loc["alphadecay", "ci_high"]) == pytest.approx(
+        (x.mean() - y.mean() - half, x.mean() - y.mean() + half))
+    assert s.loc["alphadecay", "p_value"] == pytest.approx(stats.ttest_ind(x, y, equal_var=False).pvalue)
+    assert s.loc["alphadecay", "p_holm"] == pytest.approx(s.loc["alphadecay", "p_value"])  # one label: unchanged
+    assert math.isnan(s.loc["uniform", "ci_low"]) and s.loc["uniform", "vs_baseline"] == 0
     assert result.differing == []
+    assert any("fewer than 3 runs for uniform" in n for n in result.notes)
+    assert any("not paired by seed" in n for n in result.notes)
 
 
 def test_same_seeds_are_compared_in_pairs(tmp_path):
+    from scipy import stats
+
     uniform, alpha = [3.00, 3.20, 3.10], [2.98, 3.17, 3.09]  # seed effects shared, the strategy ~0.02 better
     runs = [fake_run(tmp_path / f"u{s}", [v], seed=s) for s, v in enumerate(uniform)]
     runs += [fake_run(tmp_path / f"a{s}", [v], "alphadecay", seed=s) for s, v in enumerate(alpha)]
-    s = compare(runs).summary.set_index("label")
+    result = compare(runs)
+    s = result.summary.set_index("label")
     d = np.subtract(alpha, uniform)
-    assert bool(s.loc["alphadecay", "paired"])
+    se = d.std(ddof=1) / math.sqrt(3)
+    t_975_df2 = 4.302652729749464  # the t distribution's 97.5 % quantile at 2 degrees of freedom (tables)
+    assert bool(s.loc["alphadecay", "paired"]) and s.loc["alphadecay", "df"] == 2
     assert s.loc["alphadecay", "vs_baseline"] == pytest.approx(d.mean())
-    assert s.loc["alphadecay", "vs_baseline_se"] == pytest.approx(d.std(ddof=1) / math.sqrt(3))
+    assert (s.loc["alphadecay", "ci_low"], s.loc["alphadecay", "ci_high"]) == pytest.approx(
+        (d.mean() - t_975_df2 * se, d.mean() + t_975_df2 * se))
+    assert s.loc["alphadecay", "p_value"] == pytest.approx(stats.ttest_rel(alpha, uniform).pvalue)
+    assert s.loc["alphadecay", "p_value"] == pytest.approx(2 * stats.t.sf(abs(d.mean() / se), 2))
     welch = math.sqrt(np.var(alpha, ddof=1) / 3 + np.var(uniform, ddof=1) / 3)
-    assert s.loc["alphadecay", "vs_baseline_se"] < welch / 5  # pairing removes the shared seed variance
+    assert se < welch / 5  # pairing removes the shared seed variance
+    assert not any("fewer than 3" in n or "not paired" in n for n in result.notes)
+
+
+def test_holm_against_a_hand_computation():
+    from alphaspec.compare import holm
+
+    # sorted 0.01, 0.03, 0.04 of m = 3: x3 = 0.03, x2 = 0.06, x1 = 0.04 -> kept non-decreasing: 0.06
+    got = holm(np.array([0.01, 0.04, np.nan, 0.03]))
+    assert got[[0, 1, 3]] == pytest.approx([0.03, 0.06, 0.06]) and math.isnan(got[2])
+    assert holm(np.array([0.5, 0.9])) == pytest.approx([1.0, 1.0])  # capped at 1
+
+
+def test_a_single_run_per_label_gets_no_interval_and_says_so(tmp_path):
+    runs = [fake_run(tmp_path / "u", [3.0]), fake_run(tmp_path / "a", [2.9], "alphadecay")]
+    result = compare(runs)
+    s = result.summary.set_index("label")
+    assert s.loc["alphadecay", "vs_baseline"] == pytest.approx(-0.1) and math.isnan(s.loc["alphadecay", "ci_low"])
+    assert math.isnan(s.loc["alphadecay", "p_value"])
+    res = CliRunner().invoke(app, ["compare", str(runs[0]), str(runs[1])], env={"COLUMNS": "160"})
+    assert res.exit_code == 0 and "(no CI)" in res.output and "fewer than 3 runs" in res.output
+
+
+def alternative(value, f):
+    """Another valid value of option field `f`, of its own type."""
+    choices = f.metadata["choices"]
+    if choices:
+        return next(c for c in choices if c != value)
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value + 1
+    if isinstance(value, float):
+        return value / 2 + 0.01
+    if isinstance(value, list | tuple):
+        return [*value[:-1], value[-1] + 1] if value and isinstance(value[-1], int | float) else ["elsewhere.txt"]
+    if value is None:
+        return 7 if "int" in str(f.type) else "elsewhere"
+    return value + "-other"
+
+
+BASES = [dict(strategy="uniform"), dict(strategy="alphadecay"), dict(strategy="adadecay"), dict(strategy="mup"),
+         dict(strategy="alphadecay", optimizer="muon"), dict(strategy="uniform", multipliers="vector"),
+         dict(strategy="alphadecay", decay_map="wd.json")]
+
+
+def test_two_runs_are_replicates_exactly_when_they_differ_in_an_incidental_option():
+    """Every option of TrainConfig, changed alone in a setting where it applies: the two runs share a label
+    (are pooled as seeds of one setting) if and only if the option is marked incidental. A new option that
+    changes what a run learns cannot be pooled silently: it is not incidental unless marked so."""
+    from alphaspec.compare import labels
+    from alphaspec.train.config import TrainConfig, option_fields
+
+    checked = 0
+    for _, f, key in option_fields():
+        applies = f.metadata["applies"]
+        base = next(c for c in (TrainConfig.of(**b).settled().flat() for b in BASES)
+                    if applies is None or applies(c))
+        other = base | {key: alternative(base[key], f)}
+        a, b = labels([base, other])
+        assert (a == b) == f.metadata["incidental"], (key, a, b)
+        checked += 1
+    assert checked == len(list(option_fields())) > 40
+    incidental = {key for _, f, key in option_fields() if f.metadata["incidental"]}
+    assert incidental == {"out", "resume", "seed", "log_every", "eval_every", "analyze_every", "checkpoint_every",
+                          "keep_checkpoints", "token_cache", "device", "compile", "sharding", "micro_batch"}
+
+
+def test_options_that_do_not_apply_split_no_replicates(tmp_path):
+    """Muon's momentum means nothing to an AdamW run, and a refresh gap nothing to uniform decay: runs that
+    differ only there are replicates, and the options stay out of the labels."""
+    from alphaspec.compare import labels
+    from alphaspec.train.config import TrainConfig
+
+    adamw = TrainConfig.of(strategy="uniform").settled().flat()
+    assert labels([adamw, adamw | {"muon_momentum": 0.5}, adamw | {"gap": 7}]) == ["uniform"] * 3
+    muon = TrainConfig.of(strategy="uniform", optimizer="muon").settled().flat()
+    assert labels([muon, muon | {"muon_momentum": 0.5}]) == ["uniform", "uniform muon_momentum=0.5"]
+    mup = TrainConfig.of(strategy="mup").settled().flat()
+    assert labels([mup, mup | {"mup_base_width": 64}]) == ["mup", "mup mup_base_width=64"]
 
 
 def test_labels_name_only_the_settings_that_matter(tmp_path):
@@ -91,7 +191,7 @@ def test_cli_writes_table_and_figure(tmp_path):
                                                                    decays=[(0, A, 0.05), (0, B, 0.3)]))]
     res = CliRunner().invoke(app, ["compare", *runs, "-o", str(tmp_path / "c.csv"), "--plot", str(tmp_path / "c.png")])
     assert res.exit_code == 0, res.output
-    assert "alphadecay" in res.output and "-0.0500" in res.output
+    assert "alphadecay" in res.output and "-0.0500" in res.output and "Δ final" in res.output
     assert "average decay differs" in res.output  # (0.05*100+0.3*300)/400 = 0.2375 = 2.4 w
     table = pd.read_csv(tmp_path / "c.csv")
     assert table.loc[table["strategy"] == "alphadecay", "applied_over_w"].item() == pytest.approx(2.375)

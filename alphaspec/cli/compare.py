@@ -93,20 +93,33 @@ def _width(config: Path) -> int:
 
 
 def _summary(summary) -> Table:
+    """The terminal table (80 columns): final (mean, sd over seeds) and best eval loss, the difference in final
+    eval loss to the baseline ± the half-width of its 95 % interval, the Holm-adjusted p-value, the decay
+    applied. Throughput is left out: it measures the machine's load as much as the strategy (per run in -o)."""
     baseline = summary.attrs["baseline"]
-    table = Table(title=f"final validation loss, best first (baseline: {baseline})", title_justify="left",
+    table = Table(title=f"validation loss, best first (baseline: {baseline})", title_justify="left",
                   header_style="bold")
-    for col in ("label", "runs", "eval loss", "eval ppl", "vs baseline", "decay / w", "train loss", "tokens/s"):
-        table.add_column(col, justify="left" if col == "label" else "right")
+    for col in ("label", "n", "final", "sd", "best", "Δ final ±95%", "p Holm", "wd/w"):
+        table.add_column(col, justify="left" if col == "label" else "right", no_wrap=col != "label",
+                         overflow="fold" if col == "label" else "ellipsis")  # a label is read whole, over lines
     for r in summary.itertuples():
-        spread = f" ± {r.eval_loss_std:.4f}" if r.n > 1 else ""
-        delta = "-" if r.label == baseline else f"{r.vs_baseline:+.4f}"
-        if not math.isnan(r.vs_baseline_se):
-            delta += f" ± {r.vs_baseline_se:.4f}"
-        table.add_row(r.label, str(r.n), f"{r.eval_loss:.4f}{spread}", f"{r.eval_ppl:.2f}", delta,
-                      f"{r.applied_over_w:.2f}", f"{r.loss:.4f}", f"{r.tokens_per_s:,.0f}",
+        table.add_row(r.label, str(r.n), f"{r.eval_loss:.4f}", f"{r.eval_loss_std:.4f}" if r.n > 1 else "-",
+                      f"{r.best_eval_loss:.4f}", _delta(r, baseline), _p(r.p_holm), f"{r.applied_over_w:.2f}",
                       style="bold" if r.Index == 0 else None)
     paired = summary.loc[summary["label"] != baseline, "paired"]
-    how = "paired by seed" if len(paired) and paired.all() else "difference of means (Welch)"
-    table.caption = f"vs baseline: difference in final eval loss, {how}, ± its standard error; negative is better"
+    how = "paired by seed (t-test)" if len(paired) and paired.all() else "Welch's t-test where not paired by seed"
+    table.caption = (f"Δ final: this label's final eval loss minus the baseline's, {how}, ± the half-width of its "
+                     "95 % interval; negative is better. p: two-sided, Holm-adjusted over the labels")
     return table
+
+
+def _delta(r, baseline: str) -> str:
+    if r.label == baseline:
+        return "-"
+    if math.isnan(r.ci_low):
+        return f"{r.vs_baseline:+.4f} (no CI)"
+    return f"{r.vs_baseline:+.4f} ±{(r.ci_high - r.ci_low) / 2:.4f}"
+
+
+def _p(p: float) -> str:
+    return "-" if math.isnan(p) else "<1e-4" if p < 1e-4 else f"{p:.2g}"
