@@ -219,10 +219,11 @@ def statistical_notes(summary: pd.DataFrame) -> list[str]:
     notes = []
     few = summary[summary["n"] < 3]
     if len(few):
-        notes.append(f"fewer than 3 runs for {', '.join(few['label'])}: with n = 2 the 95 % interval is 12.7 "
-                     "standard errors wide either side (t at 1 degree of freedom); run more seeds before "
-                     "drawing a conclusion")
-    unpaired = summary[(summary["label"] != summary.attrs["baseline"]) & ~summary["paired"].astype(bool)]
+        notes.append(f"fewer than 3 runs for {', '.join(few['label'])}: with 2 runs the 95 % interval is 12.7 "
+                     "standard errors wide either side (t at 1 degree of freedom), with 1 there is none; run more "
+                     "seeds before drawing a conclusion")
+    unpaired = summary[(summary["label"] != summary.attrs["baseline"]) & ~summary["paired"].astype(bool)
+                       & summary["vs_baseline"].notna()]
     if len(unpaired):
         notes.append(f"not paired by seed (some seed has no baseline run): {', '.join(unpaired['label'])}; "
                      "Welch's test instead, which keeps the seed-to-seed variance in the error")

@@ -32,17 +32,16 @@ def compare_figure(comparison) -> Figure:
     fig = Figure(figsize=(12, 8), layout="constrained")
     (ax_loss, ax_eval), (ax_delta, ax_decay) = fig.subplots(2, 2)
     curves = [evaluations(run).set_index("tokens")["eval_loss"] for run in comparison.runs]  # eval loss by tokens
-    seen: set[str] = set()
-    for run, row, curve in zip(comparison.runs, table.itertuples(), curves, strict=True):
-        m, c = run.metrics, colour[row.label]
-        ax_loss.plot(m["tokens"], m["loss"], color=c, lw=1.0, alpha=0.8)
-        shown = len(curve) > 0  # a run without evaluations gets no legend entry it has no curve for
-        ax_eval.plot(curve.index, curve.to_numpy(), color=c, lw=1.0, marker="o", ms=2.5, alpha=0.9,
-                     label=row.label if shown and row.label not in seen else None)
-        seen |= {row.label} if shown else set()
+    for label in labels:  # seeds of a label as one line (their mean) and a band (min..max): labels stay apart
+        rows = [i for i, r in enumerate(table.itertuples()) if r.label == label]
+        train = [comparison.runs[i].metrics.set_index("tokens")["loss"] for i in rows]
+        _mean_and_band(ax_loss, train, colour[label], None)
+        _mean_and_band(ax_eval, [curves[i] for i in rows if len(curves[i])], colour[label], label, marker="o")
+    for run, row in zip(comparison.runs, table.itertuples(), strict=True):
         series = decay_series(run)
         if len(series) and row.weight_decay:
-            ax_decay.plot(series.index, series.to_numpy() / row.weight_decay, color=c, lw=1.2, drawstyle="steps-post")
+            ax_decay.plot(series.index, series.to_numpy() / row.weight_decay, color=colour[row.label], lw=1.2,
+                          drawstyle="steps-post")
     of_label = {lab: [(r.seed, c) for r, c in zip(table.itertuples(), curves, strict=True) if r.label == lab]
                 for lab in labels}
     base_by_seed = dict(of_label[baseline])
@@ -69,6 +68,46 @@ def compare_figure(comparison) -> Figure:
     ax_decay.axhline(1.0, color="#999999", lw=0.8, ls="--")
     ax_eval.legend(fontsize=8, frameon=False)
     ax_delta.legend(fontsize=8, frameon=False)
+    return fig
+
+
+def _mean_and_band(ax, curves: list[pd.Series], colour: str, label: str | None, marker: str | None = None) -> None:
+    """The mean of a label's curves (one per seed, on their common x) as a line, and min..max as a band."""
+    if not curves:
+        return
+    runs = pd.concat(curves, axis=1).dropna()
+    if runs.empty:
+        return
+    ax.plot(runs.index, runs.mean(axis=1), color=colour, lw=1.4, marker=marker, ms=2.5,
+            label=f"{label} (n={runs.shape[1]})" if label else None)
+    if runs.shape[1] > 1:
+        ax.fill_between(runs.index, runs.min(axis=1), runs.max(axis=1), color=colour, alpha=0.15, lw=0)
+
+
+def alphas_over_training(comparison, alphas: list[pd.DataFrame | None]) -> Figure:
+    """Alpha over training per module type, across runs: for each type, the mean over its layers of each
+    label's alphas (mean over seeds, band min..max), with the Gaussian matrix's alpha of the type's shape."""
+    table = comparison.table
+    labels = list(dict.fromkeys(table["label"]))
+    colour = {lab: OKABE_ITO[i % len(OKABE_ITO)] for i, lab in enumerate(labels)}
+    types = [m for m in BLOCK_MODULES if any(a is not None and (a["module"] == m).any() for a in alphas)]
+    fig = Figure(figsize=(3.2 * min(4, len(types)), 3.0 * -(-len(types) // 4) + 0.6), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(-(-len(types) // 4), min(4, len(types)), squeeze=False)).ravel()
+    for ax, module in zip(axes, types, strict=False):
+        for label in labels:
+            per_run = [a[a["module"] == module].groupby("step")["alpha"].mean()
+                       for a, r in zip(alphas, table.itertuples(), strict=True) if a is not None and r.label == label]
+            _mean_and_band(ax, [c for c in per_run if len(c)], colour[label], label if module == types[0] else None)
+        shape = next(a[a["module"] == module].iloc[0] for a in alphas if a is not None and (a["module"] == module).any())
+        ax.axhline(random_alpha(int(shape["rows"]), int(shape["cols"]), "median"), color="#555555", lw=0.9, ls=":")
+        ax.set_title(module, loc="left")
+        ax.set_xlabel("step")
+        ax.set_ylabel("mean alpha over layers")
+        ax.grid(alpha=0.3)
+    for ax in axes[len(types):]:
+        ax.set_visible(False)
+    fig.legend(loc="outside lower center", ncols=min(4, len(labels)), fontsize=8, frameon=False)
+    fig.suptitle("alpha over training per module type (dotted: a Gaussian matrix of the same shape)", fontsize=10)
     return fig
 
 

@@ -228,3 +228,62 @@ def test_every_legend_entry_of_the_figure_has_its_curve(tmp_path):
         for text in legend.get_texts():
             assert drawn.get(text.get_text(), 0) > 0, text.get_text()
         assert "awd" not in [t.get_text() for t in legend.get_texts()]
+
+
+def with_alphas(run, level: float):
+    """alphas.csv rows for two module types over three steps, alpha = level + step / 100."""
+    rows = [{"step": s, "name": f"model.layers.{layer}.{part}.weight", "module": module, "layer": layer, "rows": 32,
+             "cols": 32, "alpha": level + s / 100, "xmin": 1.0, "ks_d": 0.1, "n_tail": 10, "spectral_norm": 1.0,
+             "stable_rank": 1.0, "log_norm": 0.0, "entropy": 0.5}
+            for s in (0, 5, 10) for layer in (0, 1)
+            for part, module in (("self_attn.q_proj", "att.q"), ("mlp.down_proj", "mlp.down"))]
+    pd.DataFrame(rows).to_csv(run / "alphas.csv", index=False)
+    return run
+
+
+def test_the_figures_draw_one_line_per_label_not_per_seed(tmp_path):
+    """Seeds overplotted into one tangle; now each label is its mean over seeds with a min..max band."""
+    import matplotlib
+
+    from alphaspec.training_plots import alphas_over_training, compare_figure
+
+    matplotlib.use("Agg")
+    runs = [with_alphas(fake_run(tmp_path / f"u{s}", [3.2, 3.0 + s / 10], seed=s), 3.0 + s / 10) for s in range(3)]
+    runs += [with_alphas(fake_run(tmp_path / f"a{s}", [3.1, 2.9 + s / 10], "alphadecay", seed=s), 2.5) for s in range(3)]
+    result = compare(runs)
+    fig = compare_figure(result)
+    eval_ax = fig.axes[1]
+    assert len(eval_ax.get_lines()) == 2  # two labels, six runs
+    assert sorted(t.get_text() for t in eval_ax.get_legend().get_texts()) == ["alphadecay (n=3)", "uniform (n=3)"]
+    mean_uniform = next(line for line in eval_ax.get_lines() if line.get_color() == eval_ax.get_lines()[0].get_color())
+    assert mean_uniform.get_ydata()[-1] == pytest.approx(3.1)  # the mean of 3.0, 3.1, 3.2
+    alphas = [pd.read_csv(r / "alphas.csv") for r in runs]
+    fig = alphas_over_training(result, alphas)
+    shown = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title(loc="left") for ax in shown] == ["att.q", "mlp.down"]
+    uniform_line = shown[0].get_lines()[0]  # uniform is the first label in table order? labels in table order
+    assert list(uniform_line.get_xdata()) == [0, 5, 10]
+    res = CliRunner().invoke(app, ["compare", *map(str, runs), "--plot-alphas", str(tmp_path / "a.png")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "a.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_plot_alphas_without_any_alphas_is_one_error_line(tmp_path):
+    runs = [fake_run(tmp_path / "u", [3.0]), fake_run(tmp_path / "a", [2.9], "alphadecay")]
+    res = CliRunner().invoke(app, ["compare", *map(str, runs), "--plot-alphas", str(tmp_path / "a.png")])
+    assert res.exit_code == 1 and res.output.strip().splitlines()[-1].startswith("error: --plot-alphas")
+    assert not (tmp_path / "a.png").exists()
+
+
+def test_a_run_without_evaluation_gives_no_number_and_a_note(tmp_path):
+    runs = [fake_run(tmp_path / f"u{s}", [3.0 + s / 10], seed=s) for s in range(3)]
+    silent = fake_run(tmp_path / "a0", [2.9], "alphadecay")
+    m = pd.read_csv(silent / "metrics.csv")
+    m.assign(eval_loss=None, eval_ppl=None).to_csv(silent / "metrics.csv", index=False)
+    result = compare([*runs, silent])
+    s = result.summary.set_index("label")
+    assert math.isnan(s.loc["alphadecay", "vs_baseline"]) and math.isnan(s.loc["alphadecay", "p_value"])
+    assert any("has no evaluation yet" in n for n in result.notes)
+    res = CliRunner().invoke(app, ["compare", *map(str, [*runs, silent])], env={"COLUMNS": "100"})
+    assert res.exit_code == 0 and "nan" not in res.output.lower() and "- (no eval)" in res.output
+    assert not any("not paired" in n for n in result.notes)

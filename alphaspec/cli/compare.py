@@ -26,6 +26,9 @@ def compare(
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Per-run table (.csv, .json, .parquet).")] = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="Loss curves and applied decay (.png, .svg, .pdf).")] = None,
     baseline: Annotated[str | None, typer.Option(help="Label to compare against (default: the uniform runs).")] = None,
+    plot_alphas: Annotated[Path | None, typer.Option(
+        "--plot-alphas", help="Alpha over training per module type, labels overlaid (.png, .svg, .pdf); needs the "
+        "runs' alphas.csv.")] = None,
     plot_multipliers: Annotated[Path | None, typer.Option(
         "--plot-multipliers", help="Learned multipliers against model width, for runs with learnable multipliers "
         "(.png, .svg, .pdf).")] = None,
@@ -37,7 +40,7 @@ def compare(
 
     if output is not None:
         check_output(output, inputs=runs)
-    for figure in filter(None, (plot, plot_multipliers)):
+    for figure in filter(None, (plot, plot_alphas, plot_multipliers)):
         check_output(figure, (".png", ".svg", ".pdf"), inputs=runs)
     result = compare_runs(runs, baseline)
     if output is not None:
@@ -47,6 +50,8 @@ def compare(
         from ..training_plots import compare_figure
 
         save_figure(compare_figure(result), plot)
+    if plot_alphas is not None:
+        _alphas_over_training(result, plot_alphas)
     if plot_multipliers is not None:
         _multipliers_by_width(result, plot_multipliers)
     if quiet:
@@ -62,7 +67,7 @@ def compare(
         out.print("[yellow]note:[/] average decay differs from the baseline's for "
                   f"{', '.join(uneven['label'])}: gains may come from more (or less) regularisation; "
                   "compare at equal average decay with --preserve-mean params")
-    for path in filter(None, (output, plot, plot_multipliers)):
+    for path in filter(None, (output, plot, plot_alphas, plot_multipliers)):
         out.print(f"wrote {path}", highlight=False)
 
 
@@ -77,6 +82,19 @@ def _multipliers_by_width(result, path: Path) -> None:
     if not runs:
         fail("--plot-multipliers: none of the runs learned multipliers (--strategy lrm or --multipliers)")
     save_figure(multipliers_width_figure(runs), path)
+
+
+def _alphas_over_training(result, path: Path) -> None:
+    """The alpha-over-training overlay from the runs that analysed their matrices (alphas.csv)."""
+    from ..plots import save_figure
+    from ..train.rundir import has_log, read_log
+    from ..training_plots import alphas_over_training
+
+    alphas = [read_log(run.path, "alphas", "--plot-alphas") if has_log(run.path, "alphas") else None
+              for run in result.runs]
+    if all(a is None for a in alphas):
+        fail("--plot-alphas: none of the runs recorded alphas.csv (train with --analyze-every N)")
+    save_figure(alphas_over_training(result, alphas), path)
 
 
 def _width(config: Path) -> int:
@@ -103,8 +121,8 @@ def _summary(summary) -> Table:
         table.add_column(col, justify="left" if col == "label" else "right", no_wrap=col != "label",
                          overflow="fold" if col == "label" else "ellipsis")  # a label is read whole, over lines
     for r in summary.itertuples():
-        table.add_row(r.label, str(r.n), f"{r.eval_loss:.4f}", f"{r.eval_loss_std:.4f}" if r.n > 1 else "-",
-                      f"{r.best_eval_loss:.4f}", _delta(r, baseline), _p(r.p_holm), f"{r.applied_over_w:.2f}",
+        table.add_row(r.label, str(r.n), _number(r.eval_loss), _number(r.eval_loss_std) if r.n > 1 else "-",
+                      _number(r.best_eval_loss), _delta(r, baseline), _p(r.p_holm), _number(r.applied_over_w, 2),
                       style="bold" if r.Index == 0 else None)
     paired = summary.loc[summary["label"] != baseline, "paired"]
     how = "paired by seed (t-test)" if len(paired) and paired.all() else "Welch's t-test where not paired by seed"
@@ -113,9 +131,15 @@ def _summary(summary) -> Table:
     return table
 
 
+def _number(x: float, digits: int = 4) -> str:
+    return "-" if math.isnan(x) else f"{x:.{digits}f}"
+
+
 def _delta(r, baseline: str) -> str:
     if r.label == baseline:
         return "-"
+    if math.isnan(r.vs_baseline):
+        return "- (no eval)"
     if math.isnan(r.ci_low):
         return f"{r.vs_baseline:+.4f} (no CI)"
     return f"{r.vs_baseline:+.4f} ±{(r.ci_high - r.ci_low) / 2:.4f}"
