@@ -14,3 +14,25 @@ def test_ruff_clean():
     proc = subprocess.run(["ruff", "check", "--output-format", "concise", "alphaspec", "tests", "bench", "notebooks"],
                           cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+RUN_FILES = ('"run.json"', '"metrics.csv"', '"decay.csv"', '"alphas.csv"', '"multipliers.csv"', '"checkpoints"')
+
+
+def test_only_rundir_names_the_files_of_a_run_directory():
+    """One owner for the run directory: every other module reads and writes it through train/rundir."""
+    owners = {ROOT / "alphaspec" / "train" / "rundir.py"}
+    offenders = [f"{path.relative_to(ROOT)}: {name}" for path in (ROOT / "alphaspec").rglob("*.py") if path not in owners
+                 for name in RUN_FILES if name in path.read_text(encoding="utf-8")]
+    assert offenders == []
+
+
+def test_compare_and_the_trainer_do_not_import_each_other():
+    import ast
+
+    def imports(path: Path) -> set[str]:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        return {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+
+    assert not any("loop" in m or m.endswith("train") for m in imports(ROOT / "alphaspec" / "compare.py"))
+    assert not any("compare" in m for p in (ROOT / "alphaspec" / "train").glob("*.py") for m in imports(p))
