@@ -207,7 +207,7 @@ def safetensors_disk_full(monkeypatch) -> None:
     def full(*args, **kwargs):
         raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No '
                               'space left on device" })')
-    monkeypatch.setattr("alphaspec.train.rundir.save_file", full)
+    monkeypatch.setattr("safetensors.torch.save_file", full)
 
 
 def gguf_bytes(path: Path, kvs: list[bytes], n_tensors: int = 0) -> Path:

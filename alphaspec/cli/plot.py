@@ -138,7 +138,8 @@ def _multipliers_figure(run: Path, output: Path, fmt: str) -> Path:
     from ..train.rundir import load_checkpoint, read_log
     from ..training_plots import multipliers_figure
 
-    history = read_log(run, "multipliers", "the multipliers figure (--strategy lrm or --multipliers)")
+    history = read_log(run, "multipliers", "the multipliers figure (a run with learnable multipliers: --strategy lrm or "
+                       "--multipliers)")
     _, state = load_checkpoint(run, lambda line: err.print(f"warning: {line}", style="yellow", highlight=False))
     final = {n: t.float().numpy() for n, t in state["model"].items() if is_multiplier(n)}
     output.mkdir(parents=True, exist_ok=True)
