@@ -287,3 +287,16 @@ def test_a_run_without_evaluation_gives_no_number_and_a_note(tmp_path):
     res = CliRunner().invoke(app, ["compare", *map(str, [*runs, silent])], env={"COLUMNS": "100"})
     assert res.exit_code == 0 and "nan" not in res.output.lower() and "- (no eval)" in res.output
     assert not any("not paired" in n for n in result.notes)
+
+
+def test_runs_on_other_data_or_tokenizers_are_not_pooled_and_are_named(tmp_path):
+    """Runs trained on different data or with different tokenizers are not replicates, and compare says the
+    comparison is not like for like (their losses are not on one scale)."""
+    runs = [fake_run(tmp_path / f"u{s}", [3.0 + s / 10], seed=s, data=["a.txt"]) for s in range(3)]
+    runs += [fake_run(tmp_path / "other", [2.5], data=["b.txt"]), fake_run(tmp_path / "gpt2", [2.4], tokenizer="gpt2")]
+    result = compare(runs, baseline="uniform data=a.txt")
+    assert len(set(result.table["label"])) == 3
+    assert result.differing == ["data", "tokenizer"]
+    res = CliRunner().invoke(app, ["compare", *map(str, runs), "--baseline", "uniform data=a.txt"],
+                             env={"COLUMNS": "120"})
+    assert res.exit_code == 0 and "the runs differ in data, tokenizer: not a like-for-like comparison" in res.output
