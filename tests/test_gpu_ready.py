@@ -48,7 +48,7 @@ def fake_cuda(monkeypatch):
 
 
 def test_defect1_a_single_gpu_run_selects_an_indexed_device_and_sets_it(fake_cuda):
-    from alphaspec.train.loop import on_device, select_device
+    from alphaspec.train.placement import on_device, select_device
 
     before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     for asked in ("auto", "cuda"):
