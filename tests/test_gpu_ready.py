@@ -1,7 +1,7 @@
 """The CUDA-only paths, proven on the CPU as far as their logic allows: a fake CUDA runtime for device
 selection, the `meta` device for tensors made on the wrong device, fake streams for the hook's
-snapshot, injected solver failures, and bounded memory. Each test names the defect of the GPU review
-it guards (issue "Ready for the first GPU", items 1-10); tests/test_cuda.py holds their CUDA twins.
+snapshot, injected solver failures, and bounded memory. Each test's name says which CUDA-only mistake it
+guards against (numbered 1-10 for cross-reference); tests/test_cuda.py holds their CUDA twins.
 """
 
 from __future__ import annotations
