@@ -46,14 +46,9 @@ def compare_figure(comparison) -> Figure:
                 for lab in labels}
     base_by_seed = dict(of_label[baseline])
     base = pd.concat([c for _, c in of_label[baseline]], axis=1).mean(axis=1)
-    for label in labels:
-        # paired with the baseline run of the same seed where there is one (seeds fix init and data)
-        runs = pd.concat([c - base_by_seed.get(seed, base) for seed, c in of_label[label]], axis=1).dropna()
-        if runs.empty:
-            continue
-        ax_delta.plot(runs.index, runs.mean(axis=1), color=colour[label], lw=1.5, marker="o", ms=3, label=label)
-        if runs.shape[1] > 1:
-            ax_delta.fill_between(runs.index, runs.min(axis=1), runs.max(axis=1), color=colour[label], alpha=0.15, lw=0)
+    for label in labels:  # paired with the baseline run of the same seed where there is one (seeds fix init and data)
+        _mean_and_band(ax_delta, [c - base_by_seed.get(seed, base) for seed, c in of_label[label]], colour[label],
+                       label, marker="o")
     for ax, title, xlabel, ylabel in (
             (ax_loss, "training loss", "tokens", "loss (mean over the log interval)"),
             (ax_eval, "validation loss", "tokens", "eval loss"),
