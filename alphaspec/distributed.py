@@ -14,7 +14,13 @@ from .errors import AlphaspecError, UsageError, first_line
 
 
 class RankFailure(AlphaspecError):
-    """Another rank of the job failed; the message is that rank's error line."""
+    """A rank of the job failed; the message is that rank's error line (the job's line, the same on every rank).
+
+    `own_line` is the line this rank prints under torchrun: its own failure, or that it stopped for another
+    rank's (with that rank's error), so each rank's output says what happened there.
+    """
+
+    own_line: str = ""
 
 
 def process_group() -> tuple[int, int]:
@@ -101,6 +107,10 @@ def gather_outcomes(value, error: BaseException | None, group) -> list:
         alike = len(failures) == len(outcomes) and len({fail for _, fail in failures}) == 1
         failure = RankFailure(message if alike else f"rank {rank}: {message}")
         failure.exit_code = code
+        me = dist.get_rank(group)
+        own = outcomes[me][0]
+        failure.own_line = (failure.args[0] if alike and me == 0 else f"rank {me}: {own[0]}" if own is not None
+                            else f"rank {me}: stopped, rank {rank} failed: {message}")
         raise failure from error
     return [value for _, value in outcomes]
 

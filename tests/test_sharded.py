@@ -91,8 +91,10 @@ def test_a_failing_rank_fails_the_job_with_its_error_and_writes_nothing(tmp_path
     model = sharded_model(tmp_path / "model")
     res = torchrun(tmp_path, 1, str(model), "-o", str(tmp_path / "out.json"))
     assert res.returncode != 0
-    errors = [line for line in (res.stdout + res.stderr).splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and errors[0].startswith("error: rank 1: ") and "injected read failure" in errors[0], errors
+    errors = sorted(line for line in (res.stdout + res.stderr).splitlines() if line.startswith("error:"))
+    assert len(errors) == 2, errors  # one line from each rank, saying what happened there
+    assert errors[0].startswith("error: rank 0: stopped, rank 1 failed: ") and "injected read failure" in errors[0]
+    assert errors[1].startswith("error: rank 1: ") and "injected read failure" in errors[1], errors
     text = res.stdout + res.stderr
     if "Traceback" in text:  # torchrun's own report of a failed job; no rank printed one
         report = text[text.index("Traceback"):]
@@ -137,8 +139,8 @@ def test_job_progress_reports_what_every_rank_added_to_the_store(monkeypatch):
 
 
 def test_more_ranks_than_tensors_and_a_failure_every_rank_shares(tmp_path):
-    """A rank with nothing to do still joins the gather; a missing source fails all ranks alike: one plain
-    error line (no rank prefix), exit status 1."""
+    """A rank with nothing to do still joins the gather; a missing source fails all ranks alike: rank 0's
+    line is the plain one a single process prints, each other rank's the same with its rank; exit status 1."""
     one = tmp_path / "one"
     one.mkdir()
     save_file({"model.layers.0.mlp.up_proj.weight": synth.rand(48, 32)}, str(one / "model.safetensors"))
@@ -147,4 +149,5 @@ def test_more_ranks_than_tensors_and_a_failure_every_rank_shares(tmp_path):
     assert pd.read_csv(tmp_path / "one.csv")["name"].tolist() == ["model.layers.0.mlp.up_proj.weight"]
     res = torchrun(tmp_path, -1, str(tmp_path / "missing"), "-o", str(tmp_path / "r.csv"))
     errors = [line for line in (res.stdout + res.stderr).splitlines() if line.startswith("error:")]
-    assert res.returncode != 0 and errors == [f"error: {tmp_path / 'missing'}: no such file or directory"], errors
+    line = f"{tmp_path / 'missing'}: no such file or directory"
+    assert res.returncode != 0 and sorted(errors) == sorted([f"error: rank 1: {line}", f"error: {line}"]), errors

@@ -144,10 +144,10 @@ def analyze(
                                            exclude=exclude or [], split_fused=split_fused,
                                            keep_spectra=save_spectra is not None or plots is not None, checkpoint=ckpt,
                                            workers=workers, farms=farms, precision=precision.value)
-        except RankFailure as failure:
-            if rank > 0:  # rank 0 reports it; one error line for the job
-                raise typer.Exit(failure.exit_code) from failure
-            raise
+        except RankFailure as failure:  # each rank prints one line of what happened there
+            own = RankFailure(failure.own_line or str(failure))
+            own.exit_code = failure.exit_code
+            raise own from failure
     if rank == 0:
         _write(result, output, save_spectra, plots, quiet)
 
