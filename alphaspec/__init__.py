@@ -17,9 +17,10 @@ _WHERE = {
     "eigenvalues": "esd",
     "ESTIMATORS": "powerlaw", "PowerLawFit": "powerlaw", "fit": "powerlaw",
     "AlphaDecay": "hook",
+    "AlphaspecError": "errors",
 }
 
-__all__ = ["ESTIMATORS", "AlphaDecay", "Analysis", "DecayMap", "DecayMapError", "DecaySpec", "PowerLawFit",
+__all__ = ["ESTIMATORS", "AlphaDecay", "AlphaspecError", "Analysis", "DecayMap", "DecayMapError", "DecaySpec", "PowerLawFit",
            "SourceError", "__version__", "analyze", "analyze_checkpoint", "assign_decays", "build_decay_map",
            "decay_map", "eigenvalues", "fit", "open_checkpoint"]
 
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from .checkpoint import SourceError, open_checkpoint
     from .decay import DecayMap, DecayMapError, assign_decays, build_decay_map
     from .decayspec import DecaySpec
+    from .errors import AlphaspecError
     from .esd import eigenvalues
     from .hook import AlphaDecay
     from .powerlaw import ESTIMATORS, PowerLawFit, fit
@@ -38,8 +40,10 @@ __getattr__ = lazy_attributes(__name__, _WHERE, globals())
 
 def decay_map(source, weight_decay: float = 0.1, *, estimator: str = "median", device: str = "auto",
               **options) -> DecayMap:
-    """AlphaDecay decays for a checkpoint (anything `analyze` takes); options as `build_decay_map`."""
+    """AlphaDecay decays for a checkpoint or a model in memory (anything `analyze` takes); options as
+    `build_decay_map`."""
     from .analysis import analyze
     from .decay import build_decay_map
 
-    return build_decay_map(analyze(source, estimator, device), weight_decay, source=str(source), **options)
+    table = analyze(source, estimator, device)
+    return build_decay_map(table, weight_decay, source=table.attrs["source"], **options)

@@ -23,7 +23,9 @@ from ._version import __version__
 from .checkpoint import Checkpoint, SourceError, TensorInfo, dtype_name, open_checkpoint
 from .distributed import process_group
 from .esd import SolveError, check_precision, finite_scale, resolve_device, scaled_eigenvalues, zero_threshold
+from .errors import UsageError
 from .farms import farms_alpha
+from .memory import is_in_memory, memory_checkpoint
 from .modules import MODULE_TYPES, MatrixSpec, ModelConfigError, Plan, Skipped, plan
 from .powerlaw import PowerLawFit, check_estimator, fit_sorted
 from .random_baseline import random_alpha
@@ -220,7 +222,7 @@ def analyze_checkpoint(source, estimator: str = "median", device: str | torch.de
         include: Iterable[str] = (), exclude: Iterable[str] = (), split_fused: bool = True,
         keep_spectra: bool = False, progress: Callable[[int, int], None] | None = None,
         checkpoint: Checkpoint | None = None, workers: int = 1, farms: bool = False,
-        precision: str = "fp64") -> Analysis:
+        precision: str = "fp64", config: dict | None = None) -> Analysis:
     """Analyse every weight matrix of `source`; see `analyze` for the arguments.
 
     keep_spectra: also return every spectrum. precision: fp64 (the default), or fp32 for the Gram
@@ -235,7 +237,13 @@ def analyze_checkpoint(source, estimator: str = "median", device: str | torch.de
     check_precision(precision)
     options = {"include": include, "exclude": exclude, "split_fused": split_fused, "keep_spectra": keep_spectra,
                "progress": progress, "checkpoint": checkpoint, "workers": workers, "farms": farms, "precision": precision}
-    if process_group()[1] > 1:
+    if is_in_memory(source) and checkpoint is None:  # a live model or state dict: solved where its weights are
+        checkpoint = memory_checkpoint(source, config)
+        if device == "auto" and checkpoint.device is not None:
+            device = checkpoint.device
+    elif config is not None:
+        raise UsageError("config= is for an in-memory model or state dict; a checkpoint's config comes from its files")
+    elif process_group()[1] > 1:
         from .sharded import analyze_sharded
 
         return analyze_sharded(source, estimator, device, **options)
@@ -254,7 +262,7 @@ def analyze_checkpoint(source, estimator: str = "median", device: str | torch.de
     how = solve_options(ckpt, estimator, farms, precision)
     rows, spectra = solve_matrices(ckpt, todo.matrices, dev, how, workers=workers, keep_spectra=keep_spectra,
                                    on_solved=advance)
-    return assemble(rows, spectra, ckpt, todo, str(source), how, str(dev))
+    return assemble(rows, spectra, ckpt, todo, ckpt.source if is_in_memory(source) else str(source), how, str(dev))
 
 
 def plan_checkpoint(ckpt: Checkpoint, include: Iterable[str], exclude: Iterable[str], split_fused: bool) -> Plan:
@@ -326,17 +334,19 @@ def assemble(rows: list[dict], spectra: dict[str, np.ndarray], ckpt: Checkpoint,
 def analyze(source, estimator: str = "median", device: str | torch.device = "auto", *,
             include: Iterable[str] = (), exclude: Iterable[str] = (), split_fused: bool = True,
             progress: Callable[[int, int], None] | None = None, workers: int = 1,
-            precision: str = "fp64") -> pd.DataFrame:
-    """Spectral analysis of a checkpoint: one row per weight matrix, columns as in docs/analyze.md.
+            precision: str = "fp64", farms: bool = False, config: dict | None = None) -> pd.DataFrame:
+    """Spectral analysis of a checkpoint or a model in memory: one row per weight matrix (docs/analyze.md).
 
-    source: a .safetensors/.bin/.pt file, a HF model or alphaspec run directory, a hub id
-    `org/name[@rev]`, or `example:minilm`. estimator: median | gof | fix-finger. device: auto | cpu |
-    cuda | cuda:N. include/exclude: regexes on tensor names. workers: concurrent solves. precision:
-    fp64 | fp32 (opt-in, faster on GPUs; its alpha error is measured in docs/analyze.md). Skipped
-    tensors and their reasons are in `table.attrs["skipped"]`.
+    source: a .safetensors/.bin/.pt/.gguf file, a HF model or alphaspec run directory, a hub id
+    `org/name[@rev]`, `example:minilm`, a live `nn.Module` (its `config` splits fused matrices) or a
+    state dict (with `config=`, a config.json's dict, for fused splits). estimator: median | gof |
+    fix-finger. device: auto (for a model in memory: where its weights are) | cpu | cuda | cuda:N.
+    include/exclude: regexes on tensor names. workers: concurrent solves. precision: fp64 | fp32
+    (opt-in, faster on GPUs; its alpha error is measured in docs/analyze.md). farms: also an
+    `alpha_farms` column. Skipped tensors and their reasons are in `table.attrs["skipped"]`.
     """
     return analyze_checkpoint(source, estimator, device, include=include, exclude=exclude, split_fused=split_fused,
-               progress=progress, workers=workers, precision=precision).table
+               progress=progress, workers=workers, precision=precision, farms=farms, config=config).table
 
 
 def analyze_tensors(tensors: dict[str, torch.Tensor], estimator: str = "median", *, config: dict | None = None,

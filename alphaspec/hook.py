@@ -28,18 +28,9 @@ from .decay import DecayMapError, build_decay_map, is_tuned_candidate
 from .decayspec import DecaySpec, decay_spec
 from .distributed import process_group, solve_cost, split_by_cost
 from .errors import AlphaspecError, first_line
+from .memory import model_config
 
 log = logging.getLogger("alphaspec")
-
-
-def model_config(model: torch.nn.Module) -> dict:
-    """The config a Hugging Face model carries (`model.config`), as config.json would hold it; {} if none."""
-    config = getattr(model, "config", None)
-    if hasattr(config, "to_dict"):
-        return config.to_dict()
-    if hasattr(config, "hf_config"):  # alphaspec's own LLaMA
-        return config.hf_config()
-    return dict(config) if isinstance(config, dict) else {}
 
 
 def full_tensor(p: torch.Tensor) -> torch.Tensor:

@@ -258,3 +258,37 @@ def test_paper_compat_reproduces_the_release(tmp_path, family):
     hook = AlphaDecay(model, optimizer, ratio=(0.6666, 3.0), paper_compat=True, overlap=False)
     for name, wd in hook.decays.items():  # the live hook, from the same weights: the release's decays too
         assert wd == pytest.approx(expected[name], rel=1e-9, abs=1e-20), name
+
+
+RENAMED_ON_LOAD = {"gpt_neox", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v3", "gemma3_vision"}
+
+
+def same_rows(got, want, by_name: bool) -> None:
+    """The same matrices with the same numbers (1e-12); by name, or, where transformers renames or fuses
+    tensors as it loads (per-expert weights into one [experts, out, in] tensor), by module, layer and spectrum."""
+    if by_name:
+        assert list(got["name"]) == list(want["name"])
+    else:
+        got, want = (t.sort_values(["layer", "module", "lambda_max"], kind="stable") for t in (got, want))
+    numeric = [c for c in want.columns if want[c].dtype.kind == "f"]
+    np.testing.assert_allclose(got[numeric].to_numpy(float), want[numeric].to_numpy(float), rtol=0, atol=1e-12)
+    assert list(got["module"]) == list(want["module"]) and list(got["status"]) == list(want["status"])
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_a_model_in_memory_gives_the_table_of_its_saved_checkpoint(models, family):
+    """analyze(model) from from_pretrained: its config splits the fused matrices, a tied weight counts once
+    (as save_pretrained keeps it); the rows of analyze(saved_dir) to 1e-12, and the weights untouched. The
+    rows carry the live model's own names (those its optimizer and the hook see)."""
+    if family not in models:
+        pytest.skip(f"{family} is not in this transformers")
+    folder, _, model_cls = models[family]
+    model = model_cls.from_pretrained(folder)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    want = analyze(folder)
+    got = analyze(model)
+    same_rows(got, want, by_name=family not in RENAMED_ON_LOAD)
+    assert set(got["name"].str.replace(r"\[.*\]$", "", regex=True)) <= set(model.state_dict())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    config = model.config.to_dict()
+    same_rows(analyze(model.state_dict(), config=config), got, by_name=True)
