@@ -22,8 +22,8 @@ import torch
 from ._version import __version__
 from .checkpoint import Checkpoint, SourceError, TensorInfo, dtype_name, open_checkpoint
 from .distributed import process_group
-from .esd import SolveError, check_precision, finite_scale, resolve_device, scaled_eigenvalues, zero_threshold
 from .errors import UsageError
+from .esd import SolveError, check_precision, finite_scale, resolve_device, scaled_eigenvalues, zero_threshold
 from .farms import farms_alpha
 from .memory import is_in_memory, memory_checkpoint
 from .modules import MODULE_TYPES, MatrixSpec, ModelConfigError, Plan, Skipped, plan
