@@ -15,6 +15,7 @@ OPTIMIZERS = ("adamw", "adam", "muon")
 MUON_LR_ADJUSTMENTS = ("match_rms_adamw", "original")  # torch.optim.Muon adjust_lr_fn
 PRECISIONS = ("auto", "bf16", "fp32")
 SHARDINGS = ("ddp", "fsdp")
+REPORT_TO = ("none", "tensorboard", "wandb")  # where `train` sends its scalars besides the CSV logs
 PACKINGS = ("concat", "docs")  # windows of the document stream, or one padded document per row
 ALPHADECAY_WARMUPS = ("init", "uniform")
 FIGURES = ("spectra", "alpha-modules", "alpha-depth", "esd", "decay", "training", "multipliers")

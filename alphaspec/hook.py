@@ -82,6 +82,29 @@ def split_param_groups(optimizer: torch.optim.Optimizer, tuned: dict[str, torch.
     return by_name
 
 
+def merge_param_groups(optimizer: torch.optim.Optimizer, originals: list[dict], scheduler=None) -> None:
+    """Undo `split_param_groups`: the original groups again (their params in their order, their own
+    weight decay, the current values of the other hyperparameters), and the scheduler's lists to match.
+
+    An optimizer saved like this loads into one built the ordinary way (a Trainer resuming, say).
+    """
+    origin_of = {id(p): gi for gi, g in enumerate(originals) for p in g["params"]}
+    first: dict[int, int] = {}
+    for i, group in enumerate(optimizer.param_groups):
+        first.setdefault(origin_of[id(group["params"][0])], i)
+    merged = []
+    for gi, original in enumerate(originals):
+        now = {k: v for k, v in optimizer.param_groups[first[gi]].items() if k not in ("params", "name", "weight_decay")}
+        merged.append({**original, **now, "params": original["params"]})
+    new_count = len(optimizer.param_groups)
+    optimizer.param_groups[:] = merged
+    sched = getattr(scheduler, "scheduler", scheduler)
+    if sched is not None:
+        for key, value in vars(sched).items():
+            if isinstance(value, list) and len(value) == new_count:
+                setattr(sched, key, [value[first[gi]] for gi in range(len(originals))])
+
+
 class AlphaDecay:
     """Module-wise weight decay from the spectra of the live weights (AlphaDecay, docs/math.md §3).
 
@@ -119,6 +142,8 @@ class AlphaDecay:
             raise DecayMapError("no parameters to tune: no matrices inside transformer blocks (see include=)")
         self.weight_decay = float(optimizer.defaults.get("weight_decay", 0.0) if weight_decay is None else weight_decay)
         self.gap = gap
+        self.optimizer, self.scheduler = optimizer, scheduler
+        self._originals = list(optimizer.param_groups)  # the groups as given, for merge_groups()
         self.groups = split_param_groups(optimizer, self.tuned, scheduler)
         self.rank, self.world = process_group()
         self.owned = share_of_work(self.tuned, self.rank, self.world)
@@ -134,6 +159,7 @@ class AlphaDecay:
         self.refreshes = 0
         self.failed_refreshes = 0  # refreshes whose solve failed (out of memory, ...): their decays were kept
         self.history: list[dict] = []
+        self.modules: dict[str, str] = {}  # module type of each row of the latest refresh
         self._set(self.decays)
         if warmup == "init":
             self._apply(self._gather(self._solve(self._snapshot())), 0)
@@ -175,13 +201,36 @@ class AlphaDecay:
             self._executor.shutdown()
             self._executor = None
 
+    def merge_groups(self) -> None:
+        """Put the optimizer's param groups back as they were given (for a checkpoint that an optimizer
+        built the ordinary way can load); `split_groups()` splits them again with the decays in force."""
+        merge_param_groups(self.optimizer, self._originals, self.scheduler)
+        self.groups = {}
+
+    def split_groups(self) -> None:
+        """One param group per tuned matrix again, after `merge_groups()`, with the decays in force."""
+        self._originals = list(self.optimizer.param_groups)
+        self.groups = split_param_groups(self.optimizer, self.tuned, self.scheduler)
+        self._set(self.decays)
+
+    def summary(self) -> dict[str, float]:
+        """The latest refresh by module type: mean metric and mean decay (e.g. `alpha/att.q`, `weight_decay/mlp.up`)."""
+        if not self.modules:
+            return {}
+        latest = pd.DataFrame({"module": self.modules, "metric": self.metrics,
+                               "weight_decay": {n: self.decays[n] for n in self.modules}})
+        means = latest.groupby("module", sort=True)[["metric", "weight_decay"]].mean()
+        metric = self.spec.metric
+        return {f"{metric}/{module}": float(row.metric) for module, row in means.iterrows()} | {
+            f"weight_decay/{module}": float(row.weight_decay) for module, row in means.iterrows()}
+
     def state_dict(self) -> dict:
         """What a resumed run needs to continue the refresh schedule: step count, latest decays and metrics.
 
         A refresh still in flight is not included; save after close(), or accept that it is redone.
         """
         return {"step_count": self.step_count, "decays": dict(self.decays), "metrics": dict(self.metrics),
-                "refreshes": self.refreshes, "staleness": self.staleness}
+                "modules": dict(self.modules), "refreshes": self.refreshes, "staleness": self.staleness}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore state_dict() and write its decays into the optimizer groups."""
@@ -190,6 +239,7 @@ class AlphaDecay:
             raise DecayMapError(f"state holds decays for parameters this hook does not tune: {sorted(unknown)[:3]}")
         self.step_count, self.refreshes, self.staleness = state["step_count"], state["refreshes"], state["staleness"]
         self.decays, self.metrics = {**self.decays, **state["decays"]}, dict(state["metrics"])
+        self.modules = dict(state.get("modules", {}))
         self._set(self.decays)
 
     def _snapshot(self) -> tuple[dict[str, torch.Tensor], torch.cuda.Event | None]:
@@ -257,6 +307,7 @@ class AlphaDecay:
         metric = self.spec.metric
         self.decays = dmap.decays()
         self.metrics = {m["name"]: m[metric] for m in dmap.modules}
+        self.modules = {m["name"]: m["module"] for m in dmap.modules}
         self._set(self.decays)
         self.staleness = self.step_count - started
         self.refreshes += 1
@@ -265,4 +316,5 @@ class AlphaDecay:
 
     def _set(self, decays: dict[str, float]) -> None:
         for name, wd in decays.items():
-            self.groups[name]["weight_decay"] = wd
+            if name in self.groups:  # none while merged (merge_groups): split_groups() sets them
+                self.groups[name]["weight_decay"] = wd

@@ -22,8 +22,7 @@ import torch
 
 from alphaspec.train import TrainConfig, train
 from alphaspec.train.model import PRESETS, ModelConfig, model_flops_per_token
-
-PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16 FLOP/s, for MFU
+from alphaspec.train.placement import PEAK_BF16
 
 
 def main() -> None:

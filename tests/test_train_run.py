@@ -294,7 +294,7 @@ def test_cli_resume_keeps_the_runs_own_length(tmp_path, text):
     (out / "checkpoints" / "step_0000008.pt").unlink()  # crashed after step 4
     res = CliRunner().invoke(app, ["train", "--out", str(out), "--resume"], env={"COLUMNS": "200"})
     assert res.exit_code == 0, res.output
-    assert "tiny (0.5 M parameters) · uniform · 4 x 32 tokens/step · 8 steps from step 4" in res.output  # vocab 512
+    assert "tiny (0.5 M parameters) · adamw · uniform · 4 x 32 tokens/step · 8 steps from step 4" in res.output  # vocab 512
     assert [int(r["step"]) for r in rows(out / "metrics.csv")] == [2, 4, 6, 8]
     res = CliRunner().invoke(app, ["train", "--out", str(out), "--resume", "--steps", "10", "--data", text, "-q"])
     assert res.exit_code == 0, res.output  # repeating the run's own settings is fine
@@ -319,7 +319,8 @@ def test_preparation_steps_are_reported(tmp_path, text):
 def test_plain_log_lines_when_not_a_terminal(tmp_path, text):
     """nohup, SLURM and CI logs get one line per --log-every (and per evaluation); -q prints nothing."""
     argv = ["train", "--out", str(tmp_path / "r"), "--data", text, "--vocab-size", "512", "--seq-len", "32",
-            "--batch-size", "4", "--steps", "6", "--log-every", "2", "--eval-every", "3", "--eval-windows", "4"]
+            "--batch-size", "4", "--steps", "6", "--warmup-steps", "2", "--log-every", "2", "--eval-every", "3",
+            "--eval-windows", "4"]
     res = CliRunner().invoke(app, argv, env={"COLUMNS": "200"})
     assert res.exit_code == 0, res.output
     steps = [line.split(" |")[0] for line in res.output.splitlines() if line.startswith("step ") and " | " in line]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import time
 import typing
 from dataclasses import MISSING
 from pathlib import Path
@@ -120,12 +121,21 @@ def _command():
 app.command("train", epilog=EPILOG)(_command())
 
 
+def _clock(seconds: float) -> str:
+    """H:MM:SS, as the progress bar shows times."""
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
 class Report:
     """What `train` shows: a progress bar on a terminal; one plain line per logged step otherwise (nohup,
     SLURM, CI logs); with -q only warnings and errors."""
 
     def __init__(self, quiet: bool, plain: bool):
         self.quiet, self.plain, self.steps = quiet, plain, 0
+        self.clock: tuple[float, int] = (time.perf_counter(), 0)  # when, and at which step, training started
+        self.last: tuple[float, int] = self.clock  # the previous log line's
+        self.mfu_flops: float | None = None  # model FLOPs per token over the GPU's peak FLOP/s, when known
         columns = [TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
                    TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
         self.bar = Progress(*columns, console=err, disable=quiet or plain, transient=True)
@@ -144,27 +154,43 @@ class Report:
     def start(self, info: dict) -> None:
         c = info["config"]
         self.steps = c["steps"]
+        self.clock = self.last = (time.perf_counter(), info["start_step"])
+        if info.get("peak_flops"):
+            self.mfu_flops = info["flops_per_token"] / info["peak_flops"]
         self.bar.update(self.task, total=self.steps, completed=info["start_step"], status="first steps")
         if self.quiet:
             return
         where = f"from step {info['start_step']} " if info["start_step"] else ""
         self.line(f"alphaspec {info['alphaspec']} · {c['model']} ({info['parameters'] / 1e6:.1f} M parameters) · "
-                  f"{c['strategy']} · {c['batch_size']} x {c['seq_len']} tokens/step · {c['steps']} steps {where}· "
+                  f"{c['optimizer']} · {c['strategy']} · {c['batch_size']} x {c['seq_len']} tokens/step · "
+                  f"{c['steps']} steps {where}· "
                   f"{info['device']}" + (f" x {info['world_size']}" if info["world_size"] > 1 else "")
                   + f" · {info['precision']} → {c['out']}")
 
     def log(self, row: dict) -> None:
         evaluated = row.get("eval_loss") is not None
+        speed = self.pace(row)
         if self.plain and not self.quiet:
             text = (f"step {row['step']}/{self.steps} | loss {row['loss']:.4f} | lr {row['lr']:.3e} | "
-                    f"{row['tokens_per_s']:,.0f} tok/s")
+                    f"{row['tokens_per_s']:,.0f} tok/s | {speed}")
             self.line(text + (f" | eval {row['eval_loss']:.4f} (ppl {row['eval_ppl']:.2f})" if evaluated else ""))
-        status = f"loss {row['loss']:.3f}  {row['tokens_per_s']:,.0f} tok/s" + (
+        status = f"loss {row['loss']:.3f}  {row['tokens_per_s']:,.0f} tok/s  {speed.split(' | ')[0]}" + (
             f"  eval {row['eval_loss']:.3f}" if evaluated else "")
         self.bar.update(self.task, completed=row["step"], status=status)
 
+    def pace(self, row: dict) -> str:
+        """ms per step since the last line (and MFU on a known GPU), then elapsed time and ETA."""
+        now, step = time.perf_counter(), row["step"]
+        (t0, s0), (t1, s1) = self.clock, self.last
+        self.last = (now, step)
+        ms = 1e3 * (now - t1) / max(step - s1, 1)
+        mfu = f", MFU {row['tokens_per_s'] * self.mfu_flops:.0%}" if self.mfu_flops else ""
+        remaining = (now - t0) / max(step - s0, 1) * (self.steps - step)
+        return f"{ms:,.0f} ms/step{mfu} | {_clock(now - t0)} elapsed, eta {_clock(remaining)}"
+
     def status(self, text: str) -> None:
-        if self.plain and not self.quiet:
+        """A line about what the run is doing (a preparation step, a refresh of the decays)."""
+        if not self.quiet:
             self.line(text)
         self.bar.update(self.task, status=text)
 

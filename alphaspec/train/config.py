@@ -33,6 +33,7 @@ from ..choices import (
     PACKINGS,
     PRECISIONS,
     PRESERVE,
+    REPORT_TO,
     SHARDINGS,
     STRATEGIES,
 )
@@ -202,6 +203,9 @@ class RunOptions:
                                        "(default: --eval-every; 0: never).", min=0, incidental=True)
     checkpoint_every: int = option(500, "Steps per checkpoint.", min=1, incidental=True)
     keep_checkpoints: int = option(2, "Newest checkpoints kept.", min=1, incidental=True)
+    report_to: str = option("none", "Also send losses, lr, throughput, decays and alphas to tensorboard (RUN/tensorboard) "
+                            "or wandb (offline without an API key); needs its extra.", choices=REPORT_TO,
+                            incidental=True)
 
 
 @dataclass
@@ -279,6 +283,10 @@ class TrainConfig:
                 raise ConfigError(f"--{_flag(key)} {value!r}: choose one of {', '.join(meta['choices'])}")
             if isinstance(value, int | float) and not isinstance(value, bool) and _out_of_range(value, meta):
                 raise ConfigError(f"--{_flag(key)} {value!r}: must be a finite number {_bounds(meta)}")
+        from .reporting import missing_extra
+
+        if missing := missing_extra(self.run.report_to):
+            raise ConfigError(f"--report-to {self.run.report_to} {missing}")
         if self.optimizer.name == "muon" and self.hardware.sharding == "fsdp":
             raise ConfigError("--optimizer muon orthogonalises whole matrices, which --sharding fsdp splits over "
                               "ranks; use --sharding ddp")
@@ -357,7 +365,7 @@ def default_gap(steps: int) -> int:
 
 # What a resumed run may change; everything else comes from the run's checkpoint.
 RESUMABLE = ("out", "resume", "steps", "device", "compile", "sharding", "overlap", "log_every", "eval_every",
-             "analyze_every", "eval_windows", "checkpoint_every", "keep_checkpoints")
+             "analyze_every", "eval_windows", "checkpoint_every", "keep_checkpoints", "report_to")
 
 
 def resumed_config(saved: dict, cfg: TrainConfig, where: str | Path = "the checkpoint",

@@ -25,10 +25,11 @@ from ..hook import full_tensor
 from . import data as datamod
 from . import parallel
 from .config import ConfigError, TrainConfig, default_gap, resumed_config
-from .model import PRESETS, Llama, ModelConfig, count_params, hf_tensors, is_multiplier
+from .model import PRESETS, Llama, ModelConfig, count_params, hf_tensors, is_multiplier, model_flops_per_token
 from .observe import multiplier_rows, spectra_rows
 from .optim import make_optimizer
-from .placement import check_fits, on_device, select_device
+from .placement import check_fits, on_device, peak_flops, select_device
+from .reporting import Reporter, module_means, row_scalars
 from .rundir import (
     LOGS,
     MAP_COPY,
@@ -197,6 +198,8 @@ class Run:
     start: int  # the step the run starts after (0, or the checkpoint's)
     clip: list = field(default_factory=list)  # what gradient clipping sees (not the learnable multipliers)
     logs: dict = field(default_factory=dict)  # metrics, decays, alphas (CsvLog, rank 0 only)
+    reporter: Reporter | None = None  # --report-to: TensorBoard or W&B (rank 0 only)
+    notify: Callable[[str], None] = print  # a line for the console (on_status): a refresh of the decays
 
 
 def _train(cfg: TrainConfig, path: Path, rd: RunDir | None, rank: int, world: int, device: torch.device, on_log,
@@ -205,9 +208,11 @@ def _train(cfg: TrainConfig, path: Path, rd: RunDir | None, rank: int, world: in
     r = _prepare(cfg, path, rd, rank, world, device, on_start, on_status, on_warning)
     try:
         return _steps(r, path, marks, on_log)
-    finally:  # the CSV logs are closed however the loop ends (a diverged loss, Ctrl-C, an error)
+    finally:  # the logs are closed however the loop ends (a diverged loss, Ctrl-C, an error)
         for csv_log in r.logs.values():
             csv_log.close()
+        if r.reporter is not None:
+            r.reporter.close()
 
 
 def _steps(r: Run, path: Path, marks: dict, on_log) -> dict:
@@ -245,7 +250,7 @@ def _steps(r: Run, path: Path, marks: dict, on_log) -> dict:
         n_loss, n_tokens, t_last = 0, 0, time.perf_counter()
     r.strategy.close()
     if rank == 0:
-        r.logs["decays"].write(r.strategy.decay_rows())
+        _publish(r, cfg.schedule.steps, r.strategy.decay_rows(), [], [])
     return last
 
 
@@ -257,6 +262,10 @@ def _prepare(cfg: TrainConfig, path: Path, rd: RunDir | None, rank: int, world: 
     cfg, state = _open(cfg, path, rd, rank, world, on_status, on_warning)
     if cfg.decay.gap is None:  # resolved once the run's own settings are known, and recorded in run.json
         cfg = cfg.with_options(gap=default_gap(cfg.schedule.steps))
+    if rank == 0 and cfg.schedule.warmup_steps > cfg.schedule.steps:
+        on_warning(f"--warmup-steps {cfg.schedule.warmup_steps} is longer than --steps {cfg.schedule.steps}: the "
+                   f"learning rate stops at {cfg.schedule.steps / cfg.schedule.warmup_steps:.0%} of --lr and never "
+                   "decays (lower --warmup-steps)")
     micro, accum = _split(cfg, world)
     vocab = datamod.load_tokenizer(path / "tokenizer.json").get_vocab_size()
     tokens = datamod.load_tokens(path, cfg.data.val_fraction, cfg.data.seq_len, vocab, cfg.data.packing)
@@ -279,15 +288,16 @@ def _prepare(cfg: TrainConfig, path: Path, rd: RunDir | None, rank: int, world: 
     if rank == 0:
         info = _run_info(cfg, path, device, world, count_params(model), micro, accum, bf16, resume_at)
         write_json(path / RUN_JSON, info)
-        if on_start:
-            on_start({**info, "config": cfg.flat(), "start_step": r.start})  # the settings in force now
+        if on_start:  # the settings in force now, and what the console needs for MFU
+            on_start({**info, "config": cfg.flat(), "start_step": r.start, "peak_flops": peak_flops(device),
+                      "flops_per_token": model_flops_per_token(mcfg, cfg.data.seq_len)})
         save_weights(path, weights, mcfg.hf_config())
         kept = [name for name in LOGS if name != "multipliers" or cfg.model.multipliers != "none"]
         r.logs = {name: CsvLog(path / LOGS[name][0], LOGS[name][1], resume_at, on_warning) for name in kept}
-        r.logs["decays"].write(strategy.decay_rows())
-        r.logs["alphas"].write(first_alphas)
-        if "multipliers" in r.logs:
-            r.logs["multipliers"].write(first_multipliers)
+        r.notify = on_status
+        if cfg.run.report_to != "none":
+            r.reporter = Reporter(cfg.run.report_to, path, cfg.flat(), on_status)
+        _publish(r, r.start, strategy.decay_rows(), first_alphas, first_multipliers)
     return r
 
 
@@ -315,10 +325,22 @@ def _record_decays_and_spectra(r: Run, step: int) -> None:
     new_alphas = spectra_rows(r.model, step, r.cfg.decay.estimator, r.rank) if due else []  # every rank (FSDP2 gathers)
     new_multipliers = multiplier_rows(r.model, step, r.rank) if due else []
     if r.rank == 0:
-        r.logs["decays"].write(new_decays)
-        r.logs["alphas"].write(new_alphas)
-        if "multipliers" in r.logs:
-            r.logs["multipliers"].write(new_multipliers)
+        _publish(r, step, new_decays, new_alphas, new_multipliers)
+
+
+def _publish(r: Run, step: int, decays: list[dict], alphas: list[dict], multipliers: list[dict]) -> None:
+    """Rank 0: new decay, alpha and multiplier rows into their CSV logs, their means per module type to the
+    --report-to writer, and a console line when a strategy refreshed its decays."""
+    r.logs["decays"].write(decays)
+    r.logs["alphas"].write(alphas)
+    if "multipliers" in r.logs:
+        r.logs["multipliers"].write(multipliers)
+    if r.reporter is not None:
+        r.reporter.scalars(step, module_means(decays, "weight_decay", "weight_decay") | module_means(alphas, "alpha", "alpha"))
+    if decays and step > 0 and r.strategy.refreshes:
+        wd = [row["weight_decay"] for row in decays]
+        r.notify(f"step {step}: {r.cfg.decay.strategy} refreshed {len(wd)} decays: {min(wd):.3g} to {max(wd):.3g}, "
+                 f"mean {sum(wd) / len(wd):.3g}")
 
 
 def _log(r: Run, step: int, loss_sum: torch.Tensor, n_loss: int, n_tokens: int, grad_norm: torch.Tensor,
@@ -337,6 +359,8 @@ def _log(r: Run, step: int, loss_sum: torch.Tensor, n_loss: int, n_tokens: int, 
         row["eval_ppl"] = math.exp(min(row["eval_loss"], 50.0))
     if r.rank == 0:
         r.logs["metrics"].write([row])
+        if r.reporter is not None:
+            r.reporter.scalars(step, row_scalars(row))
         if on_log:
             on_log(row)
     return row

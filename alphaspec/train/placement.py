@@ -13,6 +13,16 @@ from ..esd import resolve_device
 from .config import ConfigError
 from .model import ModelConfig
 
+PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16 FLOP/s by GPU name, for MFU
+
+
+def peak_flops(device: torch.device) -> float | None:
+    """The device's dense bf16 peak FLOP/s when it is a GPU alphaspec knows, else None (no MFU shown)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in PEAK_BF16.items() if key in name), None)
+
 
 def select_device(device: str, world: int, local: int) -> torch.device:
     """The run's device, with an index on CUDA: under torchrun each rank takes the GPU of its local rank,

@@ -23,6 +23,8 @@ from .rundir import MAP_COPY
 class Strategy:
     """Uniform decay: every tuned matrix gets `weight_decay`; the rest follow the default policy."""
 
+    refreshes = False  # whether it recomputes its per-matrix decays now and then (the console says when)
+
     def __init__(self, cfg):
         self.cfg = cfg
         self.w = float(cfg.decay.weight_decay)
@@ -109,6 +111,8 @@ class StaticMap(Strategy):
 class Refreshed(Strategy):
     """AlphaDecay recomputed from the live weights every `gap` steps (the library's AlphaDecay hook)."""
 
+    refreshes = True
+
     def setup(self, model, optimizer, scheduler) -> None:
         c = self.cfg
         self.hook = AlphaDecay(model, optimizer, self.w, c.decay.spec(), gap=c.decay.gap,
@@ -166,6 +170,8 @@ class AWD(Strategy):
 class AdaDecay(Strategy):
     """AdaDecay (Nakamura & Hong 2019) as the paper's baseline: per-module decays from gradient norms
     ‖∇W_i‖_F at every `gap`-th step, assigned with the per-block sigmoid (docs/math.md §3, §5)."""
+
+    refreshes = True
 
     def setup(self, model, optimizer, scheduler) -> None:
         model = getattr(model, "module", model)

@@ -1,0 +1,117 @@
+"""AlphaDecayCallback in a real transformers.Trainer: stopped after a checkpoint and resumed with
+resume_from_checkpoint, it continues exactly as an uninterrupted run; its alphas and decays reach the
+Trainer's logs (log_history, and TensorBoard through the Trainer's own reporting callback)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from alphaspec.integrations import AlphaDecayCallback  # noqa: E402 - after the importorskip
+
+STEPS, SAVE, GAP = 12, 4, 3
+
+
+class Tokens(torch.utils.data.Dataset):
+    """Fixed random sequences, the same in every run."""
+
+    def __init__(self, n: int = 96, length: int = 16):
+        self.ids = torch.randint(0, 100, (n, length), generator=torch.Generator().manual_seed(1))
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.ids[i], "labels": self.ids[i]}
+
+
+class StopAt(transformers.TrainerCallback):
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_training_stop = True
+
+
+def tiny_llama(seed: int):
+    torch.manual_seed(seed)
+    config = transformers.LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2)
+    return transformers.LlamaForCausalLM(config)
+
+
+def train(out, *callbacks, seed: int = 0, resume: bool = False, report_to=()):
+    args = transformers.TrainingArguments(
+        output_dir=str(out), max_steps=STEPS, per_device_train_batch_size=8, learning_rate=3e-3, weight_decay=0.1,
+        lr_scheduler_type="cosine", warmup_steps=2, logging_steps=1, save_steps=SAVE, save_strategy="steps",
+        report_to=list(report_to), use_cpu=True, seed=0, data_seed=0, disable_tqdm=True)
+    callback = AlphaDecayCallback(gap=GAP, overlap=False)
+    trainer = transformers.Trainer(model=tiny_llama(seed), args=args, train_dataset=Tokens(),
+                                   callbacks=[callback, *callbacks])
+    trainer.train(resume_from_checkpoint=True if resume else None)
+    return trainer, callback
+
+
+def by_step(history: list[dict]) -> dict[int, dict]:
+    return {h["step"]: h for h in history if "loss" in h}
+
+
+def test_a_resumed_run_continues_exactly_as_an_uninterrupted_one(tmp_path):
+    """Tolerance: 0 on the decays and alphas, 1e-6 relative on losses and weights (the same float
+    operations on the CPU; the bound only allows for a different summation order in a kernel)."""
+    whole, whole_cb = train(tmp_path / "whole")
+    train(tmp_path / "parts", StopAt(2 * SAVE))
+    assert (tmp_path / "parts" / f"checkpoint-{2 * SAVE}").is_dir()
+    saved = json.loads((tmp_path / "parts" / f"checkpoint-{2 * SAVE}" / "trainer_state.json").read_text())
+    hook_state = saved["stateful_callbacks"]["AlphaDecayCallback"]["attributes"]["hook_state"]
+    assert hook_state["step_count"] == 2 * SAVE and hook_state["refreshes"] == 1 + 2 * SAVE // GAP
+    resumed, resumed_cb = train(tmp_path / "parts", seed=123, resume=True)  # other initial weights: loaded over
+
+    assert resumed_cb.hook.decays == whole_cb.hook.decays and resumed_cb.hook.metrics == whole_cb.hook.metrics
+    assert resumed_cb.hook.step_count == STEPS and resumed_cb.hook.refreshes == whole_cb.hook.refreshes
+    want, got = by_step(whole.state.log_history), by_step(resumed.state.log_history)
+    assert set(range(2 * SAVE + 1, STEPS + 1)) <= set(got)
+    for step in range(2 * SAVE + 1, STEPS + 1):
+        assert got[step]["loss"] == pytest.approx(want[step]["loss"], rel=1e-6)
+        for key in (k for k in want[step] if k.startswith("alphadecay/")):
+            assert got[step][key] == want[step][key], key
+    for (name, a), b in zip(whole.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7, msg=name)
+    # the groups the Trainer made were saved; the hook's split groups are in force again after each save
+    optimizer = torch.load(tmp_path / "parts" / f"checkpoint-{STEPS}" / "optimizer.pt", weights_only=True)
+    assert len(optimizer["param_groups"]) == 2
+    assert len(resumed.optimizer.param_groups) == 2 + len(resumed_cb.hook.tuned)
+
+
+def test_the_logs_hold_alphas_and_decays_per_module_type(tmp_path):
+    trainer, callback = train(tmp_path / "run")
+    entry = by_step(trainer.state.log_history)[STEPS]
+    modules = {"att.q", "att.k", "att.v", "att.o", "mlp.gate", "mlp.up", "mlp.down"}
+    assert {k.removeprefix("alphadecay/alpha/") for k in entry if k.startswith("alphadecay/alpha/")} == modules
+    table = callback.hook.metrics
+    q = [a for n, a in table.items() if "q_proj" in n]
+    assert entry["alphadecay/alpha/att.q"] == pytest.approx(sum(q) / len(q), rel=1e-12)
+    decays = [callback.hook.decays[n] for n in table if "down_proj" in n]
+    assert entry["alphadecay/weight_decay/mlp.down"] == pytest.approx(sum(decays) / len(decays), rel=1e-12)
+    assert entry["alphadecay/refreshes"] == callback.hook.refreshes
+
+
+def test_tensorboard_receives_them_when_its_callback_follows(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from transformers.integrations import TensorBoardCallback
+
+    trainer, _ = train(tmp_path / "run", TensorBoardCallback())
+    logdir = next(p.parent for p in (tmp_path / "run").rglob("events.out.tfevents.*"))
+    events = EventAccumulator(str(logdir))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/alphadecay/alpha/att.q", "train/alphadecay/weight_decay/mlp.up"} <= tags
+    last = events.Scalars("train/alphadecay/alpha/att.q")[-1]
+    assert last.step == STEPS
+    assert last.value == pytest.approx(by_step(trainer.state.log_history)[STEPS]["alphadecay/alpha/att.q"], rel=1e-6)
