@@ -64,17 +64,24 @@ RUG_TOP = 5  # largest eigenvalues of each layer marked under the curves
 
 
 def log_kde(u: np.ndarray, grid: np.ndarray, bandwidth: float) -> np.ndarray:
-    """Gaussian kernel density of the values u (here log10 λ/λ_max) on `grid`, per unit of u: a smooth
-    curve to which every eigenvalue contributes, including the isolated largest ones."""
+    """Gaussian kernel density of the values u (here log10 λ/λ_max, all <= 0) on `grid`, per unit of u: a
+    smooth curve to which every eigenvalue contributes, including the isolated largest ones. The kernels
+    are reflected at 0 (λ = λ_max, beyond which no eigenvalue lies), so no mass leaks past it and the
+    curve is not halved at its edge."""
     z = (grid[:, None] - u[None, :]) / bandwidth
-    return np.exp(-0.5 * z * z).sum(1) / (len(u) * bandwidth * np.sqrt(2 * np.pi))
+    mirrored = (grid[:, None] + u[None, :]) / bandwidth
+    kernel = np.exp(-0.5 * z * z) + np.exp(-0.5 * mirrored * mirrored)
+    return kernel.sum(1) / (len(u) * bandwidth * np.sqrt(2 * np.pi))
+
+
+OUTLIER_IQR = 3.0  # the x axis leaves out eigenvalues this many IQRs (of log λ) below the lower quartile
 
 
 def spectra_figure(table: pd.DataFrame, spectra: dict[str, np.ndarray], layer: int | None = None,
                    title: str | None = None) -> Figure:
     """Figure 2: per module type, each layer's ESD (eigenvalues of WᵀW over the matrix's λ_max), coloured by
     depth: a kernel density of log10(λ/λ_max) per layer, the 5 largest eigenvalues of each as a rug, and the
-    fitted power-law tail and xmin of one layer (`layer`, default the middle one) as a dashed line."""
+    fitted power-law slope of one layer (`layer`, default the middle one), from its xmin, as a dashed line."""
     table = _panels(table)
     blocks = table[table["layer"].notna() & table["name"].isin(list(spectra))]
     mods = _modules(blocks, block_only=True) or _modules(blocks)
@@ -96,7 +103,7 @@ def spectra_figure(table: pd.DataFrame, spectra: dict[str, np.ndarray], layer: i
     _layer_colorbar(fig, cmap, axes, layers)
     name = title or table.attrs.get("source") or ""
     fig.suptitle((f"{name}: " if name else "") + "spectra of WᵀW per module type, each divided by its λ_max "
-                 f"(dashed: power-law fit of layer {shown})")
+                 f"(dashed: slope of layer {shown}'s power-law fit, from xmin)")
     return fig
 
 
@@ -107,8 +114,11 @@ def _spectra_panel(ax, rows: pd.DataFrame, spectra: dict[str, np.ndarray], cmap,
         if s.max() > 0:
             logs[r.name] = np.log10(s[s > 1e-12 * s.max()] / s.max())
     every = np.concatenate(list(logs.values()))
-    bandwidth = max(1.06 * every.std() * (len(every) / max(len(logs), 1)) ** -0.2, 1e-3)  # Silverman, per layer size
-    grid = np.linspace(every.min() - 2 * bandwidth, 2 * bandwidth, KDE_GRID)
+    q1, q3 = np.quantile(every, [0.25, 0.75])
+    spread = min(every.std(), (q3 - q1) / 1.34) or every.std()  # Silverman's robust spread: outliers do not widen it
+    bandwidth = max(1.06 * spread * (len(every) / max(len(logs), 1)) ** -0.2, 1e-3)  # per layer size
+    low = max(every.min(), q1 - OUTLIER_IQR * (q3 - q1)) - 2 * bandwidth  # isolated tiny eigenvalues: not drawn
+    grid = np.linspace(low, 0.0, KDE_GRID)
     peak = 0.0
     for r in rows.itertuples():
         if r.name not in logs:
@@ -123,15 +133,17 @@ def _spectra_panel(ax, rows: pd.DataFrame, spectra: dict[str, np.ndarray], cmap,
     fit_row = rows[(rows["layer"] == shown) & rows["alpha"].notna()]
     if len(fit_row) and fit_row["name"].iloc[0] in logs:
         r = fit_row.iloc[0]
-        lam_max = spectra[r["name"]].max()
-        frac = r["n_tail"] / len(logs[r["name"]]) if "n_tail" in r else 0.5
-        x = np.logspace(np.log10(r["xmin"] / lam_max), 0, 50)
-        tail = frac * (r["alpha"] - 1) * np.log(10) * (x * lam_max / r["xmin"]) ** (1 - r["alpha"])
-        ax.plot(x, tail, color="black", ls="--", lw=1.2, label=f"layer {shown}: α = {r['alpha']:.2f}")
-        ax.axvline(r["xmin"] / lam_max, color="black", ls=":", lw=0.8)
+        # A power law p(λ) ∝ λ^-α is, as a density of log10 λ, ∝ λ^(1-α): that slope, drawn from the
+        # layer's own curve at xmin (the fit fixes the slope; the height is where the tail starts).
+        x0 = np.log10(r["xmin"] / spectra[r["name"]].max())
+        y0 = log_kde(logs[r["name"]], np.array([x0]), bandwidth)[0]
+        x = np.logspace(x0, 0, 50)
+        ax.plot(x, y0 * (x / 10**x0) ** (1 - r["alpha"]), color="black", ls="--", lw=1.2,
+                label=f"layer {shown}: α = {r['alpha']:.2f}")
+        ax.axvline(10**x0, color="black", ls=":", lw=0.8)
         ax.legend(loc="upper left", fontsize="x-small", frameon=False)
     ax.set(xscale="log", yscale="log", xlabel="λ / λ_max", ylabel="density of log10 λ",
-           xlim=(10 ** (every.min() - bandwidth), 10 ** (2 * bandwidth)), ylim=(peak * 1e-3, peak * 2))
+           xlim=(10**low, 10 ** (0.5 * bandwidth)), ylim=(peak * 1e-3, peak * 2))
     ax.grid(True, which="major", alpha=0.3)
 
 

@@ -150,7 +150,8 @@ def test_two_runs_are_replicates_exactly_when_they_differ_in_an_incidental_optio
     assert checked == len(list(option_fields())) > 40
     incidental = {key for _, f, key in option_fields() if f.metadata["incidental"]}
     assert incidental == {"out", "resume", "seed", "log_every", "eval_every", "analyze_every", "checkpoint_every",
-                          "keep_checkpoints", "token_cache", "device", "compile", "sharding", "micro_batch"}
+                          "keep_checkpoints", "token_cache", "device", "compile", "sharding", "micro_batch",
+                          "report_to"}
 
 
 def test_options_that_do_not_apply_split_no_replicates(tmp_path):

@@ -44,13 +44,33 @@ def test_spectra_figure_one_panel_per_module_one_curve_per_layer(llama):
         for line in curves:  # every curve is visible up to λ/λ_max = 1, where each has its largest eigenvalue
             x, y = line.get_data()
             assert y[np.searchsorted(x, 1.0)] > low
-        smallest = min((s := llama.spectra[n])[s > 1e-12 * s.max()].min() / s.max()
-                       for n in llama.table.loc[llama.table["module"] == mod, "name"])
-        assert ax.get_xlim()[0] < smallest and ax.get_xlim()[0] > smallest / 100  # limits from the data drawn
+        pooled = np.concatenate([(s := llama.spectra[n])[s > 1e-12 * s.max()] / s.max()
+                                 for n in llama.table.loc[llama.table["module"] == mod, "name"]])
+        assert pooled.min() / 100 < ax.get_xlim()[0] < np.quantile(pooled, 0.01)  # limits from the data drawn
+        for line in curves:  # no curve past λ_max, where no eigenvalue can be
+            assert line.get_data()[0].max() <= 1.0 + 1e-12
         fits = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
         assert len(fits) == 1 and fits[0].get_label().startswith("layer 2: α =")  # the middle layer's tail
+        fx, fy = fits[0].get_data()
+        assert fx.max() <= 1.0 + 1e-12
+        row = llama.table[(llama.table["module"] == mod) & (llama.table["layer"] == 2)].iloc[0]
+        assert fx[0] == pytest.approx(row["xmin"] / llama.spectra[row["name"]].max(), rel=1e-9)
+        cx, cy = curves[list(llama.table.loc[llama.table["module"] == mod, "layer"]).index(2)].get_data()
+        at_xmin = np.exp(np.interp(np.log(fx[0]), np.log(cx), np.log(cy)))
+        assert fy[0] == pytest.approx(at_xmin, rel=0.05)  # the fit starts on the plotted density at xmin
+        slope = np.polyfit(np.log(fx), np.log(fy), 1)[0]
+        assert slope == pytest.approx(1 - row["alpha"], abs=1e-9)  # density of log λ: slope 1 - alpha
     colours = {tuple(line.get_color()) for line in panels[0].get_lines() if line.get_linestyle() == "-"}
     assert len(colours) == LAYERS  # depth is visible
+
+
+def test_a_few_isolated_tiny_eigenvalues_do_not_stretch_the_spectra_axes(llama):
+    """Two eigenvalues at 1e-8 of λ_max in every layer made bumps far left of the bulk; the axis now starts at
+    the bulk (3 interquartile ranges of log λ below its lower quartile); they still count in each density."""
+    spectra = {n: np.concatenate([[1e-8 * s.max(), 2e-8 * s.max()], s]) for n, s in llama.spectra.items()}
+    fig = spectra_figure(llama.table, spectra)
+    for ax in (ax for ax in fig.axes if ax.get_visible() and ax.get_title()):
+        assert ax.get_xlim()[0] > 1e-7  # well above the isolated pair (before: below 1e-8)
 
 
 def test_alpha_modules_figure_shows_random_reference(llama):
