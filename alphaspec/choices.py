@@ -5,7 +5,8 @@ ESTIMATORS = ("median", "gof", "fix-finger", "fix-finger-legacy")  # how xmin is
 ESD_PRECISIONS = ("fp64", "fp32")  # the Gram product and eigen-solve of analyze (fp32: opt-in, for the largest models)
 ASSIGN = ("linear", "sqrt", "log2", "sigmoid")  # metric -> decay (docs/math.md §3)
 PRESERVE = ("none", "modules", "params")  # --preserve-mean
-DECAY_METRICS = ("alpha", "alpha_farms", "alpha_weighted", "spectral_norm", "frobenius_norm", "stable_rank", "log_spectral_norm",
+DECAY_METRICS = ("alpha", "alpha_excess",
+                 "alpha_farms", "alpha_weighted", "spectral_norm", "frobenius_norm", "stable_rank", "log_spectral_norm",
                  "log_norm", "entropy", "lambda_max")  # what decays can be assigned from
 DEFAULT_POLICIES = ("all", "matrices")  # --default-decay, besides a number
 STRATEGIES = ("uniform", "alphadecay", "awd", "adadecay", "lrm", "cautious", "mup")

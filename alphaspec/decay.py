@@ -111,6 +111,7 @@ class DecayMap:
     source: str = ""
     alphaspec: str = __version__
     schema: str = field(default=SCHEMA)
+    notes: list[str] = field(default_factory=list, compare=False)  # what building it found (not saved in the file)
 
     def decays(self) -> dict[str, float]:
         return {m["name"]: float(m["weight_decay"]) for m in self.modules}
@@ -335,6 +336,7 @@ def build_decay_map(table: pd.DataFrame, weight_decay: float, spec: DecaySpec | 
     """
     spec = decay_spec(spec, options)
     metric = spec.metric
+    table = with_derived_metrics(table)
     if metric not in table.columns:
         hint = " (analyse with --farms)" if metric == "alpha_farms" else ""
         raise DecayMapError(f"the table has no {metric!r} column{hint}")
@@ -356,10 +358,39 @@ def build_decay_map(table: pd.DataFrame, weight_decay: float, spec: DecaySpec | 
     wd[fitted] = assign_decays(values[fitted], weight_decay, ratio=spec.ratio, assign=spec.assign,
                                blocks=[b for b, f in zip(blocks, fitted, strict=True) if f], sizes=sizes[fitted],
                                preserve_mean=spec.preserve_mean)
+    share = shape_share(rows[fitted], metric)
     rows = rows.assign(decay_=wd, size_=sizes, fitted_=fitted)
     tensor_col = "tensor" if "tensor" in rows else "name"
     modules = [_map_entry(tensor, part, metric) for tensor, part in rows.groupby(tensor_col, sort=False)]
-    return _finish(table, modules, weight_decay, spec, default, source)
+    dmap = _finish(table, modules, weight_decay, spec, default, source)
+    if share is not None and share >= SHAPE_NOTE_SHARE:
+        dmap.notes.append(f"{share:.0%} of the spread of alpha over the tuned matrices follows their shapes alone "
+                          "(alpha_random, the alpha of a Gaussian matrix of each shape), so these decays mostly sort "
+                          "matrices by shape; --metric alpha_excess (alpha - alpha_random) assigns by what training "
+                          "added")
+    return dmap
+
+
+SHAPE_NOTE_SHARE = 0.5  # a note when alpha_random explains at least this share of alpha's variance (R²)
+
+
+def with_derived_metrics(table: pd.DataFrame) -> pd.DataFrame:
+    """The table with `alpha_excess` = alpha - alpha_random (what training added to the alpha that a random
+    matrix of the same shape has), when both columns are there and it is not."""
+    if "alpha_excess" in table or not {"alpha", "alpha_random"} <= set(table.columns):
+        return table
+    return table.assign(alpha_excess=table["alpha"] - table["alpha_random"])
+
+
+def shape_share(rows: pd.DataFrame, metric: str) -> float | None:
+    """The share of alpha's variance over these matrices that their shapes explain: R² of a linear fit of alpha
+    on alpha_random (a Gaussian matrix's alpha for each shape). None for another metric, or without spread."""
+    if metric != "alpha" or "alpha_random" not in rows:
+        return None
+    both = rows[["alpha", "alpha_random"]].astype(float).dropna()
+    if len(both) < 3 or both["alpha"].std() == 0 or both["alpha_random"].std() == 0:
+        return None
+    return float(np.corrcoef(both["alpha"], both["alpha_random"])[0, 1] ** 2)
 
 
 def _finish(table, modules, weight_decay, spec: DecaySpec, default, source) -> DecayMap:

@@ -306,6 +306,8 @@ class AlphaDecay:
         dmap = build_decay_map(table, self.weight_decay, replace(self.spec, include=(), exclude=()), all_rows=True)
         metric = self.spec.metric
         self.decays = dmap.decays()
+        if dmap.notes and not self.refreshes:  # the shape note, once
+            log.warning(f"AlphaDecay: note: {dmap.notes[0]}")
         self.metrics = {m["name"]: m[metric] for m in dmap.modules}
         self.modules = {m["name"]: m["module"] for m in dmap.modules}
         self._set(self.decays)

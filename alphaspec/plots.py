@@ -210,10 +210,17 @@ def _farms_points(ax, table: pd.DataFrame, mods: list[str]) -> list[np.ndarray]:
     return out
 
 
-def alpha_depth_figure(table: pd.DataFrame) -> Figure:
-    """alpha per layer and module type: a heatmap and a line plot over depth (experts averaged)."""
+def alpha_depth_figure(table: pd.DataFrame, excess: bool = False) -> Figure:
+    """alpha per layer and module type: a heatmap and a line plot over depth (experts averaged). excess: alpha
+    minus alpha_random, the alpha of a Gaussian matrix of the same shape (0 = no more structure than noise),
+    so module types of different shapes compare by what training added rather than by shape."""
     table = _panels(table)
     blocks = table[table["layer"].notna()]
+    if excess:
+        if "alpha_random" not in blocks:
+            raise ValueError("the table has no alpha_random column (written by alphaspec >= 0.1 analyze)")
+        blocks = blocks.assign(alpha=blocks["alpha"] - blocks["alpha_random"])
+    what = "alpha - alpha_random" if excess else "alpha"
     mods = _modules(blocks)
     grid = blocks.assign(layer=blocks["layer"].astype(int)).pivot_table(
         index="module", columns="layer", values="alpha", aggfunc="mean").reindex(mods)
@@ -222,17 +229,22 @@ def alpha_depth_figure(table: pd.DataFrame) -> Figure:
     fig = Figure(figsize=(max(8.0, 0.22 * grid.shape[1] + 5), 3.2 + 0.32 * len(mods) + 3.4), layout="constrained",
                  dpi=DPI)
     heat_ax, line_ax = fig.subplots(2, 1, height_ratios=[0.6 + 0.3 * len(mods), 3.4])
-    im = heat_ax.imshow(grid.to_numpy(dtype=float), aspect="auto", cmap="viridis", interpolation="nearest",
+    values = grid.to_numpy(dtype=float)
+    span = np.nanmax(np.abs(values)) if excess else None  # centred on 0: the Gaussian matrix of the same shape
+    im = heat_ax.imshow(values, aspect="auto", cmap="RdBu_r" if excess else "viridis", interpolation="nearest",
+                        vmin=-span if excess else None, vmax=span,
                         extent=(grid.columns.min() - 0.5, grid.columns.max() + 0.5, len(mods) - 0.5, -0.5))
     heat_ax.set_yticks(range(len(mods)), mods)
     heat_ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=20))
-    heat_ax.set(xlabel="layer", title="alpha per layer and module type")
-    fig.colorbar(im, ax=heat_ax, label="alpha")
+    heat_ax.set(xlabel="layer", title=f"{what} per layer and module type")
+    fig.colorbar(im, ax=heat_ax, label=what)
     for m in mods:
         row = grid.loc[m]
         line_ax.plot(row.index, row.to_numpy(dtype=float), marker="o", ms=3, lw=1.3, color=module_colour(m), label=m)
+    if excess:
+        line_ax.axhline(0, color="black", lw=0.8)
     line_ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=20))
-    line_ax.set(xlabel="layer", ylabel=f"alpha ({table['estimator'].iloc[0]})", title="alpha over depth")
+    line_ax.set(xlabel="layer", ylabel=f"{what} ({table['estimator'].iloc[0]})", title=f"{what} over depth")
     line_ax.grid(True, alpha=0.3)
     line_ax.legend(loc="best", ncol=min(4, len(mods)), fontsize="small", frameon=False)
     return fig
@@ -311,9 +323,9 @@ def save_figure(fig: Figure, path: Path) -> Path:
 
 
 def render(table: pd.DataFrame, spectra: dict[str, np.ndarray], out_dir: Path, kinds=MODEL_KINDS,
-           fmt: str = "png", names: list[str] = (), decay_map=None) -> Rendered:
+           fmt: str = "png", names: list[str] = (), decay_map=None, excess: bool = False) -> Rendered:
     """Draw `kinds` into out_dir as FORMAT files; `esd` draws one figure per name in `names`,
-    `decay` draws `decay_map` (skipped without one).
+    `decay` draws `decay_map` (skipped without one); excess: alpha-depth draws alpha - alpha_random.
 
     A figure that cannot be drawn from this table (no spectra saved, no fitted alpha, ...) is skipped
     and the others are drawn: returns the files written and one line per skipped figure saying why.
@@ -327,6 +339,8 @@ def render(table: pd.DataFrame, spectra: dict[str, np.ndarray], out_dir: Path, k
             jobs += [(f"esd-{safe_filename(n)}", lambda n=n, est=est: esd_figure(n, spectra[n], est)) for n in names]
         elif kind == "decay":
             jobs.append(("decay", lambda: decay_figure(_needed(decay_map, "a decay map (build_decay_map)"))))
+        elif kind == "alpha-depth":
+            jobs.append((kind, lambda: alpha_depth_figure(table, excess)))
         elif kind in _FIGURES:
             jobs.append((kind, lambda kind=kind: _FIGURES[kind](table, spectra)))
         else:
@@ -353,5 +367,4 @@ def _spectra_or_why(table: pd.DataFrame, spectra: dict[str, np.ndarray]) -> Figu
     return spectra_figure(table, spectra)
 
 
-_FIGURES = {"spectra": _spectra_or_why, "alpha-modules": lambda t, _: alpha_modules_figure(t),
-            "alpha-depth": lambda t, _: alpha_depth_figure(t)}
+_FIGURES = {"spectra": _spectra_or_why, "alpha-modules": lambda t, _: alpha_modules_figure(t)}

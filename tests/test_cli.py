@@ -186,3 +186,14 @@ def test_analyze_plots_option(llama_dir, tmp_path):
     proc = cli("analyze", llama_dir, "--plots", tmp_path / "figs")
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == ["alpha-depth.png", "alpha-modules.png", "spectra.png"]
+
+
+def test_an_existing_output_is_replaced_only_by_a_finished_result(llama_dir, tmp_path):
+    """As the README says: -o FILE replaces FILE, but only when the work succeeded; a failed command leaves it."""
+    out = tmp_path / "r.csv"
+    out.write_text("my earlier table\n")
+    proc = cli("analyze", tmp_path / "missing-model", "-o", out)
+    assert proc.returncode == 1 and out.read_text() == "my earlier table\n"
+    proc = cli("analyze", llama_dir, "-o", out, "-q")
+    assert proc.returncode == 0, proc.stderr
+    assert list(pd.read_csv(out)["name"]) == list(analyze_checkpoint(llama_dir, device="cpu").table["name"])

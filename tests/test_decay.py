@@ -193,3 +193,51 @@ def test_one_spec_gives_the_same_decays_to_the_map_and_the_hook(llama_dir):
     hook = AlphaDecay(model, torch.optim.AdamW(model.parameters(), weight_decay=W), spec=spec, overlap=False,
                       config=synth.LLAMA_CONFIG)
     assert hook.decays == pytest.approx(by_spec, rel=1e-9)
+
+
+def gaussian_llama(tmp_path, seed: int = 0):
+    """A random-init LLaMA's shapes (square attention, 3x-wide MLP) filled with Gaussian entries."""
+    g = torch.Generator().manual_seed(seed)
+    shapes = {"self_attn.q_proj": (96, 96), "self_attn.k_proj": (96, 96), "self_attn.v_proj": (96, 96),
+              "self_attn.o_proj": (96, 96), "mlp.gate_proj": (288, 96), "mlp.up_proj": (288, 96),
+              "mlp.down_proj": (96, 288)}
+    tensors = {f"model.layers.{i}.{n}.weight": torch.randn(*s, generator=g) / 10 for i in range(4)
+               for n, s in shapes.items()}
+    return analyze_checkpoint(synth.write(tmp_path, tensors, synth.LLAMA_CONFIG), device="cpu").table
+
+
+def test_a_map_decided_by_shape_says_so_and_alpha_excess_removes_the_shape(tmp_path):
+    """Random Gaussian weights: alpha differs between square and 3:1 matrices only by shape, which the map
+    would turn into decays; the note says so (R² of alpha on alpha_random, computed here with numpy)."""
+    table = gaussian_llama(tmp_path)
+    dmap = build_decay_map(table, 0.1)
+    r2 = np.corrcoef(table["alpha"], table["alpha_random"])[0, 1] ** 2
+    assert r2 > 0.5 and len(dmap.notes) == 1 and dmap.notes[0].startswith(f"{r2:.0%} of the spread of alpha")
+    excess = build_decay_map(table, 0.1, metric="alpha_excess")
+    assert excess.notes == []
+    want = assign_decays((table["alpha"] - table["alpha_random"]).to_numpy(), 0.1,
+                         blocks=table["layer"].tolist(), sizes=(table["rows"] * table["cols"]).tolist())
+    assert [m["weight_decay"] for m in excess.modules] == pytest.approx(list(want), rel=1e-12)
+    assert [m["alpha_excess"] for m in excess.modules] == pytest.approx(
+        list(table["alpha"] - table["alpha_random"]), rel=1e-12)
+    same_shape = table[table["module"].str.startswith("att")]  # one shape: nothing for the shape to explain
+    assert build_decay_map(same_shape, 0.1).notes == []
+
+
+def test_the_cli_and_the_hook_print_the_shape_note(tmp_path, caplog):
+    from alphaspec import AlphaDecay
+
+    gaussian_llama(tmp_path / "m")
+    proc = subprocess.run([sys.executable, "-m", "alphaspec", "decay-map", str(tmp_path / "m"), "-o",
+                           str(tmp_path / "wd.json")], capture_output=True, text=True,
+                          env=os.environ | {"COLUMNS": "200"})
+    assert proc.returncode == 0 and "note: " in proc.stdout and "--metric alpha_excess" in proc.stdout
+    from safetensors.torch import load_file
+
+    model = TinyLlama(load_file(str(tmp_path / "m" / "model.safetensors")))
+    opt = torch.optim.AdamW(model.parameters(), weight_decay=0.1)
+    with caplog.at_level("WARNING", logger="alphaspec"):
+        hook = AlphaDecay(model, opt, gap=1, overlap=False)
+        hook.step()
+    notes = [r.message for r in caplog.records if "note:" in r.message]
+    assert len(notes) == 1 and "follows their shapes" in notes[0]  # once, not at every refresh

@@ -1,5 +1,7 @@
 """Figures render for a synthetic LLaMA and the real MiniLM; the Figure objects hold what they claim."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import synth
@@ -90,6 +92,59 @@ def test_alpha_depth_figure(llama):
     expected = llama.table[llama.table["module"] == "mlp.down"].sort_values("layer")["alpha"].to_numpy()
     np.testing.assert_allclose(mlp_down.get_ydata(), expected)
     assert heat.get_images()[0].get_array().shape == (7, LAYERS)
+
+
+def test_alpha_depth_figure_of_alpha_minus_the_random_matrix_alpha(llama):
+    fig = alpha_depth_figure(llama.table, excess=True)
+    heat, lines = fig.axes[0], fig.axes[1]
+    rows = llama.table[llama.table["module"] == "att.q"].sort_values("layer")
+    att_q = next(line for line in lines.get_lines() if line.get_label() == "att.q")
+    np.testing.assert_allclose(att_q.get_ydata(), rows["alpha"] - rows["alpha_random"], rtol=1e-12)
+    image = heat.get_images()[0]
+    assert image.get_clim()[0] == -image.get_clim()[1]  # centred on 0, the Gaussian matrix of the same shape
+    assert "alpha - alpha_random" in heat.get_title()
+
+
+def test_plot_cli_with_module_draws_only_that_matrix_and_a_run_its_own_decays(llama, tmp_path):
+    """`plot r.json --module X` redrew every model figure; `plot RUN --kind decay` drew a default map, not
+    the decays the run applied (its decay.csv)."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from alphaspec.cli import app
+    from alphaspec.output import write_results, write_spectra
+
+    write_results(llama, tmp_path / "r.json")
+    write_spectra(llama, tmp_path / "r.npz")
+    res = CliRunner().invoke(app, ["plot", str(tmp_path / "r.json"), "--module", r"layers\.1\.mlp\.down", "-o",
+                                   str(tmp_path / "figs"), "-q"])
+    assert res.exit_code == 0, res.output
+    assert [p.name for p in (tmp_path / "figs").iterdir()] == ["esd-model.layers.1.mlp.down_proj.weight.png"]
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (run / name).write_bytes((Path(llama.source) / name).read_bytes())
+    (run / "run.json").write_text(json.dumps({"config": {"weight_decay": 0.2, "metric": "alpha", "ratio": [0.5, 2.0],
+                                                         "estimator": "median"}}))
+    names = llama.table.loc[llama.table["layer"].notna(), ["name", "module", "layer", "alpha"]]
+    lines = ["step,name,module,layer,metric,weight_decay"]
+    for step in (0, 10):
+        lines += [f"{step},{r.name},{r.module},{int(r.layer)},{r.alpha},{0.1 + step + i / 1000}"
+                  for i, r in enumerate(names.itertuples())]
+    (run / "decay.csv").write_text("\n".join(lines) + "\n")
+    from alphaspec.cli.plot import _run_decay_map
+
+    dmap = _run_decay_map(run)
+    assert sorted(m["weight_decay"] for m in dmap.modules) == pytest.approx([10.1 + i / 1000 for i in range(len(names))])
+    ax = decay_figure(dmap).axes[0]
+    points = np.concatenate([c.get_offsets() for c in ax.collections])
+    assert sorted(points[:, 1]) == pytest.approx(sorted(m["weight_decay"] for m in dmap.modules))
+    assert dmap.weight_decay == 0.2 and tuple(dmap.ratio) == (0.5, 2.0)
+    res = CliRunner().invoke(app, ["plot", str(run), "--kind", "decay", "-o", str(tmp_path / "run-figs")])
+    assert res.exit_code == 0 and "default map" not in res.output, res.output
+    assert [p.name for p in (tmp_path / "run-figs").iterdir()] == ["decay.png"]
 
 
 def test_esd_figure_marks_the_fit(llama):

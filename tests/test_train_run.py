@@ -368,3 +368,17 @@ def test_learned_multipliers_are_recorded_and_drawn(tmp_path, text):
     assert (tmp_path / "width.png").stat().st_size > 10_000
     res = CliRunner().invoke(app, ["plot", str(tmp_path / "nope"), "--kind", "multipliers", "-o", str(tmp_path / "f")])
     assert res.exit_code == 1 and "learnable multipliers" in res.output
+
+
+def test_a_run_loads_as_a_hugging_face_tokenizer_with_its_end_token(tmp_path, text):
+    """AutoTokenizer.from_pretrained(RUN) had no eos_token: tokenizer_config.json now names the class and
+    the token that separates documents."""
+    transformers = pytest.importorskip("transformers")
+    from tokenizers import Tokenizer
+
+    _, out = run(tmp_path, text, steps=2)
+    tok = transformers.AutoTokenizer.from_pretrained(out)
+    assert tok.eos_token == "<|endoftext|>" and tok.eos_token_id == Tokenizer.from_file(
+        str(out / "tokenizer.json")).token_to_id("<|endoftext|>")
+    sample = "To be, or not to be, that is the question."
+    assert tok(sample)["input_ids"] == Tokenizer.from_file(str(out / "tokenizer.json")).encode(sample).ids

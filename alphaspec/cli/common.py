@@ -178,8 +178,10 @@ Estimator = choice_enum("Estimator", ESTIMATORS)
 EstimatorOption = Annotated[Estimator, typer.Option("-e", "--estimator", help="How xmin is chosen (when analysing).")]
 Device = Annotated[str, typer.Option(metavar="DEVICE", help="auto, cpu, cuda or cuda:N (when analysing).")]
 Include = Annotated[list[str] | None, typer.Option(
+    "--include", metavar="REGEX", callback=_regex_list, help="Only the tensors whose name matches (repeatable).")]
+TunedInclude = Annotated[list[str] | None, typer.Option(
     "--include", metavar="REGEX", callback=_regex_list,
-    help="Only the tensors whose name matches (repeatable; decay-map: instead of the block matrices).")]
+    help="Tune the tensors whose name matches instead of the transformer-block matrices (repeatable).")]
 Exclude = Annotated[list[str] | None, typer.Option(
     "--exclude", metavar="REGEX", callback=_regex_list, help="Leave out the tensors whose name matches (repeatable).")]
 
@@ -302,7 +304,7 @@ def report_figures(rendered, quiet: bool = False) -> None:
         err.print(Text(f"skipped {line}"), style="yellow", highlight=False)
 
 
-def draw(table, spectra, out_dir: Path, kinds: list[str], fmt: str, names: list[str], dmap=None):
+def draw(table, spectra, out_dir: Path, kinds: list[str], fmt: str, names: list[str], dmap=None, excess: bool = False):
     from ..plots import render  # matplotlib is loaded only when figures are asked for
 
-    return render(table, spectra, out_dir, kinds, fmt, names, dmap)
+    return render(table, spectra, out_dir, kinds, fmt, names, dmap, excess)

@@ -14,8 +14,8 @@ from .common import (
     Device,
     EstimatorOption,
     Exclude,
-    Include,
     Quiet,
+    TunedInclude,
     app,
     choice_enum,
     decay_policy,
@@ -63,7 +63,7 @@ def decay_map(
     default_decay: Annotated[str, typer.Option("--default-decay", callback=decay_policy, metavar="all|matrices|FLOAT",
                                                help="Untuned parameters: all (w), matrices (w, but "
                                                "0 for 1-D and embeddings) or a number.")] = "all",
-    include: Include = None,
+    include: TunedInclude = None,
     exclude: Exclude = None,
     paper_compat: Annotated[bool, typer.Option("--paper-compat", help="Reproduce the AlphaDecay release's decays "
                                                "exactly (its module choice and formulas; see docs/decay.md).")]
@@ -86,6 +86,8 @@ def decay_map(
     if not quiet:
         out.print(_decay_summary(dmap))
         out.print(f"wrote {output} ({len(dmap.modules)} tuned tensors)", highlight=False)
+        for note in dmap.notes:
+            out.print(f"note: {note}", highlight=False)
 
 
 def _decay_summary(dmap) -> Table:

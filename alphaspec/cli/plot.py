@@ -46,7 +46,7 @@ def plot(
                                           "(.csv/.json/.parquet) written by `analyze`, or a training run.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Directory for the figures.")] = Path("alphaspec-plots"),
     kind: Annotated[list[Kind] | None, typer.Option("--kind", help="Figure kind(s); default: all model-level "
-                                                    "kinds, plus esd when --module is given.")] = None,
+                                                    "kinds, or only esd when --module is given.")] = None,
     fmt: Annotated[Format, typer.Option("--format", help="png (150 dpi), or vector svg / pdf.")] = Format.png,
     module: Annotated[list[str] | None, typer.Option("--module", help="Row name or regex for `esd` figures.")] = None,
     spectra_file: Annotated[Path | None, typer.Option("--spectra", help="Spectra .npz saved by `analyze "
@@ -54,6 +54,8 @@ def plot(
     decay_map_file: Annotated[Path | None, typer.Option("--decay-map", help="A map from `alphaspec decay-map` for "
                                                         "the decay figure (default: linear, w = 0.1).")] = None,
     estimator: EstimatorOption = Estimator.median,
+    alpha_excess: Annotated[bool, typer.Option("--alpha-excess", help="alpha-depth: draw alpha - alpha_random (what "
+                                               "training added beyond a Gaussian matrix of the same shape).")] = False,
     device: Device = "auto",
     quiet: Quiet = False,
 ) -> None:
@@ -65,10 +67,9 @@ def plot(
 
     check_output_dir(output)
     run = Path(source)
-    kinds = [k.value for k in kind] if kind else [*MODEL_KINDS, *(["esd"] if module else []),
-                                                   *(["decay"] if decay_map_file else []),
-                                                   *(["training"] if has_log(run, "alphas") else []),
-                                                   *(["multipliers"] if has_log(run, "multipliers") else [])]
+    kinds = [k.value for k in kind] if kind else ["esd"] if module else [
+        *MODEL_KINDS, *(["decay"] if decay_map_file else []), *(["training"] if has_log(run, "alphas") else []),
+        *(["multipliers"] if has_log(run, "multipliers") else [])]
     for figure, draw_run in (("training", _training_figure), ("multipliers", _multipliers_figure)):
         if figure in kinds:  # figures of a training run, from its logs
             drawn = draw_run(run, output, fmt.value)
@@ -80,8 +81,10 @@ def plot(
     if "esd" in kinds and not module:
         fail("the esd figure needs --module NAME (a row name or a regex)", 2)
     dmap = DecayMap.load(decay_map_file) if decay_map_file is not None else None
+    if dmap is None and "decay" in kinds and has_log(run, "decays"):  # a run: the decays it last applied
+        dmap = _run_decay_map(run)
     table, spectra = load(source, estimator.value, device, quiet, spectra_file)
-    if dmap is not None and "decay" in kinds:
+    if dmap is not None and "decay" in kinds and decay_map_file is not None:
         from ..decay import check_map_matches_table
 
         check_map_matches_table(dmap, table, source)
@@ -91,7 +94,7 @@ def plot(
         if dmap is None:
             kinds.remove("decay")
     names = _esd_names(source, table, spectra, module) if "esd" in kinds else []
-    rendered = draw(table, spectra, output, kinds, fmt.value, names, dmap)
+    rendered = draw(table, spectra, output, kinds, fmt.value, names, dmap, alpha_excess)
     if note and dmap is None:
         rendered.skipped.append(note)
     elif note and not quiet:
@@ -119,6 +122,28 @@ def _default_map(table):
         return build_decay_map(table, 0.1), "decay figure: the default map (linear, w = 0.1); pass --decay-map for yours"
     except DecayMapError as e:
         return None, f"decay: {e}"
+
+
+def _run_decay_map(run: Path):
+    """The decays a training run applied last (its decay.csv), as a map the decay figure draws against the
+    metric they came from."""
+    from ..decay import DecayMap
+    from ..train.rundir import load_run_json, read_log
+
+    decays = read_log(run, "decays", "the decay figure")
+    decays = decays[decays["name"] != "*"]  # AWD's one global row per step has no matrix to place
+    if decays.empty:
+        fail(f"{run}: decay.csv has no per-matrix decays to draw (the run's strategy sets one global decay)")
+    latest = decays.sort_values("step", kind="stable").groupby("name", sort=False).tail(1)
+    config = load_run_json(run).get("config", {})
+    metric = str(config.get("metric") or "alpha")
+    modules = [{"name": r.name, "module": r.module, "layer": r.layer, metric: r.metric,
+                "weight_decay": r.weight_decay} for r in latest.itertuples()]
+    return DecayMap(modules=modules, weight_decay=float(config.get("weight_decay", latest["weight_decay"].mean())),
+                    ratio=tuple(config.get("ratio") or (0.67, 5.0)), assign=str(config.get("assign") or "linear"),
+                    estimator=str(config.get("estimator") or "median"), metric=metric,
+                    preserve_mean=str(config.get("preserve_mean") or "none"),
+                    source=f"{run} (decay.csv, step {int(latest['step'].max())})")
 
 
 def _training_figure(run: Path, output: Path, fmt: str) -> Path:

@@ -185,7 +185,21 @@ def prepare(run_dir: Path, opts, status: Callable[[str], None] = lambda _: None)
               "tokenizer": vocab.fingerprint(), "eos_id": vocab.eos_id}
     link.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(link, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1) + "\n"))
+    hf_config = tokenizer_config(vocab)  # so AutoTokenizer.from_pretrained(RUN) knows its class and end token
+    atomic_write(run_dir / TOKENIZER_CONFIG, lambda tmp: Path(tmp).write_text(json.dumps(hf_config, indent=1) + "\n"))
     atomic_write(tok_path, lambda tmp: vocab.tokenizer.save(tmp))
+
+
+TOKENIZER_CONFIG = "tokenizer_config.json"
+
+
+def tokenizer_config(vocab: Vocab) -> dict:
+    """tokenizer_config.json as transformers reads it beside tokenizer.json: the fast tokenizer class and
+    the end-of-document token the run separates documents with (none when the tokenizer has none)."""
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False}
+    if vocab.eos_id is not None:
+        config["eos_token"] = vocab.tokenizer.id_to_token(vocab.eos_id)
+    return config
 
 
 def _cache_for(specs, opts, vocab: Vocab | None, status) -> TokenCache:

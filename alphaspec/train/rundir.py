@@ -143,8 +143,9 @@ def write_json(path: Path, doc: dict) -> None:
 
 
 LOCK = ".lock"
-OURS = ("run.json", "config.json", "model.safetensors", "tokenizer.json", "metrics.csv", "decay.csv", "alphas.csv",
-        "multipliers.csv", "checkpoints", "data", MAP_COPY)  # what a run writes: a directory holding only these is a run
+# what a run writes: a directory holding only these is a run
+OURS = ("run.json", "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "metrics.csv",
+        "decay.csv", "alphas.csv", "multipliers.csv", "checkpoints", "data", "tensorboard", "wandb", MAP_COPY)
 CHECKPOINT_KEYS = {"step": int, "model": dict, "optimizer": dict, "scheduler": dict, "strategy": dict, "rng": dict,
                    "config": dict}
 
