@@ -30,8 +30,8 @@ from alphaspec.cli import app
 from alphaspec.train import TrainConfig, train
 from alphaspec.train.data import bundled_corpus
 
-TRAIN = ["--seq-len", "32", "--batch-size", "4", "--vocab-size", "512", "--steps", "4", "--eval-every", "2",
-         "--checkpoint-every", "2", "--log-every", "1", "--eval-windows", "4", "-q"]
+TRAIN = ["--seq-len", "32", "--batch-size", "4", "--vocab-size", "512", "--steps", "4", "--warmup-steps", "1",
+         "--eval-every", "2", "--checkpoint-every", "2", "--log-every", "1", "--eval-windows", "4", "-q"]
 
 
 class Payload:
@@ -56,7 +56,7 @@ def base(tmp_path_factory) -> Path:
     assert res.exit_code == 0, res.output
     (root / "text.txt").write_text(bundled_corpus()[0].read_text()[:60_000])
     train(TrainConfig.of(out=str(root / "run"), data=[str(root / "text.txt")], vocab_size=512, seq_len=32, batch_size=4,
-                      steps=4, eval_every=2, checkpoint_every=2, log_every=1, eval_windows=4, keep_checkpoints=3))
+                      steps=4, warmup_steps=1, eval_every=2, checkpoint_every=2, log_every=1, eval_windows=4, keep_checkpoints=3))
     return root
 
 

@@ -137,7 +137,8 @@ def corrupt_zst(d: Path) -> Path:
 
 
 TOKENIZE = ["--vocab-size", "300", "-q"]
-TRAIN = ["--seq-len", "16", "--batch-size", "2", "--steps", "2", "--eval-every", "2", "--eval-windows", "2", "-q"]
+TRAIN = ["--seq-len", "16", "--batch-size", "2", "--steps", "2", "--warmup-steps", "1", "--eval-every", "2",
+         "--eval-windows", "2", "-q"]
 
 
 def cache_copy(b: Path, d: Path, change=None) -> Path:
@@ -325,7 +326,8 @@ CASES = [
     Case("train-vocab-1e11", lambda b, d: ["train", "--out", d / "r", "--vocab-size", "100000000000", *TRAIN], 2,
          ("--vocab-size",)),
     Case("train-batch-1e9", lambda b, d: ["train", "--out", d / "r", "--data", cache_copy(b, d), "--batch-size",
-                                          "1000000000", "--seq-len", "16", "--steps", "2", "-q"], 1,
+                                          "1000000000", "--seq-len", "16", "--steps", "2", "--warmup-steps", "1",
+                                          "-q"], 1,
          ("--batch-size", "GiB", "--micro-batch")),
     Case("train-lr-1e30", lambda b, d: ["train", "--out", d / "r", "--data", cache_copy(b, d), "--lr", "1e30",
                                         "--log-every", "1", *TRAIN, "--steps", "6"], 1,

@@ -101,14 +101,16 @@ def test_wandb_offline_run_holds_them_too(tmp_path, text, monkeypatch):  # noqa:
 
 
 def test_console_lines_show_pace_and_refreshes(tmp_path, text):  # noqa: F811
-    res = CliRunner().invoke(app, argv(tmp_path / "r", text), env={"COLUMNS": "200"})
+    """Plain lines (not a terminal) with ms/step, elapsed time and ETA; a line per refresh; the banner names
+    the optimizer (a Muon run's did not)."""
+    res = CliRunner().invoke(app, argv(tmp_path / "r", text, "--optimizer", "muon"), env={"COLUMNS": "200"})
     assert res.exit_code == 0, res.output
     lines = res.output.splitlines()
     logged = [line for line in lines if line.startswith("step 4/6 |")]
     assert len(logged) == 1 and " ms/step | 0:00:" in logged[0] and " elapsed, eta 0:00:" in logged[0], lines
     refreshed = [line for line in lines if "alphadecay refreshed" in line]
     assert [line.split(":")[0] for line in refreshed] == ["step 2", "step 4", "step 6"], lines
-    assert " · adamw · alphadecay · " in next(line for line in lines if line.startswith("alphaspec "))
+    assert " · muon · alphadecay · " in next(line for line in lines if line.startswith("alphaspec "))
 
 
 def test_a_warmup_longer_than_the_run_is_warned(tmp_path, text):  # noqa: F811
@@ -137,3 +139,12 @@ def test_a_writer_that_cannot_start_is_one_line_and_leaves_nothing(tmp_path, tex
     lines = [line for line in res.output.splitlines() if line.startswith("error:")]
     assert res.exit_code == 1 and "Traceback" not in res.output and not (tmp_path / "r").exists()
     assert len(lines) == 1 and lines[0].startswith("error: --report-to wandb: cannot start it ("), lines
+
+
+def test_analyze_help_says_what_include_does_for_analyze():
+    """`analyze --help` showed decay-map's text under --include."""
+    res = CliRunner().invoke(app, ["analyze", "--help"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0 and "Only the tensors whose name matches" in res.output
+    assert "decay-map" not in res.output and "instead of the" not in res.output
+    res = CliRunner().invoke(app, ["decay-map", "--help"], env={"COLUMNS": "200"})
+    assert "Tune the tensors whose name matches instead of the" in res.output
