@@ -20,7 +20,9 @@ import pandas as pd
 import torch
 
 from ._version import __version__
+from .bulk import BULK_COLUMNS, RANDOMIZED_COLUMNS, mp_bulk
 from .checkpoint import Checkpoint, SourceError, TensorInfo, dtype_name, open_checkpoint
+from .diagnose import verdicts
 from .distributed import process_group
 from .errors import UsageError
 from .esd import SolveError, check_precision, finite_scale, resolve_device, scaled_eigenvalues, zero_threshold
@@ -29,14 +31,16 @@ from .memory import is_in_memory, memory_checkpoint
 from .modules import MODULE_TYPES, MatrixSpec, ModelConfigError, Plan, Skipped, plan
 from .powerlaw import PowerLawFit, check_estimator, fit_sorted
 from .random_baseline import random_alpha
+from .randomize import NAN_RANDOMIZED, randomized_rows
 from .reader import read_ahead
 from .spectral_metrics import ldexp, nan_metrics, spectral_metrics
 
 COLUMNS = ["name", "layer", "module", "rows", "cols", "n_eigs", "n_zero", "estimator", "alpha", "xmin",
            "ks_d", "n_tail", "lambda_max", "spectral_norm", "frobenius_norm", "stable_rank",
            "log_spectral_norm", "log_norm", "alpha_weighted", "entropy", "status", "expert", "tensor", "dtype", "stack",
-           "alpha_random"]
+           "alpha_random", *BULK_COLUMNS, "warning"]
 NATIVE_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+OPTIONAL_COLUMNS = ("alpha_farms", "quant", *RANDOMIZED_COLUMNS)
 BATCH_BYTES = {"cpu": 8 << 20, "cuda": 1 << 30}  # float64 bytes of same-shape matrices solved together
 
 
@@ -92,8 +96,9 @@ def matrix_row(spec: MatrixSpec, eigs: torch.Tensor | None, estimator: str, dtyp
            "alpha_random": random_alpha(spec.rows, spec.cols, estimator)}  # the same shape's Gaussian matrix
     if eigs is None:
         fit = PowerLawFit.empty("matrix contains NaN or Inf")
-        return row | {"n_zero": 0} | _fit_columns(fit) | nan_metrics() | {"alpha_weighted": math.nan}
-    return row | metrics_of(eigs, estimator, exponent, precision)
+        return (row | {"n_zero": 0} | _fit_columns(fit) | nan_metrics() | {"alpha_weighted": math.nan}
+                | mp_bulk(eigs, spec.rows, spec.cols))
+    return row | metrics_of(eigs, estimator, exponent, precision) | mp_bulk(eigs, spec.rows, spec.cols, exponent)
 
 
 def metrics_of(eigs: torch.Tensor, estimator: str, exponent: int = 0, precision: str = "fp64") -> dict:
@@ -119,6 +124,8 @@ class Solve:
     farms: bool = False
     quants: dict[str, str] = field(default_factory=dict)
     precision: str = "fp64"
+    randomize: bool = False  # also solve each matrix with its entries permuted (randomize.py)
+    seed: int = 0  # of those permutations
 
 
 def solve_batch(batch: list[tuple[MatrixSpec, torch.Tensor]], dev: torch.device,
@@ -139,20 +146,25 @@ def solve_batch(batch: list[tuple[MatrixSpec, torch.Tensor]], dev: torch.device,
     ok = ok.tolist()
     failure = None
     finite = w if all(ok) else w[torch.tensor(ok, device=w.device)]
-    eigs, exponents = [], torch.zeros(0, dtype=torch.int64)
+    eigs, exponents, randomized = [], torch.zeros(0, dtype=torch.int64), []
     try:
         if len(finite):
             eigs, exponents = scaled_eigenvalues(finite, dev, how.precision)
+            if how.randomize:
+                names = [spec.name for (spec, _), good in zip(batch, ok, strict=True) if good]
+                randomized = randomized_rows(finite, eigs, names, how.seed, dev, how.precision)
     except RuntimeError as err:  # torch.OutOfMemoryError, LinAlgError and CUDA/cuSOLVER errors are RuntimeErrors
         failure = err
     if failure is not None:  # raised outside the handler, so the exception holds no frame (or GPU buffer) of the solve
         del w, mats, finite
         raise SolveError.of([spec for spec, _ in batch], failure, dev)
-    solved = iter(zip(eigs, exponents.tolist(), strict=True))
+    solved = iter(zip(eigs, exponents.tolist(), randomized or [{}] * len(eigs), strict=True))
     out = []
     for i, (spec, _) in enumerate(batch):
-        e, exponent = next(solved) if ok[i] else (None, 0)
+        e, exponent, rand = next(solved) if ok[i] else (None, 0, NAN_RANDOMIZED)
         row = matrix_row(spec, e, how.estimator, how.dtypes.get(spec.tensor, ""), exponent, how.precision)
+        if how.randomize:
+            row |= rand
         if e is not None and exponent:
             e = torch.ldexp(e, torch.tensor(2.0 * exponent, dtype=e.dtype, device=e.device))  # the true spectrum
         if how.quants:
@@ -207,10 +219,11 @@ def _row_order(row: dict) -> tuple:
 
 def ordered_table(rows: list[dict]) -> pd.DataFrame:
     """Rows in reading order for people (see _row_order), integer columns that may be empty as Int64."""
-    extra = [c for c in ("alpha_farms", "quant") if rows and c in rows[0]]  # columns only some analyses have
+    extra = [c for c in OPTIONAL_COLUMNS if rows and c in rows[0]]  # columns only some analyses have
     table = pd.DataFrame(sorted(rows, key=_row_order), columns=COLUMNS + extra)
     for col in ("layer", "expert"):
         table[col] = table[col].astype("Int64")
+    table["warning"] = verdicts(table)  # with the default thresholds; the CLI applies the user's
     return table
 
 
@@ -222,21 +235,23 @@ def analyze_checkpoint(source, estimator: str = "median", device: str | torch.de
         include: Iterable[str] = (), exclude: Iterable[str] = (), split_fused: bool = True,
         keep_spectra: bool = False, progress: Callable[[int, int], None] | None = None,
         checkpoint: Checkpoint | None = None, workers: int = 1, farms: bool = False,
-        precision: str = "fp64", config: dict | None = None) -> Analysis:
+        precision: str = "fp64", config: dict | None = None, randomize: bool = False, seed: int = 0) -> Analysis:
     """Analyse every weight matrix of `source`; see `analyze` for the arguments.
 
     keep_spectra: also return every spectrum. precision: fp64 (the default), or fp32 for the Gram
     product and eigen-solve (faster on GPUs, with the alpha error measured in docs/analyze.md).
     workers: concurrent solves (threads; on a GPU each with its own CUDA stream, which can overlap
     the eigen-solver's latency-bound phases). farms: also an `alpha_farms` column (FARMS: the
-    pooled spectrum of square windows, free of the shape effect).
+    pooled spectrum of square windows, free of the shape effect). randomize: also the correlation-trap
+    columns (randomize.py), each matrix's entries permuted with a seed from `seed` and its name.
     Inside an initialised torch.distributed job (torchrun) the matrices are split over the ranks
     (sharded.py): every rank returns the whole table, rank 0 the spectra.
     """
     check_estimator(estimator)
     check_precision(precision)
     options = {"include": include, "exclude": exclude, "split_fused": split_fused, "keep_spectra": keep_spectra,
-               "progress": progress, "checkpoint": checkpoint, "workers": workers, "farms": farms, "precision": precision}
+               "progress": progress, "checkpoint": checkpoint, "workers": workers, "farms": farms, "precision": precision,
+               "randomize": randomize, "seed": seed}
     if is_in_memory(source) and checkpoint is None:  # a live model or state dict: solved where its weights are
         checkpoint = memory_checkpoint(source, config)
         if device == "auto" and checkpoint.device is not None:
@@ -259,7 +274,7 @@ def analyze_checkpoint(source, estimator: str = "median", device: str | torch.de
         if progress:
             progress(done[0], total)
 
-    how = solve_options(ckpt, estimator, farms, precision)
+    how = solve_options(ckpt, estimator, farms, precision, randomize, seed)
     rows, spectra = solve_matrices(ckpt, todo.matrices, dev, how, workers=workers, keep_spectra=keep_spectra,
                                    on_solved=advance)
     return assemble(rows, spectra, ckpt, todo, ckpt.source if is_in_memory(source) else str(source), how, str(dev))
@@ -278,9 +293,10 @@ def plan_checkpoint(ckpt: Checkpoint, include: Iterable[str], exclude: Iterable[
     return todo
 
 
-def solve_options(ckpt: Checkpoint, estimator: str, farms: bool, precision: str = "fp64") -> Solve:
+def solve_options(ckpt: Checkpoint, estimator: str, farms: bool, precision: str = "fp64", randomize: bool = False,
+                  seed: int = 0) -> Solve:
     return Solve(estimator, {t.name: t.dtype for t in ckpt.tensors}, farms,
-                 {t.name: t.quant for t in ckpt.tensors if t.quant}, precision)
+                 {t.name: t.quant for t in ckpt.tensors if t.quant}, precision, randomize, seed)
 
 
 def solve_matrices(ckpt: Checkpoint, matrices: list[MatrixSpec], dev: torch.device, how: Solve, *, workers: int = 1,
@@ -334,7 +350,8 @@ def assemble(rows: list[dict], spectra: dict[str, np.ndarray], ckpt: Checkpoint,
 def analyze(source, estimator: str = "median", device: str | torch.device = "auto", *,
             include: Iterable[str] = (), exclude: Iterable[str] = (), split_fused: bool = True,
             progress: Callable[[int, int], None] | None = None, workers: int = 1,
-            precision: str = "fp64", farms: bool = False, config: dict | None = None) -> pd.DataFrame:
+            precision: str = "fp64", farms: bool = False, config: dict | None = None, randomize: bool = False,
+            seed: int = 0) -> pd.DataFrame:
     """Spectral analysis of a checkpoint or a model in memory: one row per weight matrix (docs/analyze.md).
 
     source: a .safetensors/.bin/.pt/.gguf file, a HF model or alphaspec run directory, a hub id
@@ -343,10 +360,12 @@ def analyze(source, estimator: str = "median", device: str | torch.device = "aut
     fix-finger. device: auto (for a model in memory: where its weights are) | cpu | cuda | cuda:N.
     include/exclude: regexes on tensor names. workers: concurrent solves. precision: fp64 | fp32
     (opt-in, faster on GPUs; its alpha error is measured in docs/analyze.md). farms: also an
-    `alpha_farms` column. Skipped tensors and their reasons are in `table.attrs["skipped"]`.
+    `alpha_farms` column. randomize (with `seed`): the correlation-trap columns. Skipped tensors and
+    their reasons are in `table.attrs["skipped"]`; the `warning` column holds the verdicts (diagnose.py).
     """
     return analyze_checkpoint(source, estimator, device, include=include, exclude=exclude, split_fused=split_fused,
-               progress=progress, workers=workers, precision=precision, farms=farms, config=config).table
+               progress=progress, workers=workers, precision=precision, farms=farms, config=config,
+               randomize=randomize, seed=seed).table
 
 
 def analyze_tensors(tensors: dict[str, torch.Tensor], estimator: str = "median", *, config: dict | None = None,

@@ -89,7 +89,8 @@ class JobProgress:
 def analyze_sharded(source, estimator: str, device: str | torch.device, *, include: Iterable[str] = (),
                     exclude: Iterable[str] = (), split_fused: bool = True, keep_spectra: bool = False,
                     progress: Callable[[int, int], None] | None = None, checkpoint: Checkpoint | None = None,
-                    workers: int = 1, farms: bool = False, precision: str = "fp64") -> Analysis:
+                    workers: int = 1, farms: bool = False, precision: str = "fp64", randomize: bool = False,
+                    seed: int = 0) -> Analysis:
     """analyze_checkpoint() inside an initialised process group; a collective (every rank must call it)."""
     rank, world, local = launched()
     group = object_group()
@@ -103,7 +104,7 @@ def analyze_sharded(source, estimator: str, device: str | torch.device, *, inclu
             ckpt = checkpoint or open_checkpoint(source)
             todo = plan_checkpoint(ckpt, include, exclude, split_fused)
             board.start(len(todo.matrices))
-            how = solve_options(ckpt, estimator, farms, precision)
+            how = solve_options(ckpt, estimator, farms, precision, randomize, seed)
             rows, spectra = solve_matrices(ckpt, share(todo.matrices, rank, world), dev, how, workers=workers,
                                            keep_spectra=keep_spectra, on_solved=board.add)
         except Exception as err:  # noqa: BLE001 - told to every rank, then raised again below

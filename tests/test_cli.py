@@ -162,10 +162,13 @@ def test_help_has_examples():
 def test_plot_from_results_file_without_recomputing(llama_dir, tmp_path):
     assert cli("analyze", llama_dir, "-q", "-o", tmp_path / "r.json", "--save-spectra", tmp_path / "r.npz").returncode == 0
     # the checkpoint is gone: the figures must come from the files alone
-    proc = cli("plot", tmp_path / "r.json", "-o", tmp_path / "figs", "--module", "layers.1.mlp.down", "--format", "svg")
+    proc = cli("plot", tmp_path / "r.json", "-o", tmp_path / "figs", "--format", "svg")
     assert proc.returncode == 0, proc.stderr
     names = sorted(p.name for p in (tmp_path / "figs").iterdir())
-    assert names == ["alpha-depth.svg", "alpha-modules.svg", "esd-model.layers.1.mlp.down_proj.weight.svg", "spectra.svg"]
+    assert names == ["alpha-depth.svg", "alpha-modules.svg", "spectra.svg"]
+    proc = cli("plot", tmp_path / "r.json", "-o", tmp_path / "esd", "--module", "layers.1.mlp.down", "--format", "svg")
+    assert proc.returncode == 0, proc.stderr
+    assert [p.name for p in (tmp_path / "esd").iterdir()] == ["esd-model.layers.1.mlp.down_proj.weight.svg"]
     (tmp_path / "r.npz").unlink()
     missing = cli("plot", tmp_path / "r.json", "-o", tmp_path / "figs2", "--kind", "spectra")
     assert_one_line_error(missing, "--save-spectra")

@@ -279,7 +279,7 @@ def test_defect7_a_failed_refresh_keeps_the_decays_and_warns_once(monkeypatch, c
             hook.step()
             hook.close()  # lands the refresh in flight
     assert hook.decays == before and hook.refreshes == 1 and hook.failed_refreshes == 3
-    warned = [r.getMessage() for r in caplog.records if "AlphaDecay" in r.getMessage()]
+    warned = [r.getMessage() for r in caplog.records if "AlphaDecay: the refresh" in r.getMessage()]
     assert len(warned) == 1 and "out of memory" in warned[0] and "keeping the decays" in warned[0]
     assert [g["weight_decay"] for g in hook.groups.values()] == list(before.values())
 

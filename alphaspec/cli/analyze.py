@@ -12,6 +12,7 @@ from rich.text import Text
 
 from .._version import __version__
 from ..choices import ESD_PRECISIONS
+from ..diagnose import WARNINGS, Thresholds, parse_fail_on, verdicts
 from .common import (
     MODEL_KINDS,
     Device,
@@ -24,9 +25,11 @@ from .common import (
     app,
     choice_enum,
     draw,
+    finite,
     out,
     report_figures,
 )
+from .verdicts import check_verdicts, needs_attention
 
 Precision = choice_enum("Precision", ESD_PRECISIONS)
 
@@ -73,6 +76,7 @@ def _report(result: Analysis) -> None:
             out.print(Text(f"  {count:>5} x {reason}  (e.g. {example})"))
     for note in result.notes:
         out.print(Text(f"note: {note}"), style="yellow")
+    needs_attention(df)
     out.print(f"{len(df)} matrices analysed, {len(result.skipped)} tensors skipped, {result.n_tensors} tensors in the checkpoint")
 
 
@@ -114,15 +118,30 @@ def analyze(
     precision: Annotated[Precision, typer.Option(
         "--precision", help="fp64, or fp32 for the Gram product and eigen-solve: faster on GPUs, for the largest "
         "models; alpha error measured in docs/analyze.md.")] = Precision.fp64,
+    randomize: Annotated[bool, typer.Option("--randomize", help="Also look for correlation traps: each matrix "
+                                            "solved again with its entries permuted (docs/analyze.md).")] = False,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of the --randomize permutations.")] = 0,
+    over_trained: Annotated[float, typer.Option("--over-trained", callback=finite, help=Thresholds.help(
+        "over_trained"))] = Thresholds.over_trained,
+    under_trained: Annotated[float, typer.Option("--under-trained", callback=finite, help=Thresholds.help(
+        "under_trained"))] = Thresholds.under_trained,
+    rank_loss: Annotated[float, typer.Option("--rank-loss", callback=finite, help=Thresholds.help(
+        "rank_loss"))] = Thresholds.rank_loss,
+    fail_on: Annotated[str | None, typer.Option("--fail-on", metavar="WARNING[,...]", help="Exit with status 3 when "
+                                                "a matrix has one of these verdicts: " + ", ".join(WARNINGS) + ".")]
+    = None,
     quiet: Quiet = False,
 ) -> None:
-    """Eigenvalue spectrum and power-law tail fit (alpha) of every weight matrix in a checkpoint."""
+    """Eigenvalue spectrum and power-law tail fit (alpha) of every weight matrix in a checkpoint, the
+    Marchenko-Pastur bulk, and verdicts on which matrices need attention."""
     from ..checkpoint import open_checkpoint
     from ..cpu_threads import auto_workers, one_thread_per_solve
     from ..distributed import RankFailure, joined, launched
     from ..esd import resolve_device
     from ..output import check_output, check_output_dir, input_paths
 
+    thresholds = Thresholds(over_trained, under_trained, rank_loss)  # bad values fail before any work
+    failing_on = parse_fail_on(fail_on)
     rank, world, _ = launched()
     if rank == 0:  # under torchrun rank 0 writes everything (a failure here ends the job before it starts)
         if output is not None:
@@ -143,13 +162,16 @@ def analyze(
             result = analyze_with_progress(source, estimator.value, dev, quiet or rank > 0, header, include=include or [],
                                            exclude=exclude or [], split_fused=split_fused,
                                            keep_spectra=save_spectra is not None or plots is not None, checkpoint=ckpt,
-                                           workers=workers, farms=farms, precision=precision.value)
+                                           workers=workers, farms=farms, precision=precision.value,
+                                           randomize=randomize, seed=seed)
         except RankFailure as failure:  # each rank prints one line of what happened there
             own = RankFailure(failure.own_line or str(failure))
             own.exit_code = failure.exit_code
             raise own from failure
     if rank == 0:
+        result.table["warning"] = verdicts(result.table, thresholds)
         _write(result, output, save_spectra, plots, quiet)
+        check_verdicts(result.table, failing_on)
 
 
 def _write(result: Analysis, output: Path | None, save_spectra: Path | None, plots: Path | None, quiet: bool) -> None:

@@ -1,0 +1,51 @@
+"""The verdicts as the terminal shows them: a "needs attention" block, and --fail-on's exit status."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from typing import TYPE_CHECKING
+
+from rich.text import Text
+
+from ..diagnose import FAIL_ON_STATUS, WARNINGS, failing
+from ..errors import AlphaspecError
+from .common import out
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+LISTED = 8  # matrices named in the block; the table has them all
+
+
+class VerdictFailure(AlphaspecError):
+    """`analyze --fail-on` found a matrix with one of the named verdicts (exit status 3)."""
+
+    exit_code = FAIL_ON_STATUS
+
+
+def needs_attention(table: pd.DataFrame) -> None:
+    """How many matrices carry each verdict, and the first few of them with their alpha."""
+    flagged = table[table["warning"].fillna("") != ""]
+    if flagged.empty:
+        out.print("needs attention: none (no verdict for any matrix)", highlight=False)
+        return
+    counts = Counter(w for ws in flagged["warning"] for w in ws.split(","))
+    out.print("needs attention: " + ", ".join(f"{counts[w]} {w}" for w in WARNINGS if counts[w]), style="bold",
+              highlight=False)
+    for r in flagged.head(LISTED).itertuples():
+        alpha = "-" if math.isnan(r.alpha) else f"{r.alpha:.2f}"
+        out.print(Text(f"  {r.name}: {r.warning} (alpha {alpha})"))
+    if len(flagged) > LISTED:
+        out.print(f"  ... and {len(flagged) - LISTED} more (see the warning column)", highlight=False)
+
+
+def check_verdicts(table: pd.DataFrame, fail_on: tuple[str, ...]) -> None:
+    """Raise VerdictFailure (exit 3) when a matrix has one of the --fail-on verdicts; the outputs are written."""
+    found = failing(table, fail_on)
+    if found.empty:
+        return
+    counts = Counter(w for ws in found["warning"] for w in ws.split(",") if w in fail_on)
+    raise VerdictFailure(f"{len(found)} of {len(table)} matrices have a --fail-on verdict ("
+                         + ", ".join(f"{counts[w]} {w}" for w in fail_on if counts[w])
+                         + f"), e.g. {found['name'].iloc[0]}")

@@ -1,0 +1,115 @@
+"""Correlation traps (`analyze --randomize`): each matrix with its entries permuted, solved on the same engine.
+
+Permuting the entries keeps their distribution and destroys every correlation between rows and
+columns, so the permuted matrix's spectrum is what W's entries give without structure: an MP bulk,
+unless a few entries are so large that they alone make a spike (a "correlation trap": a rank-one
+piece w_ij·e_i·e_jᵀ stands out of the noise once |w_ij| passes σ·(n·m)^(1/4), the BBP threshold for
+a rank-one signal along coordinate vectors). Reported per matrix:
+
+  rand_lambda_max  the largest eigenvalue of the permuted matrix
+  rand_distance    the Jensen–Shannon distance (base 2, so in [0, 1]) between the two spectra's
+                   histograms on a common grid in log10 λ spanning both (2·m^(1/3) bins, Rice's rule,
+                   so that two noise spectra of m eigenvalues read near 0): 0 when training left the
+                   spectrum as noise would have it, 1 when the two do not overlap
+  traps            eigenvalues of the permuted matrix above its own MP spike threshold (bulk.py)
+  trap_entries     for a matrix with traps: how many of its largest entries, set to zero, dissolve
+                   them (those above the BBP threshold first, then doubling), and trap_max_entry the
+                   largest magnitude among them; trap_where lists the first few as (row, col) = value
+
+The permutation of each matrix is seeded by the run's seed and the matrix's name, so a run repeats.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+
+import numpy as np
+import torch
+
+from .bulk import mp_bulk, spike_threshold
+from .esd import scaled_eigenvalues
+
+JS_BINS = (8, 100)  # bins of the common grid: Rice's rule, 2·m^(1/3) for m eigenvalues, within these bounds
+MAX_TRAP_ENTRIES = 4096  # the search for the entries behind the traps stops here
+TRAPS_LISTED = 5  # entries named in trap_where
+
+
+NAN_RANDOMIZED = {"rand_lambda_max": math.nan, "rand_distance": math.nan, "traps": 0, "trap_entries": 0,
+                  "trap_max_entry": math.nan, "trap_where": ""}  # a matrix with NaN/Inf entries
+
+
+def matrix_seed(seed: int, name: str) -> int:
+    """The permutation seed of one matrix: the same for the same seed and name, on every device and run."""
+    return (seed * 1_000_003 + zlib.crc32(name.encode())) % (1 << 62)
+
+
+def permuted(w: torch.Tensor, seeds: list[int]) -> torch.Tensor:
+    """Each (rows, cols) matrix of a (B, rows, cols) batch with its entries in a seeded random order."""
+    out = torch.empty_like(w)
+    for i, seed in enumerate(seeds):
+        gen = torch.Generator(device=w.device).manual_seed(seed)
+        order = torch.randperm(w[i].numel(), generator=gen, device=w.device)
+        out[i] = w[i].reshape(-1)[order].reshape(w.shape[-2:])
+    return out
+
+
+def js_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Jensen–Shannon distance (base 2) between two spectra's histograms on a common log10 grid (zeros left out)."""
+    a, b = a[a > 0], b[b > 0]
+    if not len(a) or not len(b):
+        return math.nan
+    la, lb = np.log10(a), np.log10(b)
+    lo, hi = min(la.min(), lb.min()), max(la.max(), lb.max())
+    bins = int(np.clip(round(2 * max(len(la), len(lb)) ** (1 / 3)), *JS_BINS))
+    edges = np.linspace(lo, hi if hi > lo else lo + 1.0, bins + 1)
+    p, q = (np.histogram(x, edges)[0] / len(x) for x in (la, lb))
+    mid = (p + q) / 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kl = (np.where(p > 0, p * np.log2(p / mid), 0.0).sum() + np.where(q > 0, q * np.log2(q / mid), 0.0).sum()) / 2
+    return float(math.sqrt(max(kl, 0.0)))
+
+
+def randomized_rows(w: torch.Tensor, eigs: list[torch.Tensor], names: list[str], seed: int, dev: torch.device,
+                    precision: str) -> list[dict]:
+    """The randomized columns of each finite matrix of a batch, given its own scaled spectrum `eigs[i]`."""
+    seeds = [matrix_seed(seed, n) for n in names]
+    rand, exponents = scaled_eigenvalues(permuted(w, seeds), dev, precision)
+    rows, cols = w.shape[-2:]
+    out = []
+    for i in range(len(names)):
+        exponent = int(exponents[i])
+        bulk = mp_bulk(rand[i], rows, cols, exponent)
+        row = {"rand_lambda_max": math.ldexp(float(rand[i][-1]), 2 * exponent),
+               "rand_distance": js_distance(eigs[i].cpu().numpy(), rand[i].cpu().numpy()), "traps": bulk["num_spikes"],
+               "trap_entries": 0, "trap_max_entry": math.nan, "trap_where": ""}
+        if bulk["num_spikes"]:
+            row |= trap_sources(w[i], seeds[i], bulk["sigma_mp"], dev, precision)
+        out.append(row)
+    return out
+
+
+def trap_sources(w: torch.Tensor, seed: int, sigma: float, dev: torch.device, precision: str) -> dict:
+    """The fewest of the matrix's largest entries whose removal (set to 0) leaves its permutation without a
+    spike above the threshold of noise with the permuted matrix's σ; they are named by (row, col)."""
+    rows, cols = w.shape
+    flat = w.reshape(-1)
+    order = torch.argsort(flat.abs(), descending=True)[:MAX_TRAP_ENTRIES]
+    bbp = sigma * (rows * cols) ** 0.25  # a single entry above this stands out of the noise
+    threshold = spike_threshold(sigma * sigma, rows, cols)
+
+    def dissolved(k: int) -> bool:
+        cut = flat.clone()
+        cut[order[:k]] = 0
+        lam, exponent = scaled_eigenvalues(permuted(cut.reshape(1, rows, cols), [seed]), dev, precision)
+        return math.ldexp(float(lam[0][-1]), 2 * int(exponent[0])) <= threshold
+
+    k = max(int((flat[order].abs().double() > bbp).sum()), 1)
+    while not dissolved(k):
+        if k >= len(order):
+            return {"trap_entries": math.nan, "trap_max_entry": float(flat[order[0]].abs()),
+                    "trap_where": f"not dissolved by the {len(order)} largest entries"}
+        k = min(2 * k, len(order))
+    where = "; ".join(f"({int(i) // cols}, {int(i) % cols}) = {float(flat[i]):.4g}" for i in order[:min(k, TRAPS_LISTED)])
+    return {"trap_entries": k, "trap_max_entry": float(flat[order[0]].abs()),
+            "trap_where": where + (f"; ... {k - TRAPS_LISTED} more" if k > TRAPS_LISTED else "")}
