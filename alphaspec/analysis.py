@@ -31,7 +31,7 @@ from .memory import is_in_memory, memory_checkpoint
 from .modules import MODULE_TYPES, MatrixSpec, ModelConfigError, Plan, Skipped, plan
 from .powerlaw import PowerLawFit, check_estimator, fit_sorted
 from .random_baseline import random_alpha
-from .randomize import NAN_RANDOMIZED, randomized_rows
+from .randomize import NAN_RANDOMIZED, RANDOMIZED_SUFFIX, randomized_rows
 from .reader import read_ahead
 from .spectral_metrics import ldexp, nan_metrics, spectral_metrics
 
@@ -308,9 +308,12 @@ def solve_matrices(ckpt: Checkpoint, matrices: list[MatrixSpec], dev: torch.devi
 
     def collect(solved: list[tuple[dict, torch.Tensor | None]]) -> None:
         for row, eigs in solved:
+            randomized = row.pop("_randomized", None)  # --randomize: the permuted matrix's spectrum
             rows.append(row)
             if keep_spectra and eigs is not None:
                 spectra[row["name"]] = eigs.cpu().numpy()
+            if keep_spectra and randomized is not None:
+                spectra[row["name"] + RANDOMIZED_SUFFIX] = randomized.cpu().numpy()
         if on_solved:
             on_solved(len(solved))
 

@@ -22,6 +22,7 @@ from .modules import BLOCK_MODULES, FUSED_MODULES, MODULE_TYPES
 from .output import atomic_write
 from .powerlaw import fit
 from .random_baseline import random_alpha
+from .randomize import RANDOMIZED_SUFFIX
 
 KINDS = ("spectra", "alpha-modules", "alpha-depth", "esd", "decay")
 MODEL_KINDS = ("spectra", "alpha-modules", "alpha-depth")
@@ -250,8 +251,11 @@ def alpha_depth_figure(table: pd.DataFrame, excess: bool = False) -> Figure:
     return fig
 
 
-def esd_figure(name: str, eigenvalues: np.ndarray, estimator: str = "median") -> Figure:
-    """One matrix: log-log ESD with the fitted power law and xmin; D and alpha against every xmin candidate."""
+def esd_figure(name: str, eigenvalues: np.ndarray, estimator: str = "median", bulk: tuple | None = None,
+               randomized: np.ndarray | None = None) -> Figure:
+    """One matrix: log-log ESD with the fitted power law and xmin; D and alpha against every xmin candidate.
+    bulk: (sigma_mp, rows, cols) overlays the fitted Marchenko–Pastur density; randomized: the spectrum of
+    the matrix with its entries permuted (analyze --randomize --save-spectra), drawn on the same bins."""
     lam = np.sort(np.asarray(eigenvalues, dtype=np.float64))
     lam = lam[lam > 1e-12 * lam[-1]] if lam.size and lam[-1] > 0 else lam[:0]
     chosen = fit(lam, estimator)
@@ -263,6 +267,13 @@ def esd_figure(name: str, eigenvalues: np.ndarray, estimator: str = "median") ->
     bins = np.logspace(np.log10(lam[0]), np.log10(lam[-1]), 60)
     x, dens = _log_density(lam, bins)
     ax.plot(x, dens, drawstyle="steps-mid", color="#0072B2", label="ESD")
+    if randomized is not None and np.any(randomized > 0):
+        shuffled = np.asarray(randomized, dtype=np.float64)
+        _, rdens = _log_density(shuffled[shuffled > 1e-12 * shuffled.max()], bins)
+        ax.plot(x, rdens, drawstyle="steps-mid", color="#999999", label="entries permuted")
+    if bulk is not None and np.isfinite(bulk[0]):
+        mp_x, mp_density = mp_curve(*bulk)
+        ax.plot(mp_x, mp_density, color="#009E73", lw=1.5, ls="-.", label=f"Marchenko–Pastur, σ = {bulk[0]:.3g}")
     tail = np.logspace(np.log10(chosen.xmin), np.log10(lam[-1]), 50)
     frac = chosen.n_tail / lam.size
     ax.plot(tail, frac * (chosen.alpha - 1) / chosen.xmin * (tail / chosen.xmin) ** -chosen.alpha, color="#D55E00",
@@ -280,6 +291,17 @@ def esd_figure(name: str, eigenvalues: np.ndarray, estimator: str = "median") ->
     a_ax.set_ylim(1, min(np.nanmax(scan.curves["alpha"]), 4 * chosen.alpha + 2))
     fig.suptitle(name)
     return fig
+
+
+def mp_curve(sigma: float, rows: int, cols: int, points: int = 200) -> tuple[np.ndarray, np.ndarray]:
+    """The Marchenko–Pastur density of the eigenvalues of WᵀW for entries of scale sigma and this shape."""
+    n, m = max(rows, cols), min(rows, cols)
+    y = m / n
+    a, b = (1 - np.sqrt(y)) ** 2, (1 + np.sqrt(y)) ** 2
+    x = a + (b - a) * (1 - np.cos(np.linspace(0.0, np.pi, points))) / 2  # denser near the edges
+    x = x[(x > 0) & (x > a) & (x < b)]
+    scale = n * sigma**2
+    return x * scale, np.sqrt((b - x) * (x - a)) / (2 * np.pi * y * x) / scale
 
 
 def decay_figure(dmap) -> Figure:
@@ -336,7 +358,8 @@ def render(table: pd.DataFrame, spectra: dict[str, np.ndarray], out_dir: Path, k
     for kind in kinds:
         if kind == "esd":
             est = str(table["estimator"].iloc[0])
-            jobs += [(f"esd-{safe_filename(n)}", lambda n=n, est=est: esd_figure(n, spectra[n], est)) for n in names]
+            jobs += [(f"esd-{safe_filename(n)}", lambda n=n, est=est: esd_figure(
+                n, spectra[n], est, _bulk_of(table, n), spectra.get(n + RANDOMIZED_SUFFIX))) for n in names]
         elif kind == "decay":
             jobs.append(("decay", lambda: decay_figure(_needed(decay_map, "a decay map (build_decay_map)"))))
         elif kind == "alpha-depth":
@@ -353,6 +376,14 @@ def render(table: pd.DataFrame, spectra: dict[str, np.ndarray], out_dir: Path, k
             continue
         written.append(save_figure(fig, out_dir / f"{stem}.{fmt}"))
     return Rendered(written, skipped)
+
+
+def _bulk_of(table: pd.DataFrame, name: str) -> tuple | None:
+    """(sigma_mp, rows, cols) of a row, for the MP curve of its esd figure (None for tables without it)."""
+    if "sigma_mp" not in table:
+        return None
+    row = table.loc[table["name"] == name].iloc[0]
+    return float(row["sigma_mp"]), int(row["rows"]), int(row["cols"])
 
 
 def _needed(value, what: str):

@@ -30,6 +30,7 @@ import torch
 from .bulk import mp_bulk, spike_threshold
 from .esd import scaled_eigenvalues
 
+RANDOMIZED_SUFFIX = "#randomized"  # the permuted matrix's spectrum, beside the matrix's own in saved spectra
 JS_BINS = (8, 100)  # bins of the common grid: Rice's rule, 2·m^(1/3) for m eigenvalues, within these bounds
 MAX_TRAP_ENTRIES = 4096  # the search for the entries behind the traps stops here
 TRAPS_LISTED = 5  # entries named in trap_where
@@ -80,7 +81,8 @@ def randomized_rows(w: torch.Tensor, eigs: list[torch.Tensor], names: list[str],
     for i in range(len(names)):
         exponent = int(exponents[i])
         bulk = mp_bulk(rand[i], rows, cols, exponent)
-        row = {"rand_lambda_max": math.ldexp(float(rand[i][-1]), 2 * exponent),
+        row = {"_randomized": torch.ldexp(rand[i], torch.tensor(2.0 * exponent, dtype=rand.dtype, device=rand.device)),
+               "rand_lambda_max": math.ldexp(float(rand[i][-1]), 2 * exponent),
                "rand_distance": js_distance(eigs[i].cpu().numpy(), rand[i].cpu().numpy()), "traps": bulk["num_spikes"],
                "trap_entries": 0, "trap_max_entry": math.nan, "trap_where": ""}
         if bulk["num_spikes"]:

@@ -148,3 +148,23 @@ def test_weightwatcher_agrees_on_traps_and_on_the_bulk_of_rectangular_matrices()
     np.testing.assert_allclose(ours["num_spikes"], details["num_spikes"], rtol=0.35)  # ours: fewer (a wider margin)
     np.testing.assert_allclose(ours["mp_softrank"], details["mp_softrank"], rtol=0.35)
     assert ours["traps"].tolist() == details["num_traps"].tolist()
+
+
+def test_the_esd_figure_overlays_the_mp_law_and_the_permuted_spectrum(tmp_path):
+    """The MP curve is a density (integrates to 1 over its support) with its edge at bulk_max; the permuted
+    spectrum comes back from --save-spectra under NAME#randomized and is drawn beside the ESD."""
+    from alphaspec.analysis import analyze_checkpoint
+    from alphaspec.plots import esd_figure, mp_curve
+
+    x, density = mp_curve(0.5, 768, 256, points=20_000)
+    assert np.trapezoid(density, x) == pytest.approx(1.0, abs=2e-3)
+    assert x.max() == pytest.approx(768 * 0.25 * (1 + math.sqrt(1 / 3)) ** 2, rel=1e-4)
+    model = synth.write(tmp_path / "m", {k: v.float() for k, v in gaussians((768, 256), 0.5, 1).items()},
+                        synth.LLAMA_CONFIG)
+    result = analyze_checkpoint(model, device="cpu", keep_spectra=True, randomize=True)
+    name = "model.layers.0.mlp.up_proj.weight"
+    assert set(result.spectra) == {name, name + "#randomized"}
+    row = result.table.iloc[0]
+    fig = esd_figure(name, result.spectra[name], "median", (row["sigma_mp"], 768, 256), result.spectra[name + "#randomized"])
+    labels = [line.get_label() for line in fig.axes[0].get_lines()]
+    assert "entries permuted" in labels and any(label.startswith("Marchenko–Pastur, σ = 0.5") for label in labels)
