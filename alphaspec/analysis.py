@@ -21,7 +21,8 @@ import torch
 
 from ._version import __version__
 from .bulk import BULK_COLUMNS, RANDOMIZED_COLUMNS, mp_bulk
-from .checkpoint import Checkpoint, SourceError, TensorInfo, dtype_name, open_checkpoint
+from .checkpoint import Checkpoint, SourceError, TensorInfo, dtype_name
+from .deltas import open_source
 from .diagnose import verdicts
 from .distributed import process_group
 from .errors import UsageError
@@ -235,7 +236,8 @@ def analyze_checkpoint(source, estimator: str = "median", device: str | torch.de
         include: Iterable[str] = (), exclude: Iterable[str] = (), split_fused: bool = True,
         keep_spectra: bool = False, progress: Callable[[int, int], None] | None = None,
         checkpoint: Checkpoint | None = None, workers: int = 1, farms: bool = False,
-        precision: str = "fp64", config: dict | None = None, randomize: bool = False, seed: int = 0) -> Analysis:
+        precision: str = "fp64", config: dict | None = None, randomize: bool = False, seed: int = 0,
+        base=None, merge: bool = False) -> Analysis:
     """Analyse every weight matrix of `source`; see `analyze` for the arguments.
 
     keep_spectra: also return every spectrum. precision: fp64 (the default), or fp32 for the Gram
@@ -244,6 +246,8 @@ def analyze_checkpoint(source, estimator: str = "median", device: str | torch.de
     the eigen-solver's latency-bound phases). farms: also an `alpha_farms` column (FARMS: the
     pooled spectrum of square windows, free of the shape effect). randomize: also the correlation-trap
     columns (randomize.py), each matrix's entries permuted with a seed from `seed` and its name.
+    base: analyse W − W_base (matched by name), or with a LoRA adapter directory as `source` check its
+    targets against the base; merge: the base with the adapter's update added (deltas.py).
     Inside an initialised torch.distributed job (torchrun) the matrices are split over the ranks
     (sharded.py): every rank returns the whole table, rank 0 the spectra.
     """
@@ -251,7 +255,7 @@ def analyze_checkpoint(source, estimator: str = "median", device: str | torch.de
     check_precision(precision)
     options = {"include": include, "exclude": exclude, "split_fused": split_fused, "keep_spectra": keep_spectra,
                "progress": progress, "checkpoint": checkpoint, "workers": workers, "farms": farms, "precision": precision,
-               "randomize": randomize, "seed": seed}
+               "randomize": randomize, "seed": seed, "base": base, "merge": merge}
     if is_in_memory(source) and checkpoint is None:  # a live model or state dict: solved where its weights are
         checkpoint = memory_checkpoint(source, config)
         if device == "auto" and checkpoint.device is not None:
@@ -263,7 +267,7 @@ def analyze_checkpoint(source, estimator: str = "median", device: str | torch.de
 
         return analyze_sharded(source, estimator, device, **options)
     dev = resolve_device(device)
-    ckpt = checkpoint or open_checkpoint(source)
+    ckpt = checkpoint or open_source(source, base, merge)
     todo = plan_checkpoint(ckpt, include, exclude, split_fused)
     total, done = len(todo.matrices), [0]
     if progress:
@@ -354,7 +358,7 @@ def analyze(source, estimator: str = "median", device: str | torch.device = "aut
             include: Iterable[str] = (), exclude: Iterable[str] = (), split_fused: bool = True,
             progress: Callable[[int, int], None] | None = None, workers: int = 1,
             precision: str = "fp64", farms: bool = False, config: dict | None = None, randomize: bool = False,
-            seed: int = 0) -> pd.DataFrame:
+            seed: int = 0, base=None, merge: bool = False) -> pd.DataFrame:
     """Spectral analysis of a checkpoint or a model in memory: one row per weight matrix (docs/analyze.md).
 
     source: a .safetensors/.bin/.pt/.gguf file, a HF model or alphaspec run directory, a hub id
@@ -363,12 +367,14 @@ def analyze(source, estimator: str = "median", device: str | torch.device = "aut
     fix-finger. device: auto (for a model in memory: where its weights are) | cpu | cuda | cuda:N.
     include/exclude: regexes on tensor names. workers: concurrent solves. precision: fp64 | fp32
     (opt-in, faster on GPUs; its alpha error is measured in docs/analyze.md). farms: also an
-    `alpha_farms` column. randomize (with `seed`): the correlation-trap columns. Skipped tensors and
+    `alpha_farms` column. randomize (with `seed`): the correlation-trap columns. base: analyse W − W_base;
+    a PEFT LoRA adapter directory as `source` is analysed as its updates ΔW, or with `base` and `merge` as
+    the merged model (deltas.py). Skipped tensors and
     their reasons are in `table.attrs["skipped"]`; the `warning` column holds the verdicts (diagnose.py).
     """
     return analyze_checkpoint(source, estimator, device, include=include, exclude=exclude, split_fused=split_fused,
                progress=progress, workers=workers, precision=precision, farms=farms, config=config,
-               randomize=randomize, seed=seed).table
+               randomize=randomize, seed=seed, base=base, merge=merge).table
 
 
 def analyze_tensors(tensors: dict[str, torch.Tensor], estimator: str = "median", *, config: dict | None = None,

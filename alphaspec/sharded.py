@@ -19,7 +19,8 @@ import torch
 import torch.distributed as dist
 
 from .analysis import Analysis, assemble, plan_checkpoint, solve_matrices, solve_options
-from .checkpoint import Checkpoint, open_checkpoint
+from .checkpoint import Checkpoint
+from .deltas import open_source
 from .distributed import gather_outcomes, launched, object_group, solve_cost, split_by_cost
 from .esd import resolve_device
 from .modules import MatrixSpec
@@ -90,7 +91,7 @@ def analyze_sharded(source, estimator: str, device: str | torch.device, *, inclu
                     exclude: Iterable[str] = (), split_fused: bool = True, keep_spectra: bool = False,
                     progress: Callable[[int, int], None] | None = None, checkpoint: Checkpoint | None = None,
                     workers: int = 1, farms: bool = False, precision: str = "fp64", randomize: bool = False,
-                    seed: int = 0) -> Analysis:
+                    seed: int = 0, base=None, merge: bool = False) -> Analysis:
     """analyze_checkpoint() inside an initialised process group; a collective (every rank must call it)."""
     rank, world, local = launched()
     group = object_group()
@@ -101,7 +102,7 @@ def analyze_sharded(source, estimator: str, device: str | torch.device, *, inclu
             dev = rank_device(device, local)
             if dev.type == "cuda":
                 torch.cuda.set_device(dev)
-            ckpt = checkpoint or open_checkpoint(source)
+            ckpt = checkpoint or open_source(source, base, merge)
             todo = plan_checkpoint(ckpt, include, exclude, split_fused)
             board.start(len(todo.matrices))
             how = solve_options(ckpt, estimator, farms, precision, randomize, seed)

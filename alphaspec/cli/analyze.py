@@ -127,6 +127,11 @@ def analyze(
         "under_trained"))] = Thresholds.under_trained,
     rank_loss: Annotated[float, typer.Option("--rank-loss", callback=finite, help=Thresholds.help(
         "rank_loss"))] = Thresholds.rank_loss,
+    base: Annotated[str | None, typer.Option("--base", metavar="BASE", help="Analyse W - W_base, matched by name "
+                                             "(the fine-tuning update); with an adapter directory as SOURCE, "
+                                             "the base it was trained on.")] = None,
+    merge: Annotated[bool, typer.Option("--merge", help="With a LoRA adapter and --base: analyse the merged "
+                                        "model W_base + (lora_alpha/r)·B·A.")] = False,
     fail_on: Annotated[str | None, typer.Option("--fail-on", metavar="WARNING[,...]", help="Exit with status 3 when "
                                                 "a matrix has one of these verdicts: " + ", ".join(WARNINGS) + ".")]
     = None,
@@ -134,8 +139,8 @@ def analyze(
 ) -> None:
     """Eigenvalue spectrum and power-law tail fit (alpha) of every weight matrix in a checkpoint, the
     Marchenko-Pastur bulk, and verdicts on which matrices need attention."""
-    from ..checkpoint import open_checkpoint
     from ..cpu_threads import auto_workers, one_thread_per_solve
+    from ..deltas import open_source
     from ..distributed import RankFailure, joined, launched
     from ..esd import resolve_device
     from ..output import check_output, check_output_dir, input_paths
@@ -144,17 +149,18 @@ def analyze(
     failing_on = parse_fail_on(fail_on)
     rank, world, _ = launched()
     if rank == 0:  # under torchrun rank 0 writes everything (a failure here ends the job before it starts)
+        inputs = input_paths(source) + (input_paths(base) if base is not None else [])
         if output is not None:
-            check_output(output, inputs=input_paths(source))
+            check_output(output, inputs=inputs)
         if save_spectra is not None:
-            check_output(save_spectra, (".npz",), inputs=input_paths(source))
+            check_output(save_spectra, (".npz",), inputs=inputs)
         if plots is not None:
             check_output_dir(plots)
     dev = resolve_device(device)
     why = " (no CUDA device found)" if device == "auto" and dev.type == "cpu" else ""
     workers = workers or auto_workers(dev, world)
     with joined(dev.type == "cuda"), one_thread_per_solve(workers, dev):
-        ckpt = open_checkpoint(source) if world == 1 else None
+        ckpt = open_source(source, base, merge) if world == 1 else None
         where = f"{len(ckpt.tensors)} tensors in {len(ckpt.files)} file(s)" if ckpt else f"{world} ranks"
         header = f"alphaspec {__version__} · {where} · device {dev}{why} · estimator {estimator.value}" + (
             f" · precision {precision.value}" if precision != Precision.fp64 else "")
@@ -163,7 +169,7 @@ def analyze(
                                            exclude=exclude or [], split_fused=split_fused,
                                            keep_spectra=save_spectra is not None or plots is not None, checkpoint=ckpt,
                                            workers=workers, farms=farms, precision=precision.value,
-                                           randomize=randomize, seed=seed)
+                                           randomize=randomize, seed=seed, base=base, merge=merge)
         except RankFailure as failure:  # each rank prints one line of what happened there
             own = RankFailure(failure.own_line or str(failure))
             own.exit_code = failure.exit_code

@@ -1,0 +1,208 @@
+"""What fine-tuning changed: W − W_base matched by name, and PEFT LoRA adapters as ΔW = s·B·A (or W_base + ΔW).
+
+Each is a Checkpoint whose `read` computes the matrix as it is read, tensor by tensor, so the rest of the
+engine (module map, batching, solver threads, progress) is the same as for a checkpoint on disk and
+never two whole models are in memory. An adapter directory is what `peft` saves: adapter_config.json
+(r, lora_alpha, rank_pattern, alpha_pattern, use_rslora) and adapter_model.safetensors with
+`<module>.lora_A.weight` (r × in) and `<module>.lora_B.weight` (out × r); ΔW = (lora_alpha / r)·B·A,
+with √r for rsLoRA.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from .checkpoint import Checkpoint, SourceError, TensorInfo, open_checkpoint
+from .errors import first_line, parse_json
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+PEFT_PREFIX = "base_model.model."
+LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<part>[AB])\.weight$")
+
+
+def is_adapter(source: str | Path) -> bool:
+    """Whether SOURCE is a local PEFT adapter directory."""
+    path = Path(str(source)).expanduser()
+    return path.is_dir() and (path / ADAPTER_CONFIG).is_file()
+
+
+def _wide(t: torch.Tensor) -> torch.Tensor:
+    """float64 stays float64; everything else is computed in float32 (bf16/fp16 differences are exact there)."""
+    return t.double() if t.dtype == torch.float64 else t.float()
+
+
+class DeltaCheckpoint(Checkpoint):
+    """`ckpt` minus `base`, tensor by tensor: W − W_base for every tensor of `ckpt` (same names and shapes)."""
+
+    def __init__(self, ckpt: Checkpoint, base: Checkpoint):
+        super().__init__(f"{ckpt.source} - {base.source}", ckpt.files, ckpt.tensors, ckpt.config,
+                         ckpt.notes + [f"each matrix is W - W_base, the base: {base.source}"], ckpt.config_file)
+        self.ckpt, self.base = ckpt, base
+        check_same_tensors(ckpt, base)
+        self.base_file = {t.name: t.file for t in base.tensors}
+
+    def read(self, file: Path, names: list[str], device: torch.device | None = None
+             ) -> Iterator[tuple[str, torch.Tensor]]:
+        for name, w in self.ckpt.read(file, names, device):
+            _, b = next(self.base.read(self.base_file[name], [name], device))
+            yield name, _wide(w) - _wide(b).to(w.device)
+
+
+def check_same_tensors(ckpt: Checkpoint, base: Checkpoint) -> None:
+    """Every float tensor of `ckpt` is in `base` with the same shape; one line naming the first that is not."""
+    shapes = {t.name: t.shape for t in base.tensors}
+    mine = [t for t in ckpt.tensors if t.is_float]
+    missing = [t.name for t in mine if t.name not in shapes]
+    if missing:
+        raise SourceError(f"{ckpt.source}: {len(missing)} tensor(s) are not in the base {base.source}, e.g. "
+                          f"{missing[0]} (a base of another model?)")
+    differ = [t for t in mine if tuple(shapes[t.name]) != tuple(t.shape)]
+    if differ:
+        t = differ[0]
+        raise SourceError(f"{ckpt.source}: {len(differ)} tensor(s) differ in shape from the base {base.source}, e.g. "
+                          f"{t.name} {list(t.shape)} vs {list(shapes[t.name])} (exclude them with --exclude)")
+
+
+class AdapterCheckpoint(Checkpoint):
+    """A LoRA adapter as the matrices it adds: one (out, in) tensor ΔW = s·B·A per target module."""
+
+    def __init__(self, source: str | Path, config: dict | None = None):
+        folder = Path(str(source)).expanduser()
+        self.lora = _read_adapter_config(folder / ADAPTER_CONFIG)
+        weights = folder / ADAPTER_WEIGHTS
+        self.pairs, shapes, dtypes = _lora_pairs(weights)
+        tensors = [TensorInfo(name, shapes[name], dtypes[name], weights) for name in self.pairs]
+        super().__init__(str(source), [weights], tensors, dict(config or {}),
+                         [f"each matrix is a LoRA update (lora_alpha / r)·B·A from {folder}"],
+                         str(folder / ADAPTER_CONFIG))
+
+    def scale(self, name: str) -> float:
+        """lora_alpha / r for this module (rank_pattern and alpha_pattern as PEFT matches them; √r for rsLoRA)."""
+        module = name.removesuffix(".weight")
+        r = _pattern(self.lora.get("rank_pattern") or {}, module, self.lora["r"])
+        alpha = _pattern(self.lora.get("alpha_pattern") or {}, module, self.lora["lora_alpha"])
+        return alpha / (math.sqrt(r) if self.lora.get("use_rslora") else r)
+
+    def read(self, file: Path, names: list[str], device: torch.device | None = None
+             ) -> Iterator[tuple[str, torch.Tensor]]:
+        try:
+            with safe_open(str(file), framework="pt", device="cpu") as f:
+                for name in names:
+                    a_key, b_key = self.pairs[name]
+                    a, b = f.get_tensor(a_key).double(), f.get_tensor(b_key).double()
+                    yield name, self.scale(name) * (b @ a)  # float64: the exact product of the stored factors
+        except SourceError:
+            raise
+        except Exception as err:  # noqa: BLE001 - any read failure is a property of the adapter file
+            raise SourceError(f"{file}: cannot read the adapter's tensors ({first_line(err, with_type=True)})") from err
+
+
+class MergedCheckpoint(Checkpoint):
+    """The base with the adapter's ΔW added to the matrices it targets (as PEFT's merge_and_unload makes it)."""
+
+    def __init__(self, base: Checkpoint, adapter: AdapterCheckpoint):
+        check_targets(base, adapter)
+        super().__init__(f"{base.source} + {adapter.source}", base.files, base.tensors, base.config,
+                         base.notes + [f"the matrices {adapter.source} targets are W + (lora_alpha / r)·B·A"],
+                         base.config_file)
+        self.base, self.adapter = base, adapter
+
+    def read(self, file: Path, names: list[str], device: torch.device | None = None
+             ) -> Iterator[tuple[str, torch.Tensor]]:
+        targets = {t.name: t.file for t in self.adapter.tensors}
+        for name, w in self.base.read(file, names, device):
+            if name in targets:
+                _, delta = next(self.adapter.read(targets[name], [name]))
+                w = _wide(w) + delta.to(w.device)
+            yield name, w
+
+
+def check_targets(base: Checkpoint, adapter: AdapterCheckpoint) -> None:
+    """Every module the adapter targets is in the base with the shape of its ΔW; one line naming the first not."""
+    shapes = {t.name: t.shape for t in base.tensors}
+    for t in adapter.tensors:
+        if t.name not in shapes:
+            raise SourceError(f"{adapter.source}: targets {t.name}, which the base {base.source} does not have "
+                              "(an adapter for another model?)")
+        if tuple(shapes[t.name]) != tuple(t.shape):
+            raise SourceError(f"{adapter.source}: {t.name} is {list(t.shape)} in the adapter and "
+                              f"{list(shapes[t.name])} in the base {base.source}")
+
+
+def open_source(source, base=None, merge: bool = False) -> Checkpoint:
+    """SOURCE as `analyze` reads it: a checkpoint, a LoRA adapter directory, W − W_base with `base`, or the
+    merged model W_base + ΔW with an adapter, `base` and `merge`."""
+    if merge and base is None:
+        raise SourceError("--merge adds an adapter to its base: give the base with --base")
+    if is_adapter(source):
+        base_ckpt = open_checkpoint(base) if base is not None else None
+        adapter = AdapterCheckpoint(source, base_ckpt.config if base_ckpt else None)
+        if merge:
+            return MergedCheckpoint(base_ckpt, adapter)
+        if base_ckpt is not None:
+            check_targets(base_ckpt, adapter)
+        return adapter
+    if merge:
+        raise SourceError(f"{source}: --merge needs a PEFT adapter directory (with {ADAPTER_CONFIG})")
+    ckpt = open_checkpoint(source)
+    return DeltaCheckpoint(ckpt, open_checkpoint(base)) if base is not None else ckpt
+
+
+def _read_adapter_config(path: Path) -> dict:
+    try:
+        config = parse_json(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise SourceError(f"{path}: cannot read the adapter config ({first_line(err)})") from err
+    if not isinstance(config, dict) or str(config.get("peft_type", "LORA")).upper() != "LORA":
+        raise SourceError(f"{path}: not a LoRA adapter config (peft_type {config.get('peft_type')!r})"
+                          if isinstance(config, dict) else f"{path}: not a JSON object")
+    if config.get("use_dora"):
+        raise SourceError(f"{path}: a DoRA adapter: its update depends on the base weights' norms, which alphaspec "
+                          "does not compute; merge it with peft and analyse the merged model")
+    for key in ("r", "lora_alpha"):
+        if not isinstance(config.get(key), int | float) or isinstance(config.get(key), bool) or config[key] <= 0:
+            raise SourceError(f"{path}: {key} must be a positive number, got {config.get(key)!r}")
+    return config
+
+
+def _lora_pairs(weights: Path) -> tuple[dict[str, tuple[str, str]], dict, dict]:
+    """{target weight name: (A key, B key)}, the (out, in) shapes and dtypes, from the adapter file's header."""
+    if not weights.is_file():
+        raise SourceError(f"{weights}: missing (a PEFT adapter directory holds {ADAPTER_WEIGHTS})")
+    parts: dict[str, dict] = {}
+    try:
+        with safe_open(str(weights), framework="pt", device="cpu") as f:
+            for key in f.keys():  # noqa: SIM118 - safe_open is not a mapping
+                found = LORA_KEY.match(key)
+                if found:
+                    sl = f.get_slice(key)
+                    parts.setdefault(found["module"], {})[found["part"]] = (key, tuple(sl.get_shape()), sl.get_dtype())
+    except Exception as err:  # noqa: BLE001 - a truncated or foreign file
+        raise SourceError(f"{weights}: not a valid safetensors file ({first_line(err, with_type=True)})") from err
+    pairs, shapes, dtypes = {}, {}, {}
+    for module, ab in parts.items():
+        if set(ab) != {"A", "B"} or ab["A"][1][0] != ab["B"][1][-1]:
+            raise SourceError(f"{weights}: {module} has no matching lora_A/lora_B pair")
+        name = module.removeprefix(PEFT_PREFIX) + ".weight"
+        pairs[name] = (ab["A"][0], ab["B"][0])
+        shapes[name] = (ab["B"][1][0], ab["A"][1][1])
+        dtypes[name] = {"BF16": "bfloat16", "F16": "float16", "F64": "float64"}.get(ab["A"][2], "float32")
+    if not pairs:
+        raise SourceError(f"{weights}: no LoRA weights (lora_A/lora_B pairs) in the adapter")
+    return pairs, shapes, dtypes
+
+
+def _pattern(patterns: dict, module: str, default):
+    """PEFT's per-module override: a key matching the module name or a dotted suffix of it."""
+    for key, value in patterns.items():
+        if re.fullmatch(rf"(.*\.)?{key}", module):
+            return value
+    return default
+

@@ -1,0 +1,150 @@
+"""Fine-tuning deltas and LoRA adapters: W − W_base against a copy with known edits, an adapter made with peft
+against numpy's SVD of its true (lora_alpha / r)·B·A and the merged model against peft's own merge; the
+bad cases as one error line, nothing written."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import alphaspec
+from alphaspec.checkpoint import SourceError
+
+transformers = pytest.importorskip("transformers")
+peft = pytest.importorskip("peft")
+
+TARGETS = ["q_proj", "v_proj", "down_proj"]
+
+
+def tiny_llama(seed: int = 0, intermediate: int = 128):
+    torch.manual_seed(seed)
+    return transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=100, hidden_size=64, intermediate_size=intermediate, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2))
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory):
+    """A base model, a LoRA adapter trained... by random init (init_lora_weights=False), and peft's merge."""
+    root = tmp_path_factory.mktemp("lora")
+    base = tiny_llama()
+    base.save_pretrained(root / "base")
+    config = peft.LoraConfig(r=16, lora_alpha=8, target_modules=TARGETS, init_lora_weights=False,
+                             rank_pattern={"down_proj": 12}, alpha_pattern={"v_proj": 24})
+    model = peft.get_peft_model(base, config)
+    model.save_pretrained(root / "adapter")
+    updates = {}
+    for name, module in model.named_modules():
+        if hasattr(module, "lora_A") and "default" in module.lora_A:
+            a, b = module.lora_A["default"].weight, module.lora_B["default"].weight
+            scaling = module.scaling["default"]
+            updates[name.removeprefix("base_model.model.") + ".weight"] = (scaling * b.double() @ a.double()).detach()
+    model.merge_and_unload().save_pretrained(root / "merged")
+    return root, updates
+
+
+def singular_values(w: torch.Tensor) -> np.ndarray:
+    return np.linalg.svd(w.double().numpy(), compute_uv=False)
+
+
+def test_an_adapter_is_analysed_as_its_updates(made):
+    """Each target's row is the spectrum of (lora_alpha / r)·B·A with peft's own scaling (rank_pattern and
+    alpha_pattern included): numpy's singular values to 1e-10."""
+    root, updates = made
+    table = alphaspec.analyze(root / "adapter").set_index("name")
+    assert set(table.index) == set(updates) and len(updates) == 6
+    for name, delta in updates.items():
+        s = singular_values(delta)
+        assert table.loc[name, "spectral_norm"] == pytest.approx(s.max(), rel=1e-10)
+        assert table.loc[name, "frobenius_norm"] == pytest.approx(np.sqrt((s**2).sum()), rel=1e-10)
+        rank = 12 if "down_proj" in name else 16
+        assert table.loc[name, "n_eigs"] - table.loc[name, "n_zero"] == rank  # a rank-r update
+    assert table.attrs["notes"][0].startswith("each matrix is a LoRA update")
+
+
+def test_the_merged_model_is_w_plus_the_update(made):
+    """Targets: numpy's singular values of W + ΔW in float64 (1e-10); the whole table: peft's merge_and_unload
+    to float32 rounding (peft stores the merged weights in float32, alphaspec adds in float64)."""
+    root, updates = made
+    merged = alphaspec.analyze(root / "adapter", base=root / "base", merge=True)
+    base = load_file(str(root / "base" / "model.safetensors"))
+    rows = merged.set_index("name")
+    for name, delta in updates.items():
+        s = singular_values(base[name].double() + delta)
+        assert rows.loc[name, "spectral_norm"] == pytest.approx(s.max(), rel=1e-10)
+        assert rows.loc[name, "frobenius_norm"] == pytest.approx(np.sqrt((s**2).sum()), rel=1e-10)
+    want = alphaspec.analyze(root / "merged")
+    assert list(merged["name"]) == list(want["name"])
+    numeric = [c for c in ("alpha", "spectral_norm", "frobenius_norm", "stable_rank", "entropy", "sigma_mp")]
+    np.testing.assert_allclose(merged[numeric].to_numpy(float), want[numeric].to_numpy(float), rtol=1e-5)
+
+
+def test_base_gives_the_spectra_of_known_edits(tmp_path):
+    """A copy with two matrices edited by known E: those rows are E's spectrum, every other matrix is zero."""
+    base = tiny_llama()
+    base.save_pretrained(tmp_path / "base")
+    tensors = load_file(str(tmp_path / "base" / "model.safetensors"))
+    g = torch.Generator().manual_seed(3)
+    edits = {"model.layers.1.mlp.up_proj.weight": torch.randn(128, 64, generator=g) * 0.01,
+             "model.layers.0.self_attn.o_proj.weight": torch.randn(64, 64, generator=g) * 0.02}
+    for name, e in edits.items():
+        tensors[name] = tensors[name] + e
+    (tmp_path / "tuned").mkdir()
+    save_file(tensors, str(tmp_path / "tuned" / "model.safetensors"))
+    (tmp_path / "tuned" / "config.json").write_text((tmp_path / "base" / "config.json").read_text())
+    table = alphaspec.analyze(tmp_path / "tuned", base=tmp_path / "base").set_index("name")
+    for name, e in edits.items():  # the stored float32 sums: E up to float32 rounding of W + E
+        actual = tensors[name].double() - load_file(str(tmp_path / "base" / "model.safetensors"))[name].double()
+        assert table.loc[name, "spectral_norm"] == pytest.approx(singular_values(actual).max(), rel=1e-9)
+        assert table.loc[name, "spectral_norm"] == pytest.approx(singular_values(e).max(), rel=1e-4)
+    others = table.drop(index=list(edits))
+    assert (others["status"] == "all-zero matrix").all() and (others["frobenius_norm"] == 0).all()
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "alphaspec", "analyze", *map(str, args)], capture_output=True,
+                          text=True, env=os.environ | {"COLUMNS": "200"})
+
+
+def one_error(proc, *fragments):
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert all(f in lines[0] for f in fragments), lines[0]
+
+
+def test_bad_pairs_are_one_line_and_write_nothing(made, tmp_path):
+    root, _ = made
+    tiny_llama(intermediate=96).save_pretrained(tmp_path / "other")
+    one_error(cli(root / "merged", "--base", tmp_path / "other", "-o", tmp_path / "r.csv"),
+              "differ in shape from the base", "mlp.down_proj.weight [64, 128] vs [64, 96]")
+    transformers.GPT2LMHeadModel(transformers.GPT2Config(n_embd=64, n_layer=1, n_head=4, vocab_size=100)
+                                 ).save_pretrained(tmp_path / "gpt2")
+    one_error(cli(root / "merged", "--base", tmp_path / "gpt2", "-o", tmp_path / "r.csv"),
+              "are not in the base", "a base of another model?")
+    one_error(cli(root / "adapter", "--base", tmp_path / "gpt2", "--merge", "-o", tmp_path / "r.csv"),
+              "targets model.layers.0.", "which the base", "does not have")
+    one_error(cli(root / "adapter", "--merge"), "--merge adds an adapter to its base: give the base with --base")
+    one_error(cli(root / "merged", "--base", root / "base", "--merge"), "--merge needs a PEFT adapter directory")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "adapter_config.json").write_text((root / "adapter" / "adapter_config.json").read_text())
+    data = (root / "adapter" / "adapter_model.safetensors").read_bytes()
+    (broken / "adapter_model.safetensors").write_bytes(data[: len(data) // 2])
+    one_error(cli(broken, "-o", tmp_path / "r.csv"), "adapter_model.safetensors")
+    (broken / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 0, "lora_alpha": 8}')
+    one_error(cli(broken), "adapter_config.json", "r must be a positive number")
+    assert not (tmp_path / "r.csv").exists()
+
+
+def test_adapter_errors_in_python_are_source_errors(made, tmp_path):
+    root, _ = made
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 4, "lora_alpha": 8, "use_dora": true}')
+    with pytest.raises(SourceError, match="a DoRA adapter"):
+        alphaspec.analyze(tmp_path / "a")
