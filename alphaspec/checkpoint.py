@@ -24,6 +24,7 @@ from .gguf_reader import (
     GGUF_SUFFIX,
     GGUFError,
     directory_model,
+    hf_rows,
     hub_patterns,
     model_config,
     open_reader,
@@ -32,6 +33,7 @@ from .gguf_reader import (
     read_tensors,
     split_files,
     tensor_headers,
+    unpermuted_note,
 )
 
 # safetensors dtype codes in torch's spelling; float8 formats are promoted exactly before any arithmetic.
@@ -86,7 +88,8 @@ class Checkpoint:
         try:
             if file.suffix == GGUF_SUFFIX:
                 keys = {t.name: t.key or t.name for t in self.tensors if t.file == file}
-                yield from read_tensors(file, {name: keys[name] for name in names}, device)
+                for name, w in read_tensors(file, {name: keys[name] for name in names}, device):
+                    yield name, hf_rows(name, w, self.config)
             elif file.suffix == ".safetensors":
                 with safe_open(str(file), framework="pt", device="cpu") as f:
                     for name in names:
@@ -332,7 +335,8 @@ def _gguf_checkpoint(source: str, files: list[Path]) -> Checkpoint:
         raise SourceError(f"{files[0]}: the checkpoint holds no tensors")
     note = quantisation_note({t.name: t.quant for t in tensors if len(t.shape) >= 2})
     mapped = f"GGUF tensor names read as the HF names of model_type {config['model_type']!r}"
-    return Checkpoint(source, files, tensors, config, [mapped] + ([note] if note else []), str(files[0]))
+    notes = [mapped] + [n for n in (note, unpermuted_note(config)) if n]
+    return Checkpoint(source, files, tensors, config, notes, str(files[0]))
 
 
 def _check_index_names(index: Path, weight_map: dict[str, Path], tensors: list[TensorInfo]) -> None:

@@ -4,7 +4,9 @@ GGUF names tensors by role (`blk.3.attn_q.weight`) whatever the architecture; th
 HF names of the architecture the file declares, so the module map, tables and decay maps read them
 as they read a safetensors checkpoint. Quantised tensors (Q8_0, Q4_K, ...) are dequantised row block
 by row block with the `gguf` package's own dequantisers (the optional extra `alphaspec[gguf]`).
-The Q/K row permutation llama.cpp applies for its rotary layout does not change singular values.
+llama.cpp's converter permutes the rows of q and k of the llama architecture for its rotary layout;
+that permutation is undone on reading (`hf_rows`), so a GGUF matrix is the Hugging Face matrix row for
+row (whole-matrix spectra do not see it, but row windows and element-wise comparisons do).
 """
 
 from __future__ import annotations
@@ -108,8 +110,38 @@ def hf_name(gguf_name: str, arch: str) -> str:
         return gguf_name
     if arch == "phi3" and role == "ffn_up":
         part = "mlp.gate_up_proj"  # phi3 stores gate and up fused, gate first
+    if arch in ("gemma2", "gemma3") and role == "ffn_norm":
+        part = "pre_feedforward_layernorm"  # the norm before the MLP; post_attention_norm is the one after attention
     prefix = f"encoder.layer.{layer}" if bert else f"model.layers.{layer}"
     return f"{prefix}.{part}.{suffix}"
+
+
+PERMUTED_ROWS = {"llama"}  # architectures whose q/k rows llama.cpp's converter permutes (LlamaModel.permute)
+
+
+def hf_rows(name: str, w: torch.Tensor, config: dict) -> torch.Tensor:
+    """A GGUF q or k matrix with llama.cpp's rotary row permutation undone: the converter stores
+    W.reshape(heads, 2, d/2, in).swapaxes(1, 2) per head (heads = the key/value heads for k); this is
+    its inverse. Other tensors and architectures are returned as they are, and so are q and k of a file
+    whose metadata gives no head count (`unpermuted_note` says so; their spectra are the same)."""
+    if config.get("gguf_architecture") not in PERMUTED_ROWS or not name.endswith(("q_proj.weight", "k_proj.weight")):
+        return w
+    heads = config.get("num_attention_heads")
+    if name.endswith("k_proj.weight"):
+        heads = config.get("num_key_value_heads") or heads
+    if not heads:
+        return w
+    if w.ndim != 2 or w.shape[0] % (2 * heads):
+        raise GGUFError(f"{name}: {w.shape[0]} rows do not split into {heads} heads of two rotary halves")
+    return w.reshape(heads, w.shape[0] // heads // 2, 2, w.shape[1]).swapaxes(1, 2).reshape(w.shape)
+
+
+def unpermuted_note(config: dict) -> str | None:
+    """The note for a llama GGUF whose q/k rows stay in llama.cpp's order (no head count to undo it with)."""
+    if config.get("gguf_architecture") in PERMUTED_ROWS and not config.get("num_attention_heads"):
+        return ("the GGUF metadata gives no attention head count, so q and k keep llama.cpp's rotary row order "
+                "(their spectra are unchanged; row windows and element-wise comparisons are not)")
+    return None
 
 
 def model_config(reader, file: Path) -> dict:

@@ -121,6 +121,46 @@ def test_f32_gguf_matches_the_safetensors_checkpoint(tmp_path):
     assert list(a["module"]) == list(b["module"])
 
 
+def converter_permute(weights: np.ndarray, n_head: int, n_head_kv: int | None) -> np.ndarray:
+    """llama.cpp's convert_hf_to_gguf.py, LlamaModel.permute, as written there (numpy for torch)."""
+    if n_head_kv is not None and n_head != n_head_kv:
+        n_head = n_head_kv
+    return (weights.reshape(n_head, 2, weights.shape[0] // n_head // 2, *weights.shape[1:])
+            .swapaxes(1, 2)
+            .reshape(weights.shape))
+
+
+def test_llama_q_and_k_rows_come_back_in_hugging_face_order(tmp_path):
+    """The converter stores q with permute(q, heads, heads) and k with permute(k, heads, kv_heads): every
+    matrix read back equals the original row for row, so W - W_base against the safetensors model is 0."""
+    from safetensors.numpy import save_file
+
+    from alphaspec.checkpoint import open_checkpoint
+
+    hf = llama_tensors(seed=5)
+    stored = {}
+    for name, a in hf.items():
+        if name.endswith("q_proj.weight"):
+            a = converter_permute(a, HEADS, HEADS)
+        elif name.endswith("k_proj.weight"):
+            a = converter_permute(a, HEADS, KV)
+        stored[LLAMA_NAMES[name]] = a
+    write_gguf(tmp_path / "m.gguf", "llama", stored, T.F32, LLAMA_META)
+    ckpt = open_checkpoint(tmp_path / "m.gguf")
+    by_file: dict = {}
+    for t in ckpt.tensors:
+        by_file.setdefault(t.file, []).append(t.name)
+    read = {n: w for file, names in by_file.items() for n, w in ckpt.read(file, names)}
+    permuted = [n for n in hf if n.endswith(("q_proj.weight", "k_proj.weight"))]
+    assert permuted and not np.array_equal(stored[LLAMA_NAMES[permuted[0]]], hf[permuted[0]])  # the file differs
+    for name, a in hf.items():
+        np.testing.assert_array_equal(read[name].numpy(), a, err_msg=name)
+    (tmp_path / "st").mkdir()
+    save_file(hf, str(tmp_path / "st" / "model.safetensors"))
+    delta = analyze_checkpoint(tmp_path / "m.gguf", device="cpu", base=tmp_path / "st").table
+    assert (delta["status"] == "all-zero matrix").all()
+
+
 def test_phi3_fused_qkv_and_gate_up_are_split_with_heads_from_the_metadata(tmp_path):
     rng = np.random.default_rng(1)
     qkv = np.concatenate([np.full((HEADS * HD, D), 1.0), np.full((KV * HD, D), 2.0), np.full((KV * HD, D), 3.0)])
@@ -278,6 +318,10 @@ def test_bf16_and_quantised_moe_experts(tmp_path):
     ("qwen3moe", "blk.4.ffn_down_exps.weight", "model.layers.4.mlp.experts.down_proj.weight"),
     ("bert", "blk.5.layer_output_norm.weight", "encoder.layer.5.output.LayerNorm.weight"),
     ("llama", "rope_freqs.weight", "rope_freqs.weight"),
+    ("llama", "blk.0.ffn_norm.weight", "model.layers.0.post_attention_layernorm.weight"),
+    ("gemma3", "blk.0.ffn_norm.weight", "model.layers.0.pre_feedforward_layernorm.weight"),  # not a duplicate name
+    ("gemma3", "blk.0.post_attention_norm.weight", "model.layers.0.post_attention_layernorm.weight"),
+    ("gemma2", "blk.3.ffn_norm.weight", "model.layers.3.pre_feedforward_layernorm.weight"),
 ])
 def test_gguf_names_become_the_architectures_hf_names(arch, gguf_name, hf):
     from alphaspec.gguf_reader import hf_name
