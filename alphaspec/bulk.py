@@ -23,6 +23,7 @@ from functools import lru_cache
 import torch
 
 from .random_baseline import mp_quantiles
+from .spectral_metrics import ldexp
 
 TW_MARGIN = 4.0  # Tracy–Widom scale units above the centring: the spike threshold
 BULK_COLUMNS = ("sigma_mp", "bulk_max", "num_spikes", "mp_softrank")
@@ -58,5 +59,5 @@ def mp_bulk(eigs: torch.Tensor | None, rows: int, cols: int, exponent: int = 0) 
         return nan
     edge = n * sigma2 * (1 + math.sqrt(min(rows, cols) / n)) ** 2
     spikes = int((eigs > spike_threshold(sigma2, rows, cols)).sum())
-    return {"sigma_mp": math.ldexp(math.sqrt(sigma2), exponent), "bulk_max": math.ldexp(edge, 2 * exponent),
+    return {"sigma_mp": ldexp(math.sqrt(sigma2), exponent), "bulk_max": ldexp(edge, 2 * exponent),
             "num_spikes": spikes, "mp_softrank": edge / float(eigs[-1])}

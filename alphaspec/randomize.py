@@ -29,6 +29,7 @@ import torch
 
 from .bulk import mp_bulk, spike_threshold
 from .esd import scaled_eigenvalues
+from .spectral_metrics import ldexp
 
 RANDOMIZED_SUFFIX = "#randomized"  # the permuted matrix's spectrum, beside the matrix's own in saved spectra
 JS_BINS = (8, 100)  # bins of the common grid: Rice's rule, 2·m^(1/3) for m eigenvalues, within these bounds
@@ -82,7 +83,7 @@ def randomized_rows(w: torch.Tensor, eigs: list[torch.Tensor], names: list[str],
         exponent = int(exponents[i])
         bulk = mp_bulk(rand[i], rows, cols, exponent)
         row = {"_randomized": torch.ldexp(rand[i], torch.tensor(2.0 * exponent, dtype=rand.dtype, device=rand.device)),
-               "rand_lambda_max": math.ldexp(float(rand[i][-1]), 2 * exponent),
+               "rand_lambda_max": ldexp(float(rand[i][-1]), 2 * exponent),
                "rand_distance": js_distance(eigs[i].cpu().numpy(), rand[i].cpu().numpy()), "traps": bulk["num_spikes"],
                "trap_entries": 0, "trap_max_entry": math.nan, "trap_where": ""}
         if bulk["num_spikes"]:
@@ -104,7 +105,7 @@ def trap_sources(w: torch.Tensor, seed: int, sigma: float, dev: torch.device, pr
         cut = flat.clone()
         cut[order[:k]] = 0
         lam, exponent = scaled_eigenvalues(permuted(cut.reshape(1, rows, cols), [seed]), dev, precision)
-        return math.ldexp(float(lam[0][-1]), 2 * int(exponent[0])) <= threshold
+        return ldexp(float(lam[0][-1]), 2 * int(exponent[0])) <= threshold
 
     k = max(int((flat[order].abs().double() > bbp).sum()), 1)
     while not dissolved(k):

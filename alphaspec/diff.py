@@ -1,0 +1,209 @@
+"""Checkpoints side by side (`alphaspec diff A B [C ...]`): per matrix, matched by name, how each pair of
+consecutive checkpoints differs.
+
+Each tensor is read once from every checkpoint, its matrices solved as they arrive (on the same engine
+as `analyze`), then dropped: never two whole models in memory. Per pair (A→B) and matrix:
+
+  delta_<metric>    B's value minus A's, for alpha and the other spectral metrics
+  rel_change        ‖W_B − W_A‖_F / ‖W_A‖_F
+  subspace_overlap  how much of A's top-k right singular subspace (its k strongest input directions,
+                    k = --top-k, 8) B keeps: ‖V_Aᵀ V_B‖_F² / k, 1 when the same directions dominate, about
+                    k/m for unrelated ones. The subspaces come from a seeded randomised range finder (two
+                    power iterations), exact for matrices of rank below k + 4 and accurate where the top k
+                    singular values stand out
+  verdict_change    verdicts B gained (+) and lost (−) relative to A
+"""
+
+from __future__ import annotations
+
+import threading
+import zlib
+from collections import deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from .analysis import ordered_table, plan_checkpoint, solve_batch, solve_options
+from .checkpoint import Checkpoint, SourceError
+from .deltas import open_source
+from .errors import UsageError
+from .esd import resolve_device
+from .memory import MemoryCheckpoint
+from .modules import MatrixSpec
+from .reader import reading_order
+
+DELTA_METRICS = ("alpha", "log_spectral_norm", "stable_rank", "entropy", "alpha_weighted", "num_spikes", "mp_softrank")
+OVERSAMPLE = 4  # extra columns of the randomised range finder
+
+
+@dataclass
+class DiffResult:
+    """The pair table (one row per matrix and consecutive pair), each checkpoint's own analysis, their labels."""
+
+    table: pd.DataFrame
+    analyses: list[pd.DataFrame]
+    labels: list[str]
+
+
+def expand_sources(sources: Iterable) -> list[tuple[str, Checkpoint]]:
+    """(label, checkpoint) of each source; a training run directory given alone is its checkpoints, oldest first."""
+    sources = list(sources)
+    if len(sources) == 1 and (Path(str(sources[0])) / "checkpoints").is_dir():
+        return run_checkpoints(Path(str(sources[0])))
+    return [(str(s), open_source(s)) for s in sources]
+
+
+def run_checkpoints(run: Path) -> list[tuple[str, Checkpoint]]:
+    """The checkpoints a training run kept, as Hugging Face tensors (multipliers folded in), oldest first."""
+    import torch as _torch
+
+    from .checkpoint import _read_config
+    from .train.model import hf_tensors
+    from .train.rundir import checkpoints
+
+    found = list(reversed(checkpoints(run)))
+    config = _read_config(run)
+    out = []
+    for path in found:
+        try:
+            state = _torch.load(path, map_location="cpu", weights_only=True)
+            model = state["model"]
+        except Exception as err:  # noqa: BLE001 - a damaged checkpoint is the input's problem
+            raise SourceError(f"{path}: not a readable training checkpoint ({type(err).__name__})") from err
+        tensors = hf_tensors(model, bool(config.get("tie_word_embeddings")))
+        out.append((f"{run.name}@{path.stem.removeprefix('step_').lstrip('0') or '0'}",
+                    MemoryCheckpoint(str(path), tensors, config)))
+    return out
+
+
+def _check_matched(first: Checkpoint, other: Checkpoint, names: Iterable[str]) -> None:
+    shapes = {t.name: tuple(t.shape) for t in other.tensors}
+    mine = {t.name: tuple(t.shape) for t in first.tensors}
+    missing = [n for n in names if n not in shapes]
+    if missing:
+        raise SourceError(f"{other.source}: has no {missing[0]} ({len(missing)} of {first.source}'s matrices missing: "
+                          "checkpoints of different models?)")
+    differ = [n for n in names if shapes[n] != mine[n]]
+    if differ:
+        n = differ[0]
+        raise SourceError(f"{other.source}: {n} is {list(shapes[n])}, {list(mine[n])} in {first.source} "
+                          f"({len(differ)} such; leave them out with --exclude)")
+
+
+def top_right_subspace(w: torch.Tensor, k: int, seed: int) -> torch.Tensor:
+    """An orthonormal basis (cols × k) of w's top-k right singular subspace, by a seeded range finder."""
+    gen = torch.Generator(device=w.device).manual_seed(seed)
+    omega = torch.randn(w.shape[1], k + OVERSAMPLE, generator=gen, dtype=w.dtype, device=w.device)
+    y = torch.linalg.qr(w @ omega).Q
+    for _ in range(2):  # power iterations: the top directions separate from the rest
+        y = torch.linalg.qr(w @ torch.linalg.qr(w.mT @ y).Q).Q
+    return torch.linalg.svd(y.mT @ w, full_matrices=False).Vh[:k].mT
+
+
+def pair_metrics(a: torch.Tensor, b: torch.Tensor, top_k: int, name: str) -> dict[str, float]:
+    """rel_change and subspace_overlap of two versions of one matrix."""
+    a, b = a.double(), b.double()
+    norm = float(torch.linalg.matrix_norm(a))
+    rel = float(torch.linalg.matrix_norm(b - a)) / norm if norm > 0 else float("nan")
+    k = min(top_k, *a.shape)
+    seed = zlib.crc32(name.encode())
+    if k < 1 or norm == 0 or float(torch.linalg.matrix_norm(b)) == 0:
+        return {"rel_change": rel, "subspace_overlap": float("nan")}
+    va, vb = top_right_subspace(a, k, seed), top_right_subspace(b, k, seed)
+    return {"rel_change": rel, "subspace_overlap": float((va.mT @ vb).square().sum()) / k}
+
+
+def _verdict_change(before: str, after: str) -> str:
+    was, now = set(filter(None, before.split(","))), set(filter(None, after.split(",")))
+    return " ".join([f"+{w}" for w in sorted(now - was)] + [f"-{w}" for w in sorted(was - now)])
+
+
+def pair_rows(rows: list[dict], pairs: list[dict], labels: list[str]) -> list[dict]:
+    """The table rows of one matrix: per consecutive pair, the deltas, the pair metrics and the verdict change."""
+    out = []
+    for i, metrics in enumerate(pairs):
+        a, b = rows[i], rows[i + 1]
+        row = {k: a[k] for k in ("name", "layer", "module", "rows", "cols", "expert", "stack")}
+        row |= {"from": labels[i], "to": labels[i + 1], "alpha_from": a["alpha"], "alpha_to": b["alpha"]}
+        row |= {f"delta_{m}": b[m] - a[m] for m in DELTA_METRICS} | metrics
+        row |= {"warning_from": a["warning"], "warning_to": b["warning"],
+                "verdict_change": _verdict_change(a["warning"], b["warning"])}
+        out.append(row)
+    return out
+
+
+def diff_checkpoints(sources: Iterable, estimator: str = "median", device: str | torch.device = "auto", *,
+                     include: Iterable[str] = (), exclude: Iterable[str] = (), split_fused: bool = True,
+                     top_k: int = 8, workers: int = 1, progress: Callable[[int, int], None] | None = None,
+                     checkpoints: list[tuple[str, Checkpoint]] | None = None) -> DiffResult:
+    """Compare two or more checkpoints matrix by matrix (module docstring); sources as `analyze` takes them,
+    or one training run directory (its checkpoints)."""
+    found = checkpoints or expand_sources(sources)
+    if len(found) < 2:
+        raise UsageError("diff needs two or more checkpoints (or a run directory that kept two or more)")
+    if top_k < 1:
+        raise UsageError(f"--top-k must be at least 1, got {top_k}")
+    labels, ckpts = [label for label, _ in found], [c for _, c in found]
+    dev = resolve_device(device)
+    todo = plan_checkpoint(ckpts[0], include, exclude, split_fused)
+    by_tensor, reads = reading_order(ckpts[0], todo.matrices)
+    for other in ckpts[1:]:
+        _check_matched(ckpts[0], other, by_tensor)
+    hows = [solve_options(c, estimator, False) for c in ckpts]
+    files = [{t.name: t.file for t in c.tensors} for c in ckpts]
+    lock, done, total = threading.Lock(), [0], len(todo.matrices)
+
+    def job(name: str) -> tuple[list[list[dict]], list[dict]]:
+        tensors = [dict(c.read(f[name], [name], dev))[name] for c, f in zip(ckpts, files, strict=True)]
+        per_source, pairs = [[] for _ in ckpts], []
+        with torch.no_grad():
+            for spec in by_tensor[name]:
+                rows, mats = _solve_everywhere(spec, tensors, dev, hows)
+                for i, row in enumerate(rows):
+                    per_source[i].append(row)
+                pairs.extend(pair_rows(rows, [pair_metrics(mats[i], mats[i + 1], top_k, spec.name)
+                                              for i in range(len(mats) - 1)], labels))
+        with lock:
+            done[0] += len(by_tensor[name])
+            if progress:
+                progress(done[0], total)
+        return per_source, pairs
+
+    if progress:
+        progress(0, total)
+    results = _ordered_map(job, [n for _, names in reads for n in names], workers)
+    analyses = [ordered_table([r for per_source, _ in results for r in per_source[i]]) for i in range(len(ckpts))]
+    pair_table = pd.DataFrame([p for _, pairs in results for p in pairs])
+    pair_table["layer"] = pair_table["layer"].astype("Int64")
+    return DiffResult(pair_table, analyses, labels)
+
+
+def _solve_everywhere(spec: MatrixSpec, tensors: list[torch.Tensor], dev: torch.device, hows) -> tuple[list, list]:
+    """One matrix from each checkpoint: its results row (with verdicts) and the matrix itself on `dev`."""
+    mats = [spec.extract(t).to(dev) for t in tensors]
+    rows = []
+    for m, how in zip(mats, hows, strict=True):
+        row = solve_batch([(spec, m)], dev, how)[0][0]
+        rows.append(row)
+    table = ordered_table(rows)  # the verdicts, as analyze gives them
+    for row, warning in zip(rows, table["warning"], strict=True):
+        row["warning"] = warning
+    return rows, mats
+
+
+def _ordered_map(fn: Callable, items: list, workers: int) -> list:
+    """fn over items in `workers` threads, results in order, at most 2·workers in flight (memory stays bounded)."""
+    if workers <= 1:
+        return [fn(x) for x in items]
+    out, pending = [], deque()
+    with ThreadPoolExecutor(workers, thread_name_prefix="alphaspec-diff") as pool:
+        for x in items:
+            pending.append(pool.submit(fn, x))
+            if len(pending) >= 2 * workers:
+                out.append(pending.popleft().result())
+        out.extend(f.result() for f in pending)
+    return out
