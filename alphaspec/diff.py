@@ -178,6 +178,8 @@ def diff_checkpoints(sources: Iterable, estimator: str = "median", device: str |
     results = _ordered_map(job, [n for _, names in reads for n in names], workers)
     analyses = [ordered_table([r for per_source, _ in results for r in per_source[i]]) for i in range(len(ckpts))]
     pair_table = pd.DataFrame([p for _, pairs in results for p in pairs])
+    position = {name: i for i, name in enumerate(analyses[0]["name"])}  # analyze's order: by layer, module type
+    pair_table = pair_table.sort_values("name", key=lambda names: names.map(position), kind="stable", ignore_index=True)
     pair_table["layer"] = pair_table["layer"].astype("Int64")
     return DiffResult(pair_table, analyses, labels)
 

@@ -233,17 +233,18 @@ def _steps(r: Run, path: Path, marks: dict, on_log) -> dict:
         r.optimizer.zero_grad(set_to_none=True)
         r.strategy.after_step(step)
         _record_decays_and_spectra(r, step)
-        # log (every log_every steps and at each evaluation), evaluate, checkpoint
+        # log (every log_every steps, at each evaluation and at each checkpoint), evaluate, checkpoint
         do_eval = step % cfg.run.eval_every == 0 or step == cfg.schedule.steps
-        if step % cfg.run.log_every and not do_eval:
-            continue
+        do_save = step % cfg.run.checkpoint_every == 0 or step == cfg.schedule.steps
+        if step % cfg.run.log_every and not do_eval and not do_save:
+            continue  # a logged interval always ends at a checkpoint, so a resumed run logs what this one does
         last = _log(r, step, loss_sum, n_loss, n_tokens, grad_norm, time.perf_counter() - t_last, do_eval, on_log)
         if not math.isfinite(last["loss"]):  # every rank sees the same all-reduced loss, so every rank stops
             marks["diverged"] = True
             raise Diverged(f"{path}: the training loss became {last['loss']} by step {step} (lr {last['lr']:.3g}); the "
                            "run stopped" + (", its last checkpoint kept" if marks.get("saved") else " and was removed, "
                            "as nothing was saved yet") + ". Lower --lr or raise --warmup-steps")
-        if step % cfg.run.checkpoint_every == 0 or step == cfg.schedule.steps:
+        if do_save:
             _checkpoint(path, step, r.model, r.optimizer, r.scheduler, r.strategy, r.mcfg, cfg, rank)
             marks["saved"] = True
         loss_sum.zero_()

@@ -1,0 +1,116 @@
+"""`alphaspec diff`: two or more checkpoints side by side, matrix by matrix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from .common import Device, Estimator, EstimatorOption, Exclude, Include, Quiet, app, err, out
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+EPILOG = """
+**Examples**
+
+    alphaspec diff ./base ./fine-tuned -o diff.csv --plot diff.png     # what fine-tuning changed, per matrix
+
+    alphaspec diff ./Llama-3.1-8B ./Llama-3.1-8B-Q4_K_M.gguf           # what quantisation changed
+
+    alphaspec diff org/model@step-1000 org/model@step-2000 org/model@main   # training steps (hub revisions)
+
+    alphaspec diff runs/alphadecay -o steps.csv                        # the checkpoints a training run kept
+"""
+
+
+@app.command(no_args_is_help=True, epilog=EPILOG)
+def diff(
+    sources: Annotated[list[str], typer.Argument(help="Two or more checkpoints (anything analyze takes), compared "
+                                                 "in order (A→B, B→C, ...); or one training run directory.")],
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Write the table: .csv, .json or "
+                                                ".parquet.")] = None,
+    plot: Annotated[Path | None, typer.Option("--plot", help="Draw the changes over depth: .png, .svg or .pdf.")] = None,
+    estimator: EstimatorOption = Estimator.median,
+    top_k: Annotated[int, typer.Option("--top-k", min=1, help="Singular directions compared by "
+                                       "subspace_overlap.")] = 8,
+    include: Include = None,
+    exclude: Exclude = None,
+    device: Device = "auto",
+    workers: Annotated[int, typer.Option("--workers", min=0, help="Matrices solved concurrently; 0: one per core "
+                                         "on the CPU, 1 on a GPU.")] = 0,
+    quiet: Quiet = False,
+) -> None:
+    """Compare checkpoints matrix by matrix: the change of alpha and the other metrics, how far the weights
+    moved, how many top directions they kept, and the verdicts gained or lost."""
+    from ..cpu_threads import auto_workers, one_thread_per_solve
+    from ..diff import diff_checkpoints, expand_sources
+    from ..esd import resolve_device
+    from ..output import check_output, input_paths, write_table
+
+    inputs = [p for s in sources for p in input_paths(s)]
+    if output is not None:
+        check_output(output, inputs=inputs)
+    if plot is not None:
+        check_output(plot, (".png", ".svg", ".pdf"), inputs=inputs)
+    dev = resolve_device(device)
+    found = expand_sources(sources)  # every checkpoint opened (headers) before the bar: bad input is one line
+    workers = workers or auto_workers(dev, 1)
+    with one_thread_per_solve(workers, dev), _progress(quiet) as progress:
+        result = diff_checkpoints([], estimator.value, dev, include=include or [], exclude=exclude or [],
+                                  top_k=top_k, workers=workers, progress=progress, checkpoints=found)
+    if output is not None:
+        write_table(result.table, output)
+    if plot is not None:
+        from ..diff_plot import diff_figure
+        from ..plots import save_figure
+
+        save_figure(diff_figure(result.table), plot)
+    if not quiet:
+        out.print(_summary(result.table))
+        for line in _verdict_lines(result.table):
+            out.print(line, highlight=False)
+        for path in (p for p in (output, plot) if p is not None):
+            out.print(f"wrote {path}", highlight=False)
+
+
+class _progress:
+    """A progress bar over the matrices (every checkpoint's copy of one matrix counts once)."""
+
+    def __init__(self, quiet: bool):
+        columns = [TextColumn("comparing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"),
+                   TimeRemainingColumn()]
+        self.bar = Progress(*columns, console=err, disable=quiet, transient=True)
+        self.task = self.bar.add_task("diff", total=None)
+
+    def __enter__(self):
+        self.bar.start()
+        return lambda done, total: self.bar.update(self.task, completed=done, total=total)
+
+    def __exit__(self, *exc):
+        self.bar.stop()
+
+
+def _summary(table: pd.DataFrame) -> Table:
+    """Per pair and module type: matrices, mean Δalpha, mean and largest relative change, lowest overlap."""
+    summary = Table(title="changes per module type", title_justify="left", header_style="bold")
+    for col in ("pair", "module", "count", "Δ alpha", "rel change", "max rel", "min overlap"):
+        summary.add_column(col, justify="left" if col in ("pair", "module") else "right")
+    for (a, b), pair in table.groupby(["from", "to"], sort=False):
+        for module, rows in pair.groupby("module", sort=False):
+            summary.add_row(f"{Path(a).name or a} → {Path(b).name or b}", str(module), str(len(rows)),
+                            f"{rows['delta_alpha'].mean():+.3f}", f"{rows['rel_change'].mean():.3g}",
+                            f"{rows['rel_change'].max():.3g}", f"{rows['subspace_overlap'].min():.2f}")
+    return summary
+
+
+def _verdict_lines(table: pd.DataFrame) -> list[str]:
+    changed = table[table["verdict_change"].fillna("") != ""]
+    if changed.empty:
+        return ["verdicts: no matrix gained or lost one"]
+    lines = [f"verdicts changed for {len(changed)} matrices:"]
+    lines += [f"  {r.name} ({r.to}): {r.verdict_change}" for r in changed.head(8).itertuples()]
+    return lines + ([f"  ... and {len(changed) - 8} more (see verdict_change)"] if len(changed) > 8 else [])
