@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
@@ -9,6 +11,11 @@ from matplotlib.ticker import MaxNLocator
 from .plots import DPI, module_colour
 
 MAX_PAIRS = 6  # rows of panels; more pairs: the last ones (their table has them all)
+
+
+def short(label: str) -> str:
+    """A checkpoint's label as titles show it: the last part of a path (a hub id or run step as it is)."""
+    return Path(label).name if "/" in label and Path(label).exists() else label
 
 
 def diff_figure(table: pd.DataFrame) -> Figure:
@@ -33,7 +40,7 @@ def diff_figure(table: pd.DataFrame) -> Figure:
             r_ax.plot(part.index, part["rel_change"].where(part["rel_change"] > 0), **style)
             o_ax.plot(part.index, part["subspace_overlap"], **style)
         d_ax.axhline(0, color="black", lw=0.8)
-        d_ax.set(ylabel="Δ alpha", title=f"{a} → {b}: Δ alpha")
+        d_ax.set(ylabel="Δ alpha", title=f"{short(a)} → {short(b)}: Δ alpha")
         r_ax.set(yscale="log", ylabel="‖W_B − W_A‖ / ‖W_A‖", title="relative change of the weights (0 not drawn)")
         o_ax.set(ylim=(-0.02, 1.02), ylabel="overlap", title="top singular directions kept")
         for ax in (d_ax, r_ax, o_ax):

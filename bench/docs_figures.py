@@ -17,6 +17,7 @@ import torch
 
 from alphaspec import analyze_checkpoint, build_decay_map
 from alphaspec.compare import compare
+from alphaspec.diff_plot import diff_figure
 from alphaspec.plots import (
     alpha_depth_figure,
     alpha_modules_figure,
@@ -29,6 +30,29 @@ from alphaspec.train import TrainConfig, train
 from alphaspec.training_plots import alphas_figure, compare_figure
 
 DPI = 110
+
+
+def lora_tuned_diff(tmp: Path):
+    """MiniLM against a copy "fine-tuned" by a rank-8 update of every query and value matrix (as a merged
+    LoRA would be), larger in the last layers: the table `alphaspec diff` gives for the pair."""
+    from safetensors.torch import load_file, save_file
+
+    from alphaspec.checkpoint import example_path
+    from alphaspec.diff import diff_checkpoints
+
+    tensors = load_file(str(example_path("minilm") / "model.safetensors"))
+    g = torch.Generator().manual_seed(0)
+    for layer in range(6):
+        for part in ("query", "value"):
+            name = f"encoder.layer.{layer}.attention.self.{part}.weight"
+            w = tensors[name]
+            b, a = torch.randn(w.shape[0], 8, generator=g), torch.randn(8, w.shape[1], generator=g)
+            update = b @ a
+            tensors[name] = w + (0.02 + 0.04 * layer) * w.norm() * update / update.norm()
+    (tmp / "tuned").mkdir()
+    save_file(tensors, str(tmp / "tuned" / "model.safetensors"))
+    (tmp / "tuned" / "config.json").write_text((example_path("minilm") / "config.json").read_text())
+    return diff_checkpoints(["example:minilm", tmp / "tuned"]).table
 
 
 def main() -> None:
@@ -44,6 +68,7 @@ def main() -> None:
                "esd": esd_figure("encoder.layer.5.output.dense.weight", spectra["encoder.layer.5.output.dense.weight"]),
                "decay": decay_figure(build_decay_map(table, 0.1))}
     with tempfile.TemporaryDirectory() as tmp:
+        figures["diff"] = diff_figure(lora_tuned_diff(Path(tmp)))
         runs = []
         for strategy in ("uniform", "alphadecay", "awd"):
             out = Path(tmp) / strategy
