@@ -132,3 +132,24 @@ def test_bad_pairs_are_one_line_and_write_nothing(perturbed, tmp_path):
     one_line(cli(root), 2, "diff needs two or more checkpoints")
     one_line(cli(root, tmp_path / "missing"), 1, "missing")
     assert not (tmp_path / "d.csv").exists()
+
+
+def test_hub_revisions_of_one_repo(tmp_path):
+    """`org/name@rev` sources: two snapshots of one repo in the offline hub cache, compared by revision."""
+    import synth
+
+    base = tmp_path / "hf" / "hub" / "models--tiny-org--tiny-llama"
+    first, second = "1" * 40, "2" * 40
+    tensors = synth.llama(dtype=torch.float32)
+    synth.write(base / "snapshots" / first, tensors, synth.LLAMA_CONFIG)
+    changed = dict(tensors, **{"model.layers.1.mlp.up_proj.weight": tensors["model.layers.1.mlp.up_proj.weight"] * 1.5})
+    synth.write(base / "snapshots" / second, changed, synth.LLAMA_CONFIG)
+    (base / "refs").mkdir(parents=True)
+    (base / "refs" / "main").write_text(second)
+    res = subprocess.run([sys.executable, "-m", "alphaspec", "diff", f"tiny-org/tiny-llama@{first}",
+                          "tiny-org/tiny-llama", "-o", str(tmp_path / "d.csv")], capture_output=True, text=True,
+                         env=os.environ | {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "COLUMNS": "120"})
+    assert res.returncode == 0, res.stderr
+    table = pd.read_csv(tmp_path / "d.csv").set_index("name")
+    assert table.loc["model.layers.1.mlp.up_proj.weight", "rel_change"] == pytest.approx(0.5, rel=1e-6)
+    assert (table.drop(index="model.layers.1.mlp.up_proj.weight")["rel_change"] == 0).all()
