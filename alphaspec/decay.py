@@ -426,7 +426,8 @@ def _paper_modules(table: pd.DataFrame, weight_decay: float, spec: DecaySpec) ->
     entries = [{"name": n, "module": by_name.loc[n, "module"], "layer": _int_or_none(by_name.loc[n, "layer"]),
                 metric: None, "weight_decay": float(weight_decay), "params": int(by_name.loc[n, "rows"] *
                                                                                 by_name.loc[n, "cols"]),
-                "note": "left untuned by the release (the model's first Linear)"} for n in dropped]
+                "note": "left untuned by the release (the model's first Linear)" if i == 0 else
+                "left untuned by the release (fewer than 50 eigenvalues)"} for i, n in enumerate(dropped)]
     return entries + [{"name": r.name, "module": r.module, "layer": _int_or_none(r.layer), metric: float(v),
                        "weight_decay": float(d), "params": int(r.rows * r.cols)}
                       for r, v, d in zip(rows.itertuples(), values, wd, strict=True)]

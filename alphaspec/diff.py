@@ -51,8 +51,10 @@ class DiffResult:
 
 def expand_sources(sources: Iterable) -> list[tuple[str, Checkpoint]]:
     """(label, checkpoint) of each source; a training run directory given alone is its checkpoints, oldest first."""
+    from .train.rundir import has_checkpoints
+
     sources = list(sources)
-    if len(sources) == 1 and (Path(str(sources[0])) / "checkpoints").is_dir():
+    if len(sources) == 1 and has_checkpoints(Path(str(sources[0]))):
         return run_checkpoints(Path(str(sources[0])))
     return [(str(s), open_source(s)) for s in sources]
 

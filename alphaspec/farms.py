@@ -20,14 +20,17 @@ PER_DIM = 10  # windows along each axis (sampling_ops_per_dim)
 
 
 def window_starts(dim: int, window: int, per_dim: int = PER_DIM) -> list[int]:
-    """`per_dim` evenly spaced starts of a window along an axis of length `dim` (the paper's grid:
-    step (dim - window) / (per_dim - 1)), each distinct start once."""
+    """The starts of a window along an axis of length `dim`, on the authors' grid (FARMS's `fixed_sampling`):
+    an integer step ⌊(dim − window)/(per_dim − 1)⌋ (at least 1), at most `per_dim` starts, the last no
+    further than dim − window. When per_dim − 1 does not divide dim − window the last window stops short
+    of the end, as in their code."""
     if per_dim < 1 or window > dim:
         raise ValueError(f"need per_dim >= 1 and a window ({window}) no longer than the axis ({dim})")
     if per_dim == 1 or window == dim:
         return [0]
-    step = (dim - window) / (per_dim - 1)
-    return sorted({min(int(i * step), dim - window) for i in range(per_dim)})
+    step = max(1, (dim - window) // (per_dim - 1))
+    count = min(per_dim, max(1, (dim - window) // step + 1))
+    return [min(i * step, dim - window) for i in range(count)]
 
 
 def farms_spectrum(w: torch.Tensor, window: int = WINDOW, per_dim: int = PER_DIM,

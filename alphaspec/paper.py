@@ -5,7 +5,8 @@ defaults in ways that move decays by a few percent; docs/decay.md lists each one
 chooses otherwise. Here they are reproduced exactly:
 
 - every `nn.Linear` is a candidate, in module order, and the first (LLaMA's `layers.0.q_proj`) and the
-  last (the output head) are dropped: they keep the base decay;
+  last (the output head) are dropped, then every one with fewer than 50 eigenvalues (its `eigs_thresh`,
+  a MoE router, say): they keep the base decay;
 - `linear` is `np.interp(a, [a_min, a_max], [s1 w, s2 w])`, so equal metrics all get s2 w (not w);
   `sqrt`/`log2` divide by sum(f(a) + 1e-8); `sigmoid` groups by the block index;
 - `spectral_norm` is lambda_max (sigma_max squared) and `frobenius_norm` the sum of eigenvalues (squared);
@@ -20,12 +21,14 @@ import pandas as pd
 from .errors import UsageError
 from .modules import BLOCK_MODULES, FUSED_MODULES
 
+PAPER_EIGS_THRESH = 50  # the release's eigs_thresh: Linears with fewer eigenvalues are left untuned
 PAPER_METRICS = {"alpha": "alpha", "spectral_norm": "lambda_max", "stable_rank": "stable_rank",
                  "alpha_weighted": "alpha_weighted", "lambda_max": "lambda_max", "frobenius_norm": "frobenius_norm"}
 
 
 def paper_candidates(table: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
-    """The rows the release tunes (every Linear but the first and the head) and the names it drops.
+    """The rows the release tunes and the names it drops: the first Linear and the head, then (in that
+    order, as its build_optimizer_param_group does) every Linear with fewer than 50 eigenvalues.
 
     The table's row order is module order (blocks by layer, q k v o gate up down, then the head). With a
     tied head the checkpoint has no lm_head row, and the release drops that (virtual) head: nothing else.
@@ -33,11 +36,16 @@ def paper_candidates(table: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     linear = table[table["module"] != "embed"]
     if len(linear) < 3:
         raise UsageError("--paper-compat needs at least three linear layers")
-    first, last = linear.iloc[0], linear.iloc[-1]
+    last = linear.iloc[-1]
     head = not (pd.notna(last["layer"]) and last["module"] in (*BLOCK_MODULES, *FUSED_MODULES))
-    dropped = [first["tensor"] if "tensor" in linear else first["name"]]
+    names = linear["tensor"] if "tensor" in linear else linear["name"]
     tuned = linear.iloc[1:-1] if head else linear.iloc[1:]
-    return tuned, dropped
+    small = tuned["n_eigs"] < PAPER_EIGS_THRESH
+    dropped = [names.iloc[0], *names.loc[small[small].index]]
+    if small.all():
+        raise UsageError(f"--paper-compat: no linear layer has the {PAPER_EIGS_THRESH} eigenvalues the release needs "
+                         "to tune it")
+    return tuned[~small], dropped
 
 
 def paper_metric(rows: pd.DataFrame, metric: str) -> np.ndarray:

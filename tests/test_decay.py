@@ -241,3 +241,29 @@ def test_the_cli_and_the_hook_print_the_shape_note(tmp_path, caplog):
         hook.step()
     notes = [r.message for r in caplog.records if "note:" in r.message]
     assert len(notes) == 1 and "follows their shapes" in notes[0]  # once, not at every refresh
+
+
+def test_paper_compat_leaves_what_the_release_leaves_and_says_so(tmp_path):
+    """A MoE router (8 x 96: 8 eigenvalues, too few to fit) made --paper-compat refuse the model; the release
+    drops every Linear with fewer than 50 eigenvalues (after the first and the last) and so does alphaspec.
+    The summary no longer counts the untouched Linears among the tuned."""
+    g = torch.Generator().manual_seed(0)
+    tensors = {}
+    for i in range(3):
+        for name, shape in {"self_attn.q_proj": (96, 96), "mlp.gate": (8, 96), "mlp.up_proj": (192, 96),
+                            "mlp.down_proj": (96, 192)}.items():
+            tensors[f"model.layers.{i}.{name}.weight"] = torch.randn(*shape, generator=g)
+    tensors["lm_head.weight"] = torch.randn(128, 96, generator=g)  # the last Linear, which the release drops
+    model = synth.write(tmp_path / "m", tensors, synth.LLAMA_CONFIG)
+    proc = subprocess.run([sys.executable, "-m", "alphaspec", "decay-map", str(model), "-o", str(tmp_path / "wd.json"),
+                           "--paper-compat"], capture_output=True, text=True, env=os.environ | {"COLUMNS": "200"})
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads((tmp_path / "wd.json").read_text())
+    untouched = [m["name"] for m in doc["modules"] if m["alpha"] is None]
+    assert untouched == ["model.layers.0.self_attn.q_proj.weight"] + [f"model.layers.{i}.mlp.gate.weight"
+                                                                       for i in range(3)]
+    assert all(m["weight_decay"] == 0.1 for m in doc["modules"] if m["alpha"] is None)
+    assert "4 Linear(s) the release leaves untuned keep w: model.layers.0.self_attn.q_proj.weight" in proc.stdout
+    assert "(8 tuned tensors)" in proc.stdout
+    tuned_row = next(line for line in proc.stdout.splitlines() if "all tuned" in line)
+    assert "│ 8 " in tuned_row or " 8 │" in tuned_row  # 12 matrices - 4 untouched

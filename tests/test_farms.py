@@ -7,14 +7,18 @@ import torch
 from alphaspec.farms import farms_alpha, farms_spectrum, window_starts
 
 
+def fixed_sampling_starts(dim: int, num_samples: int, sampling_ops_per_dim: int) -> list[int]:
+    """The window starts of the authors' `fixed_sampling` (HUST-AI-HYZ/FARMS, lib/sampling.py), as written there."""
+    step = max(1, (dim - num_samples) // (sampling_ops_per_dim - 1))
+    windows = min(sampling_ops_per_dim, max(1, (dim - num_samples) // step + 1))
+    return [min(i * step, dim - num_samples) for i in range(windows)]
+
+
 def numpy_farms_median_alpha(w: np.ndarray, window: int, per_dim: int) -> float:
-    """The paper's recipe written out: square windows on a grid of per_dim starts per axis (step
-    (dim - window)/(per_dim - 1)), singular values squared, pooled; Hill's estimate from the median."""
+    """The paper's recipe written out: square windows on the authors' grid (their fixed_sampling, with the
+    window no larger than the matrix), singular values squared, pooled; Hill's estimate from the median."""
     m = min(window, *w.shape)
-    starts = []
-    for dim in w.shape:
-        step = (dim - m) / (per_dim - 1) if dim > m else 0
-        starts.append(sorted({min(int(i * step), dim - m) for i in range(per_dim)}))
+    starts = [fixed_sampling_starts(dim, m, per_dim) for dim in w.shape]
     pooled = np.sort(np.concatenate([np.linalg.svd(w[r:r + m, c:c + m], compute_uv=False) ** 2
                                      for r in starts[0] for c in starts[1]]))
     pooled = pooled[pooled > 1e-12 * pooled[-1]]
@@ -23,17 +27,21 @@ def numpy_farms_median_alpha(w: np.ndarray, window: int, per_dim: int) -> float:
     return 1 + len(tail) / np.log(tail / xmin).sum()
 
 
-def test_equals_an_independent_numpy_implementation():
+@pytest.mark.parametrize("shape", [(300, 120), (310, 131), (577, 200)])
+def test_equals_an_independent_numpy_implementation(shape):
+    """Including shapes where per_dim − 1 does not divide dim − window (310 − 120 = 190, 131 − 80 = 51, ...),
+    where the authors' integer step and an evenly spread grid differ."""
     rng = np.random.default_rng(0)
-    w = rng.standard_t(3, size=(300, 120))  # heavy-tailed entries
+    w = rng.standard_t(3, size=shape)  # heavy-tailed entries
     for window, per_dim in ((2000, 10), (80, 4), (50, 7)):
         ours = farms_alpha(torch.as_tensor(w), "median", window, per_dim).alpha
         assert ours == pytest.approx(numpy_farms_median_alpha(w, window, per_dim), rel=1e-9), (window, per_dim)
+    assert window_starts(310, 120, 10) == fixed_sampling_starts(310, 120, 10) == list(range(0, 190, 21))
 
 
 def test_windows_stay_square_on_small_matrices():
     assert window_starts(1024, 1024, 10) == [0]
-    assert window_starts(4096, 2000, 15)[-1] == 2096 and len(window_starts(4096, 2000, 15)) == 15
+    assert window_starts(4096, 2000, 15)[-1] == 2086 and len(window_starts(4096, 2000, 15)) == 15  # step 149: short of 2096
     lam = farms_spectrum(torch.randn(64, 1000, dtype=torch.float64), window=2000, per_dim=10)
     assert lam.numel() == 10 * 64 and bool((lam[1:] >= lam[:-1]).all())  # one row of 10 windows of 64 x 64
 

@@ -210,16 +210,20 @@ def test_hook_decays_equal_the_decay_map_of_the_checkpoint(models, family):
 
 def released_decays(model: torch.nn.Module, w: float, s1: float, s2: float) -> dict[str, float]:
     """A copy of the release's logic (net_esd_estimator + get_layer_temps + build_optimizer_param_group), with
-    its median fit in float64: every nn.Linear in module order, the first and the last dropped, np.interp
-    over the rest; a module's parameters (bias too) share its decay; everything else gets w."""
+    its median fit in float64: every nn.Linear in module order, the first and the last dropped, then those
+    with fewer than eigs_thresh = 50 eigenvalues, np.interp over the rest; a module's parameters (bias too)
+    share its decay; everything else gets w."""
     linears = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
-    alphas = []
+    alphas, eigs_num = [], []
     for _, m in linears:
         eigs = np.sort(np.linalg.svd(m.weight.detach().double().numpy(), compute_uv=False) ** 2)
         i = int(len(eigs) / 2)
         n = len(eigs) - i
         alphas.append(1 + n / (np.sum(np.log(eigs[i:])) - n * np.log(eigs[i])))
-    linears, alphas = linears[1:-1], np.array(alphas[1:-1])
+        eigs_num.append(len(eigs))
+    linears, alphas, eigs_num = linears[1:-1], np.array(alphas[1:-1]), np.array(eigs_num[1:-1])
+    keep = eigs_num >= 50
+    linears, alphas = [lin for lin, k in zip(linears, keep, strict=True) if k], alphas[keep]
     wd = np.interp(alphas, [alphas.min(), alphas.max()], [s1 * w, s2 * w])
     out = {n: w for n, _ in model.named_parameters()}
     for (name, module), d in zip(linears, wd, strict=True):
@@ -254,6 +258,8 @@ def test_paper_compat_reproduces_the_release(tmp_path, family):
     for name, wd in expected.items():
         assert ours[name] == pytest.approx(wd, rel=1e-9, abs=1e-20), name
     assert len({round(v, 15) for v in ours.values()}) > 3  # a real spread of decays, not all equal
+    if family == "smollm2":  # the 32 x 64 k/v projections have 32 eigenvalues: the release leaves them at w
+        assert ours["model.layers.1.self_attn.k_proj.weight"] == ours["model.layers.1.self_attn.v_proj.weight"] == 1e-5
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-5)
     hook = AlphaDecay(model, optimizer, ratio=(0.6666, 3.0), paper_compat=True, overlap=False)
     for name, wd in hook.decays.items():  # the live hook, from the same weights: the release's decays too

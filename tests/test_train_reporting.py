@@ -59,12 +59,25 @@ def test_tensorboard_event_files_hold_the_losses_decays_and_alphas(tmp_path, tex
 
 
 def wandb_history(run_dir) -> list[dict]:
-    """The history rows of an offline W&B run, read from its .wandb file: a ':W&B' header, then LevelDB-log
-    records (crc32, length, type; FULL/FIRST/MIDDLE/LAST) in 32 KiB blocks, each a wandb Record protobuf."""
-    from wandb.proto import wandb_internal_pb2 as pb
+    """The history rows of an offline W&B run, read from its .wandb file once W&B's own process has written
+    its exit record (wandb.finish hands the file to that process, which may still be writing)."""
+    import time
 
     (path,) = glob.glob(str(run_dir / "wandb" / "offline-run-*" / "run-*.wandb"))
-    data, pos, pending, rows = Path(path).read_bytes(), 7, b"", []
+    deadline = time.monotonic() + 30
+    while True:
+        kinds, rows = wandb_records(Path(path))
+        if "exit" in kinds or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.5)
+
+
+def wandb_records(path: Path) -> tuple[set[str], list[dict]]:
+    """The record kinds and the history rows of a .wandb file: a ':W&B' header, then LevelDB-log records
+    (crc32, length, type; FULL/FIRST/MIDDLE/LAST) in 32 KiB blocks, each a wandb Record protobuf."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data, pos, pending, rows, kinds = path.read_bytes(), 7, b"", [], set()
     assert data[:4] == b":W&B"
     while pos + 7 <= len(data):
         left = 32768 - pos % 32768
@@ -77,9 +90,10 @@ def wandb_history(run_dir) -> list[dict]:
             record = pb.Record()
             record.ParseFromString(pending)
             pending = b""
+            kinds.add(record.WhichOneof("record_type"))
             if record.WhichOneof("record_type") == "history":
                 rows.append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item})
-    return rows
+    return kinds, rows
 
 
 def test_wandb_offline_run_holds_them_too(tmp_path, text, monkeypatch):  # noqa: F811
@@ -148,3 +162,19 @@ def test_analyze_help_says_what_include_does_for_analyze():
     assert "decay-map" not in res.output and "instead of the" not in res.output
     res = CliRunner().invoke(app, ["decay-map", "--help"], env={"COLUMNS": "200"})
     assert "Tune the tensors whose name matches instead of the" in res.output
+
+
+def test_the_plain_line_shows_mfu_on_a_known_gpu():
+    """MFU = tokens/s x model FLOPs per token / the GPU's peak (its dense bf16 figure), from what `train` hands
+    the console at start; none on a CPU or an unknown GPU."""
+    from alphaspec.cli.train import Report
+
+    info = {"config": {"steps": 100, "model": "tiny", "optimizer": "adamw", "strategy": "uniform", "batch_size": 8,
+                       "seq_len": 128, "out": "r"}, "start_step": 0, "alphaspec": "x", "parameters": 1e6,
+            "device": "cuda:0", "world_size": 1, "precision": "bf16", "peak_flops": 989e12, "flops_per_token": 6e9}
+    report = Report(quiet=True, plain=True)
+    report.start(info)
+    pace = report.pace({"step": 10, "tokens_per_s": 50_000.0})
+    assert "MFU 30%" in pace  # 5e4 x 6e9 / 9.89e14 = 0.303
+    report.start(info | {"peak_flops": None, "flops_per_token": 6e9})
+    assert "MFU" not in report.pace({"step": 10, "tokens_per_s": 50_000.0})

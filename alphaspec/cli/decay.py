@@ -85,7 +85,11 @@ def decay_map(
     dmap.save(output)
     if not quiet:
         out.print(_decay_summary(dmap))
-        out.print(f"wrote {output} ({len(dmap.modules)} tuned tensors)", highlight=False)
+        untouched = [m["name"] for m in dmap.modules if dmap.paper_compat and m.get(dmap.metric) is None]
+        if untouched:
+            out.print(f"{len(untouched)} Linear(s) the release leaves untuned keep w: " + ", ".join(untouched[:3])
+                      + (" ..." if len(untouched) > 3 else ""), highlight=False)
+        out.print(f"wrote {output} ({len(dmap.modules) - len(untouched)} tuned tensors)", highlight=False)
         for note in dmap.notes:
             out.print(f"note: {note}", highlight=False)
 
@@ -93,7 +97,9 @@ def decay_map(
 def _decay_summary(dmap) -> Table:
     import pandas as pd
 
-    mods = pd.DataFrame(dmap.modules)
+    every = pd.DataFrame(dmap.modules)
+    untouched = every[every[dmap.metric].isna()] if dmap.paper_compat else every.iloc[:0]
+    mods = every.drop(index=untouched.index)  # the release's untouched Linears keep w: not among the tuned
     table = Table(title=f"{dmap.assign} decays from {dmap.metric} (base w = {dmap.weight_decay:g})", title_justify="left",
                   header_style="bold")
     for col in ("module", "count", f"mean {dmap.metric}", "mean decay", "mean / w"):
@@ -111,4 +117,5 @@ def _decay_summary(dmap) -> Table:
     table.add_row("parameter-weighted", "", "", f"{weighted:.3g}", ratio, style="bold")
     table.caption = ("mean / w above 1 means the map regularises more than uniform decay at w "
                      "(see --preserve-mean)") if dmap.preserve_mean == "none" else f"mean preserved: {dmap.preserve_mean}"
+
     return table

@@ -155,8 +155,8 @@ class Report:
         c = info["config"]
         self.steps = c["steps"]
         self.clock = self.last = (time.perf_counter(), info["start_step"])
-        if info.get("peak_flops"):
-            self.mfu_flops = info["flops_per_token"] / info["peak_flops"]
+        peak = info.get("peak_flops")
+        self.mfu_flops = info["flops_per_token"] / peak if peak else None
         self.bar.update(self.task, total=self.steps, completed=info["start_step"], status="first steps")
         if self.quiet:
             return

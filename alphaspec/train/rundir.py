@@ -235,6 +235,11 @@ def plan_start(rd: RunDir, resume: bool) -> str:
     return "fresh"
 
 
+def has_checkpoints(path: Path) -> bool:
+    """Whether PATH is a training run with a checkpoints folder (what `diff RUN` compares)."""
+    return (path / "checkpoints").is_dir()
+
+
 def checkpoints(run: Path) -> list[Path]:
     """RUN/checkpoints/step_N.pt, newest first."""
     found = [(int(m.group(1)), p) for p in (run / "checkpoints").glob("step_*.pt") if (m := CKPT.search(p.name))]
