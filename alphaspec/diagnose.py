@@ -51,7 +51,8 @@ def verdicts(table: pd.DataFrame, thresholds: Thresholds | None = None) -> pd.Se
 
     t = thresholds or Thresholds()
     alpha = table["alpha"].astype(float)
-    zero_share = table["n_zero"].astype(float) / table["n_eigs"].clip(lower=1).astype(float)
+    zero_share = (table["n_zero"].astype(float) / table["n_eigs"].clip(lower=1).astype(float)
+                  if {"n_zero", "n_eigs"} <= set(table.columns) else pd.Series(0.0, index=table.index))
     traps = table["traps"].fillna(0).astype(float) if "traps" in table else pd.Series(0.0, index=table.index)
     flags = pd.DataFrame({"over-trained": alpha < t.over_trained, "under-trained": alpha > t.under_trained,
                           "traps": traps > 0, "rank-collapse": zero_share > t.rank_loss, "no-tail": alpha.isna()},

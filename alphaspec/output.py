@@ -171,9 +171,22 @@ def read_results(path: Path) -> pd.DataFrame:
             if not isinstance(doc, dict) or not isinstance(doc.get("matrices"), list):
                 raise ValueError("a JSON object with a 'matrices' list was expected")
             table = pd.DataFrame(doc["matrices"])
+            table.attrs.update(_json_attrs(doc))
     except Exception as err:  # noqa: BLE001 - pandas, pyarrow and json each raise their own kinds
         raise ResultsError(f"{path}: not a results file written by alphaspec analyze ({first_line(err)})") from err
     return _checked(table, path)
+
+
+def _json_attrs(doc: dict) -> dict:
+    """What a JSON results file says besides its rows (source, settings, skipped tensors, notes), as the
+    table's attrs like `analyze` sets them; values of the wrong type are left out, never trusted as code."""
+    attrs = {k: doc[k] for k in ("source", "estimator", "device", "precision") if isinstance(doc.get(k), str)}
+    if isinstance(doc.get("notes"), list):
+        attrs["notes"] = [str(n) for n in doc["notes"]]
+    if isinstance(doc.get("skipped"), list):
+        attrs["skipped"] = [{"name": str(s.get("name", "")), "reason": str(s.get("reason", ""))}
+                            for s in doc["skipped"] if isinstance(s, dict)]
+    return attrs
 
 
 def _checked(table: pd.DataFrame, path: Path) -> pd.DataFrame:

@@ -1,0 +1,44 @@
+"""`alphaspec report`: one self-contained HTML page to open, read and share."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .common import Device, Estimator, EstimatorOption, Quiet, app, out
+
+EPILOG = """
+**Examples**
+
+    alphaspec report example:minilm -o minilm.html                 # a checkpoint, analysed now
+
+    alphaspec report r.json -o r.html                                # a results table (and r.npz beside it)
+
+    alphaspec report runs/uniform-* runs/alphadecay-* -o study.html  # training runs compared, with intervals
+
+    alphaspec report ./my-llama --decay-map wd.json -o llama.html    # with the decay map's figure and table
+"""
+
+
+@app.command(no_args_is_help=True, epilog=EPILOG)
+def report(
+    sources: Annotated[list[str] | None, typer.Argument(help="Checkpoints (anything analyze takes), results tables, "
+                                                        "or training run directories.")] = None,
+    output: Annotated[Path, typer.Option("-o", "--output", help="The page to write (.html).")] = Path("report.html"),
+    decay_map: Annotated[Path | None, typer.Option("--decay-map", help="Add a decay map's figure and table.")] = None,
+    estimator: EstimatorOption = Estimator.median,
+    device: Device = "auto",
+    quiet: Quiet = False,
+) -> None:
+    """One self-contained HTML page: provenance, the summary and verdicts, figures, every matrix (sortable,
+    filterable, each opening its spectrum); training runs and their comparison."""
+    from ..output import check_output, input_paths
+    from ..report import render, write
+
+    check_output(output, (".html", ".htm"), inputs=[p for s in sources or [] for p in input_paths(s)])
+    html = render(sources or [], decay_map=decay_map, estimator=estimator.value, device=device)
+    write(html, output)
+    if not quiet:
+        out.print(f"wrote {output} ({len(html.encode()) / 1e6:.1f} MB)", highlight=False)
