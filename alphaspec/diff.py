@@ -98,8 +98,8 @@ def _check_matched(first: Checkpoint, other: Checkpoint, names: Iterable[str]) -
 
 def top_right_subspace(w: torch.Tensor, k: int, seed: int) -> torch.Tensor:
     """An orthonormal basis (cols × k) of w's top-k right singular subspace, by a seeded range finder."""
-    gen = torch.Generator(device=w.device).manual_seed(seed)
-    omega = torch.randn(w.shape[1], k + OVERSAMPLE, generator=gen, dtype=w.dtype, device=w.device)
+    gen = torch.Generator().manual_seed(seed)  # on the CPU whatever the device: the same test vectors everywhere
+    omega = torch.randn(w.shape[1], k + OVERSAMPLE, generator=gen, dtype=w.dtype).to(w.device)
     y = torch.linalg.qr(w @ omega).Q
     for _ in range(2):  # power iterations: the top directions separate from the rest
         y = torch.linalg.qr(w @ torch.linalg.qr(w.mT @ y).Q).Q

@@ -51,8 +51,8 @@ def permuted(w: torch.Tensor, seeds: list[int]) -> torch.Tensor:
     """Each (rows, cols) matrix of a (B, rows, cols) batch with its entries in a seeded random order."""
     out = torch.empty_like(w)
     for i, seed in enumerate(seeds):
-        gen = torch.Generator(device=w.device).manual_seed(seed)
-        order = torch.randperm(w[i].numel(), generator=gen, device=w.device)
+        # drawn on the CPU whatever the device: the same permutation (and so the same numbers) on a GPU
+        order = torch.randperm(w[i].numel(), generator=torch.Generator().manual_seed(seed)).to(w.device)
         out[i] = w[i].reshape(-1)[order].reshape(w.shape[-2:])
     return out
 
@@ -100,9 +100,9 @@ def top_eigenvalue(w: torch.Tensor, seed: int) -> float:
     """The largest eigenvalue of WᵀW by block power iteration with a Rayleigh–Ritz step: a few matrix-vector
     products instead of a Gram matrix and a full solve. A lower bound that converges fast when a spike
     stands out (the case this checks for); without one it settles near the bulk's edge, below the threshold."""
-    gen = torch.Generator(device=w.device).manual_seed(seed)
     a = w.double()
-    v = torch.linalg.qr(torch.randn(a.shape[1], POWER_BLOCK, generator=gen, dtype=torch.float64, device=a.device)).Q
+    start = torch.randn(a.shape[1], POWER_BLOCK, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    v = torch.linalg.qr(start.to(a.device)).Q  # the start drawn on the CPU: the same on every device
     for _ in range(POWER_ITERATIONS):
         v = torch.linalg.qr(a.mT @ (a @ v)).Q
     av = a @ v

@@ -134,7 +134,7 @@ def test_help_reads_like_click_at_any_width(columns):
 
     from alphaspec.cli import app
 
-    for command in ("analyze", "plot", "decay-map", "train", "compare"):
+    for command in ("analyze", "diff", "plot", "report", "decay-map", "train", "compare"):
         text = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": str(columns)}).output
         for placeholder in ("<bool>", "<str>", "<int", "<float", "<path>", "<list", "{source}", "range>"):
             assert placeholder not in text, (command, placeholder)

@@ -217,3 +217,47 @@ def test_quantised_gguf_analysed_on_the_gpu_equals_the_cpu(tmp_path):
         assert gpu.table["alpha"].tolist() == pytest.approx(cpu.table["alpha"].tolist(), rel=1e-9)
         for name, eigs in cpu.spectra.items():
             np.testing.assert_allclose(gpu.spectra[name], eigs, rtol=1e-9, atol=1e-12 * eigs.max())
+
+
+def test_diagnoses_on_the_gpu_equal_the_cpus(tmp_path):
+    """The MP columns, --randomize (permutations drawn on the CPU, so the same on every device) and the traps
+    with their entries: CUDA and CPU agree."""
+    tensors = synth.llama(layers=2, dtype=torch.float32)
+    w = tensors["model.layers.1.mlp.up_proj.weight"].clone()
+    w[3, 7], w[10, 2] = 40 * w.abs().max(), -35 * w.abs().max()  # planted trap entries
+    tensors["model.layers.1.mlp.up_proj.weight"] = w
+    folder = synth.write(tmp_path, tensors, synth.LLAMA_CONFIG)
+    cpu = analyze_checkpoint(folder, device="cpu", randomize=True).table
+    gpu = analyze_checkpoint(folder, device="cuda", randomize=True).table
+    for col in ("sigma_mp", "bulk_max", "mp_softrank", "rand_lambda_max", "rand_distance"):
+        assert gpu[col].tolist() == pytest.approx(cpu[col].tolist(), rel=1e-9, nan_ok=True), col
+    for col in ("num_spikes", "traps", "trap_entries", "trap_where", "warning"):
+        assert gpu[col].tolist() == cpu[col].tolist(), col
+
+
+def test_a_model_on_the_gpu_is_analysed_where_it_is(tmp_path):
+    """analyze(model) for a CUDA model: solved on its device (auto), the same rows as on the CPU."""
+    import alphaspec
+
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2))
+    cpu = alphaspec.analyze(model)
+    gpu = alphaspec.analyze(model.cuda())
+    assert gpu.attrs["device"].startswith("cuda") and list(gpu["name"]) == list(cpu["name"])
+    assert gpu["alpha"].tolist() == pytest.approx(cpu["alpha"].tolist(), rel=1e-9)
+
+
+def test_diff_on_the_gpu_equals_the_cpu(tmp_path):
+    from alphaspec.diff import diff_checkpoints
+
+    a = synth.write(tmp_path / "a", synth.llama(layers=2, dtype=torch.float32), synth.LLAMA_CONFIG)
+    changed = synth.llama(layers=2, dtype=torch.float32)
+    changed["model.layers.0.mlp.up_proj.weight"] = changed["model.layers.0.mlp.up_proj.weight"] * 1.3
+    b = synth.write(tmp_path / "b", changed, synth.LLAMA_CONFIG)
+    cpu = diff_checkpoints([a, b], device="cpu").table
+    gpu = diff_checkpoints([a, b], device="cuda").table
+    for col in ("rel_change", "subspace_overlap", "delta_alpha"):
+        assert gpu[col].tolist() == pytest.approx(cpu[col].tolist(), rel=1e-7, abs=1e-9, nan_ok=True), col

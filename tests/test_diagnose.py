@@ -168,3 +168,23 @@ def test_the_esd_figure_overlays_the_mp_law_and_the_permuted_spectrum(tmp_path):
     fig = esd_figure(name, result.spectra[name], "median", (row["sigma_mp"], 768, 256), result.spectra[name + "#randomized"])
     labels = [line.get_label() for line in fig.axes[0].get_lines()]
     assert "entries permuted" in labels and any(label.startswith("Marchenko–Pastur, σ = 0.5") for label in labels)
+
+
+def test_permutations_and_random_starts_are_drawn_on_the_cpu(monkeypatch):
+    """So a GPU gives the same permuted matrices (and numbers) as the CPU: no generator on the device is made."""
+    import alphaspec.diff as diff
+    import alphaspec.randomize as randomize
+
+    made = []
+    real = torch.Generator
+
+    def spy(*args, **kwargs):
+        made.append(kwargs.get("device", args[0] if args else "cpu"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "Generator", spy)
+    w = torch.randn(1, 40, 30, dtype=torch.float64)
+    randomize.permuted(w, [1])
+    randomize.top_eigenvalue(w[0], 1)
+    diff.top_right_subspace(w[0], 3, 1)
+    assert made and all(str(d) == "cpu" for d in made)
