@@ -189,20 +189,12 @@ class DecayMap:
         biases = {p: p.removesuffix("weight") + "bias" for p in resolved if p.endswith(".weight")} \
             if self.paper_compat else {}
         biases = {w: b for w, b in biases.items() if b in params}  # the release decays a module's bias with it
-        groups = [{"params": [params[p]] + ([params[biases[p]]] if p in biases else []), "weight_decay": wd,
-                   "name": p, **optimizer_kwargs} for p, wd in resolved.items()]
+        from .maps.groups import rest_groups, tuned_groups
+
         taken = set(resolved) | set(biases.values())
-        rest, no_decay = [], []
-        for name, p in params.items():
-            if name in taken:
-                continue
-            (no_decay if self.default_policy == "matrices" and is_no_decay(name, p) else rest).append(p)
-        if rest:
-            groups.append({"params": rest, "weight_decay": self.default_weight_decay, "name": "untuned",
-                           **optimizer_kwargs})
-        if no_decay:
-            groups.append({"params": no_decay, "weight_decay": 0.0, "name": "no_decay", **optimizer_kwargs})
-        return groups
+        return [*tuned_groups(params, resolved, riders=biases, **optimizer_kwargs),
+                *rest_groups(params, taken, self.default_weight_decay,
+                             no_decay=is_no_decay if self.default_policy == "matrices" else None, **optimizer_kwargs)]
 
 
 def _number(value, field: str) -> float:

@@ -119,3 +119,18 @@ def _describe(err: BaseException) -> tuple[str, int]:
     if isinstance(err, AlphaspecError):
         return str(err), err.exit_code
     return first_line(err, with_type=True), 1
+
+
+def full_tensor(p: torch.Tensor) -> torch.Tensor:
+    """The whole matrix of a parameter, gathering FSDP2/DTensor shards (a collective: every rank calls it)."""
+    return p.full_tensor() if hasattr(p, "full_tensor") else p
+
+
+def share_of_work(tuned: dict[str, torch.Tensor], rank: int, world: int) -> list[str]:
+    """This rank's matrices: a greedy split balancing the solve cost (Gram + eigensolver) over ranks.
+
+    Deterministic from names and shapes alone, so every rank computes the same partition.
+    """
+    costs = {name: (t.numel() // (t.shape[-2] * t.shape[-1])) * solve_cost(t.shape[-2], t.shape[-1])
+             for name, t in tuned.items()}  # stacked experts count once each
+    return split_by_cost(costs, world)[rank]

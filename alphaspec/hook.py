@@ -26,83 +26,12 @@ from .analysis import analyze_tensors, ordered_table, records
 from .choices import ALPHADECAY_WARMUPS
 from .decay import DecayMapError, build_decay_map, is_tuned_candidate
 from .decayspec import DecaySpec, decay_spec
-from .distributed import process_group, solve_cost, split_by_cost
+from .distributed import full_tensor, process_group, share_of_work  # noqa: F401 - also their old import path
 from .errors import AlphaspecError, first_line
+from .maps.groups import merge_param_groups, split_param_groups  # noqa: F401 - also their old import path
 from .memory import model_config
 
 log = logging.getLogger("alphaspec")
-
-
-def full_tensor(p: torch.Tensor) -> torch.Tensor:
-    """The whole matrix of a parameter, gathering FSDP2/DTensor shards (a collective: every rank calls it)."""
-    return p.full_tensor() if hasattr(p, "full_tensor") else p
-
-
-def share_of_work(tuned: dict[str, torch.Tensor], rank: int, world: int) -> list[str]:
-    """This rank's matrices: a greedy split balancing the solve cost (Gram + eigensolver) over ranks.
-
-    Deterministic from names and shapes alone, so every rank computes the same partition.
-    """
-    costs = {name: (t.numel() // (t.shape[-2] * t.shape[-1])) * solve_cost(t.shape[-2], t.shape[-1])
-             for name, t in tuned.items()}  # stacked experts count once each
-    return split_by_cost(costs, world)[rank]
-
-
-def split_param_groups(optimizer: torch.optim.Optimizer, tuned: dict[str, torch.nn.Parameter],
-                       scheduler=None) -> dict[str, dict]:
-    """Give every tuned parameter its own param group (same hyperparameters as the group it came from).
-
-    Per-group lists of the scheduler (base_lrs, lr_lambdas, _last_lr, ...) are remapped to match.
-    """
-    names = {id(p): n for n, p in tuned.items()}
-    found = {id(p) for g in optimizer.param_groups for p in g["params"]}
-    absent = [n for n, p in tuned.items() if id(p) not in found]
-    if absent:
-        raise DecayMapError(f"{len(absent)} tuned parameter(s) are not in the optimizer, e.g. {absent[0]}")
-    new, origin, by_name = [], [], {}
-    for gi, group in enumerate(optimizer.param_groups):
-        hyper = {k: v for k, v in group.items() if k != "params"}
-        rest = [p for p in group["params"] if id(p) not in names]
-        if rest:
-            new.append({**hyper, "params": rest})
-            origin.append(gi)
-        for p in group["params"]:
-            if id(p) in names:
-                g = {**hyper, "params": [p], "name": names[id(p)]}
-                new.append(g)
-                origin.append(gi)
-                by_name[names[id(p)]] = g
-    old_count = len(optimizer.param_groups)
-    optimizer.param_groups[:] = new
-    sched = getattr(scheduler, "scheduler", scheduler)  # accelerate wraps schedulers
-    if sched is not None:
-        for key, value in vars(sched).items():
-            if isinstance(value, list) and len(value) == old_count:
-                setattr(sched, key, [value[i] for i in origin])
-    return by_name
-
-
-def merge_param_groups(optimizer: torch.optim.Optimizer, originals: list[dict], scheduler=None) -> None:
-    """Undo `split_param_groups`: the original groups again (their params in their order, their own
-    weight decay, the current values of the other hyperparameters), and the scheduler's lists to match.
-
-    An optimizer saved like this loads into one built the ordinary way (a Trainer resuming, say).
-    """
-    origin_of = {id(p): gi for gi, g in enumerate(originals) for p in g["params"]}
-    first: dict[int, int] = {}
-    for i, group in enumerate(optimizer.param_groups):
-        first.setdefault(origin_of[id(group["params"][0])], i)
-    merged = []
-    for gi, original in enumerate(originals):
-        now = {k: v for k, v in optimizer.param_groups[first[gi]].items() if k not in ("params", "name", "weight_decay")}
-        merged.append({**original, **now, "params": original["params"]})
-    new_count = len(optimizer.param_groups)
-    optimizer.param_groups[:] = merged
-    sched = getattr(scheduler, "scheduler", scheduler)
-    if sched is not None:
-        for key, value in vars(sched).items():
-            if isinstance(value, list) and len(value) == new_count:
-                setattr(sched, key, [value[first[gi]] for gi in range(len(originals))])
 
 
 class AlphaDecay:

@@ -36,3 +36,24 @@ def test_compare_and_the_trainer_do_not_import_each_other():
 
     assert not any("loop" in m or m.endswith("train") for m in imports(ROOT / "alphaspec" / "compare.py"))
     assert not any("compare" in m for p in (ROOT / "alphaspec" / "train").glob("*.py") for m in imports(p))
+
+
+def test_parameter_groups_are_built_in_one_module():
+    """Decay maps, the trainer's strategies and the hook all build optimizer groups through maps/groups.py:
+    no other module writes a dict with both parameters and a decay or learning rate (a map entry's `params`
+    is a count, int(...), not a list of tensors)."""
+    import ast
+
+    owner = ROOT / "alphaspec" / "maps" / "groups.py"
+    offenders = []
+    for path in (ROOT / "alphaspec").rglob("*.py"):
+        if path == owner:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.Dict):
+                continue
+            keys = {k.value: v for k, v in zip(node.keys, node.values, strict=True) if isinstance(k, ast.Constant)}
+            counted = isinstance(keys.get("params"), ast.Call) and getattr(keys["params"].func, "id", "") == "int"
+            if "params" in keys and ({"weight_decay", "lr"} & set(keys)) and not counted:
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert offenders == []

@@ -19,9 +19,8 @@ import torch.nn.functional as F
 
 from .._version import __version__
 from ..decay import DecayMap, is_tuned_candidate
-from ..distributed import launched
+from ..distributed import full_tensor, launched
 from ..errors import AlphaspecError
-from ..hook import full_tensor
 from . import data as datamod
 from . import parallel
 from .config import ConfigError, TrainConfig, default_gap, resumed_config

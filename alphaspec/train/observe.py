@@ -7,7 +7,7 @@ import torch
 
 from ..analysis import analyze_tensors, records
 from ..decay import is_tuned_candidate
-from ..hook import full_tensor
+from ..distributed import full_tensor
 from ..modules import layer_index, module_type
 from .model import MULTIPLIER_NAMES, Linear
 from .rundir import ALPHA_COLUMNS

@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 
 from ..decay import DecayMap, DecayMapError, assign_decays, is_no_decay, is_tuned_candidate, match_names
-from ..hook import AlphaDecay, split_param_groups
+from ..hook import AlphaDecay
+from ..maps.groups import one_group, rest_groups, split_param_groups, tuned_groups
 from ..modules import layer_index, module_type
 from .config import default_gap
 from .model import is_multiplier
@@ -34,31 +35,18 @@ class Strategy:
     def param_groups(self, model: torch.nn.Module) -> list[dict]:
         params = dict(model.named_parameters())
         tuned = {n: p for n, p in params.items() if is_tuned_candidate(n, p)}
-        groups = [{"params": list(tuned.values()), "weight_decay": self.w, "name": "matrices"}]
         self._log(0, {n: self.w for n in tuned}, dict.fromkeys(tuned, math.nan))
-        return groups + self.other_groups(params, set(tuned))
+        return [one_group(list(tuned.values()), self.w, "matrices"), *self.other_groups(params, set(tuned))]
 
     def other_groups(self, params: dict[str, torch.nn.Parameter], taken: set[str], policy: str | None = None,
                      w_other: float | None = None) -> list[dict]:
         """Groups for the untuned parameters (policy `--default-decay`) and the learnable multipliers."""
         policy = policy or self.cfg.decay.default_decay
-        decayed, no_decay, mults = [], [], []
-        for n, p in params.items():
-            if n in taken:
-                continue
-            if is_multiplier(n):
-                mults.append(p)
-            elif policy == "matrices" and is_no_decay(n, p):
-                no_decay.append(p)
-            else:
-                decayed.append(p)
         if w_other is None:
             w_other = self.w if policy in ("all", "matrices") else float(policy)
-        groups = [{"params": decayed, "weight_decay": w_other, "name": "untuned"},
-                  {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"},
-                  {"params": mults, "weight_decay": self.cfg.decay.lrm_decay, "name": "multipliers",
-                   "lr": self.cfg.optimizer.lr * self.cfg.decay.lrm_lr_mult}]
-        return [g for g in groups if g["params"]]
+        multipliers = {"weight_decay": self.cfg.decay.lrm_decay, "lr": self.cfg.optimizer.lr * self.cfg.decay.lrm_lr_mult}
+        return rest_groups(params, taken, w_other, no_decay=is_no_decay if policy == "matrices" else None,
+                           multiplier=is_multiplier, multiplier_settings=multipliers)
 
     # -- hooks around the optimizer step ------------------------------------------------------------------------
     def setup(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler) -> None:
@@ -104,8 +92,8 @@ class StaticMap(Strategy):
             raise DecayMapError(f"{self.cfg.decay.decay_map}: {e}") from e
         metric = match_names({m["name"]: m.get(dmap.metric, math.nan) for m in dmap.modules}, matrices, model)
         self._log(0, resolved, metric)
-        groups = [{"params": [params[n]], "weight_decay": wd, "name": n} for n, wd in resolved.items()]
-        return groups + self.other_groups(params, set(resolved), dmap.default_policy, dmap.default_weight_decay)
+        return [*tuned_groups(params, resolved),
+                *self.other_groups(params, set(resolved), dmap.default_policy, dmap.default_weight_decay)]
 
 
 class Refreshed(Strategy):
