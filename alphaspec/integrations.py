@@ -32,9 +32,26 @@ class AlphaDecayCallback(TrainerCallback, ExportableState):
     `trainer.train(resume_from_checkpoint=...)` loads it and the hook continues where it stopped.
     Logs: every log line gains the latest mean alpha and decay per module type
     (`alphadecay/alpha/att.q`, `alphadecay/weight_decay/mlp.up`, ...), in `state.log_history` and for
-    the callbacks after this one; list the reporting callbacks after it to send them to TensorBoard or
-    W&B (docs/decay.md).
+    the callbacks after this one. The Trainer runs its `report_to` callbacks before those it is given,
+    so add this one with `AlphaDecayCallback.attach(trainer, ...)`, which puts it ahead of them through
+    the Trainer's own add/remove_callback, and every `report_to` backend receives the values.
     """
+
+    @classmethod
+    def attach(cls, trainer, **alphadecay_kwargs) -> AlphaDecayCallback:
+        """Add a new callback to `trainer` ahead of its reporting callbacks (TensorBoard, W&B, MLflow, ...),
+        after the Trainer's own flow callback, so that what it adds to each log line reaches them."""
+        from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+        reporting = tuple(INTEGRATION_TO_CALLBACK.values())
+        reporters = [c for c in trainer.callback_handler.callbacks if isinstance(c, reporting)]
+        for reporter in reporters:
+            trainer.remove_callback(reporter)
+        callback = cls(**alphadecay_kwargs)
+        trainer.add_callback(callback)
+        for reporter in reporters:
+            trainer.add_callback(reporter)
+        return callback
 
     def __init__(self, **alphadecay_kwargs):
         spec = alphadecay_kwargs.pop("spec", None)

@@ -115,3 +115,25 @@ def test_tensorboard_receives_them_when_its_callback_follows(tmp_path):
     last = events.Scalars("train/alphadecay/alpha/att.q")[-1]
     assert last.step == STEPS
     assert last.value == pytest.approx(by_step(trainer.state.log_history)[STEPS]["alphadecay/alpha/att.q"], rel=1e-6)
+
+
+def test_attach_puts_it_ahead_of_the_report_to_callbacks(tmp_path):
+    """With report_to=["tensorboard"] the Trainer's own TensorBoardCallback runs before the callbacks it is
+    given; attach() reorders through add/remove_callback, so the event files hold alphadecay's scalars."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "run"), max_steps=4, per_device_train_batch_size=8, learning_rate=3e-3,
+        weight_decay=0.1, logging_steps=1, save_strategy="no", report_to=["tensorboard"], use_cpu=True,
+        disable_tqdm=True)
+    trainer = transformers.Trainer(model=tiny_llama(0), args=args, train_dataset=Tokens())
+    callback = AlphaDecayCallback.attach(trainer, gap=2, overlap=False)
+    names = [type(c).__name__ for c in trainer.callback_handler.callbacks]
+    assert names.index("DefaultFlowCallback") < names.index("AlphaDecayCallback") < names.index("TensorBoardCallback")
+    trainer.train()
+    logdir = next(p.parent for p in (tmp_path / "run").rglob("events.out.tfevents.*"))
+    events = EventAccumulator(str(logdir))
+    events.Reload()
+    assert "train/alphadecay/alpha/att.q" in events.Tags()["scalars"]
+    assert events.Scalars("train/alphadecay/refreshes")[-1].value == callback.hook.refreshes
