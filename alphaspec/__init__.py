@@ -13,7 +13,7 @@ from ._version import __version__
 _WHERE = {
     "Analysis": "analysis", "analyze": "analysis", "analyze_checkpoint": "analysis",
     "SourceError": "checkpoint", "open_checkpoint": "checkpoint",
-    "DecayMap": "decay", "DecayMapError": "decay", "DecaySpec": "decayspec", "assign_decays": "decay", "build_decay_map": "decay",
+    "DecayMap": "decay", "DecayMapError": "decay", "DecaySpec": "maps.spec", "assign_decays": "decay", "build_decay_map": "decay",
     "eigenvalues": "esd",
     "ESTIMATORS": "powerlaw", "PowerLawFit": "powerlaw", "fit": "powerlaw",
     "AlphaDecay": "hook",
@@ -28,10 +28,10 @@ if TYPE_CHECKING:
     from .analysis import Analysis, analyze, analyze_checkpoint
     from .checkpoint import SourceError, open_checkpoint
     from .decay import DecayMap, DecayMapError, assign_decays, build_decay_map
-    from .decayspec import DecaySpec
     from .errors import AlphaspecError
     from .esd import eigenvalues
     from .hook import AlphaDecay
+    from .maps.spec import DecaySpec
     from .powerlaw import ESTIMATORS, PowerLawFit, fit
 
 

@@ -19,9 +19,9 @@ import numpy as np
 import pandas as pd
 
 from ._version import __version__
-from .choices import ASSIGN, PRESERVE
-from .decayspec import DecayMapError, DecaySpec, decay_spec
+from .choices import ASSIGN, DEFAULT_POLICIES, PRESERVE
 from .errors import AlphaspecError, UsageError, check_input_file, os_reason, parse_json
+from .maps.spec import DecayMapError, DecaySpec, choice_problem, decay_spec
 from .modules import BLOCK_MODULES, FUSED_MODULES, block_place, layer_index, module_type
 from .output import atomic_write
 from .paper import paper_assign, paper_candidates, paper_metric
@@ -387,8 +387,8 @@ def shape_share(rows: pd.DataFrame, metric: str) -> float | None:
 
 def _finish(table, modules, weight_decay, spec: DecaySpec, default, source) -> DecayMap:
     if isinstance(default, str):
-        if default not in ("all", "matrices"):
-            raise DecayMapError(f"unknown default decay policy {default!r}; use all, matrices or a number")
+        if problem := choice_problem("default decay policy", default, DEFAULT_POLICIES):
+            raise DecayMapError(f"{problem}, or a number")
         policy, default_wd = default, float(weight_decay)
     else:
         policy, default_wd = "value", float(default)

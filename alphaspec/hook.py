@@ -25,10 +25,10 @@ import torch.distributed as dist
 from .analysis import analyze_tensors, ordered_table, records
 from .choices import ALPHADECAY_WARMUPS
 from .decay import DecayMapError, build_decay_map, is_tuned_candidate
-from .decayspec import DecaySpec, decay_spec
 from .distributed import full_tensor, process_group, share_of_work  # noqa: F401 - also their old import path
 from .errors import AlphaspecError, first_line
 from .maps.groups import merge_param_groups, split_param_groups  # noqa: F401 - also their old import path
+from .maps.spec import DecaySpec, decay_spec
 from .memory import model_config
 
 log = logging.getLogger("alphaspec")

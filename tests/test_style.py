@@ -57,3 +57,12 @@ def test_parameter_groups_are_built_in_one_module():
             if "params" in keys and ({"weight_decay", "lr"} & set(keys)) and not counted:
                 offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert offenders == []
+
+
+def test_ratios_and_policies_are_checked_in_one_place():
+    """maps/spec.py holds the validators of --ratio and --default-decay; the CLI and TrainConfig ask it."""
+    messages = ("0 <= S1 < S2", "use all, matrices or a number", "a decay must be a finite number >= 0")
+    owner = ROOT / "alphaspec" / "maps" / "spec.py"
+    offenders = [f"{path.relative_to(ROOT)}: {m}" for path in (ROOT / "alphaspec").rglob("*.py") if path != owner
+                 for m in messages if m in path.read_text(encoding="utf-8")]
+    assert offenders == []

@@ -77,7 +77,7 @@ def test_options_by_name_and_by_section():
 
 
 def test_the_decay_section_gives_the_strategy_its_decay_spec():
-    from alphaspec.decayspec import DecaySpec
+    from alphaspec.maps.spec import DecaySpec
 
     assert TrainConfig().decay.spec() == DecaySpec()  # the trainer's defaults are the decay-map defaults
     spec = TrainConfig.of(ratio=(0.5, 2.0), metric="spectral_norm", estimator="gof").decay.spec(assign="sigmoid")

@@ -263,23 +263,21 @@ def finite(value):
 
 
 def ratio_pair(value: tuple[float, float]) -> tuple[float, float]:
-    """Typer callback for --ratio S1 S2: finite, with 0 <= S1 < S2."""
+    """Typer callback for --ratio S1 S2, checked by the spec's own validator."""
+    from ..maps.spec import ratio_problem
+
     s1, s2 = finite(value)
-    if not 0 <= s1 < s2:
-        raise typer.BadParameter(f"{s1:g} {s2:g}: need 0 <= S1 < S2")
+    if problem := ratio_problem((s1, s2)):
+        raise typer.BadParameter(f"{s1:g} {s2:g}: {problem}")
     return value
 
 
 def decay_policy(value: str) -> str:
-    """Typer callback for --default-decay: all, matrices, or a finite number >= 0."""
-    if value in ("all", "matrices"):
-        return value
-    try:
-        number = float(value)
-    except ValueError:
-        raise typer.BadParameter(f"{value!r}: use all, matrices or a number") from None
-    if not math.isfinite(number) or number < 0:
-        raise typer.BadParameter(f"{value!r}: a decay must be a finite number >= 0")
+    """Typer callback for --default-decay (all, matrices, or a finite number >= 0), by the spec's validator."""
+    from ..maps.spec import policy_problem
+
+    if problem := policy_problem(value):
+        raise typer.BadParameter(f"{value!r}: {problem}")
     return value
 
 

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from ..choices import ASSIGN, DECAY_METRICS, PRESERVE
-from ..decayspec import DecaySpec
+from ..maps.spec import DecaySpec
 from .common import (
     Device,
     EstimatorOption,

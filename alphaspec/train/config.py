@@ -24,7 +24,6 @@ from ..choices import (
     ALPHADECAY_WARMUPS,
     ASSIGN,
     DECAY_METRICS,
-    DEFAULT_POLICIES,
     ESTIMATORS,
     MODELS,
     MULTIPLIERS,
@@ -37,8 +36,8 @@ from ..choices import (
     SHARDINGS,
     STRATEGIES,
 )
-from ..decayspec import DecaySpec
 from ..errors import AlphaspecError
+from ..maps.spec import DecaySpec, policy_problem, ratio_problem
 
 
 class ConfigError(AlphaspecError, ValueError):
@@ -296,16 +295,10 @@ class TrainConfig:
                               "(L2 decay goes through the gradient)")
         if d.decay_map and d.strategy not in (None, "alphadecay"):
             raise ConfigError(f"--decay-map is AlphaDecay's static map; it cannot be used with strategy {d.strategy!r}")
-        s1, s2 = d.ratio
-        if not (math.isfinite(s1) and math.isfinite(s2) and 0 <= s1 < s2):
-            raise ConfigError(f"--ratio {s1} {s2}: need finite numbers with 0 <= S1 < S2")
-        if d.default_decay not in DEFAULT_POLICIES:
-            try:
-                number = float(d.default_decay)
-            except ValueError:
-                raise ConfigError(f"--default-decay {d.default_decay!r}: use all, matrices or a number") from None
-            if not math.isfinite(number) or number < 0:
-                raise ConfigError(f"--default-decay {d.default_decay!r}: a decay must be a finite number >= 0")
+        if problem := ratio_problem(tuple(d.ratio)):
+            raise ConfigError(f"--ratio {d.ratio[0]} {d.ratio[1]}: {problem}")
+        if problem := policy_problem(d.default_decay):
+            raise ConfigError(f"--default-decay {d.default_decay!r}: {problem}")
 
     def settled(self) -> TrainConfig:
         """A copy with the defaults that depend on other settings filled in (the strategy a decay map implies,
