@@ -5,6 +5,7 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -277,3 +278,41 @@ def test_old_import_paths_keep_working():
     assert decayspec.DecaySpec is spec.DecaySpec and decayspec.DecayMapError is spec.DecayMapError
     assert hook.split_param_groups is groups.split_param_groups and hook.merge_param_groups is groups.merge_param_groups
     assert hook.full_tensor is distributed.full_tensor and hook.share_of_work is distributed.share_of_work
+
+
+def same_json(got, want, where="") -> None:
+    """Equal documents: the same keys in the same order, the same strings, numbers to 1e-12 (a float64 solve on
+    another CPU may differ in its last bit; on one machine the files were byte-identical)."""
+    assert type(got) is type(want) or {type(got), type(want)} <= {int, float}, where
+    if isinstance(want, dict):
+        assert list(got) == list(want), where
+        for key in want:
+            same_json(got[key], want[key], f"{where}.{key}")
+    elif isinstance(want, list):
+        assert len(got) == len(want), where
+        for i, (g, w) in enumerate(zip(got, want, strict=True)):
+            same_json(g, w, f"{where}[{i}]")
+    elif isinstance(want, float):
+        assert got == pytest.approx(want, rel=1e-12, abs=1e-15), where
+    else:
+        assert got == want, where
+
+
+@pytest.mark.parametrize("name", ["minilm-default", "minilm-params", "moe-default", "moe-modules"])
+def test_decay_maps_are_what_they_were_before_the_maps_redesign(tmp_path, name):
+    """Golden maps written by the code before maps/ existed (MiniLM and a Mixtral-style MoE, default and other
+    options): the redesigned code writes the same documents."""
+    from alphaspec import analyze
+
+    if name.startswith("minilm"):
+        table, source = analyze("example:minilm", device="cpu"), "example:minilm"
+    else:
+        tensors = {k: v.float() for k, v in synth.mixtral(layers=2, experts=3).items()}
+        table = analyze(synth.write(tmp_path / "moe", tensors, synth.LLAMA_CONFIG | {"model_type": "mixtral"}),
+                        device="cpu")
+        source = "moe"
+    options = {"minilm-params": {"preserve_mean": "params", "assign": "sqrt"},
+               "moe-modules": {"ratio": (0.6666, 5.0), "preserve_mean": "modules"}}.get(name, {})
+    build_decay_map(table, 0.1, source=source, **options).save(tmp_path / "wd.json")
+    golden = Path(__file__).parent / "data" / "golden" / f"{name}.json"
+    same_json(json.loads((tmp_path / "wd.json").read_text()), json.loads(golden.read_text()))

@@ -8,9 +8,14 @@ parameter and merging them back (for a checkpoint an optimizer built the ordinar
 
 from __future__ import annotations
 
+import re
+
+import numpy as np
 import torch
 
 from ..errors import AlphaspecError
+from ..modules import BLOCK_MODULES, FUSED_MODULES, block_place, layer_index, module_type
+from .spec import DecayMapError
 
 GROUP_NAMES = ("untuned", "no_decay", "multipliers", "matrices")  # the groups that are not one tuned parameter
 
@@ -112,3 +117,73 @@ def merge_param_groups(optimizer: torch.optim.Optimizer, originals: list[dict], 
                 setattr(sched, key, [value[first[gi]] for gi in range(len(originals))])
 
 
+# -- which parameters a map's names are, and which parameters are tuned or left undecayed ---------------
+
+
+def is_no_decay(name: str, p: torch.Tensor) -> bool:
+    """1-D parameters (norm gains, biases) and embeddings: the usual no-decay set."""
+    return p.ndim < 2 or module_type(name) == "embed"
+
+
+def is_tuned_candidate(name: str, p: torch.Tensor) -> bool:
+    """A matrix inside a transformer block: what AlphaDecay tunes by default."""
+    return p.ndim >= 2 and layer_index(name) is not None and module_type(name) in (*BLOCK_MODULES, *FUSED_MODULES)
+
+
+_EXPERT_PART = re.compile(r"\.experts\.\d+\.(gate_proj|up_proj|w1|w3|down_proj|w2)\.weight$")
+_FUSED_OF = {"gate_proj": "gate_up_proj", "up_proj": "gate_up_proj", "w1": "gate_up_proj", "w3": "gate_up_proj",
+             "down_proj": "down_proj", "w2": "down_proj"}
+
+
+def fused_expert_param(name: str, params: dict[str, torch.Tensor]) -> str | None:
+    """The fused parameter that holds a per-expert checkpoint tensor in a transformers-5 model: a map made
+    from the checkpoint names `...experts.3.gate_proj.weight` (or Mixtral's `w1`), the model built from it
+    holds `...experts.gate_up_proj` [experts, 2 x ff, hidden]; same for down_proj (`w2`). None if the
+    model has no such parameter in that layer."""
+    match = _EXPERT_PART.search(name)
+    if not match:
+        return None
+    want, layer = f"experts.{_FUSED_OF[match.group(1)]}", layer_index(name)
+    hits = [p for p, t in params.items() if p.endswith(want) and t.ndim == 3 and layer_index(p) == layer]
+    return hits[0] if len(hits) == 1 else None
+
+
+def match_names(decays: dict[str, float], params: dict[str, torch.Tensor], model=None,
+                sizes: dict[str, int] | None = None) -> dict[str, float]:
+    """Map decay-map names onto parameter names; raise listing missing and unexpected names.
+
+    Per-expert names of a map made from a checkpoint apply to the fused expert tensors of a
+    transformers-5 model (see fused_expert_param), weighted by `sizes` (parameters per map entry)."""
+    by_suffix: dict[str, list[str]] = {}
+    for pname in params:
+        parts = pname.split(".")
+        for i in range(len(parts)):
+            by_suffix.setdefault(".".join(parts[i:]), []).append(pname)
+    by_place: dict[tuple, list[str]] = {}
+    for pname in params:
+        by_place.setdefault(block_place(pname), []).append(pname)
+    resolved, missing, experts = {}, [], {}
+    for name, wd in decays.items():
+        hits = [name] if name in params else by_suffix.get(name, [])
+        if not hits and block_place(name)[1] is not None:  # renamed prefix (transformers 5: language_model.model.
+            hits = by_place.get(block_place(name), [])  # -> model.language_model.): the same block, same path
+        if len(hits) == 1:
+            resolved[hits[0]] = wd
+        elif not hits and (fused := fused_expert_param(name, params)) is not None:
+            experts.setdefault(fused, []).append((wd, (sizes or {}).get(name, 1)))
+        else:
+            missing.append(name if not hits else f"{name} (ambiguous: {', '.join(hits[:3])})")
+    for fused, parts in experts.items():  # one decay per fused tensor: the parameter-weighted mean of its experts'
+        weights = [size for _, size in parts]
+        resolved[fused] = float(np.average([wd for wd, _ in parts], weights=weights))
+    unexpected = [p for p, t in params.items() if p not in resolved and is_tuned_candidate(p, t)]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} name(s) of the map not in the model: {', '.join(missing[:6])}"
+                         + (" ..." if len(missing) > 6 else ""))
+        if unexpected:
+            parts.append(f"{len(unexpected)} block matrice(s) of the model not in the map: {', '.join(unexpected[:6])}"
+                         + (" ..." if len(unexpected) > 6 else ""))
+        raise DecayMapError("the decay map does not match this model: " + "; ".join(parts))
+    return resolved

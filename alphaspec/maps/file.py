@@ -1,0 +1,155 @@
+"""The decay-map file: what a map holds, its JSON schema, reading it back checked (pandas/JSON only, no torch).
+
+`DecayMap.param_groups` applies a map to a model through maps/groups.py (imported when called).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .._version import __version__
+from ..errors import AlphaspecError, check_input_file, os_reason, parse_json
+from ..output import atomic_write
+from .spec import DecayMapError, DecaySpec
+
+if TYPE_CHECKING:
+    import torch
+
+SCHEMA = "alphaspec.decay-map/1"
+POLICIES = ("all", "matrices", "value")
+DEFAULT_RATIO = DecaySpec.ratio
+
+
+@dataclass
+class DecayMap:
+    """Module-wise weight decays for named parameters, plus the decay of every other parameter."""
+
+    modules: list[dict]
+    weight_decay: float
+    ratio: tuple[float, float] = DecaySpec.ratio
+    assign: str = DecaySpec.assign
+    estimator: str = DecaySpec.estimator
+    metric: str = DecaySpec.metric
+    preserve_mean: str = DecaySpec.preserve_mean
+    default_policy: str = "all"
+    default_weight_decay: float = 0.0
+    paper_compat: bool = False  # made as the AlphaDecay release does (paper.py): biases follow their weights
+    source: str = ""
+    alphaspec: str = __version__
+    schema: str = field(default=SCHEMA)
+    notes: list[str] = field(default_factory=list, compare=False)  # what building it found (not saved in the file)
+
+    def decays(self) -> dict[str, float]:
+        return {m["name"]: float(m["weight_decay"]) for m in self.modules}
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        order = ["schema", "alphaspec", "source", "estimator", "metric", "assign", "weight_decay", "ratio",
+                 "preserve_mean", "default_policy", "default_weight_decay", "paper_compat", "modules"]
+        return {k: (list(d[k]) if k == "ratio" else d[k]) for k in order}
+
+    def save(self, path: str | Path) -> None:
+        text = json.dumps(self.to_json(), indent=1, allow_nan=False) + "\n"
+        atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text))
+
+    @classmethod
+    def load(cls, path: str | Path) -> DecayMap:
+        """Read and validate a map file; anything wrong raises DecayMapError with one line."""
+        try:
+            check_input_file(path, "decay map")
+            doc = parse_json(Path(path).read_text(encoding="utf-8"))
+        except AlphaspecError as e:
+            raise DecayMapError(str(e)) from e
+        except OSError as e:
+            raise DecayMapError(f"{path}: cannot read ({os_reason(e)})") from e
+        except ValueError as e:  # bad JSON or bad UTF-8
+            raise DecayMapError(f"{path}: not valid JSON ({e})") from e
+        return cls.from_json(doc, str(path))
+
+    @classmethod
+    def from_json(cls, doc: dict, where: str = "decay map") -> DecayMap:
+        """Validate a parsed map: every decay a finite number >= 0, names unique, the ratio two numbers."""
+        if not isinstance(doc, dict) or "schema" not in doc:
+            raise DecayMapError(f"{where}: not an alphaspec decay map (no 'schema' field)")
+        if doc["schema"] != SCHEMA:
+            raise DecayMapError(f"{where}: unsupported schema {doc['schema']!r}; this alphaspec reads {SCHEMA!r}")
+        try:
+            if not isinstance(doc["modules"], list) or not all(isinstance(m, dict) for m in doc["modules"]):
+                raise TypeError("'modules' must be a list of objects")
+            mods = [{**m, "name": _text(m["name"], "name"), "weight_decay": _decay(m["weight_decay"], m["name"])}
+                    for m in doc["modules"]]
+            ratio = doc.get("ratio", DEFAULT_RATIO)
+            if not isinstance(ratio, list | tuple) or len(ratio) != 2:
+                raise TypeError("'ratio' must be two numbers")
+            dmap = cls(modules=mods, weight_decay=_decay(doc["weight_decay"], "weight_decay"),
+                       ratio=(_number(ratio[0], "ratio"), _number(ratio[1], "ratio")),
+                       assign=_text(doc.get("assign", "linear"), "assign"),
+                       estimator=_text(doc.get("estimator", "median"), "estimator"),
+                       metric=_text(doc.get("metric", "alpha"), "metric"),
+                       preserve_mean=_text(doc.get("preserve_mean", "none"), "preserve_mean"),
+                       default_policy=_text(doc.get("default_policy", "all"), "default_policy"),
+                       default_weight_decay=_decay(doc.get("default_weight_decay", doc["weight_decay"]),
+                                                   "default_weight_decay"),
+                       paper_compat=doc.get("paper_compat", False) is True,
+                       source=str(doc.get("source", "")), alphaspec=str(doc.get("alphaspec", "")))
+        except KeyError as e:
+            raise DecayMapError(f"{where}: malformed decay map (missing field {e})") from e
+        except (TypeError, ValueError) as e:
+            raise DecayMapError(f"{where}: malformed decay map ({e})") from e
+        repeated = sorted(n for n, k in Counter(m["name"] for m in mods).items() if k > 1)
+        if repeated:
+            raise DecayMapError(f"{where}: names listed more than once: {', '.join(repeated[:5])}")
+        if dmap.default_policy not in POLICIES:
+            raise DecayMapError(f"{where}: unknown default_policy {dmap.default_policy!r}")
+        return dmap
+
+    def param_groups(self, model: torch.nn.Module, **optimizer_kwargs) -> list[dict]:
+        """Optimizer param groups: one per mapped parameter with its decay, then the other parameters.
+
+        Map names match parameter names exactly, or as a dotted suffix (a checkpoint without the
+        model's `transformer.` / `model.` prefix). Missing or unexpected names raise, listed.
+        """
+        from .groups import is_no_decay, match_names, rest_groups, tuned_groups
+
+        params = dict(model.named_parameters())
+        sizes = {m["name"]: int(m["params"]) for m in self.modules if isinstance(m.get("params"), int)}
+        resolved = match_names(self.decays(), params, model, sizes)
+        biases = {p: p.removesuffix("weight") + "bias" for p in resolved if p.endswith(".weight")} \
+            if self.paper_compat else {}
+        biases = {w: b for w, b in biases.items() if b in params}  # the release decays a module's bias with it
+
+        taken = set(resolved) | set(biases.values())
+        return [*tuned_groups(params, resolved, riders=biases, **optimizer_kwargs),
+                *rest_groups(params, taken, self.default_weight_decay,
+                             no_decay=is_no_decay if self.default_policy == "matrices" else None, **optimizer_kwargs)]
+
+
+def _number(value, field: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{field} must be a number, not {json.dumps(value)}")
+    return float(value)
+
+
+def _decay(value, field: str) -> float:
+    """A weight decay read from a map: a finite number >= 0 (NaN, infinities and negatives are refused)."""
+    number = _number(value, f"weight decay of {field}")
+    if not math.isfinite(number) or number < 0:
+        raise ValueError(f"weight decay of {field} is {value!r}; it must be a finite number >= 0")
+    return number
+
+
+MAX_TEXT = 1000  # characters of a name or setting in a map: parameter names are far shorter
+
+
+def _text(value, field: str) -> str:
+    if not isinstance(value, str):
+        shown = json.dumps(value)
+        raise TypeError(f"{field} must be a string, not {shown if len(shown) <= 60 else type(value).__name__}")
+    if len(value) > MAX_TEXT:
+        raise ValueError(f"a {field} of {len(value):,} characters (at most {MAX_TEXT})")
+    return value
