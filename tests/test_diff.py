@@ -153,3 +153,19 @@ def test_hub_revisions_of_one_repo(tmp_path):
     table = pd.read_csv(tmp_path / "d.csv").set_index("name")
     assert table.loc["model.layers.1.mlp.up_proj.weight", "rel_change"] == pytest.approx(0.5, rel=1e-6)
     assert (table.drop(index="model.layers.1.mlp.up_proj.weight")["rel_change"] == 0).all()
+
+
+def test_the_terminal_summary_fits_80_columns(tmp_path):
+    import synth
+
+    a = synth.write(tmp_path / "a-model-with-a-rather-long-name", synth.llama(dtype=torch.float32), synth.LLAMA_CONFIG)
+    changed = synth.llama(dtype=torch.float32)
+    changed["model.layers.0.mlp.up_proj.weight"] = changed["model.layers.0.mlp.up_proj.weight"] * 1.1
+    b = synth.write(tmp_path / "b", changed, synth.LLAMA_CONFIG)
+    res = subprocess.run([sys.executable, "-m", "alphaspec", "diff", str(a), str(b)], capture_output=True, text=True,
+                         env=os.environ | {"COLUMNS": "80"})
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80, lines
+    assert any("a-model-with-a-rather-long-name → b: changes per module type" in line for line in lines)
+    assert any("mlp.up" in line and "0.1" in line for line in lines)

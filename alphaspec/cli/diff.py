@@ -70,7 +70,8 @@ def diff(
 
         save_figure(diff_figure(result.table), plot)
     if not quiet:
-        out.print(_summary(result.table))
+        for summary in _summaries(result.table):
+            out.print(summary)
         for line in _verdict_lines(result.table):
             out.print(line, highlight=False)
         for path in (p for p in (output, plot) if p is not None):
@@ -94,17 +95,26 @@ class _progress:
         self.bar.stop()
 
 
-def _summary(table: pd.DataFrame) -> Table:
-    """Per pair and module type: matrices, mean Δalpha, mean and largest relative change, lowest overlap."""
-    summary = Table(title="changes per module type", title_justify="left", header_style="bold")
-    for col in ("pair", "module", "count", "Δ alpha", "rel change", "max rel", "min overlap"):
-        summary.add_column(col, justify="left" if col in ("pair", "module") else "right")
+def _summaries(table: pd.DataFrame) -> list[Table]:
+    """Per pair, a table by module type: matrices, mean Δalpha, mean and largest relative change, lowest overlap."""
+    out = []
     for (a, b), pair in table.groupby(["from", "to"], sort=False):
+        summary = Table(title=f"{_short(a)} → {_short(b)}: changes per module type", title_justify="left",
+                        header_style="bold")
+        for col in ("module", "count", "Δ alpha", "rel change", "max rel", "min overlap"):
+            summary.add_column(col, justify="left" if col == "module" else "right")
         for module, rows in pair.groupby("module", sort=False):
-            summary.add_row(f"{Path(a).name or a} → {Path(b).name or b}", str(module), str(len(rows)),
-                            f"{rows['delta_alpha'].mean():+.3f}", f"{rows['rel_change'].mean():.3g}",
-                            f"{rows['rel_change'].max():.3g}", f"{rows['subspace_overlap'].min():.2f}")
-    return summary
+            summary.add_row(str(module), str(len(rows)), f"{rows['delta_alpha'].mean():+.3f}",
+                            f"{rows['rel_change'].mean():.3g}", f"{rows['rel_change'].max():.3g}",
+                            f"{rows['subspace_overlap'].min():.2f}")
+        out.append(summary)
+    return out
+
+
+def _short(label: str) -> str:
+    """A checkpoint as the summary names it: the last part of a local path, a hub id or run step as it is."""
+    path = Path(label)
+    return path.name if path.exists() and path.name else label
 
 
 def _verdict_lines(table: pd.DataFrame) -> list[str]:
