@@ -315,4 +315,14 @@ def test_decay_maps_are_what_they_were_before_the_maps_redesign(tmp_path, name):
                "moe-modules": {"ratio": (0.6666, 5.0), "preserve_mean": "modules"}}.get(name, {})
     build_decay_map(table, 0.1, source=source, **options).save(tmp_path / "wd.json")
     golden = Path(__file__).parent / "data" / "golden" / f"{name}.json"
-    same_json(json.loads((tmp_path / "wd.json").read_text()), json.loads(golden.read_text()))
+    written = json.loads((tmp_path / "wd.json").read_text())
+    assert written.pop("kind") == "weight_decay"  # the one field the map engine adds
+    same_json(written, json.loads(golden.read_text()))
+    assert DecayMap.load(golden).kind == "weight_decay"  # a map written before `kind` existed still loads
+
+
+def test_a_map_of_another_kind_is_refused_where_decays_are_read(tmp_path):
+    doc = {"schema": "alphaspec.decay-map/1", "kind": "lr", "weight_decay": 0.1, "modules": []}
+    (tmp_path / "lr.json").write_text(json.dumps(doc))
+    with pytest.raises(DecayMapError, match="a map of 'lr', not of weight decays"):
+        DecayMap.load(tmp_path / "lr.json")

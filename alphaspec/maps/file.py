@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     import torch
 
 SCHEMA = "alphaspec.decay-map/1"
+KINDS = ("weight_decay",)  # what a map's values are; learning rates, sparsities and LoRA ranks are to come
 POLICIES = ("all", "matrices", "value")
 DEFAULT_RATIO = DecaySpec.ratio
 
@@ -42,6 +43,7 @@ class DecayMap:
     source: str = ""
     alphaspec: str = __version__
     schema: str = field(default=SCHEMA)
+    kind: str = "weight_decay"  # what the values are (a map without the field, written before it existed, is one)
     notes: list[str] = field(default_factory=list, compare=False)  # what building it found (not saved in the file)
 
     def decays(self) -> dict[str, float]:
@@ -49,7 +51,7 @@ class DecayMap:
 
     def to_json(self) -> dict:
         d = asdict(self)
-        order = ["schema", "alphaspec", "source", "estimator", "metric", "assign", "weight_decay", "ratio",
+        order = ["schema", "kind", "alphaspec", "source", "estimator", "metric", "assign", "weight_decay", "ratio",
                  "preserve_mean", "default_policy", "default_weight_decay", "paper_compat", "modules"]
         return {k: (list(d[k]) if k == "ratio" else d[k]) for k in order}
 
@@ -78,6 +80,10 @@ class DecayMap:
             raise DecayMapError(f"{where}: not an alphaspec decay map (no 'schema' field)")
         if doc["schema"] != SCHEMA:
             raise DecayMapError(f"{where}: unsupported schema {doc['schema']!r}; this alphaspec reads {SCHEMA!r}")
+        kind = doc.get("kind", "weight_decay")
+        if kind != "weight_decay":
+            raise DecayMapError(f"{where}: a map of {str(kind)[:40]!r}, not of weight decays; use it where "
+                                f"{str(kind)[:40]!r} maps are read")
         try:
             if not isinstance(doc["modules"], list) or not all(isinstance(m, dict) for m in doc["modules"]):
                 raise TypeError("'modules' must be a list of objects")
