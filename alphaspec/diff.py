@@ -30,6 +30,7 @@ import torch
 from .analysis import ordered_table, plan_checkpoint, solve_batch, solve_options
 from .checkpoint import Checkpoint, SourceError
 from .deltas import open_source
+from .diagnose import verdicts
 from .errors import UsageError
 from .esd import resolve_device
 from .memory import MemoryCheckpoint
@@ -119,6 +120,13 @@ def pair_metrics(a: torch.Tensor, b: torch.Tensor, top_k: int, name: str) -> dic
     return {"rel_change": rel, "subspace_overlap": float((va.mT @ vb).square().sum()) / k}
 
 
+def short(label: str) -> str:
+    """A checkpoint's label as titles and summaries show it: the last part of a local path (a hub id or run
+    step as it is)."""
+    path = Path(label)
+    return path.name if path.exists() and path.name else label
+
+
 def _verdict_change(before: str, after: str) -> str:
     was, now = set(filter(None, before.split(","))), set(filter(None, after.split(",")))
     return " ".join([f"+{w}" for w in sorted(now - was)] + [f"-{w}" for w in sorted(was - now)])
@@ -189,12 +197,8 @@ def diff_checkpoints(sources: Iterable, estimator: str = "median", device: str |
 def _solve_everywhere(spec: MatrixSpec, tensors: list[torch.Tensor], dev: torch.device, hows) -> tuple[list, list]:
     """One matrix from each checkpoint: its results row (with verdicts) and the matrix itself on `dev`."""
     mats = [spec.extract(t).to(dev) for t in tensors]
-    rows = []
-    for m, how in zip(mats, hows, strict=True):
-        row = solve_batch([(spec, m)], dev, how)[0][0]
-        rows.append(row)
-    table = ordered_table(rows)  # the verdicts, as analyze gives them
-    for row, warning in zip(rows, table["warning"], strict=True):
+    rows = [solve_batch([(spec, m)], dev, how)[0][0] for m, how in zip(mats, hows, strict=True)]
+    for row, warning in zip(rows, verdicts(pd.DataFrame(rows)), strict=True):  # the verdicts, as analyze gives them
         row["warning"] = warning
     return rows, mats
 

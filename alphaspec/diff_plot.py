@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from .diff import short
 from .plots import DPI, module_colour
 
 MAX_PAIRS = 6  # rows of panels; more pairs: the last ones (their table has them all)
-
-
-def short(label: str) -> str:
-    """A checkpoint's label as titles show it: the last part of a path (a hub id or run step as it is)."""
-    return Path(label).name if "/" in label and Path(label).exists() else label
 
 
 def diff_figure(table: pd.DataFrame) -> Figure:

@@ -8,7 +8,7 @@ matrices: the worst case for --randomize, which searches each trap's entries) an
 matrix perturbed, then times, each as a whole command in a fresh process
 with the CLI's defaults (best of --repeats): `analyze A`, `analyze A --randomize`, `diff A B`. The
 Marchenko–Pastur columns have no switch, so their share is measured in-process: the time of
-`bulk.mp_bulk` over every spectrum of the analysis against the analysis itself. Goals (the issue's):
+`bulk.mp_bulk` over every spectrum of the analysis against the analysis itself. Goals:
 --randomize <= 2.1x analyze, diff <= 2.1x analyze, MP columns <= 2 %.
 """
 

@@ -97,9 +97,11 @@ class _progress:
 
 def _summaries(table: pd.DataFrame) -> list[Table]:
     """Per pair, a table by module type: matrices, mean Δalpha, mean and largest relative change, lowest overlap."""
+    from ..diff import short
+
     out = []
     for (a, b), pair in table.groupby(["from", "to"], sort=False):
-        summary = Table(title=f"{_short(a)} → {_short(b)}: changes per module type", title_justify="left",
+        summary = Table(title=f"{short(a)} → {short(b)}: changes per module type", title_justify="left",
                         header_style="bold")
         for col in ("module", "count", "Δ alpha", "rel change", "max rel", "min overlap"):
             summary.add_column(col, justify="left" if col == "module" else "right")
@@ -109,12 +111,6 @@ def _summaries(table: pd.DataFrame) -> list[Table]:
                             f"{rows['subspace_overlap'].min():.2f}")
         out.append(summary)
     return out
-
-
-def _short(label: str) -> str:
-    """A checkpoint as the summary names it: the last part of a local path, a hub id or run step as it is."""
-    path = Path(label)
-    return path.name if path.exists() and path.name else label
 
 
 def _verdict_lines(table: pd.DataFrame) -> list[str]:
