@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from datetime import timedelta
+from typing import NoReturn, TypeVar
 
 import torch
 import torch.distributed as dist
 
 from .errors import AlphaspecError, UsageError, first_line
+
+T = TypeVar("T")
 
 
 class RankFailure(AlphaspecError):
@@ -45,12 +50,23 @@ def joined(use_cuda: bool) -> Iterator[tuple[int, int, int]]:
     rank, world, local = launched()
     owns = world > 1 and dist.is_available() and not dist.is_initialized()
     if owns:
-        dist.init_process_group("nccl" if use_cuda and torch.cuda.is_available() else "gloo", timeout=timeout())
+        start_group("nccl" if use_cuda and torch.cuda.is_available() else "gloo")
     try:
         yield rank, world, local
     finally:
         if owns:
             dist.destroy_process_group()
+
+
+def start_group(backend: str) -> None:
+    """init_process_group from torchrun's environment; a job that cannot start is one line, not a traceback
+    (WORLD_SIZE left set in a shell without MASTER_ADDR, a port in use, a rank that never came)."""
+    try:
+        dist.init_process_group(backend, timeout=timeout())
+    except (ValueError, RuntimeError) as err:  # DistStoreError and DistNetworkError are RuntimeErrors
+        raise UsageError(f"torch.distributed could not start its {backend} group for WORLD_SIZE="
+                         f"{os.environ.get('WORLD_SIZE')} (launch with torchrun, or unset WORLD_SIZE to run "
+                         f"one process): {first_line(err)}") from err
 
 
 def solve_cost(rows: int, cols: int) -> int:
@@ -113,6 +129,36 @@ def gather_outcomes(value, error: BaseException | None, group) -> list:
                             else f"rank {me}: stopped, rank {rank} failed: {message}")
         raise failure from error
     return [value for _, value in outcomes]
+
+
+def on_rank0(work: Callable[[], T], world: int) -> T | None:
+    """Collective: run `work` on rank 0 alone; every rank gets its value, or raises its failure (a RankFailure
+    naming rank 0 where it failed), so no rank waits at the next collective for a rank that is gone."""
+    if world <= 1:
+        return work()
+    value, error = None, None
+    if dist.get_rank() == 0:
+        try:
+            value = work()
+        except Exception as err:  # noqa: BLE001 - told to every rank by gather_outcomes, which raises it again
+            error = err
+    return gather_outcomes(value, error, None)[0]
+
+
+def end_rank(code: int) -> NoReturn:
+    """End a process of a torchrun job now, skipping the interpreter's shutdown (streams and logs flushed first).
+
+    torch frees a gloo group only when nothing references it, and DDP/FSDP keep references that outlive
+    destroy_process_group(), so the group's worker threads are still there at exit. One of them can still be
+    letting go of the last collective's tensors when Python shuts down; it then needs the interpreter lock,
+    which no longer exists, and the process aborts ("terminate called without an active exception", SIGABRT)
+    after finishing its work. Everything a command writes is closed before it returns, so nothing is lost.
+    """
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with suppress(OSError, ValueError):  # closed, or a reader that went away
+            stream.flush()
+    os._exit(code)
 
 
 def _describe(err: BaseException) -> tuple[str, int]:

@@ -167,6 +167,30 @@ def test_runs_reuse_the_cache_of_the_same_data_and_tokenizer(tmp_path):
     assert a.root == b.root and c.root != a.root and len(list((tmp_path / "caches").iterdir())) == 2
 
 
+def test_runs_started_together_wait_for_the_one_writing_their_cache(tmp_path):
+    """Two runs started at once on one corpus share its cache: the second failed ("another alphaspec tokenize
+    is writing this cache"). A run now says it waits, waits for the lock, then reuses what the first wrote."""
+    import threading
+    import time
+
+    from alphaspec.train.cache import LOCK
+    from alphaspec.train.config import TrainConfig
+    from alphaspec.train.data import _cache_for
+    from alphaspec.train.rundir import exclusive_lock
+
+    sources = write_formats(tmp_path)
+    opts = TrainConfig.of(token_cache=str(tmp_path / "caches"), vocab_size=512).data
+    first = _cache_for([sources["jsonl"]], opts, None, lambda _: None)
+    stamp = (first.root / "tokens-00000.bin").stat().st_mtime_ns
+    held = exclusive_lock(first.root / LOCK, RuntimeError("held"))  # the lock a writing process holds
+    threading.Timer(1.0, held.close).start()
+    lines, started = [], time.perf_counter()
+    second = _cache_for([sources["jsonl"]], opts, None, lines.append)
+    assert time.perf_counter() - started >= 0.9
+    assert any("another alphaspec process is writing the token cache" in line and "waiting" in line for line in lines)
+    assert second.manifest == first.manifest and (first.root / "tokens-00000.bin").stat().st_mtime_ns == stamp
+
+
 def test_validation_is_held_out_by_whole_documents(tmp_path, vocab):
     docs = [f"document {i}: " + TEXT[i * 500:(i + 1) * 500] for i in range(400)]
     (tmp_path / "d.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))

@@ -207,6 +207,41 @@ def test_cli_bad_input_is_one_error_line(tmp_path, argv, message, code):
     assert message in res.output and "Traceback" not in res.output
 
 
+def test_torchrun_setup_failure_on_rank_0_gives_each_rank_one_line(tmp_path, text):
+    """Rank 0 alone reads the decay map, the corpus and the checkpoint: when that fails, the other ranks stop
+    with its error rather than waiting at the next collective and dying with a gloo traceback."""
+    bad = tmp_path / "map.json"
+    bad.write_text("{not json")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "alphaspec",
+           "train", "--out", str(tmp_path / "run"), "--data", text, "--strategy", "alphadecay", "--decay-map", str(bad),
+           "--device", "cpu", "--model", "tiny", "--vocab-size", "512", "--seq-len", "32", "--batch-size", "4",
+           "--steps", "2"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode != 0
+    errors = sorted(line for line in (res.stdout + res.stderr).splitlines() if line.startswith("error:"))
+    assert len(errors) == 2, errors
+    assert errors[0].startswith(f"error: rank 0: {bad}: not valid JSON"), errors
+    assert errors[1].startswith(f"error: rank 1: stopped, rank 0 failed: {bad}: not valid JSON"), errors
+    text_out = res.stdout + res.stderr
+    assert "[rank1]" not in text_out and "/alphaspec/" not in text_out  # no rank printed a traceback
+    assert not (tmp_path / "run").exists()  # the failed setup removed what it created
+
+
+@pytest.mark.parametrize("argv,code,line", [
+    (["--version"], 0, "alphaspec "), (["plot", "/nonexistent.json"], 1, "error: /nonexistent.json"),
+    (["analyze", "/nonexistent"], 2, "error: torch.distributed could not start its gloo group for WORLD_SIZE=2"),
+    (["train", "--out", "/nonexistent/run", "--device", "cpu"], 2, "error: torch.distributed could not start")])
+def test_a_torchrun_rank_ends_with_its_exit_status_and_output_flushed(argv, code, line):
+    """Under torchrun the CLI ends a rank with os._exit (see distributed.end_rank): the status and every line
+    printed must still come out, through a pipe (block-buffered) as much as on a terminal. WORLD_SIZE without
+    the rest of torchrun's environment (left set in a shell) is one line too."""
+    res = subprocess.run([sys.executable, "-m", "alphaspec", *argv], capture_output=True, text=True, timeout=120,
+                         env={**{k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT")},
+                              "WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"})
+    assert res.returncode == code
+    assert (res.stdout + res.stderr).startswith(line), res.stdout + res.stderr
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sharding,strategy,precision,optimizer", [
     ("ddp", "alphadecay", "fp32", "adamw"), ("fsdp", "alphadecay", "fp32", "adamw"), ("fsdp", "awd", "fp32", "adamw"),

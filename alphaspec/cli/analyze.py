@@ -141,7 +141,7 @@ def analyze(
     Marchenko-Pastur bulk, and verdicts on which matrices need attention."""
     from ..cpu_threads import auto_workers, one_thread_per_solve
     from ..deltas import open_source
-    from ..distributed import RankFailure, joined, launched
+    from ..distributed import joined, launched
     from ..esd import resolve_device
     from ..output import check_output, check_output_dir, input_paths
 
@@ -164,16 +164,11 @@ def analyze(
         where = f"{len(ckpt.tensors)} tensors in {len(ckpt.files)} file(s)" if ckpt else f"{world} ranks"
         header = f"alphaspec {__version__} · {where} · device {dev}{why} · estimator {estimator.value}" + (
             f" · precision {precision.value}" if precision != Precision.fp64 else "")
-        try:
-            result = analyze_with_progress(source, estimator.value, dev, quiet or rank > 0, header, include=include or [],
-                                           exclude=exclude or [], split_fused=split_fused,
-                                           keep_spectra=save_spectra is not None or plots is not None, checkpoint=ckpt,
-                                           workers=workers, farms=farms, precision=precision.value,
-                                           randomize=randomize, seed=seed, base=base, merge=merge)
-        except RankFailure as failure:  # each rank prints one line of what happened there
-            own = RankFailure(failure.own_line or str(failure))
-            own.exit_code = failure.exit_code
-            raise own from failure
+        result = analyze_with_progress(source, estimator.value, dev, quiet or rank > 0, header, include=include or [],
+                                       exclude=exclude or [], split_fused=split_fused,
+                                       keep_spectra=save_spectra is not None or plots is not None, checkpoint=ckpt,
+                                       workers=workers, farms=farms, precision=precision.value,
+                                       randomize=randomize, seed=seed, base=base, merge=merge)
     if rank == 0:
         result.table["warning"] = verdicts(result.table, thresholds)
         _write(result, output, save_spectra, plots, quiet)

@@ -64,8 +64,8 @@ class Commands(TyperGroup):
             code = _error_line("aborted", 1)
         except Stopped as e:
             code = e.report()
-        except AlphaspecError as e:
-            code = _error_line(str(e), e.exit_code)
+        except AlphaspecError as e:  # under torchrun, each rank says what happened there (RankFailure.own_line)
+            code = _error_line(getattr(e, "own_line", "") or str(e), e.exit_code)
         except OSError as e:
             code = _error_line(describe_os_error(e), 1)
         except KeyboardInterrupt as e:  # outside a command (while parsing)

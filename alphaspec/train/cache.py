@@ -170,15 +170,17 @@ def cache_key(sources: Sequence[Source], tokenizer: Vocab | None, vocab_size: in
 
 def build_cache(sources: Sequence[Source], root: Path, tokenizer: Vocab | None = None, vocab_size: int = 4096,
                 progress: Callable[..., None] = lambda *_: None,
-                shard_tokens: int = SHARD_TOKENS) -> TokenCache:
+                shard_tokens: int = SHARD_TOKENS, wait: bool = False) -> TokenCache:
     """Tokenise `sources` into `root` (training a BPE of `vocab_size` when no tokenizer is given), or reuse
     or finish the cache already there when it was made from the same sources and tokenizer.
-    progress(stage, characters, tokens[, source index, characters of that source]) reports as it goes."""
+    progress(stage, characters, tokens[, source index, characters of that source]) reports as it goes.
+    While another process writes `root`: wait for it (reporting stage "waiting") or, by default, refuse."""
     key = cache_key(sources, tokenizer, vocab_size)
     created = not root.exists()
     _start(root, key)  # refuses a directory of other data before anything is made
     lock = exclusive_lock(root / LOCK, DataError(
-        f"{root}: another alphaspec tokenize is writing this cache (it holds {root / LOCK}); wait for it to finish"))
+        f"{root}: another alphaspec tokenize is writing this cache (it holds {root / LOCK}); wait for it to finish"),
+        wait=(lambda: progress("waiting", 0, 0)) if wait else None)
     cleaned = False
     try:
         manifest = _start(root, key)  # again, under the lock: what the last writer left

@@ -225,8 +225,10 @@ def _cache_for(specs, opts, vocab: Vocab | None, status) -> TokenCache:
     def progress(stage: str, *_) -> None:
         if stage == "training tokenizer":
             status(f"training a {opts.vocab_size}-token BPE")
+        elif stage == "waiting":  # runs started together on one corpus share its cache: one writes, the rest reuse it
+            status(f"another alphaspec process is writing the token cache {root}; waiting for it to finish")
 
-    return build_cache(sources, root, vocab, opts.vocab_size, progress)
+    return build_cache(sources, root, vocab, opts.vocab_size, progress, wait=True)
 
 
 def load_tokens(run_dir: Path, val_fraction: float, seq_len: int, vocab_size: int | None = None,

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from .._version import __version__
 from ..decay import DecayMap, is_tuned_candidate
-from ..distributed import full_tensor, launched
+from ..distributed import full_tensor, launched, on_rank0, start_group
 from ..errors import AlphaspecError
 from . import data as datamod
 from . import parallel
@@ -72,7 +72,7 @@ def train(cfg: TrainConfig, on_log: Callable[[dict], None] | None = None,
     rank, world, local = launched()
     owns_group = world > 1 and not dist.is_initialized()
     if owns_group:
-        dist.init_process_group("nccl" if torch.cuda.is_available() and cfg.hardware.device != "cpu" else "gloo")
+        start_group("nccl" if torch.cuda.is_available() and cfg.hardware.device != "cpu" else "gloo")
     device = select_device(cfg.hardware.device, world, local)
     run = Path(cfg.run.out)
     rd = RunDir(run) if rank == 0 else None  # the lock: one trainer per run directory
@@ -102,10 +102,16 @@ class Diverged(RunError):
 def _open(cfg: TrainConfig, run: Path, rd: RunDir | None, rank: int, world: int, on_status,
           on_warning) -> tuple[TrainConfig, dict | None]:
     """The run's config and checkpoint (None for a fresh run), with its tokenizer and token streams ready."""
-    how, ckpt_path, state = (plan_start(rd, cfg.run.resume), None, None) if rank == 0 else (None, None, None)
-    if how == "resume":
-        ckpt_path, state = load_checkpoint(run, on_warning)
-    how, ckpt_path = _from_rank0([how, ckpt_path], world)
+    kept: dict = {}  # rank 0's checkpoint, loaded once
+
+    def plan() -> tuple[str, Path | None]:
+        how = plan_start(rd, cfg.run.resume)
+        if how == "resume":
+            kept["path"], kept["state"] = load_checkpoint(run, on_warning)
+        return how, kept.get("path")
+
+    how, ckpt_path = on_rank0(plan, world)
+    state = kept.get("state")
     if rank and ckpt_path is not None:
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     if state:
@@ -121,22 +127,17 @@ def _open(cfg: TrainConfig, run: Path, rd: RunDir | None, rank: int, world: int,
             cfg = resumed_config(load_run_json(run)["config"], cfg, where=run / RUN_JSON, from_checkpoint=False)
         if rank == 0:
             on_warning(f"{run} has no checkpoint yet: starting it again from step 0")
-    if rank == 0:
+
+    def record() -> None:
         if how != "resume":  # the settings are on record from the start, so a run killed early can be restarted
             write_json(run / RUN_JSON, {"config": cfg.flat(), "alphaspec": __version__})
         if cfg.decay.decay_map and not (run / MAP_COPY).exists():  # the run keeps its own copy: resumable without it
             DecayMap.load(cfg.decay.decay_map).save(run / MAP_COPY)
         datamod.prepare(run, cfg.data, on_status)
         on_status("building the model")
-    _barrier(world)
+
+    on_rank0(record, world)  # the other ranks wait here, and stop with rank 0's error if it fails
     return cfg, state
-
-
-def _from_rank0(values: list, world: int) -> list:
-    """Rank 0's values on every rank (plain Python objects)."""
-    if world > 1:
-        dist.broadcast_object_list(values, src=0)
-    return values
 
 
 def _build(cfg: TrainConfig, mcfg: ModelConfig, state: dict | None, device: torch.device, world: int):
@@ -387,12 +388,14 @@ def _run_info(cfg: TrainConfig, run: Path, device: torch.device, world: int, par
 def _checkpoint(run, step, model, optimizer, scheduler, strategy, mcfg, cfg, rank) -> None:
     """checkpoints/step_N.pt and model.safetensors (every rank calls: FSDP2 state is gathered to rank 0)."""
     model_state, optim_state = parallel.model_state(model), parallel.optimizer_state(model, optimizer)
-    if rank == 0:
+
+    def save() -> None:
         state = {"step": step, "model": model_state, "optimizer": optim_state, "scheduler": scheduler.state_dict(),
                  "strategy": strategy.state_dict(), "rng": {"torch": torch.get_rng_state()}, "config": cfg.flat()}
         save_checkpoint(run, step, state, cfg.run.keep_checkpoints)
         save_weights(run, hf_tensors(model_state, mcfg.tie_word_embeddings), mcfg.hf_config())
-    _barrier(dist.get_world_size() if dist.is_initialized() else 1)
+
+    on_rank0(save, dist.get_world_size() if dist.is_initialized() else 1)
 
 
 @torch.no_grad()
@@ -409,11 +412,6 @@ def evaluate(net, tokens: datamod.TokenData, cfg: TrainConfig, micro: int, devic
         dist.all_reduce(total)
     net.train()
     return float(total[0] / total[1])
-
-
-def _barrier(world: int) -> None:
-    if world > 1:
-        dist.barrier()
 
 
 __all__ = ["ConfigError", "TrainConfig", "train", "evaluate", "RunError"]

@@ -203,19 +203,30 @@ def _lock(path: Path):
         "finish, or pick another --out"))
 
 
-def exclusive_lock(file: Path, busy: Exception):
-    """An open file holding the exclusive lock of `file` (made if missing); `busy` is raised when another
-    process holds it. The lock goes with the process, however it ends."""
+def exclusive_lock(file: Path, busy: Exception, wait: Callable[[], None] | None = None):
+    """An open file holding the exclusive lock of `file` (made if missing). When another process holds it,
+    `busy` is raised, or, given `wait`, wait() is called and the lock awaited. The lock goes with the process,
+    however it ends."""
     f = open(file, "a+")  # noqa: SIM115 - held open for as long as the lock is
     try:
-        if fcntl is not None:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        else:  # Windows
-            msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
+        try:
+            _flock(f, block=False)
+        except OSError:
+            if wait is None:
+                raise
+            wait()
+            _flock(f, block=True)
     except OSError as e:
         f.close()
         raise busy from e
     return f
+
+
+def _flock(f, block: bool) -> None:
+    if fcntl is not None:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | (0 if block else fcntl.LOCK_NB))
+    else:  # Windows: LK_LOCK retries for 10 seconds
+        msvcrt.locking(f.fileno(), msvcrt.LK_LOCK if block else msvcrt.LK_NBLCK, 1)
 
 
 def plan_start(rd: RunDir, resume: bool) -> str:
