@@ -26,24 +26,25 @@ PAPER_METRICS = {"alpha": "alpha", "spectral_norm": "lambda_max", "stable_rank":
                  "alpha_weighted": "alpha_weighted", "lambda_max": "lambda_max", "frobenius_norm": "frobenius_norm"}
 
 
-def paper_candidates(table: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+def paper_candidates(table: pd.DataFrame, eigs_thresh: int = PAPER_EIGS_THRESH) -> tuple[pd.DataFrame, list[str]]:
     """The rows the release tunes and the names it drops: the first Linear and the head, then (in that
-    order, as its build_optimizer_param_group does) every Linear with fewer than 50 eigenvalues.
+    order, as its build_optimizer_param_group does) every Linear with fewer than `eigs_thresh` eigenvalues
+    (TempBalance, which AlphaDecay copied, has no such filter: 0).
 
     The table's row order is module order (blocks by layer, q k v o gate up down, then the head). With a
     tied head the checkpoint has no lm_head row, and the release drops that (virtual) head: nothing else.
     """
     linear = table[table["module"] != "embed"]
     if len(linear) < 3:
-        raise UsageError("--paper-compat needs at least three linear layers")
+        raise UsageError("the release's module choice needs at least three linear layers")
     last = linear.iloc[-1]
     head = not (pd.notna(last["layer"]) and last["module"] in (*BLOCK_MODULES, *FUSED_MODULES))
     names = linear["tensor"] if "tensor" in linear else linear["name"]
     tuned = linear.iloc[1:-1] if head else linear.iloc[1:]
-    small = tuned["n_eigs"] < PAPER_EIGS_THRESH
+    small = tuned["n_eigs"] < eigs_thresh
     dropped = [names.iloc[0], *names.loc[small[small].index]]
     if small.all():
-        raise UsageError(f"--paper-compat: no linear layer has the {PAPER_EIGS_THRESH} eigenvalues the release needs "
+        raise UsageError(f"--paper-compat: no linear layer has the {eigs_thresh} eigenvalues the release needs "
                          "to tune it")
     return tuned[~small], dropped
 

