@@ -9,7 +9,9 @@ DECAY_METRICS = ("alpha", "alpha_excess",
                  "alpha_farms", "alpha_weighted", "spectral_norm", "frobenius_norm", "stable_rank", "log_spectral_norm",
                  "log_norm", "entropy", "lambda_max")  # what decays can be assigned from
 DEFAULT_POLICIES = ("all", "matrices")  # --default-decay, besides a number
-STRATEGIES = ("uniform", "alphadecay", "awd", "adadecay", "lrm", "cautious", "mup")
+STRATEGIES = ("uniform", "alphadecay", "awd", "adadecay", "lrm", "cautious", "mup", "tempbalance", "llr")
+LR_STRATEGIES = ("tempbalance", "llr")  # strategies that set per-matrix learning rates (uniform decay)
+LR_ASSIGN = ("linear", "sqrt", "log2", "step", "sigmoid")  # metric -> learning-rate multiplier
 MODELS = ("tiny", "llama-20m", "llama-60m", "llama-130m", "llama-350m", "llama-1b")  # GaLore's LLaMA shapes
 MULTIPLIERS = ("none", "vector", "full", "scalar")  # learnable-multiplier placements
 OPTIMIZERS = ("adamw", "adam", "muon")

@@ -1,6 +1,7 @@
-"""AlphaDecay in any training loop: module-wise decays recomputed from the live weights every `gap` steps.
+"""AlphaDecay in any training loop: module-wise decays recomputed from the live weights every `gap` steps
+(and AlphaLR: module-wise learning rates, TempBalance's or the layer-wise LR release's, the same way).
 
-    hook = AlphaDecay(model, optimizer, weight_decay=0.1, gap=500)
+    hook = AlphaDecay(model, optimizer, weight_decay=0.1, gap=500)   # or AlphaLR(model, optimizer, scheduler=...)
     for batch in data:
         loss(model, batch).backward(); optimizer.step(); optimizer.zero_grad()
         hook.step()
@@ -27,7 +28,8 @@ from .choices import ALPHADECAY_WARMUPS
 from .decay import DecayMapError, build_decay_map, is_tuned_candidate
 from .distributed import full_tensor, process_group, share_of_work  # noqa: F401 - also their old import path
 from .errors import AlphaspecError, first_line
-from .maps.groups import merge_param_groups, split_param_groups  # noqa: F401 - also their old import path
+from .maps.build import MapSpec, build_map
+from .maps.groups import merge_param_groups, own_groups, split_param_groups  # noqa: F401 - also their old import path
 from .maps.spec import DecaySpec, decay_spec
 from .memory import model_config
 
@@ -245,7 +247,100 @@ class AlphaDecay:
         self.history.extend({"step": self.step_count, "name": m["name"], "module": m["module"], "layer": m["layer"],
                              "metric": m[metric], "weight_decay": m["weight_decay"]} for m in dmap.modules)
 
+    def _live_groups(self) -> dict[str, dict]:
+        """Each tuned parameter's own group as the optimizer holds it now: optimizer.load_state_dict() (a resumed
+        run) replaces the group dicts. None while merged (merge_groups): split_groups() sets them."""
+        if self.groups:
+            self.groups = own_groups(self.optimizer, self.tuned)
+        return self.groups
+
     def _set(self, decays: dict[str, float]) -> None:
+        groups = self._live_groups()
         for name, wd in decays.items():
-            if name in self.groups:  # none while merged (merge_groups): split_groups() sets them
-                self.groups[name]["weight_decay"] = wd
+            if name in groups:
+                groups[name]["weight_decay"] = wd
+
+
+class AlphaLR(AlphaDecay):
+    """Module-wise learning rates from the spectra of the live weights, refreshed every `gap` steps:
+    TempBalance (method "tempbalance": every block matrix but the first, 0.5..1.5 x lr) or the layer-wise LR
+    release ("llr": block matrices 1..3 x lr, embeddings and head at the top, matrices with fewer than 50
+    eigenvalues at lr). spec: a MapSpec (method, ratio, assign, metric, estimator); keyword `options` set
+    its fields. Each tuned matrix gets its own param group whose LR is its group's LR times its multiplier;
+    with a scheduler (LambdaLR-style: lr = base_lr x factor, as the trainer's and transformers' are), the
+    scheduler's base_lrs are scaled too, so the schedule goes on from the new LRs. gap, warmup, overlap,
+    scheduler and config work as in AlphaDecay; `scales` holds the multipliers in force.
+    """
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, spec: MapSpec | None = None, *,
+                 gap: int = 500, warmup: str = "init", overlap: bool | str = "auto", scheduler=None,
+                 config: dict | None = None, **options):
+        self.lr_spec = (spec or MapSpec(**options)).settled("lr")
+        if self.lr_spec.ratio[0] <= 0:
+            raise DecayMapError(f"ratio {tuple(self.lr_spec.ratio)}: a learning-rate multiplier of 0 freezes a matrix; "
+                                "give S1 > 0")
+        self._base: dict[str, float] = {}  # each tuned group's LR before any multiplier (its scheduler base)
+        self._applied: dict[str, float] = {}  # the multiplier in each group now
+        bare = getattr(model, "module", model)
+        outer = [n for n, p in bare.named_parameters() if p.ndim == 2 and ("embed" in n or "head" in n)] \
+            if self.lr_spec.method == "llr" else []  # the release tunes embeddings and head too (to the top LR)
+        include = [f"^{re.escape(n)}$" for n, p in bare.named_parameters() if is_tuned_candidate(n, p)] + \
+            [f"^{re.escape(n)}$" for n in outer]
+        super().__init__(model, optimizer, 1.0, DecaySpec(metric=self.lr_spec.metric, estimator=self.lr_spec.estimator),
+                         gap=gap, warmup=warmup, overlap=overlap, scheduler=scheduler, config=config, include=include)
+
+    @property
+    def scales(self) -> dict[str, float]:
+        """The learning-rate multiplier in force per tuned parameter."""
+        return self.decays
+
+    def _analyze(self, snapshot: dict[str, torch.Tensor]) -> pd.DataFrame:
+        return analyze_tensors(snapshot, self.lr_spec.estimator, config=self.config, split_fused=False,
+                               farms=self.lr_spec.metric == "alpha_farms")
+
+    def _apply(self, table: pd.DataFrame | str, started: int) -> None:
+        if isinstance(table, str):
+            self.failed_refreshes += 1
+            if self.failed_refreshes == 1:
+                log.warning(f"AlphaLR: the refresh of step {started} failed ({table}); keeping the learning rates in "
+                            "force (later failures are counted in failed_refreshes, not reported)")
+            return
+        vmap = build_map(table, "lr", self.lr_spec)
+        metric = self.lr_spec.metric
+        self.decays = {**self.decays, **vmap.values()}
+        self.metrics = {m["name"]: m[metric] for m in vmap.modules}
+        self.modules = {m["name"]: m["module"] for m in vmap.modules}
+        self._set(self.decays)
+        self.staleness = self.step_count - started
+        self.refreshes += 1
+        self.history.extend({"step": self.step_count, "name": m["name"], "module": m["module"], "layer": m["layer"],
+                             "metric": m[metric], "lr_scale": m["lr_scale"]} for m in vmap.modules)
+
+    def state_dict(self) -> dict:
+        """AlphaDecay's state, with each group's LR before its multiplier and the multiplier it holds now."""
+        return {**super().state_dict(), "base_lrs": dict(self._base), "applied": dict(self._applied)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore state_dict() after the optimizer's and scheduler's own (their LRs already carry the multipliers)."""
+        self._base, self._applied = dict(state["base_lrs"]), dict(state["applied"])
+        super().load_state_dict(state)
+
+    def summary(self) -> dict[str, float]:
+        """The latest refresh by module type: mean metric and mean multiplier (`alpha/att.q`, `lr_scale/mlp.up`)."""
+        return {k.replace("weight_decay/", "lr_scale/"): v for k, v in super().summary().items()}
+
+    def _set(self, scales: dict[str, float]) -> None:
+        groups = self._live_groups()
+        index = {id(g): i for i, g in enumerate(self.optimizer.param_groups)}
+        sched = getattr(self.scheduler, "scheduler", self.scheduler)
+        for name, scale in scales.items():
+            group = groups.get(name)
+            if group is None:
+                continue
+            base = self._base.setdefault(name, float(group.get("initial_lr", group["lr"])))
+            group["lr"] = group["lr"] * scale / self._applied.get(name, 1.0)
+            self._applied[name] = scale
+            if "initial_lr" in group:
+                group["initial_lr"] = base * scale
+            if sched is not None and hasattr(sched, "base_lrs"):
+                sched.base_lrs[index[id(group)]] = base * scale

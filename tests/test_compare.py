@@ -128,7 +128,7 @@ def alternative(value, f):
 
 BASES = [dict(strategy="uniform"), dict(strategy="alphadecay"), dict(strategy="adadecay"), dict(strategy="mup"),
          dict(strategy="alphadecay", optimizer="muon"), dict(strategy="uniform", multipliers="vector"),
-         dict(strategy="alphadecay", decay_map="wd.json")]
+         dict(strategy="alphadecay", decay_map="wd.json"), dict(strategy="tempbalance")]
 
 
 def test_two_runs_are_replicates_exactly_when_they_differ_in_an_incidental_option():

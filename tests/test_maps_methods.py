@@ -26,6 +26,7 @@ from alphaspec.decay import DecayMap, DecayMapError
 from alphaspec.maps.apply import lora_config, lr_param_groups, prune_model
 from alphaspec.maps.build import build_map
 from alphaspec.maps.file import ValueMap, load_any
+from alphaspec.maps.groups import own_groups
 
 transformers = pytest.importorskip("transformers")
 
@@ -385,3 +386,39 @@ def test_a_tampered_map_is_one_line(tmp_path, model_and_tables):
     (tmp_path / "bad.json").write_text(json.dumps(doc))
     with pytest.raises(DecayMapError, match="missing field 'rank'"):
         ValueMap.load(tmp_path / "bad.json")
+
+
+def test_alpha_lr_scales_each_matrix_and_the_schedule_carries_on_from_there():
+    """AlphaLR under a LambdaLR: after every refresh each tuned group's LR is its base LR x the schedule's
+    factor x its multiplier (TempBalance's interpolation of the live weights' median alphas), and it stays so
+    as the scheduler steps; the untuned groups follow the plain schedule."""
+    from alphaspec.hook import AlphaLR
+
+    def hill_median(w):
+        eigs = np.sort(np.linalg.eigvalsh(w.T @ w if w.shape[0] >= w.shape[1] else w @ w.T))
+        i, n = len(eigs) // 2, len(eigs) - len(eigs) // 2
+        return 1 + n / (np.log(eigs[i:]).sum() - n * np.log(eigs[i]))
+
+    model = tiny_llama(3)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
+    factor = lambda step: min(1.0, (step + 1) / 6) * 0.9 ** step  # noqa: E731
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    hook = AlphaLR(model, optimizer, method="tempbalance", gap=3, overlap=False, scheduler=scheduler)
+    names = list(hook.tuned)
+    for step in range(1, 10):
+        batch = torch.randint(0, 128, (2, 16))
+        model(batch, labels=batch).loss.backward()
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+        hook.step()
+        alphas = {n: hill_median(hook.tuned[n].detach().double().numpy()) for n in names}
+        if step % 3 == 0:  # refreshed from the weights as they are now
+            tuned = [alphas[n] for n in names[1:]]
+            want = dict(zip(names[1:], np.interp(tuned, [min(tuned), max(tuned)], [0.5, 1.5]), strict=True))
+            assert hook.scales == pytest.approx({names[0]: 1.0, **want}, rel=1e-9)
+        groups = own_groups(optimizer, hook.tuned)
+        for n in names:
+            assert groups[n]["lr"] == pytest.approx(1e-3 * factor(step) * hook.scales[n], rel=1e-12)
+    rest = [g for g in optimizer.param_groups if len(g["params"]) > 1]
+    assert rest and all(g["lr"] == pytest.approx(1e-3 * factor(9), rel=1e-12) for g in rest)

@@ -109,7 +109,10 @@ def test_existing_run_is_never_overwritten(tmp_path, text):
 
 
 @pytest.mark.parametrize("options", [{"strategy": "awd"}, {"strategy": "alphadecay", "gap": 3, "overlap": False},
-                                     {"strategy": "uniform", "optimizer": "muon"}])
+                                     {"strategy": "uniform", "optimizer": "muon"},
+                                     {"strategy": "tempbalance", "gap": 3, "overlap": False},
+                                     {"strategy": "llr", "gap": 3, "overlap": False, "optimizer": "muon"},
+                                     {"strategy": "adadecay", "gap": 3}, {"strategy": "cautious"}])
 def test_resume_reproduces_the_uninterrupted_run(tmp_path, text, options):
     _, straight = run(tmp_path, text, name="straight", **options)
     crashed = tmp_path / "crashed"
@@ -123,6 +126,14 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path, text, options):
     da, db = rows(straight / "decay.csv"), rows(crashed / "decay.csv")  # decays and their schedule resumed too
     assert [(r["step"], r["name"]) for r in db] == [(r["step"], r["name"]) for r in da]
     assert [float(r["weight_decay"]) for r in db] == pytest.approx([float(r["weight_decay"]) for r in da], rel=1e-5)
+    final = [torch.load(d / "checkpoints" / "step_0000008.pt", weights_only=False)["optimizer"]["param_groups"]
+             for d in (straight, crashed)]  # refreshes after the resume reach the optimizer (its groups are new dicts)
+    for ga, gb in zip(*final, strict=True):
+        assert (gb["lr"], gb["weight_decay"]) == pytest.approx((ga["lr"], ga["weight_decay"]), rel=1e-5), ga.get("name")
+    if options["strategy"] in ("tempbalance", "llr"):  # learning rates and their schedule resumed too
+        la, lb = rows(straight / "lr.csv"), rows(crashed / "lr.csv")
+        assert [(r["step"], r["name"]) for r in lb] == [(r["step"], r["name"]) for r in la]
+        assert [float(r["lr_scale"]) for r in lb] == pytest.approx([float(r["lr_scale"]) for r in la], rel=1e-5)
     wa, wb = load_file(straight / "model.safetensors"), load_file(crashed / "model.safetensors")
     for name in wa:
         torch.testing.assert_close(wb[name], wa[name], rtol=1e-5, atol=1e-6)
@@ -146,6 +157,31 @@ def test_refreshed_alphadecay_decays_come_from_the_current_weights(tmp_path, tex
     state = torch.load(out / "checkpoints" / "step_0000008.pt", weights_only=False)
     in_optimizer = {g["name"]: g["weight_decay"] for g in state["optimizer"]["param_groups"] if "layers" in g.get("name", "")}
     assert in_optimizer == {r["name"]: pytest.approx(float(r["weight_decay"]), rel=1e-12) for r in final}
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_tempbalance_learning_rates_come_from_the_current_weights(tmp_path, text, optimizer):
+    """lr.csv's multipliers at the step-8 refresh are TempBalance's interpolation of the median alphas of the
+    final weights (every block matrix but the first, onto 0.5..1.5), and the optimizer's groups hold the
+    scheduled LR times each multiplier."""
+    if optimizer == "muon" and not hasattr(torch.optim, "Muon"):
+        pytest.skip("torch.optim.Muon needs torch >= 2.9")
+    run(tmp_path, text, strategy="tempbalance", gap=8, overlap=False, optimizer=optimizer)
+    out = tmp_path / "run"
+    scales = rows(out / "lr.csv")
+    assert {int(r["step"]) for r in scales} == {0, 8} and len(scales) == 28
+    weights = load_file(out / "model.safetensors")  # the weights the step-8 refresh saw
+    final = [r for r in scales if r["step"] == "8"]
+    alphas = {r["name"]: hill_median(weights[r["name"]].double().numpy()) for r in final}
+    first = "model.layers.0.self_attn.q_proj.weight"
+    tuned = [a for n, a in alphas.items() if n != first]
+    for r in final:
+        expected = 1.0 if r["name"] == first else np.interp(alphas[r["name"]], [min(tuned), max(tuned)], [0.5, 1.5])
+        assert float(r["lr_scale"]) == pytest.approx(expected, rel=1e-9, abs=1e-12)
+    state = torch.load(out / "checkpoints" / "step_0000008.pt", weights_only=False)
+    lr_now = float(rows(out / "metrics.csv")[-1]["lr"])  # the scheduled LR of step 8
+    groups = {g["name"]: g["lr"] for g in state["optimizer"]["param_groups"] if "layers" in g.get("name", "")}
+    assert groups == {r["name"]: pytest.approx(lr_now * float(r["lr_scale"]), rel=1e-9) for r in final}
 
 
 def test_static_decay_map_is_applied_and_a_foreign_map_refused(tmp_path, text):

@@ -140,7 +140,8 @@ def test_cautious_decay_only_where_update_and_weight_agree_in_sign():
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "muon"])
-@pytest.mark.parametrize("strategy", ["uniform", "alphadecay", "awd", "adadecay", "lrm", "cautious", "mup"])
+@pytest.mark.parametrize("strategy", ["uniform", "alphadecay", "awd", "adadecay", "lrm", "cautious", "mup", "tempbalance",
+                                      "llr"])
 def test_every_strategy_trains_under_each_decoupled_optimizer(tmp_path, strategy, optimizer):
     from alphaspec.train import train
     from alphaspec.train.data import bundled_corpus

@@ -262,10 +262,13 @@ def finite(value):
     return value
 
 
-def ratio_pair(value: tuple[float, float]) -> tuple[float, float]:
-    """Typer callback for --ratio S1 S2, checked by the spec's own validator."""
+def ratio_pair(value: tuple[float, float] | None) -> tuple[float, float] | None:
+    """Typer callback for --ratio S1 S2 (None: not given, where it has no default), checked by the spec's own
+    validator."""
     from ..maps.spec import ratio_problem
 
+    if value is None:
+        return None
     s1, s2 = finite(value)
     if problem := ratio_problem((s1, s2)):
         raise typer.BadParameter(f"{s1:g} {s2:g}: {problem}")

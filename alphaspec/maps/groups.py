@@ -67,6 +67,13 @@ def plain_group(params: dict[str, torch.nn.Parameter], taken: set[str], name: st
     return [{"params": rest, "name": name, **optimizer_kwargs}] if rest else []
 
 
+def own_groups(optimizer: torch.optim.Optimizer, tuned: dict[str, torch.nn.Parameter]) -> dict[str, dict]:
+    """Each tuned parameter's own group (one holding it alone) as the optimizer holds it now: look them up
+    again after optimizer.load_state_dict(), which replaces every group dict (a resumed run)."""
+    own = {id(g["params"][0]): g for g in optimizer.param_groups if len(g["params"]) == 1}
+    return {n: own[id(p)] for n, p in tuned.items() if id(p) in own}
+
+
 def split_param_groups(optimizer: torch.optim.Optimizer, tuned: dict[str, torch.nn.Parameter],
                        scheduler=None) -> dict[str, dict]:
     """Give every tuned parameter its own param group (same hyperparameters as the group it came from).

@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from ..choices import LR_ASSIGN
 from ..modules import BLOCK_MODULES, FUSED_MODULES
 from ..paper import paper_candidates
 from .spec import DecayMapError
 
-LR_ASSIGN = ("linear", "sqrt", "log2", "step", "sigmoid")
 LLR_EIGS_THRESH = 50  # the layer-wise LR release leaves matrices with fewer eigenvalues at the base LR
 SIGMOID_SLOPE = 4.0  # the releases' sigmoid_alpha
 RANKS_PER_BLOCK = 5  # AlphaLoRA: 160 experts over Mistral-7B's 32 blocks; the default budget is 5 per block

@@ -25,6 +25,8 @@ from ..choices import (
     ASSIGN,
     DECAY_METRICS,
     ESTIMATORS,
+    LR_ASSIGN,
+    LR_STRATEGIES,
     MODELS,
     MULTIPLIERS,
     MUON_LR_ADJUSTMENTS,
@@ -78,17 +80,22 @@ def _alphadecay(c: dict) -> bool:
 
 
 def _refreshed(c: dict) -> bool:
-    """AlphaDecay recomputed from the live weights (not from a static --decay-map)."""
-    return c["strategy"] == "alphadecay" and not c["decay_map"]
+    """Spectra of the live weights refreshed into settings: AlphaDecay (not from a static --decay-map),
+    TempBalance or the layer-wise LR."""
+    return (c["strategy"] == "alphadecay" and not c["decay_map"]) or c["strategy"] in LR_STRATEGIES
+
+
+def _lr_map(c: dict) -> bool:
+    return c["strategy"] in LR_STRATEGIES
 
 
 def _assigned(c: dict) -> bool:
     """A strategy that maps a metric to decays (AlphaDecay refreshed, AdaDecay)."""
-    return _refreshed(c) or c["strategy"] == "adadecay"
+    return (c["strategy"] == "alphadecay" and not c["decay_map"]) or c["strategy"] == "adadecay"
 
 
 def _refreshing(c: dict) -> bool:
-    """A strategy that recomputes its decays every --gap steps."""
+    """A strategy that recomputes its decays (or learning rates) every --gap steps."""
     return _refreshed(c) or c["strategy"] == "adadecay"
 
 
@@ -166,22 +173,35 @@ class DecayOptions:
     default_decay: str = option("all", "Untuned parameters: all (w), matrices (0 for 1-D and embeddings) or a "
                                 "number.", kind="policy", metavar="all|matrices|FLOAT")
     decay_map: str | None = option(None, "Static AlphaDecay decays from `alphaspec decay-map`.", kind="path", applies=_alphadecay)
-    gap: int | None = option(None, "Refresh alphadecay/adadecay decays every GAP steps (default: 500, or a tenth "
-                             "of a run shorter than 5000 steps).", min=1, applies=_refreshing)
+    gap: int | None = option(None, "Refresh alphadecay/adadecay decays or tempbalance/llr learning rates every GAP "
+                             "steps (default: 500, or a tenth of a run shorter than 5000 steps).", min=1,
+                             applies=_refreshing)
     estimator: str = option(DecaySpec.estimator, "How xmin is chosen.", flags=("-e", "--estimator"),
                             choices=ESTIMATORS, applies=_refreshed)
-    metric: str = option(DecaySpec.metric, "Metric behind alphadecay's decays: " + ", ".join(DECAY_METRICS) + ".",
+    metric: str = option(DecaySpec.metric, "Metric behind alphadecay's decays or tempbalance/llr's learning rates: "
+                         + ", ".join(DECAY_METRICS) + ".",
                          choices=DECAY_METRICS, metavar="METRIC", applies=_refreshed)
     assign: str | None = option(None, f"Default: {DecaySpec.assign}; adadecay: sigmoid.", choices=ASSIGN, applies=_assigned)
     ratio: tuple[float, float] = option(DecaySpec.ratio, "linear: decays span s1·w .. s2·w.", kind="ratio", applies=_assigned)
     preserve_mean: str = option(DecaySpec.preserve_mean, "Rescale so the plain (modules) or parameter-weighted "
                                 "(params) mean decay is w.", choices=PRESERVE, applies=_assigned)
+    lr_ratio: tuple[float, float] | None = option(None, "tempbalance/llr: learning rates span s1·lr .. s2·lr "
+                                                  "(default: 0.5 1.5; llr: 1 3).", kind="ratio", applies=_lr_map)
+    lr_assign: str | None = option(None, "tempbalance/llr: how the metric becomes learning-rate multipliers "
+                                   "(default linear).", choices=LR_ASSIGN, applies=_lr_map)
     alphadecay_warmup: str = option("init", "Decays before the first refresh: init (from the initial weights, the "
                                     "paper) or uniform.", choices=ALPHADECAY_WARMUPS, applies=_refreshed)
     overlap: bool = option(True, "Solve alphadecay refreshes alongside training or in line (bit-reproducible).",
                            flags=("--overlap/--no-overlap",), applies=_refreshed)
     lrm_decay: float = option(2e-3, "Weight decay of the multipliers.", min=0.0, kind="finite", applies=_multipliers)
     lrm_lr_mult: float = option(1.0, "Multipliers' LR relative to --lr.", min=0.0, kind="finite", applies=_multipliers)
+
+    def lr_spec(self):
+        """The MapSpec of a tempbalance or llr run (None fields: the method's published values)."""
+        from ..maps.build import MapSpec
+
+        return MapSpec(method=self.strategy, metric=self.metric, estimator=self.estimator,
+                       ratio=self.lr_ratio, assign=self.lr_assign)
 
     def spec(self, assign: str = DecaySpec.assign) -> DecaySpec:
         """The DecaySpec these options describe (`assign` when --assign is not given)."""
@@ -299,6 +319,12 @@ class TrainConfig:
             raise ConfigError(f"--ratio {d.ratio[0]} {d.ratio[1]}: {problem}")
         if problem := policy_problem(d.default_decay):
             raise ConfigError(f"--default-decay {d.default_decay!r}: {problem}")
+        if d.strategy in LR_STRATEGIES:
+            if d.lr_ratio is not None and tuple(d.lr_ratio)[0] <= 0:
+                raise ConfigError(f"--lr-ratio {d.lr_ratio[0]} {d.lr_ratio[1]}: a multiplier of 0 freezes a matrix; "
+                                  "give S1 > 0")
+            if problem := d.lr_spec().problem("lr"):
+                raise ConfigError(problem.replace("ratio (", "--lr-ratio (", 1))
 
     def settled(self) -> TrainConfig:
         """A copy with the defaults that depend on other settings filled in (the strategy a decay map implies,

@@ -18,6 +18,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from .._version import __version__
+from ..choices import LR_STRATEGIES
 from ..decay import DecayMap, is_tuned_candidate
 from ..distributed import full_tensor, launched, on_rank0, start_group
 from ..errors import AlphaspecError
@@ -158,7 +159,7 @@ def _build(cfg: TrainConfig, mcfg: ModelConfig, state: dict | None, device: torc
         scheduler.load_state_dict(state["scheduler"])
         strategy.load_state_dict(state["strategy"])
         torch.set_rng_state(state["rng"]["torch"])
-        strategy.decay_rows()  # already in decay.csv
+        strategy.decay_rows(), strategy.lr_rows()  # already in decay.csv and lr.csv
     return model, net, strategy, optimizer, scheduler
 
 
@@ -293,7 +294,8 @@ def _prepare(cfg: TrainConfig, path: Path, rd: RunDir | None, rank: int, world: 
             on_start({**info, "config": cfg.flat(), "start_step": r.start, "peak_flops": peak_flops(device),
                       "flops_per_token": model_flops_per_token(mcfg, cfg.data.seq_len)})
         save_weights(path, weights, mcfg.hf_config())
-        kept = [name for name in LOGS if name != "multipliers" or cfg.model.multipliers != "none"]
+        kept = [name for name in LOGS if (name != "multipliers" or cfg.model.multipliers != "none")
+                and (name != "lrs" or cfg.decay.strategy in LR_STRATEGIES)]
         r.logs = {name: CsvLog(path / LOGS[name][0], LOGS[name][1], resume_at, on_warning) for name in kept}
         r.notify = on_status
         if cfg.run.report_to != "none":
@@ -332,16 +334,20 @@ def _record_decays_and_spectra(r: Run, step: int) -> None:
 def _publish(r: Run, step: int, decays: list[dict], alphas: list[dict], multipliers: list[dict]) -> None:
     """Rank 0: new decay, alpha and multiplier rows into their CSV logs, their means per module type to the
     --report-to writer, and a console line when a strategy refreshed its decays."""
+    lrs = r.strategy.lr_rows()
     r.logs["decays"].write(decays)
     r.logs["alphas"].write(alphas)
-    if "multipliers" in r.logs:
-        r.logs["multipliers"].write(multipliers)
+    for name, rows in (("multipliers", multipliers), ("lrs", lrs)):
+        if name in r.logs:
+            r.logs[name].write(rows)
     if r.reporter is not None:
-        r.reporter.scalars(step, module_means(decays, "weight_decay", "weight_decay") | module_means(alphas, "alpha", "alpha"))
-    if decays and step > 0 and r.strategy.refreshes:
-        wd = [row["weight_decay"] for row in decays]
-        r.notify(f"step {step}: {r.cfg.decay.strategy} refreshed {len(wd)} decays: {min(wd):.3g} to {max(wd):.3g}, "
-                 f"mean {sum(wd) / len(wd):.3g}")
+        r.reporter.scalars(step, module_means(decays, "weight_decay", "weight_decay") | module_means(alphas, "alpha", "alpha")
+                           | module_means(lrs, "lr_scale", "lr_scale"))
+    for rows, key, what in ((decays, "weight_decay", "decays"), (lrs, "lr_scale", "learning-rate multipliers")):
+        if rows and step > 0 and r.strategy.refreshes:
+            v = [row[key] for row in rows]
+            r.notify(f"step {step}: {r.cfg.decay.strategy} refreshed {len(v)} {what}: {min(v):.3g} to {max(v):.3g}, "
+                     f"mean {sum(v) / len(v):.3g}")
 
 
 def _log(r: Run, step: int, loss_sum: torch.Tensor, n_loss: int, n_tokens: int, grad_norm: torch.Tensor,

@@ -35,12 +35,13 @@ from ..output import atomic_write, read_csv_checked
 
 METRICS_COLUMNS = ["step", "tokens", "loss", "lr", "grad_norm", "tokens_per_s", "eval_loss", "eval_ppl"]
 DECAY_COLUMNS = ["step", "name", "module", "layer", "metric", "weight_decay"]
+LR_COLUMNS = ["step", "name", "module", "layer", "metric", "lr_scale"]  # tempbalance/llr: multipliers of the LR
 ALPHA_COLUMNS = ["step", "name", "module", "layer", "rows", "cols", "alpha", "xmin", "ks_d", "n_tail", "spectral_norm",
                  "stable_rank", "log_norm", "entropy"]
 MULTIPLIER_COLUMNS = ["step", "name", "module", "layer", "kind", "mean", "std", "min", "max", "weight_norm",
                       "effective_norm"]
 RUN_JSON = "run.json"
-LOGS = {"metrics": ("metrics.csv", METRICS_COLUMNS), "decays": ("decay.csv", DECAY_COLUMNS),
+LOGS = {"metrics": ("metrics.csv", METRICS_COLUMNS), "decays": ("decay.csv", DECAY_COLUMNS), "lrs": ("lr.csv", LR_COLUMNS),
         "alphas": ("alphas.csv", ALPHA_COLUMNS), "multipliers": ("multipliers.csv", MULTIPLIER_COLUMNS)}
 CKPT = re.compile(r"step_(\d+)\.pt$")
 MAP_COPY = "decay-map.json"  # a static AlphaDecay map, as the run used it (resumable without the original)

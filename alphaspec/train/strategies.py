@@ -1,7 +1,8 @@
-"""Weight-decay strategies for the trainer, one class each (docs/math.md §3–5).
+"""Weight-decay and learning-rate strategies for the trainer, one class each (docs/math.md §3–5).
 
-A strategy builds the optimizer's param groups, may change their `weight_decay` around each
-optimizer step, and reports every decay it sets (the rows of RUN/decay.csv).
+A strategy builds the optimizer's param groups, may change their `weight_decay` (or, tempbalance and
+llr, their learning rate) around each optimizer step, and reports every decay it sets (the rows of
+RUN/decay.csv) and every learning-rate multiplier (RUN/lr.csv).
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from pathlib import Path
 import torch
 
 from ..decay import DecayMap, DecayMapError, assign_decays, is_no_decay, is_tuned_candidate, match_names
-from ..hook import AlphaDecay
-from ..maps.groups import one_group, rest_groups, split_param_groups, tuned_groups
+from ..hook import AlphaDecay, AlphaLR
+from ..maps.groups import one_group, own_groups, rest_groups, split_param_groups, tuned_groups
 from ..modules import layer_index, module_type
 from .config import default_gap
 from .model import is_multiplier
@@ -65,6 +66,10 @@ class Strategy:
         """Decays set since the last call: step, name, module, layer, metric, weight_decay."""
         rows, self._rows = self._rows, []
         return rows
+
+    def lr_rows(self) -> list[dict]:
+        """Learning-rate multipliers set since the last call: step, name, module, layer, metric, lr_scale."""
+        return []
 
     def state_dict(self) -> dict:
         return {}
@@ -130,12 +135,50 @@ class Refreshed(Strategy):
         self._rows += new
 
 
+class RefreshedLR(Strategy):
+    """TempBalance or the layer-wise LR (--strategy tempbalance|llr): uniform decay, and learning rates per
+    matrix recomputed from the live weights every `gap` steps (the library's AlphaLR hook)."""
+
+    refreshes = True
+
+    def setup(self, model, optimizer, scheduler) -> None:
+        c = self.cfg
+        self.hook = AlphaLR(model, optimizer, c.decay.lr_spec(), gap=c.decay.gap, warmup=c.decay.alphadecay_warmup,
+                            overlap=c.decay.overlap, scheduler=scheduler)
+        self._seen, self._lrs = 0, []
+        self._collect()
+
+    def after_step(self, step: int) -> None:
+        self.hook.step()
+        self._collect()
+
+    def close(self) -> None:
+        self.hook.close()
+        self._collect()
+
+    def lr_rows(self) -> list[dict]:
+        rows, self._lrs = self._lrs, []
+        return rows
+
+    def state_dict(self) -> dict:
+        return self.hook.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.hook.load_state_dict(state)
+
+    def _collect(self) -> None:
+        self._lrs += self.hook.history[self._seen:]
+        self._seen = len(self.hook.history)
+
+
 class AWD(Strategy):
     """Adaptive weight decay (Ghiasi et al. 2023): λ_t = λ·‖∇θ‖/‖θ‖, smoothed λ̄ ← 0.1·λ̄ + 0.9·λ_t, for every decayed group."""
 
     def setup(self, model, optimizer, scheduler) -> None:
         self._rows = []  # one row per step, name "*": the decay every decayed group gets
-        self.groups = [g for g in optimizer.param_groups if g["weight_decay"] > 0 and g.get("name") != "multipliers"]
+        self.optimizer = optimizer  # its groups by index: a resumed run's optimizer.load_state_dict() replaces them
+        self.indexes = [i for i, g in enumerate(optimizer.param_groups)
+                        if g["weight_decay"] > 0 and g.get("name") != "multipliers"]
         self.params = clip_parameters(getattr(model, "module", model))  # the same set as the clipped grad norm
         self.smoothed = 0.0
 
@@ -143,8 +186,8 @@ class AWD(Strategy):
         param_norm = global_norm(self.params)
         ratio = float(grad_norm) / max(float(param_norm), 1e-12)
         self.smoothed = 0.1 * self.smoothed + 0.9 * self.w * ratio
-        for g in self.groups:
-            g["weight_decay"] = self.smoothed
+        for i in self.indexes:
+            self.optimizer.param_groups[i]["weight_decay"] = self.smoothed
         self._rows.append({"step": step, "name": "*", "module": "*", "layer": None, "metric": ratio,
                                "weight_decay": self.smoothed})
 
@@ -164,7 +207,8 @@ class AdaDecay(Strategy):
     def setup(self, model, optimizer, scheduler) -> None:
         model = getattr(model, "module", model)
         self.tuned = {n: p for n, p in model.named_parameters() if is_tuned_candidate(n, p)}
-        self.groups = split_param_groups(optimizer, self.tuned, scheduler)
+        self.optimizer = optimizer
+        split_param_groups(optimizer, self.tuned, scheduler)
 
     def before_step(self, step, model, optimizer, grad_norm) -> None:
         if (step - 1) % self.cfg.decay.gap:
@@ -175,8 +219,9 @@ class AdaDecay(Strategy):
         spec = self.cfg.decay.spec(assign="sigmoid")
         wd = assign_decays(norms, self.w, ratio=spec.ratio, assign=spec.assign, blocks=blocks,
                            preserve_mean=spec.preserve_mean, sizes=[self.tuned[n].numel() for n in names])
+        groups = own_groups(self.optimizer, self.tuned)  # looked up now: a resume replaces the group dicts
         for n, d in zip(names, wd, strict=True):
-            self.groups[n]["weight_decay"] = float(d)
+            groups[n]["weight_decay"] = float(d)
         self._log(step, dict(zip(names, map(float, wd), strict=True)), dict(zip(names, map(float, norms), strict=True)))
 
 
@@ -186,19 +231,22 @@ class Cautious(Strategy):
     decay is set to 0 and the masked one applied after its step; u's sign is that of θ_before − θ_after."""
 
     def setup(self, model, optimizer, scheduler) -> None:
-        self.groups = [g for g in optimizer.param_groups if g["weight_decay"] > 0 and g.get("name") != "multipliers"]
-        self.decays = [g["weight_decay"] for g in self.groups]
-        for g in self.groups:
-            g["weight_decay"] = 0.0
+        self.optimizer = optimizer  # its groups by index: a resumed run's optimizer.load_state_dict() replaces them
+        self.indexes = [i for i, g in enumerate(optimizer.param_groups)
+                        if g["weight_decay"] > 0 and g.get("name") != "multipliers"]
+        self.decays = [optimizer.param_groups[i]["weight_decay"] for i in self.indexes]
+        for i in self.indexes:
+            optimizer.param_groups[i]["weight_decay"] = 0.0
         self.before: list[list[torch.Tensor]] = []
 
     def before_step(self, step, model, optimizer, grad_norm) -> None:
-        self.before = [[p.detach().clone() for p in g["params"]] for g in self.groups]
+        self.before = [[p.detach().clone() for p in self.optimizer.param_groups[i]["params"]] for i in self.indexes]
 
     @torch.no_grad()
     def after_step(self, step: int) -> None:
         kept = total = 0
-        for g, wd, olds in zip(self.groups, self.decays, self.before, strict=True):
+        for i, wd, olds in zip(self.indexes, self.decays, self.before, strict=True):
+            g = self.optimizer.param_groups[i]
             for p, old in zip(g["params"], olds, strict=True):
                 agree = torch.sign(old - p) == torch.sign(old)  # the update -lr·u moved θ by old - p = lr·u
                 p.sub_(g["lr"] * wd * agree * old)
@@ -229,8 +277,8 @@ def make_strategy(cfg) -> Strategy:
     cfg = cfg.with_options(gap=cfg.decay.gap or default_gap(cfg.schedule.steps))
     if cfg.decay.strategy == "alphadecay":
         return StaticMap(cfg) if cfg.decay.decay_map else Refreshed(cfg)
-    return {"uniform": Strategy, "lrm": Strategy, "awd": AWD, "adadecay": AdaDecay,
-            "cautious": Cautious, "mup": MuP}[cfg.decay.strategy](cfg)
+    return {"uniform": Strategy, "lrm": Strategy, "awd": AWD, "adadecay": AdaDecay, "cautious": Cautious,
+            "mup": MuP, "tempbalance": RefreshedLR, "llr": RefreshedLR}[cfg.decay.strategy](cfg)
 
 
 def clip_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
