@@ -159,28 +159,32 @@ def test_refreshed_alphadecay_decays_come_from_the_current_weights(tmp_path, tex
     assert in_optimizer == {r["name"]: pytest.approx(float(r["weight_decay"]), rel=1e-12) for r in final}
 
 
-@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
-def test_tempbalance_learning_rates_come_from_the_current_weights(tmp_path, text, optimizer):
-    """lr.csv's multipliers at the step-8 refresh are TempBalance's interpolation of the median alphas of the
-    final weights (every block matrix but the first, onto 0.5..1.5), and the optimizer's groups hold the
-    scheduled LR times each multiplier."""
+@pytest.mark.parametrize("strategy,optimizer", [("tempbalance", "adamw"), ("tempbalance", "muon"), ("llr", "adamw")])
+def test_learning_rate_maps_come_from_the_current_weights(tmp_path, text, strategy, optimizer):
+    """lr.csv's multipliers at the step-8 refresh are the release's interpolation of the median alphas of the
+    final weights (TempBalance: every block matrix but the first, onto 0.5..1.5; layer-wise LR: onto 1..3,
+    embeddings and head at 3), and the optimizer's groups hold the scheduled LR times each multiplier."""
     if optimizer == "muon" and not hasattr(torch.optim, "Muon"):
         pytest.skip("torch.optim.Muon needs torch >= 2.9")
-    run(tmp_path, text, strategy="tempbalance", gap=8, overlap=False, optimizer=optimizer)
+    run(tmp_path, text, strategy=strategy, gap=8, overlap=False, optimizer=optimizer)
     out = tmp_path / "run"
     scales = rows(out / "lr.csv")
-    assert {int(r["step"]) for r in scales} == {0, 8} and len(scales) == 28
+    outer = {"model.embed_tokens.weight", "lm_head.weight"} if strategy == "llr" else set()
+    assert {int(r["step"]) for r in scales} == {0, 8} and len(scales) == 2 * (14 + len(outer))
     weights = load_file(out / "model.safetensors")  # the weights the step-8 refresh saw
     final = [r for r in scales if r["step"] == "8"]
-    alphas = {r["name"]: hill_median(weights[r["name"]].double().numpy()) for r in final}
-    first = "model.layers.0.self_attn.q_proj.weight"
+    alphas = {r["name"]: hill_median(weights[r["name"]].double().numpy()) for r in final if r["name"] not in outer}
+    first = "model.layers.0.self_attn.q_proj.weight" if strategy == "tempbalance" else None
     tuned = [a for n, a in alphas.items() if n != first]
+    span = (0.5, 1.5) if strategy == "tempbalance" else (1.0, 3.0)
+    assert {r["name"] for r in final} == set(alphas) | outer
     for r in final:
-        expected = 1.0 if r["name"] == first else np.interp(alphas[r["name"]], [min(tuned), max(tuned)], [0.5, 1.5])
+        expected = 1.0 if r["name"] == first else span[1] if r["name"] in outer else \
+            np.interp(alphas[r["name"]], [min(tuned), max(tuned)], span)
         assert float(r["lr_scale"]) == pytest.approx(expected, rel=1e-9, abs=1e-12)
     state = torch.load(out / "checkpoints" / "step_0000008.pt", weights_only=False)
     lr_now = float(rows(out / "metrics.csv")[-1]["lr"])  # the scheduled LR of step 8
-    groups = {g["name"]: g["lr"] for g in state["optimizer"]["param_groups"] if "layers" in g.get("name", "")}
+    groups = {g["name"]: g["lr"] for g in state["optimizer"]["param_groups"] if g.get("name") in {r["name"] for r in final}}
     assert groups == {r["name"]: pytest.approx(lr_now * float(r["lr_scale"]), rel=1e-9) for r in final}
 
 

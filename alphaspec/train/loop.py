@@ -359,7 +359,8 @@ def _log(r: Run, step: int, loss_sum: torch.Tensor, n_loss: int, n_tokens: int, 
         dist.all_reduce(loss_sum)
         loss_sum /= r.world
     row = {"step": step, "tokens": step * cfg.optimizer.batch_size * cfg.data.seq_len, "loss": float(loss_sum) / n_loss,
-           "lr": r.scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
+           "lr": cfg.optimizer.lr * r.scheduler.lr_lambdas[0](r.scheduler.last_epoch),  # --lr on its schedule
+           "grad_norm": float(grad_norm),
            "tokens_per_s": n_tokens * r.world / seconds}
     if do_eval:
         row["eval_loss"] = evaluate(r.net, r.tokens, cfg, r.micro, r.device, r.autocast, r.rank, r.world)
