@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from .decay import DecayMap, DecayMapError, assign_decays, build_decay_map
     from .errors import AlphaspecError
     from .esd import eigenvalues
-    from .hook import AlphaDecay
+    from .maps.hook import AlphaDecay
     from .maps.spec import DecaySpec
     from .powerlaw import ESTIMATORS, PowerLawFit, fit
 

@@ -14,7 +14,7 @@ try:
 except ImportError as err:  # pragma: no cover - depends on the environment
     raise ImportError("alphaspec.integrations needs transformers: pip install transformers") from err
 
-from .hook import AlphaDecay
+from .maps.hook import AlphaDecay
 from .maps.spec import DecaySpec
 
 LOG_PREFIX = "alphadecay/"

@@ -176,7 +176,7 @@ def test_defect5_snapshot_copies_run_on_the_stream_of_the_gather(monkeypatch):
     """Under FSDP2 the gathered full tensor was cloned on the side stream while the training stream freed
     it and could reuse its memory for the next gather. The copies now run on the gathering stream, and
     the side stream waits for an event recorded after them; the copies are recorded on the side stream."""
-    import alphaspec.hook as hook_module
+    import alphaspec.maps.hook as hook_module
     from alphaspec.train.model import Llama, ModelConfig
 
     @contextlib.contextmanager
@@ -262,7 +262,7 @@ def test_defect7_a_reader_stopped_early_drops_what_it_staged(tmp_path):
 
 
 def test_defect7_a_failed_refresh_keeps_the_decays_and_warns_once(monkeypatch, caplog):
-    import alphaspec.hook as hook_module
+    import alphaspec.maps.hook as hook_module
     from alphaspec.train.model import Llama, ModelConfig
 
     cfg = ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4)

@@ -160,6 +160,9 @@ def _distributed_worker(rank: int, world: int, init_file: str, out_dir: str, sha
     torch.save({"decays": group_decays(opt), "owned": hook.owned, "refreshes": hook.refreshes, "expected": expected},
                os.path.join(out_dir, f"rank{rank}.pt"))
     dist.destroy_process_group()
+    from alphaspec.distributed import end_rank
+
+    end_rank(0)  # as the CLI does: a gloo worker thread can abort the interpreter's shutdown (see end_rank)
 
 
 def _two_ranks(tmp_path, sharding: str) -> tuple[dict, dict]:

@@ -47,5 +47,13 @@ try:
         from alphaspec.cli import main
 
         main()
+except SystemExit as done:
+    code = done.code if isinstance(done.code, int) else 1
+else:
+    code = 0
 finally:
     (record / f"rank{rank}.json").write_text(json.dumps(reads))
+
+from alphaspec.distributed import end_rank  # noqa: E402 - as the `alphaspec` program ends a torchrun rank
+
+end_rank(code)

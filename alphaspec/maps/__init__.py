@@ -1,5 +1,7 @@
 """Alpha-guided maps: per-module settings from spectral metrics, and the optimizer groups they become.
 
-`groups`: the one module that builds optimizer param groups for decay maps, the trainer's strategies and
-the live hook.
+`spec` (AlphaDecay's options), `assign` (metric to decays), `methods` (the other released methods), `build`
+(maps of learning rates, sparsities, LoRA ranks), `file` (the map files), `groups` (the one module that
+builds optimizer param groups), `apply` (using a map with torch and peft), `hook` (AlphaDecay and AlphaLR,
+refreshed from the live weights during training).
 """
