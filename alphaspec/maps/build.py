@@ -29,6 +29,8 @@ from .methods import (
 )
 from .spec import DecayMapError, choice_problem, ratio_problem
 
+NEEDED = ("name", "module", "layer", "rows", "cols", "n_eigs")  # the columns of an analysis table a map reads
+
 
 @dataclass(frozen=True)
 class MapSpec:
@@ -88,6 +90,12 @@ def build_map(table: pd.DataFrame, kind: str, spec: MapSpec | None = None, *, so
     if spec.metric not in table.columns:
         raise DecayMapError(f"the table has no {spec.metric!r} column"
                             + (" (analyse with --farms)" if spec.metric == "alpha_farms" else ""))
+    missing = [c for c in NEEDED if c not in table.columns]
+    if missing:
+        raise DecayMapError(f"the table has no {', '.join(missing)} column{'s' * (len(missing) > 1)}: not a table "
+                            "that analyze wrote")
+    if "status" not in table:
+        table = table.assign(status="no fit")
     if "tensor" in table and (table["name"] != table["tensor"]).any():
         raise DecayMapError("the released methods analyse each nn.Linear whole: analyse with --no-split-fused")
     build = {"lr": _lr_modules, "sparsity": _sparsity_modules, "lora_rank": _rank_modules}[kind]
