@@ -21,5 +21,5 @@ SHARDINGS = ("ddp", "fsdp")
 REPORT_TO = ("none", "tensorboard", "wandb")  # where `train` sends its scalars besides the CSV logs
 PACKINGS = ("concat", "docs")  # windows of the document stream, or one padded document per row
 ALPHADECAY_WARMUPS = ("init", "uniform")
-FIGURES = ("spectra", "alpha-modules", "alpha-depth", "esd", "decay", "training", "multipliers")
+FIGURES = ("spectra", "alpha-modules", "alpha-depth", "esd", "decay", "map", "training", "multipliers")
 FORMATS = ("png", "svg", "pdf")

@@ -28,7 +28,8 @@ def check_map_matches_table(dmap: DecayMap, table: pd.DataFrame, where: str) -> 
     absent = [m["name"] for m in dmap.modules if m["name"] not in tensors
               and not any(t.endswith("." + m["name"]) or m["name"].endswith("." + t) for t in tensors)]
     if absent:
-        raise DecayMapError(f"the decay map was made for another model than {where}: {len(absent)} of its names "
+        what = "decay map" if isinstance(dmap, DecayMap) else "map"
+        raise DecayMapError(f"the {what} was made for another model than {where}: {len(absent)} of its names "
                             f"are not in it, e.g. {absent[0]}")
 
 

@@ -24,7 +24,7 @@ from .powerlaw import fit
 from .random_baseline import random_alpha
 from .randomize import RANDOMIZED_SUFFIX
 
-KINDS = ("spectra", "alpha-modules", "alpha-depth", "esd", "decay")
+KINDS = ("spectra", "alpha-modules", "alpha-depth", "esd", "decay", "map")
 MODEL_KINDS = ("spectra", "alpha-modules", "alpha-depth")
 # Okabe & Ito's colour-blind-safe palette, one colour per module type.
 OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#000000", "#F0E442", "#999999"]
@@ -329,6 +329,45 @@ def decay_figure(dmap) -> Figure:
     return fig
 
 
+MAP_AXES = {"lr": ("learning-rate multiplier (x base LR)", 1.0), "sparsity": ("sparsity (fraction pruned)", None),
+            "lora_rank": ("LoRA rank", None)}
+
+
+def map_figure(vmap) -> Figure:
+    """A learning-rate, sparsity or LoRA-rank map: each matrix's value against its metric (a rank map: its
+    block's mean metric), coloured by module type, with the neutral value, the target or the mean rank."""
+    mods = pd.DataFrame(vmap.modules)
+    metric, key = vmap.metric, vmap.key
+    x = mods["block_metric"] if "block_metric" in mods else mods[metric]
+    fig = Figure(figsize=(7.5, 4.8), layout="constrained", dpi=DPI)
+    ax = fig.subplots()
+    if "block_metric" in mods:  # one value per block: one point each, named
+        blocks = mods.groupby("layer", sort=True).first()
+        ax.scatter(blocks["block_metric"], blocks[key], s=30, color="#1f78b4", edgecolors="none",
+                   label="a block (all its matrices)")
+        for i, (layer, row) in enumerate(blocks.sort_values("block_metric").iterrows()):  # neighbours above/below
+            ax.annotate(f"block {layer}", (row["block_metric"], row[key]), textcoords="offset points",
+                        xytext=(6, 4 if i % 2 else -10), fontsize="x-small", color="#444444")
+    else:
+        for module, part in mods.groupby("module", sort=False):
+            ax.scatter(x[part.index], part[key], s=22, color=module_colour(str(module)), label=str(module),
+                       edgecolors="none", alpha=0.85)
+    label, neutral = MAP_AXES[vmap.kind]
+    if neutral is not None:
+        ax.axhline(neutral, color="black", lw=1, label="the base learning rate")
+    if vmap.kind == "sparsity":
+        weighted = float((mods[key] * mods["params"]).sum() / mods["params"].sum())
+        ax.axhline(weighted, color="#555555", ls=":", lw=1.2, label=f"parameter-weighted mean = {weighted:.3f}")
+    elif vmap.kind == "lora_rank":
+        ax.axhline(mods[key].mean(), color="#555555", ls="--", lw=1, label=f"mean rank = {mods[key].mean():.2f}")
+    xlabel = f"block mean {metric}" if "block_metric" in mods else metric
+    ax.set(xlabel=f"{xlabel} ({vmap.estimator} estimator)", ylabel=label,
+           title=f"{vmap.method}: {label.split(' (')[0]} from {metric}")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False, fontsize="small")
+    return fig
+
+
 def safe_filename(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")
 
@@ -345,9 +384,11 @@ def save_figure(fig: Figure, path: Path) -> Path:
 
 
 def render(table: pd.DataFrame, spectra: dict[str, np.ndarray], out_dir: Path, kinds=MODEL_KINDS,
-           fmt: str = "png", names: list[str] = (), decay_map=None, excess: bool = False) -> Rendered:
+           fmt: str = "png", names: list[str] = (), decay_map=None, excess: bool = False, *,
+           value_map=None) -> Rendered:
     """Draw `kinds` into out_dir as FORMAT files; `esd` draws one figure per name in `names`,
-    `decay` draws `decay_map` (skipped without one); excess: alpha-depth draws alpha - alpha_random.
+    `decay` draws `decay_map` and `map` draws `value_map` (each skipped without one); excess: alpha-depth
+    draws alpha - alpha_random.
 
     A figure that cannot be drawn from this table (no spectra saved, no fitted alpha, ...) is skipped
     and the others are drawn: returns the files written and one line per skipped figure saying why.
@@ -362,6 +403,9 @@ def render(table: pd.DataFrame, spectra: dict[str, np.ndarray], out_dir: Path, k
                 n, spectra[n], est, _bulk_of(table, n), spectra.get(n + RANDOMIZED_SUFFIX))) for n in names]
         elif kind == "decay":
             jobs.append(("decay", lambda: decay_figure(_needed(decay_map, "a decay map (build_decay_map)"))))
+        elif kind == "map":
+            jobs.append((f"map-{value_map.kind}" if value_map is not None else "map",
+                         lambda: map_figure(_needed(value_map, "a map of lr, sparsity or lora_rank (alphaspec map)"))))
         elif kind == "alpha-depth":
             jobs.append((kind, lambda: alpha_depth_figure(table, excess)))
         elif kind in _FIGURES:

@@ -452,3 +452,36 @@ def test_the_map_summary_fits_80_columns_and_says_what_it_wrote(tmp_path, kind, 
     assert max(len(line) for line in lines) <= 80, lines
     assert any(line.lstrip("│ ").startswith("mlp.down") for line in lines)
     assert ValueMap.load(out, kind).kind == kind and "wrote" in res.stdout
+
+
+def test_the_map_figure_draws_each_kind_and_the_cli_refuses_what_it_cannot_draw(tmp_path, model_and_tables):
+    """The map figure as a user opens it: one point per matrix (lr), one per block (sparsity block-wise, lora
+    ranks), each at its value; `plot --kind map` without --map, or with a decay map, is one line."""
+    from matplotlib.image import imread
+
+    from alphaspec.plots import map_figure
+
+    _, median, peak = model_and_tables
+    blocks = int(median["layer"].nunique())
+    for vmap, points in ((build_map(median, "lr"), None), (build_map(peak, "sparsity"), blocks),
+                         (build_map(peak, "lora_rank"), blocks)):
+        fig = map_figure(vmap)
+        ax = fig.axes[0]
+        drawn = np.concatenate([c.get_offsets() for c in ax.collections])
+        want = points or len(vmap.modules)
+        assert len(drawn) == want, vmap.kind
+        values = sorted({round(float(m[vmap.key]), 12) for m in vmap.modules})
+        assert sorted({round(float(y), 12) for y in drawn[:, 1]}) == values
+        vmap.save(tmp_path / f"{vmap.kind}.json")
+    (tmp_path / "results.json").write_text(json.dumps({"matrices": json.loads(median.to_json(orient="records"))}))
+    res = CliRunner().invoke(app, ["plot", str(tmp_path / "results.json"), "--map", str(tmp_path / "lr.json"),
+                                   "--kind", "map", "-o", str(tmp_path / "figs")])
+    assert res.exit_code == 0, res.output
+    img = imread(tmp_path / "figs" / "map-lr.png")
+    assert img.shape[0] > 300 and img.shape[1] > 500 and img[..., :3].std() > 0.05
+    res = CliRunner().invoke(app, ["plot", str(tmp_path / "results.json"), "--kind", "map", "-o", str(tmp_path / "f2")])
+    assert res.exit_code == 2 and "needs --map FILE" in res.output
+    DecayMap(modules=[], weight_decay=0.1).save(tmp_path / "wd.json")
+    res = CliRunner().invoke(app, ["plot", str(tmp_path / "results.json"), "--map", str(tmp_path / "wd.json"),
+                                   "-o", str(tmp_path / "f3")])
+    assert res.exit_code == 1 and res.output.count("error:") == 1 and "a map of weight decays" in res.output

@@ -305,7 +305,8 @@ def report_figures(rendered, quiet: bool = False) -> None:
         err.print(Text(f"skipped {line}"), style="yellow", highlight=False)
 
 
-def draw(table, spectra, out_dir: Path, kinds: list[str], fmt: str, names: list[str], dmap=None, excess: bool = False):
+def draw(table, spectra, out_dir: Path, kinds: list[str], fmt: str, names: list[str], dmap=None, excess: bool = False,
+         vmap=None):
     from ..plots import render  # matplotlib is loaded only when figures are asked for
 
-    return render(table, spectra, out_dir, kinds, fmt, names, dmap, excess)
+    return render(table, spectra, out_dir, kinds, fmt, names, dmap, excess, value_map=vmap)

@@ -40,6 +40,8 @@ Format = choice_enum("Format", FORMATS)
     alphaspec plot r.json --kind esd --module 'layers\\.3\\.mlp\\.down' -o figs/
 
     alphaspec plot runs/alphadecay --kind training -o figs/        # alpha over the steps of a training run
+
+    alphaspec plot r.json --map sparsity.json --kind map -o figs/  # a map from `alphaspec map`
 """)
 def plot(
     source: Annotated[str, typer.Argument(help="A checkpoint (anything `analyze` takes), a results file "
@@ -53,6 +55,8 @@ def plot(
                                                       "--save-spectra` (default: RESULTS with suffix .npz).")] = None,
     decay_map_file: Annotated[Path | None, typer.Option("--decay-map", help="A map from `alphaspec decay-map` for "
                                                         "the decay figure (default: linear, w = 0.1).")] = None,
+    map_file: Annotated[Path | None, typer.Option("--map", help="A map from `alphaspec map` (lr, sparsity, "
+                                                  "lora_rank) for the map figure.")] = None,
     estimator: EstimatorOption = Estimator.median,
     alpha_excess: Annotated[bool, typer.Option("--alpha-excess", help="alpha-depth: draw alpha - alpha_random (what "
                                                "training added beyond a Gaussian matrix of the same shape).")] = False,
@@ -60,15 +64,17 @@ def plot(
     quiet: Quiet = False,
 ) -> None:
     """Figures: ESDs per module type across layers, alpha per module type and over depth, one matrix's fit,
-    and weight decay against alpha."""
+    weight decay against alpha, and a learning-rate, sparsity or LoRA-rank map against alpha."""
     from ..decay import DecayMap
+    from ..maps.file import ValueMap
     from ..output import check_output_dir
     from ..train.rundir import has_log
 
     check_output_dir(output)
     run = Path(source)
     kinds = [k.value for k in kind] if kind else ["esd"] if module else [
-        *MODEL_KINDS, *(["decay"] if decay_map_file else []), *(["training"] if has_log(run, "alphas") else []),
+        *MODEL_KINDS, *(["decay"] if decay_map_file else []), *(["map"] if map_file else []),
+        *(["training"] if has_log(run, "alphas") else []),
         *(["multipliers"] if has_log(run, "multipliers") else [])]
     for figure, draw_run in (("training", _training_figure), ("multipliers", _multipliers_figure)):
         if figure in kinds:  # figures of a training run, from its logs
@@ -81,20 +87,24 @@ def plot(
     if "esd" in kinds and not module:
         fail("the esd figure needs --module NAME (a row name or a regex)", 2)
     dmap = DecayMap.load(decay_map_file) if decay_map_file is not None else None
+    vmap = ValueMap.load(map_file) if map_file is not None else None
+    if "map" in kinds and vmap is None:
+        fail("the map figure needs --map FILE (a map from `alphaspec map`)", 2)
     if dmap is None and "decay" in kinds and has_log(run, "decays"):  # a run: the decays it last applied
         dmap = _run_decay_map(run)
     table, spectra = load(source, estimator.value, device, quiet, spectra_file)
-    if dmap is not None and "decay" in kinds and decay_map_file is not None:
-        from ..decay import check_map_matches_table
+    from ..decay import check_map_matches_table
 
-        check_map_matches_table(dmap, table, source)
+    for given, figure in ((dmap if decay_map_file is not None else None, "decay"), (vmap, "map")):
+        if given is not None and figure in kinds:
+            check_map_matches_table(given, table, source)
     note = None
     if dmap is None and "decay" in kinds:
         dmap, note = _default_map(table)
         if dmap is None:
             kinds.remove("decay")
     names = _esd_names(source, table, spectra, module) if "esd" in kinds else []
-    rendered = draw(table, spectra, output, kinds, fmt.value, names, dmap, alpha_excess)
+    rendered = draw(table, spectra, output, kinds, fmt.value, names, dmap, alpha_excess, vmap)
     if note and dmap is None:
         rendered.skipped.append(note)
     elif note and not quiet:

@@ -152,8 +152,9 @@ def _sparsity_modules(table: pd.DataFrame, spec: MapSpec) -> tuple[list[dict], d
     values, means, notes = _block_metric(rows, spec.metric)
     r = sparsities(means if spec.block_wise else values, (rows["rows"] * rows["cols"]).to_numpy(dtype=float),
                    spec.target, spec.epsilon)
-    modules = [_entry(row, spec.metric, float(s), "sparsity", **({"note": note} if note else {}))
-               for row, s, note in zip(rows.itertuples(index=False), r, notes, strict=True)]
+    modules = [_entry(row, spec.metric, float(s), "sparsity", **({"block_metric": float(m)} if spec.block_wise else {}),
+                      **({"note": note} if note else {}))
+               for row, s, m, note in zip(rows.itertuples(index=False), r, means, notes, strict=True)]
     return modules, {"target": spec.target, "epsilon": spec.epsilon, "block_wise": spec.block_wise}
 
 

@@ -179,8 +179,8 @@ class ValueMap:
             raise DecayMapError(f"{where}: unsupported map (schema {str(doc['schema'])[:40]!r}, kind "
                                 f"{str(found)[:40]!r}); this alphaspec reads {MAP_SCHEMA!r} of {', '.join(KINDS[1:])}")
         if found == "weight_decay" or doc["schema"] == SCHEMA:
-            raise DecayMapError(f"{where}: a map of weight decays; {'a map of ' + kind if kind else 'this'} is read here "
-                                "(use it with --decay-map or DecayMap.load)")
+            raise DecayMapError(f"{where}: a map of weight decays, where a map of {kind or 'lr, sparsity or lora_rank'} "
+                                "is read (use it with --decay-map or DecayMap.load)")
         if kind is not None and found != kind:
             raise DecayMapError(f"{where}: a map of {found}, not of {kind}")
         key = VALUE_KEYS[found]
