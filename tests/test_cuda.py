@@ -141,7 +141,7 @@ def test_multiplier_statistics_on_the_gpu_equal_the_cpus():
     assert gpu.is_cuda and torch.allclose(gpu.cpu(), cpu, rtol=1e-5)
 
 
-@pytest.mark.parametrize("strategy", ["uniform", "alphadecay", "awd", "adadecay", "lrm"])
+@pytest.mark.parametrize("strategy", ["uniform", "alphadecay", "awd", "adadecay", "lrm", "tempbalance", "llr"])
 def test_train_on_cuda(tmp_path, strategy):
     """Every strategy trains on the GPU (bf16 autocast, fused AdamW) and close to the CPU's fp32 numbers."""
     from alphaspec.train import TrainConfig, train
@@ -261,3 +261,43 @@ def test_diff_on_the_gpu_equals_the_cpu(tmp_path):
     gpu = diff_checkpoints([a, b], device="cuda").table
     for col in ("rel_change", "subspace_overlap", "delta_alpha"):
         assert gpu[col].tolist() == pytest.approx(cpu[col].tolist(), rel=1e-7, abs=1e-9, nan_ok=True), col
+
+
+def test_alpha_lr_overlapped_on_cuda_equals_the_cpu_multipliers():
+    """AlphaLR refreshed on a side CUDA stream gives the multipliers an in-line CPU refresh of the same weights
+    gives, and the groups' LRs on the GPU carry them."""
+    import transformers
+
+    from alphaspec.hook import AlphaLR
+
+    def hooked(device: str, overlap: bool):
+        torch.manual_seed(0)
+        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+            vocab_size=128, hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4)).to(device)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        return AlphaLR(model, optimizer, method="llr", gap=1, overlap=overlap), optimizer
+
+    cpu, _ = hooked("cpu", False)
+    gpu, optimizer = hooked("cuda", True)
+    gpu.step()
+    gpu.close()
+    assert gpu.scales == pytest.approx(cpu.scales, rel=1e-9)
+    for group in optimizer.param_groups:
+        if group.get("name") in gpu.scales:
+            assert group["lr"] == pytest.approx(1e-3 * gpu.scales[group["name"]], rel=1e-12)
+
+
+def test_a_sparsity_map_prunes_a_model_on_the_gpu_as_on_the_cpu(tmp_path):
+    import transformers
+
+    from alphaspec.maps.apply import prune_model
+    from alphaspec.maps.build import build_map
+
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=128, hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4))
+    from alphaspec import analyze
+
+    smap = build_map(analyze(model.to("cuda"), device="cuda", split_fused=False), "sparsity", target=0.5)
+    on_gpu = prune_model(model, smap, permanent=True)
+    assert (on_gpu["realised"] - on_gpu["sparsity"]).abs().max() <= 0.5 / on_gpu["params"].min()
