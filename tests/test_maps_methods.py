@@ -485,3 +485,46 @@ def test_the_map_figure_draws_each_kind_and_the_cli_refuses_what_it_cannot_draw(
     res = CliRunner().invoke(app, ["plot", str(tmp_path / "results.json"), "--map", str(tmp_path / "wd.json"),
                                    "-o", str(tmp_path / "f3")])
     assert res.exit_code == 1 and res.output.count("error:") == 1 and "a map of weight decays" in res.output
+
+
+def test_alpha_lr_eases_each_refresh_in_over_its_steps_as_the_layer_wise_release_does():
+    """ease=4: from the multipliers in force at a refresh to its targets, a quarter of the way per step; the
+    first map eases in from the base LR (the release starts every group at lr); lr.csv-style history holds the
+    targets; a state saved mid-ease resumes to the same multipliers."""
+    from alphaspec.hook import AlphaLR
+
+    def make(seed=4):
+        model = tiny_llama(seed)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        return model, optimizer, AlphaLR(model, optimizer, method="llr", gap=6, overlap=False, ease=4)
+
+    model, optimizer, hook = make()
+    first = dict(hook.targets)
+    assert hook.ease == 4 and set(hook.scales.values()) == {1.0}  # step 0: still the base LR
+    seen = []
+    for step in range(1, 9):
+        batch = torch.randint(0, 128, (2, 16))
+        model(batch, labels=batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        hook.step()
+        seen.append(dict(hook.scales))
+        if step == 7:
+            saved = hook.state_dict()
+    for step, scales in enumerate(seen[:5], start=1):
+        frac = min(1.0, step / 4)
+        assert scales == pytest.approx({n: 1 + (t - 1) * frac for n, t in first.items()}, rel=1e-12), step
+    second = dict(hook.targets)  # refreshed at step 6 from the multipliers then in force (the first targets)
+    assert second != first
+    for step in (6, 7, 8):
+        frac = (step - 6) / 4
+        assert seen[step - 1] == pytest.approx({n: first[n] + (t - first[n]) * frac for n, t in second.items()},
+                                               rel=1e-12), step
+    groups = own_groups(optimizer, hook.tuned)
+    assert {n: g["lr"] for n, g in groups.items()} == pytest.approx({n: 1e-3 * s for n, s in seen[-1].items()})
+    model2, optimizer2, resumed = make(5)  # another model: everything comes from the state
+    resumed.load_state_dict(saved)  # saved after step 7, mid-ease
+    assert resumed.scales == pytest.approx(seen[6], rel=1e-12)
+    resumed.step()  # step 8: no refresh due, the ease goes on from the saved state
+    assert resumed.scales == pytest.approx(seen[7], rel=1e-12)
+    assert AlphaLR(*make()[:2], method="tempbalance", gap=6, overlap=False).ease == 0

@@ -166,7 +166,7 @@ def test_learning_rate_maps_come_from_the_current_weights(tmp_path, text, strate
     embeddings and head at 3), and the optimizer's groups hold the scheduled LR times each multiplier."""
     if optimizer == "muon" and not hasattr(torch.optim, "Muon"):
         pytest.skip("torch.optim.Muon needs torch >= 2.9")
-    run(tmp_path, text, strategy=strategy, gap=8, overlap=False, optimizer=optimizer)
+    run(tmp_path, text, strategy=strategy, gap=8, overlap=False, optimizer=optimizer, lr_ease=0)  # no easing in
     out = tmp_path / "run"
     scales = rows(out / "lr.csv")
     outer = {"model.embed_tokens.weight", "lm_head.weight"} if strategy == "llr" else set()

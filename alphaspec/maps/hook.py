@@ -261,6 +261,9 @@ class AlphaDecay:
                 groups[name]["weight_decay"] = wd
 
 
+LLR_EASE = 20  # the layer-wise LR release's linear_steps: each new LR is reached over this many steps
+
+
 class AlphaLR(AlphaDecay):
     """Module-wise learning rates from the spectra of the live weights, refreshed every `gap` steps:
     TempBalance (method "tempbalance": every block matrix but the first, 0.5..1.5 x lr) or the layer-wise LR
@@ -268,17 +271,25 @@ class AlphaLR(AlphaDecay):
     eigenvalues at lr). spec: a MapSpec (method, ratio, assign, metric, estimator); keyword `options` set
     its fields. Each tuned matrix gets its own param group whose LR is its group's LR times its multiplier;
     with a scheduler (LambdaLR-style: lr = base_lr x factor, as the trainer's and transformers' are), the
-    scheduler's base_lrs are scaled too, so the schedule goes on from the new LRs. gap, warmup, overlap,
-    scheduler and config work as in AlphaDecay; `scales` holds the multipliers in force.
+    scheduler's base_lrs are scaled too, so the schedule goes on from the new LRs. ease: steps over which
+    each refresh's multipliers are reached linearly from those in force (default: 20 for llr, as its release
+    eases each new LR in; 0, at once, for tempbalance). gap, warmup, overlap, scheduler and config work as in
+    AlphaDecay; `scales` holds the multipliers in force, `targets` those of the latest refresh.
     """
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, spec: MapSpec | None = None, *,
                  gap: int = 500, warmup: str = "init", overlap: bool | str = "auto", scheduler=None,
-                 config: dict | None = None, **options):
+                 config: dict | None = None, ease: int | None = None, **options):
         self.lr_spec = (spec or MapSpec(**options)).settled("lr")
         if self.lr_spec.ratio[0] <= 0:
             raise DecayMapError(f"ratio {tuple(self.lr_spec.ratio)}: a learning-rate multiplier of 0 freezes a matrix; "
                                 "give S1 > 0")
+        self.ease = (LLR_EASE if self.lr_spec.method == "llr" else 0) if ease is None else int(ease)
+        if self.ease < 0:
+            raise ValueError(f"ease must be >= 0 steps, got {ease}")
+        self.targets: dict[str, float] = {}  # the latest refresh's multipliers (reached after `ease` steps)
+        self._eased_from: dict[str, float] = {}
+        self._ease_start = 0
         self._base: dict[str, float] = {}  # each tuned group's LR before any multiplier (its scheduler base)
         self._applied: dict[str, float] = {}  # the multiplier in each group now
         bare = getattr(model, "module", model)
@@ -294,6 +305,21 @@ class AlphaLR(AlphaDecay):
         """The learning-rate multiplier in force per tuned parameter."""
         return self.decays
 
+    def step(self) -> None:
+        """Call once after every optimizer.step() (and scheduler.step())."""
+        super().step()
+        if self.targets and self._eased_from:
+            self._ease_towards()
+
+    def _ease_towards(self) -> None:
+        """The multipliers in force: from those of the last refresh's start to its targets, linearly in steps."""
+        frac = 1.0 if self.ease == 0 else min(1.0, (self.step_count - self._ease_start) / self.ease)
+        self.decays = {**self.decays, **{n: self._eased_from.get(n, 1.0) + (t - self._eased_from.get(n, 1.0)) * frac
+                                         for n, t in self.targets.items()}}
+        if frac >= 1.0:
+            self._eased_from = {}
+        self._set(self.decays)
+
     def _analyze(self, snapshot: dict[str, torch.Tensor]) -> pd.DataFrame:
         return analyze_tensors(snapshot, self.lr_spec.estimator, config=self.config, split_fused=False,
                                farms=self.lr_spec.metric == "alpha_farms")
@@ -307,10 +333,11 @@ class AlphaLR(AlphaDecay):
             return
         vmap = build_map(table, "lr", self.lr_spec)
         metric = self.lr_spec.metric
-        self.decays = {**self.decays, **vmap.values()}
+        self.targets = vmap.values()
+        self._eased_from, self._ease_start = dict(self.decays), self.step_count  # the first map eases in from 1
+        self._ease_towards()
         self.metrics = {m["name"]: m[metric] for m in vmap.modules}
         self.modules = {m["name"]: m["module"] for m in vmap.modules}
-        self._set(self.decays)
         self.staleness = self.step_count - started
         self.refreshes += 1
         self.history.extend({"step": self.step_count, "name": m["name"], "module": m["module"], "layer": m["layer"],
@@ -318,11 +345,14 @@ class AlphaLR(AlphaDecay):
 
     def state_dict(self) -> dict:
         """AlphaDecay's state, with each group's LR before its multiplier and the multiplier it holds now."""
-        return {**super().state_dict(), "base_lrs": dict(self._base), "applied": dict(self._applied)}
+        return {**super().state_dict(), "base_lrs": dict(self._base), "applied": dict(self._applied),
+                "targets": dict(self.targets), "eased_from": dict(self._eased_from), "ease_start": self._ease_start}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore state_dict() after the optimizer's and scheduler's own (their LRs already carry the multipliers)."""
         self._base, self._applied = dict(state["base_lrs"]), dict(state["applied"])
+        self.targets, self._eased_from = dict(state.get("targets", {})), dict(state.get("eased_from", {}))
+        self._ease_start = int(state.get("ease_start", 0))
         super().load_state_dict(state)
 
     def summary(self) -> dict[str, float]:

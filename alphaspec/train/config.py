@@ -189,6 +189,9 @@ class DecayOptions:
                                                   "(default: 0.5 1.5; llr: 1 3).", kind="ratio", applies=_lr_map)
     lr_assign: str | None = option(None, "tempbalance/llr: how the metric becomes learning-rate multipliers "
                                    "(default linear).", choices=LR_ASSIGN, applies=_lr_map)
+    lr_ease: int | None = option(None, "tempbalance/llr: steps over which each refresh's learning rates are "
+                                 "reached from those in force (default: llr 20, as released; tempbalance 0).", min=0,
+                                 applies=_lr_map)
     alphadecay_warmup: str = option("init", "Decays before the first refresh: init (from the initial weights, the "
                                     "paper) or uniform.", choices=ALPHADECAY_WARMUPS, applies=_refreshed)
     overlap: bool = option(True, "Solve alphadecay refreshes alongside training or in line (bit-reproducible).",

@@ -144,7 +144,7 @@ class RefreshedLR(Strategy):
     def setup(self, model, optimizer, scheduler) -> None:
         c = self.cfg
         self.hook = AlphaLR(model, optimizer, c.decay.lr_spec(), gap=c.decay.gap, warmup=c.decay.alphadecay_warmup,
-                            overlap=c.decay.overlap, scheduler=scheduler)
+                            overlap=c.decay.overlap, scheduler=scheduler, ease=c.decay.lr_ease)
         self._seen, self._lrs = 0, []
         self._collect()
 
