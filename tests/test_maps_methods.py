@@ -372,6 +372,29 @@ def test_bad_map_settings_are_usage_errors_before_anything_is_read(tmp_path, arg
     assert not (tmp_path / "m.json").exists()
 
 
+def test_a_map_decided_by_shape_says_so_and_alpha_excess_removes_the_shape():
+    """A random-init Llama has no training in its alphas: their spread is its matrices' shapes (alpha_random
+    explains most of it), and every kind of map says so; by alpha_excess it does not."""
+    from alphaspec import analyze
+
+    table = analyze(tiny_llama(0), device="cpu", split_fused=False)
+    for kind in ("lr", "sparsity", "lora_rank"):
+        assert any("follows their shapes alone" in n for n in build_map(table, kind).notes), kind
+    for kind in ("lr", "sparsity"):
+        assert build_map(table, kind, metric="alpha_excess").notes == [], kind
+    with pytest.raises(DecayMapError, match="needs it above 0; the smallest is -"):  # a^beta of a negative excess
+        build_map(table, "lora_rank", metric="alpha_excess")
+    with pytest.raises(DecayMapError, match="sqrt assignment needs metric values >= 0"):
+        build_map(table, "lr", metric="alpha_excess", assign="sqrt")
+
+
+def test_alpha_excess_is_a_metric_of_every_kind(model_and_tables):
+    _, median, _ = model_and_tables
+    vmap = build_map(median, "lr", metric="alpha_excess")
+    excess = (median["alpha"] - median["alpha_random"]).set_axis(median["name"])
+    assert all(m["alpha_excess"] == pytest.approx(excess[m["name"]]) for m in vmap.modules)
+
+
 def test_a_results_table_without_the_columns_a_map_reads_is_one_line(tmp_path, model_and_tables):
     _, median, _ = model_and_tables
     for column in ("n_eigs", "layer", "alpha"):

@@ -90,6 +90,8 @@ def make_map(
     if not quiet:
         out.print(summary(vmap))
         out.print(f"wrote {output} ({len(vmap.modules)} matrices, method {vmap.method})", highlight=False)
+        for note in vmap.notes:
+            out.print(f"note: {note}", highlight=False)
 
 
 def _decay_map(source, output, method, metric, estimator, ratio, assign, weight_decay, device, quiet) -> None:

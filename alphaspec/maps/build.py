@@ -86,7 +86,10 @@ class MapSpec:
 def build_map(table: pd.DataFrame, kind: str, spec: MapSpec | None = None, *, source: str = "", **options) -> ValueMap:
     """A map of `kind` (lr, sparsity, lora_rank) from an analysis table (one row per whole matrix, in module
     order: analyse with split_fused=False, as the releases see each nn.Linear whole)."""
+    from ..decay import SHAPE_NOTE_SHARE, shape_share, with_derived_metrics  # alpha_excess = alpha - alpha_random
+
     spec = (spec or MapSpec(**options)).settled(kind)
+    table = with_derived_metrics(table)
     if spec.metric not in table.columns:
         raise DecayMapError(f"the table has no {spec.metric!r} column"
                             + (" (analyse with --farms)" if spec.metric == "alpha_farms" else ""))
@@ -100,9 +103,17 @@ def build_map(table: pd.DataFrame, kind: str, spec: MapSpec | None = None, *, so
         raise DecayMapError("the released methods analyse each nn.Linear whole: analyse with --no-split-fused")
     build = {"lr": _lr_modules, "sparsity": _sparsity_modules, "lora_rank": _rank_modules}[kind]
     modules, settings = build(table, spec)
-    return ValueMap(kind=kind, method=spec.method, modules=modules, metric=spec.metric,
+    vmap = ValueMap(kind=kind, method=spec.method, modules=modules, metric=spec.metric,
                     estimator=str(table["estimator"].iloc[0]) if "estimator" in table else spec.estimator,
                     settings=settings, source=source)
+    valued = table[table["name"].isin([m["name"] for m in modules if "note" not in m])]
+    share = shape_share(valued, spec.metric)
+    if share is not None and share >= SHAPE_NOTE_SHARE:
+        vmap.notes.append(f"{share:.0%} of the spread of alpha over these matrices follows their shapes alone "
+                          "(alpha_random, the alpha of a Gaussian matrix of each shape), so the map mostly sorts "
+                          "matrices by shape; --metric alpha_excess (alpha - alpha_random) assigns by what training "
+                          "added")
+    return vmap
 
 
 def _entry(row, metric: str, value, key: str, **extra) -> dict:

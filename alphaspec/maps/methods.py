@@ -74,6 +74,8 @@ def lr_scales(a: np.ndarray, ratio: tuple[float, float], assign: str, *, eps: fl
     if assign == "linear":
         return np.interp(a, [a.min(), a.max()], [s1, s2])
     if assign == "sqrt":
+        if (a < 0).any():
+            raise DecayMapError(f"sqrt assignment needs metric values >= 0; the smallest is {a.min():.4g}")
         return np.sqrt(a) / np.sum(np.sqrt(a) + eps) * n
     if assign == "log2":
         if (a <= 1).any():
@@ -154,7 +156,11 @@ def sparsities(a: np.ndarray, sizes: np.ndarray, target: float, epsilon: float) 
 def lora_ranks(a: np.ndarray, budget: int, beta: float) -> np.ndarray:
     """AlphaLoRA's exponential_scaling: round(a^beta / sum a^beta * budget), then add 1 where a^beta minus the
     integers is smallest (or take 1 where it is largest) until the integers sum to the budget."""
-    scaled = np.power(np.asarray(a, dtype=np.float64), beta)
+    a = np.asarray(a, dtype=np.float64)
+    if (a <= 0).any():
+        raise DecayMapError(f"AlphaLoRA raises each block's mean metric to the power beta, which needs it above 0; the "
+                            f"smallest is {a.min():.4g} (alpha_excess can be negative: use alpha)")
+    scaled = np.power(a, beta)
     ints = np.round(scaled / scaled.sum() * budget).astype(int)
     for _ in range(2 * len(ints) + abs(budget) + 1):  # each pass moves the sum one step towards the budget
         diff = budget - ints.sum()
