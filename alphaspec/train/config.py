@@ -164,9 +164,10 @@ class ScheduleOptions:
 
 @dataclass
 class DecayOptions:
-    """The weight-decay strategy; the AlphaDecay options take their defaults from DecaySpec."""
+    """The strategy (weight decay, or per-matrix learning rates for tempbalance and llr); the AlphaDecay options
+    take their defaults from DecaySpec, the learning-rate ones from the method (maps/methods.py)."""
 
-    TITLE: ClassVar[str] = "Weight-decay strategy"
+    TITLE: ClassVar[str] = "Strategy: weight decay or learning rates"
     strategy: str | None = option(None, ", ".join(STRATEGIES) + " (default: alphadecay with --decay-map, else "
                                   "uniform).", choices=STRATEGIES, metavar="STRATEGY")
     weight_decay: float = option(0.1, "Base decay w.", min=0.0, kind="finite")
