@@ -80,15 +80,13 @@ class DecayMap:
         if kind != "weight_decay" or doc["schema"] != SCHEMA:
             raise DecayMapError(f"{where}: a map of {str(kind)[:40]!r}, not of weight decays; use it where "
                                 f"{str(kind)[:40]!r} maps are read")
-        try:
-            if not isinstance(doc["modules"], list) or not all(isinstance(m, dict) for m in doc["modules"]):
-                raise TypeError("'modules' must be a list of objects")
-            mods = [{**m, "name": _text(m["name"], "name"), "weight_decay": _decay(m["weight_decay"], m["name"])}
-                    for m in doc["modules"]]
+
+        def parse() -> DecayMap:
+            mods = _modules(doc, lambda m: {"weight_decay": _decay(m["weight_decay"], m["name"])})
             ratio = doc.get("ratio", DEFAULT_RATIO)
             if not isinstance(ratio, list | tuple) or len(ratio) != 2:
                 raise TypeError("'ratio' must be two numbers")
-            dmap = cls(modules=mods, weight_decay=_decay(doc["weight_decay"], "weight_decay"),
+            return cls(modules=mods, weight_decay=_decay(doc["weight_decay"], "weight_decay"),
                        ratio=(_number(ratio[0], "ratio"), _number(ratio[1], "ratio")),
                        assign=_text(doc.get("assign", "linear"), "assign"),
                        estimator=_text(doc.get("estimator", "median"), "estimator"),
@@ -99,13 +97,8 @@ class DecayMap:
                                                    "default_weight_decay"),
                        paper_compat=doc.get("paper_compat", False) is True,
                        source=str(doc.get("source", "")), alphaspec=str(doc.get("alphaspec", "")))
-        except KeyError as e:
-            raise DecayMapError(f"{where}: malformed decay map (missing field {e})") from e
-        except (TypeError, ValueError) as e:
-            raise DecayMapError(f"{where}: malformed decay map ({e})") from e
-        repeated = sorted(n for n, k in Counter(m["name"] for m in mods).items() if k > 1)
-        if repeated:
-            raise DecayMapError(f"{where}: names listed more than once: {', '.join(repeated[:5])}")
+
+        dmap = _parsed(parse, where, "decay map")
         if dmap.default_policy not in POLICIES:
             raise DecayMapError(f"{where}: unknown default_policy {dmap.default_policy!r}")
         return dmap
@@ -184,25 +177,40 @@ class ValueMap:
         if kind is not None and found != kind:
             raise DecayMapError(f"{where}: a map of {found}, not of {kind}")
         key = VALUE_KEYS[found]
-        try:
-            if not isinstance(doc["modules"], list) or not all(isinstance(m, dict) for m in doc["modules"]):
-                raise TypeError("'modules' must be a list of objects")
-            mods = [{**m, "name": _text(m["name"], "name"), key: _value(found, m[key], m["name"])} for m in doc["modules"]]
+
+        def parse() -> ValueMap:
+            mods = _modules(doc, lambda m: {key: _value(found, m[key], m["name"])})
             settings = doc.get("settings", {})
             if not isinstance(settings, dict):
                 raise TypeError("'settings' must be an object")
-            vmap = cls(kind=found, method=_text(doc["method"], "method"), modules=mods,
+            return cls(kind=found, method=_text(doc["method"], "method"), modules=mods,
                        metric=_text(doc.get("metric", "alpha"), "metric"),
                        estimator=_text(doc.get("estimator", "median"), "estimator"), settings=settings,
                        source=str(doc.get("source", "")), alphaspec=str(doc.get("alphaspec", "")))
-        except KeyError as e:
-            raise DecayMapError(f"{where}: malformed map (missing field {e})") from e
-        except (TypeError, ValueError) as e:
-            raise DecayMapError(f"{where}: malformed map ({e})") from e
-        repeated = sorted(n for n, k in Counter(m["name"] for m in mods).items() if k > 1)
-        if repeated:
-            raise DecayMapError(f"{where}: names listed more than once: {', '.join(repeated[:5])}")
+
+        vmap = _parsed(parse, where, "map")
         return vmap
+
+
+def _modules(doc: dict, values) -> list[dict]:
+    """A map's module entries, each with its name and the checked value(s) `values(entry)` returns."""
+    if not isinstance(doc["modules"], list) or not all(isinstance(m, dict) for m in doc["modules"]):
+        raise TypeError("'modules' must be a list of objects")
+    return [{**m, "name": _text(m["name"], "name"), **values(m)} for m in doc["modules"]]
+
+
+def _parsed(parse, where: str, what: str):
+    """parse() with a missing field, a wrong type or a bad value as one line, and every name listed once."""
+    try:
+        parsed = parse()
+    except KeyError as e:
+        raise DecayMapError(f"{where}: malformed {what} (missing field {e})") from e
+    except (TypeError, ValueError) as e:
+        raise DecayMapError(f"{where}: malformed {what} ({e})") from e
+    repeated = sorted(n for n, k in Counter(m["name"] for m in parsed.modules).items() if k > 1)
+    if repeated:
+        raise DecayMapError(f"{where}: names listed more than once: {', '.join(repeated[:5])}")
+    return parsed
 
 
 def load_any(path: str | Path):
