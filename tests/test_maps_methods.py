@@ -260,6 +260,9 @@ def test_a_matrix_without_a_fit_keeps_the_base_lr_or_takes_its_block_mean():
     fitted = [lr[f"model.layers.{i}.self_attn.{p}_proj.weight"]["lr_scale"] for i, p in [(0, "k"), (1, "q"), (1, "k"),
                                                                                           (1, "v")]]
     np.testing.assert_allclose(fitted, np.interp([3.0, 4.0, 2.5, 3.5], [2.5, 4.0], [0.5, 1.5]))  # q0 is the first
+    llr = {m["name"]: m for m in build_map(table, "lr", method="llr").modules}  # the same for the layer-wise LR
+    assert llr["model.layers.0.self_attn.v_proj.weight"]["lr_scale"] == 1.0
+    assert llr["lm_head.weight"]["lr_scale"] == 3.0  # the head at the top: the largest metric of those fitted
     ranks = build_map(table, "lora_rank", budget=10, beta=1.0).modules
     assert ranks[2]["note"].startswith("no fit") and ranks[2]["block_metric"] == 2.5  # the mean of 2.0 and 3.0
     np.testing.assert_array_equal([m["rank"] for m in ranks], [4, 4, 4, 6, 6, 6])  # 10 x (2.5, 3.33) / 5.83

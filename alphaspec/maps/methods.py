@@ -95,8 +95,8 @@ def tempbalance_rows(table: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     """The Linears TempBalance tunes, and those it leaves at the base LR (the first and the last)."""
     rows, _ = paper_candidates(table, eigs_thresh=0)
     names = table["tensor"] if "tensor" in table else table["name"]
-    linear = names[table["module"] != "embed"]
-    return rows, [n for n in linear if n not in set(names[rows.index])]
+    tuned = set(names[rows.index])
+    return rows, [n for n in names[table["module"] != "embed"] if n not in tuned]
 
 
 def llr_rows(table: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, np.ndarray, list[str]]:
@@ -108,10 +108,8 @@ def llr_rows(table: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, np.ndarray
     outer = names.str.contains("embed") | names.str.contains("head")
     values = table[metric].to_numpy(dtype=float).copy()
     inner = values[~outer.to_numpy()]
-    if not np.isfinite(inner).all() and inner.size:
-        raise DecayMapError(f"{int((~np.isfinite(inner)).sum())} matrices have no {metric}; the release cannot "
-                            "assign learning rates to them")
-    values[outer.to_numpy()] = max(inner.max() if inner.size else -1.0, -1.0)  # its -1 placeholders count too
+    fitted = inner[np.isfinite(inner)]  # a matrix without a fit keeps the base LR (build_map says so)
+    values[outer.to_numpy()] = max(fitted.max() if fitted.size else -1.0, -1.0)  # its -1 placeholders count too
     keep = outer | (table["n_eigs"] >= LLR_EIGS_THRESH)
     if not keep.any():
         raise DecayMapError("no matrix has the 50 eigenvalues the layer-wise LR release needs to tune it")
