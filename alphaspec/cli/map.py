@@ -64,6 +64,9 @@ def make_map(
                                                "block).")] = None,
     beta: Annotated[float | None, typer.Option("--beta", callback=finite, help="lora_rank: ranks follow mean "
                                                "alpha^beta (default 2.5).")] = None,
+    paper_compat: Annotated[bool, typer.Option("--paper-compat", help="Fit with the release's own estimator "
+                                               "(alphapruning, alphalora: fix-finger-legacy); weight_decay: as "
+                                               "decay-map --paper-compat.")] = False,
     weight_decay: Annotated[float, typer.Option("--weight-decay", min=0.0, callback=finite, help="weight_decay: "
                                                 "the base decay w.")] = 0.1,
     device: Device = "auto",
@@ -77,10 +80,11 @@ def make_map(
     kind = kind.value
     check_output(output, (".json",), inputs=input_paths(source))
     if kind == "weight_decay":
-        return _decay_map(source, output, method, metric.value, estimator, ratio, assign, weight_decay, device, quiet)
+        return _decay_map(source, output, method, metric.value, estimator, ratio, assign, weight_decay, device, quiet,
+                          paper_compat)
     spec = MapSpec(method=method and method.value, metric=metric.value, estimator=estimator and estimator.value,
                    ratio=ratio, assign=assign and assign.value, target=target, epsilon=epsilon, block_wise=block_wise,
-                   budget=budget, beta=beta)
+                   budget=budget, beta=beta, paper_compat=paper_compat)
     if problem := spec.problem(kind):
         raise UsageError(problem)
     spec = spec.settled(kind)
@@ -94,7 +98,8 @@ def make_map(
             out.print(f"note: {note}", highlight=False)
 
 
-def _decay_map(source, output, method, metric, estimator, ratio, assign, weight_decay, device, quiet) -> None:
+def _decay_map(source, output, method, metric, estimator, ratio, assign, weight_decay, device, quiet,
+               paper_compat) -> None:
     """`map weight_decay`: AlphaDecay, as `decay-map` makes it with these settings."""
     from ..maps.spec import DecaySpec
     from .decay import decay_map
@@ -106,7 +111,7 @@ def _decay_map(source, output, method, metric, estimator, ratio, assign, weight_
     decay_map(source, output, weight_decay=weight_decay, ratio=ratio or DecaySpec.ratio,
               assign=assign.value if assign else DecaySpec.assign, estimator=estimator.value if estimator else
               DecaySpec.estimator, metric=metric, preserve_mean=DecaySpec.preserve_mean, default_decay="all",
-              include=None, exclude=None, paper_compat=False, device=device, quiet=quiet)
+              include=None, exclude=None, paper_compat=paper_compat, device=device, quiet=quiet)
 
 
 def summary(vmap) -> Table:

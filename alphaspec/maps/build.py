@@ -39,7 +39,9 @@ class MapSpec:
     method: tempbalance or llr (lr), alphapruning (sparsity), alphalora (lora_rank). ratio/assign (lr):
     multipliers span s1..s2 x lr, by linear, sqrt, log2, step or sigmoid. target/epsilon/block_wise
     (sparsity): the parameter-weighted mean sparsity, the spread [1-eps, 1+eps] x target, block means
-    first. budget/beta (lora_rank): the ranks' total (default 5 per block) and the exponent on alpha."""
+    first. budget/beta (lora_rank): the ranks' total (default 5 per block) and the exponent on alpha.
+    paper_compat: fit with the release's own estimator (AlphaPruning's and AlphaLoRA's fix-finger window
+    in mixed units, fix-finger-legacy); the formulas are the releases' either way."""
 
     method: str | None = None
     metric: str = "alpha"
@@ -51,6 +53,7 @@ class MapSpec:
     block_wise: bool | None = None
     budget: int | None = None
     beta: float | None = None
+    paper_compat: bool = False
 
     def problem(self, kind: str) -> str | None:
         """What is wrong with these settings for a map of `kind`, or None (the only place they are checked)."""
@@ -59,7 +62,10 @@ class MapSpec:
         method = self.method or KIND_METHODS[kind][0]
         if method not in KIND_METHODS[kind]:
             return f"method {method!r} makes no {kind} map; for {kind} choose {', '.join(KIND_METHODS[kind])}"
-        checks = [choice_problem("metric", self.metric, DECAY_METRICS),
+        release = METHODS[method].release_estimator
+        checks = [self.paper_compat and self.estimator not in (None, release)
+                  and f"--paper-compat fits with the release's estimator ({release}), not {self.estimator}: leave out -e",
+                  choice_problem("metric", self.metric, DECAY_METRICS),
                   self.estimator and choice_problem("estimator", self.estimator, ESTIMATORS),
                   self.assign and choice_problem("LR assignment", self.assign, LR_ASSIGN),
                   self.ratio is not None and (f"ratio {tuple(self.ratio)}: " + p if (p := ratio_problem(tuple(self.ratio)))
@@ -80,7 +86,8 @@ class MapSpec:
             raise DecayMapError(problem)
         method = METHODS[self.method or KIND_METHODS[kind][0]]
         given = {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
-        return MapSpec(**{**method.defaults, "estimator": method.estimator, **given, "method": method.name})
+        estimator = method.release_estimator if self.paper_compat else method.estimator
+        return MapSpec(**{**method.defaults, "estimator": estimator, **given, "method": method.name})
 
 
 def build_map(table: pd.DataFrame, kind: str, spec: MapSpec | None = None, *, source: str = "", **options) -> ValueMap:
@@ -166,7 +173,8 @@ def _sparsity_modules(table: pd.DataFrame, spec: MapSpec) -> tuple[list[dict], d
     modules = [_entry(row, spec.metric, float(s), "sparsity", **({"block_metric": float(m)} if spec.block_wise else {}),
                       **({"note": note} if note else {}))
                for row, s, m, note in zip(rows.itertuples(index=False), r, means, notes, strict=True)]
-    return modules, {"target": spec.target, "epsilon": spec.epsilon, "block_wise": spec.block_wise}
+    return modules, {"target": spec.target, "epsilon": spec.epsilon, "block_wise": spec.block_wise,
+                     "paper_compat": spec.paper_compat}
 
 
 def _rank_modules(table: pd.DataFrame, spec: MapSpec) -> tuple[list[dict], dict]:
@@ -181,4 +189,4 @@ def _rank_modules(table: pd.DataFrame, spec: MapSpec) -> tuple[list[dict], dict]
     modules = [_entry(row, spec.metric, int(per_layer[key]), "rank", block_metric=float(m),
                       **({"note": note} if note else {}))
                for row, key, m, note in zip(rows.itertuples(index=False), layer_key, means, notes, strict=True)]
-    return modules, {"budget": budget, "beta": spec.beta, "per": "block"}
+    return modules, {"budget": budget, "beta": spec.beta, "per": "block", "paper_compat": spec.paper_compat}

@@ -37,13 +37,15 @@ RANKS_PER_BLOCK = 5  # AlphaLoRA: 160 experts over Mistral-7B's 32 blocks; the d
 
 @dataclass(frozen=True)
 class Method:
-    """One released method: the kind of value it makes, its estimator and its published settings."""
+    """One released method: the kind of value it makes, alphaspec's estimator for it, its published settings,
+    and the estimator its release fits with (--paper-compat)."""
 
     name: str
     kind: str
     estimator: str
     summary: str
     defaults: dict = field(default_factory=dict)
+    release_estimator: str = "median"
 
 
 METHODS = {
@@ -55,10 +57,10 @@ METHODS = {
                   "head at the top", {"ratio": (1.0, 3.0), "assign": "linear"}),
     "alphapruning": Method("alphapruning", "sparsity", "fix-finger", "AlphaPruning: sparsity per block Linear in "
                            "[1-eps, 1+eps] x target, parameter-weighted mean = target",
-                           {"target": 0.5, "epsilon": 0.3, "block_wise": True}),
+                           {"target": 0.5, "epsilon": 0.3, "block_wise": True}, "fix-finger-legacy"),
     "alphalora": Method("alphalora", "lora_rank", "fix-finger", "AlphaLoRA: LoRA rank (or experts) per block "
                         "proportional to mean alpha^beta, integers summing to the budget",
-                        {"beta": 2.5}),
+                        {"beta": 2.5}, "fix-finger-legacy"),
 }
 KIND_METHODS = {"lr": ("tempbalance", "llr"), "sparsity": ("alphapruning",), "lora_rank": ("alphalora",)}
 
