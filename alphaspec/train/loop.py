@@ -252,7 +252,7 @@ def _steps(r: Run, path: Path, marks: dict, on_log) -> dict:
         n_loss, n_tokens, t_last = 0, 0, time.perf_counter()
     r.strategy.close()
     if rank == 0:
-        _publish(r, cfg.schedule.steps, r.strategy.decay_rows(), [], [])
+        _publish(r, cfg.schedule.steps, r.strategy.decay_rows(), [], [], r.strategy.lr_rows())
     return last
 
 
@@ -300,7 +300,7 @@ def _prepare(cfg: TrainConfig, path: Path, rd: RunDir | None, rank: int, world: 
         r.notify = on_status
         if cfg.run.report_to != "none":
             r.reporter = Reporter(cfg.run.report_to, path, cfg.flat(), on_status)
-        _publish(r, r.start, strategy.decay_rows(), first_alphas, first_multipliers)
+        _publish(r, r.start, strategy.decay_rows(), first_alphas, first_multipliers, strategy.lr_rows())
     return r
 
 
@@ -323,18 +323,18 @@ def _accumulate(r: Run, step: int) -> tuple[torch.Tensor, int]:
 
 def _record_decays_and_spectra(r: Run, step: int) -> None:
     """The decays the strategy set at this step, and the block matrices' fits every analyze_every steps."""
-    new_decays = r.strategy.decay_rows()
+    new_decays, new_lrs = r.strategy.decay_rows(), r.strategy.lr_rows()  # drained on every rank, written on 0
     due = r.analyze_every and (step % r.analyze_every == 0 or step == r.cfg.schedule.steps)
     new_alphas = spectra_rows(r.model, step, r.cfg.decay.estimator, r.rank) if due else []  # every rank (FSDP2 gathers)
     new_multipliers = multiplier_rows(r.model, step, r.rank) if due else []
     if r.rank == 0:
-        _publish(r, step, new_decays, new_alphas, new_multipliers)
+        _publish(r, step, new_decays, new_alphas, new_multipliers, new_lrs)
 
 
-def _publish(r: Run, step: int, decays: list[dict], alphas: list[dict], multipliers: list[dict]) -> None:
+def _publish(r: Run, step: int, decays: list[dict], alphas: list[dict], multipliers: list[dict],
+             lrs: list[dict]) -> None:
     """Rank 0: new decay, alpha and multiplier rows into their CSV logs, their means per module type to the
     --report-to writer, and a console line when a strategy refreshed its decays."""
-    lrs = r.strategy.lr_rows()
     r.logs["decays"].write(decays)
     r.logs["alphas"].write(alphas)
     for name, rows in (("multipliers", multipliers), ("lrs", lrs)):
