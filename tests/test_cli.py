@@ -147,6 +147,23 @@ def test_help_reads_like_click_at_any_width(columns):
     assert "--steps N [x>=1]" in text and "--optimizer [adamw|adam|muon]" in text and "--lr FLOAT [x>=0.0]" in text
 
 
+def test_examples_fit_80_columns_unwrapped():
+    """Every example line of every command's --help shows whole at 80 columns, copyable as written."""
+    from typer.main import get_command
+    from typer.testing import CliRunner
+
+    from alphaspec.cli import app
+
+    group = get_command(app)
+    for name, command in group.commands.items():
+        code = [line.strip() for line in (command.epilog or "").splitlines() if line.startswith("    ")]
+        assert code, f"{name} --help has no examples"
+        text = CliRunner().invoke(app, [name, "--help"], env={"COLUMNS": "80"}).output
+        shown = {line.strip() for line in text.splitlines()}
+        for line in code:
+            assert line in shown, (name, line)
+
+
 def test_help_has_examples():
     proc = cli("analyze", "--help")
     assert proc.returncode == 0 and "Examples" in proc.stdout and "example:minilm" in proc.stdout

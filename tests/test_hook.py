@@ -113,6 +113,26 @@ def test_uniform_warmup_and_overlapped_refresh():
     assert len(set(group_decays(opt).values())) > 1
 
 
+def test_history_keeps_the_last_refreshes_and_drains_once():
+    torch.manual_seed(0)
+    model = TinyLM()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.05)
+    hook = AlphaDecay(model, opt, gap=1, warmup="init", overlap=False, keep_history=2)
+    for s in range(4):  # refreshes at steps 0 (init), 1, 2, 3, 4
+        train_step(model, opt, s)
+        hook.step()
+    assert hook.refreshes == 5
+    assert [h["step"] for h in hook.history] == [3] * 14 + [4] * 14  # 14 block matrices, the last 2 refreshes
+    assert {h["weight_decay"] for h in hook.history if h["step"] == 4} == set(group_decays(opt).values())
+    drained = hook.drain_history()
+    assert len(drained) == 28 and hook.history == [] and hook.drain_history() == []
+    train_step(model, opt, 9)
+    hook.step()
+    assert {h["step"] for h in hook.history} == {5}
+    with pytest.raises(ValueError, match="keep_history"):
+        AlphaDecay(model, opt, keep_history=0)
+
+
 def test_work_is_shared_by_cost():
     from alphaspec.hook import share_of_work
 

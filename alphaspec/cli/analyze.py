@@ -83,17 +83,25 @@ def _report(result: Analysis) -> None:
 @app.command(no_args_is_help=True, epilog="""
 **Examples**
 
-    alphaspec analyze example:minilm                  # the bundled MiniLM checkpoint
+    # the bundled MiniLM checkpoint
+    alphaspec analyze example:minilm
 
-    alphaspec analyze ./my-model -o alphas.csv        # HF directory (shards + index are fine)
+    # a Hugging Face directory (shards and their index are fine)
+    alphaspec analyze ./my-model -o alphas.csv
 
+    # a hub id at a revision, with the goodness-of-fit estimator
     alphaspec analyze meta-llama/Llama-2-7b-hf@main -e gof -o llama.json
 
-    alphaspec analyze Qwen2.5-7B-Instruct-Q4_K_M.gguf -o qwen.csv   # GGUF (pip install 'alphaspec[gguf]')
+    # a GGUF file (pip install 'alphaspec[gguf]')
+    alphaspec analyze Qwen2.5-7B-Instruct-Q4_K_M.gguf -o qwen.csv
 
-    torchrun --nproc-per-node 8 -m alphaspec analyze ./Llama-3.1-405B -o l405.parquet   # over 8 GPUs
+    # over 8 GPUs
+    torchrun --nproc-per-node 8 -m alphaspec analyze ./Llama-3.1-405B \\
+        -o l405.parquet
 
-    alphaspec analyze model.safetensors --include 'layers\\.[0-3]\\.' --exclude 'k_proj'
+    # some layers, without the key projections
+    alphaspec analyze model.safetensors --include 'layers\\.[0-3]\\.' \\
+        --exclude 'k_proj'
 """)
 def analyze(
     source: Annotated[str, typer.Argument(help="A .safetensors/.bin/.pt/.gguf file, a model or run directory, "

@@ -17,7 +17,8 @@ from .common import Quiet, app, fail, out
 
     alphaspec compare runs/uniform runs/alphadecay runs/awd
 
-    alphaspec compare runs/*/ -o comparison.csv --plot comparison.png      # seeds of a setting are pooled
+    # seeds of a setting are pooled
+    alphaspec compare runs/*/ -o comparison.csv --plot comparison.png
 
     alphaspec compare runs/*/ --baseline "uniform"
 """)

@@ -37,13 +37,19 @@ def _value(choice) -> str:
 @app.command("decay-map", no_args_is_help=True, epilog="""
 **Examples**
 
-    alphaspec decay-map ./my-llama -o wd.json                       # AdamW-style base decay 0.1
+    # AdamW-style base decay 0.1
+    alphaspec decay-map ./my-llama -o wd.json
 
-    alphaspec decay-map r.json -o wd.json --weight-decay 5e-6 --ratio 0.67 5 --preserve-mean params
+    # Adam with L2 decay, the mean decay per parameter kept at w
+    alphaspec decay-map r.json -o wd.json --weight-decay 5e-6 \\
+        --ratio 0.67 5 --preserve-mean params
 
-    alphaspec decay-map model/ -o wd.json --assign sigmoid --metric spectral_norm --default-decay matrices
+    alphaspec decay-map model/ -o wd.json --assign sigmoid \\
+        --metric spectral_norm --default-decay matrices
 
-    alphaspec decay-map ./smollm2 -o wd.json --weight-decay 1e-5 --ratio 0.6666 3 --paper-compat   # as released
+    # as released
+    alphaspec decay-map ./smollm2 -o wd.json --weight-decay 1e-5 \\
+        --ratio 0.6666 3 --paper-compat
 """)
 def decay_map(
     source: Annotated[str, typer.Argument(help="A checkpoint (anything `analyze` takes) or a results file.")],

@@ -17,13 +17,17 @@ if TYPE_CHECKING:
 EPILOG = """
 **Examples**
 
-    alphaspec diff ./base ./fine-tuned -o diff.csv --plot diff.png     # what fine-tuning changed, per matrix
+    # what fine-tuning changed, per matrix
+    alphaspec diff ./base ./fine-tuned -o diff.csv --plot diff.png
 
-    alphaspec diff ./Llama-3.1-8B ./Llama-3.1-8B-Q4_K_M.gguf           # what quantisation changed
+    # what quantisation changed
+    alphaspec diff ./Llama-3.1-8B ./Llama-3.1-8B-Q4_K_M.gguf
 
-    alphaspec diff org/model@step-1000 org/model@step-2000 org/model@main   # training steps (hub revisions)
+    # training steps (hub revisions)
+    alphaspec diff org/model@step-1000 org/model@step-2000 org/model@main
 
-    alphaspec diff runs/alphadecay -o steps.csv                        # the checkpoints a training run kept
+    # the checkpoints a training run kept
+    alphaspec diff runs/alphadecay -o steps.csv
 """
 
 

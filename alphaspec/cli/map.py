@@ -27,15 +27,20 @@ _METHODS_HELP = "; ".join(f"{m.name} ({m.kind})" for m in METHODS.values())
 @app.command("map", no_args_is_help=True, epilog="""
 **Examples**
 
-    alphaspec map lr ./my-llama -o lr.json                          # TempBalance: 0.5..1.5 x lr per Linear
+    # TempBalance: 0.5..1.5 x lr per Linear
+    alphaspec map lr ./my-llama -o lr.json
 
-    alphaspec map lr ./my-llama -o lr.json --method llr --ratio 1 5  # layer-wise LR, weaker tail -> larger LR
+    # layer-wise LR: weaker tail, larger LR
+    alphaspec map lr ./my-llama -o lr.json --method llr --ratio 1 5
 
-    alphaspec map sparsity ./llama-7b -o sparsity.json --target 0.7  # AlphaPruning
+    # AlphaPruning
+    alphaspec map sparsity ./llama-7b -o sparsity.json --target 0.7
 
-    alphaspec map lora_rank ./mistral-7b -o ranks.json --budget 160 # AlphaLoRA
+    # AlphaLoRA
+    alphaspec map lora_rank ./mistral-7b -o ranks.json --budget 160
 
-    alphaspec map weight_decay ./my-llama -o wd.json                # the same as decay-map
+    # the same as decay-map
+    alphaspec map weight_decay ./my-llama -o wd.json
 """)
 def make_map(
     kind: Annotated[Kind, typer.Argument(help="What the map's values are: lr (multipliers of the base learning "

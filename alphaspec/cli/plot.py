@@ -35,13 +35,17 @@ Format = choice_enum("Format", FORMATS)
 
     alphaspec plot example:minilm -o figs/
 
-    alphaspec analyze model/ -o r.json --save-spectra r.npz && alphaspec plot r.json -o figs/ --format svg
+    alphaspec analyze model/ -o r.json --save-spectra r.npz
+    alphaspec plot r.json -o figs/ --format svg
 
+    # one matrix's spectrum and fit
     alphaspec plot r.json --kind esd --module 'layers\\.3\\.mlp\\.down' -o figs/
 
-    alphaspec plot runs/alphadecay --kind training -o figs/        # alpha over the steps of a training run
+    # alpha over the steps of a training run
+    alphaspec plot runs/alphadecay --kind training -o figs/
 
-    alphaspec plot r.json --map sparsity.json --kind map -o figs/  # a map from `alphaspec map`
+    # a map from `alphaspec map`
+    alphaspec plot r.json --map sparsity.json --kind map -o figs/
 """)
 def plot(
     source: Annotated[str, typer.Argument(help="A checkpoint (anything `analyze` takes), a results file "

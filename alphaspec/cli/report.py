@@ -12,13 +12,17 @@ from .common import Device, Estimator, EstimatorOption, Quiet, app, out
 EPILOG = """
 **Examples**
 
-    alphaspec report example:minilm -o minilm.html                 # a checkpoint, analysed now
+    # a checkpoint, analysed now
+    alphaspec report example:minilm -o minilm.html
 
-    alphaspec report r.json -o r.html                                # a results table (and r.npz beside it)
+    # a results table (and r.npz beside it)
+    alphaspec report r.json -o r.html
 
-    alphaspec report runs/uniform-* runs/alphadecay-* -o study.html  # training runs compared, with intervals
+    # training runs compared, with intervals
+    alphaspec report runs/uniform-* runs/alphadecay-* -o study.html
 
-    alphaspec report ./my-llama --decay-map wd.json -o llama.html    # with the decay map's figure and table
+    # with the decay map's figure and table
+    alphaspec report ./my-llama --decay-map wd.json -o llama.html
 """
 
 

@@ -23,12 +23,15 @@ from .common import Quiet, app, err, out
 EPILOG = """
 **Examples**
 
-    alphaspec tokenize corpus/ -o cache/corpus                        # train a 4096-token BPE, tokenise
+    # train a 4096-token BPE on the files, tokenise them
+    alphaspec tokenize corpus/ -o cache/corpus
 
     alphaspec tokenize shard-*.parquet -o cache/fineweb --tokenizer gpt2
 
-    alphaspec tokenize hf:allenai/c4:en -o cache/c4 --tokenizer t5-base   # streamed; needs alphaspec[data]
+    # streamed from the hub; needs alphaspec[data]
+    alphaspec tokenize hf:allenai/c4:en -o cache/c4 --tokenizer t5-base
 
+    # a run on the cache
     alphaspec train --data cache/c4 --packing docs --seq-len 256 --out runs/c4
 
 A second call with the same sources and tokenizer does nothing; a killed one continues where it stopped.

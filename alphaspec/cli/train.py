@@ -19,18 +19,25 @@ from .common import Quiet, app, decay_policy, err, finite, out, ratio_pair
 EPILOG = """
 **Examples**
 
-    alphaspec train --out runs/uniform                                  # tiny LLaMA on the bundled text
+    # a tiny LLaMA on the bundled text
+    alphaspec train --out runs/uniform
 
-    alphaspec train --out runs/ad --strategy alphadecay --gap 50 --weight-decay 0.1
+    # AlphaDecay refreshed from the live weights every 50 steps
+    alphaspec train --out runs/ad --strategy alphadecay --gap 50
 
-    alphaspec decay-map runs/uniform -o wd.json && alphaspec train --out runs/static --decay-map wd.json
+    # a static map from another run's weights
+    alphaspec decay-map runs/uniform -o wd.json
+    alphaspec train --out runs/static --decay-map wd.json
 
-    torchrun --nproc-per-node 8 -m alphaspec train --out runs/60m --model llama-60m --data corpus/ \\
-        --seq-len 256 --batch-size 512 --steps 10000 --strategy alphadecay
+    torchrun --nproc-per-node 8 -m alphaspec train --out runs/60m \\
+        --model llama-60m --data corpus/ --seq-len 256 --batch-size 512 \\
+        --steps 10000 --strategy alphadecay
 
-    alphaspec train --out runs/uniform --resume --steps 600                # continue from the last checkpoint
+    # continue from the last checkpoint
+    alphaspec train --out runs/uniform --resume --steps 600
 
-    alphaspec train --out runs/muon-lrm --optimizer muon --strategy lrm       # learnable multipliers under Muon
+    # learnable multipliers under Muon
+    alphaspec train --out runs/muon-lrm --optimizer muon --strategy lrm
 
 Writes RUN/run.json, config.json + model.safetensors (a Hugging Face LlamaForCausalLM), checkpoints/,
 metrics.csv, decay.csv and alphas.csv; `alphaspec analyze RUN`, `plot RUN` and `compare RUN...` read it.

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 
@@ -49,6 +50,8 @@ class AlphaDecay:
     they were. A refresh due while one is in flight is skipped. "auto" (the default) overlaps. A refresh
     whose solve fails (out of GPU memory, no convergence) keeps the decays in force and logs one warning;
     `failed_refreshes` counts them.
+    keep_history: how many refreshes `history` keeps (the oldest go first; None keeps all: a long run with a
+    short gap then grows it without bound); `drain_history()` hands over the rows kept and empties it.
     config: the model's config.json as a dict (default: `model.config`, as Hugging Face models carry
     it), which says how fused tensors split, exactly as `analyze` reads the checkpoint. With
     paper_compat the first Linear keeps w, as in the release; unlike the release, biases keep the
@@ -57,9 +60,11 @@ class AlphaDecay:
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, weight_decay: float | None = None,
                  spec: DecaySpec | None = None, *, gap: int = 500, warmup: str = "init", overlap: bool | str = "auto",
-                 scheduler=None, config: dict | None = None, **options):
+                 scheduler=None, config: dict | None = None, keep_history: int | None = 100, **options):
         if gap < 1:
             raise ValueError(f"gap must be >= 1, got {gap}")
+        if keep_history is not None and keep_history < 1:
+            raise ValueError(f"keep_history must be >= 1 refreshes (or None: all), got {keep_history}")
         if warmup not in ALPHADECAY_WARMUPS:
             raise ValueError(f"warmup must be 'init' or 'uniform', got {warmup!r}")
         self.spec = spec = decay_spec(spec, options)
@@ -89,11 +94,22 @@ class AlphaDecay:
         self.staleness: int | None = None
         self.refreshes = 0
         self.failed_refreshes = 0  # refreshes whose solve failed (out of memory, ...): their decays were kept
-        self.history: list[dict] = []
+        self._history: deque[list[dict]] = deque(maxlen=keep_history)  # one list of rows per refresh
         self.modules: dict[str, str] = {}  # module type of each row of the latest refresh
         self._set(self.decays)
         if warmup == "init":
             self._apply(self._gather(self._solve(self._snapshot())), 0)
+
+    @property
+    def history(self) -> list[dict]:
+        """(step, name, module, layer, metric, and weight_decay or lr_scale) of each matrix at each refresh kept."""
+        return [row for rows in self._history for row in rows]
+
+    def drain_history(self) -> list[dict]:
+        """The rows of `history`, handed over once: `history` is empty after (a logger's way to keep memory flat)."""
+        rows = self.history
+        self._history.clear()
+        return rows
 
     @property
     def alphas(self) -> dict[str, float]:
@@ -244,8 +260,8 @@ class AlphaDecay:
         self._set(self.decays)
         self.staleness = self.step_count - started
         self.refreshes += 1
-        self.history.extend({"step": self.step_count, "name": m["name"], "module": m["module"], "layer": m["layer"],
-                             "metric": m[metric], "weight_decay": m["weight_decay"]} for m in dmap.modules)
+        self._history.append([{"step": self.step_count, "name": m["name"], "module": m["module"], "layer": m["layer"],
+                               "metric": m[metric], "weight_decay": m["weight_decay"]} for m in dmap.modules])
 
     def _live_groups(self) -> dict[str, dict]:
         """Each tuned parameter's own group as the optimizer holds it now: optimizer.load_state_dict() (a resumed
@@ -274,12 +290,13 @@ class AlphaLR(AlphaDecay):
     scheduler's base_lrs are scaled too, so the schedule goes on from the new LRs. ease: steps over which
     each refresh's multipliers are reached linearly from those in force (default: 20 for llr, as its release
     eases each new LR in; 0, at once, for tempbalance). gap, warmup, overlap, scheduler and config work as in
-    AlphaDecay; `scales` holds the multipliers in force, `targets` those of the latest refresh.
+    AlphaDecay, and keep_history and drain_history() as there; `scales` holds the multipliers in force,
+    `targets` those of the latest refresh.
     """
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, spec: MapSpec | None = None, *,
                  gap: int = 500, warmup: str = "init", overlap: bool | str = "auto", scheduler=None,
-                 config: dict | None = None, ease: int | None = None, **options):
+                 config: dict | None = None, ease: int | None = None, keep_history: int | None = 100, **options):
         self.lr_spec = (spec or MapSpec(**options)).settled("lr")
         if self.lr_spec.ratio[0] <= 0:
             raise DecayMapError(f"ratio {tuple(self.lr_spec.ratio)}: a learning-rate multiplier of 0 freezes a matrix; "
@@ -298,7 +315,8 @@ class AlphaLR(AlphaDecay):
         include = [f"^{re.escape(n)}$" for n, p in bare.named_parameters() if is_tuned_candidate(n, p)] + \
             [f"^{re.escape(n)}$" for n in outer]
         super().__init__(model, optimizer, 1.0, DecaySpec(metric=self.lr_spec.metric, estimator=self.lr_spec.estimator),
-                         gap=gap, warmup=warmup, overlap=overlap, scheduler=scheduler, config=config, include=include)
+                         gap=gap, warmup=warmup, overlap=overlap, scheduler=scheduler, config=config, include=include,
+                         keep_history=keep_history)
 
     @property
     def scales(self) -> dict[str, float]:
@@ -340,8 +358,8 @@ class AlphaLR(AlphaDecay):
         self.modules = {m["name"]: m["module"] for m in vmap.modules}
         self.staleness = self.step_count - started
         self.refreshes += 1
-        self.history.extend({"step": self.step_count, "name": m["name"], "module": m["module"], "layer": m["layer"],
-                             "metric": m[metric], "lr_scale": m["lr_scale"]} for m in vmap.modules)
+        self._history.append([{"step": self.step_count, "name": m["name"], "module": m["module"], "layer": m["layer"],
+                               "metric": m[metric], "lr_scale": m["lr_scale"]} for m in vmap.modules])
 
     def state_dict(self) -> dict:
         """AlphaDecay's state, with each group's LR before its multiplier and the multiplier it holds now."""

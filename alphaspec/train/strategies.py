@@ -112,7 +112,6 @@ class Refreshed(Strategy):
                                warmup=c.decay.alphadecay_warmup, overlap=c.decay.overlap, scheduler=scheduler)
         if self.hook.history:  # warmup "init": the hook's own step-0 decays replace the uniform ones
             self._rows = [r for r in self._rows if r["name"] not in self.hook.tuned]
-        self._seen = 0
         self._collect()
 
     def after_step(self, step: int) -> None:
@@ -130,9 +129,7 @@ class Refreshed(Strategy):
         self.hook.load_state_dict(state)
 
     def _collect(self) -> None:
-        new = self.hook.history[self._seen:]
-        self._seen = len(self.hook.history)
-        self._rows += new
+        self._rows += self.hook.drain_history()
 
 
 class RefreshedLR(Strategy):
@@ -145,7 +142,7 @@ class RefreshedLR(Strategy):
         c = self.cfg
         self.hook = AlphaLR(model, optimizer, c.decay.lr_spec(), gap=c.decay.gap, warmup=c.decay.alphadecay_warmup,
                             overlap=c.decay.overlap, scheduler=scheduler, ease=c.decay.lr_ease)
-        self._seen, self._lrs = 0, []
+        self._lrs = []
         self._collect()
 
     def after_step(self, step: int) -> None:
@@ -167,8 +164,7 @@ class RefreshedLR(Strategy):
         self.hook.load_state_dict(state)
 
     def _collect(self) -> None:
-        self._lrs += self.hook.history[self._seen:]
-        self._seen = len(self.hook.history)
+        self._lrs += self.hook.drain_history()
 
 
 class AWD(Strategy):
