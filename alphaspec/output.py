@@ -152,6 +152,9 @@ def write_spectra(result: Analysis, path: Path) -> None:
 
 RESULT_COLUMNS = {"name": "text", "layer": "number", "module": "text", "rows": "number", "cols": "number",
                   "estimator": "text", "alpha": "number"}  # what figures and decay maps read
+# Text columns of an analysis table: a CSV column with no value in any row reads back as floats (NaN), on
+# which string operations fail; they are read back as text.
+TEXT_COLUMNS = ("module", "estimator", "status", "expert", "tensor", "dtype", "stack", "warning", "quant")
 
 
 class ResultsError(AlphaspecError):
@@ -175,6 +178,26 @@ def read_results(path: Path) -> pd.DataFrame:
     except Exception as err:  # noqa: BLE001 - pandas, pyarrow and json each raise their own kinds
         raise ResultsError(f"{path}: not a results file written by alphaspec analyze ({first_line(err)})") from err
     return _checked(table, path)
+
+
+def fitted_with(table: pd.DataFrame) -> str | None:
+    """The estimator a results table was fitted with (None when it does not say)."""
+    if "estimator" in table and len(table):
+        return str(table["estimator"].iloc[0])
+    return table.attrs.get("estimator")
+
+
+def check_estimator(path: Path | str, table: pd.DataFrame, estimator: str | None, asked: str = "-e") -> None:
+    """A results table's alphas are fitted once: asking it for another estimator is a usage error, not a silent
+    answer with the table's own (re-analyse the checkpoint, where -e applies). asked: the option that asked."""
+    have = fitted_with(table)
+    if estimator is None or have is None or have == estimator:
+        return
+    if asked == "-e":
+        raise UsageError(f"{path}: its alphas were fitted with {have}, not {estimator}; leave out -e to use them, "
+                         f"or analyse the checkpoint again with -e {estimator}")
+    raise UsageError(f"{path}: its alphas were fitted with {have}, but {asked} fits with {estimator}; give the "
+                     "checkpoint itself")
 
 
 def _json_attrs(doc: dict) -> dict:
@@ -207,6 +230,9 @@ def _checked(table: pd.DataFrame, path: Path) -> pd.DataFrame:
         raise ResultsError(f"{path}: the name column must name every row once")
     table["name"] = table["name"].astype(str)
     table["layer"] = table["layer"].astype("Int64")
+    for col in TEXT_COLUMNS:
+        if col in table and table[col].isna().all():
+            table[col] = table[col].astype(object)
     return table
 
 

@@ -367,6 +367,11 @@ def test_a_map_for_another_model_is_one_line(model_and_tables):
     (["lora_rank", "--budget", "0"], "budget 0: give a whole number above 0"),
     (["weight_decay", "--method", "llr"], "method 'llr' makes no weight_decay map"),
     (["lr", "--ratio", "nan", "1"], "nan is not a finite number"),
+    (["lr", "--ratio", "0", "1"], "a learning-rate multiplier of 0 freezes a matrix; give S1 > 0"),
+    (["lr", "--target", "0.3"], "target is a setting of sparsity maps; lr maps have no use for it"),
+    (["sparsity", "--budget", "9"], "budget is a setting of lora_rank maps; sparsity maps have no use for it"),
+    (["lora_rank", "--per-matrix"], "block-wise is a setting of sparsity maps; lora_rank maps have no use for it"),
+    (["sparsity", "--assign", "sqrt"], "assign is a setting of lr maps; sparsity maps have no use for it"),
 ])
 def test_bad_map_settings_are_usage_errors_before_anything_is_read(tmp_path, args, message):
     res = CliRunner().invoke(app, ["map", args[0], str(tmp_path / "absent"), "-o", str(tmp_path / "m.json"), *args[1:]])
@@ -411,8 +416,11 @@ def test_a_results_table_without_the_columns_a_map_reads_is_one_line(tmp_path, m
 
 
 def test_a_tampered_map_is_one_line(tmp_path, model_and_tables):
+    from alphaspec.output import write_table
+
     _, median, _ = model_and_tables
     build_map(median, "sparsity").save(tmp_path / "s.json")
+    write_table(median, tmp_path / "r.csv")
     doc = json.loads((tmp_path / "s.json").read_text())
     for bad, match in ((1.2, "sparsity of .* is 1.2; it must be in \\[0, 1\\)"), (math.nan, "must be in"),
                        ("x", "must be a number")):
@@ -424,6 +432,13 @@ def test_a_tampered_map_is_one_line(tmp_path, model_and_tables):
     (tmp_path / "bad.json").write_text(json.dumps(doc))
     with pytest.raises(DecayMapError, match="missing field 'rank'"):
         ValueMap.load(tmp_path / "bad.json")
+    doc = json.loads((tmp_path / "s.json").read_text()) | {"modules": []}  # a map of nothing would apply nothing
+    (tmp_path / "bad.json").write_text(json.dumps(doc))
+    with pytest.raises(DecayMapError, match="malformed map \\('modules' lists no matrices\\)"):
+        ValueMap.load(tmp_path / "bad.json")
+    res = CliRunner().invoke(app, ["plot", str(tmp_path / "r.csv"), "--map", str(tmp_path / "bad.json"), "--kind",
+                                   "map", "-o", str(tmp_path / "figs")])
+    assert res.exit_code == 1 and res.output.count("error:") == 1 and "lists no matrices" in res.output
 
 
 def test_alpha_lr_scales_each_matrix_and_the_schedule_carries_on_from_there():
@@ -584,3 +599,44 @@ def test_paper_compat_fits_with_each_releases_own_estimator(tmp_path):
     assert res.exit_code == 0
     a, b = (json.loads((tmp_path / f"{n}.json").read_text()) for n in "ab")
     assert a == b and a["paper_compat"] is True
+
+
+def test_a_results_table_answers_only_for_the_estimator_it_was_fitted_with(tmp_path, model_and_tables):
+    """A results file's alphas are fitted once: -e (or --paper-compat) asking for another estimator is a usage
+    error everywhere such a file is read, never a silent answer with the table's own; left to its default,
+    a map says when its method would have fitted otherwise."""
+    from alphaspec.errors import UsageError
+    from alphaspec.output import write_table
+    from alphaspec.report import render
+
+    _, median, _ = model_and_tables
+    results = tmp_path / "r.csv"
+    write_table(median, results)
+
+    def run(*args):
+        res = CliRunner().invoke(app, [*args, "--device", "cpu"], env={"COLUMNS": "200"})
+        return res.exit_code, " ".join(res.output.split())
+
+    refused = f"{results}: its alphas were fitted with median, not gof; leave out -e to use them"
+    for args in (["decay-map", str(results), "-o", str(tmp_path / "wd.json")],
+                 ["map", "lr", str(results), "-o", str(tmp_path / "lr.json")],
+                 ["plot", str(results), "--kind", "alpha-depth", "-o", str(tmp_path / "figs")],
+                 ["report", str(results), "-o", str(tmp_path / "r.html")]):
+        code, text = run(*args, "-e", "gof")
+        assert code == 2 and text.count("error:") == 1 and refused in text, (args, text)
+        assert run(*args, "-e", "median")[0] == 0, args
+    assert not (tmp_path / "wd.json").exists() or (tmp_path / "wd.json").stat().st_size  # -e median wrote it
+    code, text = run("map", "sparsity", str(results), "-o", str(tmp_path / "s.json"))
+    assert code == 0 and f"note: {results} was fitted with median; alphapruning fits with fix-finger" in text
+    assert ValueMap.load(tmp_path / "s.json").estimator == "median"  # the map says what its alphas are
+    assert "was fitted with" not in run("map", "sparsity", str(results), "-o", str(tmp_path / "s.json"), "-e",
+                                        "median")[1]
+    code, text = run("map", "sparsity", str(results), "-o", str(tmp_path / "p.json"), "--paper-compat")
+    assert code == 2 and "fitted with median, but --paper-compat fits with fix-finger-legacy" in text
+    code, text = run("decay-map", str(tmp_path / "absent"), "-o", str(tmp_path / "p.json"), "--paper-compat", "-e",
+                     "gof")
+    assert code == 2 and "--paper-compat fits with the release's estimator (median), not gof: leave out -e" in text
+    assert not (tmp_path / "p.json").exists()
+    with pytest.raises(UsageError, match="fitted with median, not fix-finger"):
+        render([results], estimator="fix-finger")
+    assert "<html" in render([results]).lower()

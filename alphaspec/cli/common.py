@@ -239,18 +239,28 @@ def analyze_with_progress(source: str, estimator: str, device, quiet: bool, head
 
 
 def load(source: str, estimator: str, device: str, quiet: bool, spectra_file: Path | None = None,
-         split_fused: bool = True, farms: bool = False):
+         split_fused: bool = True, farms: bool = False, asked: str | None = None):
     """(table, spectra) from a results file written by `analyze` (spectra from its .npz, when there is one),
-    or from a checkpoint analysed now."""
-    from ..output import TABLE_SUFFIXES, read_results, read_spectra
+    or from a checkpoint analysed now. asked: the option that asked for the estimator ("-e", "--paper-compat"),
+    so that a results file fitted with another one is refused rather than silently used."""
+    from ..output import TABLE_SUFFIXES, check_estimator, read_results, read_spectra
 
     path = Path(source)
     if path.suffix not in TABLE_SUFFIXES or not path.is_file():
         result = analyze_with_progress(source, estimator, device, quiet, keep_spectra=True, split_fused=split_fused,
                                        farms=farms)
         return result.table, result.spectra
+    table = read_results(path)
+    if asked:
+        check_estimator(path, table, estimator, asked)
     npz = spectra_file or path.with_suffix(".npz")
-    return read_results(path), (read_spectra(npz) if spectra_file or npz.exists() else {})
+    return table, (read_spectra(npz) if spectra_file or npz.exists() else {})
+
+
+def given(ctx: typer.Context, name: str) -> bool:
+    """Whether option `name` was set on the command line (or its environment variable), not left at its default."""
+    return ctx.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT,
+                                                  click.core.ParameterSource.DEFAULT_MAP)
 
 
 def finite(value):

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from ..choices import ASSIGN, DECAY_METRICS, PRESERVE
+from ..errors import UsageError
 from ..maps.spec import DecaySpec
 from .common import (
     Device,
@@ -20,6 +21,7 @@ from .common import (
     choice_enum,
     decay_policy,
     finite,
+    given,
     load,
     out,
     ratio_pair,
@@ -52,6 +54,7 @@ def _value(choice) -> str:
         --ratio 0.6666 3 --paper-compat
 """)
 def decay_map(
+    ctx: typer.Context,
     source: Annotated[str, typer.Argument(help="A checkpoint (anything `analyze` takes) or a results file.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="The decay map to write (.json).")],
     weight_decay: Annotated[float, typer.Option("--weight-decay", min=0.0, callback=finite, help="Base decay w (AdamW-style; "
@@ -78,15 +81,24 @@ def decay_map(
     quiet: Quiet = False,
 ) -> None:
     """AlphaDecay module-wise weight decays from the spectra, as a JSON map for any training loop."""
+    spec = DecaySpec(ratio=ratio, assign=_value(assign), metric=_value(metric), preserve_mean=_value(preserve_mean),
+                     estimator=_value(estimator), include=include, exclude=exclude, paper_compat=paper_compat)
+    default: str | float = default_decay if default_decay in ("all", "matrices") else float(default_decay)
+    write_decay_map(source, output, spec, weight_decay, default, device, quiet, estimator_given=given(ctx, "estimator"))
+
+
+def write_decay_map(source: str, output: Path, spec: DecaySpec, weight_decay: float, default: str | float, device: str,
+                    quiet: bool, estimator_given: bool) -> None:
+    """Analyse (or read) SOURCE, build the decay map, write it and print its summary."""
     from ..decay import build_decay_map
     from ..output import check_output, input_paths
 
-    spec = DecaySpec(ratio=ratio, assign=_value(assign), metric=_value(metric), preserve_mean=_value(preserve_mean),
-                     estimator=_value(estimator), include=include, exclude=exclude, paper_compat=paper_compat)
+    if spec.paper_compat and estimator_given and spec.estimator != DecaySpec.estimator:
+        raise UsageError(f"--paper-compat fits with the release's estimator ({DecaySpec.estimator}), not "
+                         f"{spec.estimator}: leave out -e")
     check_output(output, (".json",), inputs=input_paths(source))
-    default: str | float = default_decay if default_decay in ("all", "matrices") else float(default_decay)
-    table, _ = load(source, spec.estimator, device, quiet, split_fused=not paper_compat,
-                    farms=spec.metric == "alpha_farms")
+    table, _ = load(source, spec.estimator, device, quiet, split_fused=not spec.paper_compat,
+                    farms=spec.metric == "alpha_farms", asked="-e" if estimator_given else None)
     dmap = build_decay_map(table, weight_decay, spec, default=default, source=source)
     dmap.save(output)
     if not quiet:

@@ -80,7 +80,7 @@ def make_map(
     """Per-module values from the spectra, as the alpha-guided methods make them: TempBalance or layer-wise
     learning rates, AlphaPruning sparsities, AlphaLoRA ranks, AlphaDecay weight decays."""
     from ..maps.build import MapSpec, build_map
-    from ..output import check_output, input_paths
+    from ..output import check_output, fitted_with, input_paths
 
     kind = kind.value
     check_output(output, (".json",), inputs=input_paths(source))
@@ -93,8 +93,12 @@ def make_map(
     if problem := spec.problem(kind):
         raise UsageError(problem)
     spec = spec.settled(kind)
-    table, _ = load(source, spec.estimator, device, quiet, split_fused=False, farms=spec.metric == "alpha_farms")
+    table, _ = load(source, spec.estimator, device, quiet, split_fused=False, farms=spec.metric == "alpha_farms",
+                    asked="-e" if estimator is not None else "--paper-compat" if paper_compat else None)
     vmap = build_map(table, kind, spec, source=source)
+    if (fitted := fitted_with(table)) not in (None, spec.estimator):  # a results file, fitted otherwise
+        vmap.notes.append(f"{source} was fitted with {fitted}; {spec.method} fits with {spec.estimator} (analyse the "
+                          f"checkpoint with -e {spec.estimator} for its own alphas, or give -e {fitted} to silence this)")
     vmap.save(output)
     if not quiet:
         out.print(summary(vmap))
@@ -107,16 +111,16 @@ def _decay_map(source, output, method, metric, estimator, ratio, assign, weight_
                paper_compat) -> None:
     """`map weight_decay`: AlphaDecay, as `decay-map` makes it with these settings."""
     from ..maps.spec import DecaySpec
-    from .decay import decay_map
+    from .decay import write_decay_map
 
     if method is not None and method.value != "alphadecay":
         raise UsageError(f"method {method.value!r} makes no weight_decay map; weight decays come from AlphaDecay")
     if assign is not None and assign.value not in ("linear", "sqrt", "log2", "sigmoid"):
         raise UsageError(f"--assign {assign.value}: weight decays are assigned by linear, sqrt, log2 or sigmoid")
-    decay_map(source, output, weight_decay=weight_decay, ratio=ratio or DecaySpec.ratio,
-              assign=assign.value if assign else DecaySpec.assign, estimator=estimator.value if estimator else
-              DecaySpec.estimator, metric=metric, preserve_mean=DecaySpec.preserve_mean, default_decay="all",
-              include=None, exclude=None, paper_compat=paper_compat, device=device, quiet=quiet)
+    spec = DecaySpec(ratio=ratio or DecaySpec.ratio, assign=assign.value if assign else DecaySpec.assign,
+                     estimator=estimator.value if estimator else DecaySpec.estimator, metric=metric,
+                     paper_compat=paper_compat)
+    write_decay_map(source, output, spec, weight_decay, "all", device, quiet, estimator_given=estimator is not None)
 
 
 def summary(vmap) -> Table:

@@ -20,6 +20,7 @@ from .common import (
     draw,
     err,
     fail,
+    given,
     load,
     out,
     regexes,
@@ -48,6 +49,7 @@ Format = choice_enum("Format", FORMATS)
     alphaspec plot r.json --map sparsity.json --kind map -o figs/
 """)
 def plot(
+    ctx: typer.Context,
     source: Annotated[str, typer.Argument(help="A checkpoint (anything `analyze` takes), a results file "
                                           "(.csv/.json/.parquet) written by `analyze`, or a training run.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Directory for the figures.")] = Path("alphaspec-plots"),
@@ -96,12 +98,12 @@ def plot(
         fail("the map figure needs --map FILE (a map from `alphaspec map`)", 2)
     if dmap is None and "decay" in kinds and has_log(run, "decays"):  # a run: the decays it last applied
         dmap = _run_decay_map(run)
-    table, spectra = load(source, estimator.value, device, quiet, spectra_file)
+    table, spectra = load(source, estimator.value, device, quiet, spectra_file, asked="-e" if given(ctx, "estimator") else None)
     from ..decay import check_map_matches_table
 
-    for given, figure in ((dmap if decay_map_file is not None else None, "decay"), (vmap, "map")):
-        if given is not None and figure in kinds:
-            check_map_matches_table(given, table, source)
+    for chosen, figure in ((dmap if decay_map_file is not None else None, "decay"), (vmap, "map")):
+        if chosen is not None and figure in kinds:
+            check_map_matches_table(chosen, table, source)
     note = None
     if dmap is None and "decay" in kinds:
         dmap, note = _default_map(table)

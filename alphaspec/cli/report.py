@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from .common import Device, Estimator, EstimatorOption, Quiet, app, out
+from .common import Device, Estimator, EstimatorOption, Quiet, app, given, out
 
 EPILOG = """
 **Examples**
@@ -28,6 +28,7 @@ EPILOG = """
 
 @app.command(no_args_is_help=True, epilog=EPILOG)
 def report(
+    ctx: typer.Context,
     sources: Annotated[list[str] | None, typer.Argument(help="Checkpoints (anything analyze takes), results tables, "
                                                         "or training run directories.")] = None,
     output: Annotated[Path, typer.Option("-o", "--output", help="The page to write (.html).")] = Path("report.html"),
@@ -42,7 +43,8 @@ def report(
     from ..report import render, write
 
     check_output(output, (".html", ".htm"), inputs=[p for s in sources or [] for p in input_paths(s)])
-    html = render(sources or [], decay_map=decay_map, estimator=estimator.value, device=device)
+    html = render(sources or [], decay_map=decay_map, device=device,
+                  estimator=estimator.value if given(ctx, "estimator") else None)
     write(html, output)
     if not quiet:
         out.print(f"wrote {output} ({len(html.encode()) / 1e6:.1f} MB)", highlight=False)

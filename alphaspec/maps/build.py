@@ -30,6 +30,8 @@ from .methods import (
 from .spec import DecayMapError, choice_problem, ratio_problem
 
 NEEDED = ("name", "module", "layer", "rows", "cols", "n_eigs")  # the columns of an analysis table a map reads
+SETTINGS_OF = {"ratio": "lr", "assign": "lr", "target": "sparsity", "epsilon": "sparsity", "block_wise": "sparsity",
+               "budget": "lora_rank", "beta": "lora_rank"}  # the kind each setting shapes; others leave it None
 
 
 @dataclass(frozen=True)
@@ -63,13 +65,18 @@ class MapSpec:
         if method not in KIND_METHODS[kind]:
             return f"method {method!r} makes no {kind} map; for {kind} choose {', '.join(KIND_METHODS[kind])}"
         release = METHODS[method].release_estimator
-        checks = [self.paper_compat and self.estimator not in (None, release)
+        foreign = [name for name, owner in SETTINGS_OF.items() if owner != kind and getattr(self, name) is not None]
+        checks = [foreign and f"{foreign[0].replace('_', '-')} is a setting of {SETTINGS_OF[foreign[0]]} maps; "
+                  f"{kind} maps have no use for it",
+                  self.paper_compat and self.estimator not in (None, release)
                   and f"--paper-compat fits with the release's estimator ({release}), not {self.estimator}: leave out -e",
                   choice_problem("metric", self.metric, DECAY_METRICS),
                   self.estimator and choice_problem("estimator", self.estimator, ESTIMATORS),
                   self.assign and choice_problem("LR assignment", self.assign, LR_ASSIGN),
                   self.ratio is not None and (f"ratio {tuple(self.ratio)}: " + p if (p := ratio_problem(tuple(self.ratio)))
                                               else None),
+                  self.ratio is not None and kind == "lr" and not self.ratio[0] > 0
+                  and f"ratio {tuple(self.ratio)}: a learning-rate multiplier of 0 freezes a matrix; give S1 > 0",
                   self.target is not None and not (isinstance(self.target, int | float) and 0 < self.target < 1)
                   and f"target sparsity {self.target!r}: give a number between 0 and 1",
                   self.epsilon is not None and not (isinstance(self.epsilon, int | float) and 0 <= self.epsilon < 1)

@@ -196,6 +196,8 @@ def _modules(doc: dict, values) -> list[dict]:
     """A map's module entries, each with its name and the checked value(s) `values(entry)` returns."""
     if not isinstance(doc["modules"], list) or not all(isinstance(m, dict) for m in doc["modules"]):
         raise TypeError("'modules' must be a list of objects")
+    if not doc["modules"]:
+        raise ValueError("'modules' lists no matrices")
     return [{**m, "name": _text(m["name"], "name"), **values(m)} for m in doc["modules"]]
 
 

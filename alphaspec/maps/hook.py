@@ -298,9 +298,6 @@ class AlphaLR(AlphaDecay):
                  gap: int = 500, warmup: str = "init", overlap: bool | str = "auto", scheduler=None,
                  config: dict | None = None, ease: int | None = None, keep_history: int | None = 100, **options):
         self.lr_spec = (spec or MapSpec(**options)).settled("lr")
-        if self.lr_spec.ratio[0] <= 0:
-            raise DecayMapError(f"ratio {tuple(self.lr_spec.ratio)}: a learning-rate multiplier of 0 freezes a matrix; "
-                                "give S1 > 0")
         self.ease = (LLR_EASE if self.lr_spec.method == "llr" else 0) if ease is None else int(ease)
         if self.ease < 0:
             raise ValueError(f"ease must be >= 0 steps, got {ease}")

@@ -23,11 +23,12 @@ from .._version import __version__
 from ..errors import UsageError
 
 
-def render(sources: Iterable, *, decay_map=None, estimator: str = "median", device: str = "auto",
+def render(sources: Iterable, *, decay_map=None, estimator: str | None = None, device: str = "auto",
            title: str | None = None) -> str:
     """The report's HTML for SOURCE(s): checkpoints (anything `analyze` takes) and results tables, or one or
     more training run directories (their comparison, then the last checkpoint); `decay_map`: a DecayMap or
-    a map file, whose figure and table are added."""
+    a map file, whose figure and table are added. estimator: for checkpoints analysed now (default median);
+    a results table fitted with another one is refused."""
     from .html import page
 
     sources = [str(s) for s in sources]
@@ -63,7 +64,7 @@ def _split_runs(sources: list[str]) -> tuple[list[str], list[str]]:
     return runs, [s for s in sources if s not in runs]
 
 
-def _runs_sections(runs: list[str], estimator: str, device: str) -> list[str]:
+def _runs_sections(runs: list[str], estimator: str | None, device: str) -> list[str]:
     from ..compare import compare
     from ..train.rundir import has_log, read_log
     from .runs import runs_section
@@ -77,13 +78,14 @@ def _runs_sections(runs: list[str], estimator: str, device: str) -> list[str]:
     return sections
 
 
-def _checkpoint_section(source: str, estimator: str, device: str, heading: str | None = None) -> str:
-    from ..output import TABLE_SUFFIXES, read_results, read_spectra
+def _checkpoint_section(source: str, estimator: str | None, device: str, heading: str | None = None) -> str:
+    from ..output import TABLE_SUFFIXES, check_estimator, read_results, read_spectra
     from .checkpoint import checkpoint_section
 
     path = Path(source)
     if path.suffix in TABLE_SUFFIXES and path.is_file():
         frame = read_results(path)
+        check_estimator(path, frame, estimator)
         npz = path.with_suffix(".npz")
         spectra = read_spectra(npz) if npz.exists() else {}
         if "warning" not in frame:
@@ -93,7 +95,7 @@ def _checkpoint_section(source: str, estimator: str, device: str, heading: str |
         return checkpoint_section(frame, spectra, provenance(source, frame, results=True), heading or f"Results: {path.name}")
     from ..analysis import analyze_checkpoint
 
-    result = analyze_checkpoint(source, estimator, device, keep_spectra=True)
+    result = analyze_checkpoint(source, estimator or "median", device, keep_spectra=True)
     return checkpoint_section(result.table, result.spectra, provenance(source, result.table),
                               heading or f"Checkpoint: {source}")
 
