@@ -91,3 +91,26 @@ def test_a_run_recorded_by_an_earlier_version_still_resumes():
     saved = {**TrainConfig.of(steps=40, lr=5e-4, strategy="uniform", gap=4).flat(), "given": None}
     cfg = resumed_config(saved, TrainConfig.of(out="runs/x", resume=True, steps=80, given=("out", "resume", "steps")))
     assert (cfg.schedule.steps, cfg.optimizer.lr, cfg.decay.gap, cfg.run.out) == (80, 5e-4, 4, "runs/x")
+
+
+def test_options_another_strategy_or_optimizer_reads_are_named_not_silently_dropped(tmp_path):
+    """--lr-ratio under uniform or --muon-momentum under AdamW change nothing: the run says so in one warning
+    (a sweep passing one flag set to every arm still runs); a resumed run is judged on its saved settings."""
+    def inert(**options):
+        return TrainConfig.of(given=tuple(options), out="r", **options).inert()
+
+    assert inert(strategy="uniform", lr_ratio=(0.5, 2.0), gap=3) == ["--lr-ratio", "--gap"]
+    assert inert(strategy="tempbalance", lr_ratio=(0.5, 2.0), gap=3) == []
+    assert inert(strategy="alphadecay", lr_ease=5, muon_momentum=0.9) == ["--lr-ease", "--muon-momentum"]
+    assert inert(optimizer="muon", muon_momentum=0.9) == []
+    assert inert(decay_map="wd.json", gap=5) == ["--gap"]  # a static map implies alphadecay, refreshed by nothing
+    assert inert(strategy="uniform", gap=3, resume=True) == []
+    assert TrainConfig.of(strategy="uniform", lr_ratio=(0.5, 2.0)).inert() == []  # the Python API: nothing "given"
+    text = tmp_path / "t.txt"
+    text.write_text(bundled_corpus()[0].read_text()[:20_000])
+    res = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "r"), "--data", str(text), "--steps", "1",
+                                   "--vocab-size", "256", "--seq-len", "16", "--batch-size", "2", "--eval-every", "1",
+                                   "--eval-windows", "2", "--warmup-steps", "0", "--lr-ratio", "0.5", "2", "-q"],
+                             env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    assert "warning: --lr-ratio has no effect on this run (strategy uniform, optimizer adamw)" in res.output

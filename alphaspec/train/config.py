@@ -323,12 +323,17 @@ class TrainConfig:
             raise ConfigError(f"--ratio {d.ratio[0]} {d.ratio[1]}: {problem}")
         if problem := policy_problem(d.default_decay):
             raise ConfigError(f"--default-decay {d.default_decay!r}: {problem}")
-        if d.strategy in LR_STRATEGIES:
-            if d.lr_ratio is not None and tuple(d.lr_ratio)[0] <= 0:
-                raise ConfigError(f"--lr-ratio {d.lr_ratio[0]} {d.lr_ratio[1]}: a multiplier of 0 freezes a matrix; "
-                                  "give S1 > 0")
-            if problem := d.lr_spec().problem("lr"):
-                raise ConfigError(problem.replace("ratio (", "--lr-ratio (", 1))
+        if d.strategy in LR_STRATEGIES and (problem := d.lr_spec().problem("lr")):
+            raise ConfigError(problem.replace("ratio (", "--lr-ratio (", 1))
+
+    def inert(self) -> list[str]:
+        """The options set on purpose (`given`) that do nothing in this run: another strategy's or optimizer's
+        (--lr-ratio under uniform, --muon-momentum under adamw). A resumed run is judged on its saved settings."""
+        if not self.given or self.run.resume:
+            return []
+        full = self.settled().flat()
+        applies = {key: f.metadata["applies"] for _, f, key in option_fields()}
+        return [f"--{_flag(k)}" for k in self.given if applies.get(k) is not None and not applies[k](full)]
 
     def settled(self) -> TrainConfig:
         """A copy with the defaults that depend on other settings filled in (the strategy a decay map implies,
