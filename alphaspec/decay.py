@@ -81,16 +81,12 @@ def build_decay_map(table: pd.DataFrame, weight_decay: float, spec: DecaySpec | 
     wd[fitted] = assign_decays(values[fitted], weight_decay, ratio=spec.ratio, assign=spec.assign,
                                blocks=[b for b, f in zip(blocks, fitted, strict=True) if f], sizes=sizes[fitted],
                                preserve_mean=spec.preserve_mean)
-    share = shape_share(rows[fitted], metric)
+    note = shape_note(rows[fitted], metric, "the tuned matrices", "these decays mostly sort")
     rows = rows.assign(decay_=wd, size_=sizes, fitted_=fitted)
     tensor_col = "tensor" if "tensor" in rows else "name"
     modules = [_map_entry(tensor, part, metric) for tensor, part in rows.groupby(tensor_col, sort=False)]
     dmap = _finish(table, modules, weight_decay, spec, default, source)
-    if share is not None and share >= SHAPE_NOTE_SHARE:
-        dmap.notes.append(f"{share:.0%} of the spread of alpha over the tuned matrices follows their shapes alone "
-                          "(alpha_random, the alpha of a Gaussian matrix of each shape), so these decays mostly sort "
-                          "matrices by shape; --metric alpha_excess (alpha - alpha_random) assigns by what training "
-                          "added")
+    dmap.notes += [note] if note else []
     return dmap
 
 
@@ -103,6 +99,17 @@ def with_derived_metrics(table: pd.DataFrame) -> pd.DataFrame:
     if "alpha_excess" in table or not {"alpha", "alpha_random"} <= set(table.columns):
         return table
     return table.assign(alpha_excess=table["alpha"] - table["alpha_random"])
+
+
+def shape_note(rows: pd.DataFrame, metric: str, matrices: str, outcome: str) -> str | None:
+    """A note when the matrices' shapes alone explain most of alpha's spread over them (then a map by alpha
+    mostly sorts them by shape), naming the metric that removes the shape; None otherwise."""
+    share = shape_share(rows, metric)
+    if share is None or share < SHAPE_NOTE_SHARE:
+        return None
+    return (f"{share:.0%} of the spread of alpha over {matrices} follows their shapes alone (alpha_random, the "
+            f"alpha of a Gaussian matrix of each shape), so {outcome} matrices by shape; --metric alpha_excess "
+            "(alpha - alpha_random) assigns by what training added")
 
 
 def shape_share(rows: pd.DataFrame, metric: str) -> float | None:

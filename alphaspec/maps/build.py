@@ -100,7 +100,7 @@ class MapSpec:
 def build_map(table: pd.DataFrame, kind: str, spec: MapSpec | None = None, *, source: str = "", **options) -> ValueMap:
     """A map of `kind` (lr, sparsity, lora_rank) from an analysis table (one row per whole matrix, in module
     order: analyse with split_fused=False, as the releases see each nn.Linear whole)."""
-    from ..decay import SHAPE_NOTE_SHARE, shape_share, with_derived_metrics  # alpha_excess = alpha - alpha_random
+    from ..decay import shape_note, with_derived_metrics  # alpha_excess = alpha - alpha_random
 
     spec = (spec or MapSpec(**options)).settled(kind)
     table = with_derived_metrics(table)
@@ -121,12 +121,8 @@ def build_map(table: pd.DataFrame, kind: str, spec: MapSpec | None = None, *, so
                     estimator=str(table["estimator"].iloc[0]) if "estimator" in table else spec.estimator,
                     settings=settings, source=source)
     valued = table[table["name"].isin([m["name"] for m in modules if "note" not in m])]
-    share = shape_share(valued, spec.metric)
-    if share is not None and share >= SHAPE_NOTE_SHARE:
-        vmap.notes.append(f"{share:.0%} of the spread of alpha over these matrices follows their shapes alone "
-                          "(alpha_random, the alpha of a Gaussian matrix of each shape), so the map mostly sorts "
-                          "matrices by shape; --metric alpha_excess (alpha - alpha_random) assigns by what training "
-                          "added")
+    if note := shape_note(valued, spec.metric, "these matrices", "the map mostly sorts"):
+        vmap.notes.append(note)
     return vmap
 
 

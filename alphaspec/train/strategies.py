@@ -101,10 +101,36 @@ class StaticMap(Strategy):
                 *self.other_groups(params, set(resolved), dmap.default_policy, dmap.default_weight_decay)]
 
 
-class Refreshed(Strategy):
-    """AlphaDecay recomputed from the live weights every `gap` steps (the library's AlphaDecay hook)."""
+class HookDriven(Strategy):
+    """A strategy run by one of the library's hooks (AlphaDecay, AlphaLR): stepped after every optimizer step,
+    its state the hook's, and the rows of each refresh handed over as they come (`_keep`)."""
 
     refreshes = True
+    hook: AlphaDecay
+
+    def after_step(self, step: int) -> None:
+        self.hook.step()
+        self._collect()
+
+    def close(self) -> None:
+        self.hook.close()
+        self._collect()
+
+    def state_dict(self) -> dict:
+        return self.hook.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.hook.load_state_dict(state)
+
+    def _collect(self) -> None:
+        self._keep(self.hook.drain_history())
+
+    def _keep(self, rows: list[dict]) -> None:
+        raise NotImplementedError
+
+
+class Refreshed(HookDriven):
+    """AlphaDecay recomputed from the live weights every `gap` steps (the library's AlphaDecay hook)."""
 
     def setup(self, model, optimizer, scheduler) -> None:
         c = self.cfg
@@ -114,57 +140,27 @@ class Refreshed(Strategy):
             self._rows = [r for r in self._rows if r["name"] not in self.hook.tuned]
         self._collect()
 
-    def after_step(self, step: int) -> None:
-        self.hook.step()
-        self._collect()
-
-    def close(self) -> None:
-        self.hook.close()
-        self._collect()
-
-    def state_dict(self) -> dict:
-        return self.hook.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        self.hook.load_state_dict(state)
-
-    def _collect(self) -> None:
-        self._rows += self.hook.drain_history()
+    def _keep(self, rows: list[dict]) -> None:
+        self._rows += rows
 
 
-class RefreshedLR(Strategy):
+class RefreshedLR(HookDriven):
     """TempBalance or the layer-wise LR (--strategy tempbalance|llr): uniform decay, and learning rates per
     matrix recomputed from the live weights every `gap` steps (the library's AlphaLR hook)."""
-
-    refreshes = True
 
     def setup(self, model, optimizer, scheduler) -> None:
         c = self.cfg
         self.hook = AlphaLR(model, optimizer, c.decay.lr_spec(), gap=c.decay.gap, warmup=c.decay.alphadecay_warmup,
                             overlap=c.decay.overlap, scheduler=scheduler, ease=c.decay.lr_ease)
-        self._lrs = []
-        self._collect()
-
-    def after_step(self, step: int) -> None:
-        self.hook.step()
-        self._collect()
-
-    def close(self) -> None:
-        self.hook.close()
+        self._lrs: list[dict] = []
         self._collect()
 
     def lr_rows(self) -> list[dict]:
         rows, self._lrs = self._lrs, []
         return rows
 
-    def state_dict(self) -> dict:
-        return self.hook.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        self.hook.load_state_dict(state)
-
-    def _collect(self) -> None:
-        self._lrs += self.hook.drain_history()
+    def _keep(self, rows: list[dict]) -> None:
+        self._lrs += rows
 
 
 class AWD(Strategy):
