@@ -54,11 +54,12 @@ def verdicts(table: pd.DataFrame, thresholds: Thresholds | None = None) -> pd.Se
     zero_share = (table["n_zero"].astype(float) / table["n_eigs"].clip(lower=1).astype(float)
                   if {"n_zero", "n_eigs"} <= set(table.columns) else pd.Series(0.0, index=table.index))
     traps = table["traps"].fillna(0).astype(float) if "traps" in table else pd.Series(0.0, index=table.index)
-    flags = pd.DataFrame({"over-trained": alpha < t.over_trained, "under-trained": alpha > t.under_trained,
-                          "traps": traps > 0, "rank-collapse": zero_share > t.rank_loss, "no-tail": alpha.isna()},
-                         index=table.index)[list(WARNINGS)]
-    return flags.apply(lambda row: ",".join(w for w, on in row.items() if on), axis=1).astype(str) if len(table) \
-        else pd.Series([], dtype=str, index=table.index)
+    flags = {"over-trained": alpha < t.over_trained, "under-trained": alpha > t.under_trained, "traps": traps > 0,
+             "rank-collapse": zero_share > t.rank_loss, "no-tail": alpha.isna()}
+    joined = pd.Series("", index=table.index, dtype=object)
+    for name in WARNINGS:  # a column at a time: "over-trained,traps," then the last comma off
+        joined = joined + flags[name].map({True: name + ",", False: ""}).astype(object)
+    return joined.str.removesuffix(",").astype(str)
 
 
 def parse_fail_on(text: str | None) -> tuple[str, ...]:

@@ -103,10 +103,6 @@ def train(ctx: typer.Context, quiet: bool, **settings) -> None:
     cfg.validate()  # bad options fail before anything is printed
     resolve_device(cfg.hardware.device)
     with Report(quiet, plain=not err.is_terminal) as report:
-        if inert := cfg.inert():
-            settled = cfg.settled()
-            report.warning(f"{', '.join(inert)} ha{'ve' if len(inert) > 1 else 's'} no effect on this run (strategy "
-                           f"{settled.decay.strategy}, optimizer {settled.optimizer.name}); see alphaspec train --help")
         last = run_training(cfg, on_log=report.log, on_start=report.start, on_status=report.status,
                             on_warning=report.warning)
     if not quiet and last:

@@ -264,6 +264,9 @@ def _prepare(cfg: TrainConfig, path: Path, rd: RunDir | None, rank: int, world: 
     cfg, state = _open(cfg, path, rd, rank, world, on_status, on_warning)
     if cfg.decay.gap is None:  # resolved once the run's own settings are known, and recorded in run.json
         cfg = cfg.with_options(gap=default_gap(cfg.schedule.steps))
+    if rank == 0 and (inert := cfg.inert()):  # set on purpose, read by nothing: said, not dropped in silence
+        on_warning(f"{', '.join(inert)} ha{'ve' if len(inert) > 1 else 's'} no effect on this run (strategy "
+                   f"{cfg.decay.strategy}, optimizer {cfg.optimizer.name}); see alphaspec train --help")
     if rank == 0 and cfg.schedule.warmup_steps > cfg.schedule.steps:
         on_warning(f"--warmup-steps {cfg.schedule.warmup_steps} is longer than --steps {cfg.schedule.steps}: the "
                    f"learning rate stops at {cfg.schedule.steps / cfg.schedule.warmup_steps:.0%} of --lr and never "
