@@ -86,6 +86,13 @@ def incomplete(runs: list[Run]) -> list[str]:
                          "--resume it to finish)")
         if evaluations(r).empty:
             notes.append(f"{r.path} has no evaluation yet: its eval loss is empty")
+        extended = [e for e in r.info.get("resumed", []) if isinstance(e, dict)
+                    and isinstance(e.get("changed"), dict) and "steps" in e["changed"]]
+        if extended:
+            first = extended[0]["changed"]["steps"][0]
+            notes.append(f"{r.path} was planned for {first} steps and extended on resume (at step "
+                         f"{extended[0].get('step')}): its learning-rate schedule changed mid-run, so it is not a "
+                         "like-for-like replicate of a run trained that long from the start")
     return notes
 
 

@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from alphaspec.cli import app
+from alphaspec.compare import compare
 from alphaspec.decay import build_decay_map
 from alphaspec.train import DataError, RunError, TrainConfig, train
 from alphaspec.train.data import bundled_corpus
@@ -374,7 +375,11 @@ def test_cli_resume_keeps_the_runs_own_length(tmp_path, text):
     res = CliRunner().invoke(app, ["train", "--out", str(out), "--resume", "--steps", "10", "--data", text, "-q"])
     assert res.exit_code == 0, res.output  # repeating the run's own settings is fine
     assert int(rows(out / "metrics.csv")[-1]["step"]) == 10
-    assert json.loads((out / "run.json").read_text())["config"]["steps"] == 8  # the original settings stay on record
+    record = json.loads((out / "run.json").read_text())  # the settings in force, and what each resume changed
+    assert record["config"]["steps"] == 10 and record["config"]["resume"] is False
+    assert [r["changed"] for r in record["resumed"]] == [{}, {"steps": [8, 10]}]
+    notes = compare([out]).notes  # compare reads it: the schedule of this run changed mid-run
+    assert any(f"{out} was planned for 8 steps and extended on resume (at step 8)" in n for n in notes), notes
     res = CliRunner().invoke(app, ["train", "--out", str(out), "--resume", "--steps", "12", "--batch-size", "5", "-q"])
     assert res.exit_code == 1 and "--batch-size 5 (the run has 4)" in res.output and "Traceback" not in res.output
 

@@ -24,7 +24,7 @@ from ..distributed import full_tensor, launched, on_rank0, start_group
 from ..errors import AlphaspecError
 from . import data as datamod
 from . import parallel
-from .config import ConfigError, TrainConfig, default_gap, resumed_config
+from .config import RESUMABLE, ConfigError, TrainConfig, default_gap, resumed_config
 from .model import PRESETS, Llama, ModelConfig, count_params, hf_tensors, is_multiplier, model_flops_per_token
 from .observe import multiplier_rows, spectra_rows
 from .optim import make_optimizer
@@ -379,7 +379,8 @@ def _log(r: Run, step: int, loss_sum: torch.Tensor, n_loss: int, n_tokens: int, 
 
 def _run_info(cfg: TrainConfig, run: Path, device: torch.device, world: int, params: int, micro: int, accum: int,
               bf16: bool, resumed_at: int | None) -> dict:
-    """run.json: every setting, versions, hardware; a resume appends to the original's `resumed` list."""
+    """run.json: every setting (those in force: a resume that extends --steps updates them), versions,
+    hardware; a resume appends to the `resumed` list when, how and what it changed ({option: [was, now]})."""
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     if resumed_at is not None:
         try:
@@ -387,7 +388,11 @@ def _run_info(cfg: TrainConfig, run: Path, device: torch.device, world: int, par
         except AlphaspecError as e:  # the record is damaged; the checkpoint holds the settings
             log.warning(f"{e}; writing it again from the checkpoint's settings")
             prev = {**_run_info(cfg, run, device, world, params, micro, accum, bf16, None), "started": None}
-        return {**prev, "resumed": [*prev.get("resumed", []), {"step": resumed_at, "at": now, "argv": sys.argv}]}
+        was, asked = prev.get("config", {}), cfg.flat()  # a resume changes only the RESUMABLE options
+        changed = {k: [was[k], asked[k]] for k in RESUMABLE if k in was and k != "resume" and was[k] != asked[k]}
+        config = {**was, **{k: new for k, (_, new) in changed.items()}}
+        return {**prev, "config": config, "resumed": [*prev.get("resumed", []), {"step": resumed_at, "at": now,
+                                                                                  "argv": sys.argv, "changed": changed}]}
     return {"argv": sys.argv, "config": cfg.flat(), "alphaspec": __version__, "torch": torch.__version__,
             "python": platform.python_version(), "device": str(device), "world_size": world,
             "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None, "parameters": params,
