@@ -345,6 +345,9 @@ def assemble(rows: list[dict], spectra: dict[str, np.ndarray], ckpt: Checkpoint,
     """The Analysis of solved rows: the ordered table, with source, skips and notes also in its attrs."""
     table = ordered_table(rows)
     notes = ckpt.notes + todo.notes
+    if len(table) and (table["status"] == "all-zero matrix").all():
+        notes.append("every matrix is all zeros" + (": the base holds exactly these weights (nothing changed)"
+                                                    if getattr(ckpt, "base", None) is not None else ""))
     if how.precision != "fp64":
         notes.append(f"eigenvalues solved in {how.precision} (--precision): alphas differ from the float64 ones "
                      "by the error measured in docs/analyze.md")

@@ -105,6 +105,9 @@ def test_base_gives_the_spectra_of_known_edits(tmp_path):
         assert table.loc[name, "spectral_norm"] == pytest.approx(singular_values(e).max(), rel=1e-4)
     others = table.drop(index=list(edits))
     assert (others["status"] == "all-zero matrix").all() and (others["frobenius_norm"] == 0).all()
+    assert not any("every matrix is all zeros" in n for n in table.attrs["notes"])
+    same = alphaspec.analyze(tmp_path / "base", base=tmp_path / "base")  # a base that is the model: said once
+    assert "every matrix is all zeros: the base holds exactly these weights (nothing changed)" in same.attrs["notes"]
 
 
 def cli(*args):
