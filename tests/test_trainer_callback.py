@@ -1,6 +1,7 @@
-"""AlphaDecayCallback in a real transformers.Trainer: stopped after a checkpoint and resumed with
-resume_from_checkpoint, it continues exactly as an uninterrupted run; its alphas and decays reach the
-Trainer's logs (log_history, and TensorBoard through the Trainer's own reporting callback)."""
+"""AlphaDecayCallback and AlphaLRCallback in a real transformers.Trainer: stopped after a checkpoint and
+resumed with resume_from_checkpoint, each continues exactly as an uninterrupted run; their alphas, decays
+and learning-rate multipliers reach the Trainer's logs (log_history, and TensorBoard through the Trainer's
+own reporting callback)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from alphaspec.integrations import AlphaDecayCallback  # noqa: E402 - after the importorskip
+from alphaspec.integrations import AlphaDecayCallback, AlphaLRCallback  # noqa: E402 - after the importorskip
 
 STEPS, SAVE, GAP = 12, 4, 3
 
@@ -45,14 +46,41 @@ def tiny_llama(seed: int):
     return transformers.LlamaForCausalLM(config)
 
 
-def train(out, *callbacks, seed: int = 0, resume: bool = False, report_to=()):
+class Checked(transformers.TrainerCallback):
+    """At the start of every step (after any save's merge and split of the groups), each tuned matrix's group
+    holds the schedule's LR x its multiplier (AlphaLR) or its decay (AlphaDecay); an untuned group holds the
+    schedule's LR. `callback.checked` counts the steps checked."""
+
+    def __init__(self, callback):
+        self.callback, callback.checked = callback, 0
+
+    def on_step_begin(self, args, state, control, optimizer=None, **kwargs):
+        hook, groups = self.callback.hook, optimizer.param_groups
+        scheduled = next(g["lr"] for g in groups if "name" not in g)
+        for g in (g for g in groups if "name" in g):
+            if isinstance(self.callback, AlphaLRCallback):
+                assert g["lr"] == pytest.approx(scheduled * hook.decays[g["name"]], rel=1e-12), g["name"]
+            else:
+                assert g["lr"] == scheduled and g["weight_decay"] == pytest.approx(hook.decays[g["name"]], rel=1e-12)
+        self.callback.checked += 1
+
+
+HOOKS = {  # the callback and its arguments
+    "alphadecay": (AlphaDecayCallback, {}),
+    "tempbalance": (AlphaLRCallback, {"method": "tempbalance"}),
+    "llr": (AlphaLRCallback, {"method": "llr", "ease": 5}),  # every refresh (gap 3) saved mid-ease
+}
+
+
+def train(out, *callbacks, seed: int = 0, resume: bool = False, report_to=(), hook: str = "alphadecay"):
     args = transformers.TrainingArguments(
         output_dir=str(out), max_steps=STEPS, per_device_train_batch_size=8, learning_rate=3e-3, weight_decay=0.1,
         lr_scheduler_type="cosine", warmup_steps=2, logging_steps=1, save_steps=SAVE, save_strategy="steps",
         report_to=list(report_to), use_cpu=True, seed=0, data_seed=0, disable_tqdm=True)
-    callback = AlphaDecayCallback(gap=GAP, overlap=False)
+    kind, options = HOOKS[hook]
+    callback = kind(gap=GAP, overlap=False, **options)
     trainer = transformers.Trainer(model=tiny_llama(seed), args=args, train_dataset=Tokens(),
-                                   callbacks=[callback, *callbacks])
+                                   callbacks=[callback, Checked(callback), *callbacks])
     trainer.train(resume_from_checkpoint=True if resume else None)
     return trainer, callback
 
@@ -61,31 +89,40 @@ def by_step(history: list[dict]) -> dict[int, dict]:
     return {h["step"]: h for h in history if "loss" in h}
 
 
-def test_a_resumed_run_continues_exactly_as_an_uninterrupted_one(tmp_path):
-    """Tolerance: 0 on the decays and alphas, 1e-6 relative on losses and weights (the same float
-    operations on the CPU; the bound only allows for a different summation order in a kernel)."""
-    whole, whole_cb = train(tmp_path / "whole")
-    train(tmp_path / "parts", StopAt(2 * SAVE))
+@pytest.mark.parametrize("hook", list(HOOKS))
+def test_a_resumed_run_continues_exactly_as_an_uninterrupted_one(tmp_path, hook):
+    """Tolerance: 0 on the alphas, 1e-12 on decays and LR multipliers (a multiplier taken off a group's LR
+    for the save and put back after), 1e-6 relative on losses and weights (the same float operations on the
+    CPU; the bound only allows for a different summation order in a kernel)."""
+    whole, whole_cb = train(tmp_path / "whole", hook=hook)
+    train(tmp_path / "parts", StopAt(2 * SAVE), hook=hook)
     assert (tmp_path / "parts" / f"checkpoint-{2 * SAVE}").is_dir()
     saved = json.loads((tmp_path / "parts" / f"checkpoint-{2 * SAVE}" / "trainer_state.json").read_text())
-    hook_state = saved["stateful_callbacks"]["AlphaDecayCallback"]["attributes"]["hook_state"]
+    hook_state = saved["stateful_callbacks"][type(whole_cb).__name__]["attributes"]["hook_state"]
     assert hook_state["step_count"] == 2 * SAVE and hook_state["refreshes"] == 1 + 2 * SAVE // GAP
-    resumed, resumed_cb = train(tmp_path / "parts", seed=123, resume=True)  # other initial weights: loaded over
+    resumed, resumed_cb = train(tmp_path / "parts", seed=123, resume=True, hook=hook)  # initial weights loaded over
 
-    assert resumed_cb.hook.decays == whole_cb.hook.decays and resumed_cb.hook.metrics == whole_cb.hook.metrics
+    assert resumed_cb.hook.metrics == whole_cb.hook.metrics
+    assert resumed_cb.hook.decays == pytest.approx(whole_cb.hook.decays, rel=1e-12)
+    assert [g["lr"] for g in resumed.optimizer.param_groups] == pytest.approx(
+        [g["lr"] for g in whole.optimizer.param_groups], rel=1e-12)  # the schedule x each matrix's multiplier
     assert resumed_cb.hook.step_count == STEPS and resumed_cb.hook.refreshes == whole_cb.hook.refreshes
     want, got = by_step(whole.state.log_history), by_step(resumed.state.log_history)
     assert set(range(2 * SAVE + 1, STEPS + 1)) <= set(got)
     for step in range(2 * SAVE + 1, STEPS + 1):
         assert got[step]["loss"] == pytest.approx(want[step]["loss"], rel=1e-6)
-        for key in (k for k in want[step] if k.startswith("alphadecay/")):
-            assert got[step][key] == want[step][key], key
+        for key in (k for k in want[step] if k.startswith(whole_cb.log_prefix)):
+            assert got[step][key] == pytest.approx(want[step][key], rel=1e-12), key
     for (name, a), b in zip(whole.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
         torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7, msg=name)
     # the groups the Trainer made were saved; the hook's split groups are in force again after each save
     optimizer = torch.load(tmp_path / "parts" / f"checkpoint-{STEPS}" / "optimizer.pt", weights_only=True)
     assert len(optimizer["param_groups"]) == 2
-    assert len(resumed.optimizer.param_groups) == 2 + len(resumed_cb.hook.tuned)
+    named = [g["name"] for g in resumed.optimizer.param_groups if "name" in g and len(g["params"]) == 1]
+    assert sorted(named) == sorted(resumed_cb.hook.tuned)  # one group per tuned matrix, the rest as the Trainer made
+    assert whole_cb.checked == STEPS and resumed_cb.checked == STEPS - 2 * SAVE  # every step's groups were right
+    value = "weight_decay" if hook == "alphadecay" else "lr_scale"
+    assert {f"{whole_cb.log_prefix}alpha/mlp.up", f"{whole_cb.log_prefix}{value}/mlp.up"} <= set(want[STEPS])
 
 
 def test_the_logs_hold_alphas_and_decays_per_module_type(tmp_path):

@@ -370,6 +370,25 @@ class AlphaLR(AlphaDecay):
         self._ease_start = int(state.get("ease_start", 0))
         super().load_state_dict(state)
 
+    def merge_groups(self) -> None:
+        """The groups as they were given, at their LRs without the multipliers (and the scheduler's bases with
+        them): a checkpoint an ordinary optimizer loads; `split_groups()` puts the multipliers back."""
+        groups = self._live_groups()
+        index = {id(g): i for i, g in enumerate(self.optimizer.param_groups)}
+        sched = getattr(self.scheduler, "scheduler", self.scheduler)
+        for name, scale in self._applied.items():
+            group = groups.get(name)
+            if group is None:
+                continue
+            group["lr"] = group["lr"] / scale
+            if "initial_lr" in group:
+                group["initial_lr"] = self._base[name]
+            for key, value in (("base_lrs", self._base[name]), ("_last_lr", group["lr"])):
+                if sched is not None and isinstance(getattr(sched, key, None), list):
+                    getattr(sched, key)[index[id(group)]] = value
+        self._applied = {}  # the groups hold no multiplier now: state_dict() says so, and split_groups() applies them
+        super().merge_groups()
+
     def summary(self) -> dict[str, float]:
         """The latest refresh by module type: mean metric and mean multiplier (`alpha/att.q`, `lr_scale/mlp.up`)."""
         return {k.replace("weight_decay/", "lr_scale/"): v for k, v in super().summary().items()}
