@@ -500,7 +500,7 @@ def test_the_map_figure_draws_each_kind_and_the_cli_refuses_what_it_cannot_draw(
     ranks), each at its value; `plot --kind map` without --map, or with a decay map, is one line."""
     from matplotlib.image import imread
 
-    from alphaspec.plots import map_figure
+    from alphaspec.map_plots import map_figure
 
     _, median, peak = model_and_tables
     blocks = int(median["layer"].nunique())

@@ -11,7 +11,8 @@ from matplotlib.image import imread
 from alphaspec import analyze_checkpoint
 from alphaspec.checkpoint import SourceError, example_path
 from alphaspec.decay import build_decay_map
-from alphaspec.plots import alpha_depth_figure, alpha_modules_figure, decay_figure, esd_figure, render, spectra_figure
+from alphaspec.map_plots import decay_figure
+from alphaspec.plots import alpha_depth_figure, alpha_modules_figure, esd_figure, render, spectra_figure
 from alphaspec.powerlaw import fit
 from alphaspec.random_baseline import mp_quantiles, random_alpha
 

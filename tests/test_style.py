@@ -66,3 +66,21 @@ def test_ratios_and_policies_are_checked_in_one_place():
     offenders = [f"{path.relative_to(ROOT)}: {m}" for path in (ROOT / "alphaspec").rglob("*.py") if path != owner
                  for m in messages if m in path.read_text(encoding="utf-8")]
     assert offenders == []
+
+
+def test_the_core_imports_neither_typer_nor_matplotlib():
+    """Everything but the CLI and the modules that draw (plots, map_plots, training_plots, diff_plot, the
+    report) loads without typer or matplotlib: a library user pays for neither."""
+    import pkgutil
+    import sys
+
+    import alphaspec
+
+    drawing = ("alphaspec.cli", "alphaspec.report", "alphaspec.plots", "alphaspec.map_plots",
+               "alphaspec.training_plots", "alphaspec.diff_plot", "alphaspec.__main__")
+    core = [m.name for m in pkgutil.walk_packages(alphaspec.__path__, "alphaspec.") if not m.name.startswith(drawing)]
+    assert "alphaspec.train.loop" in core and "alphaspec.maps.hook" in core
+    code = (f"import importlib, sys\nfor m in {core!r}:\n    importlib.import_module(m)\n"
+            "    assert not {'typer', 'matplotlib'} & set(sys.modules), m")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]

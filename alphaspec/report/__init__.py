@@ -170,7 +170,7 @@ def _hub_revision(source: str) -> str | None:
 
 def _decay_section(decay_map) -> str:
     from ..decay import DecayMap
-    from ..plots import decay_figure
+    from ..map_plots import decay_figure
     from .html import esc, figure, number, table
 
     dmap = decay_map if isinstance(decay_map, DecayMap) else DecayMap.load(decay_map)
