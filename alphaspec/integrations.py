@@ -16,7 +16,8 @@ except ImportError as err:  # pragma: no cover - depends on the environment
     raise ImportError("alphaspec.integrations needs transformers: pip install transformers") from err
 
 from .maps.build import MapSpec
-from .maps.hook import AlphaDecay, AlphaLR
+from .maps.hook import AlphaDecay
+from .maps.lr_hook import AlphaLR
 from .maps.spec import DecaySpec
 
 LOG_PREFIX = "alphadecay/"

@@ -14,7 +14,8 @@ import torch
 
 from ..decay import DecayMap, DecayMapError, assign_decays, is_no_decay, is_tuned_candidate, match_names
 from ..maps.groups import one_group, own_groups, rest_groups, split_param_groups, tuned_groups
-from ..maps.hook import AlphaDecay, AlphaLR
+from ..maps.hook import AlphaDecay
+from ..maps.lr_hook import AlphaLR
 from ..modules import layer_index, module_type
 from .config import default_gap
 from .model import is_multiplier
