@@ -32,9 +32,16 @@ DEPTH_CMAP = "viridis"
 DPI = 150
 
 
+# Beyond the palette's nine: the tensors outside the blocks, each its own colour (Paul Tol's wine and teal).
+OUTSIDE_COLOURS = {"embed": "#999999", "lm_head": "#882255", "other": "#44AA99"}
+
+
 def module_colour(module: str) -> str:
+    """One colour per module type: the block types in palette order, embed/lm_head/other their own."""
     module = module.rsplit("/", 1)[-1]  # "decoder/att.q" is coloured as att.q
-    order = [m for m in MODULE_TYPES if m not in FUSED_MODULES]
+    if module in OUTSIDE_COLOURS:
+        return OUTSIDE_COLOURS[module]
+    order = [m for m in MODULE_TYPES if m not in FUSED_MODULES and m not in OUTSIDE_COLOURS]
     return OKABE_ITO[order.index(module) % len(OKABE_ITO)] if module in order else "#999999"
 
 

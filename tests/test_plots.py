@@ -239,3 +239,13 @@ def test_alpha_modules_shows_farms_beside_alpha_when_the_table_has_it(llama):
     assert len(ax.collections) == len(plain.collections) + len(hollow) and hollow
     shown = np.concatenate([c.get_offsets()[:, 1] for c in hollow])
     assert sorted(shown) == pytest.approx(sorted(table["alpha_farms"].dropna()))
+
+
+def test_every_module_type_has_its_own_colour():
+    """The block types in the Okabe-Ito palette, embed, lm_head and other outside it: no two types share one
+    (lm_head wrapped around onto att.q's blue)."""
+    from alphaspec.modules import FUSED_MODULES, MODULE_TYPES
+    from alphaspec.plots import module_colour
+
+    colours = [module_colour(m) for m in MODULE_TYPES if m not in FUSED_MODULES]
+    assert len(set(colours)) == len(colours) and module_colour("decoder/lm_head") == module_colour("lm_head")

@@ -187,6 +187,16 @@ def test_learning_rate_maps_come_from_the_current_weights(tmp_path, text, strate
     lr_now = float(rows(out / "metrics.csv")[-1]["lr"])  # the scheduled LR of step 8
     groups = {g["name"]: g["lr"] for g in state["optimizer"]["param_groups"] if g.get("name") in {r["name"] for r in final}}
     assert groups == {r["name"]: pytest.approx(lr_now * float(r["lr_scale"]), rel=1e-9) for r in final}
+    if optimizer == "adamw":  # `plot RUN --kind map` draws the multipliers of the last refresh against alpha
+        from alphaspec.map_plots import map_figure
+
+        res = CliRunner().invoke(app, ["plot", str(out), "--kind", "map", "-o", str(tmp_path / "figs"), "-q"])
+        assert res.exit_code == 0 and (tmp_path / "figs" / "map-lr.png").is_file(), res.output
+        from alphaspec.cli.plot import _run_lr_map
+
+        points = map_figure(_run_lr_map(out)).axes[0].collections
+        drawn = sorted(tuple(xy) for c in points for xy in c.get_offsets().data.tolist())
+        np.testing.assert_allclose(drawn, sorted((float(r["metric"]), float(r["lr_scale"])) for r in final), rtol=1e-9)
 
 
 def test_static_decay_map_is_applied_and_a_foreign_map_refused(tmp_path, text):

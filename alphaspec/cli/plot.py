@@ -94,8 +94,10 @@ def plot(
         fail("the esd figure needs --module NAME (a row name or a regex)", 2)
     dmap = DecayMap.load(decay_map_file) if decay_map_file is not None else None
     vmap = ValueMap.load(map_file) if map_file is not None else None
+    if "map" in kinds and vmap is None and has_log(run, "lrs"):  # a tempbalance/llr run: the LRs it applied last
+        vmap = _run_lr_map(run)
     if "map" in kinds and vmap is None:
-        fail("the map figure needs --map FILE (a map from `alphaspec map`)", 2)
+        fail("the map figure needs --map FILE (a map from `alphaspec map`, or a tempbalance/llr run)", 2)
     if dmap is None and "decay" in kinds and has_log(run, "decays"):  # a run: the decays it last applied
         dmap = _run_decay_map(run)
     table, spectra = load(source, estimator.value, device, quiet, spectra_file, asked="-e" if given(ctx, "estimator") else None)
@@ -160,6 +162,25 @@ def _run_decay_map(run: Path):
                     estimator=str(config.get("estimator") or "median"), metric=metric,
                     preserve_mean=str(config.get("preserve_mean") or "none"),
                     source=f"{run} (decay.csv, step {int(latest['step'].max())})")
+
+
+def _run_lr_map(run: Path):
+    """The learning-rate multipliers a tempbalance or llr run reached at its last refresh (its lr.csv), as a
+    map the map figure draws against the metric they came from."""
+    from ..maps.file import ValueMap
+    from ..train.rundir import load_run_json, read_log
+
+    lrs = read_log(run, "lrs", "the map figure")
+    if lrs.empty:
+        fail(f"{run}: lr.csv has no rows yet (no refresh has finished)")
+    latest = lrs.sort_values("step", kind="stable").groupby("name", sort=False).tail(1)
+    config = load_run_json(run).get("config", {})
+    metric = str(config.get("metric") or "alpha")
+    modules = [{"name": r.name, "module": r.module, "layer": r.layer, metric: r.metric, "lr_scale": r.lr_scale}
+               for r in latest.itertuples()]
+    return ValueMap(kind="lr", method=str(config.get("strategy") or "tempbalance"), modules=modules, metric=metric,
+                    estimator=str(config.get("estimator") or "median"),
+                    source=f"{run} (lr.csv, step {int(latest['step'].max())})")
 
 
 def _training_figure(run: Path, output: Path, fmt: str) -> Path:
