@@ -371,7 +371,9 @@ def test_a_map_for_another_model_is_one_line(model_and_tables):
     (["lr", "--target", "0.3"], "target is a setting of sparsity maps; lr maps have no use for it"),
     (["sparsity", "--budget", "9"], "budget is a setting of lora_rank maps; sparsity maps have no use for it"),
     (["lora_rank", "--per-matrix"], "block-wise is a setting of sparsity maps; lora_rank maps have no use for it"),
-    (["sparsity", "--assign", "sqrt"], "assign is a setting of lr maps; sparsity maps have no use for it"),
+    (["sparsity", "--assign", "sqrt"], "assign is a setting of lr and weight_decay maps; sparsity maps have no use"),
+    (["weight_decay", "--target", "0.4"], "target is a setting of sparsity maps; weight_decay maps have no use for it"),
+    (["weight_decay", "--assign", "step"], "unknown weight-decay assignment 'step'; choose one of linear, sqrt"),
 ])
 def test_bad_map_settings_are_usage_errors_before_anything_is_read(tmp_path, args, message):
     res = CliRunner().invoke(app, ["map", args[0], str(tmp_path / "absent"), "-o", str(tmp_path / "m.json"), *args[1:]])

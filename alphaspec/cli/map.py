@@ -84,14 +84,13 @@ def make_map(
 
     kind = kind.value
     check_output(output, (".json",), inputs=input_paths(source))
-    if kind == "weight_decay":
-        return _decay_map(source, output, method, metric.value, estimator, ratio, assign, weight_decay, device, quiet,
-                          paper_compat)
     spec = MapSpec(method=method and method.value, metric=metric.value, estimator=estimator and estimator.value,
                    ratio=ratio, assign=assign and assign.value, target=target, epsilon=epsilon, block_wise=block_wise,
                    budget=budget, beta=beta, paper_compat=paper_compat)
     if problem := spec.problem(kind):
         raise UsageError(problem)
+    if kind == "weight_decay":
+        return _decay_map(source, output, spec, weight_decay, device, quiet)
     spec = spec.settled(kind)
     table, _ = load(source, spec.estimator, device, quiet, split_fused=False, farms=spec.metric == "alpha_farms",
                     asked="-e" if estimator is not None else "--paper-compat" if paper_compat else None)
@@ -107,20 +106,15 @@ def make_map(
             out.print(f"note: {note}", highlight=False)
 
 
-def _decay_map(source, output, method, metric, estimator, ratio, assign, weight_decay, device, quiet,
-               paper_compat) -> None:
-    """`map weight_decay`: AlphaDecay, as `decay-map` makes it with these settings."""
+def _decay_map(source, output, spec, weight_decay, device, quiet) -> None:
+    """`map weight_decay`: AlphaDecay, as `decay-map` makes it with these settings (checked by MapSpec)."""
     from ..maps.spec import DecaySpec
     from .decay import write_decay_map
 
-    if method is not None and method.value != "alphadecay":
-        raise UsageError(f"method {method.value!r} makes no weight_decay map; weight decays come from AlphaDecay")
-    if assign is not None and assign.value not in ("linear", "sqrt", "log2", "sigmoid"):
-        raise UsageError(f"--assign {assign.value}: weight decays are assigned by linear, sqrt, log2 or sigmoid")
-    spec = DecaySpec(ratio=ratio or DecaySpec.ratio, assign=assign.value if assign else DecaySpec.assign,
-                     estimator=estimator.value if estimator else DecaySpec.estimator, metric=metric,
-                     paper_compat=paper_compat)
-    write_decay_map(source, output, spec, weight_decay, "all", device, quiet, estimator_given=estimator is not None)
+    decays = DecaySpec(ratio=spec.ratio or DecaySpec.ratio, assign=spec.assign or DecaySpec.assign,
+                       estimator=spec.estimator or DecaySpec.estimator, metric=spec.metric,
+                       paper_compat=spec.paper_compat)
+    write_decay_map(source, output, decays, weight_decay, "all", device, quiet, estimator_given=spec.estimator is not None)
 
 
 def summary(vmap) -> Table:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 import pandas as pd
 
-from ..choices import DECAY_METRICS, ESTIMATORS
+from ..choices import ASSIGN, DECAY_METRICS, ESTIMATORS
 from .file import KINDS, ValueMap
 from .methods import (
     KIND_METHODS,
@@ -30,8 +30,9 @@ from .methods import (
 from .spec import DecayMapError, choice_problem, ratio_problem
 
 NEEDED = ("name", "module", "layer", "rows", "cols", "n_eigs")  # the columns of an analysis table a map reads
-SETTINGS_OF = {"ratio": "lr", "assign": "lr", "target": "sparsity", "epsilon": "sparsity", "block_wise": "sparsity",
-               "budget": "lora_rank", "beta": "lora_rank"}  # the kind each setting shapes; others leave it None
+SETTINGS_OF = {"ratio": ("lr", "weight_decay"), "assign": ("lr", "weight_decay"), "target": ("sparsity",),
+               "epsilon": ("sparsity",), "block_wise": ("sparsity",), "budget": ("lora_rank",),
+               "beta": ("lora_rank",)}  # the kinds each setting shapes; the others leave it None
 
 
 @dataclass(frozen=True)
@@ -59,20 +60,22 @@ class MapSpec:
 
     def problem(self, kind: str) -> str | None:
         """What is wrong with these settings for a map of `kind`, or None (the only place they are checked)."""
-        if kind not in KIND_METHODS:
+        methods = {**KIND_METHODS, "weight_decay": ("alphadecay",)}  # weight decays: decay.build_decay_map
+        if kind not in methods:
             return choice_problem("map kind", kind, KINDS)
-        method = self.method or KIND_METHODS[kind][0]
-        if method not in KIND_METHODS[kind]:
-            return f"method {method!r} makes no {kind} map; for {kind} choose {', '.join(KIND_METHODS[kind])}"
+        method = self.method or methods[kind][0]
+        if method not in methods[kind]:
+            return f"method {method!r} makes no {kind} map; for {kind} choose {', '.join(methods[kind])}"
         release = METHODS[method].release_estimator
-        foreign = [name for name, owner in SETTINGS_OF.items() if owner != kind and getattr(self, name) is not None]
-        checks = [foreign and f"{foreign[0].replace('_', '-')} is a setting of {SETTINGS_OF[foreign[0]]} maps; "
-                  f"{kind} maps have no use for it",
+        foreign = [name for name, owners in SETTINGS_OF.items() if kind not in owners and getattr(self, name) is not None]
+        checks = [foreign and f"{foreign[0].replace('_', '-')} is a setting of {' and '.join(SETTINGS_OF[foreign[0]])} "
+                  f"maps; {kind} maps have no use for it",
                   self.paper_compat and self.estimator not in (None, release)
                   and f"--paper-compat fits with the release's estimator ({release}), not {self.estimator}: leave out -e",
                   choice_problem("metric", self.metric, DECAY_METRICS),
                   self.estimator and choice_problem("estimator", self.estimator, ESTIMATORS),
-                  self.assign and choice_problem("LR assignment", self.assign, LR_ASSIGN),
+                  self.assign and (choice_problem("weight-decay assignment", self.assign, ASSIGN) if kind == "weight_decay"
+                                   else choice_problem("LR assignment", self.assign, LR_ASSIGN)),
                   self.ratio is not None and (f"ratio {tuple(self.ratio)}: " + p if (p := ratio_problem(tuple(self.ratio)))
                                               else None),
                   self.ratio is not None and kind == "lr" and not self.ratio[0] > 0
