@@ -25,27 +25,36 @@ def evaluations(run: Run) -> pd.DataFrame:
     return m.dropna(subset=["eval_loss"]) if "eval_loss" in m else m.iloc[0:0]
 
 
-def decay_series(run: Run) -> pd.Series:
-    """Parameter-weighted mean decay of the tuned matrices in force at each step 1..last.
-
-    decay.csv holds each decay when it was set; it holds until the next row for that name. AWD's
-    single `*` row stands for every decayed parameter.
-    """
-    d, last = run.decays, int(run.metrics["step"].max())
-    if d.empty or last < 1:
+def held_mean(rows: pd.DataFrame, value: str, last: int, sizes: dict[str, int]) -> pd.Series:
+    """Parameter-weighted mean of `value` over the names in force at each step 1..last: a log row holds for
+    its name until the next one (`*`, AWD's one row for every decayed parameter, weighs 1)."""
+    if rows.empty or last < 1:
         return pd.Series(dtype=float)
-    grid = d.pivot_table(index="step", columns="name", values="weight_decay", aggfunc="last")
+    grid = rows.pivot_table(index="step", columns="name", values=value, aggfunc="last")
     grid = grid.reindex(range(0, last + 1)).ffill().iloc[1:]
-    weights = np.array([run.sizes.get(n, 1) if n != "*" else 1 for n in grid.columns], dtype=float)
+    weights = np.array([sizes.get(n, 1) if n != "*" else 1 for n in grid.columns], dtype=float)
     mask = grid.notna().to_numpy()
     values = np.where(mask, grid.to_numpy(), 0.0)
     per_step = (values * weights).sum(1) / np.maximum((mask * weights).sum(1), 1e-300)
     return pd.Series(per_step, index=grid.index)[mask.any(1)]
 
 
+def decay_series(run: Run) -> pd.Series:
+    """Parameter-weighted mean decay of the tuned matrices in force at each step 1..last (decay.csv)."""
+    return held_mean(run.decays, "weight_decay", int(run.metrics["step"].max()), run.sizes)
+
+
 def applied_decay(run: Run) -> float:
     """The decay the tuned matrices actually received, averaged over steps (parameter-weighted)."""
     series = decay_series(run)
+    return float(series.mean()) if len(series) else math.nan
+
+
+def applied_lr_scale(run: Run) -> float:
+    """A tempbalance/llr run's learning-rate multiplier of the tuned matrices, parameter-weighted and averaged
+    over steps: each refresh's multipliers (lr.csv) held until the next (easing in, under llr, is not
+    counted); NaN for a run without lr.csv rows."""
+    series = held_mean(run.lrs, "lr_scale", int(run.metrics["step"].max()), run.sizes)
     return float(series.mean()) if len(series) else math.nan
 
 
@@ -114,6 +123,7 @@ def tabulate(runs: list[Run]) -> pd.DataFrame:
             "eval_ppl": float(ev["eval_ppl"].iloc[-1]) if len(ev) else math.nan,
             "best_eval_loss": float(ev["eval_loss"].min()) if len(ev) else math.nan,
             "weight_decay": w, "applied_decay": applied, "applied_over_w": applied / w if w else math.nan,
+            "lr_scale": applied_lr_scale(r),
             "tokens_per_s": float(m["tokens_per_s"].median()),
         })
     return pd.DataFrame(out)
@@ -128,7 +138,8 @@ def summarise(table: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
     out = g.agg(strategy=("strategy", "first"), n=("run", "size"), steps=("steps", "max"),
                 eval_loss=("eval_loss", "mean"), eval_loss_std=("eval_loss", "std"), eval_ppl=("eval_ppl", "mean"),
                 best_eval_loss=("best_eval_loss", "mean"), loss=("loss", "mean"),
-                applied_over_w=("applied_over_w", "mean"), tokens_per_s=("tokens_per_s", "mean")).reset_index()
+                applied_over_w=("applied_over_w", "mean"), lr_scale=("lr_scale", "mean"),
+                tokens_per_s=("tokens_per_s", "mean")).reset_index()
     baseline = baseline if baseline is not None else default_baseline(out)
     if baseline not in set(out["label"]):
         raise RunDirError(f"baseline {baseline!r} is not one of the labels: {', '.join(out['label'])}")
@@ -222,8 +233,14 @@ def default_baseline(summary: pd.DataFrame) -> str:
 
 
 def statistical_notes(summary: pd.DataFrame) -> list[str]:
-    """What a reader must know before reading the differences: too few runs, no pairing."""
+    """What a reader must know before reading the differences: too few runs, no pairing, learning rates that
+    are not the baseline's."""
     notes = []
+    scaled = summary[summary["lr_scale"].notna()]
+    if len(scaled):
+        notes.append("learning rates of the tuned matrices, parameter-weighted over the run, times the schedule: "
+                     + ", ".join(f"{r.label} {r.lr_scale:.2f}x" for r in scaled.itertuples())
+                     + " (a difference in loss may come from the mean learning rate as much as from its spread)")
     few = summary[summary["n"] < 3]
     if len(few):
         notes.append(f"fewer than 3 runs for {', '.join(few['label'])}: with 2 runs the 95 % interval is 12.7 "

@@ -38,6 +38,24 @@ def test_applied_decay_is_time_and_parameter_weighted(tmp_path):
     assert applied_decay(run) == pytest.approx((4 * 0.175 + 6 * 0.225) / 10)
 
 
+def test_the_learning_rate_multiplier_of_an_lr_run_is_time_and_parameter_weighted(tmp_path):
+    """tempbalance/llr runs: lr.csv's multipliers held until the next refresh, weighted by matrix size; said in
+    a note beside the comparison, since a mean multiplier away from 1 changes the learning rate itself."""
+    from alphaspec.compare import applied_lr_scale
+
+    path = fake_run(tmp_path / "t", [3.0, 2.9], "tempbalance")
+    pd.DataFrame([{"step": s, "name": n, "module": "", "layer": 0, "metric": 2.0, "lr_scale": v}
+                  for s, n, v in [(0, A, 0.5), (0, B, 1.5), (6, A, 1.0), (6, B, 1.2)]]).to_csv(path / "lr.csv", index=False)
+    # steps 1-5: (0.5*100 + 1.5*300)/400 = 1.25; steps 6-10: (1.0*100 + 1.2*300)/400 = 1.15
+    assert applied_lr_scale(load_run(path)) == pytest.approx((5 * 1.25 + 5 * 1.15) / 10)
+    assert math.isnan(applied_lr_scale(load_run(fake_run(tmp_path / "u", [3.0, 3.1]))))
+    result = compare([tmp_path / "u", path])
+    assert result.table.set_index("strategy").loc["tempbalance", "lr_scale"] == pytest.approx(1.2)
+    assert any("times the schedule: tempbalance 1.20x" in n for n in result.notes), result.notes
+    (path / "lr.csv").write_text("step,name,module,layer,metric,lr_scale\n")  # no refresh finished yet: no figure
+    assert math.isnan(compare([tmp_path / "u", path]).table.set_index("strategy").loc["tempbalance", "lr_scale"])
+
+
 def test_seeds_are_pooled_and_set_against_the_uniform_baseline_with_welch(tmp_path):
     from scipy import stats
 

@@ -15,7 +15,7 @@ import re
 import shutil
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 try:
@@ -65,6 +65,7 @@ class Run:
     metrics: pd.DataFrame
     decays: pd.DataFrame
     sizes: dict[str, int]
+    lrs: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=LR_COLUMNS))  # tempbalance/llr runs
 
 
 RUN_KEYS = {"strategy": str, "seed": int, "steps": int, "weight_decay": int | float}  # what compare reads
@@ -88,18 +89,21 @@ def load_run_json(path: Path) -> dict:
 
 
 def load_run(path: str | Path) -> Run:
-    """A run directory's run.json, metrics.csv, decay.csv and the tuned tensors' sizes, each checked."""
+    """A run directory's run.json, metrics.csv, decay.csv, lr.csv (tempbalance/llr) and the tuned tensors' sizes,
+    each checked."""
     path = Path(path)
     if not path.is_dir():
         raise RunDirError(f"{path}: not a run directory")
     info = load_run_json(path)
-    metrics_file, decay_file = path / LOGS["metrics"][0], path / LOGS["decays"][0]
+    metrics_file, decay_file, lr_file = (path / LOGS[name][0] for name in ("metrics", "decays", "lrs"))
     if not metrics_file.exists():
         raise RunDirError(f"{path}: not an alphaspec training run (no metrics.csv)")
     try:
         metrics = read_csv_checked(metrics_file, METRICS_COLUMNS, required=("step", "tokens", "loss", "tokens_per_s"))
         decays = read_csv_checked(decay_file, DECAY_COLUMNS, required=("step", "weight_decay")) \
             if decay_file.exists() else pd.DataFrame(columns=["step"])
+        lrs = read_csv_checked(lr_file, LR_COLUMNS, required=("step", "name", "lr_scale"), text=("name", "module")) \
+            if lr_file.exists() else pd.DataFrame(columns=LR_COLUMNS)
     except AlphaspecError as e:
         raise RunDirError(str(e)) from e
     if metrics.empty:
@@ -108,7 +112,7 @@ def load_run(path: str | Path) -> Run:
         value = info["config"].get(key)
         if isinstance(value, bool) or not isinstance(value, kind):
             raise RunDirError(f"{path / RUN_JSON}: damaged (its config has no valid {key!r}: {value!r})")
-    return Run(path, info["config"], info, metrics, decays, _sizes(path / "model.safetensors"))
+    return Run(path, info["config"], info, metrics, decays, _sizes(path / "model.safetensors"), lrs)
 
 
 def read_log(path: Path, name: str, needed_by: str) -> pd.DataFrame:
