@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 
 try:
     from transformers import TrainerCallback
@@ -18,7 +19,7 @@ except ImportError as err:  # pragma: no cover - depends on the environment
 from .maps.build import MapSpec
 from .maps.hook import AlphaDecay
 from .maps.lr_hook import AlphaLR
-from .maps.spec import DecaySpec
+from .maps.spec import DecaySpec, decay_spec
 
 LOG_PREFIX = "alphadecay/"
 
@@ -59,9 +60,25 @@ class HookCallback(TrainerCallback, ExportableState):
         spec = hook_kwargs.pop("spec", None)
         if isinstance(spec, self.spec_class):  # kept as its fields, so the arguments can be written as JSON
             hook_kwargs = dataclasses.asdict(spec) | hook_kwargs
+        self._check(hook_kwargs)
         self.kwargs = hook_kwargs
         self.hook: AlphaDecay | None = None
         self.hook_state: dict | None = None  # from a checkpoint, until the hook is built
+
+    def _check(self, kwargs: dict) -> None:
+        """Misspelt arguments and bad settings fail here, where the callback is made, not at the start of
+        training: every name must be the hook's argument or its spec's field, and the spec must be valid."""
+        named = set(inspect.signature(self.hook_class.__init__).parameters) - {"self", "model", "optimizer", "options"}
+        fields = {f.name for f in dataclasses.fields(self.spec_class)}
+        unknown = sorted(set(kwargs) - named - fields - {"scheduler"})
+        if unknown:
+            raise TypeError(f"{type(self).__name__} got unexpected argument(s) {', '.join(unknown)}: it takes "
+                            f"{self.hook_class.__name__}'s (see help({self.hook_class.__name__}))")
+        self.spec_of({k: v for k, v in kwargs.items() if k in fields})
+
+    def spec_of(self, fields: dict):
+        """The spec these fields make, checked (a DecayMapError, an AlphaspecError, when they cannot be used)."""
+        return decay_spec(None, fields)
 
     def state(self) -> dict:
         """What the Trainer writes into each checkpoint's trainer_state.json for this callback."""
@@ -138,3 +155,6 @@ class AlphaLRCallback(HookCallback):
     hook_class = AlphaLR
     log_prefix = "alphalr/"
     spec_class = MapSpec
+
+    def spec_of(self, fields: dict):
+        return MapSpec(**fields).settled("lr")

@@ -174,3 +174,23 @@ def test_attach_puts_it_ahead_of_the_report_to_callbacks(tmp_path):
     events.Reload()
     assert "train/alphadecay/alpha/att.q" in events.Tags()["scalars"]
     assert events.Scalars("train/alphadecay/refreshes")[-1].value == callback.hook.refreshes
+
+
+@pytest.mark.parametrize("make,error,match", [
+    (lambda: AlphaLRCallback(method="banana"), "DecayMapError", "method 'banana' makes no lr map"),
+    (lambda: AlphaLRCallback(gapp=3), "TypeError", "unexpected argument\\(s\\) gapp: it takes AlphaLR's"),
+    (lambda: AlphaLRCallback(target=0.5), "DecayMapError", "target is a setting of sparsity maps"),
+    (lambda: AlphaDecayCallback(ratio=(3, 1)), "DecayMapError", "ratio \\(3, 1\\): need two finite numbers"),
+    (lambda: AlphaDecayCallback(assign="step"), "DecayMapError", "unknown assign 'step'"),
+])
+def test_bad_arguments_fail_where_the_callback_is_made(make, error, match):
+    """Not at the start of training, minutes later, inside the Trainer."""
+    with pytest.raises(Exception, match=match) as caught:
+        make()
+    assert type(caught.value).__name__ == error
+
+
+def test_good_arguments_are_kept_for_the_hook():
+    assert AlphaLRCallback(method="llr", ease=4, ratio=(1, 2), gap=3).kwargs == {"method": "llr", "ease": 4,
+                                                                                 "ratio": (1, 2), "gap": 3}
+    assert AlphaDecayCallback(gap=3, ratio=(0.5, 2), overlap=False, weight_decay=0.05).kwargs["ratio"] == (0.5, 2)
