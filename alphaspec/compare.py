@@ -50,11 +50,15 @@ def applied_decay(run: Run) -> float:
     return float(series.mean()) if len(series) else math.nan
 
 
+def lr_series(run: Run) -> pd.Series:
+    """A tempbalance/llr run's parameter-weighted learning-rate multiplier of the tuned matrices at each step:
+    each refresh's multipliers (lr.csv) held until the next (easing in, under llr, is not counted)."""
+    return held_mean(run.lrs, "lr_scale", int(run.metrics["step"].max()), run.sizes)
+
+
 def applied_lr_scale(run: Run) -> float:
-    """A tempbalance/llr run's learning-rate multiplier of the tuned matrices, parameter-weighted and averaged
-    over steps: each refresh's multipliers (lr.csv) held until the next (easing in, under llr, is not
-    counted); NaN for a run without lr.csv rows."""
-    series = held_mean(run.lrs, "lr_scale", int(run.metrics["step"].max()), run.sizes)
+    """lr_series averaged over the steps; NaN for a run without lr.csv rows."""
+    series = lr_series(run)
     return float(series.mean()) if len(series) else math.nan
 
 

@@ -19,11 +19,12 @@ from .random_baseline import random_alpha
 
 def compare_figure(comparison) -> Figure:
     """Training runs side by side: train and eval loss against tokens, eval loss minus the baseline's
-    (paired by seed where possible; mean over seeds, band = min..max), and the decay the tuned matrices got.
+    (paired by seed where possible; mean over seeds, band = min..max), and the decay the tuned matrices got
+    (for tempbalance/llr runs, dashed, their learning-rate multiplier).
 
     One colour per label (strategy and the settings that differ); seeds of a label share it.
     """
-    from .compare import decay_series, evaluations
+    from .compare import decay_series, evaluations, lr_series
 
     table, summary = comparison.table, comparison.summary
     baseline = summary.attrs["baseline"]
@@ -37,10 +38,13 @@ def compare_figure(comparison) -> Figure:
         train = [comparison.runs[i].metrics.set_index("tokens")["loss"] for i in rows]
         _mean_and_band(ax_loss, train, colour[label], None)
         _mean_and_band(ax_eval, [curves[i] for i in rows if len(curves[i])], colour[label], label, marker="o")
+    lr_runs = False
     for run, row in zip(comparison.runs, table.itertuples(), strict=True):
-        series = decay_series(run)
-        if len(series) and row.weight_decay:
-            ax_decay.plot(series.index, series.to_numpy() / row.weight_decay, color=colour[row.label], lw=1.2,
+        multipliers = lr_series(run)  # a tempbalance/llr run: its learning rates (its decay is uniform), dashed
+        series, ls = (multipliers, "--") if len(multipliers) else (decay_series(run) / (row.weight_decay or 1), "-")
+        lr_runs |= bool(len(multipliers))
+        if len(series) and (row.weight_decay or len(multipliers)):
+            ax_decay.plot(series.index, series.to_numpy(), color=colour[row.label], lw=1.2, ls=ls,
                           drawstyle="steps-post")
     of_label = {lab: [(r.seed, c) for r, c in zip(table.itertuples(), curves, strict=True) if r.label == lab]
                 for lab in labels}
@@ -54,7 +58,8 @@ def compare_figure(comparison) -> Figure:
             (ax_eval, "validation loss", "tokens", "eval loss"),
             (ax_delta, "validation loss minus the baseline's\n(" + textwrap.shorten(baseline, 60) + ", paired by seed)",
              "tokens", "Δ eval loss (below 0: better)"),
-            (ax_decay, "decay applied to the tuned matrices", "step", "parameter-weighted mean decay / w")):
+            (ax_decay, "decay applied to the tuned matrices" + ("\n(dashed: learning-rate multiplier)" if lr_runs else ""),
+             "step", "parameter-weighted mean decay / w" + (", LR / scheduled LR" if lr_runs else ""))):
         ax.set_title(title, loc="left")
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)

@@ -5,7 +5,8 @@
 # DATA: a token cache (alphaspec tokenize) or raw text. JOBS runs train side by side (small models leave a
 # GPU mostly idle, so several fit on one). A finished run is skipped, so the script can be re-run to resume.
 # Defaults: llama-20m, 2000 steps of BATCH x SEQ = 64 x 256 tokens (environment variables), 3 jobs,
-# seeds "0 1 2", decays "0.1 0.01", every arm (ARMS="uniform awd" runs some), GAP=500 between refreshes, and
+# seeds "0 1 2", decays "0.1 0.01", the five decay arms (ARMS="uniform awd" runs some; tempbalance and llr, the
+# learning-rate arms, on request), GAP=500 between refreshes, and
 # EXTRA="--lr 3e-3 ..." added to every train command. Each run's stderr goes to OUT/RUN.log.
 set -euo pipefail
 out=${1:?usage: bench/decay_study.sh OUT DATA [MODEL] [STEPS] [JOBS] [SEEDS] [DECAYS]}
@@ -19,6 +20,8 @@ declare -A arms=(
   [alphadecay-mean]="--strategy alphadecay --gap $gap --preserve-mean params"
   [awd]="--strategy awd"
   [adadecay]="--strategy adadecay --gap $gap"
+  [tempbalance]="--strategy tempbalance --gap $gap"
+  [llr]="--strategy llr --gap $gap"
 )
 for w in $decays; do
   for arm in ${ARMS:-uniform alphadecay alphadecay-mean awd adadecay}; do

@@ -52,6 +52,12 @@ def test_the_learning_rate_multiplier_of_an_lr_run_is_time_and_parameter_weighte
     result = compare([tmp_path / "u", path])
     assert result.table.set_index("strategy").loc["tempbalance", "lr_scale"] == pytest.approx(1.2)
     assert any("times the schedule: tempbalance 1.20x" in n for n in result.notes), result.notes
+    from alphaspec.training_plots import compare_figure
+
+    panel = compare_figure(result).axes[3]  # the tempbalance run's multipliers, dashed, where its decay would be
+    dashed = [line for line in panel.get_lines() if line.get_linestyle() == "--" and len(line.get_xdata()) == 10]
+    assert len(dashed) == 1 and list(dashed[0].get_ydata()) == pytest.approx([1.25] * 5 + [1.15] * 5)
+    assert "learning-rate multiplier" in panel.get_title(loc="left")
     (path / "lr.csv").write_text("step,name,module,layer,metric,lr_scale\n")  # no refresh finished yet: no figure
     assert math.isnan(compare([tmp_path / "u", path]).table.set_index("strategy").loc["tempbalance", "lr_scale"])
 
