@@ -58,7 +58,9 @@ class HookCallback(TrainerCallback, ExportableState):
 
     def __init__(self, **hook_kwargs):
         spec = hook_kwargs.pop("spec", None)
-        if isinstance(spec, self.spec_class):  # kept as its fields, so the arguments can be written as JSON
+        if spec is not None and not isinstance(spec, self.spec_class):
+            raise TypeError(f"{type(self).__name__}: spec must be a {self.spec_class.__name__}, not {type(spec).__name__}")
+        if spec is not None:  # kept as its fields, so the arguments can be written as JSON
             hook_kwargs = dataclasses.asdict(spec) | hook_kwargs
         self._check(hook_kwargs)
         self.kwargs = hook_kwargs

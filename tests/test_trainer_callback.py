@@ -182,6 +182,7 @@ def test_attach_puts_it_ahead_of_the_report_to_callbacks(tmp_path):
     (lambda: AlphaLRCallback(target=0.5), "DecayMapError", "target is a setting of sparsity maps"),
     (lambda: AlphaDecayCallback(ratio=(3, 1)), "DecayMapError", "ratio \\(3, 1\\): need two finite numbers"),
     (lambda: AlphaDecayCallback(assign="step"), "DecayMapError", "unknown assign 'step'"),
+    (lambda: AlphaLRCallback(spec={"method": "llr"}), "TypeError", "spec must be a MapSpec, not dict"),
 ])
 def test_bad_arguments_fail_where_the_callback_is_made(make, error, match):
     """Not at the start of training, minutes later, inside the Trainer."""
