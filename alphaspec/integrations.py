@@ -70,9 +70,10 @@ class HookCallback(TrainerCallback, ExportableState):
     def _check(self, kwargs: dict) -> None:
         """Misspelt arguments and bad settings fail here, where the callback is made, not at the start of
         training: every name must be the hook's argument or its spec's field, and the spec must be valid."""
-        named = set(inspect.signature(self.hook_class.__init__).parameters) - {"self", "model", "optimizer", "options"}
+        trainers = {"self", "model", "optimizer", "scheduler", "options"}  # the Trainer's own are passed in
+        named = set(inspect.signature(self.hook_class.__init__).parameters) - trainers
         fields = {f.name for f in dataclasses.fields(self.spec_class)}
-        unknown = sorted(set(kwargs) - named - fields - {"scheduler"})
+        unknown = sorted(set(kwargs) - named - fields)
         if unknown:
             raise TypeError(f"{type(self).__name__} got unexpected argument(s) {', '.join(unknown)}: it takes "
                             f"{self.hook_class.__name__}'s (see help({self.hook_class.__name__}))")

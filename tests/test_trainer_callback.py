@@ -183,6 +183,7 @@ def test_attach_puts_it_ahead_of_the_report_to_callbacks(tmp_path):
     (lambda: AlphaDecayCallback(ratio=(3, 1)), "DecayMapError", "ratio \\(3, 1\\): need two finite numbers"),
     (lambda: AlphaDecayCallback(assign="step"), "DecayMapError", "unknown assign 'step'"),
     (lambda: AlphaLRCallback(spec={"method": "llr"}), "TypeError", "spec must be a MapSpec, not dict"),
+    (lambda: AlphaDecayCallback(scheduler=None), "TypeError", "unexpected argument\\(s\\) scheduler"),  # the Trainer's
 ])
 def test_bad_arguments_fail_where_the_callback_is_made(make, error, match):
     """Not at the start of training, minutes later, inside the Trainer."""
