@@ -105,6 +105,7 @@ def test_options_another_strategy_or_optimizer_reads_are_named_not_silently_drop
     assert inert(optimizer="muon", muon_momentum=0.9) == []
     assert inert(decay_map="wd.json", gap=5) == ["--gap"]  # a static map implies alphadecay, refreshed by nothing
     assert inert(strategy="uniform", gap=3, resume=True) == []
+    assert inert(strategy="uniform", estimator="gof") == []  # it also fits alphas.csv, in every run
     assert TrainConfig.of(strategy="uniform", lr_ratio=(0.5, 2.0)).inert() == []  # the Python API: nothing "given"
     text = tmp_path / "t.txt"
     text.write_text(bundled_corpus()[0].read_text()[:20_000])

@@ -48,15 +48,17 @@ class ConfigError(AlphaspecError, ValueError):
 
 def option(default, help: str = "", *, key: str = "", flags: tuple[str, ...] = (), min: float | None = None,
            max: float | None = None, choices: tuple[str, ...] = (), kind: str = "", metavar: str = "",
-           cli: bool = True, incidental: bool = False, applies: Callable[[dict], bool] | None = None):
+           cli: bool = True, incidental: bool = False, applies: Callable[[dict], bool] | None = None,
+           recorded: bool = False):
     """A config field with what its CLI option needs. key: the option's name when it is not the field's
     (`--model` for `model.name`). kind: "path" (a file or directory), "finite" (a float that must be
     finite), "ratio", "policy" (all, matrices or a number). incidental: the option cannot change what a
     run learns (where it runs, its seed, how often it logs): runs that differ only in incidental options
     are replicates of one setting (`compare`). applies: given the run's flat settings, whether the option
-    takes effect at all (Muon's options only with --optimizer muon); None: always."""
+    takes effect on training at all (Muon's options only with --optimizer muon); None: always. recorded: the
+    option also shapes what every run records (the estimator fits alphas.csv), so it is never without effect."""
     meta = {"help": help, "key": key, "flags": flags, "min": min, "max": max, "choices": choices, "kind": kind,
-            "metavar": metavar, "cli": cli, "incidental": incidental, "applies": applies}
+            "metavar": metavar, "cli": cli, "incidental": incidental, "applies": applies, "recorded": recorded}
     if isinstance(default, list):
         return field(default_factory=list, metadata=meta)
     return field(default=default, metadata=meta)
@@ -177,8 +179,8 @@ class DecayOptions:
     gap: int | None = option(None, "Refresh alphadecay/adadecay decays or tempbalance/llr learning rates every GAP "
                              "steps (default: 500, or a tenth of a run shorter than 5000 steps).", min=1,
                              applies=_refreshing)
-    estimator: str = option(DecaySpec.estimator, "How xmin is chosen.", flags=("-e", "--estimator"),
-                            choices=ESTIMATORS, applies=_refreshed)
+    estimator: str = option(DecaySpec.estimator, "How xmin is chosen (for the refreshes and alphas.csv).",
+                            flags=("-e", "--estimator"), choices=ESTIMATORS, applies=_refreshed, recorded=True)
     metric: str = option(DecaySpec.metric, "Metric behind alphadecay's decays or tempbalance/llr's learning rates: "
                          + ", ".join(DECAY_METRICS) + ".",
                          choices=DECAY_METRICS, metavar="METRIC", applies=_refreshed)
@@ -332,7 +334,7 @@ class TrainConfig:
         if not self.given or self.run.resume:
             return []
         full = self.settled().flat()
-        applies = {key: f.metadata["applies"] for _, f, key in option_fields()}
+        applies = {key: f.metadata["applies"] for _, f, key in option_fields() if not f.metadata["recorded"]}
         return [f"--{_flag(k)}" for k in self.given if applies.get(k) is not None and not applies[k](full)]
 
     def settled(self) -> TrainConfig:
