@@ -146,15 +146,13 @@ def _run_decay_map(run: Path):
     """The decays a training run applied last (its decay.csv), as a map the decay figure draws against the
     metric they came from."""
     from ..decay import DecayMap
-    from ..train.rundir import load_run_json, read_log
+    from ..train.rundir import read_log
 
     decays = read_log(run, "decays", "the decay figure")
     decays = decays[decays["name"] != "*"]  # AWD's one global row per step has no matrix to place
     if decays.empty:
         fail(f"{run}: decay.csv has no per-matrix decays to draw (the run's strategy sets one global decay)")
-    latest = decays.sort_values("step", kind="stable").groupby("name", sort=False).tail(1)
-    config = load_run_json(run).get("config", {})
-    metric = str(config.get("metric") or "alpha")
+    latest, config, metric = _last_refresh(run, decays)
     modules = [{"name": r.name, "module": r.module, "layer": r.layer, metric: r.metric,
                 "weight_decay": r.weight_decay} for r in latest.itertuples()]
     return DecayMap(modules=modules, weight_decay=float(config.get("weight_decay", latest["weight_decay"].mean())),
@@ -164,18 +162,22 @@ def _run_decay_map(run: Path):
                     source=f"{run} (decay.csv, step {int(latest['step'].max())})")
 
 
+def _last_refresh(run: Path, rows):
+    """Each matrix's latest row of a run's decay.csv or lr.csv, the run's settings and the metric behind them."""
+    from ..train.rundir import load_run_json
+
+    config = load_run_json(run).get("config", {})
+    latest = rows.sort_values("step", kind="stable").groupby("name", sort=False).tail(1)
+    return latest, config, str(config.get("metric") or "alpha")
+
+
 def _run_lr_map(run: Path):
     """The learning-rate multipliers a tempbalance or llr run reached at its last refresh (its lr.csv), as a
     map the map figure draws against the metric they came from."""
     from ..maps.file import ValueMap
-    from ..train.rundir import load_run_json, read_log
+    from ..train.rundir import read_log
 
-    lrs = read_log(run, "lrs", "the map figure")
-    if lrs.empty:
-        fail(f"{run}: lr.csv has no rows yet (no refresh has finished)")
-    latest = lrs.sort_values("step", kind="stable").groupby("name", sort=False).tail(1)
-    config = load_run_json(run).get("config", {})
-    metric = str(config.get("metric") or "alpha")
+    latest, config, metric = _last_refresh(run, read_log(run, "lrs", "the map figure"))  # no rows: one error line
     modules = [{"name": r.name, "module": r.module, "layer": r.layer, metric: r.metric, "lr_scale": r.lr_scale}
                for r in latest.itertuples()]
     return ValueMap(kind="lr", method=str(config.get("strategy") or "tempbalance"), modules=modules, metric=metric,

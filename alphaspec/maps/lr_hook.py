@@ -116,19 +116,7 @@ class AlphaLR(AlphaDecay):
     def merge_groups(self) -> None:
         """The groups as they were given, at their LRs without the multipliers (and the scheduler's bases with
         them): a checkpoint an ordinary optimizer loads; `split_groups()` puts the multipliers back."""
-        groups = self._live_groups()
-        index = {id(g): i for i, g in enumerate(self.optimizer.param_groups)}
-        sched = getattr(self.scheduler, "scheduler", self.scheduler)
-        for name, scale in self._applied.items():
-            group = groups.get(name)
-            if group is None:
-                continue
-            group["lr"] = group["lr"] / scale
-            if "initial_lr" in group:
-                group["initial_lr"] = self._base[name]
-            for key, value in (("base_lrs", self._base[name]), ("_last_lr", group["lr"])):
-                if sched is not None and isinstance(getattr(sched, key, None), list):
-                    getattr(sched, key)[index[id(group)]] = value
+        self._set(dict.fromkeys(self._applied, 1.0))
         self._applied = {}  # the groups hold no multiplier now: state_dict() says so, and split_groups() applies them
         super().merge_groups()
 
@@ -149,5 +137,6 @@ class AlphaLR(AlphaDecay):
             self._applied[name] = scale
             if "initial_lr" in group:
                 group["initial_lr"] = base * scale
-            if sched is not None and hasattr(sched, "base_lrs"):
-                sched.base_lrs[index[id(group)]] = base * scale
+            for key, value in (("base_lrs", base * scale), ("_last_lr", group["lr"])):  # the scheduler's lists too
+                if isinstance(getattr(sched, key, None), list):
+                    getattr(sched, key)[index[id(group)]] = value
