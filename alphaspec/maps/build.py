@@ -60,12 +60,11 @@ class MapSpec:
 
     def problem(self, kind: str) -> str | None:
         """What is wrong with these settings for a map of `kind`, or None (the only place they are checked)."""
-        methods = {**KIND_METHODS, "weight_decay": ("alphadecay",)}  # weight decays: decay.build_decay_map
-        if kind not in methods:
+        if kind not in KIND_METHODS:
             return choice_problem("map kind", kind, KINDS)
-        method = self.method or methods[kind][0]
-        if method not in methods[kind]:
-            return f"method {method!r} makes no {kind} map; for {kind} choose {', '.join(methods[kind])}"
+        method = self.method or KIND_METHODS[kind][0]
+        if method not in KIND_METHODS[kind]:
+            return f"method {method!r} makes no {kind} map; for {kind} choose {', '.join(KIND_METHODS[kind])}"
         release = METHODS[method].release_estimator
         foreign = [name for name, owners in SETTINGS_OF.items() if kind not in owners and getattr(self, name) is not None]
         checks = [foreign and f"{foreign[0].replace('_', '-')} is a setting of {' and '.join(SETTINGS_OF[foreign[0]])} "

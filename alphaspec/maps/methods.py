@@ -62,7 +62,8 @@ METHODS = {
                         "proportional to mean alpha^beta, integers summing to the budget",
                         {"beta": 2.5}, "fix-finger-legacy"),
 }
-KIND_METHODS = {"lr": ("tempbalance", "llr"), "sparsity": ("alphapruning",), "lora_rank": ("alphalora",)}
+KIND_METHODS = {kind: tuple(n for n, m in METHODS.items() if m.kind == kind)  # each kind's methods, first the default
+                for kind in dict.fromkeys(m.kind for m in METHODS.values())}
 
 
 # -- learning rates ----------------------------------------------------------------------------------------------
