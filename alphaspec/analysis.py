@@ -23,7 +23,7 @@ from ._version import __version__
 from .bulk import BULK_COLUMNS, RANDOMIZED_COLUMNS, mp_bulk
 from .checkpoint import Checkpoint, SourceError, TensorInfo, dtype_name
 from .deltas import open_source
-from .diagnose import verdicts
+from .diagnose import PERMUTATIONS, UNCHANGED, WEIGHTS, verdicts
 from .distributed import process_group
 from .errors import UsageError
 from .esd import SolveError, check_precision, finite_scale, resolve_device, scaled_eigenvalues, zero_threshold
@@ -39,7 +39,7 @@ from .spectral_metrics import ldexp, nan_metrics, spectral_metrics
 COLUMNS = ["name", "layer", "module", "rows", "cols", "n_eigs", "n_zero", "estimator", "alpha", "xmin",
            "ks_d", "n_tail", "lambda_max", "spectral_norm", "frobenius_norm", "stable_rank",
            "log_spectral_norm", "log_norm", "alpha_weighted", "entropy", "status", "expert", "tensor", "dtype", "stack",
-           "alpha_random", *BULK_COLUMNS, "warning"]
+           "alpha_random", "alpha_gof", "content", *BULK_COLUMNS, "warning"]
 NATIVE_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 OPTIONAL_COLUMNS = ("alpha_farms", "quant", *RANDOMIZED_COLUMNS)
 BATCH_BYTES = {"cpu": 8 << 20, "cuda": 1 << 30}  # float64 bytes of same-shape matrices solved together
@@ -89,30 +89,37 @@ def _batches(items: Iterable[tuple[MatrixSpec, torch.Tensor]], max_bytes: int) -
 
 
 def matrix_row(spec: MatrixSpec, eigs: torch.Tensor | None, estimator: str, dtype: str, exponent: int = 0,
-               precision: str = "fp64") -> dict:
-    """One results row from a matrix's eigenvalues, scaled by 4^-exponent (None when the matrix held NaN/Inf)."""
+               precision: str = "fp64", content: str = WEIGHTS) -> dict:
+    """One results row from a matrix's eigenvalues, scaled by 4^-exponent (None when the matrix held NaN/Inf).
+
+    content: what the matrix is (weights, or an update: delta, adapter); an all-zero update is `unchanged`."""
     row = {"name": spec.name, "layer": spec.layer, "module": spec.module, "rows": spec.rows, "cols": spec.cols,
            "n_eigs": min(spec.rows, spec.cols), "estimator": estimator, "expert": spec.expert, "tensor": spec.tensor,
-           "dtype": dtype, "stack": spec.stack,
+           "dtype": dtype, "stack": spec.stack, "content": content,
            "alpha_random": random_alpha(spec.rows, spec.cols, estimator)}  # the same shape's Gaussian matrix
     if eigs is None:
         fit = PowerLawFit.empty("matrix contains NaN or Inf")
-        return (row | {"n_zero": 0} | _fit_columns(fit) | nan_metrics() | {"alpha_weighted": math.nan}
-                | mp_bulk(eigs, spec.rows, spec.cols))
-    return row | metrics_of(eigs, estimator, exponent, precision) | mp_bulk(eigs, spec.rows, spec.cols, exponent)
+        return (row | {"n_zero": 0} | _fit_columns(fit) | nan_metrics() | {"alpha_weighted": math.nan,
+                "alpha_gof": math.nan} | mp_bulk(eigs, spec.rows, spec.cols))
+    row |= metrics_of(eigs, estimator, exponent, precision) | mp_bulk(eigs, spec.rows, spec.cols, exponent)
+    if content != WEIGHTS and row["status"] == "all-zero matrix":
+        row["status"] = UNCHANGED
+    return row
 
 
 def metrics_of(eigs: torch.Tensor, estimator: str, exponent: int = 0, precision: str = "fp64") -> dict:
-    """n_zero, the fit columns and the norm metrics of one ascending float64 spectrum (zeros included), its
-    values scaled by 4^-exponent: the fits are scale-free, so they use the scaled values; xmin and the norms
-    are scaled back. Eigenvalues within the solver's round-off of zero (`esd.zero_threshold`) are zeros."""
+    """n_zero, the fit columns, alpha_gof (what the over/under-trained verdicts read) and the norm metrics of one
+    ascending float64 spectrum (zeros included), its values scaled by 4^-exponent: the fits are scale-free, so
+    they use the scaled values; xmin and the norms are scaled back. Eigenvalues within the solver's round-off
+    of zero (`esd.zero_threshold`) are zeros."""
     metrics = spectral_metrics(eigs, exponent)
     top = float(eigs[-1]) if eigs.numel() else 0.0
     n_zero = int((eigs <= zero_threshold(precision, eigs.numel()) * top).sum()) if top > 0 else eigs.numel()
     fit = PowerLawFit.empty("all-zero matrix") if top <= 0 else fit_sorted(eigs[n_zero:], estimator)
+    gof = fit if estimator == "gof" or top <= 0 else fit_sorted(eigs[n_zero:], "gof")
     weighted = fit.alpha * metrics["log_spectral_norm"]
     return ({"n_zero": n_zero} | _fit_columns(fit) | {"xmin": ldexp(fit.xmin, 2 * exponent)} | metrics
-            | {"alpha_weighted": weighted})
+            | {"alpha_weighted": weighted, "alpha_gof": gof.alpha})
 
 
 @dataclass(frozen=True)
@@ -125,8 +132,9 @@ class Solve:
     farms: bool = False
     quants: dict[str, str] = field(default_factory=dict)
     precision: str = "fp64"
-    randomize: bool = False  # also solve each matrix with its entries permuted (randomize.py)
+    randomize: int = 0  # permutations of each matrix's entries to solve as well (randomize.py); 0: none
     seed: int = 0  # of those permutations
+    content: str = WEIGHTS  # what the checkpoint's matrices are: weights, or updates (delta, adapter)
 
 
 def solve_batch(batch: list[tuple[MatrixSpec, torch.Tensor]], dev: torch.device,
@@ -153,7 +161,7 @@ def solve_batch(batch: list[tuple[MatrixSpec, torch.Tensor]], dev: torch.device,
             eigs, exponents = scaled_eigenvalues(finite, dev, how.precision)
             if how.randomize:
                 names = [spec.name for (spec, _), good in zip(batch, ok, strict=True) if good]
-                randomized = randomized_rows(finite, eigs, names, how.seed, dev, how.precision)
+                randomized = randomized_rows(finite, eigs, names, how.seed, dev, how.precision, how.randomize)
     except RuntimeError as err:  # torch.OutOfMemoryError, LinAlgError and CUDA/cuSOLVER errors are RuntimeErrors
         failure = err
     if failure is not None:  # raised outside the handler, so the exception holds no frame (or GPU buffer) of the solve
@@ -163,7 +171,8 @@ def solve_batch(batch: list[tuple[MatrixSpec, torch.Tensor]], dev: torch.device,
     out = []
     for i, (spec, _) in enumerate(batch):
         e, exponent, rand = next(solved) if ok[i] else (None, 0, NAN_RANDOMIZED)
-        row = matrix_row(spec, e, how.estimator, how.dtypes.get(spec.tensor, ""), exponent, how.precision)
+        row = matrix_row(spec, e, how.estimator, how.dtypes.get(spec.tensor, ""), exponent, how.precision,
+                         how.content)
         if how.randomize:
             row |= rand
         if e is not None and exponent:
@@ -236,7 +245,7 @@ def analyze_checkpoint(source, estimator: str = "median", device: str | torch.de
         include: Iterable[str] = (), exclude: Iterable[str] = (), split_fused: bool = True,
         keep_spectra: bool = False, progress: Callable[[int, int], None] | None = None,
         checkpoint: Checkpoint | None = None, workers: int = 1, farms: bool = False,
-        precision: str = "fp64", config: dict | None = None, randomize: bool = False, seed: int = 0,
+        precision: str = "fp64", config: dict | None = None, randomize: bool | int = False, seed: int = 0,
         base=None, merge: bool = False) -> Analysis:
     """Analyse every weight matrix of `source`; see `analyze` for the arguments.
 
@@ -245,7 +254,8 @@ def analyze_checkpoint(source, estimator: str = "median", device: str | torch.de
     workers: concurrent solves (threads; on a GPU each with its own CUDA stream, which can overlap
     the eigen-solver's latency-bound phases). farms: also an `alpha_farms` column (FARMS: the
     pooled spectrum of square windows, free of the shape effect). randomize: also the correlation-trap
-    columns (randomize.py), each matrix's entries permuted with a seed from `seed` and its name.
+    columns (randomize.py), each matrix's entries permuted with seeds from `seed` and its name; True for
+    PERMUTATIONS permutations of the matrices near a spike, or a number of them.
     base: analyse W − W_base (matched by name), or with a LoRA adapter directory as `source` check its
     targets against the base; merge: the base with the adapter's update added (deltas.py).
     Inside an initialised torch.distributed job (torchrun) the matrices are split over the ranks
@@ -253,6 +263,7 @@ def analyze_checkpoint(source, estimator: str = "median", device: str | torch.de
     """
     check_estimator(estimator)
     check_precision(precision)
+    randomize = permutation_count(randomize)
     options = {"include": include, "exclude": exclude, "split_fused": split_fused, "keep_spectra": keep_spectra,
                "progress": progress, "checkpoint": checkpoint, "workers": workers, "farms": farms, "precision": precision,
                "randomize": randomize, "seed": seed, "base": base, "merge": merge}
@@ -284,6 +295,15 @@ def analyze_checkpoint(source, estimator: str = "median", device: str | torch.de
     return assemble(rows, spectra, ckpt, todo, ckpt.source if is_in_memory(source) else str(source), how, str(dev))
 
 
+def permutation_count(randomize: bool | int) -> int:
+    """randomize= as a number of permutations: True is PERMUTATIONS, False 0."""
+    if isinstance(randomize, bool):
+        return PERMUTATIONS if randomize else 0
+    if not isinstance(randomize, int) or randomize < 0:
+        raise UsageError(f"randomize={randomize!r}: True, False or a number of permutations")
+    return randomize
+
+
 def plan_checkpoint(ckpt: Checkpoint, include: Iterable[str], exclude: Iterable[str], split_fused: bool) -> Plan:
     """The module map of a checkpoint; a checkpoint without any weight matrix is an error that says why."""
     try:
@@ -297,10 +317,10 @@ def plan_checkpoint(ckpt: Checkpoint, include: Iterable[str], exclude: Iterable[
     return todo
 
 
-def solve_options(ckpt: Checkpoint, estimator: str, farms: bool, precision: str = "fp64", randomize: bool = False,
+def solve_options(ckpt: Checkpoint, estimator: str, farms: bool, precision: str = "fp64", randomize: int = 0,
                   seed: int = 0) -> Solve:
     return Solve(estimator, {t.name: t.dtype for t in ckpt.tensors}, farms,
-                 {t.name: t.quant for t in ckpt.tensors if t.quant}, precision, randomize, seed)
+                 {t.name: t.quant for t in ckpt.tensors if t.quant}, precision, randomize, seed, ckpt.content)
 
 
 def solve_matrices(ckpt: Checkpoint, matrices: list[MatrixSpec], dev: torch.device, how: Solve, *, workers: int = 1,
@@ -345,7 +365,7 @@ def assemble(rows: list[dict], spectra: dict[str, np.ndarray], ckpt: Checkpoint,
     """The Analysis of solved rows: the ordered table, with source, skips and notes also in its attrs."""
     table = ordered_table(rows)
     notes = ckpt.notes + todo.notes
-    if len(table) and (table["status"] == "all-zero matrix").all():
+    if len(table) and table["status"].isin(["all-zero matrix", UNCHANGED]).all():
         notes.append("every matrix is all zeros" + (": the base holds exactly these weights (nothing changed)"
                                                     if getattr(ckpt, "base", None) is not None else ""))
     if how.precision != "fp64":
@@ -360,7 +380,7 @@ def assemble(rows: list[dict], spectra: dict[str, np.ndarray], ckpt: Checkpoint,
 def analyze(source, estimator: str = "median", device: str | torch.device = "auto", *,
             include: Iterable[str] = (), exclude: Iterable[str] = (), split_fused: bool = True,
             progress: Callable[[int, int], None] | None = None, workers: int = 1,
-            precision: str = "fp64", farms: bool = False, config: dict | None = None, randomize: bool = False,
+            precision: str = "fp64", farms: bool = False, config: dict | None = None, randomize: bool | int = False,
             seed: int = 0, base=None, merge: bool = False) -> pd.DataFrame:
     """Spectral analysis of a checkpoint or a model in memory: one row per weight matrix (docs/analyze.md).
 

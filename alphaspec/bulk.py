@@ -27,8 +27,8 @@ from .spectral_metrics import ldexp
 
 TW_MARGIN = 4.0  # Tracy–Widom scale units above the centring: the spike threshold
 BULK_COLUMNS = ("sigma_mp", "bulk_max", "num_spikes", "mp_softrank")
-RANDOMIZED_COLUMNS = ("rand_lambda_max", "rand_distance", "traps", "trap_entries", "trap_max_entry",
-                      "trap_where")  # analyze --randomize (randomize.py)
+RANDOMIZED_COLUMNS = ("rand_lambda_max", "rand_distance", "traps", "trap_z", "trap_share", "permutations",
+                      "trap_entries", "trap_max_entry", "trap_where")  # analyze --randomize (randomize.py)
 
 
 @lru_cache(maxsize=512)
@@ -36,11 +36,21 @@ def _quantiles(rows: int, cols: int) -> torch.Tensor:
     return torch.from_numpy(mp_quantiles(rows, cols))  # float64, on the CPU; shared: never written
 
 
-def spike_threshold(sigma2: float, rows: int, cols: int) -> float:
-    """The largest eigenvalue of WᵀW that noise of variance sigma2 reaches, plus the Tracy–Widom margin."""
+def _tw_centre_and_unit(rows: int, cols: int) -> tuple[float, float]:
     n, m = max(rows, cols), min(rows, cols)
     a, b = math.sqrt(max(n - 1, 1)), math.sqrt(m)
-    return sigma2 * ((a + b) ** 2 + TW_MARGIN * (a + b) * (1 / a + 1 / b) ** (1 / 3))
+    return (a + b) ** 2, (a + b) * (1 / a + 1 / b) ** (1 / 3)
+
+
+def tracy_widom_unit(sigma2: float, rows: int, cols: int) -> float:
+    """Johnstone's Tracy–Widom scale of the largest eigenvalue of WᵀW for noise of variance sigma2."""
+    return sigma2 * _tw_centre_and_unit(rows, cols)[1]
+
+
+def spike_threshold(sigma2: float, rows: int, cols: int) -> float:
+    """The largest eigenvalue of WᵀW that noise of variance sigma2 reaches, plus the Tracy–Widom margin."""
+    centre, unit = _tw_centre_and_unit(rows, cols)
+    return sigma2 * (centre + TW_MARGIN * unit)
 
 
 def mp_bulk(eigs: torch.Tensor | None, rows: int, cols: int, exponent: int = 0) -> dict[str, float]:

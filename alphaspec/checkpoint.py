@@ -80,6 +80,7 @@ class Checkpoint:
     config: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # what the reader did that the summary should say
     config_file: str = "config.json"  # where the config came from (a config.json, or a GGUF file's metadata)
+    content: str = "weights"  # what its matrices are: weights, or updates ("delta": W - W_base, "adapter": s·B·A)
 
     def read(self, file: Path, names: list[str], device: torch.device | None = None
              ) -> Iterator[tuple[str, torch.Tensor]]:

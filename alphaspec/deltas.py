@@ -45,6 +45,7 @@ class DeltaCheckpoint(Checkpoint):
         super().__init__(f"{ckpt.source} - {base.source}", ckpt.files, ckpt.tensors, ckpt.config,
                          ckpt.notes + [f"each matrix is W - W_base, the base: {base.source}"], ckpt.config_file)
         self.ckpt, self.base = ckpt, base
+        self.content = "delta"
         check_same_tensors(ckpt, base)
         self.base_file = {t.name: t.file for t in base.tensors}
 
@@ -81,7 +82,7 @@ class AdapterCheckpoint(Checkpoint):
         tensors = [TensorInfo(name, shapes[name], dtypes[name], weights) for name in self.pairs]
         super().__init__(str(source), [weights], tensors, dict(config or {}),
                          [f"each matrix is a LoRA update (lora_alpha / r)·B·A from {folder}"],
-                         str(folder / ADAPTER_CONFIG))
+                         str(folder / ADAPTER_CONFIG), content="adapter")
 
     def scale(self, name: str) -> float:
         """lora_alpha / r for this module (rank_pattern and alpha_pattern as PEFT matches them; √r for rsLoRA)."""

@@ -1,13 +1,22 @@
 """Verdicts: which matrices need attention, and why, from the columns an analysis already has.
 
+Each verdict reads the quantity its threshold was calibrated on, whatever estimator the table shows.
 Each row's `warning` lists, comma-separated (empty when none):
-  over-trained   alpha below `over_trained` (2.0): a tail heavier than heavy-tailed self-regularisation
-                 theory expects of a well-trained layer; often over-fitted or over-regularised
-  under-trained  alpha above `under_trained` (6.0): close to the random-matrix regime, little learned
-  traps          the randomised matrix still has eigenvalues above its MP edge (`analyze --randomize`):
+  over-trained   alpha_gof below `over_trained` (2.0): WeightWatcher's threshold on its goodness-of-fit
+                 power-law alpha, applied to that fit (`alpha_gof`), so it means what it means there
+  under-trained  alpha_gof above `under_trained` (6.0): WeightWatcher's other threshold, on the same fit
+  random-like    no eigenvalue above the noise threshold of the matrix's own Marchenko–Pastur bulk
+                 (num_spikes = 0): the spectrum is what a random matrix of that shape and scale gives
+  traps          the permuted matrix's largest eigenvalue stands, in the median permutation, at least
+                 TRAP_Z Tracy–Widom units above its noise threshold (`trap_z`, `analyze --randomize`):
                  a few very large entries make a spike that is not correlation between rows
   rank-collapse  more than `rank_loss` (1 %) of the eigenvalues are numerically zero: the matrix lost rank
   no-tail        no power-law tail could be fitted (too few eigenvalues, an all-zero or non-finite matrix)
+
+Updates (`content` delta or adapter: W − W_base, s·B·A) are not weights: the alpha thresholds and the
+rank and tail verdicts were calibrated on trained weight matrices, and an update of rank r is low-rank
+by design, so only random-like and traps apply to them. An update that is all zero has the status
+`unchanged` and no verdict.
 """
 
 from __future__ import annotations
@@ -20,7 +29,11 @@ from .errors import UsageError
 if TYPE_CHECKING:  # pandas loads with the tables, not with the CLI's option definitions
     import pandas as pd
 
-WARNINGS = ("over-trained", "under-trained", "traps", "rank-collapse", "no-tail")
+WARNINGS = ("over-trained", "under-trained", "random-like", "traps", "rank-collapse", "no-tail")
+WEIGHTS = "weights"  # the `content` of a row that is a weight matrix (not an update)
+UNCHANGED = "unchanged"  # the status of an update that is all zero
+TRAP_Z = 5.0  # traps: the median permutation's spike this many Tracy–Widom units above its threshold
+PERMUTATIONS = 5  # permutations per matrix near a spike that trap_z is the median of (analyze --permutations)
 
 
 def _threshold(default: float, help: str):
@@ -31,8 +44,8 @@ def _threshold(default: float, help: str):
 class Thresholds:
     """Where each verdict starts; the CLI's --over-trained, --under-trained and --rank-loss."""
 
-    over_trained: float = _threshold(2.0, "over-trained: alpha below this.")
-    under_trained: float = _threshold(6.0, "under-trained: alpha above this.")
+    over_trained: float = _threshold(2.0, "over-trained: the goodness-of-fit alpha (alpha_gof) below this.")
+    under_trained: float = _threshold(6.0, "under-trained: the goodness-of-fit alpha (alpha_gof) above this.")
     rank_loss: float = _threshold(0.01, "rank-collapse: more than this share of the eigenvalues numerically zero.")
 
     def __post_init__(self):
@@ -45,28 +58,52 @@ class Thresholds:
         return next(f.metadata["help"] for f in fields(Thresholds) if f.name == name)
 
 
+def verdict_alpha(table: pd.DataFrame) -> pd.Series:
+    """The alpha the over/under-trained thresholds read: alpha_gof, or alpha in a gof table without that column."""
+    import pandas as pd
+
+    if "alpha_gof" in table:
+        return table["alpha_gof"].astype(float)
+    gof = table["estimator"] == "gof" if "estimator" in table else pd.Series(False, index=table.index)
+    return table["alpha"].astype(float).where(gof)
+
+
+def _column(table: pd.DataFrame, name: str, default) -> pd.Series:
+    import pandas as pd
+
+    return table[name] if name in table else pd.Series(default, index=table.index)
+
+
 def verdicts(table: pd.DataFrame, thresholds: Thresholds | None = None) -> pd.Series:
     """The `warning` column: the verdicts of each row, comma-separated in the order of WARNINGS."""
     import pandas as pd
 
     t = thresholds or Thresholds()
-    alpha = table["alpha"].astype(float)
-    zero_share = (table["n_zero"].astype(float) / table["n_eigs"].clip(lower=1).astype(float)
-                  if {"n_zero", "n_eigs"} <= set(table.columns) else pd.Series(0.0, index=table.index))
-    traps = table["traps"].fillna(0).astype(float) if "traps" in table else pd.Series(0.0, index=table.index)
-    flags = {"over-trained": alpha < t.over_trained, "under-trained": alpha > t.under_trained, "traps": traps > 0,
-             "rank-collapse": zero_share > t.rank_loss, "no-tail": alpha.isna()}
+    weights = _column(table, "content", WEIGHTS).fillna(WEIGHTS) == WEIGHTS
+    unchanged = _column(table, "status", "").fillna("") == UNCHANGED
+    alpha = verdict_alpha(table)
+    zero_share = (_column(table, "n_zero", 0).astype(float)
+                  / _column(table, "n_eigs", 1).clip(lower=1).astype(float))
+    sigma = _column(table, "sigma_mp", float("nan")).astype(float)
+    if "trap_z" in table:
+        traps = table["trap_z"].astype(float) >= TRAP_Z
+    else:  # a table from before trap_z: its one permutation's count
+        traps = _column(table, "traps", 0).fillna(0).astype(float) > 0
+    flags = {"over-trained": weights & (alpha < t.over_trained), "under-trained": weights & (alpha > t.under_trained),
+             "random-like": ~unchanged & (sigma > 0) & (_column(table, "num_spikes", 1).fillna(1) == 0),
+             "traps": traps, "rank-collapse": weights & (zero_share > t.rank_loss),
+             "no-tail": weights & table["alpha"].isna()}
     joined = pd.Series("", index=table.index, dtype=object)
     for name in WARNINGS:  # a column at a time: "over-trained,traps," then the last comma off
-        joined = joined + flags[name].map({True: name + ",", False: ""}).astype(object)
+        joined = joined + flags[name].fillna(False).astype(bool).map({True: name + ",", False: ""}).astype(object)
     return joined.str.removesuffix(",").astype(str)
 
 
 def parse_fail_on(text: str | None) -> tuple[str, ...]:
-    """--fail-on W[,W...]: the verdicts that make `analyze` exit with FAIL_ON_STATUS."""
-    if not text:
+    """--fail-on W[,W...]: the verdicts that make `analyze` exit with FAIL_ON_STATUS (each named once)."""
+    if text is None:
         return ()
-    names = tuple(w.strip() for w in text.split(",") if w.strip())
+    names = tuple(dict.fromkeys(w.strip() for w in text.split(",") if w.strip()))
     unknown = [w for w in names if w not in WARNINGS]
     if unknown or not names:
         raise UsageError(f"--fail-on {text!r}: choose from {', '.join(WARNINGS)} (comma-separated)")

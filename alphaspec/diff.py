@@ -8,16 +8,14 @@ as `analyze`), then dropped: never two whole models in memory. Per pair (A→B) 
   rel_change        ‖W_B − W_A‖_F / ‖W_A‖_F
   subspace_overlap  how much of A's top-k right singular subspace (its k strongest input directions,
                     k = --top-k, 8) B keeps: ‖V_Aᵀ V_B‖_F² / k, 1 when the same directions dominate, about
-                    k/m for unrelated ones. The subspaces come from a seeded randomised range finder (two
-                    power iterations), exact for matrices of rank below k + 4 and accurate where the top k
-                    singular values stand out
+                    k/m for unrelated ones. The subspaces are exact: eigenvectors of the float64 Gram
+                    matrix of the smaller side (NaN for a matrix with NaN/Inf entries or all zeros)
   verdict_change    verdicts B gained (+) and lost (−) relative to A
 """
 
 from __future__ import annotations
 
 import threading
-import zlib
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -38,7 +36,6 @@ from .modules import MatrixSpec
 from .reader import reading_order
 
 DELTA_METRICS = ("alpha", "log_spectral_norm", "stable_rank", "entropy", "alpha_weighted", "num_spikes", "mp_softrank")
-OVERSAMPLE = 4  # extra columns of the randomised range finder
 
 
 @dataclass
@@ -97,26 +94,26 @@ def _check_matched(first: Checkpoint, other: Checkpoint, names: Iterable[str]) -
                           f"({len(differ)} such; leave them out with --exclude)")
 
 
-def top_right_subspace(w: torch.Tensor, k: int, seed: int) -> torch.Tensor:
-    """An orthonormal basis (cols × k) of w's top-k right singular subspace, by a seeded range finder."""
-    gen = torch.Generator().manual_seed(seed)  # on the CPU whatever the device: the same test vectors everywhere
-    omega = torch.randn(w.shape[1], k + OVERSAMPLE, generator=gen, dtype=w.dtype).to(w.device)
-    y = torch.linalg.qr(w @ omega).Q
-    for _ in range(2):  # power iterations: the top directions separate from the rest
-        y = torch.linalg.qr(w @ torch.linalg.qr(w.mT @ y).Q).Q
-    return torch.linalg.svd(y.mT @ w, full_matrices=False).Vh[:k].mT
+def top_right_subspace(w: torch.Tensor, k: int) -> torch.Tensor:
+    """An orthonormal basis (cols × k) of w's top-k right singular subspace, exact: the eigenvectors of the
+    float64 Gram matrix of w's smaller side (for a wide w, Wᵀ applied to its top left vectors)."""
+    w = w.double()
+    w = w / w.abs().max()  # the subspace is scale-free; this keeps the Gram product in range
+    if w.shape[0] >= w.shape[1]:
+        return torch.linalg.eigh(w.mT @ w).eigenvectors[:, -k:]
+    return torch.linalg.qr(w.mT @ torch.linalg.eigh(w @ w.mT).eigenvectors[:, -k:]).Q
 
 
-def pair_metrics(a: torch.Tensor, b: torch.Tensor, top_k: int, name: str) -> dict[str, float]:
+def pair_metrics(a: torch.Tensor, b: torch.Tensor, top_k: int) -> dict[str, float]:
     """rel_change and subspace_overlap of two versions of one matrix."""
     a, b = a.double(), b.double()
     norm = float(torch.linalg.matrix_norm(a))
     rel = float(torch.linalg.matrix_norm(b - a)) / norm if norm > 0 else float("nan")
     k = min(top_k, *a.shape)
-    seed = zlib.crc32(name.encode())
-    if k < 1 or norm == 0 or float(torch.linalg.matrix_norm(b)) == 0:
-        return {"rel_change": rel, "subspace_overlap": float("nan")}
-    va, vb = top_right_subspace(a, k, seed), top_right_subspace(b, k, seed)
+    usable = bool(torch.isfinite(a).all()) and bool(torch.isfinite(b).all())
+    if k < 1 or not usable or not norm > 0 or not float(torch.linalg.matrix_norm(b)) > 0:
+        return {"rel_change": rel if usable else float("nan"), "subspace_overlap": float("nan")}
+    va, vb = top_right_subspace(a, k), top_right_subspace(b, k)
     return {"rel_change": rel, "subspace_overlap": float((va.mT @ vb).square().sum()) / k}
 
 
@@ -175,7 +172,7 @@ def diff_checkpoints(sources: Iterable, estimator: str = "median", device: str |
                 rows, mats = _solve_everywhere(spec, tensors, dev, hows)
                 for i, row in enumerate(rows):
                     per_source[i].append(row)
-                pairs.extend(pair_rows(rows, [pair_metrics(mats[i], mats[i + 1], top_k, spec.name)
+                pairs.extend(pair_rows(rows, [pair_metrics(mats[i], mats[i + 1], top_k)
                                               for i in range(len(mats) - 1)], labels))
         with lock:
             done[0] += len(by_tensor[name])

@@ -6,18 +6,30 @@ unless a few entries are so large that they alone make a spike (a "correlation t
 piece w_ij·e_i·e_jᵀ stands out of the noise once |w_ij| passes σ·(n·m)^(1/4), the BBP threshold for
 a rank-one signal along coordinate vectors). Reported per matrix:
 
-  rand_lambda_max  the largest eigenvalue of the permuted matrix
+  rand_lambda_max  the largest eigenvalue of the (first) permuted matrix
   rand_distance    the Jensen–Shannon distance (base 2, so in [0, 1]) between the two spectra's
                    histograms on a common grid in log10 λ spanning both (2·m^(1/3) bins, Rice's rule,
                    so that two noise spectra of m eigenvalues read near 0): 0 when training left the
                    spectrum as noise would have it, 1 when the two do not overlap
-  traps            eigenvalues of the permuted matrix above its own MP spike threshold (bulk.py)
+  traps            eigenvalues of the (first) permuted matrix above its own MP spike threshold (bulk.py)
+  trap_z           how far the permuted matrix's largest eigenvalue stands above that threshold, in
+                   Tracy–Widom units (the threshold's own scale), the median over the permutations
+                   solved; one permutation's value scatters by 2–3 units, so a matrix near the
+                   threshold has a spike in some permutations and not in others
+  trap_share       the share of the permutations solved with a spike (trap_z > 0 in that permutation)
+  permutations     how many permutations were solved: all that were asked for when the first one lands
+                   within reach of a spike (trap_z > MORE_ABOVE), else one (more cannot move the
+                   median of a matrix that far below the threshold up to the verdict's 5)
   trap_entries     for a matrix with traps: how many of its largest entries, set to zero, dissolve
-                   them (those above the BBP threshold first, then doubling; each try checked by block
-                   power iteration on the permuted matrix, not a full solve), and trap_max_entry the
-                   largest magnitude among them; trap_where lists the first few as (row, col) = value
+                   them (those above the BBP threshold first, then doubling; each cut verified by a full
+                   solve of the permuted matrix: no eigenvalue left above its spike threshold), and
+                   trap_max_entry the largest magnitude among them; trap_where lists the first few as
+                   (row, col) = value
 
-The permutation of each matrix is seeded by the run's seed and the matrix's name, so a run repeats.
+The `traps` verdict (diagnose.TRAP_Z) needs trap_z >= 5: in the median permutation the spike stands
+5 Tracy–Widom units above the threshold, which a matrix whose spike comes and goes with the
+permutation does not reach. Each permutation is seeded by the run's seed, the matrix's name and its
+index, so a run repeats.
 """
 
 from __future__ import annotations
@@ -28,7 +40,8 @@ import zlib
 import numpy as np
 import torch
 
-from .bulk import mp_bulk, spike_threshold
+from .bulk import mp_bulk, spike_threshold, tracy_widom_unit
+from .diagnose import PERMUTATIONS
 from .esd import scaled_eigenvalues
 from .spectral_metrics import ldexp
 
@@ -36,15 +49,18 @@ RANDOMIZED_SUFFIX = "#randomized"  # the permuted matrix's spectrum, beside the 
 JS_BINS = (8, 100)  # bins of the common grid: Rice's rule, 2·m^(1/3) for m eigenvalues, within these bounds
 MAX_TRAP_ENTRIES = 4096  # the search for the entries behind the traps stops here
 TRAPS_LISTED = 5  # entries named in trap_where
+MORE_ABOVE = -3.0  # a first permutation above this gets the others; typical noise reads -4 to -6
 
 
-NAN_RANDOMIZED = {"rand_lambda_max": math.nan, "rand_distance": math.nan, "traps": 0, "trap_entries": 0,
-                  "trap_max_entry": math.nan, "trap_where": ""}  # a matrix with NaN/Inf entries
+NAN_RANDOMIZED = {"rand_lambda_max": math.nan, "rand_distance": math.nan, "traps": 0, "trap_z": math.nan,
+                  "trap_share": math.nan, "permutations": 0, "trap_entries": 0, "trap_max_entry": math.nan,
+                  "trap_where": ""}  # a matrix with NaN/Inf entries
 
 
-def matrix_seed(seed: int, name: str) -> int:
-    """The permutation seed of one matrix: the same for the same seed and name, on every device and run."""
-    return (seed * 1_000_003 + zlib.crc32(name.encode())) % (1 << 62)
+def matrix_seed(seed: int, name: str, index: int = 0) -> int:
+    """The seed of permutation `index` of one matrix: the same for the same seed and name, on every device and run."""
+    key = name if index == 0 else f"{name}#{index}"
+    return (seed * 1_000_003 + zlib.crc32(key.encode())) % (1 << 62)
 
 
 def permuted(w: torch.Tensor, seeds: list[int]) -> torch.Tensor:
@@ -73,55 +89,64 @@ def js_distance(a: np.ndarray, b: np.ndarray) -> float:
     return float(math.sqrt(max(kl, 0.0)))
 
 
+def spike_z(eigs: torch.Tensor, rows: int, cols: int) -> float:
+    """(λ_max − spike threshold) / Tracy–Widom unit of one ascending spectrum, with σ from its own bulk (scale-free)."""
+    sigma = mp_bulk(eigs, rows, cols)["sigma_mp"]
+    if not sigma > 0:
+        return math.nan
+    return (float(eigs[-1]) - spike_threshold(sigma * sigma, rows, cols)) / tracy_widom_unit(sigma * sigma, rows, cols)
+
+
 def randomized_rows(w: torch.Tensor, eigs: list[torch.Tensor], names: list[str], seed: int, dev: torch.device,
-                    precision: str) -> list[dict]:
+                    precision: str, permutations: int = PERMUTATIONS) -> list[dict]:
     """The randomized columns of each finite matrix of a batch, given its own scaled spectrum `eigs[i]`."""
     seeds = [matrix_seed(seed, n) for n in names]
     rand, exponents = scaled_eigenvalues(permuted(w, seeds), dev, precision)
     rows, cols = w.shape[-2:]
+    zs = [[spike_z(rand[i], rows, cols)] for i in range(len(names))]
+    more = [i for i in range(len(names)) if zs[i][0] > MORE_ABOVE] if permutations > 1 else []
+    for k in range(1, permutations):  # one permutation of the matrices near a spike at a time: memory as the first
+        if more:
+            extra, _ = scaled_eigenvalues(permuted(w[more], [matrix_seed(seed, names[i], k) for i in more]), dev,
+                                          precision)
+            for j, i in enumerate(more):
+                zs[i].append(spike_z(extra[j], rows, cols))
     out = []
     for i in range(len(names)):
         exponent = int(exponents[i])
         bulk = mp_bulk(rand[i], rows, cols, exponent)
+        z = np.asarray(zs[i])
         row = {"_randomized": torch.ldexp(rand[i], torch.tensor(2.0 * exponent, dtype=rand.dtype, device=rand.device)),
                "rand_lambda_max": ldexp(float(rand[i][-1]), 2 * exponent),
                "rand_distance": js_distance(eigs[i].cpu().numpy(), rand[i].cpu().numpy()), "traps": bulk["num_spikes"],
+               "trap_z": float(np.median(z)), "trap_share": float(np.mean(z > 0)), "permutations": len(z),
                "trap_entries": 0, "trap_max_entry": math.nan, "trap_where": ""}
         if bulk["num_spikes"]:
-            row |= trap_sources(w[i], seeds[i], bulk["sigma_mp"])
+            row |= trap_sources(w[i], seeds[i], bulk["sigma_mp"], dev, precision)
         out.append(row)
     return out
 
 
-POWER_ITERATIONS, POWER_BLOCK = 15, 4
+def spikes_after_cut(w: torch.Tensor, seed: int, dev: torch.device, precision: str) -> int:
+    """Eigenvalues above the spike threshold in the full spectrum of `w` permuted with `seed`."""
+    eigs, _ = scaled_eigenvalues(permuted(w.unsqueeze(0), [seed]), dev, precision)
+    return mp_bulk(eigs[0], *w.shape)["num_spikes"]
 
 
-def top_eigenvalue(w: torch.Tensor, seed: int) -> float:
-    """The largest eigenvalue of WᵀW by block power iteration with a Rayleigh–Ritz step: a few matrix-vector
-    products instead of a Gram matrix and a full solve. A lower bound that converges fast when a spike
-    stands out (the case this checks for); without one it settles near the bulk's edge, below the threshold."""
-    a = w.double()
-    start = torch.randn(a.shape[1], POWER_BLOCK, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    v = torch.linalg.qr(start.to(a.device)).Q  # the start drawn on the CPU: the same on every device
-    for _ in range(POWER_ITERATIONS):
-        v = torch.linalg.qr(a.mT @ (a @ v)).Q
-    av = a @ v
-    return float(torch.linalg.eigvalsh(av.mT @ av)[-1])
-
-
-def trap_sources(w: torch.Tensor, seed: int, sigma: float) -> dict:
+def trap_sources(w: torch.Tensor, seed: int, sigma: float, dev: torch.device | None = None,
+                 precision: str = "fp64") -> dict:
     """The fewest of the matrix's largest entries whose removal (set to 0) leaves its permutation without a
-    spike above the threshold of noise with the permuted matrix's σ; they are named by (row, col)."""
+    spike: each cut is verified by a full solve of the cut matrix permuted as the first permutation was;
+    the entries are named by (row, col)."""
     rows, cols = w.shape
     flat = w.reshape(-1)
     order = torch.topk(flat.abs(), min(MAX_TRAP_ENTRIES, flat.numel())).indices  # largest first
     bbp = sigma * (rows * cols) ** 0.25  # a single entry above this stands out of the noise
-    threshold = spike_threshold(sigma * sigma, rows, cols)
 
     def dissolved(k: int) -> bool:
         cut = flat.clone()
         cut[order[:k]] = 0
-        return top_eigenvalue(permuted(cut.reshape(1, rows, cols), [seed])[0], seed) <= threshold
+        return spikes_after_cut(cut.reshape(rows, cols), seed, dev or w.device, precision) == 0
 
     k = max(int((flat[order].abs().double() > bbp).sum()), 1)
     while not dissolved(k):

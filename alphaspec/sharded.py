@@ -90,7 +90,7 @@ class JobProgress:
 def analyze_sharded(source, estimator: str, device: str | torch.device, *, include: Iterable[str] = (),
                     exclude: Iterable[str] = (), split_fused: bool = True, keep_spectra: bool = False,
                     progress: Callable[[int, int], None] | None = None, checkpoint: Checkpoint | None = None,
-                    workers: int = 1, farms: bool = False, precision: str = "fp64", randomize: bool = False,
+                    workers: int = 1, farms: bool = False, precision: str = "fp64", randomize: int = 0,
                     seed: int = 0, base=None, merge: bool = False) -> Analysis:
     """analyze_checkpoint() inside an initialised process group; a collective (every rank must call it)."""
     rank, world, local = launched()

@@ -66,6 +66,8 @@ def test_an_adapter_is_analysed_as_its_updates(made):
         rank = 12 if "down_proj" in name else 16
         assert table.loc[name, "n_eigs"] - table.loc[name, "n_zero"] == rank  # a rank-r update
     assert table.attrs["notes"][0].startswith("each matrix is a LoRA update")
+    assert (table["content"] == "adapter").all()
+    assert (table["warning"] == "").all()  # rank r by design: no tail fit on r eigenvalues is read as a verdict
 
 
 def test_the_merged_model_is_w_plus_the_update(made):
@@ -81,6 +83,7 @@ def test_the_merged_model_is_w_plus_the_update(made):
         assert rows.loc[name, "frobenius_norm"] == pytest.approx(np.sqrt((s**2).sum()), rel=1e-10)
     want = alphaspec.analyze(root / "merged")
     assert list(merged["name"]) == list(want["name"])
+    assert (merged["content"] == "weights").all() and list(merged["warning"]) == list(want["warning"])
     numeric = [c for c in ("alpha", "spectral_norm", "frobenius_norm", "stable_rank", "entropy", "sigma_mp")]
     np.testing.assert_allclose(merged[numeric].to_numpy(float), want[numeric].to_numpy(float), rtol=1e-5)
 
@@ -104,7 +107,9 @@ def test_base_gives_the_spectra_of_known_edits(tmp_path):
         assert table.loc[name, "spectral_norm"] == pytest.approx(singular_values(actual).max(), rel=1e-9)
         assert table.loc[name, "spectral_norm"] == pytest.approx(singular_values(e).max(), rel=1e-4)
     others = table.drop(index=list(edits))
-    assert (others["status"] == "all-zero matrix").all() and (others["frobenius_norm"] == 0).all()
+    assert (others["status"] == "unchanged").all() and (others["frobenius_norm"] == 0).all()
+    assert (others["warning"] == "").all()  # unchanged is a status, not a verdict (was rank-collapse, no-tail)
+    assert (table["content"] == "delta").all()
     assert not any("every matrix is all zeros" in n for n in table.attrs["notes"])
     same = alphaspec.analyze(tmp_path / "base", base=tmp_path / "base")  # a base that is the model: said once
     assert "every matrix is all zeros: the base holds exactly these weights (nothing changed)" in same.attrs["notes"]

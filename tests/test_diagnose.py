@@ -56,19 +56,41 @@ def test_a_planted_rank_k_signal_gives_exactly_k_spikes(k):
 
 
 def test_verdicts_by_hand_and_their_thresholds():
-    table = pd.DataFrame({"alpha": [1.5, 3.0, 7.0, math.nan, 3.0, 2.5], "n_zero": [0, 0, 0, 0, 5, 0],
-                          "n_eigs": [100] * 6, "traps": [0, 0, 0, 0, 0, 2]})
-    assert list(verdicts(table)) == ["over-trained", "", "under-trained", "no-tail", "rank-collapse", "traps"]
+    """Each verdict from its own column: alpha_gof for the alpha thresholds (whatever the table's alpha), num_spikes
+    with a fitted bulk for random-like, trap_z >= 5 for traps, the zero share, an empty alpha."""
+    nan = math.nan
+    table = pd.DataFrame({"alpha": [1.5, 3.0, 7.0, nan, 3.0, 2.5, 1.7, 2.1], "estimator": ["median"] * 8,
+                          "alpha_gof": [1.9, 3.0, 7.0, nan, 3.0, 2.5, 2.5, 6.5], "n_zero": [0, 0, 0, 0, 5, 0, 0, 0],
+                          "n_eigs": [100] * 8, "trap_z": [nan, nan, nan, nan, nan, 5.0, 4.9, nan],
+                          "sigma_mp": [0.1] * 7 + [0.1], "num_spikes": [3, 3, 3, 0, 3, 3, 3, 0],
+                          "status": ["ok"] * 8})
+    table.loc[3, "sigma_mp"] = nan  # no bulk (no spectrum): not random-like
+    assert list(verdicts(table)) == ["over-trained", "", "under-trained", "no-tail", "rank-collapse", "traps", "",
+                                     "under-trained,random-like"]
     assert list(verdicts(table, Thresholds(over_trained=1.0, under_trained=8.0, rank_loss=0.1))) == [
-        "", "", "", "no-tail", "", "traps"]
-    both = pd.DataFrame({"alpha": [1.0], "n_zero": [50], "n_eigs": [100]})
-    assert list(verdicts(both)) == ["over-trained,rank-collapse"]  # in the documented order, no traps column
+        "", "", "", "no-tail", "", "traps", "", "random-like"]
+    both = pd.DataFrame({"alpha": [1.0], "estimator": ["gof"], "n_zero": [50], "n_eigs": [100], "status": ["ok"]})
+    assert list(verdicts(both)) == ["over-trained,rank-collapse"]  # a gof table without alpha_gof: its alpha
+    median = both.assign(estimator="median")
+    assert list(verdicts(median)) == ["rank-collapse"]  # a median alpha is never read against WeightWatcher's 2
     for bad in ({"over_trained": 7.0}, {"rank_loss": 1.5}, {"over_trained": 0.0}):
         with pytest.raises(UsageError):
             Thresholds(**bad)
-    assert parse_fail_on("traps, over-trained") == ("traps", "over-trained")
-    with pytest.raises(UsageError, match="choose from over-trained"):
-        parse_fail_on("traps,vibes")
+    assert parse_fail_on("traps, over-trained,traps") == ("traps", "over-trained")  # each named once
+    for bad in ("traps,vibes", "", " , "):
+        with pytest.raises(UsageError, match="choose from over-trained"):
+            parse_fail_on(bad)
+
+
+def test_updates_are_not_judged_as_weights():
+    """An all-zero update is `unchanged` with no verdict; a low-rank update (an adapter's s·B·A) gets none of the
+    verdicts calibrated on trained weights (alpha thresholds, rank-collapse, no-tail); random-like and traps stay."""
+    nan = math.nan
+    table = pd.DataFrame({"content": ["delta", "adapter", "delta", "weights"], "alpha": [nan, 9.0, 1.2, nan],
+                          "alpha_gof": [nan, 9.0, 1.2, nan], "estimator": ["median"] * 4,
+                          "n_zero": [64, 48, 0, 64], "n_eigs": [64] * 4, "status": ["unchanged", "ok", "ok", "all-zero matrix"],
+                          "sigma_mp": [nan, nan, 0.1, nan], "num_spikes": [0, 16, 0, 0], "trap_z": [nan, nan, 7.0, nan]})
+    assert list(verdicts(table)) == ["", "", "random-like,traps", "rank-collapse,no-tail"]
 
 
 def test_a_gaussian_matrix_has_no_traps_and_planted_entries_are_found():
@@ -77,12 +99,12 @@ def test_a_gaussian_matrix_has_no_traps_and_planted_entries_are_found():
     w = gaussians((768, 256), 0.02, 1)["model.layers.0.mlp.up_proj.weight"]
     for seed in range(10):
         row = alphaspec.analyze({"model.layers.0.mlp.up_proj.weight": w}, randomize=True, seed=seed).iloc[0]
-        assert row["traps"] == 0 and row["warning"] == ""
+        assert row["traps"] == 0 and "traps" not in row["warning"] and row["trap_share"] == 0
     planted = w.clone()
     for (i, j), value in {(3, 7): 1.5, (100, 200): -2.0, (400, 5): 1.2}.items():
         planted[i, j] = value
     row = alphaspec.analyze({"model.layers.0.mlp.up_proj.weight": planted}, randomize=True).iloc[0]
-    assert row["traps"] >= 1 and "traps" in row["warning"]
+    assert row["traps"] >= 1 and "traps" in row["warning"] and row["trap_share"] == 1 and row["permutations"] == 5
     assert row["trap_entries"] == 3 and row["trap_max_entry"] == 2.0
     assert row["trap_where"] == "(100, 200) = -2; (3, 7) = 1.5; (400, 5) = 1.2"
     again = alphaspec.analyze({"model.layers.0.mlp.up_proj.weight": planted}, randomize=True).iloc[0]
@@ -111,16 +133,19 @@ def test_cli_fail_on_exits_3_after_writing_and_says_why(tmp_path):
         return subprocess.run([sys.executable, "-m", "alphaspec", "analyze", str(model), *args], capture_output=True,
                               text=True, env=env)
 
-    ok = cli("-o", str(tmp_path / "ok.csv"), "--fail-on", "traps")
+    ok = cli("-o", str(tmp_path / "ok.csv"), "--fail-on", "traps", "--randomize")
     assert ok.returncode == 0, ok.stderr
-    assert "needs attention: 1 rank-collapse, 1 no-tail" in ok.stdout
-    bad = cli("-o", str(tmp_path / "r.csv"), "--fail-on", "rank-collapse,traps", "-q")
+    assert "1 rank-collapse, 1 no-tail" in ok.stdout
+    bad = cli("-o", str(tmp_path / "r.csv"), "--fail-on", "rank-collapse,traps", "--randomize", "-q")
     lines = [line for line in bad.stderr.splitlines() if line.strip()]
     assert bad.returncode == 3 and lines == [
         "error: 1 of 4 matrices have a --fail-on verdict (1 rank-collapse), e.g. model.layers.3.mlp.up_proj.weight"]
     written = pd.read_csv(tmp_path / "r.csv", keep_default_na=False)
     assert written["warning"].tolist()[3].startswith("rank-collapse")  # the table is written before the exit
     assert cli("--fail-on", "vibes").returncode == 2
+    never = cli("--fail-on", "traps")  # traps are only looked for with --randomize: a gate that could not fire
+    assert never.returncode == 2 and "--fail-on traps needs --randomize" in never.stderr
+    assert cli("--fail-on", "").returncode == 2
     assert cli("--over-trained", "9").returncode == 2
 
 
@@ -172,7 +197,6 @@ def test_the_esd_figure_overlays_the_mp_law_and_the_permuted_spectrum(tmp_path):
 
 def test_permutations_and_random_starts_are_drawn_on_the_cpu(monkeypatch):
     """So a GPU gives the same permuted matrices (and numbers) as the CPU: no generator on the device is made."""
-    import alphaspec.diff as diff
     import alphaspec.randomize as randomize
 
     made = []
@@ -185,6 +209,5 @@ def test_permutations_and_random_starts_are_drawn_on_the_cpu(monkeypatch):
     monkeypatch.setattr(torch, "Generator", spy)
     w = torch.randn(1, 40, 30, dtype=torch.float64)
     randomize.permuted(w, [1])
-    randomize.top_eigenvalue(w[0], 1)
-    diff.top_right_subspace(w[0], 3, 1)
+    randomize.trap_sources(w[0], 1, 0.01)
     assert made and all(str(d) == "cpu" for d in made)

@@ -64,8 +64,45 @@ def test_subspace_overlap_is_cos_squared_of_the_angle_between_the_directions():
     s = torch.diag(torch.linspace(10, 5, k, dtype=torch.float64))
     for theta in (0.0, 0.3, 1.0, math.pi / 2):
         w = v * math.cos(theta) + v_perp * math.sin(theta)
-        got = pair_metrics(u @ s @ v.T, u @ s @ w.T, k, "m")["subspace_overlap"]
+        got = pair_metrics(u @ s @ v.T, u @ s @ w.T, k)["subspace_overlap"]
         assert got == pytest.approx(math.cos(theta) ** 2, abs=1e-9)
+
+
+def numpy_overlap(a: np.ndarray, b: np.ndarray, k: int) -> float:
+    """‖V_Aᵀ V_B‖_F² / k from numpy's float64 SVD: the reference subspace_overlap is held to."""
+    va = np.linalg.svd(a.astype(np.float64), full_matrices=False)[2][:k].T
+    vb = np.linalg.svd(b.astype(np.float64), full_matrices=False)[2][:k].T
+    return float(np.square(va.T @ vb).sum()) / k
+
+
+@pytest.mark.parametrize("name", ["encoder.layer.1.attention.self.value.weight",  # σ8/σ9 close: the old finder's 0.108
+                                  "encoder.layer.0.intermediate.dense.weight",  # tall
+                                  "encoder.layer.3.output.dense.weight"])  # wide
+def test_subspace_overlap_equals_numpy_svd_on_real_weights_whose_directions_turn(name):
+    """MiniLM's matrices, whose top singular values are close (σ8/σ9 ≈ 1.01), rotated by a perturbation that turns
+    their strongest directions: the overlap equals numpy's SVD to 1e-6 (a randomised range finder was 0.1 off)."""
+    from safetensors.numpy import load_file
+
+    from alphaspec.checkpoint import example_path
+
+    a = load_file(str(example_path("minilm") / "model.safetensors"))[name]
+    rng = np.random.default_rng(0)
+    u, s, vt = np.linalg.svd(a.astype(np.float64), full_matrices=False)
+    turn = np.linalg.qr(np.eye(len(s)) + 0.4 * rng.standard_normal((len(s), len(s))) / np.sqrt(len(s)))[0]
+    b = (u @ np.diag(s) @ turn.T @ vt + 0.01 * rng.standard_normal(a.shape)).astype(np.float32)
+    expected = numpy_overlap(a, b, 8)
+    assert 0.05 < expected < 0.95  # the directions really changed
+    got = pair_metrics(torch.from_numpy(a), torch.from_numpy(b), 8)["subspace_overlap"]
+    assert got == pytest.approx(expected, abs=1e-6)
+
+
+def test_subspace_overlap_of_matrices_that_cannot_have_one_is_empty():
+    """NaN/Inf entries or an all-zero matrix: no overlap and no LinAlgError (was a traceback)."""
+    a = torch.randn(20, 10, dtype=torch.float64)
+    for b in (a.clone().index_fill_(0, torch.tensor([3]), float("nan")), torch.zeros(20, 10, dtype=torch.float64),
+              a.clone().index_fill_(1, torch.tensor([2]), float("inf"))):
+        assert math.isnan(pair_metrics(a, b, 4)["subspace_overlap"])
+    assert math.isnan(pair_metrics(a, a.clone().fill_(float("nan")), 4)["rel_change"])
 
 
 def test_a_model_against_its_own_gguf(tmp_path):

@@ -12,7 +12,8 @@ from rich.text import Text
 
 from .._version import __version__
 from ..choices import ESD_PRECISIONS
-from ..diagnose import WARNINGS, Thresholds, parse_fail_on, verdicts
+from ..diagnose import PERMUTATIONS, WARNINGS, Thresholds, parse_fail_on, verdicts
+from ..errors import UsageError
 from .common import (
     MODEL_KINDS,
     Device,
@@ -128,6 +129,9 @@ def analyze(
         "models; alpha error measured in docs/analyze.md.")] = Precision.fp64,
     randomize: Annotated[bool, typer.Option("--randomize", help="Also look for correlation traps: each matrix "
                                             "solved again with its entries permuted (docs/analyze.md).")] = False,
+    permutations: Annotated[int, typer.Option("--permutations", min=1, max=100, help="--randomize: permutations "
+                                              "of each matrix near a spike; the traps verdict reads their median.")]
+    = PERMUTATIONS,
     seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of the --randomize permutations.")] = 0,
     over_trained: Annotated[float, typer.Option("--over-trained", callback=finite, help=Thresholds.help(
         "over_trained"))] = Thresholds.over_trained,
@@ -155,6 +159,8 @@ def analyze(
 
     thresholds = Thresholds(over_trained, under_trained, rank_loss)  # bad values fail before any work
     failing_on = parse_fail_on(fail_on)
+    if "traps" in failing_on and not randomize:
+        raise UsageError("--fail-on traps needs --randomize: traps are looked for in the permuted matrices")
     rank, world, _ = launched()
     if rank == 0:  # under torchrun rank 0 writes everything (a failure here ends the job before it starts)
         inputs = input_paths(source) + (input_paths(base) if base is not None else [])
@@ -176,7 +182,8 @@ def analyze(
                                        exclude=exclude or [], split_fused=split_fused,
                                        keep_spectra=save_spectra is not None or plots is not None, checkpoint=ckpt,
                                        workers=workers, farms=farms, precision=precision.value,
-                                       randomize=randomize, seed=seed, base=base, merge=merge)
+                                       randomize=permutations if randomize else 0, seed=seed, base=base,
+                                       merge=merge)
     if rank == 0:
         result.table["warning"] = verdicts(result.table, thresholds)
         _write(result, output, save_spectra, plots, quiet)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from typing import TYPE_CHECKING
 
@@ -24,6 +23,16 @@ class VerdictFailure(AlphaspecError):
     exit_code = FAIL_ON_STATUS
 
 
+def _alphas(row) -> str:
+    """The alpha of the table's estimator and, when it is another, the goodness-of-fit alpha the verdicts read."""
+    def fmt(v) -> str:
+        return "-" if v is None or v != v else f"{v:.2f}"
+
+    alpha = f"alpha {fmt(row.alpha)}"
+    gof = getattr(row, "alpha_gof", None)
+    return alpha if getattr(row, "estimator", "gof") == "gof" or gof is None else f"{alpha}, gof {fmt(gof)}"
+
+
 def needs_attention(table: pd.DataFrame) -> None:
     """How many matrices carry each verdict, and the first few of them with their alpha."""
     flagged = table[table["warning"].fillna("") != ""]
@@ -31,11 +40,10 @@ def needs_attention(table: pd.DataFrame) -> None:
         out.print("needs attention: none (no verdict for any matrix)", highlight=False)
         return
     counts = Counter(w for ws in flagged["warning"] for w in ws.split(","))
-    out.print("needs attention: " + ", ".join(f"{counts[w]} {w}" for w in WARNINGS if counts[w]), style="bold",
-              highlight=False)
+    out.print(f"needs attention ({len(flagged)} of {len(table)} matrices): "
+              + ", ".join(f"{counts[w]} {w}" for w in WARNINGS if counts[w]), style="bold", highlight=False)
     for r in flagged.head(LISTED).itertuples():
-        alpha = "-" if math.isnan(r.alpha) else f"{r.alpha:.2f}"
-        out.print(Text(f"  {r.name}: {r.warning} (alpha {alpha})"))
+        out.print(Text(f"  {r.name}: {r.warning} ({_alphas(r)})"))
     if len(flagged) > LISTED:
         out.print(f"  ... and {len(flagged) - LISTED} more (see the warning column)", highlight=False)
 
