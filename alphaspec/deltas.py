@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -123,6 +124,24 @@ class MergedCheckpoint(Checkpoint):
                 _, delta = next(self.adapter.read(targets[name], [name]))
                 w = _wide(w) + delta.to(w.device)
             yield name, w
+
+
+class RoundedCheckpoint(Checkpoint):
+    """A checkpoint whose floating-point tensors are read rounded to `dtype`, as a release that loads the model
+    with `torch_dtype=torch.float16` sees them (map --paper-compat for AlphaPruning and AlphaLoRA)."""
+
+    def __init__(self, ckpt: Checkpoint, dtype: torch.dtype = torch.float16):
+        name = str(dtype).removeprefix("torch.")
+        tensors = [replace(t, dtype=name) if t.is_float else t for t in ckpt.tensors]
+        super().__init__(ckpt.source, ckpt.files, tensors, ckpt.config,
+                         ckpt.notes + [f"weights rounded to {name} before their spectra, as the release loads them"],
+                         ckpt.config_file, ckpt.content)
+        self.ckpt, self.dtype = ckpt, dtype
+
+    def read(self, file: Path, names: list[str], device: torch.device | None = None
+             ) -> Iterator[tuple[str, torch.Tensor]]:
+        for name, w in self.ckpt.read(file, names, device):
+            yield name, w.to(self.dtype) if w.is_floating_point() else w
 
 
 def check_targets(base: Checkpoint, adapter: AdapterCheckpoint) -> None:

@@ -110,6 +110,36 @@ def parse_fail_on(text: str | None) -> tuple[str, ...]:
     return names
 
 
+DEFECTS = ("over-trained", "traps", "rank-collapse", "no-tail")  # the verdicts that say something went wrong
+HEALTHY_SHARE = 0.10  # a model looks healthy while no defect verdict flags more than this share of its matrices
+
+
+def _count(table: pd.DataFrame, verdict: str) -> int:
+    return int(table["warning"].fillna("").str.split(",").apply(lambda ws: verdict in ws).sum())
+
+
+def health_line(table: pd.DataFrame) -> str:
+    """One sentence on a model whose weights look healthy, and why ("" when they do not, or for updates):
+    no defect verdict on more than HEALTHY_SHARE of the matrices, most matrices with a heavier tail than a
+    Gaussian matrix of their shape (learned correlations), and what the light-tail verdicts mean."""
+    weights = table[_column(table, "content", WEIGHTS).fillna(WEIGHTS) == WEIGHTS]
+    if weights.empty or "warning" not in weights:
+        return ""
+    n = len(weights)
+    defects = {v: _count(weights, v) for v in DEFECTS}
+    fitted = weights.dropna(subset=["alpha"])
+    learned = int((fitted["alpha"] < _column(fitted, "alpha_random", float("nan"))).sum())
+    if any(c > HEALTHY_SHARE * n for c in defects.values()) or not learned > len(fitted) / 2:
+        return ""
+    found = [f"{c} {v}" for v, c in defects.items() if c]
+    light = [f"{c} {v}" for v in ("under-trained", "random-like") if (c := _count(weights, v))]
+    return (f"Looks healthy: {learned} of {len(fitted)} fitted matrices have a heavier tail than a Gaussian matrix "
+            f"of their shape (learned correlations); "
+            + (f"{', '.join(found)} (each at most {HEALTHY_SHARE:.0%} of the matrices)" if found
+               else "none over-trained, with traps or lost rank")
+            + (f"; {', '.join(light)}: light tails, close to noise" if light else "") + ".")
+
+
 FAIL_ON_STATUS = 3  # analyze's exit status when a --fail-on verdict is found (0, 1 and 2 keep their meaning)
 
 

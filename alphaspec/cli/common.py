@@ -32,7 +32,7 @@ from typer.core import TyperGroup
 
 from .._version import __version__
 from ..choices import ESTIMATORS
-from ..errors import AlphaspecError, describe_os_error
+from ..errors import AlphaspecError, UsageError, describe_os_error
 
 MODEL_KINDS = ("spectra", "alpha-modules", "alpha-depth")  # plots.MODEL_KINDS, without importing matplotlib
 
@@ -239,20 +239,33 @@ def analyze_with_progress(source: str, estimator: str, device, quiet: bool, head
 
 
 def load(source: str, estimator: str, device: str, quiet: bool, spectra_file: Path | None = None,
-         split_fused: bool = True, farms: bool = False, asked: str | None = None):
+         split_fused: bool = True, farms: bool = False, asked: str | None = None, rounded_to: str | None = None):
     """(table, spectra) from a results file written by `analyze` (spectra from its .npz, when there is one),
     or from a checkpoint analysed now. asked: the option that asked for the estimator ("-e", "--paper-compat"),
-    so that a results file fitted with another one is refused rather than silently used."""
+    so that a results file fitted with another one is refused rather than silently used. rounded_to: a dtype the
+    weights are rounded to before their spectra (a release's, under --paper-compat); a results file must hold
+    weights of that dtype."""
     from ..output import TABLE_SUFFIXES, check_estimator, read_results, read_spectra
 
     path = Path(source)
     if path.suffix not in TABLE_SUFFIXES or not path.is_file():
+        checkpoint = None
+        if rounded_to is not None:
+            import torch
+
+            from ..deltas import RoundedCheckpoint, open_source
+
+            checkpoint = RoundedCheckpoint(open_source(source), getattr(torch, rounded_to))
         result = analyze_with_progress(source, estimator, device, quiet, keep_spectra=True, split_fused=split_fused,
-                                       farms=farms)
+                                       farms=farms, checkpoint=checkpoint)
         return result.table, result.spectra
     table = read_results(path)
     if asked:
         check_estimator(path, table, estimator, asked)
+    stored = sorted(set(table["dtype"].dropna().astype(str)) - {rounded_to, ""}) if rounded_to and "dtype" in table else []
+    if stored:
+        raise UsageError(f"{path}: holds the spectra of {', '.join(stored)} weights; --paper-compat rounds them to "
+                         f"{rounded_to} first, as the release loads them: give the checkpoint instead")
     npz = spectra_file or path.with_suffix(".npz")
     return table, (read_spectra(npz) if spectra_file or npz.exists() else {})
 

@@ -80,6 +80,7 @@ def make_map(
     """Per-module values from the spectra, as the alpha-guided methods make them: TempBalance or layer-wise
     learning rates, AlphaPruning sparsities, AlphaLoRA ranks, AlphaDecay weight decays."""
     from ..maps.build import MapSpec, build_map
+    from ..maps.methods import METHODS
     from ..output import check_output, fitted_with, input_paths
 
     kind = kind.value
@@ -93,7 +94,8 @@ def make_map(
         return _decay_map(source, output, spec, weight_decay, device, quiet)
     spec = spec.settled(kind)
     table, _ = load(source, spec.estimator, device, quiet, split_fused=False, farms=spec.metric == "alpha_farms",
-                    asked="-e" if estimator is not None else "--paper-compat" if paper_compat else None)
+                    asked="-e" if estimator is not None else "--paper-compat" if paper_compat else None,
+                    rounded_to=METHODS[spec.method].release_dtype if paper_compat else None)
     vmap = build_map(table, kind, spec, source=source)
     if (fitted := fitted_with(table)) not in (None, spec.estimator):  # a results file, fitted otherwise
         vmap.notes.append(f"{source} was fitted with {fitted}; {spec.method} fits with {spec.estimator} (analyse the "

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from rich.text import Text
 
-from ..diagnose import FAIL_ON_STATUS, WARNINGS, failing
+from ..diagnose import FAIL_ON_STATUS, WARNINGS, failing, health_line
 from ..errors import AlphaspecError
 from .common import out
 
@@ -34,7 +34,10 @@ def _alphas(row) -> str:
 
 
 def needs_attention(table: pd.DataFrame) -> None:
-    """How many matrices carry each verdict, and the first few of them with their alpha."""
+    """A line for a model that looks healthy, how many matrices carry each verdict, and the first few of them."""
+    healthy = health_line(table)
+    if healthy:
+        out.print(Text(healthy), style="green")
     flagged = table[table["warning"].fillna("") != ""]
     if flagged.empty:
         out.print("needs attention: none (no verdict for any matrix)", highlight=False)

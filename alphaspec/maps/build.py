@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from ..choices import ASSIGN, DECAY_METRICS, ESTIMATORS
+from ..paper import PAPER_EIGS_THRESH
 from .file import KINDS, ValueMap
 from .methods import (
     KIND_METHODS,
@@ -122,10 +123,25 @@ def build_map(table: pd.DataFrame, kind: str, spec: MapSpec | None = None, *, so
     vmap = ValueMap(kind=kind, method=spec.method, modules=modules, metric=spec.metric,
                     estimator=str(table["estimator"].iloc[0]) if "estimator" in table else spec.estimator,
                     settings=settings, source=source)
+    _release_dtype(vmap, table, spec)
     valued = table[table["name"].isin([m["name"] for m in modules if "note" not in m])]
     if note := shape_note(valued, spec.metric, "these matrices", "the map mostly sorts"):
         vmap.notes.append(note)
     return vmap
+
+
+def _release_dtype(vmap: ValueMap, table: pd.DataFrame, spec: MapSpec) -> None:
+    """--paper-compat for a release that loads the weights in another dtype (AlphaPruning, AlphaLoRA: float16):
+    recorded in the settings, and a note when the table's spectra are of weights stored otherwise."""
+    dtype = METHODS[spec.method].release_dtype
+    if not (spec.paper_compat and dtype):
+        return
+    vmap.settings["weights_dtype"] = dtype
+    stored = sorted(set(table["dtype"].dropna().astype(str)) - {dtype, ""}) if "dtype" in table else []
+    if stored:
+        vmap.notes.append(f"--paper-compat: the {spec.method} release rounds the weights to {dtype} before their "
+                          f"spectra; this table holds {', '.join(stored)} weights (`alphaspec map` on the checkpoint "
+                          "rounds them; in Python, analyse deltas.RoundedCheckpoint(open_source(source)))")
 
 
 def _entry(row, metric: str, value, key: str, **extra) -> dict:
@@ -135,25 +151,27 @@ def _entry(row, metric: str, value, key: str, **extra) -> dict:
 
 
 def _lr_modules(table: pd.DataFrame, spec: MapSpec) -> tuple[list[dict], dict]:
+    settings = {"ratio": list(spec.ratio), "assign": spec.assign, "paper_compat": spec.paper_compat}
     if spec.method == "tempbalance":
-        rows, left = tempbalance_rows(table)
+        eigs_thresh = PAPER_EIGS_THRESH if spec.paper_compat else 0  # its release's filter; alphaspec tunes them all
+        rows, left = tempbalance_rows(table, eigs_thresh)
         values = rows[spec.metric].to_numpy(dtype=float)
-        why = "left at the base LR by TempBalance (the first or the last Linear)"
+        settings["eigs_thresh"] = eigs_thresh
     else:
-        rows, values, left = llr_rows(table, spec.metric)
-        why = "left at the base LR by the layer-wise LR release (fewer than 50 eigenvalues)"
+        rows, values, names = llr_rows(table, spec.metric)
+        left = dict.fromkeys(names, "left at the base LR by the layer-wise LR release (fewer than 50 eigenvalues)")
     fitted = np.isfinite(values)
     if not fitted.any():
         raise DecayMapError(f"none of the {len(rows)} tuned matrices has a {spec.metric}")
     scales = lr_scales(values[fitted], spec.ratio, spec.assign, eps=1e-8 if spec.method == "llr" else 0.0)
     by_name = table.set_index("name", drop=False)
-    modules = [_entry(by_name.loc[n], spec.metric, 1.0, "lr_scale", note=why) for n in left]
+    modules = [_entry(by_name.loc[n], spec.metric, 1.0, "lr_scale", note=why) for n, why in left.items()]
     modules += [_entry(r, spec.metric, 1.0, "lr_scale", note=f"base LR kept: no fit ({r.status})")
                 for r in rows[~fitted].itertuples(index=False)]
     modules += [_entry(r, spec.metric, float(s), "lr_scale") for r, s in zip(rows[fitted].itertuples(index=False),
                                                                                scales, strict=True)]
     order = {n: i for i, n in enumerate(table["name"])}
-    return sorted(modules, key=lambda m: order[m["name"]]), {"ratio": list(spec.ratio), "assign": spec.assign}
+    return sorted(modules, key=lambda m: order[m["name"]]), settings
 
 
 def _block_metric(rows: pd.DataFrame, metric: str) -> tuple[np.ndarray, np.ndarray, list[str]]:

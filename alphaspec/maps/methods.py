@@ -46,6 +46,7 @@ class Method:
     summary: str
     defaults: dict = field(default_factory=dict)
     release_estimator: str = "median"
+    release_dtype: str | None = None  # the dtype the release loads the weights in before their spectra (--paper-compat)
 
 
 METHODS = {
@@ -57,10 +58,10 @@ METHODS = {
                   "head at the top", {"ratio": (1.0, 3.0), "assign": "linear"}),
     "alphapruning": Method("alphapruning", "sparsity", "fix-finger", "AlphaPruning: sparsity per block Linear in "
                            "[1-eps, 1+eps] x target, parameter-weighted mean = target",
-                           {"target": 0.5, "epsilon": 0.3, "block_wise": True}, "fix-finger-legacy"),
+                           {"target": 0.5, "epsilon": 0.3, "block_wise": True}, "fix-finger-legacy", "float16"),
     "alphalora": Method("alphalora", "lora_rank", "fix-finger", "AlphaLoRA: LoRA rank (or experts) per block "
                         "proportional to mean alpha^beta, integers summing to the budget",
-                        {"beta": 2.5}, "fix-finger-legacy"),
+                        {"beta": 2.5}, "fix-finger-legacy", "float16"),
 }
 KIND_METHODS = {kind: tuple(n for n, m in METHODS.items() if m.kind == kind)  # each kind's methods, first the default
                 for kind in dict.fromkeys(m.kind for m in METHODS.values())}
@@ -94,12 +95,15 @@ def lr_scales(a: np.ndarray, ratio: tuple[float, float], assign: str, *, eps: fl
     raise DecayMapError(f"unknown LR assignment {assign!r}; choose one of {', '.join(LR_ASSIGN)}")
 
 
-def tempbalance_rows(table: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
-    """The Linears TempBalance tunes, and those it leaves at the base LR (the first and the last)."""
-    rows, _ = paper_candidates(table, eigs_thresh=0)
+def tempbalance_rows(table: pd.DataFrame, eigs_thresh: int = 0) -> tuple[pd.DataFrame, dict[str, str]]:
+    """The Linears TempBalance tunes, and those it leaves at the base LR with why: the first and the last, then
+    (its release's eigs_thresh, 50 under --paper-compat) those with fewer than `eigs_thresh` eigenvalues."""
+    rows, dropped = paper_candidates(table, eigs_thresh=eigs_thresh)
     names = table["tensor"] if "tensor" in table else table["name"]
-    tuned = set(names[rows.index])
-    return rows, [n for n in names[table["module"] != "embed"] if n not in tuned]
+    tuned, small = set(names[rows.index]), set(dropped[1:])
+    return rows, {n: (f"left at the base LR by TempBalance (fewer than {eigs_thresh} eigenvalues)" if n in small
+                      else "left at the base LR by TempBalance (the first or the last Linear)")
+                  for n in names[table["module"] != "embed"] if n not in tuned}
 
 
 def llr_rows(table: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, np.ndarray, list[str]]:

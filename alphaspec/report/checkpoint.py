@@ -8,7 +8,7 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 
-from ..diagnose import WARNINGS
+from ..diagnose import WARNINGS, health_line
 from ..modules import MODULE_TYPES
 from ..plots import alpha_depth_figure, alpha_modules_figure, spectra_figure
 from ..random_baseline import random_alpha
@@ -56,15 +56,19 @@ def summary_table(frame: pd.DataFrame, estimator: str) -> str:
 def verdicts_block(frame: pd.DataFrame) -> str:
     if "warning" not in frame:
         return ""
+    healthy = health_line(frame)
+    opening = f'<p class="verdicts ok">{esc(healthy)}</p>' if healthy else ""
     flagged = frame[frame["warning"].fillna("") != ""]
     if flagged.empty:
-        return '<p class="verdicts ok">Needs attention: none (no verdict for any matrix).</p>'
+        return opening + '<p class="verdicts ok">Needs attention: none (no verdict for any matrix).</p>'
     counts = Counter(w for ws in flagged["warning"] for w in ws.split(","))
-    items = "".join(f"<li>{esc(r['name'])}: {esc(r['warning'])} (alpha {number(r['alpha'], 2)})</li>"
+    gof = "alpha_gof" in flagged and (flagged.get("estimator", pd.Series("gof")) != "gof").any()
+    items = "".join(f"<li>{esc(r['name'])}: {esc(r['warning'])} (alpha {number(r['alpha'], 2)}"
+                    + (f", gof {number(r['alpha_gof'], 2)}" if gof else "") + ")</li>"
                     for _, r in flagged.head(20).iterrows())
     more = f"<li>… and {len(flagged) - 20} more (filter the table by warning)</li>" if len(flagged) > 20 else ""
     summary = ", ".join(f"{counts[w]} {esc(w)}" for w in WARNINGS if counts[w])
-    return f'<div class="verdicts"><h3>Needs attention: {summary}</h3><ul>{items}{more}</ul></div>'
+    return opening + f'<div class="verdicts"><h3>Needs attention: {summary}</h3><ul>{items}{more}</ul></div>'
 
 
 def _cell(column: str, row: pd.Series) -> tuple[str, str]:
