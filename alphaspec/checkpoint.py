@@ -252,6 +252,15 @@ def example_path(name: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / sub
 
 
+def check_revision(repo: str, revision: str) -> None:
+    """A hub revision is a branch, tag or commit name (git's rules), never a path: huggingface_hub joins it into
+    the cache's refs/ folder, so `..` would read a ref (and a model) from outside the cache."""
+    parts = revision.split("/")
+    if revision and (".." in revision or "" in parts or any(p.startswith(".") or p.endswith(".lock") for p in parts)):
+        raise SourceError(f"{repo}: {revision!r} is not a revision (a branch, tag or commit hash: no '..', no empty "
+                          "or dot-led parts)")
+
+
 def hub_snapshot(repo: str) -> Path:
     """Download (or find in the HF cache) the safetensors files, index and config of `org/name[@rev]`, or,
     for `org/name[@rev]:TAG`, the GGUF model whose file name holds TAG (Q4_K_M) or is TAG (FILE.gguf)."""
@@ -259,6 +268,7 @@ def hub_snapshot(repo: str) -> Path:
 
     name, _, tag = repo.partition(":")
     repo_id, _, revision = name.partition("@")
+    check_revision(repo, revision)
     try:
         folder = Path(snapshot_download(repo_id=repo_id, revision=revision or None,
                                         allow_patterns=hub_patterns(tag) if tag else HUB_PATTERNS))

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
+import regex
 import torch
 from safetensors import safe_open
 
@@ -25,6 +26,8 @@ from .errors import first_line, parse_json
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."
+PATTERN_SECONDS = 1.0  # the time a rank_pattern or alpha_pattern key may take to match one module name
+MAX_LORA_SETTING = 1 << 20  # r and lora_alpha above this are not an adapter's (and overflow the arithmetic)
 LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<part>[AB])\.weight$")
 
 
@@ -79,7 +82,8 @@ class AdapterCheckpoint(Checkpoint):
         folder = Path(str(source)).expanduser()
         self.lora = _read_adapter_config(folder / ADAPTER_CONFIG)
         weights = folder / ADAPTER_WEIGHTS
-        self.pairs, shapes, dtypes = _lora_pairs(weights)
+        self.pairs, shapes, dtypes, ranks = _lora_pairs(weights)
+        self.scales = {name: self._scale(name, ranks[name], folder / ADAPTER_CONFIG) for name in self.pairs}
         tensors = [TensorInfo(name, shapes[name], dtypes[name], weights) for name in self.pairs]
         super().__init__(str(source), [weights], tensors, dict(config or {}),
                          [f"each matrix is a LoRA update (lora_alpha / r)·B·A from {folder}"],
@@ -87,9 +91,14 @@ class AdapterCheckpoint(Checkpoint):
 
     def scale(self, name: str) -> float:
         """lora_alpha / r for this module (rank_pattern and alpha_pattern as PEFT matches them; √r for rsLoRA)."""
+        return self.scales[name]
+
+    def _scale(self, name: str, stored: int, where: Path) -> float:
         module = name.removesuffix(".weight")
-        r = _pattern(self.lora.get("rank_pattern") or {}, module, self.lora["r"])
-        alpha = _pattern(self.lora.get("alpha_pattern") or {}, module, self.lora["lora_alpha"])
+        r = _pattern(self.lora.get("rank_pattern") or {}, module, self.lora["r"], where)
+        alpha = _pattern(self.lora.get("alpha_pattern") or {}, module, self.lora["lora_alpha"], where)
+        if r != stored:  # the scale divides by the config's r: a mismatch would put every norm off by r / stored
+            raise SourceError(f"{where}: r of {module} is {r}, but its lora_A/lora_B factors have rank {stored}")
         return alpha / (math.sqrt(r) if self.lora.get("use_rslora") else r)
 
     def read(self, file: Path, names: list[str], device: torch.device | None = None
@@ -186,14 +195,32 @@ def _read_adapter_config(path: Path) -> dict:
     if config.get("use_dora"):
         raise SourceError(f"{path}: a DoRA adapter: its update depends on the base weights' norms, which alphaspec "
                           "does not compute; merge it with peft and analyse the merged model")
-    for key in ("r", "lora_alpha"):
-        if not isinstance(config.get(key), int | float) or isinstance(config.get(key), bool) or config[key] <= 0:
-            raise SourceError(f"{path}: {key} must be a positive number, got {config.get(key)!r}")
+    _check_setting(path, "r", config.get("r"), whole=True)
+    _check_setting(path, "lora_alpha", config.get("lora_alpha"))
+    for key, whole in (("rank_pattern", True), ("alpha_pattern", False)):
+        patterns = config.get(key) or {}
+        if not isinstance(patterns, dict):
+            raise SourceError(f"{path}: {key} must be an object of module patterns, got {type(patterns).__name__}")
+        for pattern, value in patterns.items():
+            try:
+                regex.compile(pattern)
+            except regex.error as err:
+                raise SourceError(f"{path}: {key} pattern {pattern!r} is not a regular expression ({err})") from err
+            _check_setting(path, f"{key}[{pattern!r}]", value, whole=whole)
     return config
 
 
-def _lora_pairs(weights: Path) -> tuple[dict[str, tuple[str, str]], dict, dict]:
-    """{target weight name: (A key, B key)}, the (out, in) shapes and dtypes, from the adapter file's header."""
+def _check_setting(path: Path, key: str, value, whole: bool = False) -> None:
+    """r (a whole number) or an alpha (a number) of an adapter config: finite and above 0."""
+    kinds = int if whole else int | float
+    if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value) or value <= 0 \
+            or value > MAX_LORA_SETTING:
+        what = "a whole number" if whole else "a finite number"
+        raise SourceError(f"{path}: {key} must be {what} above 0 (at most {MAX_LORA_SETTING:g}), got {value!r}")
+
+
+def _lora_pairs(weights: Path) -> tuple[dict[str, tuple[str, str]], dict, dict, dict]:
+    """{target weight name: (A key, B key)}, the (out, in) shapes, dtypes and ranks, from the adapter file's header."""
     if not weights.is_file():
         raise SourceError(f"{weights}: missing (a PEFT adapter directory holds {ADAPTER_WEIGHTS})")
     parts: dict[str, dict] = {}
@@ -206,23 +233,32 @@ def _lora_pairs(weights: Path) -> tuple[dict[str, tuple[str, str]], dict, dict]:
                     parts.setdefault(found["module"], {})[found["part"]] = (key, tuple(sl.get_shape()), sl.get_dtype())
     except Exception as err:  # noqa: BLE001 - a truncated or foreign file
         raise SourceError(f"{weights}: not a valid safetensors file ({first_line(err, with_type=True)})") from err
-    pairs, shapes, dtypes = {}, {}, {}
+    pairs, shapes, dtypes, ranks = {}, {}, {}, {}
     for module, ab in parts.items():
-        if set(ab) != {"A", "B"} or ab["A"][1][0] != ab["B"][1][-1]:
+        if set(ab) != {"A", "B"}:
             raise SourceError(f"{weights}: {module} has no matching lora_A/lora_B pair")
+        (a_key, a_shape, a_dtype), (b_key, b_shape, _) = ab["A"], ab["B"]
+        if len(a_shape) != 2 or len(b_shape) != 2 or a_shape[0] != b_shape[1] or 0 in (*a_shape, *b_shape):
+            raise SourceError(f"{weights}: {module}'s lora_A {list(a_shape)} and lora_B {list(b_shape)} are not "
+                              "an (r, in) and an (out, r) matrix")
         name = module.removeprefix(PEFT_PREFIX) + ".weight"
-        pairs[name] = (ab["A"][0], ab["B"][0])
-        shapes[name] = (ab["B"][1][0], ab["A"][1][1])
-        dtypes[name] = {"BF16": "bfloat16", "F16": "float16", "F64": "float64"}.get(ab["A"][2], "float32")
+        pairs[name] = (a_key, b_key)
+        shapes[name] = (b_shape[0], a_shape[1])
+        ranks[name] = a_shape[0]
+        dtypes[name] = {"BF16": "bfloat16", "F16": "float16", "F64": "float64"}.get(a_dtype, "float32")
     if not pairs:
         raise SourceError(f"{weights}: no LoRA weights (lora_A/lora_B pairs) in the adapter")
-    return pairs, shapes, dtypes
+    return pairs, shapes, dtypes, ranks
 
 
-def _pattern(patterns: dict, module: str, default):
-    """PEFT's per-module override: a key matching the module name or a dotted suffix of it."""
+def _pattern(patterns: dict, module: str, default, where: Path):
+    """PEFT's per-module override: a key matching the module name or a dotted suffix of it. A pattern from a file
+    is matched with a time bound (`(.|.)*Z` backtracks for minutes): past it, one error line."""
     for key, value in patterns.items():
-        if re.fullmatch(rf"(.*\.)?{key}", module):
-            return value
+        try:
+            if regex.fullmatch(rf"(.*\.)?{key}", module, timeout=PATTERN_SECONDS):
+                return value
+        except TimeoutError as err:
+            raise SourceError(f"{where}: pattern {key!r} takes over {PATTERN_SECONDS:g} s to match {module}; "
+                              "give module names or simple patterns") from err
     return default
-

@@ -128,13 +128,14 @@ def health_line(table: pd.DataFrame) -> str:
     n = len(weights)
     defects = {v: _count(weights, v) for v in DEFECTS}
     fitted = weights.dropna(subset=["alpha"])
-    learned = int((fitted["alpha"] < _column(fitted, "alpha_random", float("nan"))).sum())
+    learned = int(((fitted["alpha"] < _column(fitted, "alpha_random", float("nan")))
+                   & (_column(fitted, "num_spikes", 0) > 0)).sum())  # lighter than noise, and not noise itself
     if any(c > HEALTHY_SHARE * n for c in defects.values()) or not learned > len(fitted) / 2:
         return ""
     found = [f"{c} {v}" for v, c in defects.items() if c]
     light = [f"{c} {v}" for v in ("under-trained", "random-like") if (c := _count(weights, v))]
     return (f"Looks healthy: {learned} of {len(fitted)} fitted matrices have a heavier tail than a Gaussian matrix "
-            f"of their shape (learned correlations); "
+            f"of their shape and directions out of their noise bulk (learned correlations); "
             + (f"{', '.join(found)} (each at most {HEALTHY_SHARE:.0%} of the matrices)" if found
                else "none over-trained, with traps or lost rank")
             + (f"; {', '.join(light)}: light tails, close to noise" if light else "") + ".")

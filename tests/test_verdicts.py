@@ -139,3 +139,29 @@ def test_over_and_under_trained_equal_weightwatchers_warning_column(minilm):
     theirs = {names[i - 1]: (w or "") for i, w in details["warning"].items()}  # layer ids count from the Sequential
     ours = {n: ",".join(v for v in table.loc[n, "warning"].split(",") if v.endswith("-trained")) for n in theirs}
     assert len(theirs) == 39 and ours == theirs
+
+
+def test_a_healthy_model_opens_with_a_line_saying_so_in_the_terminal_and_the_report(tmp_path):
+    """MiniLM: the terminal (80 columns) and the report's verdict box open with "Looks healthy" and why (how many
+    matrices have a heavier tail than their shape's Gaussian matrix); a model whose matrices are all noise does
+    not get that line."""
+    import os
+    import subprocess
+    import sys
+
+    env = os.environ | {"COLUMNS": "80"}
+    run = subprocess.run([sys.executable, "-m", "alphaspec", "analyze", "example:minilm", "--device", "cpu"],
+                         capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stderr
+    text = " ".join(run.stdout.split())
+    assert "Looks healthy: 3" in text and "heavier tail than a Gaussian matrix of their shape" in text
+    assert all(len(line) <= 80 for line in run.stdout.splitlines())
+    from alphaspec.diagnose import health_line
+    from alphaspec.report.checkpoint import verdicts_block
+
+    table = alphaspec.analyze("example:minilm")
+    assert verdicts_block(table).startswith('<p class="verdicts ok">Looks healthy: ')
+    g = torch.Generator().manual_seed(0)
+    noise = alphaspec.analyze({f"model.layers.{i}.mlp.up_proj.weight": torch.randn(96, 32, generator=g)
+                               for i in range(4)})
+    assert health_line(noise) == ""  # no learned correlations: nothing to call healthy

@@ -42,7 +42,8 @@ def report(
     from ..output import check_output, input_paths
     from ..report import render, write
 
-    check_output(output, (".html", ".htm"), inputs=[p for s in sources or [] for p in input_paths(s)])
+    inputs = [p for s in [*(sources or []), *([decay_map] if decay_map is not None else [])] for p in input_paths(s)]
+    check_output(output, (".html", ".htm"), inputs=inputs)
     html = render(sources or [], decay_map=decay_map, device=device,
                   estimator=estimator.value if given(ctx, "estimator") else None)
     write(html, output)

@@ -71,6 +71,11 @@ def lora_config(rank_map: ValueMap, **lora_kwargs):
     _expect(rank_map, "lora_rank")
     ranks = {m["name"].removesuffix(".weight"): int(m["rank"]) for m in rank_map.modules}
     used = {n: r for n, r in ranks.items() if r > 0}
+    sizes = {m["name"].removesuffix(".weight"): m.get("params") for m in rank_map.modules}
+    over = [n for n, r in used.items() if isinstance(sizes[n], int) and r * r > sizes[n]]
+    if over:  # rank r of an (out, in) matrix needs r <= min(out, in) <= sqrt(out * in)
+        raise DecayMapError(f"rank {used[over[0]]} of {over[0]} is larger than its matrix ({sizes[over[0]]} "
+                            "parameters) allows")
     if not used:
         raise DecayMapError("every rank in the map is 0: no module gets an adapter")
     r = Counter(used.values()).most_common(1)[0][0]

@@ -209,6 +209,11 @@ def _rank_modules(table: pd.DataFrame, spec: MapSpec) -> tuple[list[dict], dict]
     budget = spec.budget if spec.budget is not None else RANKS_PER_BLOCK * int(first.sum())
     ranks = lora_ranks(means[first.to_numpy()], budget, spec.beta)
     per_layer = dict(zip(layer_key[first], ranks.tolist(), strict=True))
+    sides = np.minimum(rows["rows"], rows["cols"]).groupby(layer_key).min()
+    over = [(k, r) for k, r in per_layer.items() if r > sides[k]]
+    if over:
+        raise DecayMapError(f"budget {budget}: block {over[0][0]} gets rank {over[0][1]}, above the smaller side "
+                            f"({int(sides[over[0][0]])}) of its matrices; give a smaller --budget")
     modules = [_entry(row, spec.metric, int(per_layer[key]), "rank", block_metric=float(m),
                       **({"note": note} if note else {}))
                for row, key, m, note in zip(rows.itertuples(index=False), layer_key, means, notes, strict=True)]

@@ -176,12 +176,15 @@ def match_names(decays: dict[str, float], params: dict[str, torch.Tensor], model
     by_place: dict[tuple, list[str]] = {}
     for pname in params:
         by_place.setdefault(block_place(pname), []).append(pname)
-    resolved, missing, experts = {}, [], {}
+    resolved, missing, experts, spelled = {}, [], {}, {}
     for name, wd in decays.items():
         hits = [name] if name in params else by_suffix.get(name, [])
         if not hits and block_place(name)[1] is not None:  # renamed prefix (transformers 5: language_model.model.
             hits = by_place.get(block_place(name), [])  # -> model.language_model.): the same block, same path
         if len(hits) == 1:
+            if hits[0] in spelled:  # two entries, one parameter: neither may silently win
+                raise DecayMapError(f"the {what} names {hits[0]} twice: as {spelled[hits[0]]!r} and as {name!r}")
+            spelled[hits[0]] = name
             resolved[hits[0]] = wd
         elif not hits and (fused := fused_expert_param(name, params)) is not None:
             experts.setdefault(fused, []).append((wd, (sizes or {}).get(name, 1)))
@@ -189,6 +192,10 @@ def match_names(decays: dict[str, float], params: dict[str, torch.Tensor], model
             missing.append(name if not hits else f"{name} (ambiguous: {', '.join(hits[:3])})")
     for fused, parts in experts.items():  # one decay per fused tensor: the parameter-weighted mean of its experts'
         weights = [size for _, size in parts]
+        if fused in resolved or not all(isinstance(w, int) and w > 0 for w in weights):
+            raise DecayMapError(f"the {what}'s expert entries for {fused} " + (
+                "also name it whole" if fused in resolved else f"have parameter counts {weights[:4]}: each must be "
+                "a whole number above 0"))
         resolved[fused] = float(np.average([wd for wd, _ in parts], weights=weights))
     unexpected = [p for p, t in params.items() if p not in resolved and is_tuned_candidate(p, t)]
     if missing or unexpected:

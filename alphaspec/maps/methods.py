@@ -165,8 +165,13 @@ def lora_ranks(a: np.ndarray, budget: int, beta: float) -> np.ndarray:
     if (a <= 0).any():
         raise DecayMapError(f"AlphaLoRA raises each block's mean metric to the power beta, which needs it above 0; the "
                             f"smallest is {a.min():.4g} (alpha_excess can be negative: use alpha)")
-    scaled = np.power(a, beta)
-    ints = np.round(scaled / scaled.sum() * budget).astype(int)
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        scaled = np.power(a, beta)
+        shares = scaled / scaled.sum() * budget
+    if not (np.isfinite(shares).all() and scaled.sum() > 0):
+        raise DecayMapError(f"beta {beta:g}: the block metrics ({a.min():.4g} to {a.max():.4g}) to that power leave "
+                            "the range of floating point; give a beta nearer 0")
+    ints = np.round(shares).astype(int)
     for _ in range(2 * len(ints) + abs(budget) + 1):  # each pass moves the sum one step towards the budget
         diff = budget - ints.sum()
         if diff == 0:

@@ -1,0 +1,158 @@
+"""The third hostile battery: the surfaces added last (hub revisions, report, maps, adapters, verdict gates).
+Rows of the same suite as tests/test_hostile.py, checked the same way (`check_case`: the exit status, one
+`error:` line naming the problem, no traceback, nothing of the user's changed)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import synth
+import torch
+from safetensors.torch import save_file
+from test_hostile import Case, base, check_case, copy, llama_dir, write  # noqa: F401 - base: a fixture
+
+from alphaspec.maps.file import DecayMap
+from alphaspec.maps.methods import lora_ranks
+
+R = 4  # the rank of the adapters below
+
+
+def adapter(d: Path, config: dict | None = None, a_shape=(R, synth.D), b_shape=(synth.D, R), **extra) -> Path:
+    """A base model and a LoRA adapter on its q_proj of layer 0 ({"r": R, "lora_alpha": 8} unless given)."""
+    llama_dir(d)
+    folder = d / "adapter"
+    folder.mkdir()
+    g = torch.Generator().manual_seed(0)
+    key = "base_model.model.model.layers.0.self_attn.q_proj"
+    tensors = {f"{key}.lora_A.weight": torch.randn(*a_shape, generator=g),
+               f"{key}.lora_B.weight": torch.randn(*b_shape, generator=g)}
+    save_file(tensors, str(folder / "adapter_model.safetensors"))
+    text = json.dumps({"peft_type": "LORA", "r": R, "lora_alpha": 8, **(config or {}), **extra}) \
+        if not isinstance(config, str) else config
+    write(folder / "adapter_config.json", text)
+    return folder
+
+
+def analyze_adapter(d: Path, *args, **kw) -> list:
+    return ["analyze", adapter(d, *args, **kw), "--base", d / "m", "-o", d / "out.csv"]
+
+
+def decay_map_with(b: Path, d: Path, change) -> Path:
+    doc = json.loads((b / "wd.json").read_text())
+    change(doc)
+    return write(d / "wd2.json", json.dumps(doc))
+
+
+def two_spellings(doc: dict) -> None:
+    first = doc["modules"][0]
+    doc["modules"].append({**first, "name": first["name"].removeprefix("model."), "weight_decay": 0.5})
+
+
+CASES = [
+    # read outside the named places: a hub revision is a ref name, never a path into the cache
+    Case("hub-revision-dotdot", lambda b, d: ["analyze", "some-org/name@../../../../outside/ref"], 1,
+         ("not a revision", "'../../../../outside/ref'"), env={"HF_HUB_OFFLINE": "1"}),
+    Case("hub-revision-absolute", lambda b, d: ["analyze", "some-org/name@/etc/ref"], 1, ("not a revision",),
+         env={"HF_HUB_OFFLINE": "1"}),
+    # a user's file is never the output
+    Case("report-decay-map-is-the-output", lambda b, d: ["report", copy(b, d, "results.json"), "--decay-map",
+                                                         write(d / "map.htm", "{}"), "-o", d / "map.htm"], 2,
+         ("map.htm", "is an input")),
+    # gates that cannot fire
+    Case("fail-on-traps-without-randomize", lambda b, d: ["analyze", copy(b, d, "model"), "--fail-on", "traps"], 2,
+         ("--fail-on traps needs --randomize",)),
+    Case("fail-on-empty", lambda b, d: ["analyze", copy(b, d, "model"), "--fail-on", ""], 2, ("choose from",)),
+    # maps: numbers out of range, one parameter named twice
+    Case("lora-beta-huge", lambda b, d: ["map", "lora_rank", copy(b, d, "results.json"), "-o", d / "r.json",
+                                         "--beta", "1e6"], 1, ("beta 1e+06", "range of floating point")),
+    Case("lora-budget-above-the-matrices", lambda b, d: ["map", "lora_rank", copy(b, d, "results.json"), "-o",
+                                                         d / "r.json", "--budget", "1000000000"], 1,
+         ("rank", "above the smaller side")),
+    # adapter configs: finite, positive, whole ranks; factors of the rank the config says; patterns that are regexes
+    Case("adapter-r-nan", lambda b, d: analyze_adapter(d, '{"peft_type": "LORA", "r": NaN, "lora_alpha": 8}'), 1,
+         ("adapter_config.json", "r must be a whole number")),
+    Case("adapter-r-1e400", lambda b, d: analyze_adapter(d, '{"peft_type": "LORA", "r": 1e400, "lora_alpha": 8}'), 1,
+         ("r must be",)),
+    Case("adapter-alpha-infinity", lambda b, d: analyze_adapter(d, '{"peft_type": "LORA", "r": 4, "lora_alpha": '
+                                                                 'Infinity}'), 1, ("lora_alpha must be a finite",)),
+    Case("adapter-alpha-pattern-nan", lambda b, d: analyze_adapter(d, '{"peft_type": "LORA", "r": 4, "lora_alpha": 8, '
+                                                                    '"alpha_pattern": {"q_proj": NaN}}'), 1,
+         ("alpha_pattern['q_proj']",)),
+    Case("adapter-r-not-the-factors", lambda b, d: analyze_adapter(d, r=16), 1,
+         ("r of model.layers.0.self_attn.q_proj is 16", "rank 4")),
+    Case("adapter-rank-pattern-not-a-regex", lambda b, d: analyze_adapter(d, rank_pattern={"q_proj(": 4}), 1,
+         ("rank_pattern pattern 'q_proj('", "not a regular expression")),
+    Case("adapter-rank-pattern-zero", lambda b, d: analyze_adapter(d, rank_pattern={"q_proj": 0}), 1,
+         ("rank_pattern['q_proj'] must be a whole number above 0",)),
+    Case("adapter-rank-pattern-list", lambda b, d: analyze_adapter(d, rank_pattern=["q_proj"]), 1,
+         ("rank_pattern must be an object",)),
+    Case("adapter-lora-a-1d", lambda b, d: analyze_adapter(d, a_shape=(R * synth.D,)), 1,
+         (f"lora_A [{R * synth.D}]", "not an (r, in)")),
+    Case("adapter-lora-b-3d", lambda b, d: analyze_adapter(d, b_shape=(2, synth.D, R)), 1, (f"lora_B [2, {synth.D}, 4]",)),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_hostile_input_gives_one_clear_line(case, base, tmp_path, monkeypatch):  # noqa: F811 - base: a fixture
+    check_case(case, base, tmp_path, monkeypatch)
+
+
+def test_a_pattern_that_backtracks_is_matched_in_bounded_time(tmp_path):
+    """`(.|.)*Z` as a rank_pattern key backtracked for minutes under `re` (and ignored SIGTERM); patterns from a
+    file go through `regex`, with a time bound as a backstop."""
+    import time
+
+    from alphaspec.deltas import AdapterCheckpoint
+
+    folder = adapter(tmp_path, rank_pattern={"(.|.)*Z": 4, "(x+x+)+y": 4})
+    start = time.perf_counter()
+    ckpt = AdapterCheckpoint(folder)
+    assert time.perf_counter() - start < 5
+    assert ckpt.scale("model.layers.0.self_attn.q_proj.weight") == 8 / R
+
+
+def test_lora_ranks_refuse_a_power_that_leaves_floating_point():
+    """AlphaLoRA's a^beta for beta 1e6 was inf / inf = NaN, cast to ranks of -9223372036854775808."""
+    with pytest.raises(Exception, match="range of floating point"):
+        lora_ranks(np.array([2.0, 3.0]), 10, 1e6)
+    assert lora_ranks(np.array([2.0, 3.0]), 10, 2.0).tolist() == [3, 7]  # 4/13 and 9/13 of 10, rounded
+
+
+def test_expert_parameter_counts_must_be_whole_and_positive():
+    """Per-expert `params` of -1 and 2 gave a fused expert tensor a decay of -0.3 (all 0: a ZeroDivisionError)."""
+    from alphaspec.maps.groups import match_names
+
+    params = {"model.layers.0.mlp.experts.gate_up_proj": torch.zeros(2, 8, 4),
+              "model.layers.0.mlp.experts.down_proj": torch.zeros(2, 4, 4)}
+    decays = {f"model.layers.0.mlp.experts.{e}.{p}.weight": 0.1 for e in range(2) for p in ("gate_proj", "up_proj",
+                                                                                            "down_proj")}
+    sizes = dict.fromkeys(decays, 16)
+    assert match_names(decays, params, sizes=sizes)["model.layers.0.mlp.experts.down_proj"] == pytest.approx(0.1)
+    for bad in (-1, 0, 2.5):
+        with pytest.raises(Exception, match="whole number above 0"):
+            match_names(decays, params, sizes={**sizes, "model.layers.0.mlp.experts.1.down_proj.weight": bad})
+
+
+def test_a_decay_map_naming_one_parameter_twice_is_refused_in_param_groups(base):  # noqa: F811 - base: a fixture
+    doc = json.loads((base / "wd.json").read_text())
+    two_spellings(doc)
+    dmap = DecayMap.from_json(doc)
+    with pytest.raises(Exception, match="twice"):
+        dmap.param_groups(synth_model(), lr=1e-3)
+
+
+def synth_model() -> torch.nn.Module:
+    """A module holding the synthetic Llama's tensors under their names (for param_groups)."""
+    root = torch.nn.Module()
+    for name, t in synth.llama().items():
+        *path, leaf = name.split(".")
+        mod = root
+        for part in path:
+            if not hasattr(mod, part):
+                mod.add_module(part, torch.nn.Module())
+            mod = getattr(mod, part)
+        mod.register_parameter(leaf, torch.nn.Parameter(t.float()))
+    return root
