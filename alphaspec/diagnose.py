@@ -6,7 +6,8 @@ Each row's `warning` lists, comma-separated (empty when none):
                  power-law alpha, applied to that fit (`alpha_gof`), so it means what it means there
   under-trained  alpha_gof above `under_trained` (6.0): WeightWatcher's other threshold, on the same fit
   random-like    no eigenvalue above the noise threshold of the matrix's own Marchenko–Pastur bulk
-                 (num_spikes = 0): the spectrum is what a random matrix of that shape and scale gives
+                 (num_spikes = 0, with a fitted tail): the spectrum is what a random matrix of that shape and
+                 scale gives
   traps          the permuted matrix's largest eigenvalue stands, in the median permutation, at least
                  TRAP_Z Tracy–Widom units above its noise threshold (`trap_z`, `analyze --randomize`):
                  a few very large entries make a spike that is not correlation between rows
@@ -90,7 +91,8 @@ def verdicts(table: pd.DataFrame, thresholds: Thresholds | None = None) -> pd.Se
     else:  # a table from before trap_z: its one permutation's count
         traps = _column(table, "traps", 0).fillna(0).astype(float) > 0
     flags = {"over-trained": weights & (alpha < t.over_trained), "under-trained": weights & (alpha > t.under_trained),
-             "random-like": ~unchanged & (sigma > 0) & (_column(table, "num_spikes", 1).fillna(1) == 0),
+             "random-like": ~unchanged & (sigma > 0) & (_column(table, "num_spikes", 1).fillna(1) == 0)
+             & table["alpha"].notna(),  # a constant spectrum (an orthogonal matrix) has no bulk to be noise
              "traps": traps, "rank-collapse": weights & (zero_share > t.rank_loss),
              "no-tail": weights & table["alpha"].isna()}
     joined = pd.Series("", index=table.index, dtype=object)

@@ -69,11 +69,16 @@ def run_checkpoints(run: Path) -> list[tuple[str, Checkpoint]]:
     config = _read_config(run)
     out = []
     for path in found:
-        try:
-            state = _torch.load(path, map_location="cpu", weights_only=True)
+        if not path.is_file():  # a named pipe or a device would block or stream for ever
+            raise SourceError(f"{path}: not a regular file, so not a training checkpoint")
+        try:  # memory-mapped: a tensor's pages are read when it is compared, so memory holds one tensor at a time
+            state = _torch.load(path, map_location="cpu", weights_only=True, mmap=True)
             model = state["model"]
         except Exception as err:  # noqa: BLE001 - a damaged checkpoint is the input's problem
             raise SourceError(f"{path}: not a readable training checkpoint ({type(err).__name__})") from err
+        if not isinstance(model, dict) or not all(isinstance(k, str) and isinstance(v, _torch.Tensor)
+                                                  for k, v in model.items()):
+            raise SourceError(f"{path}: its model is not a state dict of named tensors")
         tensors = hf_tensors(model, bool(config.get("tie_word_embeddings")))
         out.append((f"{run.name}@{path.stem.removeprefix('step_').lstrip('0') or '0'}",
                     MemoryCheckpoint(str(path), tensors, config)))
@@ -160,6 +165,10 @@ def diff_checkpoints(sources: Iterable, estimator: str = "median", device: str |
     by_tensor, reads = reading_order(ckpts[0], todo.matrices)
     for other in ckpts[1:]:
         _check_matched(ckpts[0], other, by_tensor)
+        extra = sorted({m.tensor for m in plan_checkpoint(other, include, exclude, split_fused).matrices} - set(by_tensor))
+        if extra:  # compared by the first checkpoint's matrices: one the first lacks would be dropped silently
+            raise SourceError(f"{other.source}: has {extra[0]}, which {ckpts[0].source} lacks ({len(extra)} such "
+                              "matrices; leave them out with --exclude)")
     hows = [solve_options(c, estimator, False) for c in ckpts]
     files = [{t.name: t.file for t in c.tensors} for c in ckpts]
     lock, done, total = threading.Lock(), [0], len(todo.matrices)

@@ -7,11 +7,12 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from .diff import short
-from .plots import DPI, module_colour
+from .plots import DPI, literal_text, module_colour
 
 MAX_PAIRS = 6  # rows of panels; more pairs: the last ones (their table has them all)
 
 
+@literal_text
 def diff_figure(table: pd.DataFrame) -> Figure:
     """Per pair (a row of panels): Δalpha per layer and module type, ‖W_B − W_A‖/‖W_A‖ per layer (log scale)
     and the top-k subspace overlap, each the mean over a module type's matrices in the layer."""

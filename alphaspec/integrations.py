@@ -17,7 +17,7 @@ except ImportError as err:  # pragma: no cover - depends on the environment
     raise ImportError("alphaspec.integrations needs transformers: pip install transformers") from err
 
 from .maps.build import MapSpec
-from .maps.hook import AlphaDecay
+from .maps.hook import AlphaDecay, hook_settings_problem
 from .maps.lr_hook import AlphaLR
 from .maps.spec import DecaySpec, decay_spec
 
@@ -78,6 +78,9 @@ class HookCallback(TrainerCallback, ExportableState):
             raise TypeError(f"{type(self).__name__} got unexpected argument(s) {', '.join(unknown)}: it takes "
                             f"{self.hook_class.__name__}'s (see help({self.hook_class.__name__}))")
         self.spec_of({k: v for k, v in kwargs.items() if k in fields})
+        settings = {k: kwargs[k] for k in ("gap", "warmup", "keep_history", "ease") if k in kwargs and k in named}
+        if problem := hook_settings_problem(**settings):
+            raise ValueError(f"{type(self).__name__}: {problem}")
 
     def spec_of(self, fields: dict):
         """The spec these fields make, checked (a DecayMapError, an AlphaspecError, when they cannot be used)."""

@@ -6,9 +6,10 @@ from __future__ import annotations
 import pandas as pd
 from matplotlib.figure import Figure
 
-from .plots import DPI, module_colour
+from .plots import DPI, literal_text, module_colour
 
 
+@literal_text
 def decay_figure(dmap) -> Figure:
     """Weight decay per tuned tensor against its metric, coloured by module type, with w and the means."""
     mods = pd.DataFrame(dmap.modules)
@@ -38,6 +39,7 @@ MAP_AXES = {"lr": ("learning-rate multiplier (x base LR)", 1.0), "sparsity": ("s
             "lora_rank": ("LoRA rank", None)}
 
 
+@literal_text
 def map_figure(vmap) -> Figure:
     """A learning-rate, sparsity or LoRA-rank map: each matrix's value against its metric (a rank map: its
     block's mean metric), coloured by module type, with the neutral value, the target or the mean rank."""

@@ -155,6 +155,16 @@ RESULT_COLUMNS = {"name": "text", "layer": "number", "module": "text", "rows": "
 # Text columns of an analysis table: a CSV column with no value in any row reads back as floats (NaN), on
 # which string operations fail; they are read back as text.
 TEXT_COLUMNS = ("module", "estimator", "status", "expert", "tensor", "dtype", "stack", "warning", "quant")
+# Every numeric column analyze writes: each a finite number or empty in a table read back (inf and text refused);
+# the counts and sizes whole numbers in [0, 2^31), rows and cols in every row and at least 1.
+NUMBER_COLUMNS = ("layer", "rows", "cols", "n_eigs", "n_zero", "alpha", "xmin", "ks_d", "n_tail", "lambda_max",
+                  "spectral_norm", "frobenius_norm", "stable_rank", "log_spectral_norm", "log_norm", "alpha_weighted",
+                  "entropy", "expert", "alpha_random", "alpha_gof", "sigma_mp", "bulk_max", "num_spikes", "mp_softrank",
+                  "alpha_farms", "rand_lambda_max", "rand_distance", "traps", "trap_z", "trap_share", "permutations",
+                  "trap_entries", "trap_max_entry")
+WHOLE_COLUMNS = ("layer", "rows", "cols", "n_eigs", "n_zero", "n_tail", "expert", "num_spikes", "traps", "permutations",
+                 "trap_entries")
+MAX_WHOLE = 1 << 31
 
 
 class ResultsError(AlphaspecError):
@@ -213,27 +223,42 @@ def _json_attrs(doc: dict) -> dict:
 
 
 def _checked(table: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """A results table as analyze writes it, or a ResultsError naming the column (and row) that is not."""
     missing = [c for c in RESULT_COLUMNS if c not in table.columns]
     if missing:
         raise ResultsError(f"{path}: not a results file written by alphaspec analyze (no column {', '.join(missing)})")
     if table.empty:
         raise ResultsError(f"{path}: the results table has no rows")
-    for col, kind in RESULT_COLUMNS.items():
-        if kind == "number":
-            values = pd.to_numeric(table[col], errors="coerce")
-            if (values.isna() & table[col].notna()).any():
-                raise ResultsError(f"{path}: column {col} holds values that are not numbers")
-            if col in ("layer", "rows", "cols") and (values.dropna() % 1 != 0).any():
-                raise ResultsError(f"{path}: column {col} holds values that are not whole numbers")
-            table[col] = values
     if table["name"].isna().any() or table["name"].duplicated().any():
         raise ResultsError(f"{path}: the name column must name every row once")
     table["name"] = table["name"].astype(str)
+    for col in [c for c in NUMBER_COLUMNS if c in table.columns]:
+        table[col] = _numbers(table, col, path)
     table["layer"] = table["layer"].astype("Int64")
     for col in TEXT_COLUMNS:
         if col in table and table[col].isna().all():
             table[col] = table[col].astype(object)
     return table
+
+
+def _numbers(table: pd.DataFrame, col: str, path: Path) -> pd.Series:
+    """One numeric column checked: numbers or empty, never infinite; whole and in range where it counts."""
+    parsed = pd.to_numeric(table[col], errors="coerce")
+    values = parsed.astype(float)
+
+    def refuse(bad: pd.Series, what: str):
+        row = table["name"][bad].iloc[0]
+        raise ResultsError(f"{path}: column {col} {what} (row {row})")
+
+    if (bad := values.isna() & table[col].notna()).any():
+        refuse(bad, "holds values that are not numbers")
+    if (bad := np.isinf(values)).any():
+        refuse(bad, "holds an infinite value")
+    if col in WHOLE_COLUMNS and ((bad := (values % 1 != 0) | (values < 0) | (values >= MAX_WHOLE)) & values.notna()).any():
+        refuse(bad & values.notna(), f"holds values that are not whole numbers in [0, {MAX_WHOLE})")
+    if col in ("rows", "cols") and (bad := values.isna() | (values < 1)).any():
+        refuse(bad, "must give every matrix's size (at least 1)")
+    return parsed
 
 
 def read_csv_checked(path: Path, columns: list[str], *, text: tuple[str, ...] = ("name", "module"),

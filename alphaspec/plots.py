@@ -5,10 +5,13 @@ Uses the object-oriented API (no pyplot state), so it works headless and in note
 
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
+import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib import colormaps
@@ -34,6 +37,17 @@ DPI = 150
 
 # Beyond the palette's nine: the tensors outside the blocks, each its own colour (Paul Tol's wine and teal).
 OUTSIDE_COLOURS = {"embed": "#999999", "lm_head": "#882255", "other": "#44AA99"}
+
+
+def literal_text(build: Callable[..., Figure]) -> Callable[..., Figure]:
+    """Draw a figure with its text taken literally: names, run paths and labels come from users' files, and
+    matplotlib would parse `$...$` in them as mathtext (a path holding `$\\frac{a}$` was a traceback)."""
+    @functools.wraps(build)
+    def drawn(*args, **kwargs) -> Figure:
+        with matplotlib.rc_context({"text.parse_math": False}):
+            return build(*args, **kwargs)
+
+    return drawn
 
 
 def module_colour(module: str) -> str:
@@ -85,6 +99,7 @@ def log_kde(u: np.ndarray, grid: np.ndarray, bandwidth: float) -> np.ndarray:
 OUTLIER_IQR = 3.0  # the x axis leaves out eigenvalues this many IQRs (of log λ) below the lower quartile
 
 
+@literal_text
 def spectra_figure(table: pd.DataFrame, spectra: dict[str, np.ndarray], layer: int | None = None,
                    title: str | None = None) -> Figure:
     """Figure 2: per module type, each layer's ESD (eigenvalues of WᵀW over the matrix's λ_max), coloured by
@@ -167,6 +182,7 @@ def _layer_colorbar(fig: Figure, cmap, axes, layers: pd.Series) -> None:
     bar.update_ticks()
 
 
+@literal_text
 def alpha_modules_figure(table: pd.DataFrame) -> Figure:
     """Figure 3: alpha per module type (box and points), beside a Gaussian random matrix of the same shape."""
     table = _panels(table)
@@ -218,6 +234,7 @@ def _farms_points(ax, table: pd.DataFrame, mods: list[str]) -> list[np.ndarray]:
     return out
 
 
+@literal_text
 def alpha_depth_figure(table: pd.DataFrame, excess: bool = False) -> Figure:
     """alpha per layer and module type: a heatmap and a line plot over depth (experts averaged). excess: alpha
     minus alpha_random, the alpha of a Gaussian matrix of the same shape (0 = no more structure than noise),
@@ -258,6 +275,7 @@ def alpha_depth_figure(table: pd.DataFrame, excess: bool = False) -> Figure:
     return fig
 
 
+@literal_text
 def esd_figure(name: str, eigenvalues: np.ndarray, estimator: str = "median", bulk: tuple | None = None,
                randomized: np.ndarray | None = None) -> Figure:
     """One matrix: log-log ESD with the fitted power law and xmin; D and alpha against every xmin candidate.

@@ -13,10 +13,11 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from .modules import BLOCK_MODULES, module_type
-from .plots import DEPTH_CMAP, OKABE_ITO, module_colour
+from .plots import DEPTH_CMAP, OKABE_ITO, literal_text, module_colour
 from .random_baseline import random_alpha
 
 
+@literal_text
 def compare_figure(comparison) -> Figure:
     """Training runs side by side: train and eval loss against tokens, eval loss minus the baseline's
     (paired by seed where possible; mean over seeds, band = min..max), and the decay the tuned matrices got
@@ -84,6 +85,7 @@ def _mean_and_band(ax, curves: list[pd.Series], colour: str, label: str | None, 
         ax.fill_between(runs.index, runs.min(axis=1), runs.max(axis=1), color=colour, alpha=0.15, lw=0)
 
 
+@literal_text
 def alphas_over_training(comparison, alphas: list[pd.DataFrame | None]) -> Figure:
     """Alpha over training per module type, across runs: for each type, the mean over its layers of each
     label's alphas (mean over seeds, band min..max), with the Gaussian matrix's alpha of the type's shape."""
@@ -111,6 +113,7 @@ def alphas_over_training(comparison, alphas: list[pd.DataFrame | None]) -> Figur
     return fig
 
 
+@literal_text
 def alphas_figure(alphas: pd.DataFrame, estimator: str = "median") -> Figure:
     """alpha over training: mean per module type (dotted: a Gaussian matrix of that shape), and per layer.
 
@@ -146,6 +149,7 @@ def alphas_figure(alphas: pd.DataFrame, estimator: str = "median") -> Figure:
 
 
 
+@literal_text
 def multipliers_figure(history: pd.DataFrame, final: dict[str, np.ndarray]) -> Figure:
     """What learnable multipliers learned in one run: the distribution of the final values per module type
     and kind, their mean over training, and how far they moved the matrices (‖W_eff‖ / ‖W‖).
@@ -193,6 +197,7 @@ def multipliers_figure(history: pd.DataFrame, final: dict[str, np.ndarray]) -> F
     return fig
 
 
+@literal_text
 def multipliers_width_figure(runs: list[tuple[str, int, pd.DataFrame]]) -> Figure:
     """The width-scaling question: at the end of runs of different widths, the mean learned multiplier and
     ‖W_eff‖ / ‖W‖ per module type against the model width. runs: (label, hidden size, multipliers.csv)."""

@@ -168,6 +168,11 @@ def test_bad_pairs_are_one_line_and_write_nothing(perturbed, tmp_path):
     one_line(cli(root, tmp_path / "other.safetensors"), 1, "other.safetensors: has no", "different models?")
     one_line(cli(root), 2, "diff needs two or more checkpoints")
     one_line(cli(root, tmp_path / "missing"), 1, "missing")
+    more = dict(load_file(str(root / "model.safetensors")), **{"extra.dense.weight": torch.randn(48, 40)})
+    (tmp_path / "more").mkdir()
+    save_file(more, str(tmp_path / "more" / "model.safetensors"))
+    (tmp_path / "more" / "config.json").write_text((root / "config.json").read_text())
+    one_line(cli(root, tmp_path / "more"), 1, "has extra.dense.weight, which", "lacks")  # was silently dropped
     assert not (tmp_path / "d.csv").exists()
 
 

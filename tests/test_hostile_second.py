@@ -480,13 +480,39 @@ def test_sigterm_ends_a_command_with_one_line_saying_what_it_left(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "alphaspec", "tokenize", str(text), "-o", str(tmp_path / "c"),
                              "--vocab-size", "5000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=env)
-    time.sleep(3)
+    deadline = time.monotonic() + 120  # ready when it holds the cache's lock: a busy machine may take a while
+    while not (tmp_path / "c" / ".lock").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     lines = [line for line in err.splitlines() if line.strip()]
     assert proc.returncode == 143, err
     assert lines[-1].startswith("error: terminated (SIGTERM)") and "Traceback" not in err, err
     assert "continues from the last one" in lines[-1]
+
+
+STARTING = """
+import builtins, os, signal, sys
+sys.argv = ["alphaspec", "analyze", "example:minilm"]
+real = builtins.__import__
+def spy(name, *args, **kwargs):  # SIGTERM arrives while the command line is still loading
+    if name == "cli":
+        os.kill(os.getpid(), signal.SIGTERM)
+    return real(name, *args, **kwargs)
+builtins.__import__ = spy
+from alphaspec._entry import main
+main()
+"""
+
+
+def test_sigterm_while_starting_is_one_line_too():
+    """A SIGTERM before the command's own handler (while torch and the command line load) ended the process
+    with -15 and no word; the entry point answers it from its first instruction."""
+    env = os.environ | {"PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", STARTING], capture_output=True, text=True, env=env, timeout=120)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 143 and lines == [
+        "error: terminated (SIGTERM) before the command started its work: nothing was written"], proc.stderr
 
 
 def test_a_closed_pipe_ends_quietly_as_sigpipe_would(tmp_path):

@@ -5,6 +5,7 @@ Rows of the same suite as tests/test_hostile.py, checked the same way (`check_ca
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,28 @@ def decay_map_with(b: Path, d: Path, change) -> Path:
     return write(d / "wd2.json", json.dumps(doc))
 
 
+def results_with(b: Path, d: Path, column: str, value, row: int = 0) -> Path:
+    """The base's results table as CSV with one cell changed (its spectra beside it, as analyze leaves them)."""
+    import pandas as pd
+
+    doc = json.loads((b / "results.json").read_text())
+    table = pd.DataFrame(doc["matrices"]).astype(object)
+    table.loc[row, column] = value
+    path = d / "r.csv"
+    table.to_csv(path, index=False)
+    copy(b, d, "results.npz").rename(d / "r.npz")
+    return path
+
+
+def run_with(b: Path, d: Path, change) -> Path:
+    """A copy of the base's training run whose oldest checkpoint `change(path)` replaces."""
+    run = copy(b, d, "run")
+    oldest = sorted((run / "checkpoints").glob("step_*.pt"))[0]
+    oldest.unlink()
+    change(oldest)
+    return run
+
+
 def two_spellings(doc: dict) -> None:
     first = doc["modules"][0]
     doc["modules"].append({**first, "name": first["name"].removeprefix("model."), "weight_decay": 0.5})
@@ -71,6 +94,23 @@ CASES = [
     Case("lora-budget-above-the-matrices", lambda b, d: ["map", "lora_rank", copy(b, d, "results.json"), "-o",
                                                          d / "r.json", "--budget", "1000000000"], 1,
          ("rank", "above the smaller side")),
+    # results tables: one validator, every reader behind it
+    *[Case(f"{cmd}-results-{what}", lambda b, d, cmd=cmd, col=col, v=v: [
+        *(["plot"] if cmd == "plot" else [cmd]), results_with(b, d, col, v), "-o",
+        d / {"plot": "figs", "report": "r.html", "decay-map": "wd-out.json"}[cmd]], 1, ("r.csv", says))
+      for cmd in ("plot", "report", "decay-map")
+      for what, col, v, says in (("inf-alpha", "alpha", "inf", "column alpha holds an infinite value"),
+                                 ("inf-xmin", "xmin", "-inf", "column xmin holds an infinite value"),
+                                 ("empty-rows", "rows", "", "column rows must give every matrix's size"),
+                                 ("huge-layer", "layer", "1e20", "column layer holds values that are not whole"),
+                                 ("zero-size", "cols", "0", "column cols must give every matrix's size"))],
+    # a run's checkpoints: files, holding state dicts of named tensors
+    Case("diff-run-checkpoint-fifo", lambda b, d: ["diff", run_with(b, d, os.mkfifo), "-o", d / "d.csv"], 1,
+         ("not a regular file",)),
+    Case("diff-run-model-a-list", lambda b, d: ["diff", run_with(b, d, lambda p: torch.save({"model": [1, 2]}, p)),
+                                                "-o", d / "d.csv"], 1, ("not a state dict of named tensors",)),
+    Case("diff-run-model-ints", lambda b, d: ["diff", run_with(b, d, lambda p: torch.save({"model": {"a": 1}}, p)),
+                                              "-o", d / "d.csv"], 1, ("not a state dict of named tensors",)),
     # adapter configs: finite, positive, whole ranks; factors of the rank the config says; patterns that are regexes
     Case("adapter-r-nan", lambda b, d: analyze_adapter(d, '{"peft_type": "LORA", "r": NaN, "lora_alpha": 8}'), 1,
          ("adapter_config.json", "r must be a whole number")),
@@ -156,3 +196,30 @@ def synth_model() -> torch.nn.Module:
             mod = getattr(mod, part)
         mod.register_parameter(leaf, torch.nn.Parameter(t.float()))
     return root
+
+
+def test_figure_text_from_users_is_literal():
+    """A name or run path holding `$\\frac{a}$` was parsed as mathtext when the figure was drawn (a traceback in
+    `report RUN` and `compare --plot`); every figure takes its text literally."""
+    import io
+
+    from alphaspec.plots import esd_figure
+
+    name = r"run$\frac{a}$/model.layers.0.mlp.up_proj.weight"
+    eigs = np.linspace(0.1, 5.0, 60) ** 2
+    fig = esd_figure(name, eigs)
+    fig.savefig(io.BytesIO(), format="png")
+    assert fig._suptitle.get_text() == name
+
+
+@pytest.mark.parametrize("bad", [{"gap": 0}, {"gap": 2.5}, {"ease": -3}, {"warmup": "sometimes"}, {"keep_history": 0}])
+def test_callback_settings_fail_where_the_callback_is_made(bad):
+    """They raised inside trainer.train() (gap=2.5 was accepted); now where the callback is made, as the hooks."""
+    pytest.importorskip("transformers")
+    from alphaspec.integrations import AlphaDecayCallback, AlphaLRCallback
+
+    for callback in (AlphaLRCallback, AlphaDecayCallback):
+        if "ease" in bad and callback is AlphaDecayCallback:
+            continue  # AlphaDecay has no easing: an unknown argument there
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            callback(**bad)

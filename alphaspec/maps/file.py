@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .._version import __version__
+from ..choices import ASSIGN, DECAY_METRICS, ESTIMATORS, PRESERVE
 from ..errors import AlphaspecError, check_input_file, os_reason, parse_json
 from ..output import atomic_write
 from .spec import DecayMapError, DecaySpec
@@ -101,6 +102,8 @@ class DecayMap:
         dmap = _parsed(parse, where, "decay map")
         if dmap.default_policy not in POLICIES:
             raise DecayMapError(f"{where}: unknown default_policy {dmap.default_policy!r}")
+        _choices(where, metric=(dmap.metric, DECAY_METRICS), estimator=(dmap.estimator, ESTIMATORS),
+                 assign=(dmap.assign, ASSIGN), preserve_mean=(dmap.preserve_mean, PRESERVE))
         return dmap
 
     def param_groups(self, model: torch.nn.Module, **optimizer_kwargs) -> list[dict]:
@@ -189,7 +192,15 @@ class ValueMap:
                        source=str(doc.get("source", "")), alphaspec=str(doc.get("alphaspec", "")))
 
         vmap = _parsed(parse, where, "map")
+        _choices(where, metric=(vmap.metric, DECAY_METRICS), estimator=(vmap.estimator, ESTIMATORS))
         return vmap
+
+
+def _choices(where: str, **fields: tuple[str, tuple[str, ...]]) -> None:
+    """Each named field of a map holds one of its choices (a metric that names no column broke every figure)."""
+    for name, (value, choices) in fields.items():
+        if value not in choices:
+            raise DecayMapError(f"{where}: {name} {value[:60]!r} is not one of {', '.join(choices)}")
 
 
 def _modules(doc: dict, values) -> list[dict]:

@@ -15,6 +15,7 @@ and the metric rows are all-gathered, so every rank applies identical decays.
 from __future__ import annotations
 
 import logging
+import numbers
 import re
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -34,6 +35,21 @@ from .groups import merge_param_groups, own_groups, split_param_groups
 from .spec import DecaySpec, decay_spec
 
 log = logging.getLogger("alphaspec")
+
+
+def _whole(value, least: int) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= least
+
+
+def hook_settings_problem(gap=500, warmup="init", keep_history=100, ease=None) -> str | None:
+    """What is wrong with a hook's schedule settings (None when nothing): the one check the hooks and their
+    Trainer callbacks share, so a callback refuses them where it is made."""
+    checks = [not _whole(gap, 1) and f"gap must be a whole number of steps >= 1, got {gap!r}",
+              keep_history is not None and not _whole(keep_history, 1)
+              and f"keep_history must be a whole number of refreshes >= 1 (or None: all), got {keep_history!r}",
+              warmup not in ALPHADECAY_WARMUPS and f"warmup must be 'init' or 'uniform', got {warmup!r}",
+              ease is not None and not _whole(ease, 0) and f"ease must be a whole number of steps >= 0, got {ease!r}"]
+    return next((c for c in checks if c), None)
 
 
 class AlphaDecay:
@@ -60,12 +76,8 @@ class AlphaDecay:
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, weight_decay: float | None = None,
                  spec: DecaySpec | None = None, *, gap: int = 500, warmup: str = "init", overlap: bool | str = "auto",
                  scheduler=None, config: dict | None = None, keep_history: int | None = 100, **options):
-        if gap < 1:
-            raise ValueError(f"gap must be >= 1, got {gap}")
-        if keep_history is not None and keep_history < 1:
-            raise ValueError(f"keep_history must be >= 1 refreshes (or None: all), got {keep_history}")
-        if warmup not in ALPHADECAY_WARMUPS:
-            raise ValueError(f"warmup must be 'init' or 'uniform', got {warmup!r}")
+        if problem := hook_settings_problem(gap=gap, warmup=warmup, keep_history=keep_history):
+            raise ValueError(problem)
         self.spec = spec = decay_spec(spec, options)
         model = getattr(model, "module", model)  # DistributedDataParallel
         self.config = model_config(model) if config is None else dict(config)

@@ -17,7 +17,7 @@ import torch
 from ..analysis import analyze_tensors
 from ..decay import is_tuned_candidate
 from .build import MapSpec, build_map
-from .hook import AlphaDecay, log
+from .hook import AlphaDecay, hook_settings_problem, log
 from .spec import DecaySpec
 
 LLR_EASE = 20  # the layer-wise LR release's linear_steps: each new LR is reached over this many steps
@@ -40,10 +40,10 @@ class AlphaLR(AlphaDecay):
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, spec: MapSpec | None = None, *,
                  gap: int = 500, warmup: str = "init", overlap: bool | str = "auto", scheduler=None,
                  config: dict | None = None, ease: int | None = None, keep_history: int | None = 100, **options):
+        if problem := hook_settings_problem(gap=gap, warmup=warmup, keep_history=keep_history, ease=ease):
+            raise ValueError(problem)
         self.lr_spec = (spec or MapSpec(**options)).settled("lr")
-        self.ease = (LLR_EASE if self.lr_spec.method == "llr" else 0) if ease is None else int(ease)
-        if self.ease < 0:
-            raise ValueError(f"ease must be >= 0 steps, got {ease}")
+        self.ease = (LLR_EASE if self.lr_spec.method == "llr" else 0) if ease is None else ease
         self.targets: dict[str, float] = {}  # the latest refresh's multipliers (reached after `ease` steps)
         self._eased_from: dict[str, float] = {}
         self._ease_start = 0

@@ -25,7 +25,7 @@ def esd_data(name: str, eigs: np.ndarray, row: pd.Series) -> dict | None:
     """A matrix's spectrum as the page draws it: density per unit λ on log bins, and its fit."""
     lam = np.sort(np.asarray(eigs, dtype=np.float64))
     lam = lam[lam > 1e-12 * lam[-1]] if lam.size and lam[-1] > 0 else lam[:0]
-    if lam.size < 2:
+    if lam.size < 2 or lam[-1] <= lam[0] * (1 + 1e-12):  # a constant spectrum (an orthogonal matrix) has no density
         return None
     edges = np.logspace(np.log10(lam[0]), np.log10(lam[-1]), ESD_BINS + 1)
     counts, _ = np.histogram(lam, bins=edges)

@@ -42,8 +42,22 @@ def number(value: object, digits: int = 3) -> str:
 def json_for_script(data: object) -> str:
     """JSON for a <script type="application/json"> element: NaN as null, and `<`, `>`, `&` escaped as
     \\u003c..., so no string in the data can end the element."""
-    text = json.dumps(data, allow_nan=False, default=_plain, separators=(",", ":"))
+    text = json.dumps(finite(data), allow_nan=False, default=_plain, separators=(",", ":"))
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def finite(data: object) -> object:
+    """The data with every non-finite number (NaN, ±inf: a constant spectrum's log-histogram, say) as None:
+    JSON has no such numbers, and the page draws None as a gap."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: finite(v) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [finite(v) for v in data]
+    if hasattr(data, "tolist"):  # numpy arrays and scalars
+        return finite(data.tolist())
+    return data
 
 
 def _plain(value):
