@@ -79,13 +79,23 @@ def _batches(items: Iterable[tuple[MatrixSpec, torch.Tensor]], max_bytes: int) -
     batch: list = []
     for spec, mat in items:
         first = batch[0][1] if batch else None
-        if batch and (mat.shape != first.shape or mat.dtype != first.dtype
+        if batch and (mat.shape != first.shape or mat.dtype != first.dtype or _size(spec) != _size(batch[0][0])
                       or (len(batch) + 1) * mat.numel() * 8 > max_bytes):
             yield batch
             batch = []
         batch.append((spec, mat))
     if batch:
         yield batch
+
+
+def _size(spec: MatrixSpec) -> tuple[int, int]:
+    return spec.rows, spec.cols
+
+
+def is_core(spec: MatrixSpec, mat: torch.Tensor) -> bool:
+    """Whether `mat` stands for a larger low-rank matrix (an adapter's s·B·A, deltas.low_rank_core): a small
+    matrix with the same non-zero singular values, whose spectrum is padded with zeros to spec's size."""
+    return tuple(mat.shape[-2:]) != _size(spec)
 
 
 def matrix_row(spec: MatrixSpec, eigs: torch.Tensor | None, estimator: str, dtype: str, exponent: int = 0,
@@ -156,10 +166,14 @@ def solve_batch(batch: list[tuple[MatrixSpec, torch.Tensor]], dev: torch.device,
     failure = None
     finite = w if all(ok) else w[torch.tensor(ok, device=w.device)]
     eigs, exponents, randomized = [], torch.zeros(0, dtype=torch.int64), []
+    core = is_core(batch[0][0], w)  # a batch holds matrices of one size: all cores or none
     try:
         if len(finite):
             eigs, exponents = scaled_eigenvalues(finite, dev, how.precision)
-            if how.randomize:
+            if core:  # the rest of the spectrum of a rank-r matrix: zeros
+                m = min(_size(batch[0][0]))
+                eigs = torch.cat([eigs.new_zeros(len(eigs), m - eigs.shape[-1]), eigs], dim=-1)
+            if how.randomize and not core:
                 names = [spec.name for (spec, _), good in zip(batch, ok, strict=True) if good]
                 randomized = randomized_rows(finite, eigs, names, how.seed, dev, how.precision, how.randomize)
     except RuntimeError as err:  # torch.OutOfMemoryError, LinAlgError and CUDA/cuSOLVER errors are RuntimeErrors
@@ -171,6 +185,8 @@ def solve_batch(batch: list[tuple[MatrixSpec, torch.Tensor]], dev: torch.device,
     out = []
     for i, (spec, _) in enumerate(batch):
         e, exponent, rand = next(solved) if ok[i] else (None, 0, NAN_RANDOMIZED)
+        if core and how.randomize:
+            rand = NAN_RANDOMIZED  # the entries of a low-rank product are never formed, so not permuted
         row = matrix_row(spec, e, how.estimator, how.dtypes.get(spec.tensor, ""), exponent, how.precision,
                          how.content)
         if how.randomize:
@@ -180,7 +196,7 @@ def solve_batch(batch: list[tuple[MatrixSpec, torch.Tensor]], dev: torch.device,
         if how.quants:
             row["quant"] = how.quants.get(spec.tensor, "")
         if how.farms:  # the same matrix, cut into square windows (farms.py)
-            row["alpha_farms"] = farms_alpha(w[i], how.estimator).alpha if e is not None else math.nan
+            row["alpha_farms"] = farms_alpha(w[i], how.estimator).alpha if e is not None and not core else math.nan
         out.append((row, e))
     return out
 

@@ -27,6 +27,7 @@ ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."
 PATTERN_SECONDS = 1.0  # the time a rank_pattern or alpha_pattern key may take to match one module name
+DENSE_ENTRIES = 1 << 24  # an adapter update larger than this is solved from its r×r core (low_rank_core)
 MAX_LORA_SETTING = 1 << 20  # r and lora_alpha above this are not an adapter's (and overflow the arithmetic)
 LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<part>[AB])\.weight$")
 
@@ -84,9 +85,13 @@ class AdapterCheckpoint(Checkpoint):
         weights = folder / ADAPTER_WEIGHTS
         self.pairs, shapes, dtypes, ranks = _lora_pairs(weights)
         self.scales = {name: self._scale(name, ranks[name], folder / ADAPTER_CONFIG) for name in self.pairs}
+        self.cores = {n for n, (rows, cols) in shapes.items() if rows * cols > DENSE_ENTRIES}
         tensors = [TensorInfo(name, shapes[name], dtypes[name], weights) for name in self.pairs]
         super().__init__(str(source), [weights], tensors, dict(config or {}),
-                         [f"each matrix is a LoRA update (lora_alpha / r)·B·A from {folder}"],
+                         [f"each matrix is a LoRA update (lora_alpha / r)·B·A from {folder}"]
+                         + ([f"{len(large)} update(s) over {DENSE_ENTRIES:,} entries solved from their r×r core "
+                             "(exact spectrum, never the dense product; no --randomize or --farms columns)"]
+                            if (large := [s for s in shapes.values() if s[0] * s[1] > DENSE_ENTRIES]) else []),
                          str(folder / ADAPTER_CONFIG), content="adapter")
 
     def scale(self, name: str) -> float:
@@ -101,14 +106,18 @@ class AdapterCheckpoint(Checkpoint):
             raise SourceError(f"{where}: r of {module} is {r}, but its lora_A/lora_B factors have rank {stored}")
         return alpha / (math.sqrt(r) if self.lora.get("use_rslora") else r)
 
-    def read(self, file: Path, names: list[str], device: torch.device | None = None
+    def read(self, file: Path, names: list[str], device: torch.device | None = None, dense: bool = False
              ) -> Iterator[tuple[str, torch.Tensor]]:
+        """Each update: the dense s·B·A, or for one over DENSE_ENTRIES (unless `dense`) its r×r core."""
         try:
             with safe_open(str(file), framework="pt", device="cpu") as f:
                 for name in names:
                     a_key, b_key = self.pairs[name]
                     a, b = f.get_tensor(a_key).double(), f.get_tensor(b_key).double()
-                    yield name, self.scale(name) * (b @ a)  # float64: the exact product of the stored factors
+                    if name in self.cores and not dense:
+                        yield name, low_rank_core(a, b, self.scale(name))
+                    else:
+                        yield name, self.scale(name) * (b @ a)  # float64: the exact product of the stored factors
         except SourceError:
             raise
         except Exception as err:  # noqa: BLE001 - any read failure is a property of the adapter file
@@ -130,7 +139,7 @@ class MergedCheckpoint(Checkpoint):
         targets = {t.name: t.file for t in self.adapter.tensors}
         for name, w in self.base.read(file, names, device):
             if name in targets:
-                _, delta = next(self.adapter.read(targets[name], [name]))
+                _, delta = next(self.adapter.read(targets[name], [name], dense=True))  # as large as W itself
                 w = _wide(w) + delta.to(w.device)
             yield name, w
 
@@ -151,6 +160,12 @@ class RoundedCheckpoint(Checkpoint):
              ) -> Iterator[tuple[str, torch.Tensor]]:
         for name, w in self.ckpt.read(file, names, device):
             yield name, w.to(self.dtype) if w.is_floating_point() else w
+
+
+def low_rank_core(a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
+    """An r×r matrix with the singular values of scale·B·A (B: out×r, A: r×in): with B = Q_B R_B and Aᵀ = Q_A R_A,
+    scale·B·A = Q_B (scale·R_B R_Aᵀ) Q_Aᵀ, and the orthonormal factors leave the singular values alone."""
+    return scale * (torch.linalg.qr(b, mode="r").R @ torch.linalg.qr(a.mT, mode="r").R.mT)
 
 
 def check_targets(base: Checkpoint, adapter: AdapterCheckpoint) -> None:
@@ -216,7 +231,7 @@ def _check_setting(path: Path, key: str, value, whole: bool = False) -> None:
     if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value) or value <= 0 \
             or value > MAX_LORA_SETTING:
         what = "a whole number" if whole else "a finite number"
-        raise SourceError(f"{path}: {key} must be {what} above 0 (at most {MAX_LORA_SETTING:g}), got {value!r}")
+        raise SourceError(f"{path}: {key} must be {what} above 0 (at most {MAX_LORA_SETTING}), got {value!r}")
 
 
 def _lora_pairs(weights: Path) -> tuple[dict[str, tuple[str, str]], dict, dict, dict]:

@@ -4,9 +4,11 @@ bad cases as one error line, nothing written."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -146,7 +148,7 @@ def test_bad_pairs_are_one_line_and_write_nothing(made, tmp_path):
     (broken / "adapter_model.safetensors").write_bytes(data[: len(data) // 2])
     one_error(cli(broken, "-o", tmp_path / "r.csv"), "adapter_model.safetensors")
     (broken / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 0, "lora_alpha": 8}')
-    one_error(cli(broken), "adapter_config.json", "r must be a positive number")
+    one_error(cli(broken), "adapter_config.json", "r must be a whole number above 0")
     assert not (tmp_path / "r.csv").exists()
 
 
@@ -156,3 +158,46 @@ def test_adapter_errors_in_python_are_source_errors(made, tmp_path):
     (tmp_path / "a" / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 4, "lora_alpha": 8, "use_dora": true}')
     with pytest.raises(SourceError, match="a DoRA adapter"):
         alphaspec.analyze(tmp_path / "a")
+
+
+def lora_dir(folder: Path, a: torch.Tensor, b: torch.Tensor, r: int, alpha: float) -> Path:
+    folder.mkdir()
+    save_file({"base_model.model.model.layers.0.mlp.up_proj.lora_A.weight": a.contiguous(),
+               "base_model.model.model.layers.0.mlp.up_proj.lora_B.weight": b.contiguous()},
+              str(folder / "adapter_model.safetensors"))
+    (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": r, "lora_alpha": alpha}))
+    return folder
+
+
+def test_a_large_update_is_solved_from_its_core_with_the_dense_spectrum(tmp_path, monkeypatch):
+    """Above DENSE_ENTRIES an update is never formed: its r×r core has the same non-zero singular values (numpy's
+    SVD of the dense s·B·A, to 1e-10), the rest of the spectrum is zeros, and the row is the dense one's."""
+    import alphaspec.deltas as deltas
+
+    g = torch.Generator().manual_seed(5)
+    a, b = torch.randn(12, 200, generator=g), torch.randn(300, 12, generator=g)
+    folder = lora_dir(tmp_path / "ad", a, b, 12, 24)
+    dense = alphaspec.analyze(folder).iloc[0]
+    monkeypatch.setattr(deltas, "DENSE_ENTRIES", 100)
+    core = alphaspec.analyze(folder)
+    row = core.iloc[0]
+    s = singular_values(2.0 * b.double() @ a.double())
+    assert row["spectral_norm"] == pytest.approx(s.max(), rel=1e-10)
+    assert row["frobenius_norm"] == pytest.approx(np.sqrt((s**2).sum()), rel=1e-10)
+    assert (row["rows"], row["cols"], row["n_eigs"], row["n_zero"]) == (300, 200, 200, 188)
+    numeric = ["alpha", "alpha_gof", "stable_rank", "entropy", "log_norm", "alpha_weighted"]
+    np.testing.assert_allclose(row[numeric].to_numpy(float), dense[numeric].to_numpy(float), rtol=1e-9)
+    assert any("r×r core" in n for n in core.attrs["notes"])
+
+
+def test_a_5_mb_adapter_on_a_40000_wide_matrix_stays_small(tmp_path):
+    """lora_A 16×40000 and lora_B 40000×16 built a 40000² float64 update (> 12 GB); now the core: peak memory
+    of the process stays under 1.5 GB (torch itself is most of it)."""
+    g = torch.Generator().manual_seed(0)
+    folder = lora_dir(tmp_path / "ad", torch.randn(16, 40000, generator=g), torch.randn(40000, 16, generator=g), 16, 32)
+    code = ("import alphaspec, sys; t = alphaspec.analyze(sys.argv[1]); "
+            "print(next(x for x in open('/proc/self/status') if x.startswith('VmHWM:')).split()[1], t['n_zero'].iloc[0])")
+    out = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    peak_kb, zeros = map(int, out.stdout.split())
+    assert zeros == 40000 - 16 and peak_kb < 1.5 * 2**20

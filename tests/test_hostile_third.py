@@ -14,6 +14,7 @@ import synth
 import torch
 from safetensors.torch import save_file
 from test_hostile import Case, base, check_case, copy, llama_dir, write  # noqa: F401 - base: a fixture
+from test_hostile_second import TRAIN, cache_copy
 
 from alphaspec.maps.file import DecayMap
 from alphaspec.maps.methods import lora_ranks
@@ -104,6 +105,18 @@ CASES = [
                                  ("empty-rows", "rows", "", "column rows must give every matrix's size"),
                                  ("huge-layer", "layer", "1e20", "column layer holds values that are not whole"),
                                  ("zero-size", "cols", "0", "column cols must give every matrix's size"))],
+    # training state that is no longer a number stops the run, whatever the loss of the step before said
+    Case("train-decay-1e30", lambda b, d: ["train", "--out", d / "r", "--data", cache_copy(b, d), "--weight-decay",
+                                           "1e30", "--log-every", "1", *TRAIN], 1,
+         ("the run stopped", "weight decay")),
+    # contradicting options are usage errors (exit 2), as the parser's own
+    Case("train-lr-ratio-zero", lambda b, d: ["train", "--out", d / "r", "--data", cache_copy(b, d), "--strategy",
+                                              "tempbalance", "--lr-ratio", "0", "1", *TRAIN], 2,
+         ("--lr-ratio", "freezes a matrix")),
+    Case("train-tempbalance-with-decay-map", lambda b, d: ["train", "--out", d / "r", "--data", cache_copy(b, d),
+                                                           "--strategy", "tempbalance", "--decay-map",
+                                                           copy(b, d, "wd.json"), *TRAIN], 2,
+         ("--decay-map is AlphaDecay's static map",)),
     # a run's checkpoints: files, holding state dicts of named tensors
     Case("diff-run-checkpoint-fifo", lambda b, d: ["diff", run_with(b, d, os.mkfifo), "-o", d / "d.csv"], 1,
          ("not a regular file",)),

@@ -14,6 +14,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.text import Text
 
+from ..errors import UsageError
 from .common import Quiet, app, decay_policy, err, finite, out, ratio_pair
 
 EPILOG = """
@@ -91,7 +92,7 @@ def train(ctx: typer.Context, quiet: bool, **settings) -> None:
     from ..esd import resolve_device
     from ..train import TrainConfig
     from ..train import train as run_training
-    from ..train.config import option_fields
+    from ..train.config import ConfigError, option_fields
 
     given = tuple(p.name for p in ctx.command.params if p.name in settings
                   and getattr(ctx.get_parameter_source(p.name), "name", "") == "COMMANDLINE")  # typer may vendor click
@@ -100,7 +101,10 @@ def train(ctx: typer.Context, quiet: bool, **settings) -> None:
               for k, v in settings.items()}
     cfg = TrainConfig.of(given=given, **values)
     quiet = quiet or int(os.environ.get("RANK", 0)) != 0
-    cfg.validate()  # bad options fail before anything is printed
+    try:
+        cfg.validate()  # bad options fail before anything is printed
+    except ConfigError as e:  # options that contradict each other: a usage error, as the parser's own
+        raise UsageError(str(e)) from e
     resolve_device(cfg.hardware.device)
     with Report(quiet, plain=not err.is_terminal) as report:
         last = run_training(cfg, on_log=report.log, on_start=report.start, on_status=report.status,

@@ -146,15 +146,18 @@ class AlphaDecay:
                     self._executor = ThreadPoolExecutor(1, thread_name_prefix="alphadecay")
                 self._pending = (self.step_count, self._executor.submit(self._solve, snapshot))
 
-    def close(self) -> None:
-        """Apply a refresh still in flight and stop the worker thread (under distributed: on every rank).
+    def close(self, apply: bool = True) -> None:
+        """Apply a refresh still in flight (or, with apply=False, let it finish unused: at the end of training
+        no optimizer step would see it) and stop the worker thread (under distributed: on every rank).
 
         The hook stays usable: a later step() starts a new worker when it needs one.
         """
         if self._pending is not None:
             started, future = self._pending
             self._pending = None
-            self._apply(self._gather(future.result()), started)
+            result = future.result()
+            if apply:
+                self._apply(self._gather(result), started)
         if self._executor is not None:
             self._executor.shutdown()
             self._executor = None

@@ -240,11 +240,11 @@ def _steps(r: Run, path: Path, marks: dict, on_log) -> dict:
         if step % cfg.run.log_every and not do_eval and not do_save:
             continue  # a logged interval always ends at a checkpoint, so a resumed run logs what this one does
         last = _log(r, step, loss_sum, n_loss, n_tokens, grad_norm, time.perf_counter() - t_last, do_eval, on_log)
-        if not math.isfinite(last["loss"]):  # every rank sees the same all-reduced loss, so every rank stops
+        if what := _not_finite(r, last, do_save):  # every rank sees the same reduced values, so every rank stops
             marks["diverged"] = True
-            raise Diverged(f"{path}: the training loss became {last['loss']} by step {step} (lr {last['lr']:.3g}); the "
-                           "run stopped" + (", its last checkpoint kept" if marks.get("saved") else " and was removed, "
-                           "as nothing was saved yet") + ". Lower --lr or raise --warmup-steps")
+            raise Diverged(f"{path}: {what} by step {step} (lr {last['lr']:.3g}); the run stopped"
+                           + (", its last checkpoint kept" if marks.get("saved") else " and was removed, as nothing "
+                              "was saved yet") + ". Lower --lr or the weight decay, or raise --warmup-steps")
         if do_save:
             _checkpoint(path, step, r.model, r.optimizer, r.scheduler, r.strategy, r.mcfg, cfg, rank)
             marks["saved"] = True
@@ -351,6 +351,25 @@ def _publish(r: Run, step: int, decays: list[dict], alphas: list[dict], multipli
             v = [row[key] for row in rows]
             r.notify(f"step {step}: {r.cfg.decay.strategy} refreshed {len(v)} {what}: {min(v):.3g} to {max(v):.3g}, "
                      f"mean {sum(v) / len(v):.3g}")
+
+
+def _not_finite(r: Run, row: dict, saving: bool) -> str | None:
+    """What of the training state is no longer a finite number (None when all is): the loss, the gradient norm,
+    the evaluation loss, and before a save the weights (a decay of 1e30 makes NaN weights while the loss of the
+    step before still reads finite)."""
+    for key, what in (("loss", "the training loss"), ("grad_norm", "the gradient norm"),
+                      ("eval_loss", "the evaluation loss")):
+        if key in row and not math.isfinite(row[key]):
+            return f"{what} became {row[key]}"
+    if not saving:
+        return None
+    bad = torch.zeros((), device=r.device)
+    for p in r.model.parameters():
+        local = p.to_local() if hasattr(p, "to_local") else p  # an FSDP shard: each rank checks its own
+        bad = torch.maximum(bad, (~torch.isfinite(local.detach())).any().to(bad.dtype))
+    if r.world > 1:
+        dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+    return "the weights hold NaN or infinite values" if bool(bad) else None
 
 
 def _log(r: Run, step: int, loss_sum: torch.Tensor, n_loss: int, n_tokens: int, grad_norm: torch.Tensor,

@@ -114,7 +114,7 @@ class HookDriven(Strategy):
         self._collect()
 
     def close(self) -> None:
-        self.hook.close()
+        self.hook.close(apply=False)  # after the last step: a refresh still in flight would set values no step uses
         self._collect()
 
     def state_dict(self) -> dict:
