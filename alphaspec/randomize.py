@@ -20,9 +20,9 @@ a rank-one signal along coordinate vectors). Reported per matrix:
   permutations     how many permutations were solved: all that were asked for when the first one lands
                    within reach of a spike (trap_z > MORE_ABOVE), else one (more cannot move the
                    median of a matrix that far below the threshold up to the verdict's 5)
-  trap_entries     for a matrix with traps: how many of its largest entries, set to zero, dissolve
-                   them (those above the BBP threshold first, then doubling; each cut verified by a full
-                   solve of the permuted matrix: no eigenvalue left above its spike threshold), and
+  trap_entries     for a matrix with the traps verdict: how many of its largest entries, set to zero,
+                   dissolve them (those above the BBP threshold first, then doubling; a cut is accepted only
+                   after a full solve of the permuted matrix shows no eigenvalue above its spike threshold), and
                    trap_max_entry the largest magnitude among them; trap_where lists the first few as
                    (row, col) = value
 
@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from .bulk import mp_bulk, spike_threshold, tracy_widom_unit
-from .diagnose import PERMUTATIONS
+from .diagnose import PERMUTATIONS, TRAP_Z
 from .esd import scaled_eigenvalues
 from .spectral_metrics import ldexp
 
@@ -121,7 +121,7 @@ def randomized_rows(w: torch.Tensor, eigs: list[torch.Tensor], names: list[str],
                "rand_distance": js_distance(eigs[i].cpu().numpy(), rand[i].cpu().numpy()), "traps": bulk["num_spikes"],
                "trap_z": float(np.median(z)), "trap_share": float(np.mean(z > 0)), "permutations": len(z),
                "trap_entries": 0, "trap_max_entry": math.nan, "trap_where": ""}
-        if bulk["num_spikes"]:
+        if bulk["num_spikes"] and row["trap_z"] >= TRAP_Z:  # the entries behind a traps verdict
             row |= trap_sources(w[i], seeds[i], bulk["sigma_mp"], dev, precision)
         out.append(row)
     return out
@@ -133,20 +133,40 @@ def spikes_after_cut(w: torch.Tensor, seed: int, dev: torch.device, precision: s
     return mp_bulk(eigs[0], *w.shape)["num_spikes"]
 
 
+POWER_ITERATIONS, POWER_BLOCK = 15, 4
+
+
+def top_eigenvalue_lower_bound(w: torch.Tensor, seed: int) -> float:
+    """A lower bound on the largest eigenvalue of WᵀW (block power iteration, Rayleigh–Ritz): a few products
+    instead of a solve. Above the threshold it proves a spike is still there; below it proves nothing."""
+    a = w.double()
+    start = torch.randn(a.shape[1], POWER_BLOCK, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    v = torch.linalg.qr(start.to(a.device)).Q  # drawn on the CPU: the same on every device
+    for _ in range(POWER_ITERATIONS):
+        v = torch.linalg.qr(a.mT @ (a @ v)).Q
+    av = a @ v
+    return float(torch.linalg.eigvalsh(av.mT @ av)[-1])
+
+
 def trap_sources(w: torch.Tensor, seed: int, sigma: float, dev: torch.device | None = None,
                  precision: str = "fp64") -> dict:
-    """The fewest of the matrix's largest entries whose removal (set to 0) leaves its permutation without a
-    spike: each cut is verified by a full solve of the cut matrix permuted as the first permutation was;
-    the entries are named by (row, col)."""
+    """The fewest of the matrix's largest entries (those above the BBP threshold, then doubling) whose removal
+    (set to 0) leaves its permutation without a spike: a cut whose power-iteration bound still stands above the
+    threshold is passed over at once; any other is verified by a full solve of the cut matrix permuted as the
+    first permutation was. The entries are named by (row, col)."""
     rows, cols = w.shape
     flat = w.reshape(-1)
     order = torch.topk(flat.abs(), min(MAX_TRAP_ENTRIES, flat.numel())).indices  # largest first
     bbp = sigma * (rows * cols) ** 0.25  # a single entry above this stands out of the noise
+    threshold = spike_threshold(sigma * sigma, rows, cols)
 
     def dissolved(k: int) -> bool:
         cut = flat.clone()
         cut[order[:k]] = 0
-        return spikes_after_cut(cut.reshape(rows, cols), seed, dev or w.device, precision) == 0
+        cut = cut.reshape(rows, cols)
+        if top_eigenvalue_lower_bound(permuted(cut.unsqueeze(0), [seed])[0], seed) > threshold:
+            return False  # a lower bound above the threshold: the spike is certainly still there
+        return spikes_after_cut(cut, seed, dev or w.device, precision) == 0
 
     k = max(int((flat[order].abs().double() > bbp).sum()), 1)
     while not dissolved(k):
