@@ -17,9 +17,10 @@ a rank-one signal along coordinate vectors). Reported per matrix:
                    solved; one permutation's value scatters by 2–3 units, so a matrix near the
                    threshold has a spike in some permutations and not in others
   trap_share       the share of the permutations solved with a spike (trap_z > 0 in that permutation)
-  permutations     how many permutations were solved: all that were asked for when the first one lands
-                   within reach of a spike (trap_z > MORE_ABOVE), else one (more cannot move the
-                   median of a matrix that far below the threshold up to the verdict's 5)
+  permutations     how many permutations were solved: one for a matrix whose first lands far below a spike
+                   (trap_z <= MORE_ABOVE: more cannot lift its median to the verdict's 5); for the others,
+                   more until a majority of the asked-for number lies on one side of 5, which settles
+                   the median of them all (3 of 5 at least)
   trap_entries     for a matrix with the traps verdict: how many of its largest entries, set to zero,
                    dissolve them (those above the BBP threshold first, then doubling; a cut is accepted only
                    after a full solve of the permuted matrix shows no eigenvalue above its spike threshold), and
@@ -68,7 +69,9 @@ def permuted(w: torch.Tensor, seeds: list[int]) -> torch.Tensor:
     out = torch.empty_like(w)
     for i, seed in enumerate(seeds):
         # drawn on the CPU whatever the device: the same permutation (and so the same numbers) on a GPU
-        order = torch.randperm(w[i].numel(), generator=torch.Generator().manual_seed(seed)).to(w.device)
+        # int32 indices (below 2^31 entries): the same permutation as int64, drawn in half the memory and time
+        dtype = torch.int32 if w[i].numel() < 2**31 else torch.int64
+        order = torch.randperm(w[i].numel(), generator=torch.Generator().manual_seed(seed), dtype=dtype).to(w.device)
         out[i] = w[i].reshape(-1)[order].reshape(w.shape[-2:])
     return out
 
@@ -104,13 +107,21 @@ def randomized_rows(w: torch.Tensor, eigs: list[torch.Tensor], names: list[str],
     rand, exponents = scaled_eigenvalues(permuted(w, seeds), dev, precision)
     rows, cols = w.shape[-2:]
     zs = [[spike_z(rand[i], rows, cols)] for i in range(len(names))]
+    settles = permutations // 2 + 1  # values on one side of TRAP_Z that decide the median of all of them
+
+    def undecided(z: list[float]) -> bool:
+        above = sum(v >= TRAP_Z for v in z)
+        return above < settles and len(z) - above < settles
+
     more = [i for i in range(len(names)) if zs[i][0] > MORE_ABOVE] if permutations > 1 else []
     for k in range(1, permutations):  # one permutation of the matrices near a spike at a time: memory as the first
-        if more:
-            extra, _ = scaled_eigenvalues(permuted(w[more], [matrix_seed(seed, names[i], k) for i in more]), dev,
-                                          precision)
-            for j, i in enumerate(more):
-                zs[i].append(spike_z(extra[j], rows, cols))
+        more = [i for i in more if undecided(zs[i])]  # stop once the median's side is settled
+        if not more:
+            break
+        extra, _ = scaled_eigenvalues(permuted(w[more], [matrix_seed(seed, names[i], k) for i in more]), dev,
+                                      precision)
+        for j, i in enumerate(more):
+            zs[i].append(spike_z(extra[j], rows, cols))
     out = []
     for i in range(len(names)):
         exponent = int(exponents[i])
