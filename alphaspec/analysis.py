@@ -30,7 +30,7 @@ from .esd import SolveError, check_precision, finite_scale, resolve_device, scal
 from .farms import farms_alpha
 from .memory import is_in_memory, memory_checkpoint
 from .modules import MODULE_TYPES, MatrixSpec, ModelConfigError, Plan, Skipped, plan
-from .powerlaw import PowerLawFit, check_estimator, fit_sorted
+from .powerlaw import PowerLawFit, check_estimator, fit_with_gof
 from .random_baseline import random_alpha
 from .randomize import NAN_RANDOMIZED, RANDOMIZED_SUFFIX, randomized_rows
 from .reader import read_ahead
@@ -125,8 +125,9 @@ def metrics_of(eigs: torch.Tensor, estimator: str, exponent: int = 0, precision:
     metrics = spectral_metrics(eigs, exponent)
     top = float(eigs[-1]) if eigs.numel() else 0.0
     n_zero = int((eigs <= zero_threshold(precision, eigs.numel()) * top).sum()) if top > 0 else eigs.numel()
-    fit = PowerLawFit.empty("all-zero matrix") if top <= 0 else fit_sorted(eigs[n_zero:], estimator)
-    gof = fit if estimator == "gof" or top <= 0 else fit_sorted(eigs[n_zero:], "gof")
+    fit = gof = PowerLawFit.empty("all-zero matrix")
+    if top > 0:
+        fit, gof = fit_with_gof(eigs[n_zero:], estimator)
     weighted = fit.alpha * metrics["log_spectral_norm"]
     return ({"n_zero": n_zero} | _fit_columns(fit) | {"xmin": ldexp(fit.xmin, 2 * exponent)} | metrics
             | {"alpha_weighted": weighted, "alpha_gof": gof.alpha})

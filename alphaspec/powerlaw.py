@@ -75,10 +75,12 @@ def ks_distances(lam: torch.Tensor, alphas: torch.Tensor, first: int, stop: int)
     return out
 
 
-def _best_of(lam: torch.Tensor, first: int, stop: int, curves: bool) -> PowerLawFit:
-    """The candidate with the smallest D among first <= i < stop (the first one on ties)."""
-    alphas = hill_alphas(lam)
-    ds = ks_distances(lam, alphas, first, stop)
+def _best_of(lam: torch.Tensor, first: int, stop: int, curves: bool, alphas: torch.Tensor | None = None,
+             ds: torch.Tensor | None = None) -> PowerLawFit:
+    """The candidate with the smallest D among first <= i < stop (the first one on ties). alphas and ds: the
+    Hill alphas of every candidate and the KS distances of these, when already computed (fit_with_gof)."""
+    alphas = hill_alphas(lam) if alphas is None else alphas
+    ds = ks_distances(lam, alphas, first, stop) if ds is None else ds
     best = int(torch.argmin(ds))
     i = first + best
     alpha = float(alphas[i])
@@ -164,6 +166,40 @@ def fit_fix_finger_legacy(lam: torch.Tensor, curves: bool = False) -> PowerLawFi
 
 _FITTERS = {"median": fit_median, "gof": fit_gof, "fix-finger": fit_fix_finger,
             "fix-finger-legacy": fit_fix_finger_legacy}
+
+
+def _candidates(lam: torch.Tensor, estimator: str) -> tuple[int, int] | None:
+    """The candidate range [first, stop) an estimator searches (None: legacy fix-finger's empty window)."""
+    if estimator == "median":
+        return lam.numel() // 2, lam.numel() // 2 + 1
+    if estimator == "gof":
+        return 0, lam.numel() - 1
+    peak = fix_finger_peak(lam)
+    lo, hi = FIX_FINGER_WINDOW
+    if estimator == "fix-finger-legacy":
+        first, stop = _window(lam, math.log10(lo * peak), hi * peak)
+        return (first, stop) if stop > first else None
+    first, stop = _window(lam, lo * peak, hi * peak)
+    if stop <= first:  # nothing in the window: the eigenvalue nearest the peak
+        first = int(torch.argmin((lam[:-1] - peak).abs()))
+        stop = first + 1
+    return first, stop
+
+
+def fit_with_gof(lam: torch.Tensor, estimator: str, *, min_eigs: int = MIN_EIGS) -> tuple[PowerLawFit, PowerLawFit]:
+    """The fit of `estimator` and the goodness-of-fit one of the same sorted eigenvalues, from one KS scan of
+    every candidate: each estimator searches a range within gof's, so both pick from the same distances."""
+    check_estimator(estimator)
+    if lam.numel() < max(min_eigs, 2):
+        empty = PowerLawFit.empty(f"too few non-zero eigenvalues ({lam.numel()} < {max(min_eigs, 2)})")
+        return empty, empty
+    alphas = hill_alphas(lam)
+    ds = ks_distances(lam, alphas, 0, lam.numel() - 1)
+    gof = _best_of(lam, 0, lam.numel() - 1, False, alphas, ds)
+    span = _candidates(lam, estimator)
+    if span is None:
+        return PowerLawFit.empty("no candidate in the legacy fix-finger window"), gof
+    return _best_of(lam, *span, False, alphas, ds[span[0]:span[1]]), gof
 
 
 def check_estimator(estimator: str) -> str:

@@ -104,7 +104,7 @@ def test_a_gaussian_matrix_has_no_traps_and_planted_entries_are_found():
     for (i, j), value in {(3, 7): 1.5, (100, 200): -2.0, (400, 5): 1.2}.items():
         planted[i, j] = value
     row = alphaspec.analyze({"model.layers.0.mlp.up_proj.weight": planted}, randomize=True).iloc[0]
-    assert row["traps"] >= 1 and "traps" in row["warning"] and row["trap_share"] == 1 and row["permutations"] == 5
+    assert row["traps"] >= 1 and "traps" in row["warning"] and row["trap_share"] == 1 and row["permutations"] == 3
     assert row["trap_entries"] == 3 and row["trap_max_entry"] == 2.0
     assert row["trap_where"] == "(100, 200) = -2; (3, 7) = 1.5; (400, 5) = 1.2"
     again = alphaspec.analyze({"model.layers.0.mlp.up_proj.weight": planted}, randomize=True).iloc[0]

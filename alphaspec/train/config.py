@@ -46,6 +46,10 @@ class ConfigError(AlphaspecError, ValueError):
     """Options that contradict each other or name something that does not exist."""
 
 
+class MissingExtra(AlphaspecError):
+    """An option needs a package this environment lacks (exit 1: the options are fine)."""
+
+
 def option(default, help: str = "", *, key: str = "", flags: tuple[str, ...] = (), min: float | None = None,
            max: float | None = None, choices: tuple[str, ...] = (), kind: str = "", metavar: str = "",
            cli: bool = True, incidental: bool = False, applies: Callable[[dict], bool] | None = None,
@@ -310,8 +314,8 @@ class TrainConfig:
                 raise ConfigError(f"--{_flag(key)} {value!r}: must be a finite number {_bounds(meta)}")
         from .reporting import missing_extra
 
-        if missing := missing_extra(self.run.report_to):
-            raise ConfigError(f"--report-to {self.run.report_to} {missing}")
+        if missing := missing_extra(self.run.report_to):  # the environment lacks it: not a usage error
+            raise MissingExtra(f"--report-to {self.run.report_to} {missing}")
         if self.optimizer.name == "muon" and self.hardware.sharding == "fsdp":
             raise ConfigError("--optimizer muon orthogonalises whole matrices, which --sharding fsdp splits over "
                               "ranks; use --sharding ddp")
