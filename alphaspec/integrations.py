@@ -17,9 +17,9 @@ except ImportError as err:  # pragma: no cover - depends on the environment
     raise ImportError("alphaspec.integrations needs transformers: pip install transformers") from err
 
 from .maps.build import MapSpec
-from .maps.hook import AlphaDecay, hook_settings_problem
+from .maps.hook import AlphaDecay
 from .maps.lr_hook import AlphaLR
-from .maps.spec import DecaySpec, decay_spec
+from .maps.spec import DecaySpec, decay_spec, hook_settings_problem
 
 LOG_PREFIX = "alphadecay/"
 

@@ -262,8 +262,9 @@ def load(source: str, estimator: str, device: str, quiet: bool, spectra_file: Pa
     table = read_results(path)
     if asked:
         check_estimator(path, table, estimator, asked)
-    stored = sorted(set(table["dtype"].dropna().astype(str)) - {rounded_to, ""}) if rounded_to and "dtype" in table else []
-    if stored:
+    from ..maps.build import other_dtypes
+
+    if rounded_to and (stored := other_dtypes(table, rounded_to)):
         raise UsageError(f"{path}: holds the spectra of {', '.join(stored)} weights; --paper-compat rounds them to "
                          f"{rounded_to} first, as the release loads them: give the checkpoint instead")
     npz = spectra_file or path.with_suffix(".npz")

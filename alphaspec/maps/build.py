@@ -130,6 +130,11 @@ def build_map(table: pd.DataFrame, kind: str, spec: MapSpec | None = None, *, so
     return vmap
 
 
+def other_dtypes(table: pd.DataFrame, dtype: str) -> list[str]:
+    """The stored dtypes of a results table's weights other than `dtype` (what a release's rounding would change)."""
+    return sorted(set(table["dtype"].dropna().astype(str)) - {dtype, ""}) if "dtype" in table else []
+
+
 def _release_dtype(vmap: ValueMap, table: pd.DataFrame, spec: MapSpec) -> None:
     """--paper-compat for a release that loads the weights in another dtype (AlphaPruning, AlphaLoRA: float16):
     recorded in the settings, and a note when the table's spectra are of weights stored otherwise."""
@@ -137,8 +142,7 @@ def _release_dtype(vmap: ValueMap, table: pd.DataFrame, spec: MapSpec) -> None:
     if not (spec.paper_compat and dtype):
         return
     vmap.settings["weights_dtype"] = dtype
-    stored = sorted(set(table["dtype"].dropna().astype(str)) - {dtype, ""}) if "dtype" in table else []
-    if stored:
+    if stored := other_dtypes(table, dtype):
         vmap.notes.append(f"--paper-compat: the {spec.method} release rounds the weights to {dtype} before their "
                           f"spectra; this table holds {', '.join(stored)} weights (`alphaspec map` on the checkpoint "
                           "rounds them; in Python, analyse deltas.RoundedCheckpoint(open_source(source)))")

@@ -15,7 +15,6 @@ and the metric rows are all-gathered, so every rank applies identical decays.
 from __future__ import annotations
 
 import logging
-import numbers
 import re
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -26,30 +25,14 @@ import torch
 import torch.distributed as dist
 
 from ..analysis import analyze_tensors, ordered_table, records
-from ..choices import ALPHADECAY_WARMUPS
 from ..decay import DecayMapError, build_decay_map, is_tuned_candidate
 from ..distributed import full_tensor, process_group, share_of_work
 from ..errors import AlphaspecError, first_line
 from ..memory import model_config
 from .groups import merge_param_groups, own_groups, split_param_groups
-from .spec import DecaySpec, decay_spec
+from .spec import DecaySpec, decay_spec, hook_settings_problem
 
 log = logging.getLogger("alphaspec")
-
-
-def _whole(value, least: int) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= least
-
-
-def hook_settings_problem(gap=500, warmup="init", keep_history=100, ease=None) -> str | None:
-    """What is wrong with a hook's schedule settings (None when nothing): the one check the hooks and their
-    Trainer callbacks share, so a callback refuses them where it is made."""
-    checks = [not _whole(gap, 1) and f"gap must be a whole number of steps >= 1, got {gap!r}",
-              keep_history is not None and not _whole(keep_history, 1)
-              and f"keep_history must be a whole number of refreshes >= 1 (or None: all), got {keep_history!r}",
-              warmup not in ALPHADECAY_WARMUPS and f"warmup must be 'init' or 'uniform', got {warmup!r}",
-              ease is not None and not _whole(ease, 0) and f"ease must be a whole number of steps >= 0, got {ease!r}"]
-    return next((c for c in checks if c), None)
 
 
 class AlphaDecay:

@@ -17,8 +17,8 @@ import torch
 from ..analysis import analyze_tensors
 from ..decay import is_tuned_candidate
 from .build import MapSpec, build_map
-from .hook import AlphaDecay, hook_settings_problem, log
-from .spec import DecaySpec
+from .hook import AlphaDecay, log
+from .spec import DecaySpec, hook_settings_problem
 
 LLR_EASE = 20  # the layer-wise LR release's linear_steps: each new LR is reached over this many steps
 

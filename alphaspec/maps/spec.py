@@ -10,10 +10,11 @@ w is not part of the spec: it comes from the optimizer (the hook) or from --weig
 from __future__ import annotations
 
 import math
+import numbers
 import re
 from dataclasses import dataclass, fields, replace
 
-from ..choices import ASSIGN, DECAY_METRICS, DEFAULT_POLICIES, ESTIMATORS, PRESERVE
+from ..choices import ALPHADECAY_WARMUPS, ASSIGN, DECAY_METRICS, DEFAULT_POLICIES, ESTIMATORS, PRESERVE
 from ..errors import AlphaspecError
 
 
@@ -38,6 +39,21 @@ def policy_problem(value: str) -> str | None:
     except (TypeError, ValueError):
         return "use all, matrices or a number"
     return None if math.isfinite(number) and number >= 0 else "a decay must be a finite number >= 0"
+
+
+def _whole(value, least: int) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= least
+
+
+def hook_settings_problem(gap=500, warmup="init", keep_history=100, ease=None) -> str | None:
+    """What is wrong with a hook's schedule settings (None when nothing): the one check the hooks and their
+    Trainer callbacks share, so a callback refuses them where it is made."""
+    checks = [not _whole(gap, 1) and f"gap must be a whole number of steps >= 1, got {gap!r}",
+              keep_history is not None and not _whole(keep_history, 1)
+              and f"keep_history must be a whole number of refreshes >= 1 (or None: all), got {keep_history!r}",
+              warmup not in ALPHADECAY_WARMUPS and f"warmup must be 'init' or 'uniform', got {warmup!r}",
+              ease is not None and not _whole(ease, 0) and f"ease must be a whole number of steps >= 0, got {ease!r}"]
+    return next((c for c in checks if c), None)
 
 
 def choice_problem(name: str, value: str, allowed: tuple[str, ...]) -> str | None:
