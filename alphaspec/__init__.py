@@ -7,32 +7,46 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ._lazy import lazy_attributes
-from ._version import __version__
+from alphaspec._lazy import lazy_attributes
+from alphaspec._version import __version__
 
 _WHERE = {
-    "Analysis": "analysis", "analyze": "analysis", "analyze_checkpoint": "analysis",
-    "SourceError": "checkpoint", "open_checkpoint": "checkpoint",
-    "DecayMap": "decay", "DecayMapError": "decay", "DecaySpec": "maps.spec", "assign_decays": "decay", "build_decay_map": "decay",
-    "eigenvalues": "esd",
-    "ESTIMATORS": "powerlaw", "PowerLawFit": "powerlaw", "fit": "powerlaw",
-    "AlphaDecay": "hook",
+    # analysis: a weights source -> one results row per matrix
+    "Analysis": "analysis.engine", "analyze": "analysis.engine", "analyze_checkpoint": "analysis.engine",
+    "diff_checkpoints": "analysis.diff",
+    "SourceError": "sources.checkpoint", "open_checkpoint": "sources.checkpoint",
+    # the mathematics of one matrix
+    "eigenvalues": "spectra.eigenvalues",
+    "ESTIMATORS": "spectra.powerlaw", "PowerLawFit": "spectra.powerlaw", "fit": "spectra.powerlaw",
+    # maps: AlphaDecay and the other alpha-guided methods, their files and their use in training
+    "DecayMap": "maps.file", "ValueMap": "maps.file", "DecayMapError": "maps.spec", "DecaySpec": "maps.spec",
+    "assign_decays": "maps.assign", "build_decay_map": "maps.alphadecay", "MapSpec": "maps.build",
+    "build_map": "maps.build", "lr_param_groups": "maps.apply", "prune_model": "maps.apply",
+    "lora_config": "maps.apply", "AlphaDecay": "maps.hook", "AlphaLR": "maps.lr_hook",
     "AlphaspecError": "errors",
 }
 
-__all__ = ["ESTIMATORS", "AlphaDecay", "AlphaspecError", "Analysis", "DecayMap", "DecayMapError", "DecaySpec", "PowerLawFit",
-           "SourceError", "__version__", "analyze", "analyze_checkpoint", "assign_decays", "build_decay_map",
-           "decay_map", "eigenvalues", "fit", "open_checkpoint"]
+__all__ = ["ESTIMATORS", "AlphaDecay", "AlphaLR", "AlphaspecError", "Analysis", "DecayMap", "DecayMapError", "DecaySpec",
+           "MapSpec", "PowerLawFit", "SourceError", "ValueMap", "__version__", "analyze", "analyze_checkpoint",
+           "assign_decays", "build_decay_map", "build_map", "decay_map", "diff_checkpoints", "eigenvalues", "fit",
+           "lora_config", "lr_param_groups", "open_checkpoint", "prune_model"]
 
 if TYPE_CHECKING:
-    from .analysis import Analysis, analyze, analyze_checkpoint
-    from .checkpoint import SourceError, open_checkpoint
-    from .decay import DecayMap, DecayMapError, assign_decays, build_decay_map
-    from .errors import AlphaspecError
-    from .esd import eigenvalues
-    from .maps.hook import AlphaDecay
-    from .maps.spec import DecaySpec
-    from .powerlaw import ESTIMATORS, PowerLawFit, fit
+    from alphaspec.analysis.diff import diff_checkpoints
+    from alphaspec.analysis.engine import analyze, analyze_checkpoint
+    from alphaspec.analysis.solve import Analysis
+    from alphaspec.errors import AlphaspecError
+    from alphaspec.maps.alphadecay import build_decay_map
+    from alphaspec.maps.apply import lora_config, lr_param_groups, prune_model
+    from alphaspec.maps.assign import assign_decays
+    from alphaspec.maps.build import MapSpec, build_map
+    from alphaspec.maps.file import DecayMap, ValueMap
+    from alphaspec.maps.hook import AlphaDecay
+    from alphaspec.maps.lr_hook import AlphaLR
+    from alphaspec.maps.spec import DecayMapError, DecaySpec
+    from alphaspec.sources.checkpoint import SourceError, open_checkpoint
+    from alphaspec.spectra.eigenvalues import eigenvalues
+    from alphaspec.spectra.powerlaw import ESTIMATORS, PowerLawFit, fit
 
 
 __getattr__ = lazy_attributes(__name__, _WHERE, globals())
@@ -42,8 +56,8 @@ def decay_map(source, weight_decay: float = 0.1, *, estimator: str = "median", d
               **options) -> DecayMap:
     """AlphaDecay decays for a checkpoint or a model in memory (anything `analyze` takes); options as
     `build_decay_map`."""
-    from .analysis import analyze
-    from .decay import build_decay_map
+    from alphaspec.analysis.engine import analyze
+    from alphaspec.maps.alphadecay import build_decay_map
 
     table = analyze(source, estimator, device)
     return build_decay_map(table, weight_decay, source=table.attrs["source"], **options)

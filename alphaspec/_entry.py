@@ -18,6 +18,6 @@ def main() -> None:
     """`alphaspec` and `python -m alphaspec`."""
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # a parent that chose otherwise keeps its choice
         signal.signal(signal.SIGTERM, _terminated_outside_a_command)
-    from .cli import entry
+    from alphaspec.cli import entry
 
     entry()

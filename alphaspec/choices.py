@@ -22,4 +22,6 @@ REPORT_TO = ("none", "tensorboard", "wandb")  # where `train` sends its scalars 
 PACKINGS = ("concat", "docs")  # windows of the document stream, or one padded document per row
 ALPHADECAY_WARMUPS = ("init", "uniform")
 FIGURES = ("spectra", "alpha-modules", "alpha-depth", "esd", "decay", "map", "training", "multipliers")
+CHECKPOINT_FIGURES = FIGURES[:6]  # those drawn from a results table (plots/render.py)
+MODEL_FIGURES = FIGURES[:3]  # those drawn for a model when no kind is named
 FORMATS = ("png", "svg", "pdf")

@@ -13,7 +13,7 @@ from typing import NoReturn, TypeVar
 import torch
 import torch.distributed as dist
 
-from .errors import AlphaspecError, UsageError, first_line
+from alphaspec.errors import AlphaspecError, UsageError, first_line
 
 T = TypeVar("T")
 

@@ -16,18 +16,13 @@ import pandas as pd
 import torch
 
 from alphaspec import analyze_checkpoint, build_decay_map
-from alphaspec.compare import compare
-from alphaspec.diff_plot import diff_figure
-from alphaspec.plots import (
-    alpha_depth_figure,
-    alpha_modules_figure,
-    decay_figure,
-    esd_figure,
-    save_figure,
-    spectra_figure,
-)
+from alphaspec.plots.diff import diff_figure
+from alphaspec.plots.maps import decay_figure
+from alphaspec.plots.spectra import alpha_depth_figure, alpha_modules_figure, esd_figure, spectra_figure
+from alphaspec.plots.style import save_figure
+from alphaspec.plots.training import alphas_figure, compare_figure
 from alphaspec.train import TrainConfig, train
-from alphaspec.training_plots import alphas_figure, compare_figure
+from alphaspec.train.compare import compare
 
 DPI = 110
 
@@ -37,8 +32,8 @@ def lora_tuned_diff(tmp: Path):
     LoRA would be), larger in the last layers: the table `alphaspec diff` gives for the pair."""
     from safetensors.torch import load_file, save_file
 
-    from alphaspec.checkpoint import example_path
-    from alphaspec.diff import diff_checkpoints
+    from alphaspec.analysis.diff import diff_checkpoints
+    from alphaspec.sources.checkpoint import example_path
 
     tensors = load_file(str(example_path("minilm") / "model.safetensors"))
     g = torch.Generator().manual_seed(0)

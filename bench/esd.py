@@ -27,8 +27,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from alphaspec.esd import resolve_device
-from alphaspec.powerlaw import fit_sorted
+from alphaspec.devices import resolve_device
+from alphaspec.spectra.powerlaw import fit_sorted
 
 SHAPES = {"7b": {"hidden": 4096, "ff": 11008, "layers": 32}, "13b": {"hidden": 5120, "ff": 13824, "layers": 40},
           "tiny": {"hidden": 256, "ff": 688, "layers": 4}}  # tiny: the CPU rehearsal of bench/gpu.sh
@@ -141,7 +141,7 @@ def machine() -> dict[str, str]:
 
 def solve_seconds(rows: int, cols: int, device: torch.device, precision: str, repeats: int = 2) -> float:
     """Best-of wall seconds of alphaspec's solve (promote, Gram, eigvalsh, median fit) of one bf16 matrix."""
-    from alphaspec.esd import eigenvalues
+    from alphaspec.spectra.eigenvalues import eigenvalues
 
     w = (torch.randn(rows, cols, device=device) * 0.02).bfloat16()
     best = float("inf")
@@ -158,7 +158,7 @@ def solve_seconds(rows: int, cols: int, device: torch.device, precision: str, re
 def read_bandwidth(folder: Path, gigabytes: float = 2.0) -> float:
     """GB/s of one reader through alphaspec's Checkpoint.read from a file just written, its pages dropped
     from the page cache first (posix_fadvise), so the disk is measured, not memory."""
-    from alphaspec.checkpoint import open_checkpoint
+    from alphaspec.sources.checkpoint import open_checkpoint
 
     folder.mkdir(parents=True, exist_ok=True)
     rows = min(16384, max(1, int(gigabytes * 1e9 / (16384 * 2))))  # 16384 x 16384 bf16 tensors, or one smaller

@@ -26,7 +26,7 @@ from gguf.quants import dequantize, quantize
 from safetensors.numpy import load_file
 
 from alphaspec import analyze_checkpoint
-from alphaspec.checkpoint import example_path
+from alphaspec.sources.checkpoint import example_path
 
 QK_K, SUB = 256, 32
 TYPES = [T.F32, T.Q8_0, T.Q5_0, T.Q4_0, T.Q4_K]

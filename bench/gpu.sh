@@ -87,7 +87,7 @@ case "$part" in
     ckpt=$(python3 -c "import sys; sys.path.insert(0, 'bench'); from esd import write_checkpoint; \
 print(write_checkpoint('$model', 4, 2))" | tail -1)
     run precision python3 bench/precision.py "$ckpt" --device "$device"
-    if python3 -c "from alphaspec.checkpoint import open_checkpoint; open_checkpoint('example:minilm')" 2>/dev/null; then
+    if python3 -c "from alphaspec.sources.checkpoint import open_checkpoint; open_checkpoint('example:minilm')" 2>/dev/null; then
       run precision-minilm python3 bench/precision.py example:minilm --device "$device"  # a trained model's tails
     fi
     run torchrun python3 -m torch.distributed.run --standalone --nproc-per-node 2 -m alphaspec analyze "$ckpt" \

@@ -16,9 +16,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from alphaspec.analysis import COLUMNS, metrics_of
-from alphaspec.plots import render
-from alphaspec.random_baseline import mp_quantiles
+from alphaspec.analysis.solve import COLUMNS, metrics_of
+from alphaspec.plots.render import render
+from alphaspec.spectra.gaussian import mp_quantiles
 
 SHAPES = {"att.q": (5120, 5120), "att.k": (5120, 5120), "att.v": (5120, 5120), "att.o": (5120, 5120),
           "mlp.gate": (13824, 5120), "mlp.up": (13824, 5120), "mlp.down": (5120, 13824)}

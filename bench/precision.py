@@ -17,8 +17,8 @@ import time
 import torch
 
 from alphaspec import analyze_checkpoint
-from alphaspec.checkpoint import open_checkpoint
-from alphaspec.esd import resolve_device
+from alphaspec.devices import resolve_device
+from alphaspec.sources.checkpoint import open_checkpoint
 
 
 def timed(source, ckpt, estimator: str, device, precision: str):

@@ -27,10 +27,10 @@ import pandas as pd
 import torch
 
 import alphaspec
-from alphaspec.deltas import open_source
-from alphaspec.diagnose import WARNINGS
-from alphaspec.modules import plan
-from alphaspec.reader import read_ahead
+from alphaspec.sources.deltas import open_source
+from alphaspec.sources.matrices import plan
+from alphaspec.sources.read_ahead import read_ahead
+from alphaspec.spectra.verdicts import WARNINGS
 
 
 def matrices(source: str) -> tuple[list[str], list[torch.Tensor]]:

@@ -18,7 +18,7 @@ import tempfile
 import pandas as pd
 
 from alphaspec import analyze_checkpoint
-from alphaspec.checkpoint import resolve
+from alphaspec.sources.checkpoint import resolve
 
 WW = """
 import sys, json, logging, warnings

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from alphaspec import analyze_checkpoint, fit, open_checkpoint
-from alphaspec.checkpoint import SourceError
+from alphaspec.sources.checkpoint import SourceError
 
 
 @pytest.fixture

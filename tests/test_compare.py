@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from alphaspec.cli import app
-from alphaspec.compare import RunDirError, applied_decay, compare, load_run
+from alphaspec.train.compare import RunDirError, applied_decay, compare, load_run
 
 A, B = "model.layers.0.self_attn.q_proj.weight", "model.layers.0.mlp.up_proj.weight"
 
@@ -41,7 +41,7 @@ def test_applied_decay_is_time_and_parameter_weighted(tmp_path):
 def test_the_learning_rate_multiplier_of_an_lr_run_is_time_and_parameter_weighted(tmp_path):
     """tempbalance/llr runs: lr.csv's multipliers held until the next refresh, weighted by matrix size; said in
     a note beside the comparison, since a mean multiplier away from 1 changes the learning rate itself."""
-    from alphaspec.compare import applied_lr_scale
+    from alphaspec.train.compare import applied_lr_scale
 
     path = fake_run(tmp_path / "t", [3.0, 2.9], "tempbalance")
     pd.DataFrame([{"step": s, "name": n, "module": "", "layer": 0, "metric": 2.0, "lr_scale": v}
@@ -52,7 +52,7 @@ def test_the_learning_rate_multiplier_of_an_lr_run_is_time_and_parameter_weighte
     result = compare([tmp_path / "u", path])
     assert result.table.set_index("strategy").loc["tempbalance", "lr_scale"] == pytest.approx(1.2)
     assert any("times the schedule: tempbalance 1.20x" in n for n in result.notes), result.notes
-    from alphaspec.training_plots import compare_figure
+    from alphaspec.plots.training import compare_figure
 
     panel = compare_figure(result).axes[3]  # the tempbalance run's multipliers, dashed, where its decay would be
     dashed = [line for line in panel.get_lines() if line.get_linestyle() == "--" and len(line.get_xdata()) == 10]
@@ -114,7 +114,7 @@ def test_same_seeds_are_compared_in_pairs(tmp_path):
 
 
 def test_holm_against_a_hand_computation():
-    from alphaspec.compare import holm
+    from alphaspec.train.compare import holm
 
     # sorted 0.01, 0.03, 0.04 of m = 3: x3 = 0.03, x2 = 0.06, x1 = 0.04 -> kept non-decreasing: 0.06
     got = holm(np.array([0.01, 0.04, np.nan, 0.03]))
@@ -159,7 +159,7 @@ def test_two_runs_are_replicates_exactly_when_they_differ_in_an_incidental_optio
     """Every option of TrainConfig, changed alone in a setting where it applies: the two runs share a label
     (are pooled as seeds of one setting) if and only if the option is marked incidental. A new option that
     changes what a run learns cannot be pooled silently: it is not incidental unless marked so."""
-    from alphaspec.compare import labels
+    from alphaspec.train.compare import labels
     from alphaspec.train.config import TrainConfig, option_fields
 
     checked = 0
@@ -181,7 +181,7 @@ def test_two_runs_are_replicates_exactly_when_they_differ_in_an_incidental_optio
 def test_options_that_do_not_apply_split_no_replicates(tmp_path):
     """Muon's momentum means nothing to an AdamW run, and a refresh gap nothing to uniform decay: runs that
     differ only there are replicates, and the options stay out of the labels."""
-    from alphaspec.compare import labels
+    from alphaspec.train.compare import labels
     from alphaspec.train.config import TrainConfig
 
     adamw = TrainConfig.of(strategy="uniform").settled().flat()
@@ -238,7 +238,7 @@ def test_the_default_baseline_is_the_uniform_label_with_most_runs(tmp_path):
 
 
 def test_every_legend_entry_of_the_figure_has_its_curve(tmp_path):
-    from alphaspec.training_plots import compare_figure
+    from alphaspec.plots.training import compare_figure
 
     runs = [fake_run(tmp_path / "u", [3.2, 3.0]), fake_run(tmp_path / "a", [3.1, 2.9], "alphadecay"),
             fake_run(tmp_path / "w", [3.1, 3.0], "awd")]
@@ -270,7 +270,7 @@ def test_the_figures_draw_one_line_per_label_not_per_seed(tmp_path):
     """Seeds overplotted into one tangle; now each label is its mean over seeds with a min..max band."""
     import matplotlib
 
-    from alphaspec.training_plots import alphas_over_training, compare_figure
+    from alphaspec.plots.training import alphas_over_training, compare_figure
 
     matplotlib.use("Agg")
     runs = [with_alphas(fake_run(tmp_path / f"u{s}", [3.2, 3.0 + s / 10], seed=s), 3.0 + s / 10) for s in range(3)]

@@ -190,7 +190,7 @@ def test_torchrun_two_ranks_with_nccl_on_the_gpus_there_are(tmp_path):
 
 @pytest.mark.parametrize("kind", ["Q8_0", "Q4_0", "Q4_K", "Q5_K", "Q6_K"])
 def test_gguf_blocks_dequantised_on_the_gpu_equal_the_cpu(kind):
-    from alphaspec.gguf_dequant import DEQUANTISERS, dequantise
+    from alphaspec.sources.gguf_dequant import DEQUANTISERS, dequantise
 
     block, size, _ = DEQUANTISERS[kind]
     raw = torch.randint(0, 256, (16, 4 * size), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
@@ -251,7 +251,7 @@ def test_a_model_on_the_gpu_is_analysed_where_it_is(tmp_path):
 
 
 def test_diff_on_the_gpu_equals_the_cpu(tmp_path):
-    from alphaspec.diff import diff_checkpoints
+    from alphaspec.analysis.diff import diff_checkpoints
 
     a = synth.write(tmp_path / "a", synth.llama(layers=2, dtype=torch.float32), synth.LLAMA_CONFIG)
     changed = synth.llama(layers=2, dtype=torch.float32)
@@ -268,7 +268,7 @@ def test_alpha_lr_overlapped_on_cuda_equals_the_cpu_multipliers():
     gives, and the groups' LRs on the GPU carry them."""
     import transformers
 
-    from alphaspec.hook import AlphaLR
+    from alphaspec import AlphaLR
 
     def hooked(device: str, overlap: bool):
         torch.manual_seed(0)

@@ -270,16 +270,6 @@ def test_paper_compat_leaves_what_the_release_leaves_and_says_so(tmp_path):
     assert "│ 8 " in tuned_row or " 8 │" in tuned_row  # 12 matrices - 4 untouched
 
 
-def test_old_import_paths_keep_working():
-    """The maps redesign moved the spec, the param groups and the distributed helpers; old imports still work."""
-    from alphaspec import decayspec, distributed, hook
-    from alphaspec.maps import groups, spec
-
-    assert decayspec.DecaySpec is spec.DecaySpec and decayspec.DecayMapError is spec.DecayMapError
-    assert hook.split_param_groups is groups.split_param_groups and hook.merge_param_groups is groups.merge_param_groups
-    assert hook.full_tensor is distributed.full_tensor and hook.share_of_work is distributed.share_of_work
-
-
 def same_json(got, want, where="") -> None:
     """Equal documents: the same keys in the same order, the same strings, numbers to 1e-12 (a float64 solve on
     another CPU may differ in its last bit; on one machine the files were byte-identical)."""

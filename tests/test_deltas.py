@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import alphaspec
-from alphaspec.checkpoint import SourceError
+from alphaspec.sources.checkpoint import SourceError
 
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
@@ -172,7 +172,7 @@ def lora_dir(folder: Path, a: torch.Tensor, b: torch.Tensor, r: int, alpha: floa
 def test_a_large_update_is_solved_from_its_core_with_the_dense_spectrum(tmp_path, monkeypatch):
     """Above DENSE_ENTRIES an update is never formed: its r×r core has the same non-zero singular values (numpy's
     SVD of the dense s·B·A, to 1e-10), the rest of the spectrum is zeros, and the row is the dense one's."""
-    import alphaspec.deltas as deltas
+    import alphaspec.sources.deltas as deltas
 
     g = torch.Generator().manual_seed(5)
     a, b = torch.randn(12, 200, generator=g), torch.randn(300, 12, generator=g)

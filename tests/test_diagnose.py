@@ -16,8 +16,8 @@ import synth
 import torch
 
 import alphaspec
-from alphaspec.diagnose import Thresholds, parse_fail_on, verdicts
 from alphaspec.errors import UsageError
+from alphaspec.spectra.verdicts import Thresholds, parse_fail_on, verdicts
 
 SHAPES = [(256, 256), (768, 256), (1024, 512), (300, 1000)]
 
@@ -159,7 +159,7 @@ def test_weightwatcher_agrees_on_traps_and_on_the_bulk_of_rectangular_matrices()
     ww = pytest.importorskip("weightwatcher")
     from safetensors.torch import load_file
 
-    from alphaspec.checkpoint import example_path
+    from alphaspec.sources.checkpoint import example_path
 
     weights = load_file(str(example_path("minilm") / "model.safetensors"))
     names = [n for n in weights if n.startswith(("encoder.layer.1.", "encoder.layer.2.")) and n.endswith("dense.weight")
@@ -179,8 +179,8 @@ def test_weightwatcher_agrees_on_traps_and_on_the_bulk_of_rectangular_matrices()
 def test_the_esd_figure_overlays_the_mp_law_and_the_permuted_spectrum(tmp_path):
     """The MP curve is a density (integrates to 1 over its support) with its edge at bulk_max; the permuted
     spectrum comes back from --save-spectra under NAME#randomized and is drawn beside the ESD."""
-    from alphaspec.analysis import analyze_checkpoint
-    from alphaspec.plots import esd_figure, mp_curve
+    from alphaspec.analysis.engine import analyze_checkpoint
+    from alphaspec.plots.spectra import esd_figure, mp_curve
 
     x, density = mp_curve(0.5, 768, 256, points=20_000)
     assert np.trapezoid(density, x) == pytest.approx(1.0, abs=2e-3)
@@ -198,7 +198,7 @@ def test_the_esd_figure_overlays_the_mp_law_and_the_permuted_spectrum(tmp_path):
 
 def test_permutations_and_random_starts_are_drawn_on_the_cpu(monkeypatch):
     """So a GPU gives the same permuted matrices (and numbers) as the CPU: no generator on the device is made."""
-    import alphaspec.randomize as randomize
+    import alphaspec.spectra.randomize as randomize
 
     made = []
     real = torch.Generator
@@ -221,7 +221,7 @@ def test_blockwise_permutations_are_uniform_and_keep_the_entries():
     of entries stays, and a seed repeats its order. Up to one block it is torch's seeded randperm itself."""
     from collections import Counter
 
-    from alphaspec.randomize import shuffled
+    from alphaspec.spectra.randomize import shuffled
 
     counts = Counter(tuple(shuffled(torch.arange(6), seed, block=2).tolist()) for seed in range(7_200))
     cells = np.array([counts[p] for p in itertools.permutations(range(6))])

@@ -15,8 +15,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from alphaspec.checkpoint import example_path
-from alphaspec.diff import diff_checkpoints, pair_metrics
+from alphaspec.analysis.diff import diff_checkpoints, pair_metrics
+from alphaspec.sources.checkpoint import example_path
 
 EDITS = {"encoder.layer.2.intermediate.dense.weight": 0.02, "encoder.layer.4.attention.self.key.weight": 0.05}
 
@@ -83,7 +83,7 @@ def test_subspace_overlap_equals_numpy_svd_on_real_weights_whose_directions_turn
     their strongest directions: the overlap equals numpy's SVD to 1e-6 (a randomised range finder was 0.1 off)."""
     from safetensors.numpy import load_file
 
-    from alphaspec.checkpoint import example_path
+    from alphaspec.sources.checkpoint import example_path
 
     a = load_file(str(example_path("minilm") / "model.safetensors"))[name]
     rng = np.random.default_rng(0)

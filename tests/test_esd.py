@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from alphaspec import esd
+from alphaspec.spectra import eigenvalues as esd
 
 
 @pytest.mark.parametrize("shape", [(300, 200), (200, 300), (700, 600), (600, 700), (3, 640, 520)])

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from alphaspec.farms import farms_alpha, farms_spectrum, window_starts
+from alphaspec.spectra.farms import farms_alpha, farms_spectrum, window_starts
 
 
 def fixed_sampling_starts(dim: int, num_samples: int, sampling_ops_per_dim: int) -> list[int]:
@@ -75,7 +75,7 @@ def test_analyze_decay_map_and_the_hook_use_farms_when_asked(tmp_path):
     from safetensors.torch import load_file
 
     from alphaspec import AlphaDecay, analyze_checkpoint, build_decay_map
-    from alphaspec.decay import DecayMapError
+    from alphaspec.maps.spec import DecayMapError
 
     folder = synth.write(tmp_path / "m", synth.llama(dtype=torch.float32, lm_head=True), synth.LLAMA_CONFIG)
     plain = analyze_checkpoint(folder, device="cpu").table

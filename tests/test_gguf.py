@@ -11,9 +11,9 @@ import torch
 from typer.testing import CliRunner
 
 from alphaspec import analyze_checkpoint
-from alphaspec.checkpoint import SourceError, example_path, open_checkpoint
 from alphaspec.cli import app
 from alphaspec.errors import AlphaspecError
+from alphaspec.sources.checkpoint import SourceError, example_path, open_checkpoint
 
 gguf = pytest.importorskip("gguf")
 from gguf import GGMLQuantizationType as T  # noqa: E402
@@ -135,7 +135,7 @@ def test_llama_q_and_k_rows_come_back_in_hugging_face_order(tmp_path):
     matrix read back equals the original row for row, so W - W_base against the safetensors model is 0."""
     from safetensors.numpy import save_file
 
-    from alphaspec.checkpoint import open_checkpoint
+    from alphaspec.sources.checkpoint import open_checkpoint
 
     hf = llama_tensors(seed=5)
     stored = {}
@@ -324,7 +324,7 @@ def test_bf16_and_quantised_moe_experts(tmp_path):
     ("gemma2", "blk.3.ffn_norm.weight", "model.layers.3.pre_feedforward_layernorm.weight"),
 ])
 def test_gguf_names_become_the_architectures_hf_names(arch, gguf_name, hf):
-    from alphaspec.gguf_reader import hf_name
+    from alphaspec.sources.gguf import hf_name
 
     assert hf_name(gguf_name, arch) == hf
 
@@ -399,7 +399,7 @@ def test_iq_types_are_dequantised_not_mistaken_for_integers(tmp_path):
 def test_torch_dequantisers_equal_the_gguf_package_bit_for_bit(kind, scale_bytes):
     """Random blocks (every bit pattern of the packed values, finite float16 scales) through alphaspec's torch
     dequantiser and through gguf's numpy one."""
-    from alphaspec.gguf_dequant import DEQUANTISERS, dequantise
+    from alphaspec.sources.gguf_dequant import DEQUANTISERS, dequantise
 
     block, size, _ = DEQUANTISERS[kind]
     assert gguf.GGML_QUANT_SIZES[getattr(T, kind)] == (block, size)

@@ -20,8 +20,10 @@ import synth
 import torch
 from typer.testing import CliRunner
 
-from alphaspec import AlphaDecay, analysis, esd
+from alphaspec import AlphaDecay, devices
+from alphaspec.analysis import engine, solve
 from alphaspec.cli import app
+from alphaspec.spectra import eigenvalues as esd
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -67,14 +69,14 @@ def test_defect10_solver_streams_get_the_current_device_index_in_any_thread(fake
     set_device(1) in the main thread. resolve_device gives the index of the caller's device."""
     torch.cuda.set_device(1)
     seen = []
-    thread = threading.Thread(target=lambda: seen.append(esd.resolve_device("auto")))
-    main = esd.resolve_device("cuda")
+    thread = threading.Thread(target=lambda: seen.append(devices.resolve_device("auto")))
+    main = devices.resolve_device("cuda")
     thread.start()
     thread.join()
     assert main == torch.device("cuda", 1) and seen[0].index is not None
-    assert esd.resolve_device("cuda:1") == torch.device("cuda", 1)
-    with pytest.raises(esd.DeviceError, match="only 2 CUDA device"):
-        esd.resolve_device("cuda:2")
+    assert devices.resolve_device("cuda:1") == torch.device("cuda", 1)
+    with pytest.raises(devices.DeviceError, match="only 2 CUDA device"):
+        devices.resolve_device("cuda:2")
 
 
 # --- 2: learnable multipliers on the weights' device -------------------------------------------------------------
@@ -225,7 +227,7 @@ def alive() -> list[str]:
 @pytest.mark.parametrize("failure", ["oom", "linalg"])
 def test_defect7_a_failed_solve_is_one_error_line_with_every_thread_stopped(tmp_path, monkeypatch, workers, failure):
     folder = synth.write(tmp_path / "m", synth.llama(layers=3), synth.LLAMA_CONFIG)
-    real = analysis.scaled_eigenvalues
+    real = solve.scaled_eigenvalues
 
     def fail_on_down_proj(w, device=None, precision="fp64"):
         if w.shape[-2:] == (synth.D, synth.FF):
@@ -234,7 +236,7 @@ def test_defect7_a_failed_solve_is_one_error_line_with_every_thread_stopped(tmp_
             raise torch.linalg.LinAlgError("linalg.eigvalsh: The algorithm failed to converge")
         return real(w, device, precision)
 
-    monkeypatch.setattr(analysis, "scaled_eigenvalues", fail_on_down_proj)
+    monkeypatch.setattr(solve, "scaled_eigenvalues", fail_on_down_proj)
     out = tmp_path / "r.json"
     res = CliRunner().invoke(app, ["analyze", str(folder), "-o", str(out), "-q", "--workers", str(workers)],
                              env={"COLUMNS": "200"})
@@ -248,12 +250,12 @@ def test_defect7_a_failed_solve_is_one_error_line_with_every_thread_stopped(tmp_
 
 def test_defect7_a_reader_stopped_early_drops_what_it_staged(tmp_path):
     """The reader thread kept running, holding staged matrices, after the solver raised."""
-    from alphaspec.checkpoint import open_checkpoint
-    from alphaspec.reader import read_ahead
+    from alphaspec.sources.checkpoint import open_checkpoint
+    from alphaspec.sources.read_ahead import read_ahead
 
     folder = synth.write(tmp_path / "m", synth.llama(layers=3), synth.LLAMA_CONFIG)
     ckpt = open_checkpoint(folder)
-    todo = analysis.plan_checkpoint(ckpt, (), (), True)
+    todo = solve.plan_checkpoint(ckpt, (), (), True)
     stop = threading.Event()
     staged = read_ahead(ckpt, todo.matrices, stop, max_bytes=1)
     next(staged)
@@ -308,12 +310,12 @@ def test_defect9_a_batch_of_one_is_solved_without_a_stacked_copy(monkeypatch):
     real_stack = torch.stack
     monkeypatch.setattr(torch, "stack", lambda ts, *a, **k: stacked.append(len(ts)) or real_stack(ts, *a, **k))
     w = synth.rand(96, 64)
-    table = analysis.analyze_tensors({"model.layers.0.mlp.up_proj.weight": w})
+    table = engine.analyze_tensors({"model.layers.0.mlp.up_proj.weight": w})
     assert stacked == [] and table["status"].tolist() == ["ok"]
 
 
 def test_defect9_the_staging_queue_is_bounded_by_bytes_not_by_count():
-    from alphaspec.reader import StagingQueue
+    from alphaspec.sources.read_ahead import StagingQueue
 
     stop = threading.Event()
     q = StagingQueue(100, stop)
@@ -416,13 +418,13 @@ def test_the_cli_solves_one_matrix_per_core_and_gives_back_the_threads(tmp_path,
     solve at a time, and torch's thread count as it was (the CLI may run inside a notebook or a test)."""
     import pandas as pd
 
-    from alphaspec.cpu_threads import MAX_CPU_WORKERS, auto_workers, cores
+    from alphaspec.analysis.cpu_threads import MAX_CPU_WORKERS, auto_workers, cores
 
     assert auto_workers(torch.device("cpu")) == max(1, min(cores(), MAX_CPU_WORKERS))
     assert auto_workers(torch.device("cuda", 0)) == 1 and auto_workers(torch.device("cpu"), world=2) == 1
     seen = []
-    real = analysis.scaled_eigenvalues
-    monkeypatch.setattr(analysis, "scaled_eigenvalues", lambda *a, **k: seen.append(torch.get_num_threads()) or real(*a, **k))
+    real = solve.scaled_eigenvalues
+    monkeypatch.setattr(solve, "scaled_eigenvalues", lambda *a, **k: seen.append(torch.get_num_threads()) or real(*a, **k))
     folder = synth.write(tmp_path / "m", synth.llama(layers=3), synth.LLAMA_CONFIG)
     before = torch.get_num_threads()
     tables = {}

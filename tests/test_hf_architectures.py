@@ -10,7 +10,7 @@ import torch
 from safetensors import safe_open
 
 from alphaspec import AlphaDecay, analyze, analyze_checkpoint, build_decay_map
-from alphaspec.decay import match_names
+from alphaspec.maps.groups import match_names
 
 transformers = pytest.importorskip("transformers")
 

@@ -134,7 +134,7 @@ def test_history_keeps_the_last_refreshes_and_drains_once():
 
 
 def test_work_is_shared_by_cost():
-    from alphaspec.hook import share_of_work
+    from alphaspec.distributed import share_of_work
 
     tuned = {f"m{i}": torch.empty(4096, 4096) for i in range(4)} | {f"s{i}": torch.empty(64, 64) for i in range(8)}
     shares = [share_of_work(tuned, r, 2) for r in range(2)]
@@ -212,7 +212,7 @@ def test_fsdp2_sharded_parameters(tmp_path):
 def test_hf_trainer_callback(tmp_path):
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("accelerate")
-    from alphaspec.integrations import AlphaDecayCallback
+    from alphaspec.maps.callbacks import AlphaDecayCallback
 
     config = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=D, intermediate_size=FF, num_hidden_layers=2,
                                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32)

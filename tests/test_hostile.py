@@ -122,7 +122,7 @@ def sharded(d: Path, change: Callable[[dict], object]) -> Path:
 def full_disk(monkeypatch) -> None:
     def replace(src, dst):
         raise OSError(errno.ENOSPC, "No space left on device", str(dst))
-    monkeypatch.setattr("alphaspec.output.os.replace", replace)
+    monkeypatch.setattr("alphaspec.files.os.replace", replace)
 
 
 @dataclass

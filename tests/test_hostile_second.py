@@ -423,7 +423,7 @@ def test_a_million_string_vocabulary_is_skipped_in_bounded_memory(tmp_path):
     header reader walks such an array one length at a time and keeps nothing of it (a million here)."""
     import tracemalloc
 
-    from alphaspec.gguf_header import GGUFHeader
+    from alphaspec.sources.gguf_header import GGUFHeader
 
     n = 1_000_000
     strings = b"".join(struct.pack("<Q", 6) + b"tok%03d" % (i % 1000) for i in range(n))
@@ -497,7 +497,7 @@ import builtins, os, signal, sys
 sys.argv = ["alphaspec", "analyze", "example:minilm"]
 real = builtins.__import__
 def spy(name, *args, **kwargs):  # SIGTERM arrives while the command line is still loading
-    if name == "cli":
+    if name == "alphaspec.cli":
         os.kill(os.getpid(), signal.SIGTERM)
     return real(name, *args, **kwargs)
 builtins.__import__ = spy

@@ -158,7 +158,7 @@ def test_a_pattern_that_backtracks_is_matched_in_bounded_time(tmp_path):
     file go through `regex`, with a time bound as a backstop."""
     import time
 
-    from alphaspec.deltas import AdapterCheckpoint
+    from alphaspec.sources.deltas import AdapterCheckpoint
 
     folder = adapter(tmp_path, rank_pattern={"(.|.)*Z": 4, "(x+x+)+y": 4})
     start = time.perf_counter()
@@ -216,7 +216,7 @@ def test_figure_text_from_users_is_literal():
     `report RUN` and `compare --plot`); every figure takes its text literally."""
     import io
 
-    from alphaspec.plots import esd_figure
+    from alphaspec.plots.spectra import esd_figure
 
     name = r"run$\frac{a}$/model.layers.0.mlp.up_proj.weight"
     eigs = np.linspace(0.1, 5.0, 60) ** 2
@@ -229,7 +229,7 @@ def test_figure_text_from_users_is_literal():
 def test_callback_settings_fail_where_the_callback_is_made(bad):
     """They raised inside trainer.train() (gap=2.5 was accepted); now where the callback is made, as the hooks."""
     pytest.importorskip("transformers")
-    from alphaspec.integrations import AlphaDecayCallback, AlphaLRCallback
+    from alphaspec.maps.callbacks import AlphaDecayCallback, AlphaLRCallback
 
     for callback in (AlphaLRCallback, AlphaDecayCallback):
         if "ease" in bad and callback is AlphaDecayCallback:

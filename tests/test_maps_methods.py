@@ -20,13 +20,13 @@ import torch.nn as nn
 from typer.testing import CliRunner
 
 from alphaspec import analyze_checkpoint
-from alphaspec.checkpoint import SourceError, example_path
 from alphaspec.cli import app
-from alphaspec.decay import DecayMap, DecayMapError
 from alphaspec.maps.apply import lora_config, lr_param_groups, prune_model
 from alphaspec.maps.build import build_map
-from alphaspec.maps.file import ValueMap, load_any
+from alphaspec.maps.file import DecayMap, ValueMap, load_any
 from alphaspec.maps.groups import own_groups
+from alphaspec.maps.spec import DecayMapError
+from alphaspec.sources.checkpoint import SourceError, example_path
 
 transformers = pytest.importorskip("transformers")
 
@@ -436,15 +436,15 @@ def test_a_results_table_without_the_columns_a_map_reads_is_one_line(tmp_path, m
     for column in ("n_eigs", "layer", "alpha"):
         with pytest.raises(DecayMapError, match=f"the table has no '?{column}'? column"):
             build_map(median.drop(columns=column), "lr", method="llr")
-    from alphaspec.decay import build_decay_map
     from alphaspec.errors import UsageError
+    from alphaspec.maps.alphadecay import build_decay_map
 
     with pytest.raises(UsageError, match="the table has no n_eigs column"):
         build_decay_map(median.drop(columns="n_eigs"), 0.1, paper_compat=True)
 
 
 def test_a_tampered_map_is_one_line(tmp_path, model_and_tables):
-    from alphaspec.output import write_table
+    from alphaspec.analysis.table import write_table
 
     _, median, _ = model_and_tables
     build_map(median, "sparsity").save(tmp_path / "s.json")
@@ -473,7 +473,7 @@ def test_alpha_lr_scales_each_matrix_and_the_schedule_carries_on_from_there():
     """AlphaLR under a LambdaLR: after every refresh each tuned group's LR is its base LR x the schedule's
     factor x its multiplier (TempBalance's interpolation of the live weights' median alphas), and it stays so
     as the scheduler steps; the untuned groups follow the plain schedule."""
-    from alphaspec.hook import AlphaLR
+    from alphaspec import AlphaLR
 
     def hill_median(w):
         eigs = np.sort(np.linalg.eigvalsh(w.T @ w if w.shape[0] >= w.shape[1] else w @ w.T))
@@ -528,7 +528,7 @@ def test_the_map_figure_draws_each_kind_and_the_cli_refuses_what_it_cannot_draw(
     ranks), each at its value; `plot --kind map` without --map, or with a decay map, is one line."""
     from matplotlib.image import imread
 
-    from alphaspec.map_plots import map_figure
+    from alphaspec.plots.maps import map_figure
 
     _, median, peak = model_and_tables
     blocks = int(median["layer"].nunique())
@@ -560,7 +560,7 @@ def test_alpha_lr_eases_each_refresh_in_over_its_steps_as_the_layer_wise_release
     """ease=4: from the multipliers in force at a refresh to its targets, a quarter of the way per step; the
     first map eases in from the base LR (the release starts every group at lr); lr.csv-style history holds the
     targets; a state saved mid-ease resumes to the same multipliers."""
-    from alphaspec.hook import AlphaLR
+    from alphaspec import AlphaLR
 
     def make(seed=4):
         model = tiny_llama(seed)
@@ -632,7 +632,7 @@ def test_paper_compat_fits_with_each_releases_own_estimator(tmp_path):
 def fp16_alpha(weights: dict, estimator: str):
     """alpha of each matrix as AlphaPruning's and AlphaLoRA's releases see it: the model loaded with
     torch_dtype=torch.float16, so the weights rounded to float16; eigenvalues from numpy's SVD in float64."""
-    from alphaspec.powerlaw import fit
+    from alphaspec.spectra.powerlaw import fit
 
     def alpha(module_name: str) -> float:
         w = weights[module_name + ".weight"].to(torch.float16).double().numpy()
@@ -684,8 +684,8 @@ def test_a_results_table_answers_only_for_the_estimator_it_was_fitted_with(tmp_p
     """A results file's alphas are fitted once: -e (or --paper-compat) asking for another estimator is a usage
     error everywhere such a file is read, never a silent answer with the table's own; left to its default,
     a map says when its method would have fitted otherwise."""
+    from alphaspec.analysis.table import write_table
     from alphaspec.errors import UsageError
-    from alphaspec.output import write_table
     from alphaspec.report import render
 
     _, median, _ = model_and_tables

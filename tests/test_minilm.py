@@ -3,7 +3,7 @@
 import pytest
 
 from alphaspec import analyze_checkpoint
-from alphaspec.checkpoint import SourceError, example_path
+from alphaspec.sources.checkpoint import SourceError, example_path
 
 try:
     MINILM = example_path("minilm")

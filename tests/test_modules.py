@@ -6,8 +6,8 @@ import torch
 from safetensors.torch import load_file
 
 from alphaspec import analyze_checkpoint
-from alphaspec.checkpoint import open_checkpoint
-from alphaspec.modules import plan
+from alphaspec.sources.checkpoint import open_checkpoint
+from alphaspec.sources.matrices import plan
 
 D, FF, HD = synth.D, synth.FF, synth.HD
 

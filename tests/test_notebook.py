@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from alphaspec.checkpoint import SourceError, example_path
+from alphaspec.sources.checkpoint import SourceError, example_path
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 

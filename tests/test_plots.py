@@ -9,12 +9,13 @@ import torch
 from matplotlib.image import imread
 
 from alphaspec import analyze_checkpoint
-from alphaspec.checkpoint import SourceError, example_path
-from alphaspec.decay import build_decay_map
-from alphaspec.map_plots import decay_figure
-from alphaspec.plots import alpha_depth_figure, alpha_modules_figure, esd_figure, render, spectra_figure
-from alphaspec.powerlaw import fit
-from alphaspec.random_baseline import mp_quantiles, random_alpha
+from alphaspec.maps.alphadecay import build_decay_map
+from alphaspec.plots.maps import decay_figure
+from alphaspec.plots.render import render
+from alphaspec.plots.spectra import alpha_depth_figure, alpha_modules_figure, esd_figure, spectra_figure
+from alphaspec.sources.checkpoint import SourceError, example_path
+from alphaspec.spectra.gaussian import mp_quantiles, random_alpha
+from alphaspec.spectra.powerlaw import fit
 
 LAYERS = 5
 
@@ -113,8 +114,8 @@ def test_plot_cli_with_module_draws_only_that_matrix_and_a_run_its_own_decays(ll
 
     from typer.testing import CliRunner
 
+    from alphaspec.analysis.table import write_results, write_spectra
     from alphaspec.cli import app
-    from alphaspec.output import write_results, write_spectra
 
     write_results(llama, tmp_path / "r.json")
     write_spectra(llama, tmp_path / "r.npz")
@@ -229,7 +230,7 @@ def test_every_table_carries_the_random_matrix_alpha_of_each_shape(llama):
 
 
 def test_alpha_modules_shows_farms_beside_alpha_when_the_table_has_it(llama):
-    from alphaspec.plots import alpha_modules_figure
+    from alphaspec.plots.spectra import alpha_modules_figure
 
     plain = alpha_modules_figure(llama.table).axes[0]
     table = llama.table.assign(alpha_farms=llama.table["alpha"] - 0.5)
@@ -244,8 +245,8 @@ def test_alpha_modules_shows_farms_beside_alpha_when_the_table_has_it(llama):
 def test_every_module_type_has_its_own_colour():
     """The block types in the Okabe-Ito palette, embed, lm_head and other outside it: no two types share one
     (lm_head wrapped around onto att.q's blue)."""
-    from alphaspec.modules import FUSED_MODULES, MODULE_TYPES
-    from alphaspec.plots import module_colour
+    from alphaspec.plots.style import module_colour
+    from alphaspec.sources.matrices import FUSED_MODULES, MODULE_TYPES
 
     colours = [module_colour(m) for m in MODULE_TYPES if m not in FUSED_MODULES]
     assert len(set(colours)) == len(colours) and module_colour("decoder/lm_head") == module_colour("lm_head")

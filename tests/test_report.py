@@ -118,7 +118,7 @@ def test_a_results_table_with_notes_and_a_decay_map(tmp_path, hostile_model):
     """A results file (its notes planted) and a decay map: notes escaped, the map's section with every tensor."""
     result = alphaspec.analyze_checkpoint(hostile_model, device="cpu", keep_spectra=True)
     result.notes.append("<img src=x onerror=window.__pwned=2>")
-    from alphaspec.output import write_results, write_spectra
+    from alphaspec.analysis.table import write_results, write_spectra
 
     write_results(result, tmp_path / "r.json")
     write_spectra(result, tmp_path / "r.npz")

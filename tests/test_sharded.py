@@ -16,10 +16,10 @@ from safetensors.torch import save_file
 
 import alphaspec
 from alphaspec import analyze_checkpoint
-from alphaspec.checkpoint import TensorInfo
+from alphaspec.analysis.sharded import JobProgress, share
 from alphaspec.distributed import solve_cost, split_by_cost
-from alphaspec.modules import plan
-from alphaspec.sharded import JobProgress, share
+from alphaspec.sources.checkpoint import TensorInfo
+from alphaspec.sources.matrices import plan
 
 DRIVER = Path(__file__).with_name("torchrun_driver.py")
 CONFIG = {"model_type": "llama", "num_attention_heads": synth.HEADS, "num_key_value_heads": 2, "hidden_size": synth.D}
@@ -126,7 +126,7 @@ def test_job_progress_reports_what_every_rank_added_to_the_store(monkeypatch):
             self.values[key] = self.values.get(key, 0) + n
             return self.values[key]
 
-    monkeypatch.setattr("alphaspec.sharded.POLL_SECONDS", 0.01)
+    monkeypatch.setattr("alphaspec.analysis.sharded.POLL_SECONDS", 0.01)
     seen = []
     board = JobProgress(0, lambda done, total: seen.append((done, total)))
     board.store = other = Store()

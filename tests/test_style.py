@@ -34,7 +34,7 @@ def test_compare_and_the_trainer_do_not_import_each_other():
         tree = ast.parse(path.read_text(encoding="utf-8"))
         return {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
 
-    assert not any("loop" in m or m.endswith("train") for m in imports(ROOT / "alphaspec" / "compare.py"))
+    assert not any("loop" in m or m.endswith("train") for m in imports(ROOT / "alphaspec" / "train/compare.py"))
     assert not any("compare" in m for p in (ROOT / "alphaspec" / "train").glob("*.py") for m in imports(p))
 
 
@@ -69,18 +69,149 @@ def test_ratios_and_policies_are_checked_in_one_place():
 
 
 def test_the_core_imports_neither_typer_nor_matplotlib():
-    """Everything but the CLI and the modules that draw (plots, map_plots, training_plots, diff_plot, the
-    report) loads without typer or matplotlib: a library user pays for neither."""
+    """Everything but the CLI and the modules that draw (plots/*, the report) loads without typer or matplotlib:
+    a library user pays for neither."""
     import pkgutil
     import sys
 
     import alphaspec
 
-    drawing = ("alphaspec.cli", "alphaspec.report", "alphaspec.plots", "alphaspec.map_plots",
-               "alphaspec.training_plots", "alphaspec.diff_plot", "alphaspec.__main__")
+    drawing = ("alphaspec.cli", "alphaspec.report", "alphaspec.plots.", "alphaspec.__main__")
     core = [m.name for m in pkgutil.walk_packages(alphaspec.__path__, "alphaspec.") if not m.name.startswith(drawing)]
     assert "alphaspec.train.loop" in core and "alphaspec.maps.hook" in core
     code = (f"import importlib, sys\nfor m in {core!r}:\n    importlib.import_module(m)\n"
             "    assert not {'typer', 'matplotlib'} & set(sys.modules), m")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+# The package's layers, lowest first: a module imports only from its own layer or a lower one (docs/architecture.md).
+LAYERS = {
+    "": 0,  # the basics at the top level: errors, choices, files, devices, distributed, the version
+    "spectra": 1, "sources": 1,  # the mathematics of one matrix; weights sources (neither imports the other)
+    "analysis": 2, "maps": 3, "train": 4, "plots": 5, "report": 6, "cli": 7,
+}
+BASICS = {"__init__", "__main__", "_entry", "_lazy", "_version", "choices", "devices", "distributed", "errors", "files"}
+# Module paths of the flat layout, gone since the package was laid out in folders: nothing may name them.
+REMOVED = ("bulk", "checkpoint", "compare", "cpu_threads", "decay", "decayspec", "deltas", "diagnose",
+           "diff", "diff_plot", "esd", "farms", "gguf_dequant", "gguf_header", "gguf_reader", "hook", "integrations",
+           "map_plots", "memory", "modules", "output", "paper", "powerlaw", "random_baseline", "randomize",
+           "reader", "sharded", "spectral_metrics", "training_plots")
+
+
+def _module(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Every import of an alphaspec module by an alphaspec module, at module level or inside a function."""
+    import ast
+
+    modules = {_module(p): p for p in (ROOT / "alphaspec").rglob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("alphaspec"):
+                targets |= {f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
+                            for a in node.names}
+            elif isinstance(node, ast.Import):
+                targets |= {a.name for a in node.names if a.name.startswith("alphaspec")}
+        graph[name] = {t for t in targets if t in modules and t != name}
+    return graph
+
+
+def test_no_import_cycles():
+    """No two modules import each other, directly or around a circle, not even from inside a function."""
+    graph = _import_graph()
+    cycles, done = [], set()
+
+    def visit(node: str, path: list[str]) -> None:
+        for nxt in sorted(graph[node]):
+            if nxt in path:
+                cycles.append(" -> ".join(path[path.index(nxt):] + [nxt]))
+            elif nxt not in done:
+                visit(nxt, path + [nxt])
+        done.add(node)
+
+    for start in sorted(graph):
+        if start not in done:
+            visit(start, [start])
+    assert cycles == []
+
+
+def test_packages_import_only_downwards():
+    """sources and spectra know nothing of the analysis, the analysis nothing of maps, maps nothing of training,
+    and so on up to the CLI; the package's face (alphaspec/__init__, __main__) may name anything."""
+    def layer(module: str) -> int:
+        parts = module.split(".")
+        return LAYERS.get(parts[1], 0) if len(parts) > 1 else 0
+
+    def folder(module: str) -> str:
+        parts = module.split(".")
+        return parts[1] if len(parts) > 1 and parts[1] in LAYERS else ""
+
+    face = {"alphaspec", "alphaspec.__main__", "alphaspec._entry"}
+    upward = [f"{a} -> {b}" for a, targets in _import_graph().items() if a not in face for b in targets
+              if b not in face and (layer(b) > layer(a) or {folder(a), folder(b)} == {"sources", "spectra"})]
+    assert upward == []
+
+
+def test_the_top_level_holds_only_the_face_and_the_basics():
+    flat = {p.stem for p in (ROOT / "alphaspec").glob("*.py")}
+    folders = {p.name for p in (ROOT / "alphaspec").iterdir() if (p / "__init__.py").exists()}
+    assert flat == BASICS and folders == set(LAYERS) - {""}
+
+
+def test_no_removed_module_path_is_named():
+    """Nothing imports, patches or documents a module path of the flat layout (there are no shims to catch it)."""
+    import re
+
+    names = "|".join(REMOVED)  # and the two modules that became folders, analysis.py and plots.py
+    pattern = re.compile(rf"\balphaspec[./]({names})\b(?!-)|\balphaspec/(analysis|plots)\.py"
+                         rf"|^\s*from alphaspec import .*\b({names})\b", re.M)
+    files = [p for d in ("alphaspec", "tests", "bench", "docs", "notebooks") for p in (ROOT / d).rglob("*")
+             if p.suffix in (".py", ".md", ".ipynb", ".sh")] + [ROOT / "README.md"]
+    hits = [f"{p.relative_to(ROOT)}: {m.group(0).strip()}" for p in files
+            for m in pattern.finditer(p.read_text(encoding="utf-8"))]
+    assert hits == []
+
+
+def test_help_loads_neither_torch_nor_pandas():
+    """`alphaspec --help` and every `alphaspec CMD --help` answer without importing torch, pandas or numpy
+    (seconds of start-up a user waits for nothing)."""
+    import sys
+
+    commands = ["", "analyze", "diff", "plot", "report", "decay-map", "map", "tokenize", "train", "compare"]
+    code = ("import sys\nfrom alphaspec._entry import main\n"
+            f"for cmd in {commands!r}:\n"
+            "    sys.argv = ['alphaspec', *([cmd] if cmd else []), '--help']\n"
+            "    try:\n        main()\n    except SystemExit as stop:\n        assert not stop.code, (cmd, stop.code)\n"
+            "    loaded = {'torch', 'pandas', 'numpy'} & set(sys.modules)\n"
+            "    assert not loaded, (cmd, loaded)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("Usage:") == len(commands)
+
+
+def test_every_error_class_is_an_alphaspec_error():
+    """One family: every exception class the package defines derives from AlphaspecError, so the CLI maps each
+    to one `error:` line and a library user catches one base (cli/common's Stopped and Terminated, stops from
+    outside rather than errors, aside)."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import alphaspec
+    from alphaspec.errors import AlphaspecError
+
+    outside = []
+    for info in pkgutil.walk_packages(alphaspec.__path__, "alphaspec."):
+        if info.name.endswith("__main__") or info.name.startswith(("alphaspec.maps.callbacks",)):
+            continue  # __main__ runs the CLI; the callbacks need transformers
+        module = importlib.import_module(info.name)
+        outside += [f"{info.name}.{name}" for name, cls in inspect.getmembers(module, inspect.isclass)
+                    if cls.__module__ == info.name and issubclass(cls, BaseException)
+                    and not issubclass(cls, AlphaspecError) and name not in ("Stopped", "Terminated")]
+    assert outside == []

@@ -60,7 +60,7 @@ def test_run_json_holds_the_defaults_of_options_not_given(tmp_path):
 def test_the_config_module_needs_no_torch():
     import subprocess
 
-    code = "import sys, alphaspec.train.config, alphaspec.compare; sys.exit('torch' in sys.modules)"
+    code = "import sys, alphaspec.train.config, alphaspec.train.compare; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 

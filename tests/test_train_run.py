@@ -16,9 +16,9 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from alphaspec.cli import app
-from alphaspec.compare import compare
-from alphaspec.decay import build_decay_map
+from alphaspec.maps.alphadecay import build_decay_map
 from alphaspec.train import DataError, RunError, TrainConfig, train
+from alphaspec.train.compare import compare
 from alphaspec.train.data import bundled_corpus
 from alphaspec.train.rundir import ALPHA_COLUMNS, DECAY_COLUMNS, METRICS_COLUMNS
 
@@ -188,7 +188,7 @@ def test_learning_rate_maps_come_from_the_current_weights(tmp_path, text, strate
     groups = {g["name"]: g["lr"] for g in state["optimizer"]["param_groups"] if g.get("name") in {r["name"] for r in final}}
     assert groups == {r["name"]: pytest.approx(lr_now * float(r["lr_scale"]), rel=1e-9) for r in final}
     if optimizer == "adamw":  # `plot RUN --kind map` draws the multipliers of the last refresh against alpha
-        from alphaspec.map_plots import map_figure
+        from alphaspec.plots.maps import map_figure
 
         res = CliRunner().invoke(app, ["plot", str(out), "--kind", "map", "-o", str(tmp_path / "figs"), "-q"])
         assert res.exit_code == 0 and (tmp_path / "figs" / "map-lr.png").is_file(), res.output

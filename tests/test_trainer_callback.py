@@ -12,7 +12,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from alphaspec.integrations import AlphaDecayCallback, AlphaLRCallback  # noqa: E402 - after the importorskip
+from alphaspec.maps.callbacks import AlphaDecayCallback, AlphaLRCallback  # noqa: E402 - after the importorskip
 
 STEPS, SAVE, GAP = 12, 4, 3
 

@@ -13,9 +13,9 @@ import torch
 from safetensors.torch import load_file
 
 import alphaspec
-from alphaspec.bulk import mp_bulk, spike_threshold
-from alphaspec.checkpoint import example_path
-from alphaspec.randomize import matrix_seed
+from alphaspec.sources.checkpoint import example_path
+from alphaspec.spectra.mp_bulk import mp_bulk, spike_threshold
+from alphaspec.spectra.randomize import matrix_seed
 
 powerlaw = pytest.importorskip("powerlaw")
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -156,8 +156,8 @@ def test_a_healthy_model_opens_with_a_line_saying_so_in_the_terminal_and_the_rep
     text = " ".join(run.stdout.split())
     assert "Looks healthy: 3" in text and "heavier tail than a Gaussian matrix of their shape" in text
     assert all(len(line) <= 80 for line in run.stdout.splitlines())
-    from alphaspec.diagnose import health_line
     from alphaspec.report.checkpoint import verdicts_block
+    from alphaspec.spectra.verdicts import health_line
 
     table = alphaspec.analyze("example:minilm")
     assert verdicts_block(table).startswith('<p class="verdicts ok">Looks healthy: ')

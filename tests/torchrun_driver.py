@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from alphaspec.checkpoint import Checkpoint, SourceError
+from alphaspec.sources.checkpoint import Checkpoint, SourceError
 
 record, fail_rank, argv = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
 rank = int(os.environ["RANK"])

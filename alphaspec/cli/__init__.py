@@ -8,8 +8,8 @@ from __future__ import annotations
 import os
 import sys
 
-from . import analyze, compare, decay, diff, helptext, map, plot, report, tokenize, train  # noqa: F401 - importing registers the commands
-from .common import app, err
+from alphaspec.cli import analyze, compare, decay, diff, helptext, map, plot, report, tokenize, train  # noqa: F401 - importing registers the commands
+from alphaspec.cli.common import app, err
 
 helptext.install()
 
@@ -28,7 +28,7 @@ def entry() -> None:
     code = _status(app)
     world = os.environ.get("WORLD_SIZE", "1")
     if world.isdigit() and int(world) > 1:
-        from ..distributed import end_rank
+        from alphaspec.distributed import end_rank
 
         end_rank(code)
     sys.exit(code)

@@ -10,12 +10,9 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from .._version import __version__
-from ..choices import ESD_PRECISIONS
-from ..diagnose import PERMUTATIONS, WARNINGS, Thresholds, parse_fail_on, verdicts
-from ..errors import UsageError
-from .common import (
-    MODEL_KINDS,
+from alphaspec._version import __version__
+from alphaspec.choices import ESD_PRECISIONS, MODEL_FIGURES
+from alphaspec.cli.common import (
     Device,
     Estimator,
     EstimatorOption,
@@ -30,17 +27,19 @@ from .common import (
     out,
     report_figures,
 )
-from .verdicts import check_verdicts, needs_attention
+from alphaspec.cli.verdicts import check_verdicts, needs_attention
+from alphaspec.errors import UsageError
+from alphaspec.spectra.verdicts import PERMUTATIONS, WARNINGS, Thresholds, parse_fail_on, verdicts
 
 Precision = choice_enum("Precision", ESD_PRECISIONS)
 
 if TYPE_CHECKING:
-    from ..analysis import Analysis
+    from alphaspec.analysis.solve import Analysis
 
 
 def _summary(result: Analysis) -> Table:
-    from ..modules import MODULE_TYPES
-    from ..random_baseline import random_alpha
+    from alphaspec.sources.matrices import MODULE_TYPES
+    from alphaspec.spectra.gaussian import random_alpha
 
     table = Table(title="alpha per module type", title_justify="left", header_style="bold",
                   caption="random: alpha of a Gaussian matrix of the type's most common shape (Marchenko-Pastur); "
@@ -151,11 +150,11 @@ def analyze(
 ) -> None:
     """Eigenvalue spectrum and power-law tail fit (alpha) of every weight matrix in a checkpoint, the
     Marchenko-Pastur bulk, and verdicts on which matrices need attention."""
-    from ..cpu_threads import auto_workers, one_thread_per_solve
-    from ..deltas import open_source
-    from ..distributed import joined, launched
-    from ..esd import resolve_device
-    from ..output import check_output, check_output_dir, input_paths
+    from alphaspec.analysis.cpu_threads import auto_workers, one_thread_per_solve
+    from alphaspec.devices import resolve_device
+    from alphaspec.distributed import joined, launched
+    from alphaspec.files import check_output, check_output_dir, input_paths
+    from alphaspec.sources.deltas import open_source
 
     thresholds = Thresholds(over_trained, under_trained, rank_loss)  # bad values fail before any work
     failing_on = parse_fail_on(fail_on)
@@ -192,13 +191,13 @@ def analyze(
 
 def _write(result: Analysis, output: Path | None, save_spectra: Path | None, plots: Path | None, quiet: bool) -> None:
     """The table, spectra and figures asked for, then the summary (rank 0 alone under torchrun)."""
-    from ..output import write_results, write_spectra
+    from alphaspec.analysis.table import write_results, write_spectra
 
     if output is not None:
         write_results(result, output)
     if save_spectra is not None:
         write_spectra(result, save_spectra)
-    drawn = draw(result.table, result.spectra, plots, list(MODEL_KINDS), "png", []) if plots is not None else None
+    drawn = draw(result.table, result.spectra, plots, list(MODEL_FIGURES), "png", []) if plots is not None else None
     if not quiet:
         _report(result)
         if drawn is not None:

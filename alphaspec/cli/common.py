@@ -30,11 +30,9 @@ from rich.progress import (
 from rich.text import Text
 from typer.core import TyperGroup
 
-from .._version import __version__
-from ..choices import ESTIMATORS
-from ..errors import AlphaspecError, UsageError, describe_os_error
-
-MODEL_KINDS = ("spectra", "alpha-modules", "alpha-depth")  # plots.MODEL_KINDS, without importing matplotlib
+from alphaspec._version import __version__
+from alphaspec.choices import ESTIMATORS
+from alphaspec.errors import AlphaspecError, UsageError, describe_os_error
 
 # Typer >= 0.26 vendors click as typer._click; earlier versions use click itself.
 click = getattr(typer.core, "_click", None) or typer.core.click
@@ -217,10 +215,10 @@ class RateColumn(ProgressColumn):
 def analyze_with_progress(source: str, estimator: str, device, quiet: bool, header: str | None = None, **options):
     """analyze_checkpoint() with a progress bar (matrices done, matrices/s, ETA) on stderr, and `header` printed once the
     work is planned (so that bad input ends in a lone `error:` line)."""
-    from ..analysis import analyze_checkpoint
-    from ..checkpoint import open_checkpoint
-    from ..distributed import process_group
-    from ..esd import resolve_device
+    from alphaspec.analysis.engine import analyze_checkpoint
+    from alphaspec.devices import resolve_device
+    from alphaspec.distributed import process_group
+    from alphaspec.sources.checkpoint import open_checkpoint
 
     device = resolve_device(device)  # bad input fails before a progress bar is drawn
     if process_group()[1] == 1:  # under torchrun every rank opens it inside the collective analysis
@@ -245,7 +243,8 @@ def load(source: str, estimator: str, device: str, quiet: bool, spectra_file: Pa
     so that a results file fitted with another one is refused rather than silently used. rounded_to: a dtype the
     weights are rounded to before their spectra (a release's, under --paper-compat); a results file must hold
     weights of that dtype."""
-    from ..output import TABLE_SUFFIXES, check_estimator, read_results, read_spectra
+    from alphaspec.analysis.table import check_estimator, read_results, read_spectra
+    from alphaspec.files import TABLE_SUFFIXES
 
     path = Path(source)
     if path.suffix not in TABLE_SUFFIXES or not path.is_file():
@@ -253,7 +252,7 @@ def load(source: str, estimator: str, device: str, quiet: bool, spectra_file: Pa
         if rounded_to is not None:
             import torch
 
-            from ..deltas import RoundedCheckpoint, open_source
+            from alphaspec.sources.deltas import RoundedCheckpoint, open_source
 
             checkpoint = RoundedCheckpoint(open_source(source), getattr(torch, rounded_to))
         result = analyze_with_progress(source, estimator, device, quiet, keep_spectra=True, split_fused=split_fused,
@@ -262,7 +261,7 @@ def load(source: str, estimator: str, device: str, quiet: bool, spectra_file: Pa
     table = read_results(path)
     if asked:
         check_estimator(path, table, estimator, asked)
-    from ..maps.build import other_dtypes
+    from alphaspec.maps.build import other_dtypes
 
     if rounded_to and (stored := other_dtypes(table, rounded_to)):
         raise UsageError(f"{path}: holds the spectra of {', '.join(stored)} weights; --paper-compat rounds them to "
@@ -289,7 +288,7 @@ def finite(value):
 def ratio_pair(value: tuple[float, float] | None) -> tuple[float, float] | None:
     """Typer callback for --ratio S1 S2 (None: not given, where it has no default), checked by the spec's own
     validator."""
-    from ..maps.spec import ratio_problem
+    from alphaspec.maps.spec import ratio_problem
 
     if value is None:
         return None
@@ -301,7 +300,7 @@ def ratio_pair(value: tuple[float, float] | None) -> tuple[float, float] | None:
 
 def decay_policy(value: str) -> str:
     """Typer callback for --default-decay (all, matrices, or a finite number >= 0), by the spec's validator."""
-    from ..maps.spec import policy_problem
+    from alphaspec.maps.spec import policy_problem
 
     if problem := policy_problem(value):
         raise typer.BadParameter(f"{value!r}: {problem}")
@@ -331,6 +330,6 @@ def report_figures(rendered, quiet: bool = False) -> None:
 
 def draw(table, spectra, out_dir: Path, kinds: list[str], fmt: str, names: list[str], dmap=None, excess: bool = False,
          vmap=None):
-    from ..plots import render  # matplotlib is loaded only when figures are asked for
+    from alphaspec.plots.render import render  # matplotlib is loaded only when figures are asked for
 
     return render(table, spectra, out_dir, kinds, fmt, names, dmap, excess, value_map=vmap)

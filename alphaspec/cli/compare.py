@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from .common import Quiet, app, fail, out
+from alphaspec.cli.common import Quiet, app, fail, out
 
 
 @app.command(no_args_is_help=True, epilog="""
@@ -36,8 +36,9 @@ def compare(
     quiet: Quiet = False,
 ) -> None:
     """Judge weight-decay strategies: final and best validation loss, seeds pooled, against a baseline."""
-    from ..compare import compare as compare_runs
-    from ..output import check_output, write_table
+    from alphaspec.analysis.table import write_table
+    from alphaspec.files import check_output
+    from alphaspec.train.compare import compare as compare_runs
 
     if output is not None:
         check_output(output, inputs=runs)
@@ -47,8 +48,8 @@ def compare(
     if output is not None:
         write_table(result.table, output)
     if plot is not None:
-        from ..plots import save_figure
-        from ..training_plots import compare_figure
+        from alphaspec.plots.style import save_figure
+        from alphaspec.plots.training import compare_figure
 
         save_figure(compare_figure(result), plot)
     if plot_alphas is not None:
@@ -74,9 +75,9 @@ def compare(
 
 def _multipliers_by_width(result, path: Path) -> None:
     """The width-scaling figure from the runs that learned multipliers (width from each run's config.json)."""
-    from ..plots import save_figure
-    from ..train.rundir import has_log, read_log
-    from ..training_plots import multipliers_width_figure
+    from alphaspec.plots.style import save_figure
+    from alphaspec.plots.training import multipliers_width_figure
+    from alphaspec.train.rundir import has_log, read_log
 
     runs = [(row.label, _width(run.path / "config.json"), read_log(run.path, "multipliers", "--plot-multipliers"))
             for run, row in zip(result.runs, result.table.itertuples(), strict=True) if has_log(run.path, "multipliers")]
@@ -87,9 +88,9 @@ def _multipliers_by_width(result, path: Path) -> None:
 
 def _alphas_over_training(result, path: Path) -> None:
     """The alpha-over-training overlay from the runs that analysed their matrices (alphas.csv)."""
-    from ..plots import save_figure
-    from ..train.rundir import has_log, read_log
-    from ..training_plots import alphas_over_training
+    from alphaspec.plots.style import save_figure
+    from alphaspec.plots.training import alphas_over_training
+    from alphaspec.train.rundir import has_log, read_log
 
     alphas = [read_log(run.path, "alphas", "--plot-alphas") if has_log(run.path, "alphas") else None
               for run in result.runs]
@@ -100,7 +101,7 @@ def _alphas_over_training(result, path: Path) -> None:
 
 def _width(config: Path) -> int:
     """A run's model width, from the config.json its weights were saved with."""
-    from ..errors import first_line, parse_json
+    from alphaspec.errors import first_line, parse_json
 
     try:
         width = parse_json(config.read_text(encoding="utf-8"))["hidden_size"]

@@ -8,10 +8,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ..choices import ASSIGN, DECAY_METRICS, PRESERVE
-from ..errors import UsageError
-from ..maps.spec import DecaySpec
-from .common import (
+from alphaspec.choices import ASSIGN, DECAY_METRICS, PRESERVE
+from alphaspec.cli.common import (
     Device,
     EstimatorOption,
     Exclude,
@@ -26,6 +24,8 @@ from .common import (
     out,
     ratio_pair,
 )
+from alphaspec.errors import UsageError
+from alphaspec.maps.spec import DecaySpec
 
 Assign = choice_enum("Assign", ASSIGN)
 Preserve = choice_enum("Preserve", PRESERVE)
@@ -90,8 +90,8 @@ def decay_map(
 def write_decay_map(source: str, output: Path, spec: DecaySpec, weight_decay: float, default: str | float, device: str,
                     quiet: bool, estimator_given: bool) -> None:
     """Analyse (or read) SOURCE, build the decay map, write it and print its summary."""
-    from ..decay import build_decay_map
-    from ..output import check_output, input_paths
+    from alphaspec.files import check_output, input_paths
+    from alphaspec.maps.alphadecay import build_decay_map
 
     if spec.paper_compat and estimator_given and spec.estimator != DecaySpec.estimator:
         raise UsageError(f"--paper-compat fits with the release's estimator ({DecaySpec.estimator}), not "

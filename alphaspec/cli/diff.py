@@ -9,7 +9,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from .common import Device, Estimator, EstimatorOption, Exclude, Include, Quiet, app, err, out
+from alphaspec.cli.common import Device, Estimator, EstimatorOption, Exclude, Include, Quiet, app, err, out
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -50,10 +50,12 @@ def diff(
 ) -> None:
     """Compare checkpoints matrix by matrix: the change of alpha and the other metrics, how far the weights
     moved, how many top directions they kept, and the verdicts gained or lost."""
-    from ..cpu_threads import auto_workers, one_thread_per_solve
-    from ..diff import diff_checkpoints, expand_sources
-    from ..esd import resolve_device
-    from ..output import check_output, input_paths, write_table
+    from alphaspec.analysis.cpu_threads import auto_workers, one_thread_per_solve
+    from alphaspec.analysis.diff import diff_checkpoints
+    from alphaspec.analysis.table import write_table
+    from alphaspec.devices import resolve_device
+    from alphaspec.files import check_output, input_paths
+    from alphaspec.train.weights import expand_sources
 
     inputs = [p for s in sources for p in input_paths(s)]
     if output is not None:
@@ -69,8 +71,8 @@ def diff(
     if output is not None:
         write_table(result.table, output)
     if plot is not None:
-        from ..diff_plot import diff_figure
-        from ..plots import save_figure
+        from alphaspec.plots.diff import diff_figure
+        from alphaspec.plots.style import save_figure
 
         save_figure(diff_figure(result.table), plot)
     if not quiet:
@@ -101,7 +103,7 @@ class _progress:
 
 def _summaries(table: pd.DataFrame) -> list[Table]:
     """Per pair, a table by module type: matrices, mean Δalpha, mean and largest relative change, lowest overlap."""
-    from ..diff import short
+    from alphaspec.analysis.diff import short
 
     out = []
     for (a, b), pair in table.groupby(["from", "to"], sort=False):

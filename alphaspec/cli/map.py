@@ -9,11 +9,11 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ..choices import DECAY_METRICS, ESTIMATORS
-from ..errors import UsageError
-from ..maps.file import KINDS
-from ..maps.methods import LR_ASSIGN, METHODS
-from .common import Device, Quiet, app, choice_enum, finite, load, out
+from alphaspec.choices import DECAY_METRICS, ESTIMATORS, LR_ASSIGN
+from alphaspec.cli.common import Device, Quiet, app, choice_enum, finite, load, out
+from alphaspec.errors import UsageError
+from alphaspec.maps.file import KINDS
+from alphaspec.maps.spec import METHODS
 
 Kind = choice_enum("Kind", KINDS)
 MethodName = choice_enum("MethodName", tuple(METHODS))
@@ -79,9 +79,10 @@ def make_map(
 ) -> None:
     """Per-module values from the spectra, as the alpha-guided methods make them: TempBalance or layer-wise
     learning rates, AlphaPruning sparsities, AlphaLoRA ranks, AlphaDecay weight decays."""
-    from ..maps.build import MapSpec, build_map
-    from ..maps.methods import METHODS
-    from ..output import check_output, fitted_with, input_paths
+    from alphaspec.analysis.table import fitted_with
+    from alphaspec.files import check_output, input_paths
+    from alphaspec.maps.build import MapSpec, build_map
+    from alphaspec.maps.spec import METHODS
 
     kind = kind.value
     check_output(output, (".json",), inputs=input_paths(source))
@@ -110,8 +111,8 @@ def make_map(
 
 def _decay_map(source, output, spec, weight_decay, device, quiet) -> None:
     """`map weight_decay`: AlphaDecay, as `decay-map` makes it with these settings (checked by MapSpec)."""
-    from ..maps.spec import DecaySpec
-    from .decay import write_decay_map
+    from alphaspec.cli.decay import write_decay_map
+    from alphaspec.maps.spec import DecaySpec
 
     decays = DecaySpec(ratio=spec.ratio or DecaySpec.ratio, assign=spec.assign or DecaySpec.assign,
                        estimator=spec.estimator or DecaySpec.estimator, metric=spec.metric,

@@ -8,9 +8,8 @@ from typing import Annotated
 
 import typer
 
-from ..choices import FIGURES, FORMATS
-from .common import (
-    MODEL_KINDS,
+from alphaspec.choices import FIGURES, FORMATS, MODEL_FIGURES
+from alphaspec.cli.common import (
     Device,
     Estimator,
     EstimatorOption,
@@ -71,15 +70,14 @@ def plot(
 ) -> None:
     """Figures: ESDs per module type across layers, alpha per module type and over depth, one matrix's fit,
     weight decay against alpha, and a learning-rate, sparsity or LoRA-rank map against alpha."""
-    from ..decay import DecayMap
-    from ..maps.file import ValueMap
-    from ..output import check_output_dir
-    from ..train.rundir import has_log
+    from alphaspec.files import check_output_dir
+    from alphaspec.maps.file import DecayMap, ValueMap
+    from alphaspec.train.rundir import has_log
 
     check_output_dir(output)
     run = Path(source)
     kinds = [k.value for k in kind] if kind else ["esd"] if module else [
-        *MODEL_KINDS, *(["decay"] if decay_map_file else []), *(["map"] if map_file else []),
+        *MODEL_FIGURES, *(["decay"] if decay_map_file else []), *(["map"] if map_file else []),
         *(["training"] if has_log(run, "alphas") else []),
         *(["multipliers"] if has_log(run, "multipliers") else [])]
     for figure, draw_run in (("training", _training_figure), ("multipliers", _multipliers_figure)):
@@ -101,7 +99,7 @@ def plot(
     if dmap is None and "decay" in kinds and has_log(run, "decays"):  # a run: the decays it last applied
         dmap = _run_decay_map(run)
     table, spectra = load(source, estimator.value, device, quiet, spectra_file, asked="-e" if given(ctx, "estimator") else None)
-    from ..decay import check_map_matches_table
+    from alphaspec.maps.alphadecay import check_map_matches_table
 
     for chosen, figure in ((dmap if decay_map_file is not None else None, "decay"), (vmap, "map")):
         if chosen is not None and figure in kinds:
@@ -134,7 +132,8 @@ def _esd_names(source: str, table, spectra: dict, module: list[str]) -> list[str
 
 def _default_map(table):
     """The decay figure without --decay-map: AlphaDecay's defaults at w = 0.1, said so; or why there is none."""
-    from ..decay import DecayMapError, build_decay_map
+    from alphaspec.maps.alphadecay import build_decay_map
+    from alphaspec.maps.spec import DecayMapError
 
     try:
         return build_decay_map(table, 0.1), "decay figure: the default map (linear, w = 0.1); pass --decay-map for yours"
@@ -145,8 +144,8 @@ def _default_map(table):
 def _run_decay_map(run: Path):
     """The decays a training run applied last (its decay.csv), as a map the decay figure draws against the
     metric they came from."""
-    from ..decay import DecayMap
-    from ..train.rundir import read_log
+    from alphaspec.maps.file import DecayMap
+    from alphaspec.train.rundir import read_log
 
     decays = read_log(run, "decays", "the decay figure")
     decays = decays[decays["name"] != "*"]  # AWD's one global row per step has no matrix to place
@@ -164,7 +163,7 @@ def _run_decay_map(run: Path):
 
 def _last_refresh(run: Path, rows):
     """Each matrix's latest row of a run's decay.csv or lr.csv, the run's settings and the metric behind them."""
-    from ..train.rundir import load_run_json
+    from alphaspec.train.rundir import load_run_json
 
     config = load_run_json(run).get("config", {})
     latest = rows.sort_values("step", kind="stable").groupby("name", sort=False).tail(1)
@@ -174,8 +173,8 @@ def _last_refresh(run: Path, rows):
 def _run_lr_map(run: Path):
     """The learning-rate multipliers a tempbalance or llr run reached at its last refresh (its lr.csv), as a
     map the map figure draws against the metric they came from."""
-    from ..maps.file import ValueMap
-    from ..train.rundir import read_log
+    from alphaspec.maps.file import ValueMap
+    from alphaspec.train.rundir import read_log
 
     latest, config, metric = _last_refresh(run, read_log(run, "lrs", "the map figure"))  # no rows: one error line
     modules = [{"name": r.name, "module": r.module, "layer": r.layer, metric: r.metric, "lr_scale": r.lr_scale}
@@ -186,9 +185,9 @@ def _run_lr_map(run: Path):
 
 
 def _training_figure(run: Path, output: Path, fmt: str) -> Path:
-    from ..plots import save_figure
-    from ..train.rundir import load_run_json, read_log
-    from ..training_plots import alphas_figure
+    from alphaspec.plots.style import save_figure
+    from alphaspec.plots.training import alphas_figure
+    from alphaspec.train.rundir import load_run_json, read_log
 
     alphas = read_log(run, "alphas", "the training figure")
     estimator = load_run_json(run).get("config", {}).get("estimator", "median")
@@ -197,10 +196,10 @@ def _training_figure(run: Path, output: Path, fmt: str) -> Path:
 
 
 def _multipliers_figure(run: Path, output: Path, fmt: str) -> Path:
-    from ..plots import save_figure
-    from ..train.model import is_multiplier
-    from ..train.rundir import load_checkpoint, read_log
-    from ..training_plots import multipliers_figure
+    from alphaspec.plots.style import save_figure
+    from alphaspec.plots.training import multipliers_figure
+    from alphaspec.train.model import is_multiplier
+    from alphaspec.train.rundir import load_checkpoint, read_log
 
     history = read_log(run, "multipliers", "the multipliers figure (a run with learnable multipliers: --strategy lrm or "
                        "--multipliers)")

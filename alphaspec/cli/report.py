@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from .common import Device, Estimator, EstimatorOption, Quiet, app, given, out
+from alphaspec.cli.common import Device, Estimator, EstimatorOption, Quiet, app, given, out
 
 EPILOG = """
 **Examples**
@@ -39,8 +39,8 @@ def report(
 ) -> None:
     """One self-contained HTML page: provenance, the summary and verdicts, figures, every matrix (sortable,
     filterable, each opening its spectrum); training runs and their comparison."""
-    from ..output import check_output, input_paths
-    from ..report import render, write
+    from alphaspec.files import check_output, input_paths
+    from alphaspec.report import render, write
 
     inputs = [p for s in [*(sources or []), *([decay_map] if decay_map is not None else [])] for p in input_paths(s)]
     check_output(output, (".html", ".htm"), inputs=inputs)

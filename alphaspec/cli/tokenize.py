@@ -17,8 +17,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from ..train.config import DataOptions
-from .common import Quiet, app, err, out
+from alphaspec.cli.common import Quiet, app, err, out
+from alphaspec.train.config import DataOptions
 
 EPILOG = """
 **Examples**
@@ -58,9 +58,9 @@ def tokenize(
     """Tokenise training data once into sharded token files that every run reuses."""
     if workers:  # tokenizers sizes its thread pool from this when it first encodes
         os.environ["RAYON_RS_NUM_CPUS"] = str(workers)
-    from ..train.cache import build_cache
-    from ..train.sources import open_sources
-    from ..train.tokenizer import resolve_tokenizer
+    from alphaspec.train.cache import build_cache
+    from alphaspec.train.sources import open_sources
+    from alphaspec.train.tokenizer import resolve_tokenizer
 
     opened = open_sources(sources, text_field)
     vocab = resolve_tokenizer(tokenizer) if tokenizer else None

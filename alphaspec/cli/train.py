@@ -14,8 +14,8 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.text import Text
 
-from ..errors import UsageError
-from .common import Quiet, app, decay_policy, err, finite, out, ratio_pair
+from alphaspec.cli.common import Quiet, app, decay_policy, err, finite, out, ratio_pair
+from alphaspec.errors import UsageError
 
 EPILOG = """
 **Examples**
@@ -47,7 +47,7 @@ metrics.csv, decay.csv and alphas.csv; `alphaspec analyze RUN`, `plot RUN` and `
 
 def options() -> list[inspect.Parameter]:
     """One Typer option per field of TrainConfig's sections: default, help, panel, bounds and flags come from there."""
-    from ..train.config import SECTION_TYPES, option_fields
+    from alphaspec.train.config import SECTION_TYPES, option_fields
 
     hints = {name: typing.get_type_hints(cls) for name, cls in SECTION_TYPES.items()}
     params = []
@@ -89,10 +89,10 @@ def _choice(allowed: tuple[str, ...]):
 def train(ctx: typer.Context, quiet: bool, **settings) -> None:
     """Pretrain a LLaMA with uniform, AlphaDecay, AWD, AdaDecay, cautious or muP weight decay, or learnable
     multipliers, under AdamW, Adam or Muon."""
-    from ..esd import resolve_device
-    from ..train import TrainConfig
-    from ..train import train as run_training
-    from ..train.config import ConfigError, option_fields
+    from alphaspec.devices import resolve_device
+    from alphaspec.train import TrainConfig
+    from alphaspec.train import train as run_training
+    from alphaspec.train.config import ConfigError, option_fields
 
     given = tuple(p.name for p in ctx.command.params if p.name in settings
                   and getattr(ctx.get_parameter_source(p.name), "name", "") == "COMMANDLINE")  # typer may vendor click

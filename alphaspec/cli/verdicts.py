@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING
 
 from rich.text import Text
 
-from ..diagnose import FAIL_ON_STATUS, WARNINGS, failing, health_line
-from ..errors import AlphaspecError
-from .common import out
+from alphaspec.cli.common import out
+from alphaspec.errors import AlphaspecError
+from alphaspec.spectra.verdicts import FAIL_ON_STATUS, WARNINGS, failing, health_line
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -15,9 +15,9 @@ from collections import Counter
 import pandas as pd
 import torch
 
-from .file import ValueMap
-from .groups import match_names, plain_group, tuned_groups
-from .spec import DecayMapError
+from alphaspec.maps.file import ValueMap
+from alphaspec.maps.groups import match_names, plain_group, tuned_groups
+from alphaspec.maps.spec import DecayMapError
 
 
 def lr_param_groups(model: torch.nn.Module, lr_map: ValueMap, lr: float, **optimizer_kwargs) -> list[dict]:

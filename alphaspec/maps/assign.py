@@ -11,8 +11,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..choices import ASSIGN, PRESERVE
-from .spec import DecayMapError, DecaySpec, choice_problem, ratio_problem
+from alphaspec.choices import ASSIGN, PRESERVE
+from alphaspec.maps.spec import DecayMapError, DecaySpec, choice_problem, ratio_problem
 
 DEFAULT_RATIO = DecaySpec.ratio
 

@@ -12,13 +12,9 @@ from dataclasses import dataclass, fields
 import numpy as np
 import pandas as pd
 
-from ..choices import ASSIGN, DECAY_METRICS, ESTIMATORS
-from ..paper import PAPER_EIGS_THRESH
-from .file import KINDS, ValueMap
-from .methods import (
-    KIND_METHODS,
-    LR_ASSIGN,
-    METHODS,
+from alphaspec.choices import ASSIGN, DECAY_METRICS, ESTIMATORS, LR_ASSIGN
+from alphaspec.maps.file import KINDS, ValueMap
+from alphaspec.maps.methods import (
     RANKS_PER_BLOCK,
     block_means,
     block_rows,
@@ -28,7 +24,8 @@ from .methods import (
     sparsities,
     tempbalance_rows,
 )
-from .spec import DecayMapError, choice_problem, ratio_problem
+from alphaspec.maps.paper import PAPER_EIGS_THRESH
+from alphaspec.maps.spec import KIND_METHODS, METHODS, DecayMapError, choice_problem, ratio_problem
 
 NEEDED = ("name", "module", "layer", "rows", "cols", "n_eigs")  # the columns of an analysis table a map reads
 SETTINGS_OF = {"ratio": ("lr", "weight_decay"), "assign": ("lr", "weight_decay"), "target": ("sparsity",),
@@ -103,7 +100,7 @@ class MapSpec:
 def build_map(table: pd.DataFrame, kind: str, spec: MapSpec | None = None, *, source: str = "", **options) -> ValueMap:
     """A map of `kind` (lr, sparsity, lora_rank) from an analysis table (one row per whole matrix, in module
     order: analyse with split_fused=False, as the releases see each nn.Linear whole)."""
-    from ..decay import shape_note, with_derived_metrics  # alpha_excess = alpha - alpha_random
+    from alphaspec.maps.alphadecay import shape_note, with_derived_metrics  # alpha_excess = alpha - alpha_random
 
     spec = (spec or MapSpec(**options)).settled(kind)
     table = with_derived_metrics(table)

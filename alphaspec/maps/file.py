@@ -15,11 +15,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .._version import __version__
-from ..choices import ASSIGN, DECAY_METRICS, ESTIMATORS, PRESERVE
-from ..errors import AlphaspecError, check_input_file, os_reason, parse_json
-from ..output import atomic_write
-from .spec import DecayMapError, DecaySpec
+from alphaspec._version import __version__
+from alphaspec.choices import ASSIGN, DECAY_METRICS, ESTIMATORS, PRESERVE
+from alphaspec.errors import AlphaspecError, check_input_file, os_reason, parse_json
+from alphaspec.files import atomic_write
+from alphaspec.maps.spec import DecayMapError, DecaySpec
 
 if TYPE_CHECKING:
     import torch
@@ -45,7 +45,7 @@ class DecayMap:
     preserve_mean: str = DecaySpec.preserve_mean
     default_policy: str = "all"
     default_weight_decay: float = 0.0
-    paper_compat: bool = False  # made as the AlphaDecay release does (paper.py): biases follow their weights
+    paper_compat: bool = False  # made as the AlphaDecay release does (maps/paper.py): biases follow their weights
     source: str = ""
     alphaspec: str = __version__
     schema: str = field(default=SCHEMA)
@@ -112,7 +112,7 @@ class DecayMap:
         Map names match parameter names exactly, or as a dotted suffix (a checkpoint without the
         model's `transformer.` / `model.` prefix). Missing or unexpected names raise, listed.
         """
-        from .groups import is_no_decay, match_names, rest_groups, tuned_groups
+        from alphaspec.maps.groups import is_no_decay, match_names, rest_groups, tuned_groups
 
         params = dict(model.named_parameters())
         sizes = {m["name"]: int(m["params"]) for m in self.modules if isinstance(m.get("params"), int)}

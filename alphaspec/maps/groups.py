@@ -13,9 +13,9 @@ import re
 import numpy as np
 import torch
 
-from ..errors import AlphaspecError
-from ..modules import BLOCK_MODULES, FUSED_MODULES, block_place, layer_index, module_type
-from .spec import DecayMapError
+from alphaspec.errors import AlphaspecError
+from alphaspec.maps.spec import DecayMapError
+from alphaspec.sources.matrices import BLOCK_MODULES, FUSED_MODULES, block_place, layer_index, module_type
 
 GROUP_NAMES = ("untuned", "no_decay", "multipliers", "matrices")  # the groups that are not one tuned parameter
 

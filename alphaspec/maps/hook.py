@@ -24,13 +24,14 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 
-from ..analysis import analyze_tensors, ordered_table, records
-from ..decay import DecayMapError, build_decay_map, is_tuned_candidate
-from ..distributed import full_tensor, process_group, share_of_work
-from ..errors import AlphaspecError, first_line
-from ..memory import model_config
-from .groups import merge_param_groups, own_groups, split_param_groups
-from .spec import DecaySpec, decay_spec, hook_settings_problem
+from alphaspec.analysis.engine import analyze_tensors
+from alphaspec.analysis.solve import ordered_table, records
+from alphaspec.distributed import full_tensor, process_group, share_of_work
+from alphaspec.errors import AlphaspecError, first_line
+from alphaspec.maps.alphadecay import build_decay_map
+from alphaspec.maps.groups import is_tuned_candidate, merge_param_groups, own_groups, split_param_groups
+from alphaspec.maps.spec import DecayMapError, DecaySpec, decay_spec, hook_settings_problem
+from alphaspec.sources.in_memory import model_config
 
 log = logging.getLogger("alphaspec")
 

@@ -14,11 +14,11 @@ import re
 import pandas as pd
 import torch
 
-from ..analysis import analyze_tensors
-from ..decay import is_tuned_candidate
-from .build import MapSpec, build_map
-from .hook import AlphaDecay, log
-from .spec import DecaySpec, hook_settings_problem
+from alphaspec.analysis.engine import analyze_tensors
+from alphaspec.maps.build import MapSpec, build_map
+from alphaspec.maps.groups import is_tuned_candidate
+from alphaspec.maps.hook import AlphaDecay, log
+from alphaspec.maps.spec import DecaySpec, hook_settings_problem
 
 LLR_EASE = 20  # the layer-wise LR release's linear_steps: each new LR is reached over this many steps
 

@@ -20,51 +20,17 @@ Values are multipliers of the base learning rate ("lr_scale"), fractions of weig
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 import pandas as pd
 
-from ..choices import LR_ASSIGN
-from ..modules import BLOCK_MODULES, FUSED_MODULES
-from ..paper import paper_candidates
-from .spec import DecayMapError
+from alphaspec.choices import LR_ASSIGN
+from alphaspec.maps.paper import paper_candidates
+from alphaspec.maps.spec import DecayMapError
+from alphaspec.sources.matrices import BLOCK_MODULES, FUSED_MODULES
 
 LLR_EIGS_THRESH = 50  # the layer-wise LR release leaves matrices with fewer eigenvalues at the base LR
 SIGMOID_SLOPE = 4.0  # the releases' sigmoid_alpha
 RANKS_PER_BLOCK = 5  # AlphaLoRA: 160 experts over Mistral-7B's 32 blocks; the default budget is 5 per block
-
-
-@dataclass(frozen=True)
-class Method:
-    """One released method: the kind of value it makes, alphaspec's estimator for it, its published settings,
-    and the estimator its release fits with (--paper-compat)."""
-
-    name: str
-    kind: str
-    estimator: str
-    summary: str
-    defaults: dict = field(default_factory=dict)
-    release_estimator: str = "median"
-    release_dtype: str | None = None  # the dtype the release loads the weights in before their spectra (--paper-compat)
-
-
-METHODS = {
-    "alphadecay": Method("alphadecay", "weight_decay", "median", "AlphaDecay: weight decay per block matrix, "
-                         "s1..s2 x w (decay-map)"),
-    "tempbalance": Method("tempbalance", "lr", "median", "TempBalance: LR per Linear, 0.5..1.5 x lr, first and last "
-                          "Linear left at lr", {"ratio": (0.5, 1.5), "assign": "linear"}),
-    "llr": Method("llr", "lr", "median", "layer-wise LR: LR per Linear and embedding, 1..3 x lr, embeddings and "
-                  "head at the top", {"ratio": (1.0, 3.0), "assign": "linear"}),
-    "alphapruning": Method("alphapruning", "sparsity", "fix-finger", "AlphaPruning: sparsity per block Linear in "
-                           "[1-eps, 1+eps] x target, parameter-weighted mean = target",
-                           {"target": 0.5, "epsilon": 0.3, "block_wise": True}, "fix-finger-legacy", "float16"),
-    "alphalora": Method("alphalora", "lora_rank", "fix-finger", "AlphaLoRA: LoRA rank (or experts) per block "
-                        "proportional to mean alpha^beta, integers summing to the budget",
-                        {"beta": 2.5}, "fix-finger-legacy", "float16"),
-}
-KIND_METHODS = {kind: tuple(n for n, m in METHODS.items() if m.kind == kind)  # each kind's methods, first the default
-                for kind in dict.fromkeys(m.kind for m in METHODS.values())}
 
 
 # -- learning rates ----------------------------------------------------------------------------------------------

@@ -12,10 +12,10 @@ from __future__ import annotations
 import math
 import numbers
 import re
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 
-from ..choices import ALPHADECAY_WARMUPS, ASSIGN, DECAY_METRICS, DEFAULT_POLICIES, ESTIMATORS, PRESERVE
-from ..errors import AlphaspecError
+from alphaspec.choices import ALPHADECAY_WARMUPS, ASSIGN, DECAY_METRICS, DEFAULT_POLICIES, ESTIMATORS, PRESERVE
+from alphaspec.errors import AlphaspecError
 
 
 class DecayMapError(AlphaspecError, ValueError):
@@ -107,3 +107,38 @@ def decay_spec(spec: DecaySpec | None = None, options: dict | None = None) -> De
         raise TypeError(f"unexpected option(s) {', '.join(sorted(unknown))}; a DecaySpec has "
                         f"{', '.join(DecaySpec.option_names())}")
     return replace(spec, **options) if spec is not None else DecaySpec(**options)
+
+
+# -- the alpha-guided methods ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Method:
+    """One released method: the kind of value it makes, alphaspec's estimator for it, its published settings,
+    and the estimator its release fits with (--paper-compat)."""
+
+    name: str
+    kind: str
+    estimator: str
+    summary: str
+    defaults: dict = field(default_factory=dict)
+    release_estimator: str = "median"
+    release_dtype: str | None = None  # the dtype the release loads the weights in before their spectra (--paper-compat)
+
+
+METHODS = {
+    "alphadecay": Method("alphadecay", "weight_decay", "median", "AlphaDecay: weight decay per block matrix, "
+                         "s1..s2 x w (decay-map)"),
+    "tempbalance": Method("tempbalance", "lr", "median", "TempBalance: LR per Linear, 0.5..1.5 x lr, first and last "
+                          "Linear left at lr", {"ratio": (0.5, 1.5), "assign": "linear"}),
+    "llr": Method("llr", "lr", "median", "layer-wise LR: LR per Linear and embedding, 1..3 x lr, embeddings and "
+                  "head at the top", {"ratio": (1.0, 3.0), "assign": "linear"}),
+    "alphapruning": Method("alphapruning", "sparsity", "fix-finger", "AlphaPruning: sparsity per block Linear in "
+                           "[1-eps, 1+eps] x target, parameter-weighted mean = target",
+                           {"target": 0.5, "epsilon": 0.3, "block_wise": True}, "fix-finger-legacy", "float16"),
+    "alphalora": Method("alphalora", "lora_rank", "fix-finger", "AlphaLoRA: LoRA rank (or experts) per block "
+                        "proportional to mean alpha^beta, integers summing to the budget",
+                        {"beta": 2.5}, "fix-finger-legacy", "float16"),
+}
+KIND_METHODS = {kind: tuple(n for n, m in METHODS.items() if m.kind == kind)  # each kind's methods, first the default
+                for kind in dict.fromkeys(m.kind for m in METHODS.values())}

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .._version import __version__
-from ..errors import UsageError
+from alphaspec._version import __version__
+from alphaspec.errors import UsageError
 
 
 def render(sources: Iterable, *, decay_map=None, estimator: str | None = None, device: str = "auto",
@@ -29,7 +29,7 @@ def render(sources: Iterable, *, decay_map=None, estimator: str | None = None, d
     more training run directories (their comparison, then the last checkpoint); `decay_map`: a DecayMap or
     a map file, whose figure and table are added. estimator: for checkpoints analysed now (default median);
     a results table fitted with another one is refused."""
-    from .html import page
+    from alphaspec.report.html import page
 
     sources = [str(s) for s in sources]
     if not sources and decay_map is None:
@@ -49,7 +49,7 @@ def render(sources: Iterable, *, decay_map=None, estimator: str | None = None, d
 
 def write(html: str, path: str | Path) -> Path:
     """Write the page atomically (a failure leaves any previous file as it was)."""
-    from ..output import atomic_write, check_output
+    from alphaspec.files import atomic_write, check_output
 
     path = Path(path)
     check_output(path, (".html", ".htm"))
@@ -58,16 +58,16 @@ def write(html: str, path: str | Path) -> Path:
 
 
 def _split_runs(sources: list[str]) -> tuple[list[str], list[str]]:
-    from ..train.rundir import has_log
+    from alphaspec.train.rundir import has_log
 
     runs = [s for s in sources if has_log(Path(s), "metrics")]
     return runs, [s for s in sources if s not in runs]
 
 
 def _runs_sections(runs: list[str], estimator: str | None, device: str) -> list[str]:
-    from ..compare import compare
-    from ..train.rundir import has_log, read_log
-    from .runs import runs_section
+    from alphaspec.report.runs import runs_section
+    from alphaspec.train.compare import compare
+    from alphaspec.train.rundir import has_log, read_log
 
     comparison = compare(runs)
     alphas = [read_log(Path(r), "alphas", "the report") if has_log(Path(r), "alphas") else None for r in runs]
@@ -79,8 +79,9 @@ def _runs_sections(runs: list[str], estimator: str | None, device: str) -> list[
 
 
 def _checkpoint_section(source: str, estimator: str | None, device: str, heading: str | None = None) -> str:
-    from ..output import TABLE_SUFFIXES, check_estimator, read_results, read_spectra
-    from .checkpoint import checkpoint_section
+    from alphaspec.analysis.table import check_estimator, read_results, read_spectra
+    from alphaspec.files import TABLE_SUFFIXES
+    from alphaspec.report.checkpoint import checkpoint_section
 
     path = Path(source)
     if path.suffix in TABLE_SUFFIXES and path.is_file():
@@ -89,11 +90,11 @@ def _checkpoint_section(source: str, estimator: str | None, device: str, heading
         npz = path.with_suffix(".npz")
         spectra = read_spectra(npz) if npz.exists() else {}
         if "warning" not in frame:
-            from ..diagnose import verdicts
+            from alphaspec.spectra.verdicts import verdicts
 
             frame["warning"] = verdicts(frame)
         return checkpoint_section(frame, spectra, provenance(source, frame, results=True), heading or f"Results: {path.name}")
-    from ..analysis import analyze_checkpoint
+    from alphaspec.analysis.engine import analyze_checkpoint
 
     result = analyze_checkpoint(source, estimator or "median", device, keep_spectra=True)
     return checkpoint_section(result.table, result.spectra, provenance(source, result.table),
@@ -151,8 +152,8 @@ def _fingerprints(source: str, results: bool) -> list[tuple[str, str]]:
 def _local(source: str) -> Path | None:
     """Where a source's files are on this machine: the path itself, the bundled example, or the hub cache's
     snapshot (already fetched by the analysis); None when it cannot be had without the network."""
-    from ..checkpoint import resolve
-    from ..errors import AlphaspecError
+    from alphaspec.errors import AlphaspecError
+    from alphaspec.sources.checkpoint import resolve
 
     try:
         return resolve(source)
@@ -169,9 +170,9 @@ def _hub_revision(source: str) -> str | None:
 
 
 def _decay_section(decay_map) -> str:
-    from ..decay import DecayMap
-    from ..map_plots import decay_figure
-    from .html import esc, figure, number, table
+    from alphaspec.maps.file import DecayMap
+    from alphaspec.plots.maps import decay_figure
+    from alphaspec.report.html import esc, figure, number, table
 
     dmap = decay_map if isinstance(decay_map, DecayMap) else DecayMap.load(decay_map)
     rows = [[esc(m["name"]), esc(m.get("module", "")), number(m.get("layer")), number(m.get(dmap.metric)),

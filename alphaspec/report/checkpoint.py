@@ -8,11 +8,11 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 
-from ..diagnose import WARNINGS, health_line
-from ..modules import MODULE_TYPES
-from ..plots import alpha_depth_figure, alpha_modules_figure, spectra_figure
-from ..random_baseline import random_alpha
-from .html import esc, figure, json_for_script, key_values, number, table
+from alphaspec.plots.spectra import alpha_depth_figure, alpha_modules_figure, spectra_figure
+from alphaspec.report.html import esc, figure, json_for_script, key_values, number, table
+from alphaspec.sources.matrices import MODULE_TYPES
+from alphaspec.spectra.gaussian import random_alpha
+from alphaspec.spectra.verdicts import WARNINGS, health_line
 
 ESD_BINS = 40  # log-spaced bins of each matrix's spectrum, drawn by the page's script
 COLUMNS = [("name", "matrix"), ("layer", "layer"), ("module", "module"), ("stack", "stack"), ("shape", "shape"),

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..compare import Comparison
-from ..training_plots import alphas_figure, alphas_over_training, compare_figure
-from .html import esc, figure, key_values, number, table
+from alphaspec.plots.training import alphas_figure, alphas_over_training, compare_figure
+from alphaspec.report.html import esc, figure, key_values, number, table
+from alphaspec.train.compare import Comparison
 
 SETTINGS = ("model", "strategy", "optimizer", "steps", "batch_size", "seq_len", "lr", "weight_decay", "ratio", "gap",
             "estimator", "metric", "seed", "data", "tokenizer", "vocab_size")

@@ -5,8 +5,8 @@ Names load on first use, so reading a run's settings (`alphaspec.train.config`) 
 
 from __future__ import annotations
 
-from .._lazy import lazy_attributes
-from ..choices import STRATEGIES
+from alphaspec._lazy import lazy_attributes
+from alphaspec.choices import STRATEGIES
 
 _WHERE = {"ConfigError": "config", "TrainConfig": "config", "DataError": "data", "evaluate": "loop", "train": "loop",
           "Llama": "model", "ModelConfig": "model", "PRESETS": "model", "RunError": "rundir"}

@@ -22,12 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .._version import __version__
-from ..errors import first_line, parse_json
-from ..output import atomic_write
-from .rundir import exclusive_lock
-from .sources import DataError, Source
-from .tokenizer import Vocab, load_tokenizer, train_bpe
+from alphaspec._version import __version__
+from alphaspec.errors import first_line, parse_json
+from alphaspec.files import atomic_write
+from alphaspec.train.rundir import exclusive_lock
+from alphaspec.train.sources import DataError, Source
+from alphaspec.train.tokenizer import Vocab, load_tokenizer, train_bpe
 
 SCHEMA = "alphaspec.token-cache/1"
 LOCK = ".lock"  # held by the tokenize writing the cache

@@ -20,7 +20,7 @@ from dataclasses import Field, dataclass, field, fields, replace
 from pathlib import Path
 from typing import ClassVar
 
-from ..choices import (
+from alphaspec.choices import (
     ALPHADECAY_WARMUPS,
     ASSIGN,
     DECAY_METRICS,
@@ -38,8 +38,8 @@ from ..choices import (
     SHARDINGS,
     STRATEGIES,
 )
-from ..errors import AlphaspecError
-from ..maps.spec import DecaySpec, policy_problem, ratio_problem
+from alphaspec.errors import AlphaspecError
+from alphaspec.maps.spec import DecaySpec, policy_problem, ratio_problem
 
 
 class ConfigError(AlphaspecError, ValueError):
@@ -208,7 +208,7 @@ class DecayOptions:
 
     def lr_spec(self):
         """The MapSpec of a tempbalance or llr run (None fields: the method's published values)."""
-        from ..maps.build import MapSpec
+        from alphaspec.maps.build import MapSpec
 
         return MapSpec(method=self.strategy, metric=self.metric, estimator=self.estimator,
                        ratio=self.lr_ratio, assign=self.lr_assign)
@@ -312,7 +312,7 @@ class TrainConfig:
                 raise ConfigError(f"--{_flag(key)} {value!r}: choose one of {', '.join(meta['choices'])}")
             if isinstance(value, int | float) and not isinstance(value, bool) and _out_of_range(value, meta):
                 raise ConfigError(f"--{_flag(key)} {value!r}: must be a finite number {_bounds(meta)}")
-        from .reporting import missing_extra
+        from alphaspec.train.reporting import missing_extra
 
         if missing := missing_extra(self.run.report_to):  # the environment lacks it: not a usage error
             raise MissingExtra(f"--report-to {self.run.report_to} {missing}")

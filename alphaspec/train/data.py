@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import AlphaspecError, check_input_file, first_line, parse_json
-from ..output import atomic_write
-from .cache import TokenCache, build_cache, cache_key, open_cache, read_manifest
-from .sources import DataError, open_sources
-from .tokenizer import EOS, Vocab, load_tokenizer, resolve_tokenizer, train_bpe
+from alphaspec.errors import AlphaspecError, check_input_file, first_line, parse_json
+from alphaspec.files import atomic_write
+from alphaspec.train.cache import TokenCache, build_cache, cache_key, open_cache, read_manifest
+from alphaspec.train.sources import DataError, open_sources
+from alphaspec.train.tokenizer import EOS, Vocab, load_tokenizer, resolve_tokenizer, train_bpe
 
 IGNORE = -100  # the target of a padding position: F.cross_entropy leaves it out of the loss
 

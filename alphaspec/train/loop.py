@@ -17,20 +17,21 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from .._version import __version__
-from ..choices import LR_STRATEGIES
-from ..decay import DecayMap, is_tuned_candidate
-from ..distributed import full_tensor, launched, on_rank0, start_group
-from ..errors import AlphaspecError
-from . import data as datamod
-from . import parallel
-from .config import RESUMABLE, ConfigError, TrainConfig, default_gap, resumed_config
-from .model import PRESETS, Llama, ModelConfig, count_params, hf_tensors, is_multiplier, model_flops_per_token
-from .observe import multiplier_rows, spectra_rows
-from .optim import make_optimizer
-from .placement import check_fits, on_device, peak_flops, select_device
-from .reporting import Reporter, module_means, row_scalars
-from .rundir import (
+from alphaspec._version import __version__
+from alphaspec.choices import LR_STRATEGIES
+from alphaspec.distributed import full_tensor, launched, on_rank0, start_group
+from alphaspec.errors import AlphaspecError
+from alphaspec.maps.file import DecayMap
+from alphaspec.maps.groups import is_tuned_candidate
+from alphaspec.train import data as datamod
+from alphaspec.train import parallel
+from alphaspec.train.config import RESUMABLE, ConfigError, TrainConfig, default_gap, resumed_config
+from alphaspec.train.model import PRESETS, Llama, ModelConfig, count_params, hf_tensors, is_multiplier, model_flops_per_token
+from alphaspec.train.observe import multiplier_rows, spectra_rows
+from alphaspec.train.optim import make_optimizer
+from alphaspec.train.placement import check_fits, on_device, peak_flops, select_device
+from alphaspec.train.reporting import Reporter, module_means, row_scalars
+from alphaspec.train.rundir import (
     LOGS,
     MAP_COPY,
     RUN_JSON,
@@ -44,7 +45,7 @@ from .rundir import (
     save_weights,
     write_json,
 )
-from .strategies import Strategy, clip_parameters, make_strategy, mup_width_mult
+from alphaspec.train.strategies import Strategy, clip_parameters, make_strategy, mup_width_mult
 
 log = logging.getLogger("alphaspec")
 

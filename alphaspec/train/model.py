@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..choices import MODELS
+from alphaspec.choices import MODELS
 
 
 @dataclass

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import torch
 
-from ..analysis import analyze_tensors, records
-from ..decay import is_tuned_candidate
-from ..distributed import full_tensor
-from ..modules import layer_index, module_type
-from .model import MULTIPLIER_NAMES, Linear
-from .rundir import ALPHA_COLUMNS
+from alphaspec.analysis.engine import analyze_tensors
+from alphaspec.analysis.solve import records
+from alphaspec.distributed import full_tensor
+from alphaspec.maps.groups import is_tuned_candidate
+from alphaspec.sources.matrices import layer_index, module_type
+from alphaspec.train.model import MULTIPLIER_NAMES, Linear
+from alphaspec.train.rundir import ALPHA_COLUMNS
 
 
 def spectra_rows(model: torch.nn.Module, step: int, estimator: str, rank: int = 0) -> list[dict]:

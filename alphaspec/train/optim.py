@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .config import ConfigError, TrainConfig
+from alphaspec.train.config import ConfigError, TrainConfig
 
 
 def make_optimizer(cfg: TrainConfig, groups: list[dict], device: torch.device,

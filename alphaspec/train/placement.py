@@ -9,9 +9,9 @@ from contextlib import contextmanager
 
 import torch
 
-from ..esd import resolve_device
-from .config import ConfigError
-from .model import ModelConfig
+from alphaspec.devices import resolve_device
+from alphaspec.train.config import ConfigError
+from alphaspec.train.model import ModelConfig
 
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16 FLOP/s by GPU name, for MFU
 

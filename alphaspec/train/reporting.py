@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..choices import REPORT_TO
-from ..errors import AlphaspecError, first_line
+from alphaspec.choices import REPORT_TO
+from alphaspec.errors import AlphaspecError, first_line
 
 EXTRAS = {"tensorboard": ("tensorboard", "alphaspec[tensorboard]"), "wandb": ("wandb", "alphaspec[wandb]")}
 TENSORBOARD_DIR = "tensorboard"  # inside the run directory

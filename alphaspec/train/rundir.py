@@ -30,8 +30,9 @@ except ImportError:  # Windows
 import pandas as pd
 from safetensors import safe_open
 
-from ..errors import AlphaspecError, check_input_file, first_line, parse_json
-from ..output import atomic_write, read_csv_checked
+from alphaspec.analysis.table import read_csv_checked
+from alphaspec.errors import AlphaspecError, check_input_file, first_line, parse_json
+from alphaspec.files import atomic_write
 
 METRICS_COLUMNS = ["step", "tokens", "loss", "lr", "grad_norm", "tokens_per_s", "eval_loss", "eval_ppl"]
 DECAY_COLUMNS = ["step", "name", "module", "layer", "metric", "weight_decay"]

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import AlphaspecError, first_line, input_kind, os_reason, parse_json
+from alphaspec.errors import AlphaspecError, first_line, input_kind, os_reason, parse_json
 
 TEXT_SUFFIXES = (".txt", ".md", ".rst", ".text")
 JSONL_SUFFIXES = (".jsonl", ".json.gz", ".jsonl.gz", ".jsonl.zst", ".json")

@@ -12,15 +12,26 @@ from pathlib import Path
 
 import torch
 
-from ..decay import DecayMap, DecayMapError, assign_decays, is_no_decay, is_tuned_candidate, match_names
-from ..maps.groups import one_group, own_groups, rest_groups, split_param_groups, tuned_groups
-from ..maps.hook import AlphaDecay
-from ..maps.lr_hook import AlphaLR
-from ..modules import layer_index, module_type
-from .config import default_gap
-from .model import is_multiplier
-from .parallel import global_norm
-from .rundir import MAP_COPY
+from alphaspec.maps.assign import assign_decays
+from alphaspec.maps.file import DecayMap
+from alphaspec.maps.groups import (
+    is_no_decay,
+    is_tuned_candidate,
+    match_names,
+    one_group,
+    own_groups,
+    rest_groups,
+    split_param_groups,
+    tuned_groups,
+)
+from alphaspec.maps.hook import AlphaDecay
+from alphaspec.maps.lr_hook import AlphaLR
+from alphaspec.maps.spec import DecayMapError
+from alphaspec.sources.matrices import layer_index, module_type
+from alphaspec.train.config import default_gap
+from alphaspec.train.model import is_multiplier
+from alphaspec.train.parallel import global_norm
+from alphaspec.train.rundir import MAP_COPY
 
 
 class Strategy:

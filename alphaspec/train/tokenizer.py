@@ -13,8 +13,8 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from ..errors import AlphaspecError, check_input_file, first_line, parse_json
-from .sources import DataError
+from alphaspec.errors import AlphaspecError, check_input_file, first_line, parse_json
+from alphaspec.train.sources import DataError
 
 EOS = "<|endoftext|>"
 # end-of-text tokens of common tokenizers, tried in order when a tokenizer does not say which is its own

@@ -1,0 +1,185 @@
+"""Checkpoints side by side (`alphaspec diff A B [C ...]`): per matrix, matched by name, how each pair of
+consecutive checkpoints differs.
+
+Each tensor is read once from every checkpoint, its matrices solved as they arrive (on the same engine
+as `analyze`), then dropped: never two whole models in memory. Per pair (A→B) and matrix:
+
+  delta_<metric>    B's value minus A's, for alpha and the other spectral metrics
+  rel_change        ‖W_B − W_A‖_F / ‖W_A‖_F
+  subspace_overlap  how much of A's top-k right singular subspace (its k strongest input directions,
+                    k = --top-k, 8) B keeps: ‖V_Aᵀ V_B‖_F² / k, 1 when the same directions dominate, about
+                    k/m for unrelated ones. The subspaces are exact: eigenvectors of the float64 Gram
+                    matrix of the smaller side (NaN for a matrix with NaN/Inf entries or all zeros)
+  verdict_change    verdicts B gained (+) and lost (−) relative to A
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from alphaspec.analysis.solve import ordered_table, plan_checkpoint, solve_batch, solve_options
+from alphaspec.devices import resolve_device
+from alphaspec.errors import UsageError
+from alphaspec.sources.checkpoint import Checkpoint, SourceError
+from alphaspec.sources.deltas import open_source
+from alphaspec.sources.matrices import MatrixSpec
+from alphaspec.sources.read_ahead import reading_order
+from alphaspec.spectra.verdicts import verdicts
+
+DELTA_METRICS = ("alpha", "log_spectral_norm", "stable_rank", "entropy", "alpha_weighted", "num_spikes", "mp_softrank")
+
+
+@dataclass
+class DiffResult:
+    """The pair table (one row per matrix and consecutive pair), each checkpoint's own analysis, their labels."""
+
+    table: pd.DataFrame
+    analyses: list[pd.DataFrame]
+    labels: list[str]
+
+
+def _check_matched(first: Checkpoint, other: Checkpoint, names: Iterable[str]) -> None:
+    shapes = {t.name: tuple(t.shape) for t in other.tensors}
+    mine = {t.name: tuple(t.shape) for t in first.tensors}
+    missing = [n for n in names if n not in shapes]
+    if missing:
+        raise SourceError(f"{other.source}: has no {missing[0]} ({len(missing)} of {first.source}'s matrices missing: "
+                          "checkpoints of different models?)")
+    differ = [n for n in names if shapes[n] != mine[n]]
+    if differ:
+        n = differ[0]
+        raise SourceError(f"{other.source}: {n} is {list(shapes[n])}, {list(mine[n])} in {first.source} "
+                          f"({len(differ)} such; leave them out with --exclude)")
+
+
+def top_right_subspace(w: torch.Tensor, k: int) -> torch.Tensor:
+    """An orthonormal basis (cols × k) of w's top-k right singular subspace, exact: the eigenvectors of the
+    float64 Gram matrix of w's smaller side (for a wide w, Wᵀ applied to its top left vectors)."""
+    w = w.double()
+    w = w / w.abs().max()  # the subspace is scale-free; this keeps the Gram product in range
+    if w.shape[0] >= w.shape[1]:
+        return torch.linalg.eigh(w.mT @ w).eigenvectors[:, -k:]
+    return torch.linalg.qr(w.mT @ torch.linalg.eigh(w @ w.mT).eigenvectors[:, -k:]).Q
+
+
+def pair_metrics(a: torch.Tensor, b: torch.Tensor, top_k: int) -> dict[str, float]:
+    """rel_change and subspace_overlap of two versions of one matrix."""
+    a, b = a.double(), b.double()
+    norm = float(torch.linalg.matrix_norm(a))
+    rel = float(torch.linalg.matrix_norm(b - a)) / norm if norm > 0 else float("nan")
+    k = min(top_k, *a.shape)
+    usable = bool(torch.isfinite(a).all()) and bool(torch.isfinite(b).all())
+    if k < 1 or not usable or not norm > 0 or not float(torch.linalg.matrix_norm(b)) > 0:
+        return {"rel_change": rel if usable else float("nan"), "subspace_overlap": float("nan")}
+    va, vb = top_right_subspace(a, k), top_right_subspace(b, k)
+    return {"rel_change": rel, "subspace_overlap": float((va.mT @ vb).square().sum()) / k}
+
+
+def short(label: str) -> str:
+    """A checkpoint's label as titles and summaries show it: the last part of a local path (a hub id or run
+    step as it is)."""
+    path = Path(label)
+    return path.name if path.exists() and path.name else label
+
+
+def _verdict_change(before: str, after: str) -> str:
+    was, now = set(filter(None, before.split(","))), set(filter(None, after.split(",")))
+    return " ".join([f"+{w}" for w in sorted(now - was)] + [f"-{w}" for w in sorted(was - now)])
+
+
+def pair_rows(rows: list[dict], pairs: list[dict], labels: list[str]) -> list[dict]:
+    """The table rows of one matrix: per consecutive pair, the deltas, the pair metrics and the verdict change."""
+    out = []
+    for i, metrics in enumerate(pairs):
+        a, b = rows[i], rows[i + 1]
+        row = {k: a[k] for k in ("name", "layer", "module", "rows", "cols", "expert", "stack")}
+        row |= {"from": labels[i], "to": labels[i + 1], "alpha_from": a["alpha"], "alpha_to": b["alpha"]}
+        row |= {f"delta_{m}": b[m] - a[m] for m in DELTA_METRICS} | metrics
+        row |= {"warning_from": a["warning"], "warning_to": b["warning"],
+                "verdict_change": _verdict_change(a["warning"], b["warning"])}
+        out.append(row)
+    return out
+
+
+def diff_checkpoints(sources: Iterable, estimator: str = "median", device: str | torch.device = "auto", *,
+                     include: Iterable[str] = (), exclude: Iterable[str] = (), split_fused: bool = True,
+                     top_k: int = 8, workers: int = 1, progress: Callable[[int, int], None] | None = None,
+                     checkpoints: list[tuple[str, Checkpoint]] | None = None) -> DiffResult:
+    """Compare two or more checkpoints matrix by matrix (module docstring); sources as `analyze` takes them,
+    or `checkpoints` opened already as (label, checkpoint), such as a training run's
+    (`alphaspec.train.weights.run_checkpoints`)."""
+    found = checkpoints or [(str(s), open_source(s)) for s in sources]
+    if len(found) < 2:
+        raise UsageError("diff needs two or more checkpoints (or a run directory that kept two or more)")
+    if top_k < 1:
+        raise UsageError(f"--top-k must be at least 1, got {top_k}")
+    labels, ckpts = [label for label, _ in found], [c for _, c in found]
+    dev = resolve_device(device)
+    todo = plan_checkpoint(ckpts[0], include, exclude, split_fused)
+    by_tensor, reads = reading_order(ckpts[0], todo.matrices)
+    for other in ckpts[1:]:
+        _check_matched(ckpts[0], other, by_tensor)
+        extra = sorted({m.tensor for m in plan_checkpoint(other, include, exclude, split_fused).matrices} - set(by_tensor))
+        if extra:  # compared by the first checkpoint's matrices: one the first lacks would be dropped silently
+            raise SourceError(f"{other.source}: has {extra[0]}, which {ckpts[0].source} lacks ({len(extra)} such "
+                              "matrices; leave them out with --exclude)")
+    hows = [solve_options(c, estimator, False) for c in ckpts]
+    files = [{t.name: t.file for t in c.tensors} for c in ckpts]
+    lock, done, total = threading.Lock(), [0], len(todo.matrices)
+
+    def job(name: str) -> tuple[list[list[dict]], list[dict]]:
+        tensors = [dict(c.read(f[name], [name], dev))[name] for c, f in zip(ckpts, files, strict=True)]
+        per_source, pairs = [[] for _ in ckpts], []
+        with torch.no_grad():
+            for spec in by_tensor[name]:
+                rows, mats = _solve_everywhere(spec, tensors, dev, hows)
+                for i, row in enumerate(rows):
+                    per_source[i].append(row)
+                pairs.extend(pair_rows(rows, [pair_metrics(mats[i], mats[i + 1], top_k)
+                                              for i in range(len(mats) - 1)], labels))
+        with lock:
+            done[0] += len(by_tensor[name])
+            if progress:
+                progress(done[0], total)
+        return per_source, pairs
+
+    if progress:
+        progress(0, total)
+    results = _ordered_map(job, [n for _, names in reads for n in names], workers)
+    analyses = [ordered_table([r for per_source, _ in results for r in per_source[i]]) for i in range(len(ckpts))]
+    pair_table = pd.DataFrame([p for _, pairs in results for p in pairs])
+    position = {name: i for i, name in enumerate(analyses[0]["name"])}  # analyze's order: by layer, module type
+    pair_table = pair_table.sort_values("name", key=lambda names: names.map(position), kind="stable", ignore_index=True)
+    pair_table["layer"] = pair_table["layer"].astype("Int64")
+    return DiffResult(pair_table, analyses, labels)
+
+
+def _solve_everywhere(spec: MatrixSpec, tensors: list[torch.Tensor], dev: torch.device, hows) -> tuple[list, list]:
+    """One matrix from each checkpoint: its results row (with verdicts) and the matrix itself on `dev`."""
+    mats = [spec.extract(t).to(dev) for t in tensors]
+    rows = [solve_batch([(spec, m)], dev, how)[0][0] for m, how in zip(mats, hows, strict=True)]
+    for row, warning in zip(rows, verdicts(pd.DataFrame(rows)), strict=True):  # the verdicts, as analyze gives them
+        row["warning"] = warning
+    return rows, mats
+
+
+def _ordered_map(fn: Callable, items: list, workers: int) -> list:
+    """fn over items in `workers` threads, results in order, at most 2·workers in flight (memory stays bounded)."""
+    if workers <= 1:
+        return [fn(x) for x in items]
+    out, pending = [], deque()
+    with ThreadPoolExecutor(workers, thread_name_prefix="alphaspec-diff") as pool:
+        for x in items:
+            pending.append(pool.submit(fn, x))
+            if len(pending) >= 2 * workers:
+                out.append(pending.popleft().result())
+        out.extend(f.result() for f in pending)
+    return out

@@ -1,0 +1,126 @@
+"""analyze(): a weights source -> one results row per matrix, in this process (analysis/solve.py) or split
+over the ranks of a torchrun job (analysis/sharded.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from alphaspec.analysis.sharded import analyze_sharded
+from alphaspec.analysis.solve import (
+    Analysis,
+    Solve,
+    assemble,
+    ordered_table,
+    permutation_count,
+    plan_checkpoint,
+    solve_batch,
+    solve_matrices,
+    solve_options,
+)
+from alphaspec.devices import resolve_device
+from alphaspec.distributed import process_group
+from alphaspec.errors import UsageError
+from alphaspec.sources.checkpoint import Checkpoint, TensorInfo, dtype_name
+from alphaspec.sources.deltas import open_source
+from alphaspec.sources.in_memory import is_in_memory, memory_checkpoint
+from alphaspec.sources.matrices import plan
+from alphaspec.spectra.eigenvalues import check_precision
+from alphaspec.spectra.powerlaw import check_estimator
+
+
+def analyze_checkpoint(source, estimator: str = "median", device: str | torch.device = "auto", *,
+        include: Iterable[str] = (), exclude: Iterable[str] = (), split_fused: bool = True,
+        keep_spectra: bool = False, progress: Callable[[int, int], None] | None = None,
+        checkpoint: Checkpoint | None = None, workers: int = 1, farms: bool = False,
+        precision: str = "fp64", config: dict | None = None, randomize: bool | int = False, seed: int = 0,
+        base=None, merge: bool = False) -> Analysis:
+    """Analyse every weight matrix of `source`; see `analyze` for the arguments.
+
+    keep_spectra: also return every spectrum. precision: fp64 (the default), or fp32 for the Gram
+    product and eigen-solve (faster on GPUs, with the alpha error measured in docs/analyze.md).
+    workers: concurrent solves (threads; on a GPU each with its own CUDA stream, which can overlap
+    the eigen-solver's latency-bound phases). farms: also an `alpha_farms` column (FARMS: the
+    pooled spectrum of square windows, free of the shape effect). randomize: also the correlation-trap
+    columns (spectra/randomize.py), each matrix's entries permuted with seeds from `seed` and its name; True for
+    PERMUTATIONS permutations of the matrices near a spike, or a number of them.
+    base: analyse W − W_base (matched by name), or with a LoRA adapter directory as `source` check its
+    targets against the base; merge: the base with the adapter's update added (sources/deltas.py).
+    Inside an initialised torch.distributed job (torchrun) the matrices are split over the ranks
+    (analysis/sharded.py): every rank returns the whole table, rank 0 the spectra.
+    """
+    check_estimator(estimator)
+    check_precision(precision)
+    randomize = permutation_count(randomize)
+    options = {"include": include, "exclude": exclude, "split_fused": split_fused, "keep_spectra": keep_spectra,
+               "progress": progress, "checkpoint": checkpoint, "workers": workers, "farms": farms, "precision": precision,
+               "randomize": randomize, "seed": seed, "base": base, "merge": merge}
+    if is_in_memory(source) and checkpoint is None:  # a live model or state dict: solved where its weights are
+        checkpoint = memory_checkpoint(source, config)
+        if device == "auto" and checkpoint.device is not None:
+            device = checkpoint.device
+    elif config is not None:
+        raise UsageError("config= is for an in-memory model or state dict; a checkpoint's config comes from its files")
+    elif process_group()[1] > 1:
+        return analyze_sharded(source, estimator, device, **options)
+    dev = resolve_device(device)
+    ckpt = checkpoint or open_source(source, base, merge)
+    todo = plan_checkpoint(ckpt, include, exclude, split_fused)
+    total, done = len(todo.matrices), [0]
+    if progress:
+        progress(0, total)
+
+    def advance(n: int) -> None:
+        done[0] += n
+        if progress:
+            progress(done[0], total)
+
+    how = solve_options(ckpt, estimator, farms, precision, randomize, seed)
+    rows, spectra = solve_matrices(ckpt, todo.matrices, dev, how, workers=workers, keep_spectra=keep_spectra,
+                                   on_solved=advance)
+    return assemble(rows, spectra, ckpt, todo, ckpt.source if is_in_memory(source) else str(source), how, str(dev))
+
+
+def analyze(source, estimator: str = "median", device: str | torch.device = "auto", *,
+            include: Iterable[str] = (), exclude: Iterable[str] = (), split_fused: bool = True,
+            progress: Callable[[int, int], None] | None = None, workers: int = 1,
+            precision: str = "fp64", farms: bool = False, config: dict | None = None, randomize: bool | int = False,
+            seed: int = 0, base=None, merge: bool = False) -> pd.DataFrame:
+    """Spectral analysis of a checkpoint or a model in memory: one row per weight matrix (docs/analyze.md).
+
+    source: a .safetensors/.bin/.pt/.gguf file, a HF model or alphaspec run directory, a hub id
+    `org/name[@rev]`, `example:minilm`, a live `nn.Module` (its `config` splits fused matrices) or a
+    state dict (with `config=`, a config.json's dict, for fused splits). estimator: median | gof |
+    fix-finger. device: auto (for a model in memory: where its weights are) | cpu | cuda | cuda:N.
+    include/exclude: regexes on tensor names. workers: concurrent solves. precision: fp64 | fp32
+    (opt-in, faster on GPUs; its alpha error is measured in docs/analyze.md). farms: also an
+    `alpha_farms` column. randomize (with `seed`): the correlation-trap columns. base: analyse W − W_base;
+    a PEFT LoRA adapter directory as `source` is analysed as its updates ΔW, or with `base` and `merge` as
+    the merged model (sources/deltas.py). Skipped tensors and
+    their reasons are in `table.attrs["skipped"]`; the `warning` column holds the verdicts (spectra/verdicts.py).
+    """
+    return analyze_checkpoint(source, estimator, device, include=include, exclude=exclude, split_fused=split_fused,
+               progress=progress, workers=workers, precision=precision, farms=farms, config=config,
+               randomize=randomize, seed=seed, base=base, merge=merge).table
+
+
+def analyze_tensors(tensors: dict[str, torch.Tensor], estimator: str = "median", *, config: dict | None = None,
+                    split_fused: bool = True, farms: bool = False) -> pd.DataFrame:
+    """Rows for in-memory tensors (e.g. a live model's parameters), each solved on its own device.
+
+    The same module map, ESD engine and fits as `analyze`; used by the training hook.
+    """
+    check_estimator(estimator)
+    infos = [TensorInfo(n, tuple(t.shape), dtype_name(t), Path("<memory>"))
+             for n, t in tensors.items()]
+    todo = plan(infos, config, split_fused=split_fused)
+    dtypes = {i.name: i.dtype for i in infos}
+    rows = []
+    with torch.no_grad():
+        for spec in todo.matrices:
+            w = spec.extract(tensors[spec.tensor].detach())
+            rows.extend(row for row, _ in solve_batch([(spec, w)], w.device, Solve(estimator, dtypes, farms)))
+    return ordered_table(rows)

@@ -1,0 +1,338 @@
+"""A checkpoint's matrices -> ESD -> fits and metrics -> one results row per matrix.
+
+A reader thread streams tensors file by file (each read once, and on a GPU copied there) into a
+small queue while the main thread solves eigenproblems on the device, so reading and transferring
+the next tensors overlaps with compute. The entry points (`analyze`, in one process or split over
+torchrun's ranks) are in analysis/engine.py.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+
+from alphaspec._version import __version__
+from alphaspec.devices import SolveError
+from alphaspec.errors import UsageError
+from alphaspec.sources.checkpoint import Checkpoint, SourceError
+from alphaspec.sources.matrices import MODULE_TYPES, MatrixSpec, ModelConfigError, Plan, Skipped, plan
+from alphaspec.sources.read_ahead import read_ahead
+from alphaspec.spectra.eigenvalues import finite_scale, scaled_eigenvalues, zero_threshold
+from alphaspec.spectra.farms import farms_alpha
+from alphaspec.spectra.gaussian import random_alpha
+from alphaspec.spectra.mp_bulk import BULK_COLUMNS, RANDOMIZED_COLUMNS, mp_bulk
+from alphaspec.spectra.norms import ldexp, nan_metrics, spectral_metrics
+from alphaspec.spectra.powerlaw import PowerLawFit, fit_with_gof
+from alphaspec.spectra.randomize import NAN_RANDOMIZED, RANDOMIZED_SUFFIX, randomized_rows
+from alphaspec.spectra.verdicts import PERMUTATIONS, UNCHANGED, WEIGHTS, verdicts
+
+COLUMNS = ["name", "layer", "module", "rows", "cols", "n_eigs", "n_zero", "estimator", "alpha", "xmin",
+           "ks_d", "n_tail", "lambda_max", "spectral_norm", "frobenius_norm", "stable_rank",
+           "log_spectral_norm", "log_norm", "alpha_weighted", "entropy", "status", "expert", "tensor", "dtype", "stack",
+           "alpha_random", "alpha_gof", "content", *BULK_COLUMNS, "warning"]
+NATIVE_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+OPTIONAL_COLUMNS = ("alpha_farms", "quant", *RANDOMIZED_COLUMNS)
+BATCH_BYTES = {"cpu": 8 << 20, "cuda": 1 << 30}  # float64 bytes of same-shape matrices solved together
+
+
+@dataclass
+class Analysis:
+    """The results table plus everything needed to account for each tensor of the checkpoint."""
+
+    table: pd.DataFrame
+    skipped: list[Skipped]
+    notes: list[str]
+    source: str
+    estimator: str
+    device: str
+    spectra: dict[str, np.ndarray] = field(default_factory=dict)
+    n_tensors: int = 0  # in the checkpoint: analysed, split or skipped
+    precision: str = "fp64"
+
+    def to_json(self) -> dict:
+        """The JSON layout documented in docs/analyze.md (NaN becomes null)."""
+        return {"alphaspec": __version__, "source": self.source, "estimator": self.estimator,
+                "device": self.device, "precision": self.precision, "matrices": records(self.table),
+                "skipped": [{"name": s.name, "reason": s.reason} for s in self.skipped], "notes": self.notes}
+
+
+def records(table: pd.DataFrame) -> list[dict]:
+    """Table rows as plain dicts, empty and non-finite values as None (for JSON and for sending between ranks)."""
+    def clean(v):
+        return None if v is None or v is pd.NA or (isinstance(v, float) and not math.isfinite(v)) else v
+
+    return [{k: clean(v) for k, v in row.items()} for row in table.astype(object).to_dict("records")]
+
+
+def _batches(items: Iterable[tuple[MatrixSpec, torch.Tensor]], max_bytes: int) -> Iterator[list]:
+    """Group consecutive matrices of one shape and dtype while their float64 size stays within max_bytes."""
+    batch: list = []
+    for spec, mat in items:
+        first = batch[0][1] if batch else None
+        if batch and (mat.shape != first.shape or mat.dtype != first.dtype or _size(spec) != _size(batch[0][0])
+                      or (len(batch) + 1) * mat.numel() * 8 > max_bytes):
+            yield batch
+            batch = []
+        batch.append((spec, mat))
+    if batch:
+        yield batch
+
+
+def _size(spec: MatrixSpec) -> tuple[int, int]:
+    return spec.rows, spec.cols
+
+
+def is_core(spec: MatrixSpec, mat: torch.Tensor) -> bool:
+    """Whether `mat` stands for a larger low-rank matrix (an adapter's s·B·A, deltas.low_rank_core): a small
+    matrix with the same non-zero singular values, whose spectrum is padded with zeros to spec's size."""
+    return tuple(mat.shape[-2:]) != _size(spec)
+
+
+def matrix_row(spec: MatrixSpec, eigs: torch.Tensor | None, estimator: str, dtype: str, exponent: int = 0,
+               precision: str = "fp64", content: str = WEIGHTS) -> dict:
+    """One results row from a matrix's eigenvalues, scaled by 4^-exponent (None when the matrix held NaN/Inf).
+
+    content: what the matrix is (weights, or an update: delta, adapter); an all-zero update is `unchanged`."""
+    row = {"name": spec.name, "layer": spec.layer, "module": spec.module, "rows": spec.rows, "cols": spec.cols,
+           "n_eigs": min(spec.rows, spec.cols), "estimator": estimator, "expert": spec.expert, "tensor": spec.tensor,
+           "dtype": dtype, "stack": spec.stack, "content": content,
+           "alpha_random": random_alpha(spec.rows, spec.cols, estimator)}  # the same shape's Gaussian matrix
+    if eigs is None:
+        fit = PowerLawFit.empty("matrix contains NaN or Inf")
+        return (row | {"n_zero": 0} | _fit_columns(fit) | nan_metrics() | {"alpha_weighted": math.nan,
+                "alpha_gof": math.nan} | mp_bulk(eigs, spec.rows, spec.cols))
+    row |= metrics_of(eigs, estimator, exponent, precision) | mp_bulk(eigs, spec.rows, spec.cols, exponent)
+    if content != WEIGHTS and row["status"] == "all-zero matrix":
+        row["status"] = UNCHANGED
+    return row
+
+
+def metrics_of(eigs: torch.Tensor, estimator: str, exponent: int = 0, precision: str = "fp64") -> dict:
+    """n_zero, the fit columns, alpha_gof (what the over/under-trained verdicts read) and the norm metrics of one
+    ascending float64 spectrum (zeros included), its values scaled by 4^-exponent: the fits are scale-free, so
+    they use the scaled values; xmin and the norms are scaled back. Eigenvalues within the solver's round-off
+    of zero (`esd.zero_threshold`) are zeros."""
+    metrics = spectral_metrics(eigs, exponent)
+    top = float(eigs[-1]) if eigs.numel() else 0.0
+    n_zero = int((eigs <= zero_threshold(precision, eigs.numel()) * top).sum()) if top > 0 else eigs.numel()
+    fit = gof = PowerLawFit.empty("all-zero matrix")
+    if top > 0:
+        fit, gof = fit_with_gof(eigs[n_zero:], estimator)
+    weighted = fit.alpha * metrics["log_spectral_norm"]
+    return ({"n_zero": n_zero} | _fit_columns(fit) | {"xmin": ldexp(fit.xmin, 2 * exponent)} | metrics
+            | {"alpha_weighted": weighted, "alpha_gof": gof.alpha})
+
+
+@dataclass(frozen=True)
+class Solve:
+    """What every solve of one analysis needs: the estimator, each tensor's stored dtype (and GGUF
+    quantisation type), whether FARMS alphas are wanted too, and the solver's precision (fp64 | fp32)."""
+
+    estimator: str
+    dtypes: dict[str, str]
+    farms: bool = False
+    quants: dict[str, str] = field(default_factory=dict)
+    precision: str = "fp64"
+    randomize: int = 0  # permutations of each matrix's entries to solve as well (spectra/randomize.py); 0: none
+    seed: int = 0  # of those permutations
+    content: str = WEIGHTS  # what the checkpoint's matrices are: weights, or updates (delta, adapter)
+
+
+def solve_batch(batch: list[tuple[MatrixSpec, torch.Tensor]], dev: torch.device,
+                how: Solve) -> list[tuple[dict, torch.Tensor | None]]:
+    """Rows (and spectra) of same-shape matrices solved together on `dev`; NaN/Inf matrices get no spectrum.
+
+    A failed solve (out of memory, no convergence) is a SolveError naming the matrices.
+    """
+    if dev.type == "cuda":
+        for _, m in batch:
+            if m.is_cuda:  # staged on the reader's stream: keep the allocator from reusing it too early
+                m.record_stream(torch.cuda.current_stream(dev))
+    mats = [m.to(dev, non_blocking=True) for _, m in batch]
+    w = mats[0].unsqueeze(0) if len(mats) == 1 else torch.stack(mats)  # a batch of one is a view, not a copy
+    if w.dtype not in NATIVE_FLOATS:  # float8 and other narrow floats lack reductions: promote (exact)
+        w = w.float()
+    ok, _ = finite_scale(w)
+    ok = ok.tolist()
+    failure = None
+    finite = w if all(ok) else w[torch.tensor(ok, device=w.device)]
+    eigs, exponents, randomized = [], torch.zeros(0, dtype=torch.int64), []
+    core = is_core(batch[0][0], w)  # a batch holds matrices of one size: all cores or none
+    try:
+        if len(finite):
+            eigs, exponents = scaled_eigenvalues(finite, dev, how.precision)
+            if core:  # the rest of the spectrum of a rank-r matrix: zeros
+                m = min(_size(batch[0][0]))
+                eigs = torch.cat([eigs.new_zeros(len(eigs), m - eigs.shape[-1]), eigs], dim=-1)
+            if how.randomize and not core:
+                names = [spec.name for (spec, _), good in zip(batch, ok, strict=True) if good]
+                randomized = randomized_rows(finite, eigs, names, how.seed, dev, how.precision, how.randomize)
+    except RuntimeError as err:  # torch.OutOfMemoryError, LinAlgError and CUDA/cuSOLVER errors are RuntimeErrors
+        failure = err
+    if failure is not None:  # raised outside the handler, so the exception holds no frame (or GPU buffer) of the solve
+        del w, mats, finite
+        raise SolveError.of([spec for spec, _ in batch], failure, dev)
+    solved = iter(zip(eigs, exponents.tolist(), randomized or [{}] * len(eigs), strict=True))
+    out = []
+    for i, (spec, _) in enumerate(batch):
+        e, exponent, rand = next(solved) if ok[i] else (None, 0, NAN_RANDOMIZED)
+        if core and how.randomize:
+            rand = NAN_RANDOMIZED  # the entries of a low-rank product are never formed, so not permuted
+        row = matrix_row(spec, e, how.estimator, how.dtypes.get(spec.tensor, ""), exponent, how.precision,
+                         how.content)
+        if how.randomize:
+            row |= rand
+        if e is not None and exponent:
+            e = torch.ldexp(e, torch.tensor(2.0 * exponent, dtype=e.dtype, device=e.device))  # the true spectrum
+        if how.quants:
+            row["quant"] = how.quants.get(spec.tensor, "")
+        if how.farms:  # the same matrix, cut into square windows (spectra/farms.py)
+            row["alpha_farms"] = farms_alpha(w[i], how.estimator).alpha if e is not None and not core else math.nan
+        out.append((row, e))
+    return out
+
+
+def _solve_concurrently(batches: Iterable, dev: torch.device, how: Solve, workers: int, collect: Callable) -> None:
+    """Solve batches in `workers` threads, each on its own CUDA stream on a GPU, at most 2*workers in flight.
+
+    The first failure cancels what has not started; the pool is shut down before it propagates.
+    """
+    local = threading.local()
+
+    def solve(batch):
+        if dev.type != "cuda":
+            return solve_batch(batch, dev, how)
+        if not hasattr(local, "stream"):
+            local.stream = torch.cuda.Stream(dev)  # dev has an index (resolve_device): right in any thread
+        with torch.no_grad(), torch.cuda.device(dev), torch.cuda.stream(local.stream):
+            out = solve_batch(batch, dev, how)
+            local.stream.synchronize()
+            return out
+
+    with ThreadPoolExecutor(workers, thread_name_prefix="alphaspec-solver") as pool:
+        pending: set = set()
+        try:
+            for batch in batches:
+                pending.add(pool.submit(solve, batch))
+                if len(pending) >= 2 * workers:
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for f in done:
+                        collect(f.result())
+            while pending:
+                collect(pending.pop().result())
+        except BaseException:
+            for f in pending:
+                f.cancel()
+            raise
+
+
+def _row_order(row: dict) -> tuple:
+    """Embeddings, then blocks by layer and module type, then other tensors, then the head."""
+    module = row["module"]
+    group = 0 if module == "embed" else 3 if module == "lm_head" else 1 if row["layer"] is not None else 2
+    expert = -1 if row["expert"] is None else row["expert"]
+    return group, row["stack"] or "", row["layer"] or 0, MODULE_TYPES.index(module), expert, row["name"]
+
+
+def ordered_table(rows: list[dict]) -> pd.DataFrame:
+    """Rows in reading order for people (see _row_order), integer columns that may be empty as Int64."""
+    extra = [c for c in OPTIONAL_COLUMNS if rows and c in rows[0]]  # columns only some analyses have
+    table = pd.DataFrame(sorted(rows, key=_row_order), columns=COLUMNS + extra)
+    for col in ("layer", "expert"):
+        table[col] = table[col].astype("Int64")
+    table["warning"] = verdicts(table)  # with the default thresholds; the CLI applies the user's
+    return table
+
+
+def _fit_columns(fit: PowerLawFit) -> dict:
+    return {"alpha": fit.alpha, "xmin": fit.xmin, "ks_d": fit.ks_d, "n_tail": fit.n_tail, "status": fit.status}
+
+
+def permutation_count(randomize: bool | int) -> int:
+    """randomize= as a number of permutations: True is PERMUTATIONS, False 0."""
+    if isinstance(randomize, bool):
+        return PERMUTATIONS if randomize else 0
+    if not isinstance(randomize, int) or randomize < 0:
+        raise UsageError(f"randomize={randomize!r}: True, False or a number of permutations")
+    return randomize
+
+
+def plan_checkpoint(ckpt: Checkpoint, include: Iterable[str], exclude: Iterable[str], split_fused: bool) -> Plan:
+    """The module map of a checkpoint; a checkpoint without any weight matrix is an error that says why."""
+    try:
+        todo = plan(ckpt.tensors, ckpt.config, split_fused=split_fused, include=include, exclude=exclude)
+    except ModelConfigError as err:
+        raise SourceError(f"{ckpt.config_file}: {err}") from err
+    if not todo.matrices:
+        reasons = Counter(s.reason for s in todo.skipped).most_common(2)
+        raise SourceError(f"{ckpt.source}: no weight matrix to analyse among its {len(ckpt.tensors)} tensor(s) ("
+                          + "; ".join(f"{n} x {r}" for r, n in reasons) + ")")
+    return todo
+
+
+def solve_options(ckpt: Checkpoint, estimator: str, farms: bool, precision: str = "fp64", randomize: int = 0,
+                  seed: int = 0) -> Solve:
+    return Solve(estimator, {t.name: t.dtype for t in ckpt.tensors}, farms,
+                 {t.name: t.quant for t in ckpt.tensors if t.quant}, precision, randomize, seed, ckpt.content)
+
+
+def solve_matrices(ckpt: Checkpoint, matrices: list[MatrixSpec], dev: torch.device, how: Solve, *, workers: int = 1,
+                   keep_spectra: bool = False, on_solved: Callable[[int], None] | None = None
+                   ) -> tuple[list[dict], dict[str, np.ndarray]]:
+    """Rows (and spectra) of `matrices`, read from the checkpoint's files in order, solved on `dev`."""
+    rows: list[dict] = []
+    spectra: dict[str, np.ndarray] = {}
+
+    def collect(solved: list[tuple[dict, torch.Tensor | None]]) -> None:
+        for row, eigs in solved:
+            randomized = row.pop("_randomized", None)  # --randomize: the permuted matrix's spectrum
+            rows.append(row)
+            if keep_spectra and eigs is not None:
+                spectra[row["name"]] = eigs.cpu().numpy()
+            if keep_spectra and randomized is not None:
+                spectra[row["name"] + RANDOMIZED_SUFFIX] = randomized.cpu().numpy()
+        if on_solved:
+            on_solved(len(solved))
+
+    staged = read_ahead(ckpt, matrices, threading.Event(), dev)
+    batches = _batches(staged, BATCH_BYTES["cuda" if dev.type == "cuda" else "cpu"])
+    failure = None
+    try:
+        with torch.no_grad():
+            if workers <= 1:
+                for batch in batches:
+                    collect(solve_batch(batch, dev, how))
+            else:
+                _solve_concurrently(batches, dev, how, workers, collect)
+    except SolveError as err:
+        failure = SolveError(f"{ckpt.source}: {err}")
+    finally:
+        staged.close()  # stops and joins the reader thread and drops what it staged, also after a failure
+    if failure is not None:
+        raise failure
+    return rows, spectra
+
+
+def assemble(rows: list[dict], spectra: dict[str, np.ndarray], ckpt: Checkpoint, todo: Plan, source: str,
+             how: Solve, device: str) -> Analysis:
+    """The Analysis of solved rows: the ordered table, with source, skips and notes also in its attrs."""
+    table = ordered_table(rows)
+    notes = ckpt.notes + todo.notes
+    if len(table) and table["status"].isin(["all-zero matrix", UNCHANGED]).all():
+        notes.append("every matrix is all zeros" + (": the base holds exactly these weights (nothing changed)"
+                                                    if getattr(ckpt, "base", None) is not None else ""))
+    if how.precision != "fp64":
+        notes.append(f"eigenvalues solved in {how.precision} (--precision): alphas differ from the float64 ones "
+                     "by the error measured in docs/analyze.md")
+    table.attrs.update({"source": source, "estimator": how.estimator, "device": device, "precision": how.precision,
+                        "skipped": [{"name": s.name, "reason": s.reason} for s in todo.skipped], "notes": list(notes)})
+    return Analysis(table, todo.skipped, notes, source, how.estimator, device, spectra, len(ckpt.tensors),
+                    how.precision)

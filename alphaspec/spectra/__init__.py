@@ -1,0 +1,3 @@
+"""The mathematics of one matrix: its eigenvalues, power-law fits of their tail, norm metrics, the
+Marchenko–Pastur bulk, FARMS, the Gaussian reference, the permuted matrix (traps) and the verdicts
+read from them. Tensors and numbers in, numbers out: no files, no checkpoints."""
