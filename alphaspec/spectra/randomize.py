@@ -178,9 +178,9 @@ def randomized_rows(w: torch.Tensor, eigs: list[torch.Tensor], names: list[str],
     return out
 
 
-def spikes_after_cut(w: torch.Tensor, seed: int, dev: torch.device, precision: str) -> int:
-    """Eigenvalues above the spike threshold in the full spectrum of `w` permuted with `seed`."""
-    eigs, _ = scaled_eigenvalues(permuted(w.unsqueeze(0), [seed]), dev, precision)
+def spikes_of(w: torch.Tensor, dev: torch.device, precision: str) -> int:
+    """Eigenvalues above the spike threshold in the full spectrum of `w` (already permuted)."""
+    eigs, _ = scaled_eigenvalues(w.unsqueeze(0), dev, precision)
     return mp_bulk(eigs[0], *w.shape)["num_spikes"]
 
 
@@ -214,10 +214,10 @@ def trap_sources(w: torch.Tensor, seed: int, sigma: float, dev: torch.device | N
     def dissolved(k: int) -> bool:
         cut = flat.clone()
         cut[order[:k]] = 0
-        cut = cut.reshape(rows, cols)
-        if top_eigenvalue_lower_bound(permuted(cut.unsqueeze(0), [seed])[0], seed) > threshold:
+        mixed = permuted(cut.reshape(1, rows, cols), [seed])[0]  # as the first permutation mixed W
+        if top_eigenvalue_lower_bound(mixed, seed) > threshold:
             return False  # a lower bound above the threshold: the spike is certainly still there
-        return spikes_after_cut(cut, seed, dev or w.device, precision) == 0
+        return spikes_of(mixed, dev or w.device, precision) == 0
 
     k = max(int((flat[order].abs().double() > bbp).sum()), 1)
     while not dissolved(k):
