@@ -105,7 +105,7 @@ def test_a_gaussian_matrix_has_no_traps_and_planted_entries_are_found():
     for (i, j), value in {(3, 7): 1.5, (100, 200): -2.0, (400, 5): 1.2}.items():
         planted[i, j] = value
     row = alphaspec.analyze({"model.layers.0.mlp.up_proj.weight": planted}, randomize=True).iloc[0]
-    assert row["traps"] >= 1 and "traps" in row["warning"] and row["trap_share"] == 1 and row["permutations"] == 3
+    assert row["traps"] >= 1 and "traps" in row["warning"] and row["trap_share"] == 1 and row["permutations"] == 7
     assert row["trap_entries"] == 3 and row["trap_max_entry"] == 2.0
     assert row["trap_where"] == "(100, 200) = -2; (3, 7) = 1.5; (400, 5) = 1.2"
     again = alphaspec.analyze({"model.layers.0.mlp.up_proj.weight": planted}, randomize=True).iloc[0]
@@ -237,3 +237,40 @@ def test_blockwise_permutations_are_uniform_and_keep_the_entries():
     small = torch.randn(500)
     order = torch.randperm(500, generator=torch.Generator().manual_seed(3))
     assert torch.equal(shuffled(small, 3), small[order])
+
+
+def test_median_bounds_are_the_binomial_order_statistics():
+    """The bounds on the median are the order statistics scipy's binomial distribution names: X_(k) with k the
+    most for which P(Binomial(n, 1/2) <= k - 1) <= 1 %; none below 7 values (all 7 on one side: 1/128)."""
+    from scipy.stats import binom
+
+    from alphaspec.spectra.randomize import TRAP_LEVEL, median_bounds
+
+    rng = np.random.default_rng(0)
+    for n in range(1, 31):
+        z = rng.normal(size=n)
+        k = max((j for j in range(n + 1) if binom.cdf(j - 1, n, 0.5) <= TRAP_LEVEL), default=0)
+        low, high = median_bounds(z)
+        if k == 0:
+            assert math.isnan(low) and math.isnan(high) and n < 7
+        else:
+            assert (low, high) == (np.sort(z)[k - 1], np.sort(z)[n - k])
+    assert median_bounds(list(range(15)))[0] == 2  # n = 15: the 3rd smallest
+
+
+def test_a_matrix_at_the_threshold_rarely_gets_the_traps_verdict():
+    """The stopping rule fed permutations whose spike stands above 5 half of the time (a matrix exactly at the
+    threshold) decides 'traps' in about 1 % of runs; one above 5 in every permutation always, after 7."""
+    from alphaspec.spectra.randomize import TRAP_Z, median_bounds, undecided
+
+    def verdict(p_above: float, rng) -> tuple[bool, int]:
+        z: list[float] = []
+        while len(z) < 15 and (len(z) < 2 or undecided(z)):
+            z.append(TRAP_Z + (1.0 if rng.random() < p_above else -1.0))
+        return bool(median_bounds(z)[0] >= TRAP_Z), len(z)
+
+    rng = np.random.default_rng(1)
+    at_threshold = [verdict(0.5, rng)[0] for _ in range(4000)]
+    assert np.mean(at_threshold) < 0.03
+    assert all(verdict(1.0, rng) == (True, 7) for _ in range(20))
+    assert all(verdict(0.0, rng) == (False, 7) for _ in range(20))

@@ -128,8 +128,8 @@ def analyze(
         "models; alpha error measured in docs/analyze.md.")] = Precision.fp64,
     randomize: Annotated[bool, typer.Option("--randomize", help="Also look for correlation traps: each matrix "
                                             "solved again with its entries permuted (docs/analyze.md).")] = False,
-    permutations: Annotated[int, typer.Option("--permutations", min=1, max=100, help="--randomize: permutations "
-                                              "of each matrix near a spike; the traps verdict reads their median.")]
+    permutations: Annotated[int, typer.Option("--permutations", min=1, max=100, help="--randomize: the most "
+                                              "permutations of a matrix near a spike (more until its verdict is sure).")]
     = PERMUTATIONS,
     seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of the --randomize permutations.")] = 0,
     over_trained: Annotated[float, typer.Option("--over-trained", callback=finite, help=Thresholds.help(

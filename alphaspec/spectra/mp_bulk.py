@@ -27,8 +27,8 @@ from alphaspec.spectra.norms import ldexp
 
 TW_MARGIN = 4.0  # Tracy–Widom scale units above the centring: the spike threshold
 BULK_COLUMNS = ("sigma_mp", "bulk_max", "num_spikes", "mp_softrank")
-RANDOMIZED_COLUMNS = ("rand_lambda_max", "rand_distance", "traps", "trap_z", "trap_share", "permutations",
-                      "trap_entries", "trap_max_entry", "trap_where")  # analyze --randomize (spectra/randomize.py)
+RANDOMIZED_COLUMNS = ("rand_lambda_max", "rand_distance", "traps", "trap_z", "trap_z_low", "trap_share",
+                      "permutations", "trap_entries", "trap_max_entry", "trap_where")  # analyze --randomize
 
 
 @lru_cache(maxsize=512)

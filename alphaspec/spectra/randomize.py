@@ -16,21 +16,27 @@ a rank-one signal along coordinate vectors). Reported per matrix:
                    Tracy–Widom units (the threshold's own scale), the median over the permutations
                    solved; one permutation's value scatters by 2–3 units, so a matrix near the
                    threshold has a spike in some permutations and not in others
+  trap_z_low       a lower bound on that median which is wrong with probability at most 1 %: the k-th
+                   smallest of the n values solved, k the most for which fewer than k of n fair coin
+                   flips come up with probability <= 1 % (n = 7: the smallest; n = 15: the 3rd);
+                   empty for a matrix given fewer than 7 permutations
   trap_share       the share of the permutations solved with a spike (trap_z > 0 in that permutation)
   permutations     how many permutations were solved: one for a matrix whose first has no spike at all
-                   (trap_z <= MORE_ABOVE: four more would need three spikes 5 units high to lift its median
-                   to the verdict); for the others, more until a majority of the asked-for number lies on
-                   one side of 5, which settles the median of them all (3 of 5 at least)
+                   (trap_z <= MORE_ABOVE: noise reads -6 to -1); for the others, more until the bounds
+                   on the median both lie on one side of 5 (7 at least, all on that side), or until
+                   --permutations (15)
   trap_entries     for a matrix with the traps verdict: how many of its largest entries, set to zero,
                    dissolve them (those above the BBP threshold first, then doubling; a cut is accepted only
                    after a full solve of the permuted matrix shows no eigenvalue above its spike threshold), and
                    trap_max_entry the largest magnitude among them; trap_where lists the first few as
                    (row, col) = value
 
-The `traps` verdict (diagnose.TRAP_Z) needs trap_z >= 5: in the median permutation the spike stands
-5 Tracy–Widom units above the threshold, which a matrix whose spike comes and goes with the
-permutation does not reach. Each permutation is seeded by the run's seed, the matrix's name and its
-index, so a run repeats.
+The `traps` verdict (verdicts.TRAP_Z) needs trap_z_low >= 5: the median permutation's spike stands 5
+Tracy–Widom units above the threshold, shown with 99 % confidence by the permutations solved. A matrix
+whose spike stands above 5 in half of its permutations gets the verdict in about 1 % of seeds, one
+with 90 % of them in most (86 %) and one with 95 % in 98 %; a matrix between those can go either way,
+and its trap_z, trap_z_low and trap_share show how close it is. Each permutation is seeded by the
+run's seed, the matrix's name and its index, so a run repeats.
 """
 
 from __future__ import annotations
@@ -50,10 +56,11 @@ RANDOMIZED_SUFFIX = "#randomized"  # the permuted matrix's spectrum, beside the 
 JS_BINS = (8, 100)  # bins of the common grid: Rice's rule, 2·m^(1/3) for m eigenvalues, within these bounds
 MAX_TRAP_ENTRIES = 4096  # the search for the entries behind the traps stops here
 TRAPS_LISTED = 5  # entries named in trap_where
+TRAP_LEVEL = 0.01  # the chance that either bound of the median (median_bounds) lies past it
 MORE_ABOVE = 0.0  # a first permutation with a spike (above 0) gets the others; noise reads -6 to -1
 
 
-NAN_RANDOMIZED = {"rand_lambda_max": math.nan, "rand_distance": math.nan, "traps": 0, "trap_z": math.nan,
+NAN_RANDOMIZED = {"rand_lambda_max": math.nan, "rand_distance": math.nan, "traps": 0, "trap_z": math.nan, "trap_z_low": math.nan,
                   "trap_share": math.nan, "permutations": 0, "trap_entries": 0, "trap_max_entry": math.nan,
                   "trap_where": ""}  # a matrix with NaN/Inf entries
 
@@ -140,6 +147,23 @@ def spike_z(eigs: torch.Tensor, rows: int, cols: int) -> float:
     return (float(eigs[-1]) - spike_threshold(sigma * sigma, rows, cols)) / tracy_widom_unit(sigma * sigma, rows, cols)
 
 
+def median_bounds(z: np.ndarray | list[float], level: float = TRAP_LEVEL) -> tuple[float, float]:
+    """Distribution-free bounds on the median of the permutations' trap_z from the values solved: order
+    statistics X_(k) and X_(n+1-k), with k the most for which P(Binomial(n, 1/2) < k) <= level, so each bound is
+    past the median with probability at most `level`; NaN when too few values were solved (n < 5 at 5 %)."""
+    s = np.sort(np.asarray(z, dtype=float))
+    n = len(s)
+    below = np.cumsum([math.comb(n, i) for i in range(n + 1)]) / 2.0**n  # P(Binomial(n, 1/2) <= i)
+    k = int((below <= level).sum())
+    return (float(s[k - 1]), float(s[n - k])) if k else (math.nan, math.nan)
+
+
+def undecided(z: list[float]) -> bool:
+    """Whether the permutations solved do not yet say on which side of TRAP_Z the median lies."""
+    low, high = median_bounds(z)
+    return not (low >= TRAP_Z or high < TRAP_Z)
+
+
 def randomized_rows(w: torch.Tensor, eigs: list[torch.Tensor], names: list[str], seed: int, dev: torch.device,
                     precision: str, permutations: int = PERMUTATIONS) -> list[dict]:
     """The randomized columns of each finite matrix of a batch, given its own scaled spectrum `eigs[i]`."""
@@ -147,15 +171,9 @@ def randomized_rows(w: torch.Tensor, eigs: list[torch.Tensor], names: list[str],
     rand, exponents = scaled_eigenvalues(permuted(w, seeds), dev, precision)
     rows, cols = w.shape[-2:]
     zs = [[spike_z(rand[i], rows, cols)] for i in range(len(names))]
-    settles = permutations // 2 + 1  # values on one side of TRAP_Z that decide the median of all of them
-
-    def undecided(z: list[float]) -> bool:
-        above = sum(v >= TRAP_Z for v in z)
-        return above < settles and len(z) - above < settles
-
     more = [i for i in range(len(names)) if zs[i][0] > MORE_ABOVE] if permutations > 1 else []
     for k in range(1, permutations):  # one permutation of the matrices near a spike at a time: memory as the first
-        more = [i for i in more if undecided(zs[i])]  # stop once the median's side is settled
+        more = [i for i in more if undecided(zs[i])]  # stop once the median is known to lie on one side of TRAP_Z
         if not more:
             break
         extra, _ = scaled_eigenvalues(permuted(w[more], [matrix_seed(seed, names[i], k) for i in more]), dev,
@@ -170,9 +188,10 @@ def randomized_rows(w: torch.Tensor, eigs: list[torch.Tensor], names: list[str],
         row = {"_randomized": torch.ldexp(rand[i], torch.tensor(2.0 * exponent, dtype=rand.dtype, device=rand.device)),
                "rand_lambda_max": ldexp(float(rand[i][-1]), 2 * exponent),
                "rand_distance": js_distance(eigs[i].cpu().numpy(), rand[i].cpu().numpy()), "traps": bulk["num_spikes"],
-               "trap_z": float(np.median(z)), "trap_share": float(np.mean(z > 0)), "permutations": len(z),
+               "trap_z": float(np.median(z)), "trap_z_low": median_bounds(z)[0], "trap_share": float(np.mean(z > 0)),
+               "permutations": len(z),
                "trap_entries": 0, "trap_max_entry": math.nan, "trap_where": ""}
-        if bulk["num_spikes"] and row["trap_z"] >= TRAP_Z:  # the entries behind a traps verdict
+        if bulk["num_spikes"] and row["trap_z_low"] >= TRAP_Z:  # the entries behind a traps verdict
             row |= trap_sources(w[i], seeds[i], bulk["sigma_mp"], dev, precision)
         out.append(row)
     return out

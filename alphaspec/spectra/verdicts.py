@@ -9,8 +9,9 @@ Each row's `warning` lists, comma-separated (empty when none):
                  (num_spikes = 0, with a fitted tail): the spectrum is what a random matrix of that shape and
                  scale gives
   traps          the permuted matrix's largest eigenvalue stands, in the median permutation, at least
-                 TRAP_Z Tracy–Widom units above its noise threshold (`trap_z`, `analyze --randomize`):
-                 a few very large entries make a spike that is not correlation between rows
+                 TRAP_Z Tracy–Widom units above its noise threshold, with 99 % confidence over the
+                 permutations solved (`trap_z_low`, `analyze --randomize`): a few very large entries make
+                 a spike that is not correlation between rows
   rank-collapse  more than `rank_loss` (1 %) of the eigenvalues are numerically zero: the matrix lost rank
   no-tail        no power-law tail could be fitted (too few eigenvalues, an all-zero or non-finite matrix)
 
@@ -34,7 +35,7 @@ WARNINGS = ("over-trained", "under-trained", "random-like", "traps", "rank-colla
 WEIGHTS = "weights"  # the `content` of a row that is a weight matrix (not an update)
 UNCHANGED = "unchanged"  # the status of an update that is all zero
 TRAP_Z = 5.0  # traps: the median permutation's spike this many Tracy–Widom units above its threshold
-PERMUTATIONS = 5  # permutations per matrix near a spike that trap_z is the median of (analyze --permutations)
+PERMUTATIONS = 15  # the most permutations of a matrix near a spike (analyze --permutations)
 
 
 def _threshold(default: float, help: str):
@@ -86,7 +87,9 @@ def verdicts(table: pd.DataFrame, thresholds: Thresholds | None = None) -> pd.Se
     zero_share = (_column(table, "n_zero", 0).astype(float)
                   / _column(table, "n_eigs", 1).clip(lower=1).astype(float))
     sigma = _column(table, "sigma_mp", float("nan")).astype(float)
-    if "trap_z" in table:
+    if "trap_z_low" in table:
+        traps = table["trap_z_low"].astype(float) >= TRAP_Z
+    elif "trap_z" in table:  # a table from before trap_z_low: its median
         traps = table["trap_z"].astype(float) >= TRAP_Z
     else:  # a table from before trap_z: its one permutation's count
         traps = _column(table, "traps", 0).fillna(0).astype(float) > 0
