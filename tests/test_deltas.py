@@ -201,3 +201,81 @@ def test_a_5_mb_adapter_on_a_40000_wide_matrix_stays_small(tmp_path):
     assert out.returncode == 0, out.stderr
     peak_kb, zeros = map(int, out.stdout.split())
     assert zeros == 40000 - 16 and peak_kb < 1.5 * 2**20
+
+
+def numpy_pair(before: np.ndarray, after: np.ndarray, k: int = 8) -> tuple[float, float]:
+    """rel_change and the top-k right singular subspace overlap, from numpy's SVD."""
+    va = np.linalg.svd(before, full_matrices=False)[2][:k].T
+    vb = np.linalg.svd(after, full_matrices=False)[2][:k].T
+    return np.linalg.norm(after - before) / np.linalg.norm(before), float(np.square(va.T @ vb).sum()) / k
+
+
+def test_a_delta_is_judged_by_its_size_and_the_directions_it_turns(tmp_path):
+    """MiniLM with three matrices turned (a rotation of part of their input space) and one scaled: each update's
+    rel_change and subspace_overlap equal numpy's SVD of base and fine-tune to 1e-6; an unchanged matrix keeps
+    all of its directions (overlap 1, change 0); none of the updates gets a verdict."""
+    from alphaspec.sources.checkpoint import example_path
+
+    src = example_path("minilm")
+    weights = load_file(str(src / "model.safetensors"))
+    g = torch.Generator().manual_seed(0)
+    tuned = dict(weights)
+    turned = ["encoder.layer.1.attention.self.value.weight", "encoder.layer.3.intermediate.dense.weight",
+              "encoder.layer.5.output.dense.weight"]
+    for name in turned:
+        w = weights[name].double()
+        q = torch.linalg.qr(torch.randn(w.shape[1], w.shape[1], generator=g, dtype=torch.float64)).Q
+        mix = torch.eye(w.shape[1], dtype=torch.float64) + 0.3 * (q - torch.eye(w.shape[1], dtype=torch.float64))
+        tuned[name] = (w @ mix).float()
+    tuned["encoder.layer.2.attention.output.dense.weight"] = weights["encoder.layer.2.attention.output.dense.weight"] * 1.5
+    (tmp_path / "tuned").mkdir()
+    save_file(tuned, str(tmp_path / "tuned" / "model.safetensors"))
+    (tmp_path / "tuned" / "config.json").write_text((src / "config.json").read_text())
+    table = alphaspec.analyze(tmp_path / "tuned", base=src).set_index("name")
+    for name in [*turned, "encoder.layer.2.attention.output.dense.weight"]:
+        rel, overlap = numpy_pair(weights[name].double().numpy(), tuned[name].double().numpy())
+        assert table.loc[name, "rel_change"] == pytest.approx(rel, abs=1e-6)
+        assert table.loc[name, "subspace_overlap"] == pytest.approx(overlap, abs=1e-6)
+    assert (table.loc[turned, "subspace_overlap"] < 0.9).all()  # the turn moved their strongest directions
+    assert table.loc["encoder.layer.2.attention.output.dense.weight", "subspace_overlap"] == pytest.approx(1, abs=1e-9)
+    still = table.loc["encoder.layer.0.attention.self.query.weight"]
+    assert still["status"] == "unchanged" and still["rel_change"] == 0 and still["subspace_overlap"] == pytest.approx(1)
+    assert (table["warning"] == "").all()
+
+
+def test_an_adapter_with_its_base_compares_the_merged_matrix(made):
+    """An adapter analysed with --base: each target's rel_change and subspace_overlap are those of W and
+    W + (lora_alpha / r)·B·A by numpy's SVD; without the base the columns are absent."""
+    root, updates = made
+    table = alphaspec.analyze(root / "adapter", base=root / "base").set_index("name")
+    base = load_file(str(root / "base" / "model.safetensors"))
+    for name, delta in updates.items():
+        w = base[name].double().numpy()
+        rel, overlap = numpy_pair(w, w + delta.numpy())
+        assert table.loc[name, "rel_change"] == pytest.approx(rel, rel=1e-9)
+        assert table.loc[name, "subspace_overlap"] == pytest.approx(overlap, abs=1e-6)
+    assert "subspace_overlap" not in alphaspec.analyze(root / "adapter").columns
+
+
+def test_the_terminal_shows_what_changed_not_alphas(tmp_path):
+    """`analyze FT --base BASE` on MiniLM with one matrix edited: the summary is per module type what changed
+    (count, changed, rank, size, relative change, overlap), one line for the 39 unchanged matrices instead of
+    39 'empty fit' lines, and no alpha table; it fits 80 columns."""
+    from alphaspec.sources.checkpoint import example_path
+
+    src = example_path("minilm")
+    weights = load_file(str(src / "model.safetensors"))
+    name = "encoder.layer.1.attention.self.value.weight"
+    weights[name] = weights[name] + 0.01 * torch.randn(weights[name].shape, generator=torch.Generator().manual_seed(0))
+    (tmp_path / "ft").mkdir()
+    save_file(weights, str(tmp_path / "ft" / "model.safetensors"))
+    (tmp_path / "ft" / "config.json").write_text((src / "config.json").read_text())
+    proc = subprocess.run([sys.executable, "-m", "alphaspec", "analyze", str(tmp_path / "ft"), "--base", str(src)],
+                          capture_output=True, text=True, env=os.environ | {"COLUMNS": "80"})
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout + proc.stderr
+    assert "what changed, per module type" in text and "alpha per module type" not in text
+    assert "39 of 40 matrices unchanged" in text and "fit(s) empty" not in text
+    assert max(len(line) for line in text.splitlines()) <= 80
+    att_v = next(line for line in text.splitlines() if line.startswith("│ att.v"))
+    assert att_v.split("│")[3].strip() == "1" and att_v.split("│")[4].strip() == "384"  # one changed, full rank

@@ -15,8 +15,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from alphaspec.analysis.diff import diff_checkpoints, pair_metrics
+from alphaspec.analysis.diff import diff_checkpoints
 from alphaspec.sources.checkpoint import example_path
+from alphaspec.spectra.subspaces import pair_metrics
 
 EDITS = {"encoder.layer.2.intermediate.dense.weight": 0.02, "encoder.layer.4.attention.self.key.weight": 0.05}
 

@@ -32,6 +32,7 @@ from alphaspec.sources.checkpoint import Checkpoint, SourceError
 from alphaspec.sources.deltas import open_source
 from alphaspec.sources.matrices import MatrixSpec
 from alphaspec.sources.read_ahead import reading_order
+from alphaspec.spectra.subspaces import TOP_K, pair_metrics
 from alphaspec.spectra.verdicts import verdicts
 
 DELTA_METRICS = ("alpha", "log_spectral_norm", "stable_rank", "entropy", "alpha_weighted", "num_spikes", "mp_softrank")
@@ -58,29 +59,6 @@ def _check_matched(first: Checkpoint, other: Checkpoint, names: Iterable[str]) -
         n = differ[0]
         raise SourceError(f"{other.source}: {n} is {list(shapes[n])}, {list(mine[n])} in {first.source} "
                           f"({len(differ)} such; leave them out with --exclude)")
-
-
-def top_right_subspace(w: torch.Tensor, k: int) -> torch.Tensor:
-    """An orthonormal basis (cols × k) of w's top-k right singular subspace, exact: the eigenvectors of the
-    float64 Gram matrix of w's smaller side (for a wide w, Wᵀ applied to its top left vectors)."""
-    w = w.double()
-    w = w / w.abs().max()  # the subspace is scale-free; this keeps the Gram product in range
-    if w.shape[0] >= w.shape[1]:
-        return torch.linalg.eigh(w.mT @ w).eigenvectors[:, -k:]
-    return torch.linalg.qr(w.mT @ torch.linalg.eigh(w @ w.mT).eigenvectors[:, -k:]).Q
-
-
-def pair_metrics(a: torch.Tensor, b: torch.Tensor, top_k: int) -> dict[str, float]:
-    """rel_change and subspace_overlap of two versions of one matrix."""
-    a, b = a.double(), b.double()
-    norm = float(torch.linalg.matrix_norm(a))
-    rel = float(torch.linalg.matrix_norm(b - a)) / norm if norm > 0 else float("nan")
-    k = min(top_k, *a.shape)
-    usable = bool(torch.isfinite(a).all()) and bool(torch.isfinite(b).all())
-    if k < 1 or not usable or not norm > 0 or not float(torch.linalg.matrix_norm(b)) > 0:
-        return {"rel_change": rel if usable else float("nan"), "subspace_overlap": float("nan")}
-    va, vb = top_right_subspace(a, k), top_right_subspace(b, k)
-    return {"rel_change": rel, "subspace_overlap": float((va.mT @ vb).square().sum()) / k}
 
 
 def short(label: str) -> str:
@@ -111,7 +89,7 @@ def pair_rows(rows: list[dict], pairs: list[dict], labels: list[str]) -> list[di
 
 def diff_checkpoints(sources: Iterable, estimator: str = "median", device: str | torch.device = "auto", *,
                      include: Iterable[str] = (), exclude: Iterable[str] = (), split_fused: bool = True,
-                     top_k: int = 8, workers: int = 1, progress: Callable[[int, int], None] | None = None,
+                     top_k: int = TOP_K, workers: int = 1, progress: Callable[[int, int], None] | None = None,
                      checkpoints: list[tuple[str, Checkpoint]] | None = None) -> DiffResult:
     """Compare two or more checkpoints matrix by matrix (module docstring); sources as `analyze` takes them,
     or `checkpoints` opened already as (label, checkpoint), such as a training run's

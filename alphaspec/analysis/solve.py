@@ -32,6 +32,7 @@ from alphaspec.spectra.mp_bulk import BULK_COLUMNS, RANDOMIZED_COLUMNS, mp_bulk
 from alphaspec.spectra.norms import ldexp, nan_metrics, spectral_metrics
 from alphaspec.spectra.powerlaw import PowerLawFit, fit_with_gof
 from alphaspec.spectra.randomize import NAN_RANDOMIZED, RANDOMIZED_SUFFIX, randomized_rows
+from alphaspec.spectra.subspaces import TOP_K, UPDATE_COLUMNS, pair_metrics
 from alphaspec.spectra.verdicts import PERMUTATIONS, UNCHANGED, WEIGHTS, verdicts
 
 COLUMNS = ["name", "layer", "module", "rows", "cols", "n_eigs", "n_zero", "estimator", "alpha", "xmin",
@@ -39,7 +40,7 @@ COLUMNS = ["name", "layer", "module", "rows", "cols", "n_eigs", "n_zero", "estim
            "log_spectral_norm", "log_norm", "alpha_weighted", "entropy", "status", "expert", "tensor", "dtype", "stack",
            "alpha_random", "alpha_gof", "content", *BULK_COLUMNS, "warning"]
 NATIVE_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-OPTIONAL_COLUMNS = ("alpha_farms", "quant", *RANDOMIZED_COLUMNS)
+OPTIONAL_COLUMNS = ("alpha_farms", "quant", *RANDOMIZED_COLUMNS, *UPDATE_COLUMNS)
 BATCH_BYTES = {"cpu": 8 << 20, "cuda": 1 << 30}  # float64 bytes of same-shape matrices solved together
 
 
@@ -290,11 +291,15 @@ def solve_matrices(ckpt: Checkpoint, matrices: list[MatrixSpec], dev: torch.devi
     """Rows (and spectra) of `matrices`, read from the checkpoint's files in order, solved on `dev`."""
     rows: list[dict] = []
     spectra: dict[str, np.ndarray] = {}
+    compared: dict[str, dict] = {}  # an update's rel_change and subspace_overlap against its base, by matrix
+
+    def compare(spec: MatrixSpec, before: torch.Tensor, after: torch.Tensor) -> None:
+        compared[spec.name] = pair_metrics(before, after, TOP_K)
 
     def collect(solved: list[tuple[dict, torch.Tensor | None]]) -> None:
         for row, eigs in solved:
             randomized = row.pop("_randomized", None)  # --randomize: the permuted matrix's spectrum
-            rows.append(row)
+            rows.append(row | compared.pop(row["name"], {}))
             if keep_spectra and eigs is not None:
                 spectra[row["name"]] = eigs.cpu().numpy()
             if keep_spectra and randomized is not None:
@@ -302,7 +307,7 @@ def solve_matrices(ckpt: Checkpoint, matrices: list[MatrixSpec], dev: torch.devi
         if on_solved:
             on_solved(len(solved))
 
-    staged = read_ahead(ckpt, matrices, threading.Event(), dev)
+    staged = read_ahead(ckpt, matrices, threading.Event(), dev, on_versions=compare)
     batches = _batches(staged, BATCH_BYTES["cuda" if dev.type == "cuda" else "cpu"])
     failure = None
     try:

@@ -64,7 +64,7 @@ NUMBER_COLUMNS = ("layer", "rows", "cols", "n_eigs", "n_zero", "alpha", "xmin", 
                   "spectral_norm", "frobenius_norm", "stable_rank", "log_spectral_norm", "log_norm", "alpha_weighted",
                   "entropy", "expert", "alpha_random", "alpha_gof", "sigma_mp", "bulk_max", "num_spikes", "mp_softrank",
                   "alpha_farms", "rand_lambda_max", "rand_distance", "traps", "trap_z", "trap_z_low", "trap_share",
-                  "permutations", "trap_entries", "trap_max_entry")
+                  "permutations", "trap_entries", "trap_max_entry", "rel_change", "subspace_overlap")
 WHOLE_COLUMNS = ("layer", "rows", "cols", "n_eigs", "n_zero", "n_tail", "expert", "num_spikes", "traps", "permutations",
                  "trap_entries")
 MAX_WHOLE = 1 << 31

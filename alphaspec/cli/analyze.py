@@ -29,11 +29,13 @@ from alphaspec.cli.common import (
 )
 from alphaspec.cli.verdicts import check_verdicts, needs_attention
 from alphaspec.errors import UsageError
-from alphaspec.spectra.verdicts import PERMUTATIONS, WARNINGS, Thresholds, parse_fail_on, verdicts
+from alphaspec.spectra.verdicts import PERMUTATIONS, UNCHANGED, WARNINGS, WEIGHTS, Thresholds, parse_fail_on, verdicts
 
 Precision = choice_enum("Precision", ESD_PRECISIONS)
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from alphaspec.analysis.solve import Analysis
 
 
@@ -58,10 +60,41 @@ def _summary(result: Analysis) -> Table:
     return table
 
 
+def _update_summary(df: pd.DataFrame) -> Table:
+    """Updates (a delta, an adapter) by module type: what a low-rank update can show, its rank and size, and
+    with the base its change relative to the weights and the strongest directions it kept."""
+    from alphaspec.sources.matrices import MODULE_TYPES
+
+    compared = "subspace_overlap" in df
+    table = Table(title="what changed, per module type", title_justify="left", header_style="bold",
+                  caption="rank: median numerical rank of the changed matrices; rel: ‖ΔW‖/‖W‖ (median, max); "
+                          "overlap: the least share of W's top-8 input directions kept" if compared else
+                          "rank: median numerical rank of the changed matrices; give --base for the change "
+                          "relative to the weights and the directions kept", caption_justify="left")
+    cols = ["module", "count", "changed", "rank", "‖ΔW‖ med"] + (["rel med", "rel max", "overlap"] if compared else [])
+    for col in cols:
+        table.add_column(col, justify="left" if col == "module" else "right")
+    for module in [m for m in MODULE_TYPES if m in set(df["module"])]:
+        rows = df[df["module"] == module]
+        changed = rows[rows["status"] != UNCHANGED]
+        rank = (changed["n_eigs"] - changed["n_zero"]).median()
+        cells = [f"{rank:.0f}" if len(changed) else "-", f"{changed['frobenius_norm'].median():.3g}" if len(changed)
+                 else "-"]
+        if compared:
+            cells += [f"{rows['rel_change'].median():.3g}", f"{rows['rel_change'].max():.3g}",
+                      f"{rows['subspace_overlap'].min():.3f}"]
+        table.add_row(module, str(len(rows)), str(len(changed)), *cells)
+    return table
+
+
 def _report(result: Analysis) -> None:
     df = result.table
-    out.print(_summary(result))
-    failed = df[df["status"] != "ok"]
+    updates = "content" in df and (df["content"] != WEIGHTS).any()
+    out.print(_update_summary(df) if updates else _summary(result))
+    unchanged = df[df["status"] == UNCHANGED]
+    if len(unchanged):
+        out.print(f"{len(unchanged)} of {len(df)} matrices unchanged (an all-zero update)", highlight=False)
+    failed = df[~df["status"].isin(["ok", UNCHANGED])]
     if len(failed):
         out.print(f"[yellow]{len(failed)} matrix fit(s) empty:[/]")
         for _, r in failed.head(10).iterrows():

@@ -10,6 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from alphaspec.cli.common import Device, Estimator, EstimatorOption, Exclude, Include, Quiet, app, err, out
+from alphaspec.spectra.subspaces import TOP_K
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -40,7 +41,7 @@ def diff(
     plot: Annotated[Path | None, typer.Option("--plot", help="Draw the changes over depth: .png, .svg or .pdf.")] = None,
     estimator: EstimatorOption = Estimator.median,
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="Singular directions compared by "
-                                       "subspace_overlap.")] = 8,
+                                       "subspace_overlap.")] = TOP_K,
     include: Include = None,
     exclude: Exclude = None,
     device: Device = "auto",

@@ -104,6 +104,13 @@ class Checkpoint:
         except Exception as err:  # noqa: BLE001 - any read failure is a property of the input file
             raise SourceError(f"{file}: cannot read tensor data ({first_line(err, with_type=True)})") from err
 
+    def read_versions(self, file: Path, names: list[str], device: torch.device | None = None
+                      ) -> Iterator[tuple[str, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]]:
+        """As `read`, each tensor with its (before, after) versions when it is an update against a base the
+        checkpoint holds (a delta, an adapter given its base); None for weights."""
+        for name, t in self.read(file, names, device):
+            yield name, t, None
+
 
 def dtype_name(t: torch.Tensor) -> str:
     """A tensor's dtype as TensorInfo spells it: torch's name without the prefix ("bfloat16")."""

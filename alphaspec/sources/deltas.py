@@ -56,9 +56,15 @@ class DeltaCheckpoint(Checkpoint):
 
     def read(self, file: Path, names: list[str], device: torch.device | None = None
              ) -> Iterator[tuple[str, torch.Tensor]]:
+        for name, delta, _ in self.read_versions(file, names, device):
+            yield name, delta
+
+    def read_versions(self, file: Path, names: list[str], device: torch.device | None = None
+                      ) -> Iterator[tuple[str, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]]:
         for name, w in self.ckpt.read(file, names, device):
             _, b = next(self.base.read(self.base_file[name], [name], device))
-            yield name, _wide(w) - _wide(b).to(w.device)
+            b = b.to(w.device)
+            yield name, _wide(w) - _wide(b), (b, w)
 
 
 def check_same_tensors(ckpt: Checkpoint, base: Checkpoint) -> None:
@@ -79,8 +85,9 @@ def check_same_tensors(ckpt: Checkpoint, base: Checkpoint) -> None:
 class AdapterCheckpoint(Checkpoint):
     """A LoRA adapter as the matrices it adds: one (out, in) tensor ΔW = s·B·A per target module."""
 
-    def __init__(self, source: str | Path, config: dict | None = None):
+    def __init__(self, source: str | Path, config: dict | None = None, base: Checkpoint | None = None):
         folder = Path(str(source)).expanduser()
+        self.base = base  # the weights the update applies to, when given: its rows then compare the two
         self.lora = _read_adapter_config(folder / ADAPTER_CONFIG)
         weights = folder / ADAPTER_WEIGHTS
         self.pairs, shapes, dtypes, ranks = _lora_pairs(weights)
@@ -93,6 +100,9 @@ class AdapterCheckpoint(Checkpoint):
                              "(exact spectrum, never the dense product; no --randomize or --farms columns)"]
                             if (large := [s for s in shapes.values() if s[0] * s[1] > DENSE_ENTRIES]) else []),
                          str(folder / ADAPTER_CONFIG), content="adapter")
+        if base is not None:
+            check_targets(base, self)
+            self.base_file = {t.name: t.file for t in base.tensors}
 
     def scale(self, name: str) -> float:
         """lora_alpha / r for this module (rank_pattern and alpha_pattern as PEFT matches them; √r for rsLoRA)."""
@@ -105,6 +115,17 @@ class AdapterCheckpoint(Checkpoint):
         if r != stored:  # the scale divides by the config's r: a mismatch would put every norm off by r / stored
             raise SourceError(f"{where}: r of {module} is {r}, but its lora_A/lora_B factors have rank {stored}")
         return alpha / (math.sqrt(r) if self.lora.get("use_rslora") else r)
+
+    def read_versions(self, file: Path, names: list[str], device: torch.device | None = None
+                      ) -> Iterator[tuple[str, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]]:
+        """Each update, with (W_base, W_base + ΔW) when the adapter was opened with its base."""
+        for name, delta in self.read(file, names, device):
+            if self.base is None:
+                yield name, delta, None
+                continue
+            dense = delta if name not in self.cores else next(self.read(file, [name], dense=True))[1]
+            _, w = next(self.base.read(self.base_file[name], [name], device))
+            yield name, delta, (w, w.double().to(dense.device) + dense)
 
     def read(self, file: Path, names: list[str], device: torch.device | None = None, dense: bool = False
              ) -> Iterator[tuple[str, torch.Tensor]]:
@@ -187,12 +208,9 @@ def open_source(source, base=None, merge: bool = False) -> Checkpoint:
         raise SourceError("--merge adds an adapter to its base: give the base with --base")
     if is_adapter(source):
         base_ckpt = open_checkpoint(base) if base is not None else None
-        adapter = AdapterCheckpoint(source, base_ckpt.config if base_ckpt else None)
         if merge:
-            return MergedCheckpoint(base_ckpt, adapter)
-        if base_ckpt is not None:
-            check_targets(base_ckpt, adapter)
-        return adapter
+            return MergedCheckpoint(base_ckpt, AdapterCheckpoint(source, base_ckpt.config))
+        return AdapterCheckpoint(source, base_ckpt.config if base_ckpt else None, base_ckpt)
     if merge:
         raise SourceError(f"{source}: --merge needs a PEFT adapter directory (with {ADAPTER_CONFIG})")
     ckpt = open_checkpoint(source)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -63,8 +63,12 @@ _DONE = object()
 
 
 def read_ahead(ckpt: Checkpoint, specs: list[MatrixSpec], stop: threading.Event,
-               device: torch.device | None = None, max_bytes: int | None = None) -> Iterator:
+               device: torch.device | None = None, max_bytes: int | None = None,
+               on_versions: Callable[[MatrixSpec, torch.Tensor, torch.Tensor], None] | None = None) -> Iterator:
     """Yield (spec, matrix) in file order, read by a background thread up to `max_bytes` ahead.
+
+    on_versions(spec, before, after): called in that thread, before the matrix is yielded, for each matrix of
+    an update whose checkpoint holds its base (Checkpoint.read_versions).
 
     With a CUDA device the thread also copies each matrix there (and expands GGUF blocks there), on its
     own stream, in the checkpoint's dtype, so the host-to-device transfer overlaps the solver too.
@@ -94,8 +98,10 @@ def read_ahead(ckpt: Checkpoint, specs: list[MatrixSpec], stop: threading.Event,
         try:
             with torch.cuda.stream(copy_stream) if copy_stream is not None else contextlib.nullcontext():
                 for file, names in reads:
-                    for name, tensor in ckpt.read(file, names, device):
+                    for name, tensor, versions in ckpt.read_versions(file, names, device):
                         for spec in by_tensor[name]:
+                            if versions is not None and on_versions is not None:
+                                on_versions(spec, *(spec.extract(v) for v in versions))
                             m = stage(spec, spec.extract(tensor))
                             if not q.put((spec, m), m.numel() * m.element_size()):
                                 return
