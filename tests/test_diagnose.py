@@ -84,14 +84,17 @@ def test_verdicts_by_hand_and_their_thresholds():
 
 
 def test_updates_are_not_judged_as_weights():
-    """An all-zero update is `unchanged` with no verdict; a low-rank update (an adapter's s·B·A) gets none of the
-    verdicts calibrated on trained weights (alpha thresholds, rank-collapse, no-tail); random-like and traps stay."""
+    """An all-zero update is `unchanged` with no verdict; a low-rank update (an adapter's s·B·A) gets no verdict at
+    all, not even random-like or traps (a bulk and a spike on 16 eigenvalues); a full-rank update gets none of the
+    verdicts calibrated on trained weights (alpha thresholds, rank-collapse, no-tail), but random-like and traps."""
     nan = math.nan
-    table = pd.DataFrame({"content": ["delta", "adapter", "delta", "weights"], "alpha": [nan, 9.0, 1.2, nan],
-                          "alpha_gof": [nan, 9.0, 1.2, nan], "estimator": ["median"] * 4,
-                          "n_zero": [64, 48, 0, 64], "n_eigs": [64] * 4, "status": ["unchanged", "ok", "ok", "all-zero matrix"],
-                          "sigma_mp": [nan, nan, 0.1, nan], "num_spikes": [0, 16, 0, 0], "trap_z": [nan, nan, 7.0, nan]})
-    assert list(verdicts(table)) == ["", "", "random-like,traps", "rank-collapse,no-tail"]
+    table = pd.DataFrame({"content": ["delta", "adapter", "delta", "weights", "adapter"],
+                          "alpha": [nan, 9.0, 1.2, nan, 3.0], "alpha_gof": [nan, 9.0, 1.2, nan, 3.0],
+                          "estimator": ["median"] * 5, "n_zero": [64, 48, 0, 64, 48], "n_eigs": [64] * 5,
+                          "status": ["unchanged", "ok", "ok", "all-zero matrix", "ok"],
+                          "sigma_mp": [nan, nan, 0.1, nan, 0.1], "num_spikes": [0, 16, 0, 0, 0],
+                          "trap_z": [nan, nan, 7.0, nan, 7.0]})
+    assert list(verdicts(table)) == ["", "", "random-like,traps", "rank-collapse,no-tail", ""]
 
 
 def test_a_gaussian_matrix_has_no_traps_and_planted_entries_are_found():

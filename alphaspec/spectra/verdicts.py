@@ -16,9 +16,11 @@ Each row's `warning` lists, comma-separated (empty when none):
   no-tail        no power-law tail could be fitted (too few eigenvalues, an all-zero or non-finite matrix)
 
 Updates (`content` delta or adapter: W − W_base, s·B·A) are not weights: the alpha thresholds and the
-rank and tail verdicts were calibrated on trained weight matrices, and an update of rank r is low-rank
-by design, so only random-like and traps apply to them. An update that is all zero has the status
-`unchanged` and no verdict.
+rank and tail verdicts were calibrated on trained weight matrices, so only random-like and traps apply
+to a full-rank update. A low-rank update (more than `rank_loss` of its eigenvalues zero: an adapter's
+rank-r s·B·A) gets none: a tail fit or a noise bulk on a handful of eigenvalues says nothing, and its
+rank, size and overlap columns describe it. An update that is all zero has the status `unchanged` and
+no verdict.
 """
 
 from __future__ import annotations
@@ -93,10 +95,11 @@ def verdicts(table: pd.DataFrame, thresholds: Thresholds | None = None) -> pd.Se
         traps = table["trap_z"].astype(float) >= TRAP_Z
     else:  # a table from before trap_z: its one permutation's count
         traps = _column(table, "traps", 0).fillna(0).astype(float) > 0
+    judged = weights | ~(unchanged | (zero_share > t.rank_loss))  # weights, and full-rank updates
     flags = {"over-trained": weights & (alpha < t.over_trained), "under-trained": weights & (alpha > t.under_trained),
-             "random-like": ~unchanged & (sigma > 0) & (_column(table, "num_spikes", 1).fillna(1) == 0)
+             "random-like": judged & (sigma > 0) & (_column(table, "num_spikes", 1).fillna(1) == 0)
              & table["alpha"].notna(),  # a constant spectrum (an orthogonal matrix) has no bulk to be noise
-             "traps": traps, "rank-collapse": weights & (zero_share > t.rank_loss),
+             "traps": judged & traps, "rank-collapse": weights & (zero_share > t.rank_loss),
              "no-tail": weights & table["alpha"].isna()}
     joined = pd.Series("", index=table.index, dtype=object)
     for name in WARNINGS:  # a column at a time: "over-trained,traps," then the last comma off
