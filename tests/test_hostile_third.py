@@ -236,3 +236,44 @@ def test_callback_settings_fail_where_the_callback_is_made(bad):
             continue  # AlphaDecay has no easing: an unknown argument there
         with pytest.raises(ValueError, match=next(iter(bad))):
             callback(**bad)
+
+
+def _peak_of_diff(run: Path) -> int:
+    """Peak resident memory (kB) of `alphaspec diff RUN` in a child process."""
+    import subprocess
+    import sys
+
+    script = ("import resource, subprocess, sys; p = subprocess.run(sys.argv[1:], capture_output=True); "
+              "print(p.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    out = subprocess.run([sys.executable, "-c", script, sys.executable, "-m", "alphaspec", "diff", str(run), "-q",
+                          "-o", str(run.parent / f"{run.name}.csv")], capture_output=True, text=True, check=True).stdout.split()
+    assert out[0] == "0"
+    return int(out[1])
+
+
+def test_diff_of_a_run_holds_two_checkpoints_at_most(tmp_path):
+    """`diff RUN` over 8 checkpoints of 19 MB (each matrix with learnable row multipliers, folded on reading)
+    peaks where 2 checkpoints do: each checkpoint is mapped only while its tensor is read (it grew by a
+    checkpoint's size per checkpoint when every one was opened and folded up front)."""
+    hidden, vocab, layers = 256, 8000, 2
+
+    def make(count: int) -> Path:
+        run = tmp_path / f"run{count}"
+        (run / "checkpoints").mkdir(parents=True)
+        (run / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": hidden,
+                                                     "num_hidden_layers": layers, "num_attention_heads": 4,
+                                                     "num_key_value_heads": 4, "intermediate_size": 4 * hidden,
+                                                     "vocab_size": vocab}))
+        g = torch.Generator().manual_seed(0)
+        for step in range(count):
+            state = {"model.embed_tokens.weight": torch.randn(vocab, hidden, generator=g),
+                     "lm_head.weight": torch.randn(vocab, hidden, generator=g)}
+            for layer in range(layers):
+                for name, shape in (("mlp.up_proj", (4 * hidden, hidden)), ("mlp.down_proj", (hidden, 4 * hidden))):
+                    state[f"model.layers.{layer}.{name}.weight"] = torch.randn(*shape, generator=g)
+                    state[f"model.layers.{layer}.{name}.row_mult"] = torch.rand(shape[0], generator=g) + 0.5
+            torch.save({"model": state}, run / "checkpoints" / f"step_{step + 1:07d}.pt")
+        return run
+
+    two, eight = _peak_of_diff(make(2)), _peak_of_diff(make(8))
+    assert eight - two < 40_000, (two, eight)  # kB: less than two checkpoints' worth more (6 more would be 114 MB)

@@ -1,8 +1,9 @@
 """Checkpoints side by side (`alphaspec diff A B [C ...]`): per matrix, matched by name, how each pair of
 consecutive checkpoints differs.
 
-Each tensor is read once from every checkpoint, its matrices solved as they arrive (on the same engine
-as `analyze`), then dropped: never two whole models in memory. Per pair (A→B) and matrix:
+Each tensor is read once from every checkpoint, one checkpoint after the other, its matrices solved as
+they arrive (on the same engine as `analyze`) and compared with the previous checkpoint's, then dropped:
+at most two checkpoints' copies of one tensor in memory (per worker), however many checkpoints. Per pair (A→B) and matrix:
 
   delta_<metric>    B's value minus A's, for alpha and the other spectral metrics
   rel_change        ‖W_B − W_A‖_F / ‖W_A‖_F
@@ -30,7 +31,6 @@ from alphaspec.devices import resolve_device
 from alphaspec.errors import UsageError
 from alphaspec.sources.checkpoint import Checkpoint, SourceError
 from alphaspec.sources.deltas import open_source
-from alphaspec.sources.matrices import MatrixSpec
 from alphaspec.sources.read_ahead import reading_order
 from alphaspec.spectra.subspaces import TOP_K, pair_metrics
 from alphaspec.spectra.verdicts import verdicts
@@ -114,17 +114,28 @@ def diff_checkpoints(sources: Iterable, estimator: str = "median", device: str |
     lock, done, total = threading.Lock(), [0], len(todo.matrices)
 
     def job(name: str) -> tuple[list[list[dict]], list[dict]]:
-        tensors = [dict(c.read(f[name], [name], dev))[name] for c, f in zip(ckpts, files, strict=True)]
-        per_source, pairs = [[] for _ in ckpts], []
+        specs = by_tensor[name]
+        rows: list[list[dict]] = [[] for _ in specs]  # per matrix of the tensor, a row per checkpoint
+        metrics: list[list[dict]] = [[] for _ in specs]  # per matrix, the pair metrics of consecutive checkpoints
+        before: list[torch.Tensor] = []
         with torch.no_grad():
-            for spec in by_tensor[name]:
-                rows, mats = _solve_everywhere(spec, tensors, dev, hows)
-                for i, row in enumerate(rows):
-                    per_source[i].append(row)
-                pairs.extend(pair_rows(rows, [pair_metrics(mats[i], mats[i + 1], top_k)
-                                              for i in range(len(mats) - 1)], labels))
+            for ckpt, file, how in zip(ckpts, files, hows, strict=True):  # two checkpoints' tensor in memory at most
+                tensor = dict(ckpt.read(file[name], [name], dev))[name]
+                mats = [spec.extract(tensor).to(dev) for spec in specs]
+                for j, (spec, m) in enumerate(zip(specs, mats, strict=True)):
+                    rows[j].append(solve_batch([(spec, m)], dev, how)[0][0])
+                    if before:
+                        metrics[j].append(pair_metrics(before[j], m, top_k))
+                before = mats
+                del tensor
+        per_source, pairs = [[] for _ in ckpts], []
+        for found_rows, found_metrics in zip(rows, metrics, strict=True):
+            for i, (row, warning) in enumerate(zip(found_rows, verdicts(pd.DataFrame(found_rows)), strict=True)):
+                row["warning"] = warning  # the verdicts, as analyze gives them
+                per_source[i].append(row)
+            pairs.extend(pair_rows(found_rows, found_metrics, labels))
         with lock:
-            done[0] += len(by_tensor[name])
+            done[0] += len(specs)
             if progress:
                 progress(done[0], total)
         return per_source, pairs
@@ -138,15 +149,6 @@ def diff_checkpoints(sources: Iterable, estimator: str = "median", device: str |
     pair_table = pair_table.sort_values("name", key=lambda names: names.map(position), kind="stable", ignore_index=True)
     pair_table["layer"] = pair_table["layer"].astype("Int64")
     return DiffResult(pair_table, analyses, labels)
-
-
-def _solve_everywhere(spec: MatrixSpec, tensors: list[torch.Tensor], dev: torch.device, hows) -> tuple[list, list]:
-    """One matrix from each checkpoint: its results row (with verdicts) and the matrix itself on `dev`."""
-    mats = [spec.extract(t).to(dev) for t in tensors]
-    rows = [solve_batch([(spec, m)], dev, how)[0][0] for m, how in zip(mats, hows, strict=True)]
-    for row, warning in zip(rows, verdicts(pd.DataFrame(rows)), strict=True):  # the verdicts, as analyze gives them
-        row["warning"] = warning
-    return rows, mats
 
 
 def _ordered_map(fn: Callable, items: list, workers: int) -> list:

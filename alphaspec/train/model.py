@@ -213,31 +213,39 @@ class Llama(nn.Module):
         return hf_tensors(self.state_dict(), self.config.tie_word_embeddings)
 
 
+def hf_names(state: dict[str, torch.Tensor], tied: bool = False) -> list[str]:
+    """The LlamaForCausalLM tensor names of a (full, unsharded) Llama state dict: its tensors without the
+    multipliers (folded into their weights by hf_tensor), and without lm_head when tied to the embedding."""
+    return [name for name in state if not (_is_folded_away(name) or (tied and name == "lm_head.weight"))]
+
+
+def _is_folded_away(name: str) -> bool:
+    leaf = name.rpartition(".")[2]
+    return leaf in MULTIPLIER_NAMES or leaf in MUP_BUFFERS or name in MUP_BUFFERS
+
+
+def hf_tensor(state: dict[str, torch.Tensor], name: str) -> torch.Tensor:
+    """One tensor as LlamaForCausalLM holds it, float32, with its multipliers folded in:
+    W_eff = s * diag(r) W diag(c), and muP's fixed ones into q_proj and lm_head."""
+    prefix, _, leaf = name.rpartition(".")
+    w = state[name].detach().float()
+    if leaf == "weight":
+        if f"{prefix}.row_mult" in state:
+            w = w * state[f"{prefix}.row_mult"].float()[:, None]
+        if f"{prefix}.col_mult" in state:
+            w = w * state[f"{prefix}.col_mult"].float()[None, :]
+        if f"{prefix}.scale" in state:
+            w = w * state[f"{prefix}.scale"].float()
+        fixed = f"{prefix.rpartition('.')[0]}.q_mult" if prefix.endswith("q_proj") else (
+            "logit_mult" if name == "lm_head.weight" else None)
+        if fixed in state:
+            w = w * state[fixed].float()
+    return w.cpu().contiguous()
+
+
 def hf_tensors(state: dict[str, torch.Tensor], tied: bool = False) -> dict[str, torch.Tensor]:
-    """A (full, unsharded) Llama state dict as LlamaForCausalLM tensors: each weight with multipliers
-    folded in, W_eff = s * diag(r) W diag(c), and muP's fixed ones into q_proj and lm_head; the multipliers
-    themselves dropped."""
-    out = {}
-    for name, t in state.items():
-        prefix, _, leaf = name.rpartition(".")
-        if leaf in MULTIPLIER_NAMES or leaf in MUP_BUFFERS or name in MUP_BUFFERS:
-            continue
-        w = t.detach().float()
-        if leaf == "weight":
-            if f"{prefix}.row_mult" in state:
-                w = w * state[f"{prefix}.row_mult"].float()[:, None]
-            if f"{prefix}.col_mult" in state:
-                w = w * state[f"{prefix}.col_mult"].float()[None, :]
-            if f"{prefix}.scale" in state:
-                w = w * state[f"{prefix}.scale"].float()
-            fixed = f"{prefix.rpartition('.')[0]}.q_mult" if prefix.endswith("q_proj") else (
-                "logit_mult" if name == "lm_head.weight" else None)
-            if fixed in state:
-                w = w * state[fixed].float()
-        out[name] = w.cpu().contiguous()
-    if tied:
-        out.pop("lm_head.weight", None)
-    return out
+    """A (full, unsharded) Llama state dict as LlamaForCausalLM tensors (hf_names, each by hf_tensor)."""
+    return {name: hf_tensor(state, name) for name in hf_names(state, tied)}
 
 
 def _linear(fan_in: int, fan_out: int, kind: str, placement: dict) -> Linear:
