@@ -386,7 +386,7 @@ def test_a_map_for_another_model_is_one_line(model_and_tables):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["lr", "--ratio", "2", "1"], "ratio (2.0, 1.0): need two finite numbers with 0 <= S1 < S2"),
+    (["lr", "--ratio", "2", "1"], "2 1: need two finite numbers with 0 <= S1 < S2"),
     (["lr", "--method", "alphapruning"], "method 'alphapruning' makes no lr map"),
     (["sparsity", "--target", "1.5"], "target sparsity 1.5: give a number between 0 and 1"),
     (["sparsity", "--epsilon", "-0.1"], "epsilon -0.1: give a number in [0, 1)"),
@@ -719,3 +719,25 @@ def test_a_results_table_answers_only_for_the_estimator_it_was_fitted_with(tmp_p
     with pytest.raises(UsageError, match="fitted with median, not fix-finger"):
         render([results], estimator="fix-finger")
     assert "<html" in render([results]).lower()
+
+
+def test_decay_map_is_map_weight_decay_with_every_option(tmp_path):
+    """`decay-map` is an alias of `map weight_decay`: with AlphaDecay's own options (preserve-mean, default decay,
+    include/exclude, ratio, assign, metric) the two write the same map from one results file; those options on
+    another kind are usage errors that name the kind."""
+    table = tmp_path / "r.csv"
+    assert CliRunner().invoke(app, ["analyze", "example:minilm", "-q", "-o", str(table), "--device", "cpu"]).exit_code == 0
+    options = ["--weight-decay", "5e-6", "--ratio", "0.5", "3", "--assign", "sqrt", "--metric", "stable_rank",
+               "--preserve-mean", "params", "--default-decay", "matrices", "--include", "attention", "--exclude", "key",
+               "-q"]
+    a = CliRunner().invoke(app, ["decay-map", str(table), "-o", str(tmp_path / "a.json"), *options])
+    b = CliRunner().invoke(app, ["map", "weight_decay", str(table), "-o", str(tmp_path / "b.json"), *options])
+    assert a.exit_code == 0 and b.exit_code == 0, (a.output, b.output)
+    doc_a, doc_b = (json.loads((tmp_path / f"{n}.json").read_text()) for n in "ab")
+    assert doc_a == doc_b
+    assert doc_a["preserve_mean"] == "params" and doc_a["default_policy"] == "matrices"
+    assert all("attention" in m["name"] and "key" not in m["name"] for m in doc_a["modules"])
+    for option in (["--preserve-mean", "params"], ["--default-decay", "0"], ["--include", "x"], ["--exclude", "x"]):
+        res = CliRunner().invoke(app, ["map", "lr", str(table), "-o", str(tmp_path / "c.json"), *option])
+        assert res.exit_code == 2 and "is a setting of weight_decay maps; lr maps have no use for it" in res.output
+        assert not (tmp_path / "c.json").exists()

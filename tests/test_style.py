@@ -55,6 +55,22 @@ def test_parameter_groups_are_built_in_one_module():
     assert offenders == []
 
 
+def test_a_map_becomes_param_groups_in_one_function():
+    """Every map (a decay map in Python or in the trainer, a learning-rate map) turns into groups through
+    maps.groups.map_param_groups: no other function calls tuned_groups, so riders, expert shares and name
+    matching cannot drift apart between them again."""
+    import ast
+
+    callers = []
+    for path in (ROOT / "alphaspec").rglob("*.py"):
+        for fn in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(fn, ast.FunctionDef) and fn.name != "tuned_groups":
+                calls = [n for n in ast.walk(fn) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "tuned_groups"]
+                if calls:
+                    callers.append(f"{path.relative_to(ROOT)}:{fn.name}")
+    assert callers == ["alphaspec/maps/groups.py:map_param_groups"]
+
+
 def test_ratios_and_policies_are_checked_in_one_place():
     """maps/spec.py holds the validators of --ratio and --default-decay; the CLI and TrainConfig ask it."""
     messages = ("0 <= S1 < S2", "use all, matrices or a number", "a decay must be a finite number >= 0")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import sys
 
-from alphaspec.cli import analyze, compare, decay, diff, helptext, map, plot, report, tokenize, train  # noqa: F401 - importing registers the commands
+from alphaspec.cli import analyze, compare, diff, helptext, map, plot, report, tokenize, train  # noqa: F401 - importing registers the commands
 from alphaspec.cli.common import app, err
 
 helptext.install()

@@ -298,11 +298,12 @@ def ratio_pair(value: tuple[float, float] | None) -> tuple[float, float] | None:
     return value
 
 
-def decay_policy(value: str) -> str:
-    """Typer callback for --default-decay (all, matrices, or a finite number >= 0), by the spec's validator."""
+def decay_policy(value: str | None) -> str | None:
+    """Typer callback for --default-decay (all, matrices, or a finite number >= 0; None: not given), by the spec's
+    validator."""
     from alphaspec.maps.spec import policy_problem
 
-    if problem := policy_problem(value):
+    if value is not None and (problem := policy_problem(value)):
         raise typer.BadParameter(f"{value!r}: {problem}")
     return value
 

@@ -1,5 +1,7 @@
 """`alphaspec map KIND SOURCE`: per-module learning rates, sparsities, LoRA ranks or weight decays from the
-spectra, as the released alpha-guided methods make them, with a per-type summary."""
+spectra, as the released alpha-guided methods make them, with a per-type summary. `alphaspec decay-map` is
+`map weight_decay` under its own name (AlphaDecay's, the command the paper's users know): the same options,
+the same code."""
 
 from __future__ import annotations
 
@@ -9,19 +11,79 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from alphaspec.choices import DECAY_METRICS, ESTIMATORS, LR_ASSIGN
-from alphaspec.cli.common import Device, Quiet, app, choice_enum, finite, load, out
+from alphaspec.choices import ASSIGN, DECAY_METRICS, ESTIMATORS, LR_ASSIGN, PRESERVE
+from alphaspec.cli.common import (
+    Device,
+    Exclude,
+    Quiet,
+    TunedInclude,
+    app,
+    choice_enum,
+    decay_policy,
+    finite,
+    given,
+    load,
+    out,
+    ratio_pair,
+)
+from alphaspec.cli.common import (
+    EstimatorOption as DecayEstimator,
+)
 from alphaspec.errors import UsageError
 from alphaspec.maps.file import KINDS
-from alphaspec.maps.spec import METHODS
+from alphaspec.maps.spec import METHODS, DecaySpec
 
 Kind = choice_enum("Kind", KINDS)
 MethodName = choice_enum("MethodName", tuple(METHODS))
 Estimator = choice_enum("MapEstimator", ESTIMATORS)
-LrAssign = choice_enum("LrAssign", LR_ASSIGN)
+Assign = choice_enum("MapAssign", tuple(dict.fromkeys(LR_ASSIGN + ASSIGN)))
 Metric = choice_enum("MapMetric", DECAY_METRICS)
+Preserve = choice_enum("Preserve", PRESERVE)
+DecayAssign = choice_enum("Assign", ASSIGN)
+DecayMetric = choice_enum("Metric", DECAY_METRICS)
 
 _METHODS_HELP = "; ".join(f"{m.name} ({m.kind})" for m in METHODS.values())
+
+# -- the options: one home each, shared by `map` and `decay-map` ----------------------------------------------------
+Source = Annotated[str, typer.Argument(help="A checkpoint (anything `analyze` takes) or a results file.")]
+Output = Annotated[Path, typer.Option("-o", "--output", help="The map to write (.json).")]
+MethodOption = Annotated[MethodName | None, typer.Option(
+    "--method", help=f"The released method whose choices and formula to use (default: the kind's first): {_METHODS_HELP}.")]
+MetricOption = Annotated[Metric, typer.Option("--metric", metavar="METRIC", help="The spectral metric behind the "
+                                              "values: " + ", ".join(DECAY_METRICS) + ".")]
+EstimatorOption = Annotated[Estimator | None, typer.Option(
+    "-e", "--estimator", help="How xmin is chosen when analysing (default: the method's: median, or fix-finger).")]
+Ratio = Annotated[tuple[float, float] | None, typer.Option(
+    "--ratio", metavar="S1 S2", callback=ratio_pair, help="lr: multipliers span S1..S2 (tempbalance 0.5 1.5, llr 1 3); "
+    "weight_decay: decays span S1·w..S2·w (default 0.6666 5).")]
+AssignOption = Annotated[Assign | None, typer.Option(
+    "--assign", help="lr and weight_decay: how the metric becomes values (default linear).")]
+Target = Annotated[float | None, typer.Option("--target", callback=finite, help="sparsity: the parameter-weighted "
+                                              "mean sparsity (default 0.5).")]
+Epsilon = Annotated[float | None, typer.Option("--epsilon", callback=finite, help="sparsity: matrices get "
+                                               "[1-eps, 1+eps] x target before rescaling (default 0.3).")]
+BlockWise = Annotated[bool | None, typer.Option("--block-wise/--per-matrix", help="sparsity: one metric per block "
+                                                "(its mean; the default) or per matrix.")]
+Budget = Annotated[int | None, typer.Option("--budget", help="lora_rank: the ranks' total (default 5 per block).")]
+Beta = Annotated[float | None, typer.Option("--beta", callback=finite, help="lora_rank: ranks follow mean alpha^beta "
+                                            "(default 2.5).")]
+PaperCompat = Annotated[bool, typer.Option("--paper-compat", help="Reproduce the release exactly: its estimator "
+                                           "(alphapruning, alphalora: fix-finger-legacy) and, for weight_decay, "
+                                           "AlphaDecay's module choice and formulas (docs/decay.md).")]
+WeightDecay = Annotated[float, typer.Option("--weight-decay", min=0.0, callback=finite, help="weight_decay: the base "
+                                            "decay w (AdamW-style; Adam with L2 uses ~1e-5 to 1e-6).")]
+PreserveMean = Annotated[Preserve | None, typer.Option(
+    "--preserve-mean", help="weight_decay: rescale so the plain (modules) or parameter-weighted (params) mean decay "
+    "is w (default none).")]
+DefaultDecay = Annotated[str | None, typer.Option(
+    "--default-decay", callback=decay_policy, metavar="all|matrices|FLOAT", help="weight_decay: untuned parameters "
+    "get all (w), matrices (w, but 0 for 1-D and embeddings) or a number (default all).")]
+
+DECAY_ONLY = ("preserve_mean", "default_decay", "include", "exclude")  # settings of weight_decay maps alone
+
+
+def _value(choice):
+    return getattr(choice, "value", choice)  # an Enum member from the command line; None or a str default
 
 
 @app.command("map", no_args_is_help=True, epilog="""
@@ -39,64 +101,107 @@ _METHODS_HELP = "; ".join(f"{m.name} ({m.kind})" for m in METHODS.values())
     # AlphaLoRA
     alphaspec map lora_rank ./mistral-7b -o ranks.json --budget 160
 
-    # the same as decay-map
+    # AlphaDecay (the same as decay-map)
     alphaspec map weight_decay ./my-llama -o wd.json
 """)
 def make_map(
     kind: Annotated[Kind, typer.Argument(help="What the map's values are: lr (multipliers of the base learning "
                                           "rate), sparsity, lora_rank or weight_decay.")],
-    source: Annotated[str, typer.Argument(help="A checkpoint (anything `analyze` takes) or a results file.")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="The map to write (.json).")],
-    method: Annotated[MethodName | None, typer.Option("--method", help="The released method whose choices and "
-                                                      f"formula to use (default: the kind's first): {_METHODS_HELP}.")]
-    = None,
-    metric: Annotated[Metric, typer.Option("--metric", metavar="METRIC", help="The spectral metric behind the values.")]
-    = "alpha",
-    estimator: Annotated[Estimator | None, typer.Option("-e", "--estimator", help="How xmin is chosen when analysing "
-                                                        "(default: the method's: median, or fix-finger).")] = None,
-    ratio: Annotated[tuple[float, float] | None, typer.Option("--ratio", metavar="S1 S2", callback=finite,
-                                                              help="lr: multipliers span S1..S2 (tempbalance 0.5 1.5, "
-                                                              "llr 1 3); weight_decay: S1·w..S2·w.")] = None,
-    assign: Annotated[LrAssign | None, typer.Option("--assign", help="lr: how the metric becomes multipliers "
-                                                    "(default linear).")] = None,
-    target: Annotated[float | None, typer.Option("--target", callback=finite, help="sparsity: the parameter-weighted "
-                                                 "mean sparsity (default 0.5).")] = None,
-    epsilon: Annotated[float | None, typer.Option("--epsilon", callback=finite, help="sparsity: matrices get "
-                                                  "[1-eps, 1+eps] x target before rescaling (default 0.3).")] = None,
-    block_wise: Annotated[bool | None, typer.Option("--block-wise/--per-matrix", help="sparsity: one metric per "
-                                                    "block (its mean; the default) or per matrix.")] = None,
-    budget: Annotated[int | None, typer.Option("--budget", help="lora_rank: the ranks' total (default 5 per "
-                                               "block).")] = None,
-    beta: Annotated[float | None, typer.Option("--beta", callback=finite, help="lora_rank: ranks follow mean "
-                                               "alpha^beta (default 2.5).")] = None,
-    paper_compat: Annotated[bool, typer.Option("--paper-compat", help="Fit with the release's own estimator "
-                                               "(alphapruning, alphalora: fix-finger-legacy); weight_decay: as "
-                                               "decay-map --paper-compat.")] = False,
-    weight_decay: Annotated[float, typer.Option("--weight-decay", min=0.0, callback=finite, help="weight_decay: "
-                                                "the base decay w.")] = 0.1,
-    device: Device = "auto",
-    quiet: Quiet = False,
+    source: Source, output: Output, method: MethodOption = None, metric: MetricOption = "alpha",
+    estimator: EstimatorOption = None, ratio: Ratio = None, assign: AssignOption = None, target: Target = None,
+    epsilon: Epsilon = None, block_wise: BlockWise = None, budget: Budget = None, beta: Beta = None,
+    paper_compat: PaperCompat = False, weight_decay: WeightDecay = 0.1, preserve_mean: PreserveMean = None,
+    default_decay: DefaultDecay = None, include: TunedInclude = None, exclude: Exclude = None,
+    device: Device = "auto", quiet: Quiet = False,
 ) -> None:
     """Per-module values from the spectra, as the alpha-guided methods make them: TempBalance or layer-wise
     learning rates, AlphaPruning sparsities, AlphaLoRA ranks, AlphaDecay weight decays."""
-    from alphaspec.analysis.table import fitted_with
     from alphaspec.files import check_output, input_paths
-    from alphaspec.maps.build import MapSpec, build_map
-    from alphaspec.maps.spec import METHODS
+    from alphaspec.maps.build import MapSpec
 
     kind = kind.value
+    decay_only = {"preserve_mean": preserve_mean, "default_decay": default_decay, "include": include,
+                  "exclude": exclude}
+    if kind != "weight_decay" and (given := [k for k, v in decay_only.items() if v]):
+        raise UsageError(f"--{given[0].replace('_', '-')} is a setting of weight_decay maps; {kind} maps have no use "
+                         "for it")
     check_output(output, (".json",), inputs=input_paths(source))
-    spec = MapSpec(method=method and method.value, metric=metric.value, estimator=estimator and estimator.value,
-                   ratio=ratio, assign=assign and assign.value, target=target, epsilon=epsilon, block_wise=block_wise,
-                   budget=budget, beta=beta, paper_compat=paper_compat)
+    spec = MapSpec(method=_value(method), metric=_value(metric), estimator=_value(estimator), ratio=ratio,
+                   assign=_value(assign), target=target, epsilon=epsilon, block_wise=block_wise, budget=budget,
+                   beta=beta, paper_compat=paper_compat)
     if problem := spec.problem(kind):
         raise UsageError(problem)
     if kind == "weight_decay":
-        return _decay_map(source, output, spec, weight_decay, device, quiet)
-    spec = spec.settled(kind)
+        decays = DecaySpec(ratio=spec.ratio or DecaySpec.ratio, assign=spec.assign or DecaySpec.assign,
+                           estimator=spec.estimator or DecaySpec.estimator, metric=spec.metric,
+                           preserve_mean=_value(preserve_mean) or DecaySpec.preserve_mean, include=include,
+                           exclude=exclude, paper_compat=spec.paper_compat)
+        default = default_decay or "all"
+        return write_decay_map(source, output, decays, weight_decay, default if default in ("all", "matrices")
+                               else float(default), device, quiet, estimator_given=spec.estimator is not None)
+    _write_value_map(kind, source, output, spec.settled(kind), device, quiet, estimator is not None)
+
+
+@app.command("decay-map", no_args_is_help=True, epilog="""
+**Examples**
+
+    # AdamW-style base decay 0.1
+    alphaspec decay-map ./my-llama -o wd.json
+
+    # Adam with L2 decay, the mean decay per parameter kept at w
+    alphaspec decay-map r.json -o wd.json --weight-decay 5e-6 \\
+        --ratio 0.67 5 --preserve-mean params
+
+    alphaspec decay-map model/ -o wd.json --assign sigmoid \\
+        --metric spectral_norm --default-decay matrices
+
+    # as released
+    alphaspec decay-map ./smollm2 -o wd.json --weight-decay 1e-5 \\
+        --ratio 0.6666 3 --paper-compat
+""")
+def decay_map(
+    ctx: typer.Context,
+    source: Annotated[str, typer.Argument(help="A checkpoint (anything `analyze` takes) or a results file.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="The decay map to write (.json).")],
+    weight_decay: Annotated[float, typer.Option("--weight-decay", min=0.0, callback=finite, help="Base decay w (AdamW-style; "
+                                                "Adam with L2 uses ~1e-5 to 1e-6).")] = 0.1,
+    ratio: Annotated[tuple[float, float], typer.Option("--ratio", callback=ratio_pair, metavar="S1 S2",
+                                                       help="linear: decays span s1·w .. s2·w.")] = DecaySpec.ratio,
+    assign: Annotated[DecayAssign, typer.Option("--assign", help="How metric values become decays.")] = DecaySpec.assign,
+    estimator: DecayEstimator = DecaySpec.estimator,
+    metric: Annotated[DecayMetric, typer.Option("--metric", metavar="METRIC", help="The spectral metric behind the decays: "
+                                           + ", ".join(DECAY_METRICS) + ".")]
+    = DecaySpec.metric,
+    preserve_mean: Annotated[Preserve, typer.Option("--preserve-mean", help="Rescale so the plain (modules) or "
+                                                    "parameter-weighted (params) mean decay is w.")]
+    = DecaySpec.preserve_mean,
+    default_decay: Annotated[str, typer.Option("--default-decay", callback=decay_policy, metavar="all|matrices|FLOAT",
+                                               help="Untuned parameters: all (w), matrices (w, but "
+                                               "0 for 1-D and embeddings) or a number.")] = "all",
+    include: TunedInclude = None,
+    exclude: Exclude = None,
+    paper_compat: Annotated[bool, typer.Option("--paper-compat", help="Reproduce the AlphaDecay release's decays "
+                                               "exactly (its module choice and formulas; see docs/decay.md).")]
+    = DecaySpec.paper_compat,
+    device: Device = "auto",
+    quiet: Quiet = False,
+) -> None:
+    """AlphaDecay module-wise weight decays from the spectra, as a JSON map for any training loop (the same as
+    `alphaspec map weight_decay`: these options keep AlphaDecay's words and defaults)."""
+    make_map(Kind("weight_decay"), source, output, metric=metric, estimator=estimator if given(ctx, "estimator")
+             else None, ratio=ratio, assign=assign, paper_compat=paper_compat, weight_decay=weight_decay,
+             preserve_mean=preserve_mean, default_decay=default_decay, include=include, exclude=exclude,
+             device=device, quiet=quiet)
+
+
+def _write_value_map(kind: str, source: str, output: Path, spec, device: str, quiet: bool, estimator_given: bool) -> None:
+    """Analyse (or read) SOURCE, build the map of `kind` by `spec` (settled), write it and print its summary."""
+    from alphaspec.analysis.table import fitted_with
+    from alphaspec.maps.build import build_map
+
     table, _ = load(source, spec.estimator, device, quiet, split_fused=False, farms=spec.metric == "alpha_farms",
-                    asked="-e" if estimator is not None else "--paper-compat" if paper_compat else None,
-                    rounded_to=METHODS[spec.method].release_dtype if paper_compat else None)
+                    asked="-e" if estimator_given else "--paper-compat" if spec.paper_compat else None,
+                    rounded_to=METHODS[spec.method].release_dtype if spec.paper_compat else None)
     vmap = build_map(table, kind, spec, source=source)
     if (fitted := fitted_with(table)) not in (None, spec.estimator):  # a results file, fitted otherwise
         vmap.notes.append(f"{source} was fitted with {fitted}; {spec.method} fits with {spec.estimator} (analyse the "
@@ -109,15 +214,29 @@ def make_map(
             out.print(f"note: {note}", highlight=False)
 
 
-def _decay_map(source, output, spec, weight_decay, device, quiet) -> None:
-    """`map weight_decay`: AlphaDecay, as `decay-map` makes it with these settings (checked by MapSpec)."""
-    from alphaspec.cli.decay import write_decay_map
-    from alphaspec.maps.spec import DecaySpec
+def write_decay_map(source: str, output: Path, spec: DecaySpec, weight_decay: float, default: str | float, device: str,
+                    quiet: bool, estimator_given: bool) -> None:
+    """Analyse (or read) SOURCE, build the decay map, write it and print its summary."""
+    from alphaspec.files import check_output, input_paths
+    from alphaspec.maps.alphadecay import build_decay_map
 
-    decays = DecaySpec(ratio=spec.ratio or DecaySpec.ratio, assign=spec.assign or DecaySpec.assign,
-                       estimator=spec.estimator or DecaySpec.estimator, metric=spec.metric,
-                       paper_compat=spec.paper_compat)
-    write_decay_map(source, output, decays, weight_decay, "all", device, quiet, estimator_given=spec.estimator is not None)
+    if spec.paper_compat and estimator_given and spec.estimator != DecaySpec.estimator:
+        raise UsageError(f"--paper-compat fits with the release's estimator ({DecaySpec.estimator}), not "
+                         f"{spec.estimator}: leave out -e")
+    check_output(output, (".json",), inputs=input_paths(source))
+    table, _ = load(source, spec.estimator, device, quiet, split_fused=not spec.paper_compat,
+                    farms=spec.metric == "alpha_farms", asked="-e" if estimator_given else None)
+    dmap = build_decay_map(table, weight_decay, spec, default=default, source=source)
+    dmap.save(output)
+    if not quiet:
+        out.print(_decay_summary(dmap))
+        untouched = [m["name"] for m in dmap.modules if dmap.paper_compat and m.get(dmap.metric) is None]
+        if untouched:
+            out.print(f"{len(untouched)} Linear(s) the release leaves untuned keep w: " + ", ".join(untouched[:3])
+                      + (" ..." if len(untouched) > 3 else ""), highlight=False)
+        out.print(f"wrote {output} ({len(dmap.modules) - len(untouched)} tuned tensors)", highlight=False)
+        for note in dmap.notes:
+            out.print(f"note: {note}", highlight=False)
 
 
 def summary(vmap) -> Table:
@@ -143,4 +262,31 @@ def summary(vmap) -> Table:
     else:
         left = int(every.get("note", pd.Series(dtype=object)).notna().sum())
         table.caption = f"{left} matrices left at the base learning rate by the release" if left else None
+    return table
+
+
+def _decay_summary(dmap) -> Table:
+    import pandas as pd
+
+    every = pd.DataFrame(dmap.modules)
+    untouched = every[every[dmap.metric].isna()] if dmap.paper_compat else every.iloc[:0]
+    mods = every.drop(index=untouched.index)  # the release's untouched Linears keep w: not among the tuned
+    table = Table(title=f"{dmap.assign} decays from {dmap.metric} (base w = {dmap.weight_decay:g})", title_justify="left",
+                  header_style="bold")
+    for col in ("module", "count", f"mean {dmap.metric}", "mean decay", "mean / w"):
+        table.add_column(col, justify="left" if col == "module" else "right")
+    for module, part in mods.groupby("module", sort=False):
+        mean_wd = part["weight_decay"].mean()
+        table.add_row(str(module), str(len(part)), f"{part[dmap.metric].mean():.3f}", f"{mean_wd:.3g}",
+                      f"{mean_wd / dmap.weight_decay:.2f}" if dmap.weight_decay else "-")
+    mean_wd = mods["weight_decay"].mean()
+    ratio = f"{mean_wd / dmap.weight_decay:.2f}" if dmap.weight_decay else "-"
+    table.add_row("all tuned", str(len(mods)), f"{mods[dmap.metric].mean():.3f}", f"{mean_wd:.3g}", ratio,
+                  style="bold")
+    weighted = float((mods["weight_decay"] * mods["params"]).sum() / mods["params"].sum())
+    ratio = f"{weighted / dmap.weight_decay:.2f}" if dmap.weight_decay else "-"
+    table.add_row("parameter-weighted", "", "", f"{weighted:.3g}", ratio, style="bold")
+    table.caption = ("mean / w above 1 means the map regularises more than uniform decay at w "
+                     "(see --preserve-mean)") if dmap.preserve_mean == "none" else f"mean preserved: {dmap.preserve_mean}"
+
     return table

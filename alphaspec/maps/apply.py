@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from alphaspec.maps.file import ValueMap
-from alphaspec.maps.groups import match_names, plain_group, tuned_groups
+from alphaspec.maps.groups import map_param_groups, map_sizes, match_names, plain_group
 from alphaspec.maps.spec import DecayMapError
 
 
@@ -26,14 +26,13 @@ def lr_param_groups(model: torch.nn.Module, lr_map: ValueMap, lr: float, **optim
     _expect(lr_map, "lr")
     if not (isinstance(lr, int | float) and math.isfinite(lr) and lr > 0):
         raise DecayMapError(f"learning rate {lr!r}: give a finite number above 0")
-    params = dict(model.named_parameters())
-    sizes = {m["name"]: int(m["params"]) for m in lr_map.modules if isinstance(m.get("params"), int)}
-    scales = match_names(lr_map.values(), params, model, sizes, what="learning-rate map")
-    riders = {w: w.removesuffix("weight") + "bias" for w in scales if w.endswith(".weight")}
-    riders = {w: b for w, b in riders.items() if b in params}
-    lrs = {n: lr * float(s) for n, s in scales.items()}
-    return [*tuned_groups(params, lrs, key="lr", riders=riders, **optimizer_kwargs),
-            *plain_group(params, set(scales) | set(riders.values()), lr=lr, **optimizer_kwargs)]
+    lrs = {n: lr * float(s) for n, s in lr_map.values().items()}
+
+    def rest(params: dict, taken: set) -> list[dict]:
+        return plain_group(params, taken, lr=lr, **optimizer_kwargs)
+
+    return map_param_groups(model, lrs, rest, key="lr", sizes=map_sizes(lr_map.modules), riders=True,
+                            what="learning-rate map", **optimizer_kwargs)
 
 
 @torch.no_grad()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -106,25 +107,20 @@ class DecayMap:
                  assign=(dmap.assign, ASSIGN), preserve_mean=(dmap.preserve_mean, PRESERVE))
         return dmap
 
-    def param_groups(self, model: torch.nn.Module, **optimizer_kwargs) -> list[dict]:
-        """Optimizer param groups: one per mapped parameter with its decay, then the other parameters.
+    def param_groups(self, model: torch.nn.Module, rest: Callable[[dict, set], list[dict]] | None = None, *,
+                     candidates: Callable[[str], bool] | None = None, **optimizer_kwargs) -> list[dict]:
+        """Optimizer param groups (maps.groups.map_param_groups): one per mapped parameter with its decay (and
+        with --paper-compat its bias, as the release decays it), then the other parameters: by default at the
+        map's default decay under its policy, or as `rest(params, taken)` builds them (the trainer's
+        multipliers). Missing or unexpected names raise, listed."""
+        from alphaspec.maps.groups import is_no_decay, map_param_groups, map_sizes, rest_groups
 
-        Map names match parameter names exactly, or as a dotted suffix (a checkpoint without the
-        model's `transformer.` / `model.` prefix). Missing or unexpected names raise, listed.
-        """
-        from alphaspec.maps.groups import is_no_decay, match_names, rest_groups, tuned_groups
+        def default_rest(params: dict, taken: set) -> list[dict]:
+            return rest_groups(params, taken, self.default_weight_decay,
+                               no_decay=is_no_decay if self.default_policy == "matrices" else None, **optimizer_kwargs)
 
-        params = dict(model.named_parameters())
-        sizes = {m["name"]: int(m["params"]) for m in self.modules if isinstance(m.get("params"), int)}
-        resolved = match_names(self.decays(), params, model, sizes)
-        biases = {p: p.removesuffix("weight") + "bias" for p in resolved if p.endswith(".weight")} \
-            if self.paper_compat else {}
-        biases = {w: b for w, b in biases.items() if b in params}  # the release decays a module's bias with it
-
-        taken = set(resolved) | set(biases.values())
-        return [*tuned_groups(params, resolved, riders=biases, **optimizer_kwargs),
-                *rest_groups(params, taken, self.default_weight_decay,
-                             no_decay=is_no_decay if self.default_policy == "matrices" else None, **optimizer_kwargs)]
+        return map_param_groups(model, self.decays(), rest or default_rest, sizes=map_sizes(self.modules),
+                                riders=self.paper_compat, candidates=candidates, **optimizer_kwargs)
 
 
 @dataclass

@@ -9,6 +9,7 @@ parameter and merging them back (for a checkpoint an optimizer built the ordinar
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -31,6 +32,28 @@ def tuned_groups(params: dict[str, torch.nn.Parameter], values: dict[str, float]
     riders = riders or {}
     return [{"params": [params[n]] + ([params[riders[n]]] if n in riders else []), key: v, "name": n,
              **optimizer_kwargs} for n, v in values.items()]
+
+
+def map_param_groups(model: torch.nn.Module, values: dict[str, float], rest: Callable[[dict, set], list[dict]], *,
+                     key: str = "weight_decay", sizes: dict[str, int] | None = None, riders: bool = False,
+                     candidates: Callable[[str], bool] | None = None, what: str = "decay map",
+                     **optimizer_kwargs) -> list[dict]:
+    """The one way a map becomes optimizer param groups: each mapped parameter (match_names: exact names, dotted
+    suffixes, fused experts weighted by `sizes`) in a group of its own with its value under `key`, its bias in
+    that group when `riders` (the releases put a module's bias with its weight), then `rest(params, taken)` for
+    every other parameter. `candidates` limits the parameters a map name may match (not the multipliers)."""
+    params = dict(model.named_parameters())
+    pool = params if candidates is None else {n: p for n, p in params.items() if candidates(n)}
+    resolved = match_names(values, pool, model, sizes, what=what)
+    biases = {w: w.removesuffix("weight") + "bias" for w in resolved if w.endswith(".weight")} if riders else {}
+    biases = {w: b for w, b in biases.items() if b in params}
+    return [*tuned_groups(params, resolved, key=key, riders=biases, **optimizer_kwargs),
+            *rest(params, set(resolved) | set(biases.values()))]
+
+
+def map_sizes(modules: list[dict]) -> dict[str, int]:
+    """Parameters per map entry (a map made from a checkpoint records them), for fused experts' shares."""
+    return {m["name"]: int(m["params"]) for m in modules if isinstance(m.get("params"), int)}
 
 
 def one_group(params: list[torch.nn.Parameter], weight_decay: float, name: str, **optimizer_kwargs) -> dict:

@@ -15,6 +15,7 @@ import torch
 from alphaspec.maps.assign import assign_decays
 from alphaspec.maps.file import DecayMap
 from alphaspec.maps.groups import (
+    GROUP_NAMES,
     is_no_decay,
     is_tuned_candidate,
     match_names,
@@ -22,7 +23,6 @@ from alphaspec.maps.groups import (
     own_groups,
     rest_groups,
     split_param_groups,
-    tuned_groups,
 )
 from alphaspec.maps.hook import AlphaDecay
 from alphaspec.maps.lr_hook import AlphaLR
@@ -101,16 +101,17 @@ class StaticMap(Strategy):
         copy = Path(self.cfg.run.out) / MAP_COPY  # the run's own copy (written when it started)
         dmap = DecayMap.load(copy if copy.is_file() else self.cfg.decay.decay_map)
         self.w = dmap.weight_decay
-        params = dict(model.named_parameters())
-        matrices = {n: p for n, p in params.items() if not is_multiplier(n)}
+        matrices = {n: p for n, p in model.named_parameters() if not is_multiplier(n)}
         try:
-            resolved = match_names(dmap.decays(), matrices, model)
+            groups = dmap.param_groups(model, lambda params, taken: self.other_groups(
+                params, taken, dmap.default_policy, dmap.default_weight_decay),
+                candidates=lambda name: not is_multiplier(name))
+            metric = match_names({m["name"]: m.get(dmap.metric, math.nan) for m in dmap.modules}, matrices, model)
         except DecayMapError as e:
             raise DecayMapError(f"{self.cfg.decay.decay_map}: {e}") from e
-        metric = match_names({m["name"]: m.get(dmap.metric, math.nan) for m in dmap.modules}, matrices, model)
+        resolved = {g["name"]: g["weight_decay"] for g in groups if g["name"] not in GROUP_NAMES}
         self._log(0, resolved, metric)
-        return [*tuned_groups(params, resolved),
-                *self.other_groups(params, set(resolved), dmap.default_policy, dmap.default_weight_decay)]
+        return groups
 
 
 class HookDriven(Strategy):
