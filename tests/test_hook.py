@@ -258,3 +258,22 @@ def test_state_dict_resumes_the_refresh_schedule():
     train_step(model, opt2, 7)
     resumed.step()  # step 8: the next multiple of gap, as in the uninterrupted run
     assert resumed.refreshes == state["refreshes"] + 1
+
+
+def test_splitting_groups_leaves_the_schedulers_private_fields_alone():
+    """split_param_groups remaps a scheduler's public per-group lists (base_lrs, lr_lambdas) and nothing private:
+    SequentialLR's `_schedulers` (two of them, as many as the groups) stays the two schedulers it was, and each
+    sub-scheduler keeps working; get_last_lr() has one entry per group after the next step."""
+    from alphaspec.maps.groups import split_param_groups
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 4))
+    opt = torch.optim.AdamW([{"params": model[0].parameters()}, {"params": model[1].parameters(), "lr": 0.01}], lr=0.1)
+    warm = torch.optim.lr_scheduler.LambdaLR(opt, [lambda s: 0.5, lambda s: 0.25])
+    decay = torch.optim.lr_scheduler.LambdaLR(opt, [lambda s: 1.0, lambda s: 1.0])
+    sched = torch.optim.lr_scheduler.SequentialLR(opt, [warm, decay], milestones=[2])
+    subs = list(sched._schedulers)
+    split_param_groups(opt, {"0.weight": model[0].weight, "1.weight": model[1].weight}, sched)
+    assert sched._schedulers == subs and len(opt.param_groups) == 4
+    opt.step()
+    sched.step()
+    assert len(sched.get_last_lr()) == 4

@@ -115,6 +115,7 @@ def test_python_api_under_torchrun_every_rank_gets_the_table_and_rank_0_sees_the
     assert ranks[0]["progress"][0] == [0, total] and ranks[0]["progress"][-1] == [total, total]
     assert all(b[0] >= a[0] for a, b in zip(ranks[0]["progress"], ranks[0]["progress"][1:], strict=False))
     assert ranks[1]["progress"] == []  # only rank 0 reports
+    assert ranks[0]["ranks_in_store"] == ranks[1]["ranks_in_store"] == 2  # the counter the bar reads is the job's
 
 
 def test_job_progress_reports_what_every_rank_added_to_the_store(monkeypatch):

@@ -227,3 +227,14 @@ def test_every_error_class_is_an_alphaspec_error():
                     if cls.__module__ == info.name and issubclass(cls, BaseException)
                     and not issubclass(cls, AlphaspecError) and name not in ("Stopped", "Terminated")]
     assert outside == []
+
+
+def test_no_private_field_of_torch_is_used():
+    """The scheduler's `_last_lr` is never written and the process group's store is reached through the public
+    TCPStore, not `distributed_c10d._get_default_store` (private names move between torch releases)."""
+    private = ("_last_lr", "_get_default_store", "distributed_c10d", "_LRScheduler")
+    import re
+
+    found = [f"{p.relative_to(ROOT)}: {name}" for p in (ROOT / "alphaspec").rglob("*.py")
+             for name in private if re.search(rf"\b{name}\b", p.read_text(encoding="utf-8"))]
+    assert found == []

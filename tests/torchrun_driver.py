@@ -30,13 +30,21 @@ def read(self, file, names, device=None):
 Checkpoint.read = read
 
 def api(source: str) -> None:
+    import torch.distributed as dist
+
     from alphaspec import analyze_checkpoint
+    from alphaspec.analysis.sharded import job_store
     from alphaspec.distributed import joined
 
     calls = []
     with joined(use_cuda=False):
         result = analyze_checkpoint(source, device="cpu", progress=lambda done, total: calls.append([done, total]))
-    (record / f"api{rank}.json").write_text(json.dumps({"progress": calls, "names": list(result.table["name"])}))
+        store = job_store()
+        store.add("alphaspec/test/ranks", 1)  # every rank, through its own client of the job's store
+        dist.barrier()
+        seen = store.add("alphaspec/test/ranks", 0)
+    (record / f"api{rank}.json").write_text(json.dumps({"progress": calls, "names": list(result.table["name"]),
+                                                         "ranks_in_store": seen}))
 
 
 sys.argv = ["alphaspec", *argv]

@@ -11,8 +11,10 @@ whole job through the process group's store; one failing rank fails every rank (
 from __future__ import annotations
 
 import itertools
+import os
 import threading
 from collections.abc import Callable, Iterable
+from datetime import timedelta
 
 import numpy as np
 import torch
@@ -27,6 +29,7 @@ from alphaspec.sources.matrices import MatrixSpec
 
 _CALLS = itertools.count()  # every rank calls analyze in the same order: the n-th call shares its store keys
 POLL_SECONDS = 0.25
+STORE_SECONDS = 30  # how long a rank waits to reach the job's store for the progress counter
 
 
 def share(matrices: list[MatrixSpec], rank: int, world: int) -> list[MatrixSpec]:
@@ -44,6 +47,20 @@ def rank_device(device: str | torch.device, local_rank: int) -> torch.device:
     return torch.device("cuda", local_rank % torch.cuda.device_count()) if dev.type == "cuda" and dev.index is None else dev
 
 
+def job_store():
+    """A client of the job's key-value store (the TCPStore torchrun's ranks meet at, MASTER_ADDR:MASTER_PORT),
+    through torch.distributed's public TCPStore; None when there is none to reach (the bar then counts this
+    rank's share only)."""
+    host, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT", "")
+    if not host or not port.isdigit():
+        return None
+    try:
+        return dist.TCPStore(host, int(port), is_master=False, timeout=timedelta(seconds=STORE_SECONDS),
+                             wait_for_workers=False)
+    except Exception:  # noqa: BLE001 - unreachable or refused: progress is a courtesy, not the job
+        return None
+
+
 class JobProgress:
     """Matrices solved in the whole job: each rank adds to a counter in the process group's store, and
     rank 0 reads it back in a thread that drives the `progress` callback until the job is gathered."""
@@ -53,10 +70,7 @@ class JobProgress:
         self.progress, self.total = progress, 0
         self.done = threading.Event()
         self.thread: threading.Thread | None = None
-        try:
-            self.store = dist.distributed_c10d._get_default_store()
-        except Exception:  # noqa: BLE001 - no store: the bar then counts this rank's share only
-            self.store = None
+        self.store = job_store()
         self.local = 0
 
     def add(self, n: int) -> None:

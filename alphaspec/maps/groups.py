@@ -101,7 +101,8 @@ def split_param_groups(optimizer: torch.optim.Optimizer, tuned: dict[str, torch.
                        scheduler=None) -> dict[str, dict]:
     """Give every tuned parameter its own param group (same hyperparameters as the group it came from).
 
-    Per-group lists of the scheduler (base_lrs, lr_lambdas, _last_lr, ...) are remapped to match.
+    The scheduler's public per-group lists (base_lrs, lr_lambdas, ...) are remapped to match; its private ones are
+    left to it (its last LRs, get_last_lr(), have the new groups after its next step).
     """
     names = {id(p): n for n, p in tuned.items()}
     found = {id(p) for g in optimizer.param_groups for p in g["params"]}
@@ -123,12 +124,20 @@ def split_param_groups(optimizer: torch.optim.Optimizer, tuned: dict[str, torch.
                 by_name[names[id(p)]] = g
     old_count = len(optimizer.param_groups)
     optimizer.param_groups[:] = new
-    sched = getattr(scheduler, "scheduler", scheduler)  # accelerate wraps schedulers
-    if sched is not None:
+    for sched in schedulers_of(scheduler):
         for key, value in vars(sched).items():
-            if isinstance(value, list) and len(value) == old_count:
+            if not key.startswith("_") and isinstance(value, list) and len(value) == old_count:
                 setattr(sched, key, [value[i] for i in origin])
     return by_name
+
+
+def schedulers_of(scheduler) -> list:
+    """A scheduler and the ones it drives (SequentialLR's and ChainedScheduler's, read, never written), without
+    accelerate's wrapper: each has per-group lists to keep in step with the groups."""
+    sched = getattr(scheduler, "scheduler", scheduler)  # accelerate wraps schedulers
+    if sched is None:
+        return []
+    return [sched, *(s for sub in getattr(sched, "_schedulers", []) for s in schedulers_of(sub))]
 
 
 def merge_param_groups(optimizer: torch.optim.Optimizer, originals: list[dict], scheduler=None) -> None:
@@ -147,10 +156,9 @@ def merge_param_groups(optimizer: torch.optim.Optimizer, originals: list[dict], 
         merged.append({**original, **now, "params": original["params"]})
     new_count = len(optimizer.param_groups)
     optimizer.param_groups[:] = merged
-    sched = getattr(scheduler, "scheduler", scheduler)
-    if sched is not None:
+    for sched in schedulers_of(scheduler):
         for key, value in vars(sched).items():
-            if isinstance(value, list) and len(value) == new_count:
+            if not key.startswith("_") and isinstance(value, list) and len(value) == new_count:
                 setattr(sched, key, [value[first[gi]] for gi in range(len(originals))])
 
 

@@ -16,7 +16,7 @@ import torch
 
 from alphaspec.analysis.engine import analyze_tensors
 from alphaspec.maps.build import MapSpec, build_map
-from alphaspec.maps.groups import is_tuned_candidate
+from alphaspec.maps.groups import is_tuned_candidate, schedulers_of
 from alphaspec.maps.hook import AlphaDecay, log
 from alphaspec.maps.spec import DecaySpec, hook_settings_problem
 
@@ -127,7 +127,6 @@ class AlphaLR(AlphaDecay):
     def _set(self, scales: dict[str, float]) -> None:
         groups = self._live_groups()
         index = {id(g): i for i, g in enumerate(self.optimizer.param_groups)}
-        sched = getattr(self.scheduler, "scheduler", self.scheduler)
         for name, scale in scales.items():
             group = groups.get(name)
             if group is None:
@@ -137,6 +136,6 @@ class AlphaLR(AlphaDecay):
             self._applied[name] = scale
             if "initial_lr" in group:
                 group["initial_lr"] = base * scale
-            for key, value in (("base_lrs", base * scale), ("_last_lr", group["lr"])):  # the scheduler's lists too
-                if isinstance(getattr(sched, key, None), list):
-                    getattr(sched, key)[index[id(group)]] = value
+            for each in schedulers_of(self.scheduler):  # the schedulers' bases, so the schedule goes on from them
+                if isinstance(getattr(each, "base_lrs", None), list):
+                    each.base_lrs[index[id(group)]] = base * scale
