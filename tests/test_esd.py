@@ -91,3 +91,44 @@ def test_fp32_alphas_match_fp64_on_heavy_tailed_matrices_and_bad_precisions_are_
         assert not np.array_equal(a32["lambda_max"], a64["lambda_max"])  # two different solves
     with pytest.raises(UsageError, match="unknown precision 'fp16'"):
         analyze(tmp_path / "model.safetensors", precision="fp16")
+
+
+def test_bounded_map_keeps_order_caps_what_is_in_flight_and_stops_at_a_failure():
+    """Results come in the items' order whatever finishes first; the items are drawn at most 2·workers ahead of
+    what was consumed; a failure propagates and what had not started never runs."""
+    import threading
+    import time
+
+    from alphaspec.analysis.pool import bounded_map
+
+    drawn, started = [], []
+    lock = threading.Lock()
+
+    def items():
+        for i in range(20):
+            drawn.append(i)
+            yield i
+
+    def slow_first(i):
+        with lock:
+            started.append(i)
+        time.sleep(0.05 if i == 0 else 0.001)
+        return i * i
+
+    results = bounded_map(slow_first, items(), workers=2)
+    assert next(results) == 0 and len(drawn) <= 4  # the first result waited for: at most 2·2 drawn
+    assert list(results) == [i * i for i in range(1, 20)]
+
+    def fail_at_3(i):
+        with lock:
+            started.append(i)
+        if i == 3:
+            raise ValueError("item 3")
+        time.sleep(0.01)
+        return i
+
+    started.clear()
+    with pytest.raises(ValueError, match="item 3"):
+        list(bounded_map(fail_at_3, range(100), workers=2))
+    assert max(started) < 3 + 2 * 2  # nothing far past the failure was started
+    assert list(bounded_map(lambda i: -i, range(5), workers=1)) == [0, -1, -2, -3, -4]

@@ -238,3 +238,11 @@ def test_no_private_field_of_torch_is_used():
     found = [f"{p.relative_to(ROOT)}: {name}" for p in (ROOT / "alphaspec").rglob("*.py")
              for name in private if re.search(rf"\b{name}\b", p.read_text(encoding="utf-8"))]
     assert found == []
+
+
+def test_the_analysis_has_one_bounded_pool():
+    """analyze's solver threads and diff's matrix jobs run on analysis.pool.bounded_map: no other analysis module
+    makes a thread pool of its own."""
+    owners = [str(p.relative_to(ROOT)) for p in (ROOT / "alphaspec" / "analysis").rglob("*.py")
+              if "ThreadPoolExecutor" in p.read_text(encoding="utf-8")]
+    assert owners == ["alphaspec/analysis/pool.py"]

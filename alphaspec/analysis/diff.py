@@ -17,15 +17,14 @@ at most two checkpoints' copies of one tensor in memory (per worker), however ma
 from __future__ import annotations
 
 import threading
-from collections import deque
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import torch
 
+from alphaspec.analysis.pool import bounded_map
 from alphaspec.analysis.solve import ordered_table, plan_checkpoint, solve_batch, solve_options
 from alphaspec.devices import resolve_device
 from alphaspec.errors import UsageError
@@ -142,24 +141,10 @@ def diff_checkpoints(sources: Iterable, estimator: str = "median", device: str |
 
     if progress:
         progress(0, total)
-    results = _ordered_map(job, [n for _, names in reads for n in names], workers)
+    results = list(bounded_map(job, [n for _, names in reads for n in names], workers, "alphaspec-diff"))
     analyses = [ordered_table([r for per_source, _ in results for r in per_source[i]]) for i in range(len(ckpts))]
     pair_table = pd.DataFrame([p for _, pairs in results for p in pairs])
     position = {name: i for i, name in enumerate(analyses[0]["name"])}  # analyze's order: by layer, module type
     pair_table = pair_table.sort_values("name", key=lambda names: names.map(position), kind="stable", ignore_index=True)
     pair_table["layer"] = pair_table["layer"].astype("Int64")
     return DiffResult(pair_table, analyses, labels)
-
-
-def _ordered_map(fn: Callable, items: list, workers: int) -> list:
-    """fn over items in `workers` threads, results in order, at most 2·workers in flight (memory stays bounded)."""
-    if workers <= 1:
-        return [fn(x) for x in items]
-    out, pending = [], deque()
-    with ThreadPoolExecutor(workers, thread_name_prefix="alphaspec-diff") as pool:
-        for x in items:
-            pending.append(pool.submit(fn, x))
-            if len(pending) >= 2 * workers:
-                out.append(pending.popleft().result())
-        out.extend(f.result() for f in pending)
-    return out

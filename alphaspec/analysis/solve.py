@@ -12,7 +12,6 @@ import math
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,6 +19,7 @@ import pandas as pd
 import torch
 
 from alphaspec._version import __version__
+from alphaspec.analysis.pool import bounded_map
 from alphaspec.devices import SolveError
 from alphaspec.errors import UsageError
 from alphaspec.sources.checkpoint import Checkpoint, SourceError
@@ -201,16 +201,13 @@ def solve_batch(batch: list[tuple[MatrixSpec, torch.Tensor]], dev: torch.device,
     return out
 
 
-def _solve_concurrently(batches: Iterable, dev: torch.device, how: Solve, workers: int, collect: Callable) -> None:
-    """Solve batches in `workers` threads, each on its own CUDA stream on a GPU, at most 2*workers in flight.
-
-    The first failure cancels what has not started; the pool is shut down before it propagates.
-    """
+def _solver(dev: torch.device, how: Solve, workers: int) -> Callable[[list], list]:
+    """solve_batch for bounded_map: with several workers on a GPU, each thread on a CUDA stream of its own."""
+    if workers <= 1 or dev.type != "cuda":
+        return lambda batch: solve_batch(batch, dev, how)
     local = threading.local()
 
     def solve(batch):
-        if dev.type != "cuda":
-            return solve_batch(batch, dev, how)
         if not hasattr(local, "stream"):
             local.stream = torch.cuda.Stream(dev)  # dev has an index (resolve_device): right in any thread
         with torch.no_grad(), torch.cuda.device(dev), torch.cuda.stream(local.stream):
@@ -218,21 +215,7 @@ def _solve_concurrently(batches: Iterable, dev: torch.device, how: Solve, worker
             local.stream.synchronize()
             return out
 
-    with ThreadPoolExecutor(workers, thread_name_prefix="alphaspec-solver") as pool:
-        pending: set = set()
-        try:
-            for batch in batches:
-                pending.add(pool.submit(solve, batch))
-                if len(pending) >= 2 * workers:
-                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    for f in done:
-                        collect(f.result())
-            while pending:
-                collect(pending.pop().result())
-        except BaseException:
-            for f in pending:
-                f.cancel()
-            raise
+    return solve
 
 
 def _row_order(row: dict) -> tuple:
@@ -311,12 +294,9 @@ def solve_matrices(ckpt: Checkpoint, matrices: list[MatrixSpec], dev: torch.devi
     batches = _batches(staged, BATCH_BYTES["cuda" if dev.type == "cuda" else "cpu"])
     failure = None
     try:
-        with torch.no_grad():
-            if workers <= 1:
-                for batch in batches:
-                    collect(solve_batch(batch, dev, how))
-            else:
-                _solve_concurrently(batches, dev, how, workers, collect)
+        with torch.no_grad():  # (worker threads set it for themselves in _solver)
+            for solved in bounded_map(_solver(dev, how, workers), batches, workers, "alphaspec-solver"):
+                collect(solved)
     except SolveError as err:
         failure = SolveError(f"{ckpt.source}: {err}")
     finally:
