@@ -204,3 +204,6 @@ def read_spectra(path: Path) -> dict[str, np.ndarray]:
     return {k: v.astype(np.float64) for k, v in spectra.items()}
 
 
+def other_dtypes(table: pd.DataFrame, dtype: str) -> list[str]:
+    """The stored dtypes of a results table's weights other than `dtype` (what a release's rounding would change)."""
+    return sorted(set(table["dtype"].dropna().astype(str)) - {dtype, ""}) if "dtype" in table else []

@@ -32,7 +32,7 @@ from typer.core import TyperGroup
 
 from alphaspec._version import __version__
 from alphaspec.choices import ESTIMATORS
-from alphaspec.errors import AlphaspecError, UsageError, describe_os_error
+from alphaspec.errors import AlphaspecError, describe_os_error
 
 # Typer >= 0.26 vendors click as typer._click; earlier versions use click itself.
 click = getattr(typer.core, "_click", None) or typer.core.click
@@ -238,36 +238,15 @@ def analyze_with_progress(source: str, estimator: str, device, quiet: bool, head
 
 def load(source: str, estimator: str, device: str, quiet: bool, spectra_file: Path | None = None,
          split_fused: bool = True, farms: bool = False, asked: str | None = None, rounded_to: str | None = None):
-    """(table, spectra) from a results file written by `analyze` (spectra from its .npz, when there is one),
-    or from a checkpoint analysed now. asked: the option that asked for the estimator ("-e", "--paper-compat"),
-    so that a results file fitted with another one is refused rather than silently used. rounded_to: a dtype the
-    weights are rounded to before their spectra (a release's, under --paper-compat); a results file must hold
-    weights of that dtype."""
-    from alphaspec.analysis.table import check_estimator, read_results, read_spectra
-    from alphaspec.files import TABLE_SUFFIXES
+    """(table, spectra) from a results file or a checkpoint analysed now with a progress bar
+    (analysis.results.results_or_analysis says how)."""
+    from alphaspec.analysis.results import results_or_analysis
 
-    path = Path(source)
-    if path.suffix not in TABLE_SUFFIXES or not path.is_file():
-        checkpoint = None
-        if rounded_to is not None:
-            import torch
+    def analyse(source, estimator, device, **options):
+        return analyze_with_progress(source, estimator, device, quiet, **options)
 
-            from alphaspec.sources.deltas import RoundedCheckpoint, open_source
-
-            checkpoint = RoundedCheckpoint(open_source(source), getattr(torch, rounded_to))
-        result = analyze_with_progress(source, estimator, device, quiet, keep_spectra=True, split_fused=split_fused,
-                                       farms=farms, checkpoint=checkpoint)
-        return result.table, result.spectra
-    table = read_results(path)
-    if asked:
-        check_estimator(path, table, estimator, asked)
-    from alphaspec.maps.build import other_dtypes
-
-    if rounded_to and (stored := other_dtypes(table, rounded_to)):
-        raise UsageError(f"{path}: holds the spectra of {', '.join(stored)} weights; --paper-compat rounds them to "
-                         f"{rounded_to} first, as the release loads them: give the checkpoint instead")
-    npz = spectra_file or path.with_suffix(".npz")
-    return table, (read_spectra(npz) if spectra_file or npz.exists() else {})
+    return results_or_analysis(source, estimator, device, asked=asked, spectra_file=spectra_file,
+                               rounded_to=rounded_to, analyse=analyse, split_fused=split_fused, farms=farms)
 
 
 def given(ctx: typer.Context, name: str) -> bool:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 import pandas as pd
 
+from alphaspec.analysis.table import other_dtypes
 from alphaspec.choices import ASSIGN, DECAY_METRICS, ESTIMATORS, LR_ASSIGN
 from alphaspec.maps.file import KINDS, ValueMap
 from alphaspec.maps.methods import (
@@ -125,11 +126,6 @@ def build_map(table: pd.DataFrame, kind: str, spec: MapSpec | None = None, *, so
     if note := shape_note(valued, spec.metric, "these matrices", "the map mostly sorts"):
         vmap.notes.append(note)
     return vmap
-
-
-def other_dtypes(table: pd.DataFrame, dtype: str) -> list[str]:
-    """The stored dtypes of a results table's weights other than `dtype` (what a release's rounding would change)."""
-    return sorted(set(table["dtype"].dropna().astype(str)) - {dtype, ""}) if "dtype" in table else []
 
 
 def _release_dtype(vmap: ValueMap, table: pd.DataFrame, spec: MapSpec) -> None:

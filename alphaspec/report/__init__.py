@@ -79,26 +79,13 @@ def _runs_sections(runs: list[str], estimator: str | None, device: str) -> list[
 
 
 def _checkpoint_section(source: str, estimator: str | None, device: str, heading: str | None = None) -> str:
-    from alphaspec.analysis.table import check_estimator, read_results, read_spectra
-    from alphaspec.files import TABLE_SUFFIXES
+    from alphaspec.analysis.results import is_results_file, results_or_analysis
     from alphaspec.report.checkpoint import checkpoint_section
 
-    path = Path(source)
-    if path.suffix in TABLE_SUFFIXES and path.is_file():
-        frame = read_results(path)
-        check_estimator(path, frame, estimator)
-        npz = path.with_suffix(".npz")
-        spectra = read_spectra(npz) if npz.exists() else {}
-        if "warning" not in frame:
-            from alphaspec.spectra.verdicts import verdicts
-
-            frame["warning"] = verdicts(frame)
-        return checkpoint_section(frame, spectra, provenance(source, frame, results=True), heading or f"Results: {path.name}")
-    from alphaspec.analysis.engine import analyze_checkpoint
-
-    result = analyze_checkpoint(source, estimator or "median", device, keep_spectra=True)
-    return checkpoint_section(result.table, result.spectra, provenance(source, result.table),
-                              heading or f"Checkpoint: {source}")
+    saved = is_results_file(source)
+    frame, spectra = results_or_analysis(source, estimator, device, asked="-e" if saved else None)
+    heading = heading or (f"Results: {Path(source).name}" if saved else f"Checkpoint: {source}")
+    return checkpoint_section(frame, spectra, provenance(source, frame, results=saved), heading)
 
 
 def provenance(source: str, frame: pd.DataFrame, results: bool = False) -> list[tuple[str, object]]:

@@ -1,0 +1,62 @@
+"""A results file or a checkpoint analysed now: the one way every command that takes either gets its table
+(map, decay-map, plot, report)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from alphaspec.errors import UsageError
+from alphaspec.files import TABLE_SUFFIXES
+
+
+def is_results_file(source: object) -> bool:
+    """Whether SOURCE names a results table `analyze` wrote (.csv, .json, .parquet), not a checkpoint."""
+    path = Path(str(source))
+    return path.suffix in TABLE_SUFFIXES and path.is_file()
+
+
+def results_or_analysis(source: str, estimator: str | None = None, device: str = "auto", *,
+                        asked: str | None = None, spectra_file: Path | None = None, rounded_to: str | None = None,
+                        analyse: Callable | None = None, **options) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """(table, spectra) of SOURCE: a results file as `analyze` wrote it (its spectra from the .npz beside it, or
+    `spectra_file`; verdicts added to a table from before them), or the checkpoint analysed now with `analyse`
+    (analyze_checkpoint, or a caller's wrapper that draws progress) and `options`.
+
+    asked: the option that asked for `estimator` ("-e", "--paper-compat"): a results file fitted with another
+    estimator is then refused rather than silently used. rounded_to: a dtype the weights are rounded to before
+    their spectra (a release's, under --paper-compat); a results file must hold weights of that dtype."""
+    from alphaspec.analysis.table import check_estimator, other_dtypes, read_results, read_spectra
+
+    if not is_results_file(source):
+        return _analysed(source, estimator or "median", device, rounded_to, analyse, options)
+    path = Path(str(source))
+    table = read_results(path)
+    if asked:
+        check_estimator(path, table, estimator, asked)
+    if rounded_to and (stored := other_dtypes(table, rounded_to)):
+        raise UsageError(f"{path}: holds the spectra of {', '.join(stored)} weights; --paper-compat rounds them to "
+                         f"{rounded_to} first, as the release loads them: give the checkpoint instead")
+    if "warning" not in table:
+        from alphaspec.spectra.verdicts import verdicts
+
+        table["warning"] = verdicts(table)
+    npz = spectra_file or path.with_suffix(".npz")
+    return table, (read_spectra(npz) if spectra_file or npz.exists() else {})
+
+
+def _analysed(source: str, estimator: str, device: str, rounded_to: str | None, analyse: Callable | None,
+              options: dict) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    if rounded_to is not None:
+        import torch
+
+        from alphaspec.sources.deltas import RoundedCheckpoint, open_source
+
+        options["checkpoint"] = RoundedCheckpoint(open_source(source), getattr(torch, rounded_to))
+    if analyse is None:
+        from alphaspec.analysis.engine import analyze_checkpoint as analyse
+    result = analyse(source, estimator, device, keep_spectra=True, **options)
+    return result.table, result.spectra
