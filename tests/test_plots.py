@@ -136,9 +136,9 @@ def test_plot_cli_with_module_draws_only_that_matrix_and_a_run_its_own_decays(ll
         lines += [f"{step},{r.name},{r.module},{int(r.layer)},{r.alpha},{0.1 + step + i / 1000}"
                   for i, r in enumerate(names.itertuples())]
     (run / "decay.csv").write_text("\n".join(lines) + "\n")
-    from alphaspec.cli.plot import _run_decay_map
+    from alphaspec.train.applied import applied_decay_map
 
-    dmap = _run_decay_map(run)
+    dmap = applied_decay_map(run)
     assert sorted(m["weight_decay"] for m in dmap.modules) == pytest.approx([10.1 + i / 1000 for i in range(len(names))])
     ax = decay_figure(dmap).axes[0]
     points = np.concatenate([c.get_offsets() for c in ax.collections])

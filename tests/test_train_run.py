@@ -192,9 +192,9 @@ def test_learning_rate_maps_come_from_the_current_weights(tmp_path, text, strate
 
         res = CliRunner().invoke(app, ["plot", str(out), "--kind", "map", "-o", str(tmp_path / "figs"), "-q"])
         assert res.exit_code == 0 and (tmp_path / "figs" / "map-lr.png").is_file(), res.output
-        from alphaspec.cli.plot import _run_lr_map
+        from alphaspec.train.applied import applied_lr_map
 
-        points = map_figure(_run_lr_map(out)).axes[0].collections
+        points = map_figure(applied_lr_map(out)).axes[0].collections
         drawn = sorted(tuple(xy) for c in points for xy in c.get_offsets().data.tolist())
         np.testing.assert_allclose(drawn, sorted((float(r["metric"]), float(r["lr_scale"])) for r in final), rtol=1e-9)
 

@@ -71,7 +71,6 @@ def plot(
     """Figures: ESDs per module type across layers, alpha per module type and over depth, one matrix's fit,
     weight decay against alpha, and a learning-rate, sparsity or LoRA-rank map against alpha."""
     from alphaspec.files import check_output_dir
-    from alphaspec.maps.file import DecayMap, ValueMap
     from alphaspec.train.rundir import has_log
 
     check_output_dir(output)
@@ -80,24 +79,12 @@ def plot(
         *MODEL_FIGURES, *(["decay"] if decay_map_file else []), *(["map"] if map_file else []),
         *(["training"] if has_log(run, "alphas") else []),
         *(["multipliers"] if has_log(run, "multipliers") else [])]
-    for figure, draw_run in (("training", _training_figure), ("multipliers", _multipliers_figure)):
-        if figure in kinds:  # figures of a training run, from its logs
-            drawn = draw_run(run, output, fmt.value)
-            if not quiet:
-                out.print(f"drew {drawn}", highlight=False)
-            kinds.remove(figure)
+    kinds = _run_figures(run, output, kinds, fmt.value, quiet)
     if not kinds:
         return
     if "esd" in kinds and not module:
         fail("the esd figure needs --module NAME (a row name or a regex)", 2)
-    dmap = DecayMap.load(decay_map_file) if decay_map_file is not None else None
-    vmap = ValueMap.load(map_file) if map_file is not None else None
-    if "map" in kinds and vmap is None and has_log(run, "lrs"):  # a tempbalance/llr run: the LRs it applied last
-        vmap = _run_lr_map(run)
-    if "map" in kinds and vmap is None:
-        fail("the map figure needs --map FILE (a map from `alphaspec map`, or a tempbalance/llr run)", 2)
-    if dmap is None and "decay" in kinds and has_log(run, "decays"):  # a run: the decays it last applied
-        dmap = _run_decay_map(run)
+    dmap, vmap = _maps(run, kinds, decay_map_file, map_file)
     table, spectra = load(source, estimator.value, device, quiet, spectra_file, asked="-e" if given(ctx, "estimator") else None)
     from alphaspec.maps.alphadecay import check_map_matches_table
 
@@ -116,6 +103,39 @@ def plot(
     elif note and not quiet:
         out.print(note, highlight=False)
     report_figures(rendered, quiet)
+
+
+def _run_figures(run: Path, output: Path, kinds: list[str], fmt: str, quiet: bool) -> list[str]:
+    """Draw the figures of a training run's logs that `kinds` asks for; the kinds left to draw from a table."""
+    from alphaspec.plots.training import run_alphas_figure, run_multipliers_figure
+
+    def multipliers(run: Path, output: Path, fmt: str) -> Path:
+        return run_multipliers_figure(run, output, fmt, lambda line: err.print(f"warning: {line}", style="yellow",
+                                                                                highlight=False))
+
+    for figure, draw_run in (("training", run_alphas_figure), ("multipliers", multipliers)):
+        if figure in kinds:
+            drawn = draw_run(run, output, fmt)
+            if not quiet:
+                out.print(f"drew {drawn}", highlight=False)
+    return [k for k in kinds if k not in ("training", "multipliers")]
+
+
+def _maps(run: Path, kinds: list[str], decay_map_file: Path | None, map_file: Path | None):
+    """The decay map and the value map the figures draw: the files given, or what a training run applied last."""
+    from alphaspec.maps.file import DecayMap, ValueMap
+    from alphaspec.train.applied import applied_decay_map, applied_lr_map
+    from alphaspec.train.rundir import has_log
+
+    dmap = DecayMap.load(decay_map_file) if decay_map_file is not None else None
+    vmap = ValueMap.load(map_file) if map_file is not None else None
+    if "map" in kinds and vmap is None and has_log(run, "lrs"):  # a tempbalance/llr run: the LRs it applied last
+        vmap = applied_lr_map(run)
+    if "map" in kinds and vmap is None:
+        fail("the map figure needs --map FILE (a map from `alphaspec map`, or a tempbalance/llr run)", 2)
+    if dmap is None and "decay" in kinds and has_log(run, "decays"):  # a run: the decays it last applied
+        dmap = applied_decay_map(run)
+    return dmap, vmap
 
 
 def _esd_names(source: str, table, spectra: dict, module: list[str]) -> list[str]:
@@ -139,71 +159,3 @@ def _default_map(table):
         return build_decay_map(table, 0.1), "decay figure: the default map (linear, w = 0.1); pass --decay-map for yours"
     except DecayMapError as e:
         return None, f"decay: {e}"
-
-
-def _run_decay_map(run: Path):
-    """The decays a training run applied last (its decay.csv), as a map the decay figure draws against the
-    metric they came from."""
-    from alphaspec.maps.file import DecayMap
-    from alphaspec.train.rundir import read_log
-
-    decays = read_log(run, "decays", "the decay figure")
-    decays = decays[decays["name"] != "*"]  # AWD's one global row per step has no matrix to place
-    if decays.empty:
-        fail(f"{run}: decay.csv has no per-matrix decays to draw (the run's strategy sets one global decay)")
-    latest, config, metric = _last_refresh(run, decays)
-    modules = [{"name": r.name, "module": r.module, "layer": r.layer, metric: r.metric,
-                "weight_decay": r.weight_decay} for r in latest.itertuples()]
-    return DecayMap(modules=modules, weight_decay=float(config.get("weight_decay", latest["weight_decay"].mean())),
-                    ratio=tuple(config.get("ratio") or (0.67, 5.0)), assign=str(config.get("assign") or "linear"),
-                    estimator=str(config.get("estimator") or "median"), metric=metric,
-                    preserve_mean=str(config.get("preserve_mean") or "none"),
-                    source=f"{run} (decay.csv, step {int(latest['step'].max())})")
-
-
-def _last_refresh(run: Path, rows):
-    """Each matrix's latest row of a run's decay.csv or lr.csv, the run's settings and the metric behind them."""
-    from alphaspec.train.rundir import load_run_json
-
-    config = load_run_json(run).get("config", {})
-    latest = rows.sort_values("step", kind="stable").groupby("name", sort=False).tail(1)
-    return latest, config, str(config.get("metric") or "alpha")
-
-
-def _run_lr_map(run: Path):
-    """The learning-rate multipliers a tempbalance or llr run reached at its last refresh (its lr.csv), as a
-    map the map figure draws against the metric they came from."""
-    from alphaspec.maps.file import ValueMap
-    from alphaspec.train.rundir import read_log
-
-    latest, config, metric = _last_refresh(run, read_log(run, "lrs", "the map figure"))  # no rows: one error line
-    modules = [{"name": r.name, "module": r.module, "layer": r.layer, metric: r.metric, "lr_scale": r.lr_scale}
-               for r in latest.itertuples()]
-    return ValueMap(kind="lr", method=str(config.get("strategy") or "tempbalance"), modules=modules, metric=metric,
-                    estimator=str(config.get("estimator") or "median"),
-                    source=f"{run} (lr.csv, step {int(latest['step'].max())})")
-
-
-def _training_figure(run: Path, output: Path, fmt: str) -> Path:
-    from alphaspec.plots.style import save_figure
-    from alphaspec.plots.training import alphas_figure
-    from alphaspec.train.rundir import load_run_json, read_log
-
-    alphas = read_log(run, "alphas", "the training figure")
-    estimator = load_run_json(run).get("config", {}).get("estimator", "median")
-    output.mkdir(parents=True, exist_ok=True)
-    return save_figure(alphas_figure(alphas, str(estimator)), output / f"training.{fmt}")
-
-
-def _multipliers_figure(run: Path, output: Path, fmt: str) -> Path:
-    from alphaspec.plots.style import save_figure
-    from alphaspec.plots.training import multipliers_figure
-    from alphaspec.train.model import is_multiplier
-    from alphaspec.train.rundir import load_checkpoint, read_log
-
-    history = read_log(run, "multipliers", "the multipliers figure (a run with learnable multipliers: --strategy lrm or "
-                       "--multipliers)")
-    _, state = load_checkpoint(run, lambda line: err.print(f"warning: {line}", style="yellow", highlight=False))
-    final = {n: t.float().numpy() for n, t in state["model"].items() if is_multiplier(n)}
-    output.mkdir(parents=True, exist_ok=True)
-    return save_figure(multipliers_figure(history, final), output / f"multipliers.{fmt}")

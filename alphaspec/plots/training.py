@@ -4,6 +4,7 @@ what learnable multipliers learned (in one run, and across widths)."""
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -12,7 +13,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from alphaspec.plots.style import DEPTH_CMAP, OKABE_ITO, literal_text, module_colour
+from alphaspec.plots.style import DEPTH_CMAP, OKABE_ITO, literal_text, module_colour, save_figure
 from alphaspec.sources.matrices import BLOCK_MODULES, module_type
 from alphaspec.spectra.gaussian import random_alpha
 
@@ -232,3 +233,27 @@ KIND_LABELS = {"row_mult": "rows", "col_mult": "columns", "scale": "scalar"}
 
 def _module_order(module: str) -> int:
     return BLOCK_MODULES.index(module) if module in BLOCK_MODULES else len(BLOCK_MODULES)
+
+
+def run_alphas_figure(run: Path, output: Path, fmt: str) -> Path:
+    """A training run's alphas over its steps (alphas.csv), saved in `output` as training.FMT."""
+    from alphaspec.train.rundir import load_run_json, read_log
+
+    alphas = read_log(run, "alphas", "the training figure")
+    estimator = load_run_json(run).get("config", {}).get("estimator", "median")
+    output.mkdir(parents=True, exist_ok=True)
+    return save_figure(alphas_figure(alphas, str(estimator)), output / f"training.{fmt}")
+
+
+def run_multipliers_figure(run: Path, output: Path, fmt: str, warn=None) -> Path:
+    """A run's learnable multipliers over its steps and as its last checkpoint holds them, saved in `output` as
+    multipliers.FMT; `warn(line)` hears of a damaged checkpoint passed over."""
+    from alphaspec.train.model import is_multiplier
+    from alphaspec.train.rundir import load_checkpoint, read_log
+
+    history = read_log(run, "multipliers", "the multipliers figure (a run with learnable multipliers: --strategy lrm or "
+                       "--multipliers)")
+    _, state = load_checkpoint(run, warn or (lambda line: None))
+    final = {n: t.float().numpy() for n, t in state["model"].items() if is_multiplier(n)}
+    output.mkdir(parents=True, exist_ok=True)
+    return save_figure(multipliers_figure(history, final), output / f"multipliers.{fmt}")
