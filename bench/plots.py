@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 
 from alphaspec.analysis.solve import COLUMNS, metrics_of
-from alphaspec.plots.render import render
+from alphaspec.plots.render import render_figures
 from alphaspec.spectra.gaussian import mp_quantiles
 
 SHAPES = {"att.q": (5120, 5120), "att.k": (5120, 5120), "att.v": (5120, 5120), "att.o": (5120, 5120),
@@ -54,9 +54,9 @@ def main() -> None:
     table, spectra = synthetic()
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        paths = render(table, spectra, Path(tmp), ["spectra", "alpha-modules", "alpha-depth"], args.format)
+        paths = render_figures(table, spectra, Path(tmp), ["spectra", "alpha-modules", "alpha-depth"], args.format)
         t1 = time.perf_counter()
-        render(table, spectra, Path(tmp), ["esd"], args.format, ["model.layers.20.mlp.down_proj.weight"])
+        render_figures(table, spectra, Path(tmp), ["esd"], args.format, ["model.layers.20.mlp.down_proj.weight"])
         t2 = time.perf_counter()
     print(f"{len(table)} matrices: spectra + alpha-modules + alpha-depth ({args.format}) in {t1 - t0:.1f} s "
           f"({len(paths)} files); one esd figure in {t2 - t1:.1f} s")

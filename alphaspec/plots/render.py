@@ -23,7 +23,7 @@ class Rendered(NamedTuple):
     skipped: list[str]  # "figure: why it was not drawn"
 
 
-def render(table: pd.DataFrame, spectra: dict[str, np.ndarray], out_dir: Path, kinds=MODEL_FIGURES,
+def render_figures(table: pd.DataFrame, spectra: dict[str, np.ndarray], out_dir: Path, kinds=MODEL_FIGURES,
            fmt: str = "png", names: list[str] = (), decay_map=None, excess: bool = False, *,
            value_map=None) -> Rendered:
     """Draw `kinds` into out_dir as FORMAT files; `esd` draws one figure per name in `names`,

@@ -16,10 +16,10 @@ from typing import ClassVar
 import numpy as np
 import pandas as pd
 
-from alphaspec.train.rundir import Run, RunDirError, load_run
+from alphaspec.train.rundir import RunDirError, RunRecord, load_run
 
 
-def evaluations(run: Run) -> pd.DataFrame:
+def evaluations(run: RunRecord) -> pd.DataFrame:
     """The metrics rows that carry an evaluation (eval_loss, eval_ppl)."""
     m = run.metrics
     return m.dropna(subset=["eval_loss"]) if "eval_loss" in m else m.iloc[0:0]
@@ -39,24 +39,24 @@ def held_mean(rows: pd.DataFrame, value: str, last: int, sizes: dict[str, int]) 
     return pd.Series(per_step, index=grid.index)[mask.any(1)]
 
 
-def decay_series(run: Run) -> pd.Series:
+def decay_series(run: RunRecord) -> pd.Series:
     """Parameter-weighted mean decay of the tuned matrices in force at each step 1..last (decay.csv)."""
     return held_mean(run.decays, "weight_decay", int(run.metrics["step"].max()), run.sizes)
 
 
-def applied_decay(run: Run) -> float:
+def applied_decay(run: RunRecord) -> float:
     """The decay the tuned matrices actually received, averaged over steps (parameter-weighted)."""
     series = decay_series(run)
     return float(series.mean()) if len(series) else math.nan
 
 
-def lr_series(run: Run) -> pd.Series:
+def lr_series(run: RunRecord) -> pd.Series:
     """A tempbalance/llr run's parameter-weighted learning-rate multiplier of the tuned matrices at each step:
     each refresh's multipliers (lr.csv) held until the next (easing in, under llr, is not counted)."""
     return held_mean(run.lrs, "lr_scale", int(run.metrics["step"].max()), run.sizes)
 
 
-def applied_lr_scale(run: Run) -> float:
+def applied_lr_scale(run: RunRecord) -> float:
     """lr_series averaged over the steps; NaN for a run without lr.csv rows."""
     series = lr_series(run)
     return float(series.mean()) if len(series) else math.nan
@@ -64,7 +64,7 @@ def applied_lr_scale(run: Run) -> float:
 
 @dataclass
 class Comparison:
-    runs: list[Run]
+    runs: list[RunRecord]
     table: pd.DataFrame  # one row per run
     summary: pd.DataFrame  # one row per label (replicates pooled), best eval loss first
     differing: list[str]  # budget/data settings that differ between runs: the comparison is not like for like
@@ -89,7 +89,7 @@ def compare(paths: list[str | Path], baseline: str | None = None) -> Comparison:
                       incomplete(runs) + statistical_notes(summary))
 
 
-def incomplete(runs: list[Run]) -> list[str]:
+def incomplete(runs: list[RunRecord]) -> list[str]:
     """Runs that stopped before their own length, or that have no evaluation: each one line."""
     notes = []
     for r in runs:
@@ -109,7 +109,7 @@ def incomplete(runs: list[Run]) -> list[str]:
     return notes
 
 
-def tabulate(runs: list[Run]) -> pd.DataFrame:
+def tabulate(runs: list[RunRecord]) -> pd.DataFrame:
     """One row per run: label, strategy, seed, steps, tokens, final loss, final/best eval loss and ppl,
     applied decay (and its ratio to the base w), median tokens/s."""
     names = labels([r.config for r in runs])

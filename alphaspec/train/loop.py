@@ -177,7 +177,7 @@ def _split(cfg: TrainConfig, world: int) -> tuple[int, int]:
 
 
 @dataclass
-class Run:
+class TrainingState:
     """Everything one training run holds, built once by `_prepare` and passed to each phase of the loop."""
 
     cfg: TrainConfig
@@ -217,7 +217,7 @@ def _train(cfg: TrainConfig, path: Path, rd: RunDir | None, rank: int, world: in
             r.reporter.close()
 
 
-def _steps(r: Run, path: Path, marks: dict, on_log) -> dict:
+def _steps(r: TrainingState, path: Path, marks: dict, on_log) -> dict:
     """The step loop: batch, forward/backward, clip, step, strategy, log, evaluate, checkpoint."""
     cfg, rank, device, last = r.cfg, r.rank, r.device, {}
     loss_sum, n_loss, n_tokens, t_last = torch.zeros((), device=device), 0, 0, time.perf_counter()
@@ -258,7 +258,7 @@ def _steps(r: Run, path: Path, marks: dict, on_log) -> dict:
 
 
 def _prepare(cfg: TrainConfig, path: Path, rd: RunDir | None, rank: int, world: int, device: torch.device, on_start,
-             on_status, on_warning) -> Run:
+             on_status, on_warning) -> TrainingState:
     """The run's settings, data, model, optimizer and strategy (from its checkpoint when resuming), and the
     files a run starts with: run.json, the weights, the logs (rows past the checkpoint dropped)."""
     _split(cfg, world)  # before anything is written
@@ -281,11 +281,13 @@ def _prepare(cfg: TrainConfig, path: Path, rd: RunDir | None, rank: int, world: 
     check_fits(mcfg, micro, cfg.data.seq_len, device)
     model, net, strategy, optimizer, scheduler = _build(cfg, mcfg, state, device, world)
     bf16 = _bf16(cfg, device)
-    r = Run(cfg, path, rank, world, device, micro, accum, tokens, mcfg, model, net,
-            torch.compile(net) if cfg.hardware.compile else net, strategy, optimizer, scheduler,
-            (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else nullcontext,
-            cfg.run.eval_every if cfg.run.analyze_every is None else cfg.run.analyze_every, state["step"] if state else 0,
-            clip_parameters(model))
+    r = TrainingState(
+        cfg=cfg, path=path, rank=rank, world=world, device=device, micro=micro, accum=accum, tokens=tokens, mcfg=mcfg,
+        model=model, net=net, forward=torch.compile(net) if cfg.hardware.compile else net, strategy=strategy,
+        optimizer=optimizer, scheduler=scheduler,
+        autocast=(lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else nullcontext,
+        analyze_every=cfg.run.eval_every if cfg.run.analyze_every is None else cfg.run.analyze_every,
+        start=state["step"] if state else 0, clip=clip_parameters(model))
     resume_at = r.start if state else None  # CSV rows past it are dropped
     weights = hf_tensors(parallel.model_state(model), mcfg.tie_word_embeddings)
     first = not state and r.analyze_every
@@ -308,7 +310,7 @@ def _prepare(cfg: TrainConfig, path: Path, rd: RunDir | None, rank: int, world: 
     return r
 
 
-def _accumulate(r: Run, step: int) -> tuple[torch.Tensor, int]:
+def _accumulate(r: TrainingState, step: int) -> tuple[torch.Tensor, int]:
     """Forward and backward over this rank's micro-batches of `step`: the sum of their losses, and the
     tokens they were computed on (padding, target IGNORE, is in neither)."""
     total, tokens = torch.zeros((), device=r.device), 0
@@ -325,7 +327,7 @@ def _accumulate(r: Run, step: int) -> tuple[torch.Tensor, int]:
     return total, tokens
 
 
-def _record_decays_and_spectra(r: Run, step: int) -> None:
+def _record_decays_and_spectra(r: TrainingState, step: int) -> None:
     """The decays the strategy set at this step, and the block matrices' fits every analyze_every steps."""
     new_decays, new_lrs = r.strategy.decay_rows(), r.strategy.lr_rows()  # drained on every rank, written on 0
     due = r.analyze_every and (step % r.analyze_every == 0 or step == r.cfg.schedule.steps)
@@ -335,7 +337,7 @@ def _record_decays_and_spectra(r: Run, step: int) -> None:
         _publish(r, step, new_decays, new_alphas, new_multipliers, new_lrs)
 
 
-def _publish(r: Run, step: int, decays: list[dict], alphas: list[dict], multipliers: list[dict],
+def _publish(r: TrainingState, step: int, decays: list[dict], alphas: list[dict], multipliers: list[dict],
              lrs: list[dict]) -> None:
     """Rank 0: new decay, alpha and multiplier rows into their CSV logs, their means per module type to the
     --report-to writer, and a console line when a strategy refreshed its decays."""
@@ -354,7 +356,7 @@ def _publish(r: Run, step: int, decays: list[dict], alphas: list[dict], multipli
                      f"mean {sum(v) / len(v):.3g}")
 
 
-def _not_finite(r: Run, row: dict, saving: bool) -> str | None:
+def _not_finite(r: TrainingState, row: dict, saving: bool) -> str | None:
     """What of the training state is no longer a finite number (None when all is): the loss, the gradient norm,
     the evaluation loss, and before a save the weights (a decay of 1e30 makes NaN weights while the loss of the
     step before still reads finite)."""
@@ -373,7 +375,7 @@ def _not_finite(r: Run, row: dict, saving: bool) -> str | None:
     return "the weights hold NaN or infinite values" if bool(bad) else None
 
 
-def _log(r: Run, step: int, loss_sum: torch.Tensor, n_loss: int, n_tokens: int, grad_norm: torch.Tensor,
+def _log(r: TrainingState, step: int, loss_sum: torch.Tensor, n_loss: int, n_tokens: int, grad_norm: torch.Tensor,
          seconds: float, do_eval: bool, on_log) -> dict:
     """One metrics row: mean loss over the interval (all ranks), lr, grad norm, tokens/s (this rank's
     tokens, padding left out, times the ranks), evaluation."""

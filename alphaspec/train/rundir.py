@@ -57,7 +57,7 @@ class RunDirError(AlphaspecError, ValueError):
 
 
 @dataclass
-class Run:
+class RunRecord:
     """A finished or running training run, as read back: its settings, records, logs and tensor sizes."""
 
     path: Path
@@ -89,7 +89,7 @@ def load_run_json(path: Path) -> dict:
     return info
 
 
-def load_run(path: str | Path) -> Run:
+def load_run(path: str | Path) -> RunRecord:
     """A run directory's run.json, metrics.csv, decay.csv, lr.csv (tempbalance/llr) and the tuned tensors' sizes,
     each checked."""
     path = Path(path)
@@ -113,7 +113,7 @@ def load_run(path: str | Path) -> Run:
         value = info["config"].get(key)
         if isinstance(value, bool) or not isinstance(value, kind):
             raise RunDirError(f"{path / RUN_JSON}: damaged (its config has no valid {key!r}: {value!r})")
-    return Run(path, info["config"], info, metrics, decays, _sizes(path / "model.safetensors"), lrs)
+    return RunRecord(path, info["config"], info, metrics, decays, _sizes(path / "model.safetensors"), lrs)
 
 
 def read_log(path: Path, name: str, needed_by: str) -> pd.DataFrame:
