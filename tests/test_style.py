@@ -246,3 +246,26 @@ def test_the_analysis_has_one_bounded_pool():
     owners = [str(p.relative_to(ROOT)) for p in (ROOT / "alphaspec" / "analysis").rglob("*.py")
               if "ThreadPoolExecutor" in p.read_text(encoding="utf-8")]
     assert owners == ["alphaspec/analysis/pool.py"]
+
+
+# The public names of `alphaspec` as released to users' scripts: a name leaves this list only with a CHANGELOG
+# line that names it as removed or renamed (so that a script written against an earlier commit can be mended).
+PUBLIC = ("AlphaDecay", "AlphaLR", "AlphaspecError", "Analysis", "DecayMap", "DecayMapError", "DecaySpec", "ESTIMATORS",
+          "MapSpec", "PowerLawFit", "SourceError", "ValueMap", "__version__", "analyze", "analyze_checkpoint",
+          "assign_decays", "build_decay_map", "build_map", "decay_map", "diff_checkpoints", "eigenvalues", "fit",
+          "lora_config", "lr_param_groups", "open_checkpoint", "prune_model")
+
+
+def test_no_public_name_disappears_without_a_changelog_line():
+    """Every name of PUBLIC is still exported and resolves (lazily) to an object; one that is gone must be named in
+    a CHANGELOG line that says it was removed or renamed. A new export must be added to PUBLIC (and so reviewed)."""
+    import alphaspec
+
+    changelog = (ROOT / "CHANGELOG.md").read_text(encoding="utf-8").splitlines()
+    gone = [n for n in PUBLIC if n not in alphaspec.__all__]
+    unexplained = [n for n in gone if not any(f"`{n}`" in line and ("removed" in line.lower() or "renamed" in line.lower()
+                                                                   or "→" in line) for line in changelog)]
+    assert unexplained == []
+    assert [n for n in alphaspec.__all__ if n not in PUBLIC] == []
+    for name in set(PUBLIC) - set(gone):
+        assert getattr(alphaspec, name) is not None, name
