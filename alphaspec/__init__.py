@@ -12,7 +12,8 @@ from alphaspec._version import __version__
 
 _WHERE = {
     # analysis: a weights source -> one results row per matrix
-    "Analysis": "analysis.engine", "analyze": "analysis.engine", "analyze_checkpoint": "analysis.engine",
+    "Analysis": "analysis.engine", "AnalysisOptions": "analysis.options", "analyze": "analysis.engine",
+    "analyze_checkpoint": "analysis.engine",
     "diff_checkpoints": "analysis.diff",
     "SourceError": "sources.checkpoint", "open_checkpoint": "sources.checkpoint",
     # the mathematics of one matrix
@@ -26,14 +27,16 @@ _WHERE = {
     "AlphaspecError": "errors",
 }
 
-__all__ = ["ESTIMATORS", "AlphaDecay", "AlphaLR", "AlphaspecError", "Analysis", "DecayMap", "DecayMapError", "DecaySpec",
-           "MapSpec", "PowerLawFit", "SourceError", "ValueMap", "__version__", "analyze", "analyze_checkpoint",
-           "assign_decays", "build_decay_map", "build_map", "decay_map", "diff_checkpoints", "eigenvalues", "fit",
-           "lora_config", "lr_param_groups", "open_checkpoint", "prune_model"]
+__all__ = [
+    "ESTIMATORS", "AlphaDecay", "AlphaLR", "AlphaspecError", "Analysis", "AnalysisOptions", "DecayMap",
+    "DecayMapError", "DecaySpec", "MapSpec", "PowerLawFit", "SourceError", "ValueMap", "__version__", "analyze",
+    "analyze_checkpoint", "assign_decays", "build_decay_map", "build_map", "decay_map", "diff_checkpoints",
+    "eigenvalues", "fit", "lora_config", "lr_param_groups", "open_checkpoint", "prune_model"]
 
 if TYPE_CHECKING:
     from alphaspec.analysis.diff import diff_checkpoints
     from alphaspec.analysis.engine import analyze, analyze_checkpoint
+    from alphaspec.analysis.options import AnalysisOptions
     from alphaspec.analysis.solve import Analysis
     from alphaspec.errors import AlphaspecError
     from alphaspec.maps.alphadecay import build_decay_map

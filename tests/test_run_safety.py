@@ -203,3 +203,28 @@ def test_damaged_logs_on_resume(tmp_path, text):
     assert (out / "alphas.csv.damaged").read_bytes() == b"\xff\xfe garbage"
     assert [r["step"] for r in rows(out / "metrics.csv")] == [str(s) for s in range(1, 7)]
     assert json.loads((out / "run.json").read_text())["config"]["steps"] == 6
+
+
+def test_a_kill_between_the_last_weights_and_the_last_checkpoint_is_redone(tmp_path, text, monkeypatch):
+    """A run stopped while it writes its final step resumes to the uninterrupted result: the final
+    model.safetensors is the last step's. (The checkpoint was written before the weights: a kill between the two
+    left a run that reads "already at step N" with the weights of the checkpoint before.)"""
+    import alphaspec.train.loop as loop
+
+    ref = tmp_path / "ref"
+    train(TrainConfig.of(out=str(ref), data=[str(text)], **SMALL))
+    out = tmp_path / "run"
+    real, calls = loop.save_weights, []
+
+    def killed_at_the_last_save(*args):
+        calls.append(1)  # the weights at the start, at step 3, then at step 6, the last
+        if len(calls) == 1 + SMALL["steps"] // SMALL["checkpoint_every"]:
+            raise KeyboardInterrupt  # the process ends here, as a kill while the last weights are written would
+        return real(*args)
+
+    monkeypatch.setattr(loop, "save_weights", killed_at_the_last_save)
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig.of(out=str(out), data=[str(text)], **SMALL))
+    monkeypatch.setattr(loop, "save_weights", real)
+    train(TrainConfig.of(out=str(out), resume=True))
+    assert_same_run(out, ref)

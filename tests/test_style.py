@@ -250,10 +250,11 @@ def test_the_analysis_has_one_bounded_pool():
 
 # The public names of `alphaspec` as released to users' scripts: a name leaves this list only with a CHANGELOG
 # line that names it as removed or renamed (so that a script written against an earlier commit can be mended).
-PUBLIC = ("AlphaDecay", "AlphaLR", "AlphaspecError", "Analysis", "DecayMap", "DecayMapError", "DecaySpec", "ESTIMATORS",
-          "MapSpec", "PowerLawFit", "SourceError", "ValueMap", "__version__", "analyze", "analyze_checkpoint",
-          "assign_decays", "build_decay_map", "build_map", "decay_map", "diff_checkpoints", "eigenvalues", "fit",
-          "lora_config", "lr_param_groups", "open_checkpoint", "prune_model")
+PUBLIC = (
+    "AlphaDecay", "AlphaLR", "AlphaspecError", "Analysis", "AnalysisOptions", "DecayMap", "DecayMapError",
+    "DecaySpec", "ESTIMATORS", "MapSpec", "PowerLawFit", "SourceError", "ValueMap", "__version__", "analyze",
+    "analyze_checkpoint", "assign_decays", "build_decay_map", "build_map", "decay_map", "diff_checkpoints",
+    "eigenvalues", "fit", "lora_config", "lr_param_groups", "open_checkpoint", "prune_model")
 
 
 def test_no_public_name_disappears_without_a_changelog_line():

@@ -24,6 +24,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from alphaspec.analysis.options import AnalysisOptions
 from alphaspec.analysis.pool import bounded_map
 from alphaspec.analysis.solve import ordered_table, plan_checkpoint, solve_batch, solve_options
 from alphaspec.devices import resolve_device
@@ -108,7 +109,7 @@ def diff_checkpoints(sources: Iterable, estimator: str = "median", device: str |
         if extra:  # compared by the first checkpoint's matrices: one the first lacks would be dropped silently
             raise SourceError(f"{other.source}: has {extra[0]}, which {ckpts[0].source} lacks ({len(extra)} such "
                               "matrices; leave them out with --exclude)")
-    hows = [solve_options(c, estimator, False) for c in ckpts]
+    hows = [solve_options(c, AnalysisOptions(estimator)) for c in ckpts]
     files = [{t.name: t.file for t in c.tensors} for c in ckpts]
     lock, done, total = threading.Lock(), [0], len(todo.matrices)
 

@@ -3,19 +3,19 @@ over the ranks of a torchrun job (analysis/sharded.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 import torch
 
+from alphaspec.analysis.options import AnalysisOptions
 from alphaspec.analysis.sharded import analyze_sharded
 from alphaspec.analysis.solve import (
     Analysis,
     Solve,
     assemble,
     ordered_table,
-    permutation_count,
     plan_checkpoint,
     solve_batch,
     solve_matrices,
@@ -28,36 +28,20 @@ from alphaspec.sources.checkpoint import Checkpoint, TensorInfo, dtype_name
 from alphaspec.sources.deltas import open_source
 from alphaspec.sources.in_memory import is_in_memory, memory_checkpoint
 from alphaspec.sources.matrices import plan
-from alphaspec.spectra.eigenvalues import check_precision
 from alphaspec.spectra.powerlaw import check_estimator
 
 
 def analyze_checkpoint(source, estimator: str = "median", device: str | torch.device = "auto", *,
-        include: Iterable[str] = (), exclude: Iterable[str] = (), split_fused: bool = True,
-        keep_spectra: bool = False, progress: Callable[[int, int], None] | None = None,
-        checkpoint: Checkpoint | None = None, workers: int = 1, farms: bool = False,
-        precision: str = "fp64", config: dict | None = None, randomize: bool | int = False, seed: int = 0,
-        base=None, merge: bool = False) -> Analysis:
-    """Analyse every weight matrix of `source`; see `analyze` for the arguments.
+                       options: AnalysisOptions | None = None, progress: Callable[[int, int], None] | None = None,
+                       checkpoint: Checkpoint | None = None, config: dict | None = None, **settings) -> Analysis:
+    """Analyse every weight matrix of `source` (see `analyze`), by `options` or by the AnalysisOptions fields
+    given as keywords (`settings`, with `estimator`).
 
-    keep_spectra: also return every spectrum. precision: fp64 (the default), or fp32 for the Gram
-    product and eigen-solve (faster on GPUs, with the alpha error measured in docs/analyze.md).
-    workers: concurrent solves (threads; on a GPU each with its own CUDA stream, which can overlap
-    the eigen-solver's latency-bound phases). farms: also an `alpha_farms` column (FARMS: the
-    pooled spectrum of square windows, free of the shape effect). randomize: also the correlation-trap
-    columns (spectra/randomize.py), each matrix's entries permuted with seeds from `seed` and its name; True for
-    PERMUTATIONS permutations of the matrices near a spike, or a number of them.
-    base: analyse W − W_base (matched by name), or with a LoRA adapter directory as `source` check its
-    targets against the base; merge: the base with the adapter's update added (sources/deltas.py).
-    Inside an initialised torch.distributed job (torchrun) the matrices are split over the ranks
-    (analysis/sharded.py): every rank returns the whole table, rank 0 the spectra.
-    """
-    check_estimator(estimator)
-    check_precision(precision)
-    randomize = permutation_count(randomize)
-    options = {"include": include, "exclude": exclude, "split_fused": split_fused, "keep_spectra": keep_spectra,
-               "progress": progress, "checkpoint": checkpoint, "workers": workers, "farms": farms, "precision": precision,
-               "randomize": randomize, "seed": seed, "base": base, "merge": merge}
+    progress(done, total): called as matrices are solved. checkpoint: `source` opened already. config: a
+    config.json's dict for an in-memory state dict. Inside an initialised torch.distributed job (torchrun) the
+    matrices are split over the ranks (analysis/sharded.py): every rank returns the whole table, rank 0 the
+    spectra."""
+    opts = options or AnalysisOptions.of(estimator=estimator, **settings)
     if is_in_memory(source) and checkpoint is None:  # a live model or state dict: solved where its weights are
         checkpoint = memory_checkpoint(source, config)
         if device == "auto" and checkpoint.device is not None:
@@ -65,10 +49,10 @@ def analyze_checkpoint(source, estimator: str = "median", device: str | torch.de
     elif config is not None:
         raise UsageError("config= is for an in-memory model or state dict; a checkpoint's config comes from its files")
     elif process_group()[1] > 1:
-        return analyze_sharded(source, estimator, device, **options)
+        return analyze_sharded(source, opts, device, progress=progress, checkpoint=checkpoint)
     dev = resolve_device(device)
-    ckpt = checkpoint or open_source(source, base, merge)
-    todo = plan_checkpoint(ckpt, include, exclude, split_fused)
+    ckpt = checkpoint or open_source(source, opts.base, opts.merge)
+    todo = plan_checkpoint(ckpt, opts.include, opts.exclude, opts.split_fused)
     total, done = len(todo.matrices), [0]
     if progress:
         progress(0, total)
@@ -78,33 +62,29 @@ def analyze_checkpoint(source, estimator: str = "median", device: str | torch.de
         if progress:
             progress(done[0], total)
 
-    how = solve_options(ckpt, estimator, farms, precision, randomize, seed)
-    rows, spectra = solve_matrices(ckpt, todo.matrices, dev, how, workers=workers, keep_spectra=keep_spectra,
-                                   on_solved=advance)
+    how = solve_options(ckpt, opts)
+    rows, spectra = solve_matrices(ckpt, todo.matrices, dev, how, workers=opts.workers,
+                                   keep_spectra=opts.keep_spectra, on_solved=advance)
     return assemble(rows, spectra, ckpt, todo, ckpt.source if is_in_memory(source) else str(source), how, str(dev))
 
 
 def analyze(source, estimator: str = "median", device: str | torch.device = "auto", *,
-            include: Iterable[str] = (), exclude: Iterable[str] = (), split_fused: bool = True,
-            progress: Callable[[int, int], None] | None = None, workers: int = 1,
-            precision: str = "fp64", farms: bool = False, config: dict | None = None, randomize: bool | int = False,
-            seed: int = 0, base=None, merge: bool = False) -> pd.DataFrame:
+            progress: Callable[[int, int], None] | None = None, config: dict | None = None,
+            **settings) -> pd.DataFrame:
     """Spectral analysis of a checkpoint or a model in memory: one row per weight matrix (docs/analyze.md).
 
     source: a .safetensors/.bin/.pt/.gguf file, a HF model or alphaspec run directory, a hub id
     `org/name[@rev]`, `example:minilm`, a live `nn.Module` (its `config` splits fused matrices) or a
     state dict (with `config=`, a config.json's dict, for fused splits). estimator: median | gof |
     fix-finger. device: auto (for a model in memory: where its weights are) | cpu | cuda | cuda:N.
-    include/exclude: regexes on tensor names. workers: concurrent solves. precision: fp64 | fp32
-    (opt-in, faster on GPUs; its alpha error is measured in docs/analyze.md). farms: also an
-    `alpha_farms` column. randomize (with `seed`): the correlation-trap columns. base: analyse W − W_base;
-    a PEFT LoRA adapter directory as `source` is analysed as its updates ΔW, or with `base` and `merge` as
-    the merged model (sources/deltas.py). Skipped tensors and
+    settings: the fields of AnalysisOptions by name (analysis/options.py): include/exclude (regexes on
+    tensor names), split_fused, workers (concurrent solves), precision (fp64 | fp32: opt-in, faster on GPUs;
+    its alpha error is measured in docs/analyze.md), farms (an `alpha_farms` column), randomize with seed
+    (the correlation-trap columns), base (analyse W − W_base; a PEFT LoRA adapter directory as `source` is
+    analysed as its updates ΔW, or with `base` and merge=True as the merged model). Skipped tensors and
     their reasons are in `table.attrs["skipped"]`; the `warning` column holds the verdicts (spectra/verdicts.py).
     """
-    return analyze_checkpoint(source, estimator, device, include=include, exclude=exclude, split_fused=split_fused,
-               progress=progress, workers=workers, precision=precision, farms=farms, config=config,
-               randomize=randomize, seed=seed, base=base, merge=merge).table
+    return analyze_checkpoint(source, estimator, device, progress=progress, config=config, **settings).table
 
 
 def analyze_tensors(tensors: dict[str, torch.Tensor], estimator: str = "median", *, config: dict | None = None,

@@ -13,13 +13,14 @@ from __future__ import annotations
 import itertools
 import os
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from datetime import timedelta
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
+from alphaspec.analysis.options import AnalysisOptions
 from alphaspec.analysis.solve import Analysis, assemble, plan_checkpoint, solve_matrices, solve_options
 from alphaspec.devices import resolve_device
 from alphaspec.distributed import gather_outcomes, launched, object_group, solve_cost, split_by_cost
@@ -101,11 +102,9 @@ class JobProgress:
             self.progress(self.total, self.total)
 
 
-def analyze_sharded(source, estimator: str, device: str | torch.device, *, include: Iterable[str] = (),
-                    exclude: Iterable[str] = (), split_fused: bool = True, keep_spectra: bool = False,
-                    progress: Callable[[int, int], None] | None = None, checkpoint: Checkpoint | None = None,
-                    workers: int = 1, farms: bool = False, precision: str = "fp64", randomize: int = 0,
-                    seed: int = 0, base=None, merge: bool = False) -> Analysis:
+def analyze_sharded(source, options: AnalysisOptions, device: str | torch.device, *,
+                    progress: Callable[[int, int], None] | None = None, checkpoint: Checkpoint | None = None
+                    ) -> Analysis:
     """analyze_checkpoint() inside an initialised process group; a collective (every rank must call it)."""
     rank, world, local = launched()
     group = object_group()
@@ -116,17 +115,17 @@ def analyze_sharded(source, estimator: str, device: str | torch.device, *, inclu
             dev = rank_device(device, local)
             if dev.type == "cuda":
                 torch.cuda.set_device(dev)
-            ckpt = checkpoint or open_source(source, base, merge)
-            todo = plan_checkpoint(ckpt, include, exclude, split_fused)
+            ckpt = checkpoint or open_source(source, options.base, options.merge)
+            todo = plan_checkpoint(ckpt, options.include, options.exclude, options.split_fused)
             board.start(len(todo.matrices))
-            how = solve_options(ckpt, estimator, farms, precision, randomize, seed)
-            rows, spectra = solve_matrices(ckpt, share(todo.matrices, rank, world), dev, how, workers=workers,
-                                           keep_spectra=keep_spectra, on_solved=board.add)
+            how = solve_options(ckpt, options)
+            rows, spectra = solve_matrices(ckpt, share(todo.matrices, rank, world), dev, how, workers=options.workers,
+                                           keep_spectra=options.keep_spectra, on_solved=board.add)
         except Exception as err:  # noqa: BLE001 - told to every rank, then raised again below
             error = err
         parts = gather_outcomes(rows, error, group)
         finished = True
-        merged = _gather_spectra(spectra, rank, world, group) if keep_spectra else {}
+        merged = _gather_spectra(spectra, rank, world, group) if options.keep_spectra else {}
     finally:
         board.stop(finished)
         dist.destroy_process_group(group)

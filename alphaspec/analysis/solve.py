@@ -19,9 +19,9 @@ import pandas as pd
 import torch
 
 from alphaspec._version import __version__
+from alphaspec.analysis.options import AnalysisOptions
 from alphaspec.analysis.pool import bounded_map
 from alphaspec.devices import SolveError
-from alphaspec.errors import UsageError
 from alphaspec.sources.checkpoint import Checkpoint, SourceError
 from alphaspec.sources.matrices import MODULE_TYPES, MatrixSpec, ModelConfigError, Plan, Skipped, plan
 from alphaspec.sources.read_ahead import read_ahead
@@ -33,7 +33,7 @@ from alphaspec.spectra.norms import ldexp, nan_metrics, spectral_metrics
 from alphaspec.spectra.powerlaw import PowerLawFit, fit_with_gof
 from alphaspec.spectra.randomize import NAN_RANDOMIZED, RANDOMIZED_SUFFIX, randomized_rows
 from alphaspec.spectra.subspaces import TOP_K, UPDATE_COLUMNS, pair_metrics
-from alphaspec.spectra.verdicts import PERMUTATIONS, UNCHANGED, WEIGHTS, verdicts
+from alphaspec.spectra.verdicts import UNCHANGED, WEIGHTS, verdicts
 
 COLUMNS = ["name", "layer", "module", "rows", "cols", "n_eigs", "n_zero", "estimator", "alpha", "xmin",
            "ks_d", "n_tail", "lambda_max", "spectral_norm", "frobenius_norm", "stable_rank",
@@ -240,15 +240,6 @@ def _fit_columns(fit: PowerLawFit) -> dict:
     return {"alpha": fit.alpha, "xmin": fit.xmin, "ks_d": fit.ks_d, "n_tail": fit.n_tail, "status": fit.status}
 
 
-def permutation_count(randomize: bool | int) -> int:
-    """randomize= as a number of permutations: True is PERMUTATIONS, False 0."""
-    if isinstance(randomize, bool):
-        return PERMUTATIONS if randomize else 0
-    if not isinstance(randomize, int) or randomize < 0:
-        raise UsageError(f"randomize={randomize!r}: True, False or a number of permutations")
-    return randomize
-
-
 def plan_checkpoint(ckpt: Checkpoint, include: Iterable[str], exclude: Iterable[str], split_fused: bool) -> Plan:
     """The module map of a checkpoint; a checkpoint without any weight matrix is an error that says why."""
     try:
@@ -262,10 +253,11 @@ def plan_checkpoint(ckpt: Checkpoint, include: Iterable[str], exclude: Iterable[
     return todo
 
 
-def solve_options(ckpt: Checkpoint, estimator: str, farms: bool, precision: str = "fp64", randomize: int = 0,
-                  seed: int = 0) -> Solve:
-    return Solve(estimator, {t.name: t.dtype for t in ckpt.tensors}, farms,
-                 {t.name: t.quant for t in ckpt.tensors if t.quant}, precision, randomize, seed, ckpt.content)
+def solve_options(ckpt: Checkpoint, options: AnalysisOptions) -> Solve:
+    """What every solve of this checkpoint needs, from the analysis options and the checkpoint's own headers."""
+    return Solve(options.estimator, {t.name: t.dtype for t in ckpt.tensors}, options.farms,
+                 {t.name: t.quant for t in ckpt.tensors if t.quant}, options.precision, options.randomize, options.seed,
+                 ckpt.content)
 
 
 def solve_matrices(ckpt: Checkpoint, matrices: list[MatrixSpec], dev: torch.device, how: Solve, *, workers: int = 1,

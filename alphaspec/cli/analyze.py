@@ -113,6 +113,41 @@ def _report(result: Analysis) -> None:
     out.print(f"{len(df)} matrices analysed, {len(result.skipped)} tensors skipped, {result.n_tensors} tensors in the checkpoint")
 
 
+# -- analyze's options, each declared once ------------------------------------------------------------------------
+Source = Annotated[str, typer.Argument(help="A .safetensors/.bin/.pt/.gguf file, a model or run directory, a hub id "
+                                       "org/name[@revision] (org/name:Q4_K_M for a GGUF quantisation), or "
+                                       "example:minilm.")]
+Output = Annotated[Path | None, typer.Option("-o", "--output", help="Write the table: .csv, .json or .parquet.")]
+SplitFused = Annotated[bool, typer.Option("--split-fused/--no-split-fused", help="Split fused q/k/v and gate/up tensors.")]
+SaveSpectra = Annotated[Path | None, typer.Option(
+    "--save-spectra", help="Also save every eigenvalue spectrum (ascending) to this .npz.")]
+Plots = Annotated[Path | None, typer.Option(
+    "--plots", help="Also draw the model-level figures (spectra, alpha-modules, alpha-depth) into DIR.")]
+Workers = Annotated[int, typer.Option("--workers", min=0, help="Concurrent solves (on a GPU, one CUDA stream each). 0: "
+                                      "one per core on the CPU, each single-threaded (faster than one solve threaded "
+                                      "over all cores), 1 on a GPU.")]
+Farms = Annotated[bool, typer.Option("--farms", help="Also an alpha_farms column: FARMS, the pooled spectrum of square "
+                                     "windows, free of the shape effect (docs/estimators.md).")]
+PrecisionOption = Annotated[Precision, typer.Option(
+    "--precision", help="fp64, or fp32 for the Gram product and eigen-solve: faster on GPUs, for the largest "
+    "models; alpha error measured in docs/analyze.md.")]
+Randomize = Annotated[bool, typer.Option("--randomize", help="Also look for correlation traps: each matrix solved "
+                                         "again with its entries permuted (docs/analyze.md).")]
+Permutations = Annotated[int, typer.Option("--permutations", min=1, max=100, help="--randomize: the most permutations "
+                                           "of a matrix near a spike (more until its verdict is sure).")]
+Seed = Annotated[int, typer.Option("--seed", min=0, help="Seed of the --randomize permutations.")]
+OverTrained = Annotated[float, typer.Option("--over-trained", callback=finite, help=Thresholds.help("over_trained"))]
+UnderTrained = Annotated[float, typer.Option("--under-trained", callback=finite, help=Thresholds.help("under_trained"))]
+RankLoss = Annotated[float, typer.Option("--rank-loss", callback=finite, help=Thresholds.help("rank_loss"))]
+Base = Annotated[str | None, typer.Option("--base", metavar="BASE", help="Analyse W - W_base, matched by name (the "
+                                          "fine-tuning update); with an adapter directory as SOURCE, the base it was "
+                                          "trained on.")]
+Merge = Annotated[bool, typer.Option("--merge", help="With a LoRA adapter and --base: analyse the merged model "
+                                     "W_base + (lora_alpha/r)·B·A.")]
+FailOn = Annotated[str | None, typer.Option("--fail-on", metavar="WARNING[,...]", help="Exit with status 3 when a "
+                                            "matrix has one of these verdicts: " + ", ".join(WARNINGS) + ".")]
+
+
 @app.command(no_args_is_help=True, epilog="""
 **Examples**
 
@@ -137,53 +172,18 @@ def _report(result: Analysis) -> None:
         --exclude 'k_proj'
 """)
 def analyze(
-    source: Annotated[str, typer.Argument(help="A .safetensors/.bin/.pt/.gguf file, a model or run directory, "
-                                          "a hub id org/name[@revision] (org/name:Q4_K_M for a GGUF "
-                                          "quantisation), or example:minilm.")],
-    output: Annotated[Path | None, typer.Option("-o", "--output", help="Write the table: .csv, .json or .parquet.")] = None,
-    estimator: EstimatorOption = Estimator.median,
-    device: Device = "auto",
-    include: Include = None,
-    exclude: Exclude = None,
-    split_fused: Annotated[bool, typer.Option(
-        "--split-fused/--no-split-fused", help="Split fused q/k/v and gate/up tensors.")] = True,
-    save_spectra: Annotated[Path | None, typer.Option(
-        "--save-spectra", help="Also save every eigenvalue spectrum (ascending) to this .npz.")] = None,
-    plots: Annotated[Path | None, typer.Option(
-        "--plots", help="Also draw the model-level figures (spectra, alpha-modules, alpha-depth) into DIR.")] = None,
-    workers: Annotated[int, typer.Option("--workers", min=0, help="Concurrent solves (on a GPU, one CUDA stream "
-                                         "each). 0: one per core on the CPU, each single-threaded (faster than one "
-                                         "solve threaded over all cores), 1 on a GPU.")] = 0,
-    farms: Annotated[bool, typer.Option("--farms", help="Also an alpha_farms column: FARMS, the pooled spectrum of "
-                                        "square windows, free of the shape effect (docs/estimators.md).")] = False,
-    precision: Annotated[Precision, typer.Option(
-        "--precision", help="fp64, or fp32 for the Gram product and eigen-solve: faster on GPUs, for the largest "
-        "models; alpha error measured in docs/analyze.md.")] = Precision.fp64,
-    randomize: Annotated[bool, typer.Option("--randomize", help="Also look for correlation traps: each matrix "
-                                            "solved again with its entries permuted (docs/analyze.md).")] = False,
-    permutations: Annotated[int, typer.Option("--permutations", min=1, max=100, help="--randomize: the most "
-                                              "permutations of a matrix near a spike (more until its verdict is sure).")]
-    = PERMUTATIONS,
-    seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of the --randomize permutations.")] = 0,
-    over_trained: Annotated[float, typer.Option("--over-trained", callback=finite, help=Thresholds.help(
-        "over_trained"))] = Thresholds.over_trained,
-    under_trained: Annotated[float, typer.Option("--under-trained", callback=finite, help=Thresholds.help(
-        "under_trained"))] = Thresholds.under_trained,
-    rank_loss: Annotated[float, typer.Option("--rank-loss", callback=finite, help=Thresholds.help(
-        "rank_loss"))] = Thresholds.rank_loss,
-    base: Annotated[str | None, typer.Option("--base", metavar="BASE", help="Analyse W - W_base, matched by name "
-                                             "(the fine-tuning update); with an adapter directory as SOURCE, "
-                                             "the base it was trained on.")] = None,
-    merge: Annotated[bool, typer.Option("--merge", help="With a LoRA adapter and --base: analyse the merged "
-                                        "model W_base + (lora_alpha/r)·B·A.")] = False,
-    fail_on: Annotated[str | None, typer.Option("--fail-on", metavar="WARNING[,...]", help="Exit with status 3 when "
-                                                "a matrix has one of these verdicts: " + ", ".join(WARNINGS) + ".")]
-    = None,
+    source: Source, output: Output = None, estimator: EstimatorOption = Estimator.median, device: Device = "auto",
+    include: Include = None, exclude: Exclude = None, split_fused: SplitFused = True, save_spectra: SaveSpectra = None,
+    plots: Plots = None, workers: Workers = 0, farms: Farms = False, precision: PrecisionOption = Precision.fp64,
+    randomize: Randomize = False, permutations: Permutations = PERMUTATIONS, seed: Seed = 0,
+    over_trained: OverTrained = Thresholds.over_trained, under_trained: UnderTrained = Thresholds.under_trained,
+    rank_loss: RankLoss = Thresholds.rank_loss, base: Base = None, merge: Merge = False, fail_on: FailOn = None,
     quiet: Quiet = False,
 ) -> None:
     """Eigenvalue spectrum and power-law tail fit (alpha) of every weight matrix in a checkpoint, the
     Marchenko-Pastur bulk, and verdicts on which matrices need attention."""
     from alphaspec.analysis.cpu_threads import auto_workers, one_thread_per_solve
+    from alphaspec.analysis.options import AnalysisOptions
     from alphaspec.devices import resolve_device
     from alphaspec.distributed import joined, launched
     from alphaspec.files import check_output, check_output_dir, input_paths
@@ -204,18 +204,16 @@ def analyze(
             check_output_dir(plots)
     dev = resolve_device(device)
     why = " (no CUDA device found)" if device == "auto" and dev.type == "cpu" else ""
-    workers = workers or auto_workers(dev, world)
-    with joined(dev.type == "cuda"), one_thread_per_solve(workers, dev):
+    options = AnalysisOptions(estimator.value, tuple(include or ()), tuple(exclude or ()), split_fused,
+                              save_spectra is not None or plots is not None, workers or auto_workers(dev, world),
+                              farms, precision.value, permutations if randomize else 0, seed, base, merge)
+    with joined(dev.type == "cuda"), one_thread_per_solve(options.workers, dev):
         ckpt = open_source(source, base, merge) if world == 1 else None
         where = f"{len(ckpt.tensors)} tensors in {len(ckpt.files)} file(s)" if ckpt else f"{world} ranks"
         header = f"alphaspec {__version__} · {where} · device {dev}{why} · estimator {estimator.value}" + (
             f" · precision {precision.value}" if precision != Precision.fp64 else "")
-        result = analyze_with_progress(source, estimator.value, dev, quiet or rank > 0, header, include=include or [],
-                                       exclude=exclude or [], split_fused=split_fused,
-                                       keep_spectra=save_spectra is not None or plots is not None, checkpoint=ckpt,
-                                       workers=workers, farms=farms, precision=precision.value,
-                                       randomize=permutations if randomize else 0, seed=seed, base=base,
-                                       merge=merge)
+        result = analyze_with_progress(source, estimator.value, dev, quiet or rank > 0, header, options=options,
+                                       checkpoint=ckpt)
     if rank == 0:
         result.table["warning"] = verdicts(result.table, thresholds)
         _write(result, output, save_spectra, plots, quiet)

@@ -429,8 +429,11 @@ def _checkpoint(run, step, model, optimizer, scheduler, strategy, mcfg, cfg, ran
     def save() -> None:
         state = {"step": step, "model": model_state, "optimizer": optim_state, "scheduler": scheduler.state_dict(),
                  "strategy": strategy.state_dict(), "rng": {"torch": torch.get_rng_state()}, "config": cfg.flat()}
-        save_checkpoint(run, step, state, cfg.run.keep_checkpoints)
+        # The weights first, the checkpoint last: the checkpoint is what a resume starts from, so a kill between
+        # the two resumes from the step before and writes both again (the other order left a finished run whose
+        # model.safetensors was a checkpoint old: "already at step N", nothing to redo).
         save_weights(run, hf_tensors(model_state, mcfg.tie_word_embeddings), mcfg.hf_config())
+        save_checkpoint(run, step, state, cfg.run.keep_checkpoints)
 
     on_rank0(save, dist.get_world_size() if dist.is_initialized() else 1)
 
