@@ -40,7 +40,7 @@ def checkout(tmp_path_factory) -> Path:
     return dest
 
 
-@pytest.mark.slow
+# not marked slow: the rehearsal of the GPU runbook is a gate of the default run
 def test_every_part_of_the_gpu_runbook_runs_on_the_cpu(checkout, tmp_path):
     site = tmp_path / "site"  # one install for all parts (GPU_SH_SITE), as a warm machine would keep it
     env = os.environ | {"GPU_SH_DEVICE": "cpu", "GPU_SH_SITE": str(site), "PYTHONPATH": ""}

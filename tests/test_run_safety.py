@@ -76,7 +76,7 @@ def finish(out: Path, text: Path, kill_after: float | None = None) -> None:
     assert "Traceback" not in err
 
 
-@pytest.mark.slow
+# not marked slow: resuming after kills is a gate of the default run (it found a stale final checkpoint)
 def test_killed_runs_resume_to_the_uninterrupted_result(tmp_path, text):
     ref = tmp_path / "ref"
     t0 = time.perf_counter()
