@@ -270,3 +270,19 @@ def test_no_public_name_disappears_without_a_changelog_line():
     assert [n for n in alphaspec.__all__ if n not in PUBLIC] == []
     for name in set(PUBLIC) - set(gone):
         assert getattr(alphaspec, name) is not None, name
+
+
+def test_documented_dotted_paths_work_after_a_bare_import():
+    """`import alphaspec` then a dotted path as the docs write it (alphaspec.maps.callbacks.AlphaDecayCallback,
+    alphaspec.plots.spectra, alphaspec.sources.checkpoint.example_path), in a fresh interpreter; a name that is
+    no module is still an AttributeError."""
+    import subprocess
+    import sys
+
+    code = ("import alphaspec\n"
+            "assert alphaspec.maps.callbacks.AlphaDecayCallback.__name__ == 'AlphaDecayCallback'\n"
+            "assert callable(alphaspec.plots.spectra.spectra_figure)\n"
+            "assert callable(alphaspec.sources.checkpoint.example_path)\n"
+            "try:\n    alphaspec.nothing_here\nexcept AttributeError:\n    pass\nelse:\n    raise SystemExit(1)\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr

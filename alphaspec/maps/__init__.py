@@ -5,3 +5,7 @@
 builds optimizer param groups), `apply` (using a map with torch and peft), `hook` (AlphaDecay and AlphaLR,
 refreshed from the live weights during training).
 """
+
+from alphaspec._lazy import lazy_attributes
+
+__getattr__ = lazy_attributes(__name__, {}, globals())  # a module of the package on first use, as the docs name it
