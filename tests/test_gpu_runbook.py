@@ -40,23 +40,28 @@ def checkout(tmp_path_factory) -> Path:
     return dest
 
 
-# not marked slow: the rehearsal of the GPU runbook is a gate of the default run
-def test_every_part_of_the_gpu_runbook_runs_on_the_cpu(checkout, tmp_path):
-    site = tmp_path / "site"  # one install for all parts (GPU_SH_SITE), as a warm machine would keep it
-    env = os.environ | {"GPU_SH_DEVICE": "cpu", "GPU_SH_SITE": str(site), "PYTHONPATH": ""}
+LANES = {  # the parts each test rehearses: the first installs; then two lanes by the files they write
+    "gate": ["tests-decay", ["esd", "ww", "scale"], ["train"]],
+    "more": ["tests-decay", ["esd-more"], ["train-130m", "study"]],
+}
+
+
+def rehearse(checkout: Path, tmp_path: Path, lanes: list) -> dict:
+    """Run the parts of `lanes` with GPU_SH_DEVICE=cpu (the first alone: it installs alphaspec into the site the
+    others share, as a warm machine would keep it; then two lanes side by side, as two cores allow); each part
+    must exit 0 and leave its files."""
     from concurrent.futures import ThreadPoolExecutor
+
+    env = os.environ | {"GPU_SH_DEVICE": "cpu", "GPU_SH_SITE": str(tmp_path / "site"), "PYTHONPATH": ""}
 
     def run(parts: list[str]) -> list:
         return [(part, subprocess.run(["bash", "bench/gpu.sh", part], cwd=checkout, env=env | {"OUT": str(tmp_path / part)},
                                       capture_output=True, text=True, timeout=600)) for part in parts]
 
-    # The first part installs alphaspec into the shared site; then two lanes side by side, each part in the lane
-    # of the files it writes (the checkpoint writers in one, the trainers in the other), as two cores allow.
-    done = run(["tests-decay"])
-    with ThreadPoolExecutor(2) as lanes:
-        for lane in lanes.map(run, [["esd", "esd-more", "ww", "scale"], ["train", "train-130m", "study"]]):
+    done = run([lanes[0]])
+    with ThreadPoolExecutor(2) as pool:
+        for lane in pool.map(run, lanes[1:]):
             done += lane
-    assert sorted(part for part, _ in done) == sorted(PARTS)
     for part, res in done:
         expected, out = PARTS[part], tmp_path / part
         assert res.returncode == 0, (part, res.stdout[-3000:], res.stderr[-3000:])
@@ -64,6 +69,20 @@ def test_every_part_of_the_gpu_runbook_runs_on_the_cpu(checkout, tmp_path):
         files = sorted(p.name for p in out.iterdir())
         assert set(expected) <= set(files) and len(files) <= 8, (part, files)  # a device call brings back 8 files
         assert "rehearsal on the CPU" in (out / "machine.txt").read_text()
+    return dict(done)
+
+
+def test_every_part_of_the_runbook_is_rehearsed():
+    """The two rehearsals together cover every part of bench/gpu.sh."""
+    parts = [p for lanes in LANES.values() for lane in lanes for p in ([lane] if isinstance(lane, str) else lane)]
+    assert set(parts) == set(PARTS)
+
+
+# not marked slow: the rehearsal of the GPU runbook's main parts is a gate of the default run
+def test_the_gpu_runbook_runs_on_the_cpu(checkout, tmp_path):
+    """The CUDA tests and refresh cost, the 13B-shaped analyze, WeightWatcher (skipped when absent), trainer
+    throughput, the scale part (405B estimate, precision, torchrun)."""
+    rehearse(checkout, tmp_path, LANES["gate"])
     assert json.loads((tmp_path / "esd" / "esd.json").read_text())["alphaspec_median_s"] > 0
     assert "bare float64 Gram" in (tmp_path / "esd" / "esd.log").read_text()
     train = json.loads((tmp_path / "train" / "train.json").read_text())["results"]
@@ -72,6 +91,13 @@ def test_every_part_of_the_gpu_runbook_runs_on_the_cpu(checkout, tmp_path):
         tmp_path / "tests-decay" / "gpu-tests.log").read_text()
     assert (tmp_path / "scale" / "torchrun.csv").read_text().count("\n") == 29  # 28 matrices and the header
     assert not (checkout / "build").exists() and not (checkout / "alphaspec.egg-info").exists()
+
+
+@pytest.mark.slow
+def test_the_rest_of_the_gpu_runbook_runs_on_the_cpu(checkout, tmp_path):
+    """The further analyze shapes, the 130M trainer and the study (tokenize, runs, compare)."""
+    rehearse(checkout, tmp_path, LANES["more"])
+    assert (tmp_path / "study" / "compare-w0.1.csv").read_text().count("\n") >= 2
 
 
 def test_a_part_that_does_not_exist_is_a_usage_error(checkout, tmp_path):
