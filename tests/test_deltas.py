@@ -122,9 +122,9 @@ def cli(*args):
                           text=True, env=os.environ | {"COLUMNS": "200"})
 
 
-def one_error(proc, *fragments):
+def one_error(proc, *fragments, code: int = 1):
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert proc.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert proc.returncode == code and len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
     assert all(f in lines[0] for f in fragments), lines[0]
 
 
@@ -139,7 +139,8 @@ def test_bad_pairs_are_one_line_and_write_nothing(made, tmp_path):
               "are not in the base", "a base of another model?")
     one_error(cli(root / "adapter", "--base", tmp_path / "gpt2", "--merge", "-o", tmp_path / "r.csv"),
               "targets model.layers.0.", "which the base", "does not have")
-    one_error(cli(root / "adapter", "--merge"), "--merge adds an adapter to its base: give the base with --base")
+    one_error(cli(root / "adapter", "--merge"), "--merge adds an adapter to its base: give the base with --base",
+              code=2)  # a usage error: the options do not go together
     one_error(cli(root / "merged", "--base", root / "base", "--merge"), "--merge needs a PEFT adapter directory")
     broken = tmp_path / "broken"
     broken.mkdir()

@@ -20,7 +20,7 @@ import regex
 import torch
 from safetensors import safe_open
 
-from alphaspec.errors import first_line, parse_json
+from alphaspec.errors import UsageError, first_line, parse_json
 from alphaspec.sources.checkpoint import Checkpoint, SourceError, TensorInfo, open_checkpoint
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -204,8 +204,8 @@ def check_targets(base: Checkpoint, adapter: AdapterCheckpoint) -> None:
 def open_source(source, base=None, merge: bool = False) -> Checkpoint:
     """SOURCE as `analyze` reads it: a checkpoint, a LoRA adapter directory, W − W_base with `base`, or the
     merged model W_base + ΔW with an adapter, `base` and `merge`."""
-    if merge and base is None:
-        raise SourceError("--merge adds an adapter to its base: give the base with --base")
+    if merge and base is None:  # a usage error (exit 2): the options do not go together, whatever the files hold
+        raise UsageError("--merge adds an adapter to its base: give the base with --base")
     if is_adapter(source):
         base_ckpt = open_checkpoint(base) if base is not None else None
         if merge:
