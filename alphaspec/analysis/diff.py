@@ -32,7 +32,7 @@ from alphaspec.errors import UsageError
 from alphaspec.sources.checkpoint import Checkpoint, SourceError
 from alphaspec.sources.deltas import open_source
 from alphaspec.sources.read_ahead import reading_order
-from alphaspec.spectra.subspaces import TOP_K, pair_metrics
+from alphaspec.spectra.subspaces import TOP_K, pair_metrics, right_basis
 from alphaspec.spectra.verdicts import verdicts
 
 DELTA_METRICS = ("alpha", "log_spectral_norm", "stable_rank", "entropy", "alpha_weighted", "num_spikes", "mp_softrank")
@@ -118,15 +118,17 @@ def diff_checkpoints(sources: Iterable, estimator: str = "median", device: str |
         rows: list[list[dict]] = [[] for _ in specs]  # per matrix of the tensor, a row per checkpoint
         metrics: list[list[dict]] = [[] for _ in specs]  # per matrix, the pair metrics of consecutive checkpoints
         before: list[torch.Tensor] = []
+        bases: list = []  # the previous checkpoint's top-k subspaces, each solved once for both of its pairs
         with torch.no_grad():
-            for ckpt, file, how in zip(ckpts, files, hows, strict=True):  # two checkpoints' tensor in memory at most
+            for i, (ckpt, file, how) in enumerate(zip(ckpts, files, hows, strict=True)):  # two copies at most
                 tensor = dict(ckpt.read(file[name], [name], dev))[name]
                 mats = [spec.extract(tensor).to(dev) for spec in specs]
+                now = [right_basis(m, min(top_k, *m.shape)) for m in mats]
                 for j, (spec, m) in enumerate(zip(specs, mats, strict=True)):
                     rows[j].append(solve_batch([(spec, m)], dev, how)[0][0])
-                    if before:
-                        metrics[j].append(pair_metrics(before[j], m, top_k))
-                before = mats
+                    if i:
+                        metrics[j].append(pair_metrics(before[j], m, top_k, bases[j], now[j]))
+                before, bases = mats, now
                 del tensor
         per_source, pairs = [[] for _ in ckpts], []
         for found_rows, found_metrics in zip(rows, metrics, strict=True):

@@ -29,16 +29,31 @@ def top_right_subspace(w: torch.Tensor, k: int) -> torch.Tensor:
     return torch.linalg.qr(w.mT @ torch.linalg.eigh(w @ w.mT).eigenvectors[:, -k:]).Q
 
 
-def pair_metrics(a: torch.Tensor, b: torch.Tensor, top_k: int) -> dict[str, float]:
-    """rel_change and subspace_overlap of two versions of one matrix."""
+def right_basis(w: torch.Tensor, k: int) -> torch.Tensor | None:
+    """top_right_subspace of w for subspace_overlap; None where it has none to compare (k < 1, NaN/Inf entries,
+    all zeros)."""
+    import torch
+
+    if k < 1 or not bool(torch.isfinite(w).all()) or not bool(w.any()):
+        return None
+    return top_right_subspace(w, k)
+
+
+def pair_metrics(a: torch.Tensor, b: torch.Tensor, top_k: int, basis_a: torch.Tensor | None = None,
+                 basis_b: torch.Tensor | None = None) -> dict[str, float]:
+    """rel_change and subspace_overlap of two versions of one matrix. basis_a/basis_b: their right_basis when the
+    caller has it already (diff's middle checkpoints are each the `b` of one pair and the `a` of the next); two
+    equal versions share one (an unchanged matrix of a fine-tune costs one solve, not two)."""
     import torch
 
     a, b = a.double(), b.double()
     norm = float(torch.linalg.matrix_norm(a))
     rel = float(torch.linalg.matrix_norm(b - a)) / norm if norm > 0 else float("nan")
     k = min(top_k, *a.shape)
-    usable = bool(torch.isfinite(a).all()) and bool(torch.isfinite(b).all())
-    if k < 1 or not usable or not norm > 0 or not float(torch.linalg.matrix_norm(b)) > 0:
-        return {"rel_change": rel if usable else float("nan"), "subspace_overlap": float("nan")}
-    va, vb = top_right_subspace(a, k), top_right_subspace(b, k)
+    if not (bool(torch.isfinite(a).all()) and bool(torch.isfinite(b).all())):
+        return {"rel_change": float("nan"), "subspace_overlap": float("nan")}
+    va = basis_a if basis_a is not None else right_basis(a, k)
+    vb = basis_b if basis_b is not None else va if torch.equal(a, b) else right_basis(b, k)
+    if va is None or vb is None:
+        return {"rel_change": rel, "subspace_overlap": float("nan")}
     return {"rel_change": rel, "subspace_overlap": float((va.mT @ vb).square().sum()) / k}
