@@ -42,11 +42,11 @@ if TYPE_CHECKING:
     from alphaspec.maps.alphadecay import build_decay_map
     from alphaspec.maps.apply import lora_config, lr_param_groups, prune_model
     from alphaspec.maps.assign import assign_decays
-    from alphaspec.maps.build import MapSpec, build_map
+    from alphaspec.maps.build import build_map
     from alphaspec.maps.file import DecayMap, ValueMap
     from alphaspec.maps.hook import AlphaDecay
     from alphaspec.maps.lr_hook import AlphaLR
-    from alphaspec.maps.spec import DecayMapError, DecaySpec
+    from alphaspec.maps.spec import DecayMapError, DecaySpec, MapSpec
     from alphaspec.sources.checkpoint import SourceError, open_checkpoint
     from alphaspec.spectra.eigenvalues import eigenvalues
     from alphaspec.spectra.powerlaw import ESTIMATORS, PowerLawFit, fit

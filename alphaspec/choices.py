@@ -8,6 +8,7 @@ PRESERVE = ("none", "modules", "params")  # --preserve-mean
 DECAY_METRICS = ("alpha", "alpha_excess",
                  "alpha_farms", "alpha_weighted", "spectral_norm", "frobenius_norm", "stable_rank", "log_spectral_norm",
                  "log_norm", "entropy", "lambda_max")  # what decays can be assigned from
+MAP_KINDS = ("weight_decay", "lr", "sparsity", "lora_rank")  # what a map's values are
 DEFAULT_POLICIES = ("all", "matrices")  # --default-decay, besides a number
 STRATEGIES = ("uniform", "alphadecay", "awd", "adadecay", "lrm", "cautious", "mup", "tempbalance", "llr")
 LR_STRATEGIES = ("tempbalance", "llr")  # strategies that set per-matrix learning rates (uniform decay)

@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from click.testing import CliRunner
 from safetensors.torch import save_file
-from typer.testing import CliRunner
 
 from alphaspec.cli import app
 from alphaspec.train.compare import RunDirError, applied_decay, compare, load_run

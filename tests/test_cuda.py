@@ -73,9 +73,9 @@ def test_hook_snapshot_under_fsdp2_equals_the_plain_model(monkeypatch):
 
 def test_cuda_out_of_memory_is_one_error_line_with_every_thread_stopped(tmp_path):
     """Defect 7 on a real GPU: a solve that cannot get its memory is one error line naming the matrix."""
+    from click.testing import CliRunner
     from safetensors.torch import save_file
     from test_gpu_ready import alive
-    from typer.testing import CliRunner
 
     from alphaspec.cli import app
 

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
 from alphaspec import analyze_checkpoint
 from alphaspec.cli import app

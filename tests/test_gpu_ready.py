@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import synth
 import torch
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
 from alphaspec import AlphaDecay, devices
 from alphaspec.analysis import engine, solve

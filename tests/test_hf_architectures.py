@@ -234,7 +234,7 @@ def released_decays(model: torch.nn.Module, w: float, s1: float, s2: float) -> d
 
 @pytest.mark.parametrize("family", ["smollm2", "minilm"])
 def test_paper_compat_reproduces_the_release(tmp_path, family):
-    from typer.testing import CliRunner
+    from click.testing import CliRunner
 
     from alphaspec import DecayMap
     from alphaspec.cli import app

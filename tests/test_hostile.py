@@ -23,8 +23,8 @@ import pandas as pd
 import pytest
 import synth
 import torch
+from click.testing import CliRunner
 from safetensors.torch import save_file
-from typer.testing import CliRunner
 
 from alphaspec.cli import app
 from alphaspec.train import TrainConfig, train

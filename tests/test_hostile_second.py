@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 import synth
 import torch
+from click.testing import CliRunner
 from safetensors.torch import save_file
 from test_hostile import Case, base, check_case, copy, edit_json, llama_dir, write  # noqa: F401 - base: a fixture
-from typer.testing import CliRunner
 
 from alphaspec.cli import app
 

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn as nn
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
 from alphaspec import analyze_checkpoint
 from alphaspec.cli import app

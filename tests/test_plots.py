@@ -112,7 +112,7 @@ def test_plot_cli_with_module_draws_only_that_matrix_and_a_run_its_own_decays(ll
     the decays the run applied (its decay.csv)."""
     import json
 
-    from typer.testing import CliRunner
+    from click.testing import CliRunner
 
     from alphaspec.analysis.table import write_results, write_spectra
     from alphaspec.cli import app

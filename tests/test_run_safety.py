@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from click.testing import CliRunner
 from safetensors.torch import load_file
-from typer.testing import CliRunner
 
 from alphaspec.cli import app
 from alphaspec.train import RunError, TrainConfig, train

@@ -80,8 +80,8 @@ def test_ratios_and_policies_are_checked_in_one_place():
     assert offenders == []
 
 
-def test_the_core_imports_neither_typer_nor_matplotlib():
-    """Everything but the CLI and the modules that draw (plots/*, the report) loads without typer or matplotlib:
+def test_the_core_imports_neither_click_nor_matplotlib():
+    """Everything but the CLI and the modules that draw (plots/*, the report) loads without click or matplotlib:
     a library user pays for neither."""
     import pkgutil
     import sys
@@ -92,7 +92,7 @@ def test_the_core_imports_neither_typer_nor_matplotlib():
     core = [m.name for m in pkgutil.walk_packages(alphaspec.__path__, "alphaspec.") if not m.name.startswith(drawing)]
     assert "alphaspec.train.loop" in core and "alphaspec.maps.hook" in core
     code = (f"import importlib, sys\nfor m in {core!r}:\n    importlib.import_module(m)\n"
-            "    assert not {'typer', 'matplotlib'} & set(sys.modules), m")
+            "    assert not {'click', 'matplotlib'} & set(sys.modules), m")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
 
@@ -238,6 +238,22 @@ def test_no_private_field_of_torch_is_used():
     found = [f"{p.relative_to(ROOT)}: {name}" for p in (ROOT / "alphaspec").rglob("*.py")
              for name in private if re.search(rf"\b{name}\b", p.read_text(encoding="utf-8"))]
     assert found == []
+
+
+def test_the_cli_uses_clicks_documented_api_only():
+    """The command line is plain click: no Typer, no private name of click (`click.core._x`, `._click`), no
+    hand-built signatures; options reach click through `cls=` and the documented `format_*` methods."""
+    import re
+
+    found = [f"{p.relative_to(ROOT)}: {m.group(0)}" for p in (ROOT / "alphaspec").rglob("*.py")
+             for m in re.finditer(r"\btyper\b|\bclick(\.\w+)*\._\w+|_click\b|__signature__|rich_utils",
+                                  p.read_text(encoding="utf-8"))]
+    assert found == []
+    import click
+
+    from alphaspec.cli import app
+
+    assert type(app).__mro__[1] is click.Group and all(isinstance(c, click.Command) for c in app.commands.values())
 
 
 def test_the_analysis_has_one_bounded_pool():

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 from safetensors.torch import load_file
-from typer.testing import CliRunner
 
 from alphaspec.cli import app
 from alphaspec.maps.alphadecay import build_decay_map

@@ -27,6 +27,7 @@ import torch
 from alphaspec.analysis.options import AnalysisOptions
 from alphaspec.analysis.pool import bounded_map
 from alphaspec.analysis.solve import ordered_table, plan_checkpoint, solve_batch, solve_options
+from alphaspec.analysis.store import matrix_key
 from alphaspec.devices import resolve_device
 from alphaspec.errors import UsageError
 from alphaspec.sources.checkpoint import Checkpoint, SourceError
@@ -90,10 +91,10 @@ def pair_rows(rows: list[dict], pairs: list[dict], labels: list[str]) -> list[di
 def diff_checkpoints(sources: Iterable, estimator: str = "median", device: str | torch.device = "auto", *,
                      include: Iterable[str] = (), exclude: Iterable[str] = (), split_fused: bool = True,
                      top_k: int = TOP_K, workers: int = 1, progress: Callable[[int, int], None] | None = None,
-                     checkpoints: list[tuple[str, Checkpoint]] | None = None) -> DiffResult:
+                     checkpoints: list[tuple[str, Checkpoint]] | None = None, cache: bool = True) -> DiffResult:
     """Compare two or more checkpoints matrix by matrix (module docstring); sources as `analyze` takes them,
     or `checkpoints` opened already as (label, checkpoint), such as a training run's
-    (`alphaspec.train.weights.run_checkpoints`)."""
+    (`alphaspec.train.weights.run_checkpoints`). cache: use and fill the eigenvalue store (analysis/store.py)."""
     found = checkpoints or [(str(s), open_source(s)) for s in sources]
     if len(found) < 2:
         raise UsageError("diff needs two or more checkpoints (or a run directory that kept two or more)")
@@ -109,7 +110,7 @@ def diff_checkpoints(sources: Iterable, estimator: str = "median", device: str |
         if extra:  # compared by the first checkpoint's matrices: one the first lacks would be dropped silently
             raise SourceError(f"{other.source}: has {extra[0]}, which {ckpts[0].source} lacks ({len(extra)} such "
                               "matrices; leave them out with --exclude)")
-    hows = [solve_options(c, AnalysisOptions(estimator)) for c in ckpts]
+    hows = [solve_options(c, AnalysisOptions(estimator, cache=cache)) for c in ckpts]
     files = [{t.name: t.file for t in c.tensors} for c in ckpts]
     lock, done, total = threading.Lock(), [0], len(todo.matrices)
 
@@ -122,10 +123,12 @@ def diff_checkpoints(sources: Iterable, estimator: str = "median", device: str |
         with torch.no_grad():
             for i, (ckpt, file, how) in enumerate(zip(ckpts, files, hows, strict=True)):  # two copies at most
                 tensor = dict(ckpt.read(file[name], [name], dev))[name]
-                mats = [spec.extract(tensor).to(dev) for spec in specs]
+                read = [spec.extract(tensor) for spec in specs]
+                keys = [matrix_key(m) if how.store is not None else None for m in read]  # before the copy to a GPU
+                mats = [m.to(dev) for m in read]
                 now = [right_basis(m, min(top_k, *m.shape)) for m in mats]
                 for j, (spec, m) in enumerate(zip(specs, mats, strict=True)):
-                    rows[j].append(solve_batch([(spec, m)], dev, how)[0][0])
+                    rows[j].append(solve_batch([(spec, m)], dev, how, [keys[j]])[0][0])
                     if i:
                         metrics[j].append(pair_metrics(before[j], m, top_k, bases[j], now[j]))
                 before, bases = mats, now
@@ -145,6 +148,8 @@ def diff_checkpoints(sources: Iterable, estimator: str = "median", device: str |
     if progress:
         progress(0, total)
     results = list(bounded_map(job, [n for _, names in reads for n in names], workers, "alphaspec-diff"))
+    if hows[0].store is not None:
+        hows[0].store.trim()
     analyses = [ordered_table([r for per_source, _ in results for r in per_source[i]]) for i in range(len(ckpts))]
     pair_table = pd.DataFrame([p for _, pairs in results for p in pairs])
     position = {name: i for i, name in enumerate(analyses[0]["name"])}  # analyze's order: by layer, module type

@@ -4,7 +4,6 @@ over the ranks of a torchrun job (analysis/sharded.py)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 import pandas as pd
 import torch
@@ -13,9 +12,7 @@ from alphaspec.analysis.options import AnalysisOptions
 from alphaspec.analysis.sharded import analyze_sharded
 from alphaspec.analysis.solve import (
     Analysis,
-    Solve,
     assemble,
-    ordered_table,
     plan_checkpoint,
     solve_batch,
     solve_matrices,
@@ -24,11 +21,10 @@ from alphaspec.analysis.solve import (
 from alphaspec.devices import resolve_device
 from alphaspec.distributed import process_group
 from alphaspec.errors import UsageError
-from alphaspec.sources.checkpoint import Checkpoint, TensorInfo, dtype_name
+from alphaspec.sources.checkpoint import Checkpoint
 from alphaspec.sources.deltas import open_source
 from alphaspec.sources.in_memory import is_in_memory, memory_checkpoint
 from alphaspec.sources.matrices import plan
-from alphaspec.spectra.powerlaw import check_estimator
 
 
 def analyze_checkpoint(source, estimator: str = "median", device: str | torch.device = "auto", *,
@@ -89,18 +85,17 @@ def analyze(source, estimator: str = "median", device: str | torch.device = "aut
 
 def analyze_tensors(tensors: dict[str, torch.Tensor], estimator: str = "median", *, config: dict | None = None,
                     split_fused: bool = True, farms: bool = False) -> pd.DataFrame:
-    """Rows for in-memory tensors (e.g. a live model's parameters), each solved on its own device.
-
-    The same module map, ESD engine and fits as `analyze`; used by the training hook.
-    """
-    check_estimator(estimator)
-    infos = [TensorInfo(n, tuple(t.shape), dtype_name(t), Path("<memory>"))
-             for n, t in tensors.items()]
-    todo = plan(infos, config, split_fused=split_fused)
-    dtypes = {i.name: i.dtype for i in infos}
+    """`analyze` of in-memory tensors (a live model's parameters) solved in the calling thread, each matrix on
+    its own device and the current CUDA stream: the training hooks solve on a stream of their own, which
+    `analyze`'s reader and solver threads would not see. The same source (`memory_checkpoint`), module map,
+    solve options and table as `analyze`; no progress, no spectra, no threads."""
+    opts = AnalysisOptions.of(estimator=estimator, split_fused=split_fused, farms=farms, cache=False)  # live weights
+    ckpt = memory_checkpoint(tensors, config)
+    todo = plan(ckpt.tensors, ckpt.config, split_fused=split_fused)
+    how = solve_options(ckpt, opts)
     rows = []
     with torch.no_grad():
         for spec in todo.matrices:
-            w = spec.extract(tensors[spec.tensor].detach())
-            rows.extend(row for row, _ in solve_batch([(spec, w)], w.device, Solve(estimator, dtypes, farms)))
-    return ordered_table(rows)
+            w = spec.extract(ckpt.live[spec.tensor])
+            rows.extend(row for row, _ in solve_batch([(spec, w)], w.device, how))
+    return assemble(rows, {}, ckpt, todo, ckpt.source, how, "per tensor").table

@@ -18,7 +18,8 @@ class AnalysisOptions:
     concurrent solves (threads; on a GPU each with its own CUDA stream). farms: also an `alpha_farms` column.
     precision: fp64, or fp32 for the Gram product and eigen-solve. randomize: the correlation-trap columns, with
     at most this many permutations of a matrix near a spike (True: PERMUTATIONS), seeded by `seed`. base:
-    analyse W − W_base, or check a LoRA adapter's targets against it; merge: the base with the adapter added."""
+    analyse W − W_base, or check a LoRA adapter's targets against it; merge: the base with the adapter added.
+    cache: take spectra solved before from the eigenvalue store and keep those solved now (analysis/store.py)."""
 
     estimator: str = "median"
     include: tuple[str, ...] = ()
@@ -32,6 +33,7 @@ class AnalysisOptions:
     seed: int = 0
     base: object = None  # a source as `analyze` takes it
     merge: bool = False
+    cache: bool = True
 
     def __post_init__(self):
         from alphaspec.spectra.eigenvalues import check_precision

@@ -21,6 +21,7 @@ import torch
 from alphaspec._version import __version__
 from alphaspec.analysis.options import AnalysisOptions
 from alphaspec.analysis.pool import bounded_map
+from alphaspec.analysis.store import EigenStore, Entry, entry_key, matrix_key, store_enabled
 from alphaspec.devices import SolveError
 from alphaspec.sources.checkpoint import Checkpoint, SourceError
 from alphaspec.sources.matrices import MODULE_TYPES, MatrixSpec, ModelConfigError, Plan, Skipped, plan
@@ -145,19 +146,65 @@ class Solve:
     randomize: int = 0  # permutations of each matrix's entries to solve as well (spectra/randomize.py); 0: none
     seed: int = 0  # of those permutations
     content: str = WEIGHTS  # what the checkpoint's matrices are: weights, or updates (delta, adapter)
+    store: EigenStore | None = None  # the eigenvalue store to read and fill (None: solve everything)
 
 
-def solve_batch(batch: list[tuple[MatrixSpec, torch.Tensor]], dev: torch.device,
-                how: Solve) -> list[tuple[dict, torch.Tensor | None]]:
+def solve_batch(batch: list[tuple[MatrixSpec, torch.Tensor]], dev: torch.device, how: Solve,
+                keys: list[str | None] | None = None) -> list[tuple[dict, torch.Tensor | None]]:
     """Rows (and spectra) of same-shape matrices solved together on `dev`; NaN/Inf matrices get no spectrum.
 
-    A failed solve (out of memory, no convergence) is a SolveError naming the matrices.
+    keys: each matrix's content key (store.matrix_key; None: not kept). With a store in `how`, the matrices it
+    holds are not solved again and those solved here are kept. A failed solve (out of memory, no convergence)
+    is a SolveError naming the matrices.
     """
+    keys = keys or [None] * len(batch)
+    stored = [_stored(spec, key, how) for (spec, _), key in zip(batch, keys, strict=True)]
+    todo = [i for i, entry in enumerate(stored) if entry is None]
+    solved = dict(zip(todo, _solve(*zip(*[batch[i] for i in todo], strict=True), dev, how) if todo else [],
+                      strict=True))
+    out = []
+    for i, (spec, _) in enumerate(batch):
+        parts = solved[i] if i in solved else stored[i]
+        if i in solved and keys[i] is not None and how.store is not None and parts.eigs is not None:
+            _keep(spec, keys[i], parts, how)
+        out.append(parts.row(spec, how))
+    return out
+
+
+@dataclass
+class Solved:
+    """What solving one matrix gives: its spectrum scaled by 4^-exponent (None: NaN/Inf entries), the
+    randomised columns (and the permuted spectrum under "_randomized"), the FARMS alpha."""
+
+    eigs: torch.Tensor | None
+    exponent: int = 0
+    randomized: dict = field(default_factory=dict)
+    farms: float = math.nan
+
+    def row(self, spec: MatrixSpec, how: Solve) -> tuple[dict, torch.Tensor | None]:
+        """The results row and the true spectrum."""
+        e = self.eigs
+        row = matrix_row(spec, e, how.estimator, how.dtypes.get(spec.tensor, ""), self.exponent, how.precision,
+                         how.content)
+        if how.randomize:
+            row |= self.randomized
+        if e is not None and self.exponent:
+            e = torch.ldexp(e, torch.tensor(2.0 * self.exponent, dtype=e.dtype, device=e.device))  # the true spectrum
+        if how.quants:
+            row["quant"] = how.quants.get(spec.tensor, "")
+        if how.farms:
+            row["alpha_farms"] = self.farms
+        return row, e
+
+
+def _solve(specs: tuple[MatrixSpec, ...], matrices: tuple[torch.Tensor, ...], dev: torch.device,
+           how: Solve) -> list[Solved]:
+    """Solve same-shape matrices together (see solve_batch)."""
     if dev.type == "cuda":
-        for _, m in batch:
+        for m in matrices:
             if m.is_cuda:  # staged on the reader's stream: keep the allocator from reusing it too early
                 m.record_stream(torch.cuda.current_stream(dev))
-    mats = [m.to(dev, non_blocking=True) for _, m in batch]
+    mats = [m.to(dev, non_blocking=True) for m in matrices]
     w = mats[0].unsqueeze(0) if len(mats) == 1 else torch.stack(mats)  # a batch of one is a view, not a copy
     if w.dtype not in NATIVE_FLOATS:  # float8 and other narrow floats lack reductions: promote (exact)
         w = w.float()
@@ -166,52 +213,105 @@ def solve_batch(batch: list[tuple[MatrixSpec, torch.Tensor]], dev: torch.device,
     failure = None
     finite = w if all(ok) else w[torch.tensor(ok, device=w.device)]
     eigs, exponents, randomized = [], torch.zeros(0, dtype=torch.int64), []
-    core = is_core(batch[0][0], w)  # a batch holds matrices of one size: all cores or none
+    core = is_core(specs[0], w)  # a batch holds matrices of one size: all cores or none
     try:
         if len(finite):
             eigs, exponents = scaled_eigenvalues(finite, dev, how.precision)
             if core:  # the rest of the spectrum of a rank-r matrix: zeros
-                m = min(_size(batch[0][0]))
+                m = min(_size(specs[0]))
                 eigs = torch.cat([eigs.new_zeros(len(eigs), m - eigs.shape[-1]), eigs], dim=-1)
             if how.randomize and not core:
-                names = [spec.name for (spec, _), good in zip(batch, ok, strict=True) if good]
+                names = [spec.name for spec, good in zip(specs, ok, strict=True) if good]
                 randomized = randomized_rows(finite, eigs, names, how.seed, dev, how.precision, how.randomize)
     except RuntimeError as err:  # torch.OutOfMemoryError, LinAlgError and CUDA/cuSOLVER errors are RuntimeErrors
         failure = err
     if failure is not None:  # raised outside the handler, so the exception holds no frame (or GPU buffer) of the solve
         del w, mats, finite
-        raise SolveError.of([spec for spec, _ in batch], failure, dev)
+        raise SolveError.of(list(specs), failure, dev)
     solved = iter(zip(eigs, exponents.tolist(), randomized or [{}] * len(eigs), strict=True))
     out = []
-    for i, (spec, _) in enumerate(batch):
-        e, exponent, rand = next(solved) if ok[i] else (None, 0, NAN_RANDOMIZED)
+    for i in range(len(specs)):
+        if not ok[i]:
+            out.append(Solved(None, 0, dict(NAN_RANDOMIZED)))
+            continue
+        e, exponent, rand = next(solved)
         if core and how.randomize:
-            rand = NAN_RANDOMIZED  # the entries of a low-rank product are never formed, so not permuted
-        row = matrix_row(spec, e, how.estimator, how.dtypes.get(spec.tensor, ""), exponent, how.precision,
-                         how.content)
-        if how.randomize:
-            row |= rand
-        if e is not None and exponent:
-            e = torch.ldexp(e, torch.tensor(2.0 * exponent, dtype=e.dtype, device=e.device))  # the true spectrum
-        if how.quants:
-            row["quant"] = how.quants.get(spec.tensor, "")
-        if how.farms:  # the same matrix, cut into square windows (spectra/farms.py)
-            row["alpha_farms"] = farms_alpha(w[i], how.estimator).alpha if e is not None and not core else math.nan
-        out.append((row, e))
+            rand = dict(NAN_RANDOMIZED)  # the entries of a low-rank product are never formed, so not permuted
+        # FARMS: the same matrix, cut into square windows (spectra/farms.py)
+        farms = farms_alpha(w[i], how.estimator).alpha if how.farms and not core else math.nan
+        out.append(Solved(e, exponent, rand, farms))
     return out
 
 
-def _solver(dev: torch.device, how: Solve, workers: int) -> Callable[[list], list]:
-    """solve_batch for bounded_map: with several workers on a GPU, each thread on a CUDA stream of its own."""
+# -- the eigenvalue store (analysis/store.py): one entry per matrix and precision, one more per randomised and
+# -- FARMS solve (their settings in the key); a matrix is taken from the store only when every part it needs is there
+def _keys(spec: MatrixSpec, key: str, how: Solve) -> dict[str, str]:
+    keys = {"eigs": entry_key(key, spec.rows, spec.cols, how.precision)}
+    if how.randomize:  # each matrix's permutations are seeded by its name
+        keys["randomized"] = entry_key(key, spec.rows, spec.cols, how.precision, "randomize", how.seed, how.randomize,
+                                       spec.name)
+    if how.farms:
+        keys["farms"] = entry_key(key, spec.rows, spec.cols, "farms", how.estimator)
+    return keys
+
+
+def _stored(spec: MatrixSpec, key: str | None, how: Solve) -> Solved | None:
+    if how.store is None or key is None:
+        return None
+    entries = {}
+    for part, k in _keys(spec, key, how).items():
+        if (entries.setdefault(part, how.store.get(k))) is None:
+            return None
+    eigs = torch.from_numpy(entries["eigs"].arrays["eigs"])
+    if eigs.numel() != min(spec.rows, spec.cols):  # a key collision cannot pass this; a bug in a writer might
+        return None
+    solved = Solved(eigs, int(entries["eigs"].facts["exponent"]))
+    if "randomized" in entries:
+        solved.randomized = {k: math.nan if v is None else v for k, v in entries["randomized"].facts["columns"].items()}
+        if "eigs" in entries["randomized"].arrays:
+            solved.randomized["_randomized"] = torch.from_numpy(entries["randomized"].arrays["eigs"])
+    if "farms" in entries:
+        farms = entries["farms"].facts["alpha_farms"]
+        solved.farms = math.nan if farms is None else float(farms)
+    return solved
+
+
+def _keep(spec: MatrixSpec, key: str, solved: Solved, how: Solve) -> None:
+    keys = _keys(spec, key, how)
+    how.store.put(keys["eigs"], Entry({"eigs": solved.eigs.cpu().numpy()}, {"exponent": solved.exponent}))
+    if "randomized" in keys:
+        columns = {k: v for k, v in solved.randomized.items() if k != "_randomized"}
+        permuted = solved.randomized.get("_randomized")
+        how.store.put(keys["randomized"], Entry({} if permuted is None else {"eigs": permuted.cpu().numpy()},
+                                                {"columns": _plain(columns)}))
+    if "farms" in keys:
+        how.store.put(keys["farms"], Entry({}, {"alpha_farms": _plain(solved.farms)}))
+
+
+def _plain(value):
+    """A JSON-safe copy: numbers as Python numbers, NaN as None (read back as NaN)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, float | np.floating) and not math.isfinite(value):
+        return None
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _solver(dev: torch.device, how: Solve, workers: int, keys: dict[str, str | None]) -> Callable[[list], list]:
+    """solve_batch for bounded_map (with each matrix's content key): with several workers on a GPU, each thread
+    on a CUDA stream of its own."""
+    def solve_batch_keyed(batch):
+        return solve_batch(batch, dev, how, [keys.get(spec.name) for spec, _ in batch])
+
     if workers <= 1 or dev.type != "cuda":
-        return lambda batch: solve_batch(batch, dev, how)
+        return solve_batch_keyed
     local = threading.local()
 
     def solve(batch):
         if not hasattr(local, "stream"):
             local.stream = torch.cuda.Stream(dev)  # dev has an index (resolve_device): right in any thread
         with torch.no_grad(), torch.cuda.device(dev), torch.cuda.stream(local.stream):
-            out = solve_batch(batch, dev, how)
+            out = solve_batch_keyed(batch)
             local.stream.synchronize()
             return out
 
@@ -257,7 +357,7 @@ def solve_options(ckpt: Checkpoint, options: AnalysisOptions) -> Solve:
     """What every solve of this checkpoint needs, from the analysis options and the checkpoint's own headers."""
     return Solve(options.estimator, {t.name: t.dtype for t in ckpt.tensors}, options.farms,
                  {t.name: t.quant for t in ckpt.tensors if t.quant}, options.precision, options.randomize, options.seed,
-                 ckpt.content)
+                 ckpt.content, EigenStore() if options.cache and store_enabled() else None)
 
 
 def solve_matrices(ckpt: Checkpoint, matrices: list[MatrixSpec], dev: torch.device, how: Solve, *, workers: int = 1,
@@ -282,12 +382,18 @@ def solve_matrices(ckpt: Checkpoint, matrices: list[MatrixSpec], dev: torch.devi
         if on_solved:
             on_solved(len(solved))
 
-    staged = read_ahead(ckpt, matrices, threading.Event(), dev, on_versions=compare)
+    keys: dict[str, str | None] = {}  # content keys, computed by the reader thread on the matrices as read
+
+    def key(spec: MatrixSpec, m: torch.Tensor) -> None:
+        keys[spec.name] = matrix_key(m)
+
+    staged = read_ahead(ckpt, matrices, threading.Event(), dev, on_versions=compare,
+                        on_read=key if how.store is not None else None)
     batches = _batches(staged, BATCH_BYTES["cuda" if dev.type == "cuda" else "cpu"])
     failure = None
     try:
         with torch.no_grad():  # (worker threads set it for themselves in _solver)
-            for solved in bounded_map(_solver(dev, how, workers), batches, workers, "alphaspec-solver"):
+            for solved in bounded_map(_solver(dev, how, workers, keys), batches, workers, "alphaspec-solver"):
                 collect(solved)
     except SolveError as err:
         failure = SolveError(f"{ckpt.source}: {err}")
@@ -295,6 +401,8 @@ def solve_matrices(ckpt: Checkpoint, matrices: list[MatrixSpec], dev: torch.devi
         staged.close()  # stops and joins the reader thread and drops what it staged, also after a failure
     if failure is not None:
         raise failure
+    if how.store is not None:
+        how.store.trim()
     return rows, spectra
 
 

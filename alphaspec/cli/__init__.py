@@ -1,6 +1,7 @@
 """The `alphaspec` command line: parses options, calls the Python API, renders with rich.
 
-One module per command; `common` holds the app and what the commands share.
+One module per command; `common` holds the command group and what the commands share, `help` the command
+classes.
 """
 
 from __future__ import annotations
@@ -8,13 +9,8 @@ from __future__ import annotations
 import os
 import sys
 
-from alphaspec.cli import analyze, compare, diff, helptext, map, plot, report, tokenize, train  # noqa: F401 - importing registers the commands
+from alphaspec.cli import analyze, cache, compare, diff, map, plot, report, tokenize, train  # noqa: F401 - importing registers the commands
 from alphaspec.cli.common import app, err
-
-helptext.install()
-
-ORDER = ["analyze", "diff", "plot", "report", "decay-map", "map", "tokenize", "train", "compare"]  # as --help lists them
-app.registered_commands.sort(key=lambda c: ORDER.index(c.name or c.callback.__name__))
 
 
 def main() -> None:
@@ -35,7 +31,7 @@ def entry() -> None:
 
 
 def _status(command) -> int:
-    """Run the Typer app; its exit status (130 after Ctrl-C outside a command)."""
+    """Run the command group; its exit status (130 after Ctrl-C outside a command)."""
     try:
         command()
     except KeyboardInterrupt:

@@ -4,34 +4,32 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING
 
-import typer
+import click
 from rich.table import Table
 from rich.text import Text
 
 from alphaspec._version import __version__
 from alphaspec.choices import ESD_PRECISIONS, MODEL_FIGURES
 from alphaspec.cli.common import (
-    Device,
-    Estimator,
-    EstimatorOption,
-    Exclude,
-    Include,
-    Quiet,
     analyze_with_progress,
     app,
-    choice_enum,
+    cache_option,
+    device_option,
     draw,
+    estimator_option,
+    exclude_option,
     finite,
+    include_option,
     out,
+    quiet_option,
     report_figures,
 )
+from alphaspec.cli.help import PATH, argument, option, with_options
 from alphaspec.cli.verdicts import check_verdicts, needs_attention
 from alphaspec.errors import UsageError
 from alphaspec.spectra.verdicts import PERMUTATIONS, UNCHANGED, WARNINGS, WEIGHTS, Thresholds, parse_fail_on, verdicts
-
-Precision = choice_enum("Precision", ESD_PRECISIONS)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -114,42 +112,50 @@ def _report(result: Analysis) -> None:
 
 
 # -- analyze's options, each declared once ------------------------------------------------------------------------
-Source = Annotated[str, typer.Argument(help="A .safetensors/.bin/.pt/.gguf file, a model or run directory, a hub id "
-                                       "org/name[@revision] (org/name:Q4_K_M for a GGUF quantisation), or "
-                                       "example:minilm.")]
-Output = Annotated[Path | None, typer.Option("-o", "--output", help="Write the table: .csv, .json or .parquet.")]
-SplitFused = Annotated[bool, typer.Option("--split-fused/--no-split-fused", help="Split fused q/k/v and gate/up tensors.")]
-SaveSpectra = Annotated[Path | None, typer.Option(
-    "--save-spectra", help="Also save every eigenvalue spectrum (ascending) to this .npz.")]
-Plots = Annotated[Path | None, typer.Option(
-    "--plots", help="Also draw the model-level figures (spectra, alpha-modules, alpha-depth) into DIR.")]
-Workers = Annotated[int, typer.Option("--workers", min=0, help="Concurrent solves (on a GPU, one CUDA stream each). 0: "
-                                      "one per core on the CPU, each single-threaded (faster than one solve threaded "
-                                      "over all cores), 1 on a GPU.")]
-Farms = Annotated[bool, typer.Option("--farms", help="Also an alpha_farms column: FARMS, the pooled spectrum of square "
-                                     "windows, free of the shape effect (docs/estimators.md).")]
-PrecisionOption = Annotated[Precision, typer.Option(
-    "--precision", help="fp64, or fp32 for the Gram product and eigen-solve: faster on GPUs, for the largest "
-    "models; alpha error measured in docs/analyze.md.")]
-Randomize = Annotated[bool, typer.Option("--randomize", help="Also look for correlation traps: each matrix solved "
-                                         "again with its entries permuted (docs/analyze.md).")]
-Permutations = Annotated[int, typer.Option("--permutations", min=1, max=100, help="--randomize: the most permutations "
-                                           "of a matrix near a spike (more until its verdict is sure).")]
-Seed = Annotated[int, typer.Option("--seed", min=0, help="Seed of the --randomize permutations.")]
-OverTrained = Annotated[float, typer.Option("--over-trained", callback=finite, help=Thresholds.help("over_trained"))]
-UnderTrained = Annotated[float, typer.Option("--under-trained", callback=finite, help=Thresholds.help("under_trained"))]
-RankLoss = Annotated[float, typer.Option("--rank-loss", callback=finite, help=Thresholds.help("rank_loss"))]
-Base = Annotated[str | None, typer.Option("--base", metavar="BASE", help="Analyse W - W_base, matched by name (the "
-                                          "fine-tuning update); with an adapter directory as SOURCE, the base it was "
-                                          "trained on.")]
-Merge = Annotated[bool, typer.Option("--merge", help="With a LoRA adapter and --base: analyse the merged model "
-                                     "W_base + (lora_alpha/r)·B·A.")]
-FailOn = Annotated[str | None, typer.Option("--fail-on", metavar="WARNING[,...]", help="Exit with status 3 when a "
-                                            "matrix has one of these verdicts: " + ", ".join(WARNINGS) + ".")]
+SOURCE_HELP = ("A .safetensors/.bin/.pt/.gguf file, a model or run directory, a hub id org/name[@revision] "
+               "(org/name:Q4_K_M for a GGUF quantisation), or example:minilm.")
+OPTIONS = [
+    argument("source", help=SOURCE_HELP),
+    option("-o", "--output", type=PATH, help="Write the table: .csv, .json or .parquet."),
+    estimator_option,
+    device_option,
+    include_option,
+    exclude_option,
+    option("--split-fused/--no-split-fused", default=True, help="Split fused q/k/v and gate/up tensors."),
+    option("--save-spectra", type=PATH, help="Also save every eigenvalue spectrum (ascending) to this .npz."),
+    option("--plots", type=PATH, metavar_="DIR", help="Also draw the model-level figures (spectra, alpha-modules, "
+           "alpha-depth) into DIR."),
+    option("--workers", type=click.IntRange(min=0), default=0, help="Concurrent solves (on a GPU, one CUDA stream "
+           "each). 0: one per core on the CPU, each single-threaded (faster than one solve threaded over all cores), "
+           "1 on a GPU."),
+    option("--farms", is_flag=True, help="Also an alpha_farms column: FARMS, the pooled spectrum of square windows, "
+           "free of the shape effect (docs/estimators.md)."),
+    option("--precision", type=click.Choice(ESD_PRECISIONS), default=ESD_PRECISIONS[0], help="fp64, or fp32 for the "
+           "Gram product and eigen-solve: faster on GPUs, for the largest models; alpha error measured in "
+           "docs/analyze.md."),
+    option("--randomize", is_flag=True, help="Also look for correlation traps: each matrix solved again with its "
+           "entries permuted (docs/analyze.md)."),
+    option("--permutations", type=click.IntRange(1, 100), default=PERMUTATIONS, help="--randomize: the most "
+           "permutations of a matrix near a spike (more until its verdict is sure)."),
+    option("--seed", type=click.IntRange(min=0), default=0, help="Seed of the --randomize permutations."),
+    option("--over-trained", type=float, default=Thresholds.over_trained, callback=finite,
+           help=Thresholds.help("over_trained")),
+    option("--under-trained", type=float, default=Thresholds.under_trained, callback=finite,
+           help=Thresholds.help("under_trained")),
+    option("--rank-loss", type=float, default=Thresholds.rank_loss, callback=finite, help=Thresholds.help("rank_loss")),
+    option("--base", metavar_="BASE", help="Analyse W - W_base, matched by name (the fine-tuning update); with an "
+           "adapter directory as SOURCE, the base it was trained on."),
+    option("--merge", is_flag=True, help="With a LoRA adapter and --base: analyse the merged model "
+           "W_base + (lora_alpha/r)·B·A."),
+    option("--fail-on", metavar_="WARNING[,...]", help="Exit with status 3 when a matrix has one of these verdicts: "
+           + ", ".join(WARNINGS) + "."),
+    cache_option,
+    quiet_option,
+]
 
 
 @app.command(no_args_is_help=True, epilog="""
-**Examples**
+Examples:
 
     # the bundled MiniLM checkpoint
     alphaspec analyze example:minilm
@@ -171,14 +177,12 @@ FailOn = Annotated[str | None, typer.Option("--fail-on", metavar="WARNING[,...]"
     alphaspec analyze model.safetensors --include 'layers\\.[0-3]\\.' \\
         --exclude 'k_proj'
 """)
+@with_options(OPTIONS)
 def analyze(
-    source: Source, output: Output = None, estimator: EstimatorOption = Estimator.median, device: Device = "auto",
-    include: Include = None, exclude: Exclude = None, split_fused: SplitFused = True, save_spectra: SaveSpectra = None,
-    plots: Plots = None, workers: Workers = 0, farms: Farms = False, precision: PrecisionOption = Precision.fp64,
-    randomize: Randomize = False, permutations: Permutations = PERMUTATIONS, seed: Seed = 0,
-    over_trained: OverTrained = Thresholds.over_trained, under_trained: UnderTrained = Thresholds.under_trained,
-    rank_loss: RankLoss = Thresholds.rank_loss, base: Base = None, merge: Merge = False, fail_on: FailOn = None,
-    quiet: Quiet = False,
+    source: str, output: Path | None, estimator: str, device: str, include: list[str], exclude: list[str],
+    split_fused: bool, save_spectra: Path | None, plots: Path | None, workers: int, farms: bool, precision: str,
+    randomize: bool, permutations: int, seed: int, over_trained: float, under_trained: float, rank_loss: float,
+    base: str | None, merge: bool, fail_on: str | None, cache: bool, quiet: bool,
 ) -> None:
     """Eigenvalue spectrum and power-law tail fit (alpha) of every weight matrix in a checkpoint, the
     Marchenko-Pastur bulk, and verdicts on which matrices need attention."""
@@ -204,15 +208,15 @@ def analyze(
             check_output_dir(plots)
     dev = resolve_device(device)
     why = " (no CUDA device found)" if device == "auto" and dev.type == "cpu" else ""
-    options = AnalysisOptions(estimator.value, tuple(include or ()), tuple(exclude or ()), split_fused,
+    options = AnalysisOptions(estimator, tuple(include or ()), tuple(exclude or ()), split_fused,
                               save_spectra is not None or plots is not None, workers or auto_workers(dev, world),
-                              farms, precision.value, permutations if randomize else 0, seed, base, merge)
+                              farms, precision, permutations if randomize else 0, seed, base, merge, cache)
     with joined(dev.type == "cuda"), one_thread_per_solve(options.workers, dev):
         ckpt = open_source(source, base, merge) if world == 1 else None
         where = f"{len(ckpt.tensors)} tensors in {len(ckpt.files)} file(s)" if ckpt else f"{world} ranks"
-        header = f"alphaspec {__version__} · {where} · device {dev}{why} · estimator {estimator.value}" + (
-            f" · precision {precision.value}" if precision != Precision.fp64 else "")
-        result = analyze_with_progress(source, estimator.value, dev, quiet or rank > 0, header, options=options,
+        header = f"alphaspec {__version__} · {where} · device {dev}{why} · estimator {estimator}" + (
+            f" · precision {precision}" if precision != "fp64" else "")
+        result = analyze_with_progress(source, estimator, dev, quiet or rank > 0, header, options=options,
                                        checkpoint=ckpt)
     if rank == 0:
         result.table["warning"] = verdicts(result.table, thresholds)

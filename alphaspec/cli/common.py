@@ -1,4 +1,4 @@
-"""What every command shares: the Typer app, consoles, one-line errors, loading with a progress bar."""
+"""What every command shares: the command group, consoles, one-line errors, loading with a progress bar."""
 
 from __future__ import annotations
 
@@ -10,13 +10,10 @@ import re
 import signal
 import sys
 import threading
-from collections.abc import Iterator
-from enum import Enum
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated
 
-import typer
-import typer.core
+import click
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -28,37 +25,40 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.text import Text
-from typer.core import TyperGroup
 
 from alphaspec._version import __version__
 from alphaspec.choices import ESTIMATORS
+from alphaspec.cli.help import Group, Option, option
 from alphaspec.errors import AlphaspecError, describe_os_error
 
-# Typer >= 0.26 vendors click as typer._click; earlier versions use click itself.
-click = getattr(typer.core, "_click", None) or typer.core.click
 
-
-class Commands(TyperGroup):
+class Commands(Group):
     """The command group; the one place where errors become an `error:` line and an exit status.
 
     AlphaspecError (bad input or output): exit 1 (2 for a usage error); an OSError nobody else
-    explained: exit 1 with its path; Typer's usage errors: one line and exit 2, not a framed box.
+    explained: exit 1 with its path; click's usage errors: one line and exit 2.
     """
+
+    order = ("analyze", "diff", "plot", "report", "decay-map", "map", "tokenize", "train", "compare", "cache")
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        """The commands in the order of the work (analyse, compare, draw, report, map, train), not alphabetically."""
+        return sorted(self.commands, key=lambda name: self.order.index(name) if name in self.order else len(self.order))
 
     def main(self, *args, standalone_mode: bool = True, **kwargs):
         try:
             with terminate_as_interrupt():
                 rv = super().main(*args, standalone_mode=False, **kwargs)
             code = rv if isinstance(rv, int) else 0
-        except _NO_ARGS as e:  # a command called bare: its help, as Typer shows it
-            typer.rich_utils.rich_format_help(obj=e.ctx.command, ctx=e.ctx, markup_mode=self.rich_markup_mode)
+        except click.exceptions.NoArgsIsHelpError as e:  # a command called bare: its help
+            click.echo(e.ctx.get_help())
             code = 2
         except click.exceptions.UsageError as e:
             command = e.ctx.command_path if e.ctx is not None else "alphaspec"
             code = _error_line(f"{e.format_message()} (see '{command} --help')", 2)
         except click.exceptions.ClickException as e:
             code = _error_line(e.format_message(), e.exit_code)
-        except typer.Abort:
+        except click.exceptions.Abort:
             code = _error_line("aborted", 1)
         except Stopped as e:
             code = e.report()
@@ -73,8 +73,8 @@ class Commands(TyperGroup):
         return code
 
     def invoke(self, ctx):
-        """Run the command; Ctrl-C, SIGTERM and a closed pipe leave it as Stopped, which Typer and click pass on
-        (they would turn Ctrl-C into a bare exit 130 and a closed pipe into a bare exit 1)."""
+        """Run the command; Ctrl-C, SIGTERM and a closed pipe leave it as Stopped, which click passes on
+        (it would turn Ctrl-C into a bare "Aborted!" and a closed pipe into a bare exit 1)."""
         try:
             return super().invoke(ctx)
         except (KeyboardInterrupt, BrokenPipeError) as e:
@@ -97,7 +97,6 @@ class Stopped(Exception):  # noqa: N818 - a command stopped from outside, not a 
         return _interrupted(self.cause)
 
 
-_NO_ARGS = getattr(click.exceptions, "NoArgsIsHelpError", ())
 RESUME_HINTS = {  # what an interrupted command leaves, by command
     "train": "the run keeps its last checkpoint; the same command with --resume continues from it",
     "tokenize": "the cache keeps its complete shards; the same command again continues from the last one",
@@ -139,15 +138,6 @@ def _error_line(message: str, code: int) -> int:
     return code
 
 
-app = typer.Typer(
-    cls=Commands,
-    name="alphaspec",
-    help="Heavy-tailed spectral analysis of language-model checkpoints (HT-SR), and AlphaDecay weight decay.",
-    no_args_is_help=True,
-    add_completion=False,
-    rich_markup_mode="markdown",
-    pretty_exceptions_enable=False,
-)
 class PipeConsole(Console):
     """rich's console, except that a reader closing the pipe (`| head`) stops the command as SIGPIPE would (exit
     141, no message) instead of rich's bare exit 1."""
@@ -161,27 +151,31 @@ out = PipeConsole()
 err = PipeConsole(stderr=True)
 
 
-def choice_enum(name: str, values: tuple[str, ...]) -> type[Enum]:
-    """A str-Enum for Typer from a tuple of alphaspec.choices (one spelling of every choice)."""
-    return Enum(name, {v.replace("-", "_"): v for v in values}, type=str)
+def _regex_list(ctx: click.Context, param: click.Parameter, patterns: tuple[str, ...]) -> list[str]:
+    """Callback of --include and --exclude: every pattern must compile."""
+    return regexes(list(patterns), None)
 
 
-def _regex_list(patterns: list[str] | None) -> list[str]:
-    """Typer callback: every pattern must compile (an empty list when the option is not given)."""
-    return regexes(list(patterns or []), None)
-
-
-Estimator = choice_enum("Estimator", ESTIMATORS)
 # Options several commands share, declared once.
-EstimatorOption = Annotated[Estimator, typer.Option("-e", "--estimator", help="How xmin is chosen (when analysing).")]
-Device = Annotated[str, typer.Option(metavar="DEVICE", help="auto, cpu, cuda or cuda:N (when analysing).")]
-Include = Annotated[list[str] | None, typer.Option(
-    "--include", metavar="REGEX", callback=_regex_list, help="Only the tensors whose name matches (repeatable).")]
-TunedInclude = Annotated[list[str] | None, typer.Option(
-    "--include", metavar="REGEX", callback=_regex_list,
-    help="Tune the tensors whose name matches instead of the transformer-block matrices (repeatable).")]
-Exclude = Annotated[list[str] | None, typer.Option(
-    "--exclude", metavar="REGEX", callback=_regex_list, help="Leave out the tensors whose name matches (repeatable).")]
+estimator_option = option("-e", "--estimator", type=click.Choice(ESTIMATORS), default=ESTIMATORS[0],
+                          help="How xmin is chosen (when analysing).")
+device_option = option("--device", default="auto", metavar_="DEVICE", help="auto, cpu, cuda or cuda:N (when analysing).")
+include_option = option("--include", multiple=True, metavar_="REGEX", callback=_regex_list,
+                        help="Only the tensors whose name matches (repeatable).")
+tuned_include_option = option("--include", multiple=True, metavar_="REGEX", callback=_regex_list,
+                              help="Tune the tensors whose name matches instead of the transformer-block matrices "
+                              "(repeatable).")
+exclude_option = option("--exclude", multiple=True, metavar_="REGEX", callback=_regex_list,
+                        help="Leave out the tensors whose name matches (repeatable).")
+cache_option = option("--cache/--no-cache", default=True, help="Take the spectra of matrices solved before from "
+                      "the eigenvalue store and keep those solved now (see `alphaspec cache`).")
+QUIET = "Print only warnings and errors."
+quiet_option = option("-q", "--quiet", is_flag=True, help=QUIET)
+
+
+def quiet_param() -> Option:
+    """-q as a parameter object, for a command built from a list of them (train)."""
+    return Option(["-q", "--quiet"], is_flag=True, help=QUIET)
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -191,21 +185,11 @@ def fail(message: str, code: int = 1) -> None:
     raise error
 
 
-def show_version(value: bool) -> None:
-    if value:
-        out.print(f"alphaspec {__version__}")
-        raise typer.Exit()
+@click.group(cls=Commands, name="alphaspec", context_settings={"show_default": True, "max_content_width": 100})
+@click.version_option(__version__, "--version", message="alphaspec %(version)s", help="Print the version and exit.")
+def app() -> None:
+    """Heavy-tailed spectral analysis of language-model checkpoints (HT-SR), and AlphaDecay weight decay."""
 
-
-@app.callback()
-def main_options(
-    version: Annotated[bool, typer.Option("--version", callback=show_version, is_eager=True,
-                                          help="Print the version and exit.")] = False,
-) -> None:
-    """alphaspec: look inside language-model checkpoints through their weight spectra."""
-
-
-Quiet = Annotated[bool, typer.Option("-q", "--quiet", help="Print only warnings and errors.")]
 
 class RateColumn(ProgressColumn):
     def render(self, task) -> Text:
@@ -237,53 +221,61 @@ def analyze_with_progress(source: str, estimator: str, device, quiet: bool, head
 
 
 def load(source: str, estimator: str, device: str, quiet: bool, spectra_file: Path | None = None,
-         split_fused: bool = True, farms: bool = False, asked: str | None = None, rounded_to: str | None = None):
+         split_fused: bool = True, farms: bool = False, asked: str | None = None, rounded_to: str | None = None,
+         cache: bool = True):
     """(table, spectra) from a results file or a checkpoint analysed now with a progress bar
     (analysis.results.results_or_analysis says how)."""
     from alphaspec.analysis.results import results_or_analysis
 
-    def analyse(source, estimator, device, **options):
-        return analyze_with_progress(source, estimator, device, quiet, **options)
-
     return results_or_analysis(source, estimator, device, asked=asked, spectra_file=spectra_file,
-                               rounded_to=rounded_to, analyse=analyse, split_fused=split_fused, farms=farms)
+                               rounded_to=rounded_to, analyse=progress_analysis(quiet, cache),
+                               split_fused=split_fused, farms=farms)
 
 
-def given(ctx: typer.Context, name: str) -> bool:
+def progress_analysis(quiet: bool, cache: bool = True) -> Callable:
+    """analyze_checkpoint as the commands call it: with a progress bar (unless quiet) and the store setting."""
+    def analyse(source, estimator, device, **options):
+        return analyze_with_progress(source, estimator, device, quiet, cache=cache, **options)
+
+    return analyse
+
+
+def given(ctx: click.Context, name: str) -> bool:
     """Whether option `name` was set on the command line (or its environment variable), not left at its default."""
     return ctx.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT,
                                                   click.core.ParameterSource.DEFAULT_MAP)
 
 
-def finite(value):
-    """Typer callback: a float option (or a tuple of them) must be a finite number (not nan, not inf)."""
+def finite(ctx: click.Context | None, param: click.Parameter | None, value):
+    """Callback: a float option (or a tuple of them) must be a finite number (not nan, not inf)."""
     values = value if isinstance(value, tuple) else (value,)
     bad = [v for v in values if v is not None and not math.isfinite(v)]
     if bad:
-        raise typer.BadParameter(f"{bad[0]} is not a finite number")
+        raise click.BadParameter(f"{bad[0]} is not a finite number")
     return value
 
 
-def ratio_pair(value: tuple[float, float] | None) -> tuple[float, float] | None:
-    """Typer callback for --ratio S1 S2 (None: not given, where it has no default), checked by the spec's own
+def ratio_pair(ctx: click.Context, param: click.Parameter, value: tuple[float, float] | None
+               ) -> tuple[float, float] | None:
+    """Callback of --ratio S1 S2 (None: not given, where it has no default), checked by the spec's own
     validator."""
     from alphaspec.maps.spec import ratio_problem
 
     if value is None:
         return None
-    s1, s2 = finite(value)
+    s1, s2 = finite(ctx, param, value)
     if problem := ratio_problem((s1, s2)):
-        raise typer.BadParameter(f"{s1:g} {s2:g}: {problem}")
+        raise click.BadParameter(f"{s1:g} {s2:g}: {problem}")
     return value
 
 
-def decay_policy(value: str | None) -> str | None:
-    """Typer callback for --default-decay (all, matrices, or a finite number >= 0; None: not given), by the spec's
+def decay_policy(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Callback of --default-decay (all, matrices, or a finite number >= 0; None: not given), by the spec's
     validator."""
     from alphaspec.maps.spec import policy_problem
 
     if value is not None and (problem := policy_problem(value)):
-        raise typer.BadParameter(f"{value!r}: {problem}")
+        raise click.BadParameter(f"{value!r}: {problem}")
     return value
 
 
@@ -293,7 +285,7 @@ def regexes(patterns: list[str], option: str | None) -> list[str]:
         try:
             re.compile(p)
         except re.error as e:
-            raise typer.BadParameter(f"{p!r} is not a valid regular expression ({e})", param_hint=option) from e
+            raise click.BadParameter(f"{p!r} is not a valid regular expression ({e})", param_hint=option) from e
     return patterns
 
 

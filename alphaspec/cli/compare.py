@@ -4,16 +4,27 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated
 
-import typer
 from rich.table import Table
 
-from alphaspec.cli.common import Quiet, app, fail, out
+from alphaspec.cli.common import app, fail, out, quiet_option
+from alphaspec.cli.help import PATH, argument, option, with_options
+
+OPTIONS = [
+    argument("runs", nargs=-1, required=True, type=PATH, help="Run directories written by `alphaspec train`."),
+    option("-o", "--output", type=PATH, help="Per-run table (.csv, .json, .parquet)."),
+    option("--plot", type=PATH, help="Loss curves and applied decay (.png, .svg, .pdf)."),
+    option("--baseline", help="Label to compare against (default: the uniform runs)."),
+    option("--plot-alphas", type=PATH, help="Alpha over training per module type, labels overlaid (.png, .svg, "
+           ".pdf); needs the runs' alphas.csv."),
+    option("--plot-multipliers", type=PATH, help="Learned multipliers against model width, for runs with learnable "
+           "multipliers (.png, .svg, .pdf)."),
+    quiet_option,
+]
 
 
 @app.command(no_args_is_help=True, epilog="""
-**Examples**
+Examples:
 
     alphaspec compare runs/uniform runs/alphadecay runs/awd
 
@@ -22,29 +33,19 @@ from alphaspec.cli.common import Quiet, app, fail, out
 
     alphaspec compare runs/*/ --baseline "uniform"
 """)
-def compare(
-    runs: Annotated[list[Path], typer.Argument(help="Run directories written by `alphaspec train`.")],
-    output: Annotated[Path | None, typer.Option("-o", "--output", help="Per-run table (.csv, .json, .parquet).")] = None,
-    plot: Annotated[Path | None, typer.Option("--plot", help="Loss curves and applied decay (.png, .svg, .pdf).")] = None,
-    baseline: Annotated[str | None, typer.Option(help="Label to compare against (default: the uniform runs).")] = None,
-    plot_alphas: Annotated[Path | None, typer.Option(
-        "--plot-alphas", help="Alpha over training per module type, labels overlaid (.png, .svg, .pdf); needs the "
-        "runs' alphas.csv.")] = None,
-    plot_multipliers: Annotated[Path | None, typer.Option(
-        "--plot-multipliers", help="Learned multipliers against model width, for runs with learnable multipliers "
-        "(.png, .svg, .pdf).")] = None,
-    quiet: Quiet = False,
-) -> None:
+@with_options(OPTIONS)
+def compare(runs: tuple[Path, ...], output: Path | None, plot: Path | None, baseline: str | None,
+            plot_alphas: Path | None, plot_multipliers: Path | None, quiet: bool) -> None:
     """Judge weight-decay strategies: final and best validation loss, seeds pooled, against a baseline."""
     from alphaspec.analysis.table import write_table
     from alphaspec.files import check_output
     from alphaspec.train.compare import compare as compare_runs
 
     if output is not None:
-        check_output(output, inputs=runs)
+        check_output(output, inputs=list(runs))
     for figure in filter(None, (plot, plot_alphas, plot_multipliers)):
-        check_output(figure, (".png", ".svg", ".pdf"), inputs=runs)
-    result = compare_runs(runs, baseline)
+        check_output(figure, (".png", ".svg", ".pdf"), inputs=list(runs))
+    result = compare_runs(list(runs), baseline)
     if output is not None:
         write_table(result.table, output)
     if plot is not None:

@@ -3,20 +3,31 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING
 
-import typer
+import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from alphaspec.cli.common import Device, Estimator, EstimatorOption, Exclude, Include, Quiet, app, err, out
+from alphaspec.cli.common import (
+    app,
+    cache_option,
+    device_option,
+    err,
+    estimator_option,
+    exclude_option,
+    include_option,
+    out,
+    quiet_option,
+)
+from alphaspec.cli.help import PATH, argument, option, with_options
 from alphaspec.spectra.subspaces import TOP_K
 
 if TYPE_CHECKING:
     import pandas as pd
 
 EPILOG = """
-**Examples**
+Examples:
 
     # what fine-tuning changed, per matrix
     alphaspec diff ./base ./fine-tuned -o diff.csv --plot diff.png
@@ -32,23 +43,28 @@ EPILOG = """
 """
 
 
+OPTIONS = [
+    argument("sources", nargs=-1, required=True, help="Two or more checkpoints (anything analyze takes), compared in "
+             "order (A→B, B→C, ...); or one training run directory."),
+    option("-o", "--output", type=PATH, help="Write the table: .csv, .json or .parquet."),
+    option("--plot", type=PATH, help="Draw the changes over depth: .png, .svg or .pdf."),
+    estimator_option,
+    option("--top-k", type=click.IntRange(min=1), default=TOP_K, help="Singular directions compared by "
+           "subspace_overlap."),
+    include_option,
+    exclude_option,
+    device_option,
+    option("--workers", type=click.IntRange(min=0), default=0, help="Matrices solved concurrently; 0: one per core "
+           "on the CPU, 1 on a GPU."),
+    cache_option,
+    quiet_option,
+]
+
+
 @app.command(no_args_is_help=True, epilog=EPILOG)
-def diff(
-    sources: Annotated[list[str], typer.Argument(help="Two or more checkpoints (anything analyze takes), compared "
-                                                 "in order (A→B, B→C, ...); or one training run directory.")],
-    output: Annotated[Path | None, typer.Option("-o", "--output", help="Write the table: .csv, .json or "
-                                                ".parquet.")] = None,
-    plot: Annotated[Path | None, typer.Option("--plot", help="Draw the changes over depth: .png, .svg or .pdf.")] = None,
-    estimator: EstimatorOption = Estimator.median,
-    top_k: Annotated[int, typer.Option("--top-k", min=1, help="Singular directions compared by "
-                                       "subspace_overlap.")] = TOP_K,
-    include: Include = None,
-    exclude: Exclude = None,
-    device: Device = "auto",
-    workers: Annotated[int, typer.Option("--workers", min=0, help="Matrices solved concurrently; 0: one per core "
-                                         "on the CPU, 1 on a GPU.")] = 0,
-    quiet: Quiet = False,
-) -> None:
+@with_options(OPTIONS)
+def diff(sources: tuple[str, ...], output: Path | None, plot: Path | None, estimator: str, top_k: int,
+         include: list[str], exclude: list[str], device: str, workers: int, cache: bool, quiet: bool) -> None:
     """Compare checkpoints matrix by matrix: the change of alpha and the other metrics, how far the weights
     moved, how many top directions they kept, and the verdicts gained or lost."""
     from alphaspec.analysis.cpu_threads import auto_workers, one_thread_per_solve
@@ -64,11 +80,11 @@ def diff(
     if plot is not None:
         check_output(plot, (".png", ".svg", ".pdf"), inputs=inputs)
     dev = resolve_device(device)
-    found = expand_sources(sources)  # every checkpoint opened (headers) before the bar: bad input is one line
+    found = expand_sources(list(sources))  # every checkpoint opened (headers) before the bar: bad input is one line
     workers = workers or auto_workers(dev, 1)
     with one_thread_per_solve(workers, dev), _progress(quiet) as progress:
-        result = diff_checkpoints([], estimator.value, dev, include=include or [], exclude=exclude or [],
-                                  top_k=top_k, workers=workers, progress=progress, checkpoints=found)
+        result = diff_checkpoints([], estimator, dev, include=include, exclude=exclude,
+                                  top_k=top_k, workers=workers, progress=progress, checkpoints=found, cache=cache)
     if output is not None:
         write_table(result.table, output)
     if plot is not None:

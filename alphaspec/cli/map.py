@@ -6,88 +6,133 @@ the same code."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
 
-import typer
+import click
 from rich.table import Table
 
-from alphaspec.choices import ASSIGN, DECAY_METRICS, ESTIMATORS, LR_ASSIGN, PRESERVE
+from alphaspec.choices import ASSIGN, DECAY_METRICS, ESTIMATORS, LR_ASSIGN, MAP_KINDS, PRESERVE
 from alphaspec.cli.common import (
-    Device,
-    Exclude,
-    Quiet,
-    TunedInclude,
     app,
-    choice_enum,
+    cache_option,
     decay_policy,
+    device_option,
+    estimator_option,
+    exclude_option,
     finite,
     given,
     load,
     out,
+    quiet_option,
     ratio_pair,
+    tuned_include_option,
 )
-from alphaspec.cli.common import (
-    EstimatorOption as DecayEstimator,
-)
+from alphaspec.cli.help import PATH, argument, option, with_options
 from alphaspec.errors import UsageError
-from alphaspec.maps.file import KINDS
-from alphaspec.maps.spec import METHODS, DecaySpec
-
-Kind = choice_enum("Kind", KINDS)
-MethodName = choice_enum("MethodName", tuple(METHODS))
-Estimator = choice_enum("MapEstimator", ESTIMATORS)
-Assign = choice_enum("MapAssign", tuple(dict.fromkeys(LR_ASSIGN + ASSIGN)))
-Metric = choice_enum("MapMetric", DECAY_METRICS)
-Preserve = choice_enum("Preserve", PRESERVE)
-DecayAssign = choice_enum("Assign", ASSIGN)
-DecayMetric = choice_enum("Metric", DECAY_METRICS)
+from alphaspec.maps.spec import METHODS, DecaySpec, MapSpec
 
 _METHODS_HELP = "; ".join(f"{m.name} ({m.kind})" for m in METHODS.values())
+_SOURCE = "A checkpoint (anything `analyze` takes) or a results file."
+_METRIC = "The spectral metric behind the values: " + ", ".join(DECAY_METRICS) + "."
+_POLICY = "all|matrices|FLOAT"
 
-# -- the options: one home each, shared by `map` and `decay-map` ----------------------------------------------------
-Source = Annotated[str, typer.Argument(help="A checkpoint (anything `analyze` takes) or a results file.")]
-Output = Annotated[Path, typer.Option("-o", "--output", help="The map to write (.json).")]
-MethodOption = Annotated[MethodName | None, typer.Option(
-    "--method", help=f"The released method whose choices and formula to use (default: the kind's first): {_METHODS_HELP}.")]
-MetricOption = Annotated[Metric, typer.Option("--metric", metavar="METRIC", help="The spectral metric behind the "
-                                              "values: " + ", ".join(DECAY_METRICS) + ".")]
-EstimatorOption = Annotated[Estimator | None, typer.Option(
-    "-e", "--estimator", help="How xmin is chosen when analysing (default: the method's: median, or fix-finger).")]
-Ratio = Annotated[tuple[float, float] | None, typer.Option(
-    "--ratio", metavar="S1 S2", callback=ratio_pair, help="lr: multipliers span S1..S2 (tempbalance 0.5 1.5, llr 1 3); "
-    "weight_decay: decays span S1·w..S2·w (default 0.6666 5).")]
-AssignOption = Annotated[Assign | None, typer.Option(
-    "--assign", help="lr and weight_decay: how the metric becomes values (default linear).")]
-Target = Annotated[float | None, typer.Option("--target", callback=finite, help="sparsity: the parameter-weighted "
-                                              "mean sparsity (default 0.5).")]
-Epsilon = Annotated[float | None, typer.Option("--epsilon", callback=finite, help="sparsity: matrices get "
-                                               "[1-eps, 1+eps] x target before rescaling (default 0.3).")]
-BlockWise = Annotated[bool | None, typer.Option("--block-wise/--per-matrix", help="sparsity: one metric per block "
-                                                "(its mean; the default) or per matrix.")]
-Budget = Annotated[int | None, typer.Option("--budget", help="lora_rank: the ranks' total (default 5 per block).")]
-Beta = Annotated[float | None, typer.Option("--beta", callback=finite, help="lora_rank: ranks follow mean alpha^beta "
-                                            "(default 2.5).")]
-PaperCompat = Annotated[bool, typer.Option("--paper-compat", help="Reproduce the release exactly: its estimator "
-                                           "(alphapruning, alphalora: fix-finger-legacy) and, for weight_decay, "
-                                           "AlphaDecay's module choice and formulas (docs/decay.md).")]
-WeightDecay = Annotated[float, typer.Option("--weight-decay", min=0.0, callback=finite, help="weight_decay: the base "
-                                            "decay w (AdamW-style; Adam with L2 uses ~1e-5 to 1e-6).")]
-PreserveMean = Annotated[Preserve | None, typer.Option(
-    "--preserve-mean", help="weight_decay: rescale so the plain (modules) or parameter-weighted (params) mean decay "
-    "is w (default none).")]
-DefaultDecay = Annotated[str | None, typer.Option(
-    "--default-decay", callback=decay_policy, metavar="all|matrices|FLOAT", help="weight_decay: untuned parameters "
-    "get all (w), matrices (w, but 0 for 1-D and embeddings) or a number (default all).")]
+# -- map's options, in --help order --------------------------------------------------------------------------------
+MAP_OPTIONS = [
+    argument("kind", type=click.Choice(MAP_KINDS), help="What the map's values are: lr (multipliers of the base learning "
+             "rate), sparsity, lora_rank or weight_decay."),
+    argument("source", help=_SOURCE),
+    option("-o", "--output", type=PATH, required=True, help="The map to write (.json)."),
+    option("--method", type=click.Choice(tuple(METHODS)), help="The released method whose choices and formula to use "
+           f"(default: the kind's first): {_METHODS_HELP}."),
+    option("--metric", type=click.Choice(DECAY_METRICS), default="alpha", metavar_="METRIC", help=_METRIC),
+    option("-e", "--estimator", type=click.Choice(ESTIMATORS), help="How xmin is chosen when analysing (default: the "
+           "method's: median, or fix-finger)."),
+    option("--ratio", type=float, nargs=2, default=None, metavar_="S1 S2", callback=ratio_pair, help="lr: "
+           "multipliers span S1..S2 (tempbalance 0.5 1.5, llr 1 3); weight_decay: decays span S1·w..S2·w (default "
+           "0.6666 5)."),
+    option("--assign", type=click.Choice(tuple(dict.fromkeys(LR_ASSIGN + ASSIGN))), help="lr and weight_decay: how "
+           "the metric becomes values (default linear)."),
+    option("--target", type=float, callback=finite, help="sparsity: the parameter-weighted mean sparsity (default "
+           "0.5)."),
+    option("--epsilon", type=float, callback=finite, help="sparsity: matrices get [1-eps, 1+eps] x target before "
+           "rescaling (default 0.3)."),
+    option("--block-wise/--per-matrix", default=None, help="sparsity: one metric per block (its mean; the default) "
+           "or per matrix."),
+    option("--budget", type=int, help="lora_rank: the ranks' total (default 5 per block)."),
+    option("--beta", type=float, callback=finite, help="lora_rank: ranks follow mean alpha^beta (default 2.5)."),
+    option("--paper-compat", is_flag=True, help="Reproduce the release exactly: its estimator (alphapruning, "
+           "alphalora: fix-finger-legacy) and, for weight_decay, AlphaDecay's module choice and formulas "
+           "(docs/decay.md)."),
+    option("--weight-decay", type=click.FloatRange(min=0.0), default=0.1, callback=finite, help="weight_decay: the "
+           "base decay w (AdamW-style; Adam with L2 uses ~1e-5 to 1e-6)."),
+    option("--preserve-mean", type=click.Choice(PRESERVE), help="weight_decay: rescale so the plain (modules) or "
+           "parameter-weighted (params) mean decay is w (default none)."),
+    option("--default-decay", callback=decay_policy, metavar_=_POLICY, help="weight_decay: untuned parameters get "
+           "all (w), matrices (w, but 0 for 1-D and embeddings) or a number (default all)."),
+    tuned_include_option,
+    exclude_option,
+    device_option,
+    cache_option,
+    quiet_option,
+]
 
-DECAY_ONLY = ("preserve_mean", "default_decay", "include", "exclude")  # settings of weight_decay maps alone
+# -- decay-map's: the weight_decay ones, in AlphaDecay's words and with its defaults --------------------------------
+DECAY_MAP_OPTIONS = [
+    argument("source", help=_SOURCE),
+    option("-o", "--output", type=PATH, required=True, help="The decay map to write (.json)."),
+    option("--weight-decay", type=click.FloatRange(min=0.0), default=0.1, callback=finite, help="Base decay w "
+           "(AdamW-style; Adam with L2 uses ~1e-5 to 1e-6)."),
+    option("--ratio", type=float, nargs=2, default=DecaySpec.ratio, metavar_="S1 S2", callback=ratio_pair,
+           help="linear: decays span s1·w .. s2·w."),
+    option("--assign", type=click.Choice(ASSIGN), default=DecaySpec.assign, help="How metric values become decays."),
+    estimator_option,
+    option("--metric", type=click.Choice(DECAY_METRICS), default=DecaySpec.metric, metavar_="METRIC",
+           help="The spectral metric behind the decays: " + ", ".join(DECAY_METRICS) + "."),
+    option("--preserve-mean", type=click.Choice(PRESERVE), default=DecaySpec.preserve_mean, help="Rescale so the "
+           "plain (modules) or parameter-weighted (params) mean decay is w."),
+    option("--default-decay", callback=decay_policy, default="all", metavar_=_POLICY, help="Untuned parameters: "
+           "all (w), matrices (w, but 0 for 1-D and embeddings) or a number."),
+    tuned_include_option,
+    exclude_option,
+    option("--paper-compat", is_flag=True, help="Reproduce the AlphaDecay release's decays exactly (its module "
+           "choice and formulas; see docs/decay.md)."),
+    device_option,
+    cache_option,
+    quiet_option,
+]
 
 
-def _value(choice):
-    return getattr(choice, "value", choice)  # an Enum member from the command line; None or a str default
+@app.command("decay-map", no_args_is_help=True, epilog="""
+Examples:
+
+    # AdamW-style base decay 0.1
+    alphaspec decay-map ./my-llama -o wd.json
+
+    # Adam with L2 decay, the mean decay per parameter kept at w
+    alphaspec decay-map r.json -o wd.json --weight-decay 5e-6 \\
+        --ratio 0.67 5 --preserve-mean params
+
+    alphaspec decay-map model/ -o wd.json --assign sigmoid \\
+        --metric spectral_norm --default-decay matrices
+
+    # as released
+    alphaspec decay-map ./smollm2 -o wd.json --weight-decay 1e-5 \\
+        --ratio 0.6666 3 --paper-compat
+""")
+@with_options(DECAY_MAP_OPTIONS)
+@click.pass_context
+def decay_map(ctx: click.Context, source: str, output: Path, weight_decay: float, ratio: tuple[float, float],
+              assign: str, estimator: str, metric: str, preserve_mean: str, default_decay: str, include: list[str],
+              exclude: list[str], paper_compat: bool, device: str, cache: bool, quiet: bool) -> None:
+    """AlphaDecay module-wise weight decays from the spectra, as a JSON map for any training loop (the same as
+    `alphaspec map weight_decay`: these options keep AlphaDecay's words and defaults)."""
+    write_map("weight_decay", source, output, metric=metric, estimator=estimator if given(ctx, "estimator")
+              else None, ratio=ratio, assign=assign, paper_compat=paper_compat, weight_decay=weight_decay,
+              preserve_mean=preserve_mean, default_decay=default_decay, include=include, exclude=exclude,
+              device=device, cache=cache, quiet=quiet)
 
 
 @app.command("map", no_args_is_help=True, epilog="""
-**Examples**
+Examples:
 
     # TempBalance: 0.5..1.5 x lr per Linear
     alphaspec map lr ./my-llama -o lr.json
@@ -104,104 +149,54 @@ def _value(choice):
     # AlphaDecay (the same as decay-map)
     alphaspec map weight_decay ./my-llama -o wd.json
 """)
-def make_map(
-    kind: Annotated[Kind, typer.Argument(help="What the map's values are: lr (multipliers of the base learning "
-                                          "rate), sparsity, lora_rank or weight_decay.")],
-    source: Source, output: Output, method: MethodOption = None, metric: MetricOption = "alpha",
-    estimator: EstimatorOption = None, ratio: Ratio = None, assign: AssignOption = None, target: Target = None,
-    epsilon: Epsilon = None, block_wise: BlockWise = None, budget: Budget = None, beta: Beta = None,
-    paper_compat: PaperCompat = False, weight_decay: WeightDecay = 0.1, preserve_mean: PreserveMean = None,
-    default_decay: DefaultDecay = None, include: TunedInclude = None, exclude: Exclude = None,
-    device: Device = "auto", quiet: Quiet = False,
-) -> None:
+@with_options(MAP_OPTIONS)
+def make_map(kind: str, **settings) -> None:
     """Per-module values from the spectra, as the alpha-guided methods make them: TempBalance or layer-wise
     learning rates, AlphaPruning sparsities, AlphaLoRA ranks, AlphaDecay weight decays."""
-    from alphaspec.files import check_output, input_paths
-    from alphaspec.maps.build import MapSpec
+    write_map(kind, **settings)
 
-    kind = kind.value
+
+def write_map(kind: str, source: str, output: Path, method: str | None = None, metric: str = "alpha",
+              estimator: str | None = None, ratio: tuple[float, float] | None = None, assign: str | None = None,
+              target: float | None = None, epsilon: float | None = None, block_wise: bool | None = None,
+              budget: int | None = None, beta: float | None = None, paper_compat: bool = False,
+              weight_decay: float = 0.1, preserve_mean: str | None = None, default_decay: str | None = None,
+              include: list[str] = (), exclude: list[str] = (), device: str = "auto", cache: bool = True,
+              quiet: bool = False) -> None:
+    """Both commands' work: check the settings against `kind`, then build and write its map."""
+    from alphaspec.files import check_output, input_paths
+
     decay_only = {"preserve_mean": preserve_mean, "default_decay": default_decay, "include": include,
                   "exclude": exclude}
-    if kind != "weight_decay" and (given := [k for k, v in decay_only.items() if v]):
-        raise UsageError(f"--{given[0].replace('_', '-')} is a setting of weight_decay maps; {kind} maps have no use "
+    if kind != "weight_decay" and (named := [k for k, v in decay_only.items() if v]):
+        raise UsageError(f"--{named[0].replace('_', '-')} is a setting of weight_decay maps; {kind} maps have no use "
                          "for it")
     check_output(output, (".json",), inputs=input_paths(source))
-    spec = MapSpec(method=_value(method), metric=_value(metric), estimator=_value(estimator), ratio=ratio,
-                   assign=_value(assign), target=target, epsilon=epsilon, block_wise=block_wise, budget=budget,
-                   beta=beta, paper_compat=paper_compat)
+    spec = MapSpec(method=method, metric=metric, estimator=estimator, ratio=ratio, assign=assign, target=target,
+                   epsilon=epsilon, block_wise=block_wise, budget=budget, beta=beta, paper_compat=paper_compat)
     if problem := spec.problem(kind):
         raise UsageError(problem)
     if kind == "weight_decay":
         decays = DecaySpec(ratio=spec.ratio or DecaySpec.ratio, assign=spec.assign or DecaySpec.assign,
                            estimator=spec.estimator or DecaySpec.estimator, metric=spec.metric,
-                           preserve_mean=_value(preserve_mean) or DecaySpec.preserve_mean, include=include,
-                           exclude=exclude, paper_compat=spec.paper_compat)
+                           preserve_mean=preserve_mean or DecaySpec.preserve_mean, include=tuple(include),
+                           exclude=tuple(exclude), paper_compat=spec.paper_compat)
         default = default_decay or "all"
         return write_decay_map(source, output, decays, weight_decay, default if default in ("all", "matrices")
-                               else float(default), device, quiet, estimator_given=spec.estimator is not None)
-    _write_value_map(kind, source, output, spec.settled(kind), device, quiet, estimator is not None)
+                               else float(default), device, quiet, estimator_given=spec.estimator is not None,
+                               cache=cache)
+    _write_value_map(kind, source, output, spec.settled(kind), device, quiet, estimator is not None, cache)
 
 
-@app.command("decay-map", no_args_is_help=True, epilog="""
-**Examples**
-
-    # AdamW-style base decay 0.1
-    alphaspec decay-map ./my-llama -o wd.json
-
-    # Adam with L2 decay, the mean decay per parameter kept at w
-    alphaspec decay-map r.json -o wd.json --weight-decay 5e-6 \\
-        --ratio 0.67 5 --preserve-mean params
-
-    alphaspec decay-map model/ -o wd.json --assign sigmoid \\
-        --metric spectral_norm --default-decay matrices
-
-    # as released
-    alphaspec decay-map ./smollm2 -o wd.json --weight-decay 1e-5 \\
-        --ratio 0.6666 3 --paper-compat
-""")
-def decay_map(
-    ctx: typer.Context,
-    source: Annotated[str, typer.Argument(help="A checkpoint (anything `analyze` takes) or a results file.")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="The decay map to write (.json).")],
-    weight_decay: Annotated[float, typer.Option("--weight-decay", min=0.0, callback=finite, help="Base decay w (AdamW-style; "
-                                                "Adam with L2 uses ~1e-5 to 1e-6).")] = 0.1,
-    ratio: Annotated[tuple[float, float], typer.Option("--ratio", callback=ratio_pair, metavar="S1 S2",
-                                                       help="linear: decays span s1·w .. s2·w.")] = DecaySpec.ratio,
-    assign: Annotated[DecayAssign, typer.Option("--assign", help="How metric values become decays.")] = DecaySpec.assign,
-    estimator: DecayEstimator = DecaySpec.estimator,
-    metric: Annotated[DecayMetric, typer.Option("--metric", metavar="METRIC", help="The spectral metric behind the decays: "
-                                           + ", ".join(DECAY_METRICS) + ".")]
-    = DecaySpec.metric,
-    preserve_mean: Annotated[Preserve, typer.Option("--preserve-mean", help="Rescale so the plain (modules) or "
-                                                    "parameter-weighted (params) mean decay is w.")]
-    = DecaySpec.preserve_mean,
-    default_decay: Annotated[str, typer.Option("--default-decay", callback=decay_policy, metavar="all|matrices|FLOAT",
-                                               help="Untuned parameters: all (w), matrices (w, but "
-                                               "0 for 1-D and embeddings) or a number.")] = "all",
-    include: TunedInclude = None,
-    exclude: Exclude = None,
-    paper_compat: Annotated[bool, typer.Option("--paper-compat", help="Reproduce the AlphaDecay release's decays "
-                                               "exactly (its module choice and formulas; see docs/decay.md).")]
-    = DecaySpec.paper_compat,
-    device: Device = "auto",
-    quiet: Quiet = False,
-) -> None:
-    """AlphaDecay module-wise weight decays from the spectra, as a JSON map for any training loop (the same as
-    `alphaspec map weight_decay`: these options keep AlphaDecay's words and defaults)."""
-    make_map(Kind("weight_decay"), source, output, metric=metric, estimator=estimator if given(ctx, "estimator")
-             else None, ratio=ratio, assign=assign, paper_compat=paper_compat, weight_decay=weight_decay,
-             preserve_mean=preserve_mean, default_decay=default_decay, include=include, exclude=exclude,
-             device=device, quiet=quiet)
-
-
-def _write_value_map(kind: str, source: str, output: Path, spec, device: str, quiet: bool, estimator_given: bool) -> None:
+def _write_value_map(kind: str, source: str, output: Path, spec, device: str, quiet: bool, estimator_given: bool,
+                     cache: bool = True) -> None:
     """Analyse (or read) SOURCE, build the map of `kind` by `spec` (settled), write it and print its summary."""
     from alphaspec.analysis.table import fitted_with
     from alphaspec.maps.build import build_map
 
     table, _ = load(source, spec.estimator, device, quiet, split_fused=False, farms=spec.metric == "alpha_farms",
                     asked="-e" if estimator_given else "--paper-compat" if spec.paper_compat else None,
-                    rounded_to=METHODS[spec.method].release_dtype if spec.paper_compat else None)
+                    rounded_to=METHODS[spec.method].release_dtype if spec.paper_compat else None, cache=cache)
     vmap = build_map(table, kind, spec, source=source)
     if (fitted := fitted_with(table)) not in (None, spec.estimator):  # a results file, fitted otherwise
         vmap.notes.append(f"{source} was fitted with {fitted}; {spec.method} fits with {spec.estimator} (analyse the "
@@ -215,7 +210,7 @@ def _write_value_map(kind: str, source: str, output: Path, spec, device: str, qu
 
 
 def write_decay_map(source: str, output: Path, spec: DecaySpec, weight_decay: float, default: str | float, device: str,
-                    quiet: bool, estimator_given: bool) -> None:
+                    quiet: bool, estimator_given: bool, cache: bool = True) -> None:
     """Analyse (or read) SOURCE, build the decay map, write it and print its summary."""
     from alphaspec.files import check_output, input_paths
     from alphaspec.maps.alphadecay import build_decay_map
@@ -225,7 +220,7 @@ def write_decay_map(source: str, output: Path, spec: DecaySpec, weight_decay: fl
                          f"{spec.estimator}: leave out -e")
     check_output(output, (".json",), inputs=input_paths(source))
     table, _ = load(source, spec.estimator, device, quiet, split_fused=not spec.paper_compat,
-                    farms=spec.metric == "alpha_farms", asked="-e" if estimator_given else None)
+                    farms=spec.metric == "alpha_farms", asked="-e" if estimator_given else None, cache=cache)
     dmap = build_decay_map(table, weight_decay, spec, default=default, source=source)
     dmap.save(output)
     if not quiet:

@@ -4,34 +4,53 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated
 
-import typer
+import click
 
 from alphaspec.choices import FIGURES, FORMATS, MODEL_FIGURES
 from alphaspec.cli.common import (
-    Device,
-    Estimator,
-    EstimatorOption,
-    Quiet,
     app,
-    choice_enum,
+    cache_option,
+    device_option,
     draw,
     err,
+    estimator_option,
     fail,
     given,
     load,
     out,
+    quiet_option,
     regexes,
     report_figures,
 )
+from alphaspec.cli.help import PATH, argument, option, with_options
 
-Kind = choice_enum("Kind", FIGURES)
-Format = choice_enum("Format", FORMATS)
+OPTIONS = [
+    argument("source", help="A checkpoint (anything `analyze` takes), a results file (.csv/.json/.parquet) written "
+             "by `analyze`, or a training run."),
+    option("-o", "--output", type=PATH, default=Path("alphaspec-plots"), help="Directory for the figures."),
+    option("--kind", type=click.Choice(FIGURES), multiple=True, help="Figure kind(s); default: all model-level "
+           "kinds, or only esd when --module is given."),
+    option("--format", "fmt", type=click.Choice(FORMATS), default=FORMATS[0], help="png (150 dpi), or vector svg / "
+           "pdf."),
+    option("--module", multiple=True, help="Row name or regex for `esd` figures."),
+    option("--spectra", "spectra_file", type=PATH, help="Spectra .npz saved by `analyze --save-spectra` (default: "
+           "RESULTS with suffix .npz)."),
+    option("--decay-map", "decay_map_file", type=PATH, help="A map from `alphaspec decay-map` for the decay figure "
+           "(default: linear, w = 0.1)."),
+    option("--map", "map_file", type=PATH, help="A map from `alphaspec map` (lr, sparsity, lora_rank) for the map "
+           "figure."),
+    estimator_option,
+    option("--alpha-excess", is_flag=True, help="alpha-depth: draw alpha - alpha_random (what training added beyond "
+           "a Gaussian matrix of the same shape)."),
+    device_option,
+    cache_option,
+    quiet_option,
+]
 
 
 @app.command(no_args_is_help=True, epilog="""
-**Examples**
+Examples:
 
     alphaspec plot example:minilm -o figs/
 
@@ -47,27 +66,11 @@ Format = choice_enum("Format", FORMATS)
     # a map from `alphaspec map`
     alphaspec plot r.json --map sparsity.json --kind map -o figs/
 """)
-def plot(
-    ctx: typer.Context,
-    source: Annotated[str, typer.Argument(help="A checkpoint (anything `analyze` takes), a results file "
-                                          "(.csv/.json/.parquet) written by `analyze`, or a training run.")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="Directory for the figures.")] = Path("alphaspec-plots"),
-    kind: Annotated[list[Kind] | None, typer.Option("--kind", help="Figure kind(s); default: all model-level "
-                                                    "kinds, or only esd when --module is given.")] = None,
-    fmt: Annotated[Format, typer.Option("--format", help="png (150 dpi), or vector svg / pdf.")] = Format.png,
-    module: Annotated[list[str] | None, typer.Option("--module", help="Row name or regex for `esd` figures.")] = None,
-    spectra_file: Annotated[Path | None, typer.Option("--spectra", help="Spectra .npz saved by `analyze "
-                                                      "--save-spectra` (default: RESULTS with suffix .npz).")] = None,
-    decay_map_file: Annotated[Path | None, typer.Option("--decay-map", help="A map from `alphaspec decay-map` for "
-                                                        "the decay figure (default: linear, w = 0.1).")] = None,
-    map_file: Annotated[Path | None, typer.Option("--map", help="A map from `alphaspec map` (lr, sparsity, "
-                                                  "lora_rank) for the map figure.")] = None,
-    estimator: EstimatorOption = Estimator.median,
-    alpha_excess: Annotated[bool, typer.Option("--alpha-excess", help="alpha-depth: draw alpha - alpha_random (what "
-                                               "training added beyond a Gaussian matrix of the same shape).")] = False,
-    device: Device = "auto",
-    quiet: Quiet = False,
-) -> None:
+@with_options(OPTIONS)
+@click.pass_context
+def plot(ctx: click.Context, source: str, output: Path, kind: tuple[str, ...], fmt: str, module: tuple[str, ...],
+         spectra_file: Path | None, decay_map_file: Path | None, map_file: Path | None, estimator: str,
+         alpha_excess: bool, device: str, cache: bool, quiet: bool) -> None:
     """Figures: ESDs per module type across layers, alpha per module type and over depth, one matrix's fit,
     weight decay against alpha, and a learning-rate, sparsity or LoRA-rank map against alpha."""
     from alphaspec.files import check_output_dir
@@ -75,17 +78,18 @@ def plot(
 
     check_output_dir(output)
     run = Path(source)
-    kinds = [k.value for k in kind] if kind else ["esd"] if module else [
+    kinds = list(kind) if kind else ["esd"] if module else [
         *MODEL_FIGURES, *(["decay"] if decay_map_file else []), *(["map"] if map_file else []),
         *(["training"] if has_log(run, "alphas") else []),
         *(["multipliers"] if has_log(run, "multipliers") else [])]
-    kinds = _run_figures(run, output, kinds, fmt.value, quiet)
+    kinds = _run_figures(run, output, kinds, fmt, quiet)
     if not kinds:
         return
     if "esd" in kinds and not module:
         fail("the esd figure needs --module NAME (a row name or a regex)", 2)
     dmap, vmap = _maps(run, kinds, decay_map_file, map_file)
-    table, spectra = load(source, estimator.value, device, quiet, spectra_file, asked="-e" if given(ctx, "estimator") else None)
+    table, spectra = load(source, estimator, device, quiet, spectra_file, asked="-e" if given(ctx, "estimator") else None,
+                          cache=cache)
     from alphaspec.maps.alphadecay import check_map_matches_table
 
     for chosen, figure in ((dmap if decay_map_file is not None else None, "decay"), (vmap, "map")):
@@ -96,8 +100,8 @@ def plot(
         dmap, note = _default_map(table)
         if dmap is None:
             kinds.remove("decay")
-    names = _esd_names(source, table, spectra, module) if "esd" in kinds else []
-    rendered = draw(table, spectra, output, kinds, fmt.value, names, dmap, alpha_excess, vmap)
+    names = _esd_names(source, table, spectra, list(module)) if "esd" in kinds else []
+    rendered = draw(table, spectra, output, kinds, fmt, names, dmap, alpha_excess, vmap)
     if note and dmap is None:
         rendered.skipped.append(note)
     elif note and not quiet:

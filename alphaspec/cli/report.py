@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
 
-import typer
+import click
 
-from alphaspec.cli.common import Device, Estimator, EstimatorOption, Quiet, app, given, out
+from alphaspec.cli.common import (
+    app,
+    cache_option,
+    device_option,
+    estimator_option,
+    given,
+    out,
+    progress_analysis,
+    quiet_option,
+)
+from alphaspec.cli.help import PATH, argument, option, with_options
 
 EPILOG = """
-**Examples**
+Examples:
 
     # a checkpoint, analysed now
     alphaspec report example:minilm -o minilm.html
@@ -26,26 +35,32 @@ EPILOG = """
 """
 
 
+OPTIONS = [
+    argument("sources", nargs=-1, help="Checkpoints (anything analyze takes), results tables, or training run "
+             "directories."),
+    option("-o", "--output", type=PATH, default=Path("report.html"), help="The page to write (.html)."),
+    option("--decay-map", type=PATH, help="Add a decay map's figure and table."),
+    estimator_option,
+    device_option,
+    cache_option,
+    quiet_option,
+]
+
+
 @app.command(no_args_is_help=True, epilog=EPILOG)
-def report(
-    ctx: typer.Context,
-    sources: Annotated[list[str] | None, typer.Argument(help="Checkpoints (anything analyze takes), results tables, "
-                                                        "or training run directories.")] = None,
-    output: Annotated[Path, typer.Option("-o", "--output", help="The page to write (.html).")] = Path("report.html"),
-    decay_map: Annotated[Path | None, typer.Option("--decay-map", help="Add a decay map's figure and table.")] = None,
-    estimator: EstimatorOption = Estimator.median,
-    device: Device = "auto",
-    quiet: Quiet = False,
-) -> None:
+@with_options(OPTIONS)
+@click.pass_context
+def report(ctx: click.Context, sources: tuple[str, ...], output: Path, decay_map: Path | None, estimator: str,
+           device: str, cache: bool, quiet: bool) -> None:
     """One self-contained HTML page: provenance, the summary and verdicts, figures, every matrix (sortable,
     filterable, each opening its spectrum); training runs and their comparison."""
     from alphaspec.files import check_output, input_paths
     from alphaspec.report import render, write
 
-    inputs = [p for s in [*(sources or []), *([decay_map] if decay_map is not None else [])] for p in input_paths(s)]
+    inputs = [p for s in [*sources, *([decay_map] if decay_map is not None else [])] for p in input_paths(s)]
     check_output(output, (".html", ".htm"), inputs=inputs)
-    html = render(sources or [], decay_map=decay_map, device=device,
-                  estimator=estimator.value if given(ctx, "estimator") else None)
+    html = render(list(sources), decay_map=decay_map, device=device,
+                  estimator=estimator if given(ctx, "estimator") else None, analyse=progress_analysis(quiet, cache))
     write(html, output)
     if not quiet:
         out.print(f"wrote {output} ({len(html.encode()) / 1e6:.1f} MB)", highlight=False)

@@ -5,9 +5,8 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Annotated
 
-import typer
+import click
 from rich.progress import (
     BarColumn,
     Progress,
@@ -17,11 +16,12 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from alphaspec.cli.common import Quiet, app, err, out
+from alphaspec.cli.common import app, err, out, quiet_option
+from alphaspec.cli.help import PATH, argument, option, with_options
 from alphaspec.train.config import DataOptions
 
 EPILOG = """
-**Examples**
+Examples:
 
     # train a 4096-token BPE on the files, tokenise them
     alphaspec tokenize corpus/ -o cache/corpus
@@ -39,22 +39,22 @@ A second call with the same sources and tokenizer does nothing; a killed one con
 
 
 @app.command("tokenize", no_args_is_help=True, epilog=EPILOG)
-def tokenize(
-    sources: Annotated[list[str], typer.Argument(metavar="SOURCE...", help="Text files, .jsonl(.gz/.zst), .parquet, "
-                                                 "hf:NAME[:CONFIG[:SPLIT]], token files (.bin, .npy) or directories.")],
-    output: Annotated[Path, typer.Option("-o", "--output", metavar="CACHE", help="The cache directory (new, empty, "
-                                         "or one this command started).")],
-    tokenizer: Annotated[str | None, typer.Option(metavar="TOKENIZER", help=DataOptions.__dataclass_fields__[
-        "tokenizer"].metadata["help"])] = None,
-    vocab_size: Annotated[int, typer.Option(min=256, max=1 << 20, help="Vocabulary of the trained BPE (without "
-                                            "--tokenizer; at most 1,048,576).")]
-    = DataOptions.vocab_size,
-    text_field: Annotated[str, typer.Option(metavar="NAME", help="The text field of JSON records, Parquet rows and "
-                                            "datasets.")] = DataOptions.text_field,
-    workers: Annotated[int, typer.Option(min=0, max=1024, help="Threads encoding text (0: every core; at most "
-                                         "1024).")] = 0,
-    quiet: Quiet = False,
-) -> None:
+@with_options([
+    argument("sources", nargs=-1, required=True, metavar="SOURCE...", help="Text files, .jsonl(.gz/.zst), .parquet, "
+             "hf:NAME[:CONFIG[:SPLIT]], token files (.bin, .npy) or directories."),
+    option("-o", "--output", type=PATH, required=True, metavar_="CACHE", help="The cache directory (new, empty, or "
+           "one this command started)."),
+    option("--tokenizer", metavar_="TOKENIZER", help=DataOptions.__dataclass_fields__["tokenizer"].metadata["help"]),
+    option("--vocab-size", type=click.IntRange(256, 1 << 20), default=DataOptions.vocab_size, help="Vocabulary of "
+           "the trained BPE (without --tokenizer; at most 1,048,576)."),
+    option("--text-field", metavar_="NAME", default=DataOptions.text_field, help="The text field of JSON records, "
+           "Parquet rows and datasets."),
+    option("--workers", type=click.IntRange(0, 1024), default=0, help="Threads encoding text (0: every core; at most "
+           "1024)."),
+    quiet_option,
+])
+def tokenize(sources: tuple[str, ...], output: Path, tokenizer: str | None, vocab_size: int, text_field: str,
+             workers: int, quiet: bool) -> None:
     """Tokenise training data once into sharded token files that every run reuses."""
     if workers:  # tokenizers sizes its thread pool from this when it first encodes
         os.environ["RAYON_RS_NUM_CPUS"] = str(workers)
@@ -62,7 +62,7 @@ def tokenize(
     from alphaspec.train.sources import open_sources
     from alphaspec.train.tokenizer import resolve_tokenizer
 
-    opened = open_sources(sources, text_field)
+    opened = open_sources(list(sources), text_field)
     vocab = resolve_tokenizer(tokenizer) if tokenizer else None
     started = time.perf_counter()
     # the files' sizes give an ETA: text read so far stands for bytes read (capped at each file's size)

@@ -2,23 +2,22 @@
 
 from __future__ import annotations
 
-import inspect
 import os
 import time
 import typing
 from dataclasses import MISSING
 from pathlib import Path
-from typing import Annotated
 
-import typer
+import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.text import Text
 
-from alphaspec.cli.common import Quiet, app, decay_policy, err, finite, out, ratio_pair
+from alphaspec.cli.common import app, decay_policy, err, finite, out, quiet_param, ratio_pair
+from alphaspec.cli.help import PATH, Option, metavar
 from alphaspec.errors import UsageError
 
 EPILOG = """
-**Examples**
+Examples:
 
     # a tiny LLaMA on the bundled text
     alphaspec train --out runs/uniform
@@ -45,48 +44,49 @@ metrics.csv, decay.csv and alphas.csv; `alphaspec analyze RUN`, `plot RUN` and `
 """
 
 
-def options() -> list[inspect.Parameter]:
-    """One Typer option per field of TrainConfig's sections: default, help, panel, bounds and flags come from there."""
+def options() -> list[Option]:
+    """One click option per field of TrainConfig's sections, listed under the section's title: default, help, bounds,
+    choices and flags come from the field."""
     from alphaspec.train.config import SECTION_TYPES, option_fields
 
     hints = {name: typing.get_type_hints(cls) for name, cls in SECTION_TYPES.items()}
-    params = []
+    made = []
     for section, f, key in option_fields():
         meta = f.metadata
         if not meta["cli"]:
             continue
-        kind = meta["kind"]
-        extra = {"callback": {"finite": finite, "ratio": ratio_pair, "policy": decay_policy}.get(kind),
-                 "min": meta["min"], "max": meta["max"], "metavar": meta["metavar"] or None}
-        if meta["choices"]:
-            extra |= {"callback": _choice(meta["choices"]),
-                      "metavar": meta["metavar"] or "[" + "|".join(meta["choices"]) + "]"}
+        hint = hints[section][f.name]
+        kind, extra = _click_type(hint, meta)
         required = key == "out"
-        info = typer.Option(*meta["flags"], help=meta["help"], rich_help_panel=SECTION_TYPES[section].TITLE,
-                            show_default=not required, **{k: v for k, v in extra.items() if v is not None})
-        default = inspect.Parameter.empty if required else (None if f.default is MISSING else f.default)
-        params.append(inspect.Parameter(key, inspect.Parameter.KEYWORD_ONLY, default=default,
-                                        annotation=Annotated[_cli_type(hints[section][f.name], kind), info]))
-    return params
+        made.append(Option([*(meta["flags"] or ["--" + key.replace("_", "-")]), key], type=kind,
+                           section=SECTION_TYPES[section].TITLE, help=meta["help"], required=required,
+                           default=None if required or f.default is MISSING else f.default, show_default=not required,
+                           callback={"finite": finite, "ratio": ratio_pair, "policy": decay_policy}.get(meta["kind"]),
+                           metavar=meta["metavar"] or metavar(kind), **extra))
+    return made
 
 
-def _cli_type(hint, kind: str):
-    """The type Typer parses: paths as Path, lists (of paths) optional, everything else as the field's own type."""
-    if kind == "path":
-        return list[Path] | None if typing.get_origin(hint) is list else (Path | None if type(None) in
-                                                                        typing.get_args(hint) else Path)
-    return hint
+def _click_type(hint, meta) -> tuple[object, dict]:
+    """The click type of a field with type hint `hint`, and what else its option needs (nargs, multiple, a flag)."""
+    if hint is bool:
+        return None, {"is_flag": True}
+    if meta["choices"]:
+        return click.Choice(meta["choices"]), {}
+    if typing.get_origin(hint) is list:
+        return (PATH if meta["kind"] == "path" else str), {"multiple": True}
+    if meta["kind"] == "path":
+        return PATH, {}
+    if meta["kind"] == "ratio":
+        return float, {"nargs": 2}
+    base = next(a for a in typing.get_args(hint) or (hint,) if a is not type(None))
+    if base in (int, float) and (meta["min"] is not None or meta["max"] is not None):
+        return (click.IntRange if base is int else click.FloatRange)(meta["min"], meta["max"]), {}
+    return base, {}
 
 
-def _choice(allowed: tuple[str, ...]):
-    def check(value):
-        if value is not None and value not in allowed:
-            raise typer.BadParameter(f"{value!r}: choose one of {', '.join(allowed)}")
-        return value
-    return check
-
-
-def train(ctx: typer.Context, quiet: bool, **settings) -> None:
+@app.command("train", epilog=EPILOG, params=[*options(), quiet_param()])
+@click.pass_context
+def train(ctx: click.Context, quiet: bool, **settings) -> None:
     """Pretrain a LLaMA with uniform, AlphaDecay, AWD, AdaDecay, cautious or muP weight decay, or learnable
     multipliers, under AdamW, Adam or Muon."""
     from alphaspec.devices import resolve_device
@@ -95,9 +95,9 @@ def train(ctx: typer.Context, quiet: bool, **settings) -> None:
     from alphaspec.train.config import ConfigError, option_fields
 
     given = tuple(p.name for p in ctx.command.params if p.name in settings
-                  and getattr(ctx.get_parameter_source(p.name), "name", "") == "COMMANDLINE")  # typer may vendor click
-    lists = {key for _, f, key in option_fields() if f.default is MISSING}  # list options: Typer gives None for none
-    values = {k: (str(v) if isinstance(v, Path) else [str(x) for x in v or []] if k in lists else v)
+                  and ctx.get_parameter_source(p.name) == click.core.ParameterSource.COMMANDLINE)
+    lists = {key for _, f, key in option_fields() if f.default is MISSING}  # the repeatable options (tuples)
+    values = {k: (str(v) if isinstance(v, Path) else [str(x) for x in v] if k in lists else v)
               for k, v in settings.items()}
     cfg = TrainConfig.of(given=given, **values)
     quiet = quiet or int(os.environ.get("RANK", 0)) != 0
@@ -112,24 +112,6 @@ def train(ctx: typer.Context, quiet: bool, **settings) -> None:
     if not quiet and last:
         eval_part = f", eval loss {last['eval_loss']:.4f} (ppl {last['eval_ppl']:.1f})" if "eval_loss" in last else ""
         out.print(f"step {last['step']}: loss {last['loss']:.4f}{eval_part}; wrote {cfg.run.out}", highlight=False)
-
-
-def _command():
-    """train() with the signature Typer reads: the context, -q, then one keyword option per config field."""
-    def command(ctx: typer.Context, **kwargs) -> None:
-        quiet = kwargs.pop("quiet")
-        train(ctx, quiet, **kwargs)
-
-    params = [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context),
-              inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Quiet), *options()]
-    command.__signature__ = inspect.Signature(params)
-    command.__annotations__ = {p.name: p.annotation for p in params}
-    command.__doc__ = train.__doc__
-    command.__name__ = "train"
-    return command
-
-
-app.command("train", epilog=EPILOG)(_command())
 
 
 def _clock(seconds: float) -> str:

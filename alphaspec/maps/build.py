@@ -6,15 +6,11 @@ maps/methods.py, each with its published settings unless given. torch-free.
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, fields
-
 import numpy as np
 import pandas as pd
 
 from alphaspec.analysis.table import other_dtypes
-from alphaspec.choices import ASSIGN, DECAY_METRICS, ESTIMATORS, LR_ASSIGN
-from alphaspec.maps.file import KINDS, ValueMap
+from alphaspec.maps.file import ValueMap
 from alphaspec.maps.methods import (
     RANKS_PER_BLOCK,
     block_means,
@@ -26,76 +22,9 @@ from alphaspec.maps.methods import (
     tempbalance_rows,
 )
 from alphaspec.maps.paper import PAPER_EIGS_THRESH
-from alphaspec.maps.spec import KIND_METHODS, METHODS, DecayMapError, choice_problem, ratio_problem
+from alphaspec.maps.spec import METHODS, DecayMapError, MapSpec
 
 NEEDED = ("name", "module", "layer", "rows", "cols", "n_eigs")  # the columns of an analysis table a map reads
-SETTINGS_OF = {"ratio": ("lr", "weight_decay"), "assign": ("lr", "weight_decay"), "target": ("sparsity",),
-               "epsilon": ("sparsity",), "block_wise": ("sparsity",), "budget": ("lora_rank",),
-               "beta": ("lora_rank",)}  # the kinds each setting shapes; the others leave it None
-
-
-@dataclass(frozen=True)
-class MapSpec:
-    """How a map of learning rates, sparsities or LoRA ranks is made; None takes the method's published value.
-
-    method: tempbalance or llr (lr), alphapruning (sparsity), alphalora (lora_rank). ratio/assign (lr):
-    multipliers span s1..s2 x lr, by linear, sqrt, log2, step or sigmoid. target/epsilon/block_wise
-    (sparsity): the parameter-weighted mean sparsity, the spread [1-eps, 1+eps] x target, block means
-    first. budget/beta (lora_rank): the ranks' total (default 5 per block) and the exponent on alpha.
-    paper_compat: fit with the release's own estimator (AlphaPruning's and AlphaLoRA's fix-finger window
-    in mixed units, fix-finger-legacy); the formulas are the releases' either way."""
-
-    method: str | None = None
-    metric: str = "alpha"
-    estimator: str | None = None
-    ratio: tuple[float, float] | None = None
-    assign: str | None = None
-    target: float | None = None
-    epsilon: float | None = None
-    block_wise: bool | None = None
-    budget: int | None = None
-    beta: float | None = None
-    paper_compat: bool = False
-
-    def problem(self, kind: str) -> str | None:
-        """What is wrong with these settings for a map of `kind`, or None (the only place they are checked)."""
-        if kind not in KIND_METHODS:
-            return choice_problem("map kind", kind, KINDS)
-        method = self.method or KIND_METHODS[kind][0]
-        if method not in KIND_METHODS[kind]:
-            return f"method {method!r} makes no {kind} map; for {kind} choose {', '.join(KIND_METHODS[kind])}"
-        release = METHODS[method].release_estimator
-        foreign = [name for name, owners in SETTINGS_OF.items() if kind not in owners and getattr(self, name) is not None]
-        checks = [foreign and f"{foreign[0].replace('_', '-')} is a setting of {' and '.join(SETTINGS_OF[foreign[0]])} "
-                  f"maps; {kind} maps have no use for it",
-                  self.paper_compat and self.estimator not in (None, release)
-                  and f"--paper-compat fits with the release's estimator ({release}), not {self.estimator}: leave out -e",
-                  choice_problem("metric", self.metric, DECAY_METRICS),
-                  self.estimator and choice_problem("estimator", self.estimator, ESTIMATORS),
-                  self.assign and (choice_problem("weight-decay assignment", self.assign, ASSIGN) if kind == "weight_decay"
-                                   else choice_problem("LR assignment", self.assign, LR_ASSIGN)),
-                  self.ratio is not None and (f"ratio {tuple(self.ratio)}: " + p if (p := ratio_problem(tuple(self.ratio)))
-                                              else None),
-                  self.ratio is not None and kind == "lr" and not self.ratio[0] > 0
-                  and f"ratio {tuple(self.ratio)}: a learning-rate multiplier of 0 freezes a matrix; give S1 > 0",
-                  self.target is not None and not (isinstance(self.target, int | float) and 0 < self.target < 1)
-                  and f"target sparsity {self.target!r}: give a number between 0 and 1",
-                  self.epsilon is not None and not (isinstance(self.epsilon, int | float) and 0 <= self.epsilon < 1)
-                  and f"epsilon {self.epsilon!r}: give a number in [0, 1)",
-                  self.budget is not None and not (isinstance(self.budget, int) and self.budget > 0)
-                  and f"budget {self.budget!r}: give a whole number above 0",
-                  self.beta is not None and not (isinstance(self.beta, int | float) and math.isfinite(self.beta))
-                  and f"beta {self.beta!r}: give a finite number"]
-        return next((c for c in checks if c), None)
-
-    def settled(self, kind: str) -> MapSpec:
-        """These settings with the method's published values filled in (checked first)."""
-        if problem := self.problem(kind):
-            raise DecayMapError(problem)
-        method = METHODS[self.method or KIND_METHODS[kind][0]]
-        given = {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
-        estimator = method.release_estimator if self.paper_compat else method.estimator
-        return MapSpec(**{**method.defaults, "estimator": estimator, **given, "method": method.name})
 
 
 def build_map(table: pd.DataFrame, kind: str, spec: MapSpec | None = None, *, source: str = "", **options) -> ValueMap:

@@ -16,10 +16,9 @@ try:
 except ImportError as err:  # pragma: no cover - depends on the environment
     raise ImportError("alphaspec.maps.callbacks needs transformers: pip install transformers") from err
 
-from alphaspec.maps.build import MapSpec
 from alphaspec.maps.hook import AlphaDecay
 from alphaspec.maps.lr_hook import AlphaLR
-from alphaspec.maps.spec import DecaySpec, decay_spec, hook_settings_problem
+from alphaspec.maps.spec import DecaySpec, MapSpec, decay_spec, hook_settings_problem
 
 LOG_PREFIX = "alphadecay/"
 

@@ -1,9 +1,10 @@
 """The map files: what a map holds, its JSON schema, reading it back checked (JSON only, no torch).
 
-A decay map (`DecayMap`, schema alphaspec.decay-map/1) holds weight decays; a `ValueMap` (alphaspec.map/1)
-holds per-module values of another kind: learning-rate multipliers, sparsities or LoRA ranks. Each is
-refused, in one line, where the other kind is read. They apply to a model through maps/groups.py and
-maps/apply.py (imported when called).
+`MapFile` is what every map holds and how it is saved. A decay map (`DecayMap`, schema
+alphaspec.decay-map/1) holds weight decays; a `ValueMap` (alphaspec.map/1) holds per-module values of
+another kind: learning-rate multipliers, sparsities or LoRA ranks. Each is refused, in one line, where
+the other kind is read. They apply to a model through maps/groups.py and maps/apply.py (imported when
+called).
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from alphaspec._version import __version__
-from alphaspec.choices import ASSIGN, DECAY_METRICS, ESTIMATORS, PRESERVE
+from alphaspec.choices import ASSIGN, DECAY_METRICS, ESTIMATORS, MAP_KINDS, PRESERVE
 from alphaspec.errors import AlphaspecError, check_input_file, os_reason, parse_json
 from alphaspec.files import atomic_write
 from alphaspec.maps.spec import DecayMapError, DecaySpec
@@ -27,18 +28,50 @@ if TYPE_CHECKING:
 
 SCHEMA = "alphaspec.decay-map/1"
 MAP_SCHEMA = "alphaspec.map/1"  # maps of the other kinds
-KINDS = ("weight_decay", "lr", "sparsity", "lora_rank")  # what a map's values are
 VALUE_KEYS = {"weight_decay": "weight_decay", "lr": "lr_scale", "sparsity": "sparsity", "lora_rank": "rank"}
 POLICIES = ("all", "matrices", "value")
 DEFAULT_RATIO = DecaySpec.ratio
 
 
-@dataclass
-class DecayMap:
-    """Module-wise weight decays for named parameters, plus the decay of every other parameter."""
+@dataclass(kw_only=True)
+class MapFile:
+    """What every map file holds: per-module entries (each with its name, metric and value), the metric and
+    estimator behind them, where they came from. Saved as JSON in the field order `FIELDS`."""
 
     modules: list[dict]
+    kind: str
+    metric: str = "alpha"
+    estimator: str = "median"
+    source: str = ""
+    alphaspec: str = __version__
+    schema: str = MAP_SCHEMA
+    notes: list[str] = field(default_factory=list, compare=False)  # what building it found (not saved in the file)
+    FIELDS: ClassVar[tuple[str, ...]] = ()
+
+    @property
+    def key(self) -> str:
+        """The field holding each module's value: weight_decay, lr_scale, sparsity or rank."""
+        return VALUE_KEYS[self.kind]
+
+    def values(self) -> dict[str, float]:
+        return {m["name"]: m[self.key] for m in self.modules}
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        return {k: (list(d[k]) if isinstance(d[k], tuple) else d[k]) for k in self.FIELDS}
+
+    def save(self, path: str | Path) -> None:
+        text = json.dumps(self.to_json(), indent=1, allow_nan=False) + "\n"
+        atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text))
+
+
+@dataclass(kw_only=True)
+class DecayMap(MapFile):
+    """Module-wise weight decays for named parameters, plus the decay of every other parameter."""
+
     weight_decay: float
+    kind: str = "weight_decay"  # (a map without the field, written before it existed, is one)
+    schema: str = SCHEMA
     ratio: tuple[float, float] = DecaySpec.ratio
     assign: str = DecaySpec.assign
     estimator: str = DecaySpec.estimator
@@ -47,24 +80,12 @@ class DecayMap:
     default_policy: str = "all"
     default_weight_decay: float = 0.0
     paper_compat: bool = False  # made as the AlphaDecay release does (maps/paper.py): biases follow their weights
-    source: str = ""
-    alphaspec: str = __version__
-    schema: str = field(default=SCHEMA)
-    kind: str = "weight_decay"  # what the values are (a map without the field, written before it existed, is one)
-    notes: list[str] = field(default_factory=list, compare=False)  # what building it found (not saved in the file)
+    FIELDS: ClassVar[tuple[str, ...]] = (
+        "schema", "kind", "alphaspec", "source", "estimator", "metric", "assign", "weight_decay", "ratio",
+        "preserve_mean", "default_policy", "default_weight_decay", "paper_compat", "modules")
 
     def decays(self) -> dict[str, float]:
         return {m["name"]: float(m["weight_decay"]) for m in self.modules}
-
-    def to_json(self) -> dict:
-        d = asdict(self)
-        order = ["schema", "kind", "alphaspec", "source", "estimator", "metric", "assign", "weight_decay", "ratio",
-                 "preserve_mean", "default_policy", "default_weight_decay", "paper_compat", "modules"]
-        return {k: (list(d[k]) if k == "ratio" else d[k]) for k in order}
-
-    def save(self, path: str | Path) -> None:
-        text = json.dumps(self.to_json(), indent=1, allow_nan=False) + "\n"
-        atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text))
 
     @classmethod
     def load(cls, path: str | Path) -> DecayMap:
@@ -123,39 +144,16 @@ class DecayMap:
                                 riders=self.paper_compat, candidates=candidates, **optimizer_kwargs)
 
 
-@dataclass
-class ValueMap:
+@dataclass(kw_only=True)
+class ValueMap(MapFile):
     """Per-module values of one kind (lr: multipliers of the base LR, sparsity: fractions pruned, lora_rank:
     ranks) that a method made from a spectral metric. Modules a method leaves alone are listed with the
     neutral value (lr_scale 1) and a note."""
 
-    kind: str
     method: str
-    modules: list[dict]
-    metric: str = "alpha"
-    estimator: str = "median"
     settings: dict = field(default_factory=dict)  # the method's settings: ratio and assign, target and epsilon, ...
-    source: str = ""
-    alphaspec: str = __version__
-    schema: str = field(default=MAP_SCHEMA)
-    notes: list[str] = field(default_factory=list, compare=False)
-
-    @property
-    def key(self) -> str:
-        """The field holding each module's value: lr_scale, sparsity or rank."""
-        return VALUE_KEYS[self.kind]
-
-    def values(self) -> dict[str, float]:
-        return {m["name"]: m[self.key] for m in self.modules}
-
-    def to_json(self) -> dict:
-        d = asdict(self)
-        order = ["schema", "kind", "method", "alphaspec", "source", "estimator", "metric", "settings", "modules"]
-        return {k: d[k] for k in order}
-
-    def save(self, path: str | Path) -> None:
-        text = json.dumps(self.to_json(), indent=1, allow_nan=False) + "\n"
-        atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text))
+    FIELDS: ClassVar[tuple[str, ...]] = (
+        "schema", "kind", "method", "alphaspec", "source", "estimator", "metric", "settings", "modules")
 
     @classmethod
     def load(cls, path: str | Path, kind: str | None = None) -> ValueMap:
@@ -167,9 +165,9 @@ class ValueMap:
         if not isinstance(doc, dict) or "schema" not in doc:
             raise DecayMapError(f"{where}: not an alphaspec map (no 'schema' field)")
         found = doc.get("kind", "weight_decay")
-        if doc["schema"] not in (SCHEMA, MAP_SCHEMA) or found not in KINDS:
+        if doc["schema"] not in (SCHEMA, MAP_SCHEMA) or found not in MAP_KINDS:
             raise DecayMapError(f"{where}: unsupported map (schema {str(doc['schema'])[:40]!r}, kind "
-                                f"{str(found)[:40]!r}); this alphaspec reads {MAP_SCHEMA!r} of {', '.join(KINDS[1:])}")
+                                f"{str(found)[:40]!r}); this alphaspec reads {MAP_SCHEMA!r} of {', '.join(MAP_KINDS[1:])}")
         if found == "weight_decay" or doc["schema"] == SCHEMA:
             raise DecayMapError(f"{where}: a map of weight decays, where a map of {kind or 'lr, sparsity or lora_rank'} "
                                 "is read (use it with --decay-map or DecayMap.load)")

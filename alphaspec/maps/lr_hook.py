@@ -15,10 +15,10 @@ import pandas as pd
 import torch
 
 from alphaspec.analysis.engine import analyze_tensors
-from alphaspec.maps.build import MapSpec, build_map
+from alphaspec.maps.build import build_map
 from alphaspec.maps.groups import is_tuned_candidate, schedulers_of
 from alphaspec.maps.hook import AlphaDecay, log
-from alphaspec.maps.spec import DecaySpec, hook_settings_problem
+from alphaspec.maps.spec import DecaySpec, MapSpec, hook_settings_problem
 
 LLR_EASE = 20  # the layer-wise LR release's linear_steps: each new LR is reached over this many steps
 

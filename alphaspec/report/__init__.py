@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import platform
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -24,11 +24,12 @@ from alphaspec.errors import UsageError
 
 
 def render(sources: Iterable, *, decay_map=None, estimator: str | None = None, device: str = "auto",
-           title: str | None = None) -> str:
+           title: str | None = None, analyse: Callable | None = None) -> str:
     """The report's HTML for SOURCE(s): checkpoints (anything `analyze` takes) and results tables, or one or
     more training run directories (their comparison, then the last checkpoint); `decay_map`: a DecayMap or
     a map file, whose figure and table are added. estimator: for checkpoints analysed now (default median);
-    a results table fitted with another one is refused."""
+    a results table fitted with another one is refused. analyse: analyze_checkpoint or a wrapper of it (the
+    CLI's draws progress)."""
     from alphaspec.report.html import page
 
     sources = [str(s) for s in sources]
@@ -37,9 +38,9 @@ def render(sources: Iterable, *, decay_map=None, estimator: str | None = None, d
     runs, others = _split_runs(sources)
     sections = []
     if runs:
-        sections += _runs_sections(runs, estimator, device)
+        sections += _runs_sections(runs, estimator, device, analyse)
     for source in others:
-        sections.append(_checkpoint_section(source, estimator, device))
+        sections.append(_checkpoint_section(source, estimator, device, analyse))
     if decay_map is not None:
         sections.append(_decay_section(decay_map))
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -64,7 +65,7 @@ def _split_runs(sources: list[str]) -> tuple[list[str], list[str]]:
     return runs, [s for s in sources if s not in runs]
 
 
-def _runs_sections(runs: list[str], estimator: str | None, device: str) -> list[str]:
+def _runs_sections(runs: list[str], estimator: str | None, device: str, analyse: Callable | None) -> list[str]:
     from alphaspec.report.runs import runs_section
     from alphaspec.train.compare import compare
     from alphaspec.train.rundir import has_log, read_log
@@ -74,16 +75,17 @@ def _runs_sections(runs: list[str], estimator: str | None, device: str) -> list[
     sections = [runs_section(comparison, alphas)]
     last = runs[-1]
     if (Path(last) / "model.safetensors").is_file():
-        sections.append(_checkpoint_section(last, estimator, device, f"Last checkpoint of {Path(last).name}"))
+        sections.append(_checkpoint_section(last, estimator, device, analyse, f"Last checkpoint of {Path(last).name}"))
     return sections
 
 
-def _checkpoint_section(source: str, estimator: str | None, device: str, heading: str | None = None) -> str:
+def _checkpoint_section(source: str, estimator: str | None, device: str, analyse: Callable | None,
+                        heading: str | None = None) -> str:
     from alphaspec.analysis.results import is_results_file, results_or_analysis
     from alphaspec.report.checkpoint import checkpoint_section
 
     saved = is_results_file(source)
-    frame, spectra = results_or_analysis(source, estimator, device, asked="-e" if saved else None)
+    frame, spectra = results_or_analysis(source, estimator, device, asked="-e" if saved else None, analyse=analyse)
     heading = heading or (f"Results: {Path(source).name}" if saved else f"Checkpoint: {source}")
     return checkpoint_section(frame, spectra, provenance(source, frame, results=saved), heading)
 

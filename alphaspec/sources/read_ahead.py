@@ -64,11 +64,13 @@ _DONE = object()
 
 def read_ahead(ckpt: Checkpoint, specs: list[MatrixSpec], stop: threading.Event,
                device: torch.device | None = None, max_bytes: int | None = None,
-               on_versions: Callable[[MatrixSpec, torch.Tensor, torch.Tensor], None] | None = None) -> Iterator:
+               on_versions: Callable[[MatrixSpec, torch.Tensor, torch.Tensor], None] | None = None,
+               on_read: Callable[[MatrixSpec, torch.Tensor], None] | None = None) -> Iterator:
     """Yield (spec, matrix) in file order, read by a background thread up to `max_bytes` ahead.
 
     on_versions(spec, before, after): called in that thread, before the matrix is yielded, for each matrix of
-    an update whose checkpoint holds its base (Checkpoint.read_versions).
+    an update whose checkpoint holds its base (Checkpoint.read_versions). on_read(spec, matrix): called in that
+    thread with each matrix as read, before it is copied to the device (the eigenvalue store keys it there).
 
     With a CUDA device the thread also copies each matrix there (and expands GGUF blocks there), on its
     own stream, in the checkpoint's dtype, so the host-to-device transfer overlaps the solver too.
@@ -102,7 +104,10 @@ def read_ahead(ckpt: Checkpoint, specs: list[MatrixSpec], stop: threading.Event,
                         for spec in by_tensor[name]:
                             if versions is not None and on_versions is not None:
                                 on_versions(spec, *(spec.extract(v) for v in versions))
-                            m = stage(spec, spec.extract(tensor))
+                            m = spec.extract(tensor)
+                            if on_read is not None:
+                                on_read(spec, m)
+                            m = stage(spec, m)
                             if not q.put((spec, m), m.numel() * m.element_size()):
                                 return
             q.put(_DONE)

@@ -208,7 +208,7 @@ class DecayOptions:
 
     def lr_spec(self):
         """The MapSpec of a tempbalance or llr run (None fields: the method's published values)."""
-        from alphaspec.maps.build import MapSpec
+        from alphaspec.maps.spec import MapSpec
 
         return MapSpec(method=self.strategy, metric=self.metric, estimator=self.estimator,
                        ratio=self.lr_ratio, assign=self.lr_assign)

@@ -1,0 +1,187 @@
+"""The eigenvalue store: a later analysis of the same weights takes each spectrum from it instead of solving, and
+its rows equal a fresh solve's exactly; a changed matrix, a damaged or forged entry is solved again; the store
+stays within its bound; `--no-cache`, ALPHASPEC_NO_CACHE and `alphaspec cache` do what they say."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+
+import pandas as pd
+import pytest
+import torch
+
+import synth
+from alphaspec.analysis import solve as solve_module
+from alphaspec.analysis.engine import analyze_checkpoint
+from alphaspec.analysis.store import EigenStore, Entry, entry_key, matrix_key, store_bound
+
+
+@pytest.fixture(autouse=True)
+def store_on(tmp_path, monkeypatch):
+    """The store on, in a directory of this test's own."""
+    monkeypatch.setenv("ALPHASPEC_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("ALPHASPEC_NO_CACHE", raising=False)
+    return tmp_path / "cache" / "spectra"
+
+
+@pytest.fixture
+def llama_dir(tmp_path):
+    return synth.write(tmp_path / "llama", synth.llama(), synth.LLAMA_CONFIG)
+
+
+def solves(monkeypatch) -> list[int]:
+    """Count the matrices the solver is handed (a store hit never reaches it)."""
+    counted = [0]
+    real = solve_module.scaled_eigenvalues
+
+    def counting(w, *args, **kwargs):
+        counted[0] += len(w)
+        return real(w, *args, **kwargs)
+
+    monkeypatch.setattr(solve_module, "scaled_eigenvalues", counting)
+    return counted
+
+
+def test_a_second_analysis_solves_nothing_and_equals_a_fresh_one(llama_dir, monkeypatch, store_on):
+    counted = solves(monkeypatch)
+    first = analyze_checkpoint(llama_dir, "median", "cpu", keep_spectra=True).table
+    n = len(first)
+    assert counted[0] == n and len(EigenStore(store_on).entries()) > 0
+    for estimator in ("median", "gof", "fix-finger"):  # any estimator re-fits from the kept spectra
+        counted[0] = 0
+        warm = analyze_checkpoint(llama_dir, estimator, "cpu", keep_spectra=True)
+        assert counted[0] == 0, estimator
+        fresh = analyze_checkpoint(llama_dir, estimator, "cpu", keep_spectra=True, cache=False)
+        pd.testing.assert_frame_equal(warm.table, fresh.table)
+        assert warm.spectra.keys() == fresh.spectra.keys()
+        assert all((warm.spectra[k] == fresh.spectra[k]).all() for k in warm.spectra)
+
+
+def test_randomized_and_farms_solves_are_kept_with_their_settings(llama_dir, monkeypatch):
+    counted = solves(monkeypatch)
+    settings = {"randomize": 3, "seed": 1, "farms": True, "keep_spectra": True}
+    analyze_checkpoint(llama_dir, "median", "cpu", **settings)
+    counted[0] = 0
+    warm = analyze_checkpoint(llama_dir, "median", "cpu", **settings)
+    assert counted[0] == 0
+    fresh = analyze_checkpoint(llama_dir, "median", "cpu", cache=False, **settings)
+    pd.testing.assert_frame_equal(warm.table, fresh.table)
+    assert warm.spectra.keys() == fresh.spectra.keys()  # the permuted spectra too
+    counted[0] = 0
+    analyze_checkpoint(llama_dir, "median", "cpu", **(settings | {"seed": 2}))  # another seed: solved again
+    assert counted[0] > 0
+
+
+def test_a_changed_matrix_is_solved_again_the_others_are_not(tmp_path, monkeypatch):
+    tensors = synth.llama()
+    synth.write(tmp_path / "a", tensors, synth.LLAMA_CONFIG)
+    changed = dict(tensors)
+    name = "model.layers.1.mlp.down_proj.weight"
+    changed[name] = changed[name].clone()
+    changed[name].view(-1)[0] += 1  # one entry, one bf16 step
+    synth.write(tmp_path / "b", changed, synth.LLAMA_CONFIG)
+    counted = solves(monkeypatch)
+    analyze_checkpoint(tmp_path / "a", "median", "cpu")
+    counted[0] = 0
+    table = analyze_checkpoint(tmp_path / "b", "median", "cpu").table
+    assert counted[0] == 1
+    fresh = analyze_checkpoint(tmp_path / "b", "median", "cpu", cache=False).table
+    pd.testing.assert_frame_equal(table, fresh)
+
+
+def test_keys_see_every_byte_dtype_and_shape():
+    w = synth.rand(64, 32)
+    flipped = w.clone()
+    flipped.view(torch.int32)[5, 7] ^= 1  # the last bit of one float
+    assert matrix_key(w) == matrix_key(w.clone()) != matrix_key(flipped)
+    assert matrix_key(w) != matrix_key(w.reshape(32, 64)) and matrix_key(w) != matrix_key(w.double())
+    assert matrix_key(w.t()) == matrix_key(w.t().contiguous())  # a view is keyed by its values
+    assert entry_key("k", 64, 32, "fp64") != entry_key("k", 64, 32, "fp32")
+
+
+def test_a_damaged_or_forged_entry_is_solved_again(llama_dir, monkeypatch, store_on):
+    fresh = analyze_checkpoint(llama_dir, "median", "cpu", cache=False).table
+    analyze_checkpoint(llama_dir, "median", "cpu")
+    paths = sorted(p for p, _, _ in EigenStore(store_on).entries())
+    damaged, forged, source = paths[0], paths[1], paths[2]
+    data = bytearray(damaged.read_bytes())
+    data[-3] ^= 0xFF  # an eigenvalue's bytes
+    damaged.write_bytes(bytes(data))
+    forged.write_bytes(source.read_bytes())  # a valid entry under another key
+    paths[3].write_bytes(b"\xff" * 40)  # not a safetensors file at all
+    counted = solves(monkeypatch)
+    store = EigenStore(store_on)
+    assert store.get(damaged.stem) is None and store.get(forged.stem) is None and store.rejected == 2
+    assert not damaged.exists() and not forged.exists()  # deleted, never trusted
+    table = analyze_checkpoint(llama_dir, "median", "cpu").table
+    assert counted[0] >= 2
+    pd.testing.assert_frame_equal(table, fresh)
+
+
+def test_the_store_keeps_within_its_bound_least_recently_used_first(tmp_path):
+    store = EigenStore(tmp_path, max_bytes=10**9)
+    for i in range(6):
+        store.put(f"{i:064x}", Entry({"eigs": torch.arange(1000, dtype=torch.float64).numpy() + i}, {"exponent": 0}))
+        os.utime(store._path(f"{i:064x}"), (1000 + i, 1000 + i))
+    store.get(f"{0:064x}")  # the oldest, used now
+    size = store.entries()[0][1]
+    store.max_bytes = 3 * size
+    assert store.trim() == 3
+    kept = sorted(p.stem for p, _, _ in store.entries())
+    assert kept == [f"{i:064x}" for i in (0, 4, 5)]
+    assert store.clear() == (3, 3 * size) and store.entries() == []
+
+
+def test_concurrent_analyses_share_the_store(llama_dir):
+    fresh = analyze_checkpoint(llama_dir, "median", "cpu", cache=False).table
+    tables, errors = [], []
+
+    def run():
+        try:
+            tables.append(analyze_checkpoint(llama_dir, "median", "cpu").table)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and len(tables) == 4
+    for table in tables:
+        pd.testing.assert_frame_equal(table, fresh)
+
+
+def test_the_bound_reads_sizes(monkeypatch):
+    for text, size in (("500M", 500 << 20), ("4G", 4 << 30), ("1.5g", int(1.5 * (1 << 30))), ("2048", 2048),
+                       ("10MiB", 10 << 20)):
+        monkeypatch.setenv("ALPHASPEC_CACHE_SIZE", text)
+        assert store_bound() == size, text
+    monkeypatch.setenv("ALPHASPEC_CACHE_SIZE", "lots")
+    with pytest.raises(Exception, match="ALPHASPEC_CACHE_SIZE"):
+        store_bound()
+
+
+def cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "alphaspec", *map(str, args)], capture_output=True, text=True,
+                          env=os.environ | {"COLUMNS": "80"} | (env or {}), timeout=300)
+
+
+def test_the_cache_command_and_no_cache(llama_dir, store_on):
+    assert cli("analyze", llama_dir, "-q", "--no-cache").returncode == 0
+    assert not store_on.exists() or EigenStore(store_on).entries() == []
+    assert cli("analyze", llama_dir, "-q", env={"ALPHASPEC_NO_CACHE": "1"}).returncode == 0
+    assert not store_on.exists() or EigenStore(store_on).entries() == []
+    assert cli("analyze", llama_dir, "-q").returncode == 0
+    count = len(EigenStore(store_on).entries())
+    assert count > 0
+    info = cli("cache", "info")
+    assert info.returncode == 0 and f"{count} entries" in info.stdout and str(store_on) in info.stdout
+    cleared = cli("cache", "clear")
+    assert cleared.returncode == 0 and f"deleted {count} entries" in cleared.stdout
+    assert EigenStore(store_on).entries() == []
+    bad = cli("analyze", llama_dir, "-q", env={"ALPHASPEC_CACHE_SIZE": "lots"})
+    assert bad.returncode == 2 and bad.stderr.startswith("error: ALPHASPEC_CACHE_SIZE") and "Traceback" not in bad.stderr
