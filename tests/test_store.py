@@ -11,9 +11,9 @@ import threading
 
 import pandas as pd
 import pytest
+import synth
 import torch
 
-import synth
 from alphaspec.analysis import solve as solve_module
 from alphaspec.analysis.engine import analyze_checkpoint
 from alphaspec.analysis.store import EigenStore, Entry, entry_key, matrix_key, store_bound
@@ -185,3 +185,32 @@ def test_the_cache_command_and_no_cache(llama_dir, store_on):
     assert EigenStore(store_on).entries() == []
     bad = cli("analyze", llama_dir, "-q", env={"ALPHASPEC_CACHE_SIZE": "lots"})
     assert bad.returncode == 2 and bad.stderr.startswith("error: ALPHASPEC_CACHE_SIZE") and "Traceback" not in bad.stderr
+
+
+def test_a_results_table_with_its_spectra_is_fitted_again_for_any_estimator(tmp_path, llama_dir):
+    """`analyze -o r.json --save-spectra r.npz` once: a method or `-e` asking for another estimator re-fits from the
+    spectra (equal to analysing the checkpoint with it, to round-off), where a table without them is refused or
+    noted."""
+    import numpy as np
+
+    from alphaspec.analysis.results import REFITTED, results_or_analysis
+    from alphaspec.analysis.table import write_results, write_spectra
+    from alphaspec.maps.build import build_map
+
+    analysis = analyze_checkpoint(llama_dir, "median", "cpu", keep_spectra=True, split_fused=False, cache=False)
+    write_results(analysis, tmp_path / "r.json")
+    write_spectra(analysis, tmp_path / "r.npz")
+    for estimator in ("gof", "fix-finger"):
+        table, _ = results_or_analysis(tmp_path / "r.json", estimator, asked="-e")
+        fresh = analyze_checkpoint(llama_dir, estimator, "cpu", split_fused=False, cache=False).table
+        for column in [c for c in REFITTED if c != "status"] + ["alpha_random"]:
+            np.testing.assert_allclose(table[column].to_numpy(float), fresh[column].to_numpy(float), rtol=1e-10)
+        assert list(table["status"]) == list(fresh["status"]) and set(table["estimator"]) == {estimator}
+    table, _ = results_or_analysis(tmp_path / "r.json", "fix-finger", refit=True)
+    assert build_map(table, "sparsity").notes == [] or all("fitted with" not in n for n in build_map(table, "sparsity").notes)
+    (tmp_path / "r.npz").unlink()  # without its spectra: the table as it is, and the map says so
+    table, _ = results_or_analysis(tmp_path / "r.json", "fix-finger", refit=True)
+    assert set(table["estimator"]) == {"median"}
+    assert any("fitted with median; alphapruning fits with fix-finger" in n for n in build_map(table, "sparsity").notes)
+    with pytest.raises(Exception, match="fitted with median, not gof"):
+        results_or_analysis(tmp_path / "r.json", "gof", asked="-e")

@@ -246,10 +246,10 @@ def test_learnable_multipliers_train_and_fold(tmp_path, text):
 
 @pytest.mark.parametrize("argv,message,code", [
     (["--data", "/nonexistent/corpus"], "no such file", 1),
-    (["--model", "llama-9000"], "'llama-9000': choose one of tiny", 2),  # a bad choice is a usage error
+    (["--model", "llama-9000"], "'llama-9000' is not one of 'tiny'", 2),  # a bad choice is a usage error
     (["--strategy", "uniform", "--decay-map", "wd.json"], "cannot be used", 2),  # contradicting options: a usage error
     (["--batch-size", "6", "--micro-batch", "4"], "not a multiple", 1),
-    (["--strategy", "alphadecay", "--assign", "cubic"], "'cubic': choose one of linear", 2),
+    (["--strategy", "alphadecay", "--assign", "cubic"], "'cubic' is not one of 'linear'", 2),
     (["--default-decay", "lots"], "--default-decay", 2),
 ])
 def test_cli_bad_input_is_one_error_line(tmp_path, argv, message, code):

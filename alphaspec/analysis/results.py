@@ -21,22 +21,29 @@ def is_results_file(source: object) -> bool:
 
 def results_or_analysis(source: str, estimator: str | None = None, device: str = "auto", *,
                         asked: str | None = None, spectra_file: Path | None = None, rounded_to: str | None = None,
-                        analyse: Callable | None = None, **options) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+                        refit: bool = False, analyse: Callable | None = None,
+                        **options) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """(table, spectra) of SOURCE: a results file as `analyze` wrote it (its spectra from the .npz beside it, or
     `spectra_file`; verdicts added to a table from before them), or the checkpoint analysed now with `analyse`
     (analyze_checkpoint, or a caller's wrapper that draws progress) and `options`.
 
-    asked: the option that asked for `estimator` ("-e", "--paper-compat"): a results file fitted with another
-    estimator is then refused rather than silently used. rounded_to: a dtype the weights are rounded to before
-    their spectra (a release's, under --paper-compat); a results file must hold weights of that dtype."""
-    from alphaspec.analysis.table import check_fitted_with, other_dtypes, read_results, read_spectra
+    A results file fitted with another estimator than `estimator` is re-fitted from its spectra when they are
+    there and `asked` or `refit` (a method fitting with its own estimator) say so; without its spectra it is
+    refused when `asked` names the option that asked ("-e", "--paper-compat"), and used as it is otherwise.
+    rounded_to: a dtype the weights are rounded to before their spectra (a release's, under --paper-compat); a
+    results file must hold weights of that dtype."""
+    from alphaspec.analysis.table import check_fitted_with, fitted_with, other_dtypes, read_results, read_spectra
 
     if not is_results_file(source):
         return _analysed(source, estimator or "median", device, rounded_to, analyse, options)
     path = Path(str(source))
     table = read_results(path)
-    if asked:
-        check_fitted_with(path, table, estimator, asked)
+    npz = spectra_file or path.with_suffix(".npz")
+    spectra = read_spectra(npz) if spectra_file or npz.exists() else {}
+    if estimator and (asked or refit) and fitted_with(table) not in (None, estimator):
+        table = refitted(table, spectra, estimator) if spectra else None if asked else table
+        if table is None:
+            check_fitted_with(path, read_results(path), estimator, asked)
     if rounded_to and (stored := other_dtypes(table, rounded_to)):
         raise UsageError(f"{path}: holds the spectra of {', '.join(stored)} weights; --paper-compat rounds them to "
                          f"{rounded_to} first, as the release loads them: give the checkpoint instead")
@@ -44,8 +51,36 @@ def results_or_analysis(source: str, estimator: str | None = None, device: str =
         from alphaspec.spectra.verdicts import verdicts
 
         table["warning"] = verdicts(table)
-    npz = spectra_file or path.with_suffix(".npz")
-    return table, (read_spectra(npz) if spectra_file or npz.exists() else {})
+    return table, spectra
+
+
+REFITTED = ("alpha", "xmin", "ks_d", "n_tail", "status", "alpha_weighted")  # what an estimator changes in a row
+
+
+def refitted(table: pd.DataFrame, spectra: dict[str, np.ndarray], estimator: str) -> pd.DataFrame | None:
+    """The table fitted again with `estimator` from its spectra (`analyze --save-spectra`): the fit columns,
+    alpha_random, the estimator and the verdicts; None when a fitted row has no spectrum to fit."""
+    import torch
+
+    from alphaspec.analysis.solve import metrics_of
+    from alphaspec.spectra.gaussian import random_alpha
+    from alphaspec.spectra.verdicts import UNCHANGED, verdicts
+
+    if any(n not in spectra for n, status in zip(table["name"], table["status"], strict=True) if status == "ok"):
+        return None
+    out = table.copy()
+    precision = str(table.attrs.get("precision", "fp64"))
+    for i, (name, status) in enumerate(zip(table["name"], table["status"], strict=True)):
+        if name in spectra and status != UNCHANGED:
+            fit = metrics_of(torch.from_numpy(np.asarray(spectra[name], dtype=np.float64)), estimator, 0, precision)
+            for column in REFITTED:
+                out.loc[out.index[i], column] = fit[column]
+    out["alpha_random"] = [random_alpha(int(r), int(c), estimator) for r, c in zip(out["rows"], out["cols"],
+                                                                                   strict=True)]
+    out["estimator"] = estimator
+    out.attrs["estimator"] = estimator
+    out["warning"] = verdicts(out)
+    return out
 
 
 def _analysed(source: str, estimator: str, device: str, rounded_to: str | None, analyse: Callable | None,

@@ -298,10 +298,12 @@ def _plain(value):
 
 
 def _solver(dev: torch.device, how: Solve, workers: int, keys: dict[str, str | None]) -> Callable[[list], list]:
-    """solve_batch for bounded_map (with each matrix's content key): with several workers on a GPU, each thread
-    on a CUDA stream of its own."""
+    """solve_batch for bounded_map, with each matrix's content key (of a matrix in CPU memory computed here, in
+    the solver threads, in parallel): with several workers on a GPU, each thread on a CUDA stream of its own."""
     def solve_batch_keyed(batch):
-        return solve_batch(batch, dev, how, [keys.get(spec.name) for spec, _ in batch])
+        if how.store is None:
+            return solve_batch(batch, dev, how)
+        return solve_batch(batch, dev, how, [keys.get(spec.name) or matrix_key(m) for spec, m in batch])
 
     if workers <= 1 or dev.type != "cuda":
         return solve_batch_keyed
@@ -382,13 +384,13 @@ def solve_matrices(ckpt: Checkpoint, matrices: list[MatrixSpec], dev: torch.devi
         if on_solved:
             on_solved(len(solved))
 
-    keys: dict[str, str | None] = {}  # content keys, computed by the reader thread on the matrices as read
+    keys: dict[str, str | None] = {}  # content keys of matrices staged on a GPU, computed before the copy
 
     def key(spec: MatrixSpec, m: torch.Tensor) -> None:
         keys[spec.name] = matrix_key(m)
 
     staged = read_ahead(ckpt, matrices, threading.Event(), dev, on_versions=compare,
-                        on_read=key if how.store is not None else None)
+                        on_read=key if how.store is not None and dev.type == "cuda" else None)
     batches = _batches(staged, BATCH_BYTES["cuda" if dev.type == "cuda" else "cpu"])
     failure = None
     try:

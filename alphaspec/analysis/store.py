@@ -1,11 +1,12 @@
 """The eigenvalue store: each matrix's spectrum solved once, kept on disk, reused by every later command.
 
 Eigenvalues are the expensive part of an analysis; every estimator, diagnosis, map and figure is cheap
-given them. An entry is keyed by what was solved: the SHA-256 of the matrix as the solver saw it (its
-bytes, dtype and shape, after a fused split, a delta's subtraction or a rounding), the size it stands for,
-the solver's precision and, for the randomised analysis and FARMS, their settings. A changed tensor
-cannot match a key. Entries are safetensors files (no pickle, no code) that carry their key and a checksum
-of their contents: an entry that does not verify is deleted and the matrix solved again, never trusted.
+given them. An entry is keyed by what was solved: the BLAKE3 digest (cryptographic, about 4 GB/s on one
+core, so keying costs a few per cent of a solve) of the matrix as the solver saw it (its bytes, dtype and
+shape, after a fused split, a delta's subtraction or a rounding), the size it stands for, the solver's
+precision and, for the randomised analysis and FARMS, their settings. A changed tensor cannot match a key.
+Entries are safetensors files (no pickle, no code) that carry their key and a checksum of their contents:
+an entry that does not verify is deleted and the matrix solved again, never trusted.
 Writes are atomic renames, so concurrent runs at worst solve a matrix twice; a read refreshes the entry's
 time, and `trim` deletes the least recently used entries beyond the size bound.
 
@@ -32,6 +33,7 @@ from alphaspec.errors import UsageError
 
 SUFFIX = ".safetensors"
 DEFAULT_BYTES = 2 << 30
+PARALLEL_BYTES = 8 << 20  # matrices from this size are keyed on several threads
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
@@ -59,12 +61,16 @@ def store_bound() -> int:
 
 
 def matrix_key(m: torch.Tensor) -> str | None:
-    """The content key of a matrix as solved: SHA-256 of its dtype, shape and bytes; None for a tensor that is
+    """The content key of a matrix as solved: BLAKE3 of its dtype, shape and bytes; None for a tensor that is
     not in CPU memory (a GGUF tensor expanded on the GPU: hashing it would cost a copy back)."""
+    from blake3 import blake3
+
     if m.device.type != "cpu":
         return None
-    digest = hashlib.sha256(f"{m.dtype}|{tuple(m.shape)}|".encode())
-    digest.update(m.detach().contiguous().view(torch.uint8).numpy().data)
+    data = m.detach().contiguous().view(torch.uint8).numpy().data
+    threads = blake3.AUTO if data.nbytes >= PARALLEL_BYTES else 1  # BLAKE3 hashes one input over several cores
+    digest = blake3(f"{m.dtype}|{tuple(m.shape)}|".encode(), max_threads=threads)
+    digest.update(data)
     return digest.hexdigest()
 
 

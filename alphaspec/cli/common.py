@@ -222,13 +222,13 @@ def analyze_with_progress(source: str, estimator: str, device, quiet: bool, head
 
 def load(source: str, estimator: str, device: str, quiet: bool, spectra_file: Path | None = None,
          split_fused: bool = True, farms: bool = False, asked: str | None = None, rounded_to: str | None = None,
-         cache: bool = True):
+         cache: bool = True, refit: bool = False):
     """(table, spectra) from a results file or a checkpoint analysed now with a progress bar
     (analysis.results.results_or_analysis says how)."""
     from alphaspec.analysis.results import results_or_analysis
 
     return results_or_analysis(source, estimator, device, asked=asked, spectra_file=spectra_file,
-                               rounded_to=rounded_to, analyse=progress_analysis(quiet, cache),
+                               rounded_to=rounded_to, refit=refit, analyse=progress_analysis(quiet, cache),
                                split_fused=split_fused, farms=farms)
 
 

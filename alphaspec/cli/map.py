@@ -191,16 +191,13 @@ def write_map(kind: str, source: str, output: Path, method: str | None = None, m
 def _write_value_map(kind: str, source: str, output: Path, spec, device: str, quiet: bool, estimator_given: bool,
                      cache: bool = True) -> None:
     """Analyse (or read) SOURCE, build the map of `kind` by `spec` (settled), write it and print its summary."""
-    from alphaspec.analysis.table import fitted_with
     from alphaspec.maps.build import build_map
 
     table, _ = load(source, spec.estimator, device, quiet, split_fused=False, farms=spec.metric == "alpha_farms",
                     asked="-e" if estimator_given else "--paper-compat" if spec.paper_compat else None,
-                    rounded_to=METHODS[spec.method].release_dtype if spec.paper_compat else None, cache=cache)
+                    rounded_to=METHODS[spec.method].release_dtype if spec.paper_compat else None, cache=cache,
+                    refit=True)
     vmap = build_map(table, kind, spec, source=source)
-    if (fitted := fitted_with(table)) not in (None, spec.estimator):  # a results file, fitted otherwise
-        vmap.notes.append(f"{source} was fitted with {fitted}; {spec.method} fits with {spec.estimator} (analyse the "
-                          f"checkpoint with -e {spec.estimator} for its own alphas, or give -e {fitted} to silence this)")
     vmap.save(output)
     if not quiet:
         out.print(summary(vmap))
@@ -220,7 +217,8 @@ def write_decay_map(source: str, output: Path, spec: DecaySpec, weight_decay: fl
                          f"{spec.estimator}: leave out -e")
     check_output(output, (".json",), inputs=input_paths(source))
     table, _ = load(source, spec.estimator, device, quiet, split_fused=not spec.paper_compat,
-                    farms=spec.metric == "alpha_farms", asked="-e" if estimator_given else None, cache=cache)
+                    farms=spec.metric == "alpha_farms", asked="-e" if estimator_given else None, cache=cache,
+                    refit=True)
     dmap = build_decay_map(table, weight_decay, spec, default=default, source=source)
     dmap.save(output)
     if not quiet:

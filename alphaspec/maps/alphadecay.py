@@ -45,6 +45,18 @@ def tuned_rows(table: pd.DataFrame, include: Iterable[str] = (), exclude: Iterab
     return table[keep]
 
 
+def estimator_note(table: pd.DataFrame, estimator: str, method: str) -> str | None:
+    """A note when the table's alphas were fitted with another estimator than the method's (a results table
+    without its spectra, which cannot be fitted again): the map then rests on those alphas."""
+    from alphaspec.analysis.table import fitted_with
+
+    fitted = fitted_with(table)
+    if fitted in (None, estimator):
+        return None
+    return (f"the table was fitted with {fitted}; {method} fits with {estimator} (analyse the checkpoint, or keep "
+            f"its spectra with --save-spectra so that the table can be fitted again)")
+
+
 def build_decay_map(table: pd.DataFrame, weight_decay: float, spec: DecaySpec | None = None, *,
                     default: str | float = "all", source: str = "", all_rows: bool = False,
                     **options) -> DecayMap:
@@ -86,6 +98,7 @@ def build_decay_map(table: pd.DataFrame, weight_decay: float, spec: DecaySpec | 
     modules = [_map_entry(tensor, part, metric) for tensor, part in rows.groupby(tensor_col, sort=False)]
     dmap = _finish(table, modules, weight_decay, spec, default, source)
     dmap.notes += [note] if note else []
+    dmap.notes += [other] if (other := estimator_note(table, spec.estimator, "AlphaDecay")) else []
     return dmap
 
 

@@ -30,7 +30,7 @@ NEEDED = ("name", "module", "layer", "rows", "cols", "n_eigs")  # the columns of
 def build_map(table: pd.DataFrame, kind: str, spec: MapSpec | None = None, *, source: str = "", **options) -> ValueMap:
     """A map of `kind` (lr, sparsity, lora_rank) from an analysis table (one row per whole matrix, in module
     order: analyse with split_fused=False, as the releases see each nn.Linear whole)."""
-    from alphaspec.maps.alphadecay import shape_note, with_derived_metrics  # alpha_excess = alpha - alpha_random
+    from alphaspec.maps.alphadecay import estimator_note, shape_note, with_derived_metrics  # alpha_excess = alpha - alpha_random
 
     spec = (spec or MapSpec(**options)).settled(kind)
     table = with_derived_metrics(table)
@@ -53,6 +53,8 @@ def build_map(table: pd.DataFrame, kind: str, spec: MapSpec | None = None, *, so
     _release_dtype(vmap, table, spec)
     valued = table[table["name"].isin([m["name"] for m in modules if "note" not in m])]
     if note := shape_note(valued, spec.metric, "these matrices", "the map mostly sorts"):
+        vmap.notes.append(note)
+    if note := estimator_note(table, spec.estimator, spec.method):
         vmap.notes.append(note)
     return vmap
 
