@@ -320,7 +320,7 @@ def _solver(dev: torch.device, how: Solve, workers: int, keys: dict[str, str | N
     return solve
 
 
-def _row_order(row: dict) -> tuple:
+def row_order(row: dict) -> tuple:
     """Embeddings, then blocks by layer and module type, then other tensors, then the head."""
     module = row["module"]
     group = 0 if module == "embed" else 3 if module == "lm_head" else 1 if row["layer"] is not None else 2
@@ -329,9 +329,9 @@ def _row_order(row: dict) -> tuple:
 
 
 def ordered_table(rows: list[dict]) -> pd.DataFrame:
-    """Rows in reading order for people (see _row_order), integer columns that may be empty as Int64."""
+    """Rows in reading order for people (see row_order), integer columns that may be empty as Int64."""
     extra = [c for c in OPTIONAL_COLUMNS if rows and c in rows[0]]  # columns only some analyses have
-    table = pd.DataFrame(sorted(rows, key=_row_order), columns=COLUMNS + extra)
+    table = pd.DataFrame(sorted(rows, key=row_order), columns=COLUMNS + extra)
     for col in ("layer", "expert"):
         table[col] = table[col].astype("Int64")
     table["warning"] = verdicts(table)  # with the default thresholds; the CLI applies the user's

@@ -149,6 +149,8 @@ OPTIONS = [
            "W_base + (lora_alpha/r)·B·A."),
     option("--fail-on", metavar_="WARNING[,...]", help="Exit with status 3 when a matrix has one of these verdicts: "
            + ", ".join(WARNINGS) + "."),
+    option("--dry-run", is_flag=True, help="Read the headers only: list the matrices that would be analysed, "
+           "what is skipped and why, and estimate the time and memory on this device (with -o, the list)."),
     cache_option,
     quiet_option,
 ]
@@ -182,7 +184,7 @@ def analyze(
     source: str, output: Path | None, estimator: str, device: str, include: list[str], exclude: list[str],
     split_fused: bool, save_spectra: Path | None, plots: Path | None, workers: int, farms: bool, precision: str,
     randomize: bool, permutations: int, seed: int, over_trained: float, under_trained: float, rank_loss: float,
-    base: str | None, merge: bool, fail_on: str | None, cache: bool, quiet: bool,
+    base: str | None, merge: bool, fail_on: str | None, dry_run: bool, cache: bool, quiet: bool,
 ) -> None:
     """Eigenvalue spectrum and power-law tail fit (alpha) of every weight matrix in a checkpoint, the
     Marchenko-Pastur bulk, and verdicts on which matrices need attention."""
@@ -211,6 +213,8 @@ def analyze(
     options = AnalysisOptions(estimator, tuple(include or ()), tuple(exclude or ()), split_fused,
                               save_spectra is not None or plots is not None, workers or auto_workers(dev, world),
                               farms, precision, permutations if randomize else 0, seed, base, merge, cache)
+    if dry_run:
+        return _dry_run(source, options, dev, output, quiet)
     with joined(dev.type == "cuda"), one_thread_per_solve(options.workers, dev):
         ckpt = open_source(source, base, merge) if world == 1 else None
         where = f"{len(ckpt.tensors)} tensors in {len(ckpt.files)} file(s)" if ckpt else f"{world} ranks"
@@ -222,6 +226,45 @@ def analyze(
         result.table["warning"] = verdicts(result.table, thresholds)
         _write(result, output, save_spectra, plots, quiet)
         check_verdicts(result.table, failing_on)
+
+
+def _dry_run(source: str, options, dev, output: Path | None, quiet: bool) -> None:
+    """--dry-run: the plan from the headers, its estimate, and with -o the list of matrices."""
+    from alphaspec.analysis.dry_run import dry_run
+    from alphaspec.analysis.table import write_table
+    from alphaspec.sources.deltas import open_source
+
+    ckpt = open_source(source, options.base, options.merge)
+    plan = dry_run(ckpt, options, dev)
+    if output is not None:
+        write_table(plan.table, output)
+    if quiet:
+        return
+    out.print(f"alphaspec {__version__} · {source} · {plan.n_tensors} tensors in {len(ckpt.files)} file(s) · "
+              "headers only", highlight=False)
+    parts = int((plan.table["part"] != "").sum())
+    table = Table(title=f"would analyse {len(plan.table)} matrices" + (f" ({parts} parts of fused or expert "
+                  "tensors)" if parts else ""), title_justify="left", header_style="bold")
+    for col in ("module", "matrices", "most common shape", "share of the time"):
+        table.add_column(col, justify="left" if col == "module" else "right")
+    for r in plan.summary().itertuples():
+        table.add_row(str(r.module), str(r.matrices), r.shape, f"{r.share:.0%}")
+    out.print(table)
+    reasons = Counter(s.reason for s in plan.skipped)
+    out.print(f"{len(plan.skipped)} tensor(s) would be skipped" + (":" if plan.skipped else ""), highlight=False)
+    for reason, count in reasons.most_common():
+        example = next(s.name for s in plan.skipped if s.reason == reason)
+        out.print(Text(f"  {count:>5} x {reason}  (e.g. {example})"))
+    out.print(f"estimate on {plan.device} ({plan.workers} worker(s), {plan.rate / 1e9:.1f} G multiply-adds/s "
+              f"measured now): {_duration(plan.seconds)} of solving, about {plan.peak_bytes / 1e9:.2f} GB held at "
+              f"once; reading the weights adds their size over the disk's speed", highlight=False)
+    if output is not None:
+        out.print(f"wrote {output}", highlight=False)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200 else \
+        f"{seconds / 3600:.1f} h"
 
 
 def _write(result: Analysis, output: Path | None, save_spectra: Path | None, plots: Path | None, quiet: bool) -> None:
