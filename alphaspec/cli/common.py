@@ -15,15 +15,6 @@ from pathlib import Path
 
 import click
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.text import Text
 
 from alphaspec._version import __version__
@@ -191,15 +182,11 @@ def app() -> None:
     """Heavy-tailed spectral analysis of language-model checkpoints (HT-SR), and AlphaDecay weight decay."""
 
 
-class RateColumn(ProgressColumn):
-    def render(self, task) -> Text:
-        return Text(f"{task.speed:.1f} matrices/s" if task.speed else "", style="progress.data.speed")
-
-
 def analyze_with_progress(source: str, estimator: str, device, quiet: bool, header: str | None = None, **options):
-    """analyze_checkpoint() with a progress bar (matrices done, matrices/s, ETA) on stderr, and `header` printed once the
-    work is planned (so that bad input ends in a lone `error:` line)."""
+    """analyze_checkpoint() with progress on stderr (cli/progress: a bar, or plain lines without a terminal), and
+    `header` printed once the work is planned (so that bad input ends in a lone `error:` line)."""
     from alphaspec.analysis.engine import analyze_checkpoint
+    from alphaspec.cli.progress import progress
     from alphaspec.devices import resolve_device
     from alphaspec.distributed import process_group
     from alphaspec.sources.checkpoint import open_checkpoint
@@ -207,17 +194,14 @@ def analyze_with_progress(source: str, estimator: str, device, quiet: bool, head
     device = resolve_device(device)  # bad input fails before a progress bar is drawn
     if process_group()[1] == 1:  # under torchrun every rank opens it inside the collective analysis
         options["checkpoint"] = options.get("checkpoint") or open_checkpoint(source)
-    columns = [TextColumn("analysing"), BarColumn(), MofNCompleteColumn(), RateColumn(), TimeElapsedColumn(),
-               TextColumn("eta"), TimeRemainingColumn()]
-    with Progress(*columns, console=err, disable=quiet, transient=True) as bar:
-        task = bar.add_task("analyse", total=None)
+    with progress("analysing", "matrices", quiet) as update:
 
-        def progress(done: int, total: int) -> None:
+        def on_progress(done: int, total: int) -> None:
             if done == 0 and header and not quiet:
-                bar.console.print(header, highlight=False)
-            bar.update(task, completed=done, total=total)
+                err.print(header, highlight=False)
+            update(done, total)
 
-        return analyze_checkpoint(source, estimator, device, progress=progress, **options)
+        return analyze_checkpoint(source, estimator, device, progress=on_progress, **options)
 
 
 def load(source: str, estimator: str, device: str, quiet: bool, spectra_file: Path | None = None,

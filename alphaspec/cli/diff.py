@@ -6,14 +6,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from alphaspec.cli.common import (
     app,
     cache_option,
     device_option,
-    err,
     estimator_option,
     exclude_option,
     include_option,
@@ -21,6 +19,7 @@ from alphaspec.cli.common import (
     quiet_option,
 )
 from alphaspec.cli.help import PATH, argument, option, with_options
+from alphaspec.cli.progress import progress
 from alphaspec.spectra.subspaces import TOP_K
 
 if TYPE_CHECKING:
@@ -82,9 +81,9 @@ def diff(sources: tuple[str, ...], output: Path | None, plot: Path | None, estim
     dev = resolve_device(device)
     found = expand_sources(list(sources))  # every checkpoint opened (headers) before the bar: bad input is one line
     workers = workers or auto_workers(dev, 1)
-    with one_thread_per_solve(workers, dev), _progress(quiet) as progress:
+    with one_thread_per_solve(workers, dev), progress("comparing", "matrices", quiet) as update:
         result = diff_checkpoints([], estimator, dev, include=include, exclude=exclude,
-                                  top_k=top_k, workers=workers, progress=progress, checkpoints=found, cache=cache)
+                                  top_k=top_k, workers=workers, progress=update, checkpoints=found, cache=cache)
     if output is not None:
         write_table(result.table, output)
     if plot is not None:
@@ -99,23 +98,6 @@ def diff(sources: tuple[str, ...], output: Path | None, plot: Path | None, estim
             out.print(line, highlight=False)
         for path in (p for p in (output, plot) if p is not None):
             out.print(f"wrote {path}", highlight=False)
-
-
-class _progress:
-    """A progress bar over the matrices (every checkpoint's copy of one matrix counts once)."""
-
-    def __init__(self, quiet: bool):
-        columns = [TextColumn("comparing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"),
-                   TimeRemainingColumn()]
-        self.bar = Progress(*columns, console=err, disable=quiet, transient=True)
-        self.task = self.bar.add_task("diff", total=None)
-
-    def __enter__(self):
-        self.bar.start()
-        return lambda done, total: self.bar.update(self.task, completed=done, total=total)
-
-    def __exit__(self, *exc):
-        self.bar.stop()
 
 
 def _summaries(table: pd.DataFrame) -> list[Table]:

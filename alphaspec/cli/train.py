@@ -14,6 +14,7 @@ from rich.text import Text
 
 from alphaspec.cli.common import app, decay_policy, err, finite, out, quiet_param, ratio_pair
 from alphaspec.cli.help import PATH, Option, metavar
+from alphaspec.cli.progress import clock
 from alphaspec.errors import UsageError
 
 EPILOG = """
@@ -114,12 +115,6 @@ def train(ctx: click.Context, quiet: bool, **settings) -> None:
         out.print(f"step {last['step']}: loss {last['loss']:.4f}{eval_part}; wrote {cfg.run.out}", highlight=False)
 
 
-def _clock(seconds: float) -> str:
-    """H:MM:SS, as the progress bar shows times."""
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-
-
 class Report:
     """What `train` shows: a progress bar on a terminal; one plain line per logged step otherwise (nohup,
     SLURM, CI logs); with -q only warnings and errors."""
@@ -179,7 +174,7 @@ class Report:
         ms = 1e3 * (now - t1) / max(step - s1, 1)
         mfu = f", MFU {row['tokens_per_s'] * self.mfu_flops:.0%}" if self.mfu_flops else ""
         remaining = (now - t0) / max(step - s0, 1) * (self.steps - step)
-        return f"{ms:,.0f} ms/step{mfu} | {_clock(now - t0)} elapsed, eta {_clock(remaining)}"
+        return f"{ms:,.0f} ms/step{mfu} | {clock(now - t0)} elapsed, eta {clock(remaining)}"
 
     def status(self, text: str) -> None:
         """A line about what the run is doing (a preparation step, a refresh of the decays)."""
