@@ -492,6 +492,29 @@ def test_sigterm_ends_a_command_with_one_line_saying_what_it_left(tmp_path):
     assert "continues from the last one" in lines[-1]
 
 
+@pytest.mark.parametrize("checkpointed", [False, True])
+def test_sigterm_of_train_says_whether_a_checkpoint_is_left(tmp_path, checkpointed):
+    """The line said "the run keeps its last checkpoint" also when none had been written yet."""
+    run = tmp_path / "run"
+    env = os.environ | {"PYTHONPATH": str(ROOT), "COLUMNS": "200"}
+    proc = subprocess.Popen([sys.executable, "-m", "alphaspec", "train", "--out", str(run), "--steps", "100000",
+                             "--checkpoint-every", "1" if checkpointed else "100000", "--eval-every", "100000"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 180
+    ready = (lambda: any((run / "checkpoints").glob("step_*.pt"))) if checkpointed else \
+        (lambda: (run / "metrics.csv").exists())
+    while not ready() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert proc.returncode == 143 and lines[-1].startswith("error: terminated (SIGTERM)"), err
+    if checkpointed:
+        assert "keeps its last checkpoint" in lines[-1] and "--resume" in lines[-1], lines[-1]
+    else:
+        assert "no checkpoint was written yet" in lines[-1], lines[-1]
+
+
 STARTING = """
 import builtins, os, signal, sys
 sys.argv = ["alphaspec", "analyze", "example:minilm"]

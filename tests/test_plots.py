@@ -250,3 +250,18 @@ def test_every_module_type_has_its_own_colour():
 
     colours = [module_colour(m) for m in MODULE_TYPES if m not in FUSED_MODULES]
     assert len(set(colours)) == len(colours) and module_colour("decoder/lm_head") == module_colour("lm_head")
+
+
+def test_block_labels_of_a_map_figure_never_overlap():
+    """"block 3" and "block 4" were printed over each other in the sparsity map's figure."""
+    from alphaspec.maps.file import ValueMap
+    from alphaspec.plots.maps import map_figure
+
+    mods = [{"name": f"l{b}.{m}", "module": m, "layer": b, "alpha": 3 + 0.004 * b, "block_metric": 3 + 0.004 * b,
+             "sparsity": 0.5 + 0.002 * b, "params": 100} for b in range(32) for m in ("att.q", "mlp.up")]
+    fig = map_figure(ValueMap(kind="sparsity", method="alphapruning", modules=mods, settings={"target": 0.5}))
+    boxes = [t.get_window_extent() for t in fig.axes[0].texts]
+    assert len(boxes) >= 8  # most blocks named
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    frame = fig.axes[0].get_window_extent()
+    assert all(frame.contains(b.x0, b.y0) and frame.contains(b.x1, b.y1) for b in boxes)

@@ -183,3 +183,44 @@ def test_nothing_to_report_is_a_usage_error():
     with pytest.raises(UsageError, match="report needs a SOURCE"):
         render([])
     assert Path(alphaspec.report.__file__).parent.joinpath("assets", "report.js").is_file()
+
+
+def test_the_runs_table_writes_losses_alike_with_signed_differences():
+    """`0.000156` beside `-0.030`: mixed precision and no sign in the runs' comparison table."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from alphaspec.report.runs import compare_table
+
+    summary = pd.DataFrame([
+        {"label": "alphadecay", "n": 3, "eval_loss": 3.2001, "eval_loss_std": 0.000156, "best_eval_loss": 3.19,
+         "vs_baseline": -0.03, "ci_low": -0.0412, "ci_high": -0.0188, "p_holm": 0.004, "applied_over_w": 1.0},
+        {"label": "uniform", "n": 3, "eval_loss": 3.2301, "eval_loss_std": 0.0021, "best_eval_loss": 3.22,
+         "vs_baseline": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "p_holm": float("nan"),
+         "applied_over_w": 1.0}])
+    summary.attrs["baseline"] = "uniform"
+    html = compare_table(SimpleNamespace(summary=summary))
+    for cell in ("3.2001", "0.0002", "3.1900", "-0.0300 [-0.0412, -0.0188]", "0.0021"):
+        assert f">{cell}<" in html, cell
+    assert "0.000156" not in html
+
+
+def test_a_figure_is_inlined_whole_when_its_title_is_wider_than_its_canvas():
+    """The decay map's figure was clipped in the report ("aDecay: linear map..."): a fixed 540 pt viewBox."""
+    import re
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from alphaspec.report.html import figure
+
+    fig, ax = plt.subplots(figsize=(3, 2))
+    ax.plot([0, 1], [0, 1])
+    fig.suptitle("AlphaDecay: linear map from alpha, s1 = 0.67, s2 = 3.0, base w = 0.1, 96 tuned tensors, mean kept")
+    svg = figure(fig, "a figure")
+    plt.close(fig)
+    width = float(re.search(r'viewBox="0 0 ([\d.]+) ', svg).group(1))
+    assert width > 3 * 72 + 50  # the title's width, not the 216 pt canvas

@@ -120,6 +120,11 @@ def _interrupted(e: BaseException) -> int:
     what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted (Ctrl-C)"
     command = next((c for c in sys.argv[1:] if not c.startswith("-")), "")
     hint = RESUME_HINTS.get(command, "outputs are written whole or not at all, so none was left half-written")
+    if (run := getattr(e, "run_dir", None)) is not None:  # `train` says where its run is: has it a checkpoint?
+        from alphaspec.train.rundir import checkpoints
+
+        if not checkpoints(Path(run)):
+            hint = "no checkpoint was written yet; the same command starts the run again"
     return _error_line(f"{what}: {hint}", 143 if isinstance(e, Terminated) else 130)
 
 

@@ -107,9 +107,13 @@ def train(ctx: click.Context, quiet: bool, **settings) -> None:
     except ConfigError as e:  # options that contradict each other: a usage error, as the parser's own
         raise UsageError(str(e)) from e
     resolve_device(cfg.hardware.device)
-    with Report(quiet, plain=not err.is_terminal) as report:
-        last = run_training(cfg, on_log=report.log, on_start=report.start, on_status=report.status,
-                            on_warning=report.warning)
+    try:
+        with Report(quiet, plain=not err.is_terminal) as report:
+            last = run_training(cfg, on_log=report.log, on_start=report.start, on_status=report.status,
+                                on_warning=report.warning)
+    except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: the line that reports it says whether a checkpoint is left
+        stop.run_dir = cfg.run.out
+        raise
     if not quiet and last:
         eval_part = f", eval loss {last['eval_loss']:.4f} (ppl {last['eval_ppl']:.1f})" if "eval_loss" in last else ""
         out.print(f"step {last['step']}: loss {last['loss']:.4f}{eval_part}; wrote {cfg.run.out}", highlight=False)

@@ -48,13 +48,10 @@ def map_figure(vmap) -> Figure:
     x = mods["block_metric"] if "block_metric" in mods else mods[metric]
     fig = Figure(figsize=(7.5, 4.8), layout="constrained", dpi=DPI)
     ax = fig.subplots()
-    if "block_metric" in mods:  # one value per block: one point each, named
-        blocks = mods.groupby("layer", sort=True).first()
+    blocks = mods.groupby("layer", sort=True).first() if "block_metric" in mods else None
+    if blocks is not None:  # one value per block: one point each, named (below, once the layout is known)
         ax.scatter(blocks["block_metric"], blocks[key], s=30, color="#1f78b4", edgecolors="none",
                    label="a block (all its matrices)")
-        for i, (layer, row) in enumerate(blocks.sort_values("block_metric").iterrows()):  # neighbours above/below
-            ax.annotate(f"block {layer}", (row["block_metric"], row[key]), textcoords="offset points",
-                        xytext=(6, 4 if i % 2 else -10), fontsize="x-small", color="#444444")
     else:
         for module, part in mods.groupby("module", sort=False):
             ax.scatter(x[part.index], part[key], s=22, color=module_colour(str(module)), label=str(module),
@@ -72,4 +69,28 @@ def map_figure(vmap) -> Figure:
            title=f"{vmap.method}: {label.split(' (')[0]} from {metric}")
     ax.grid(True, alpha=0.3)
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False, fontsize="small")
+    if blocks is not None:
+        _name_points(fig, ax, blocks["block_metric"], blocks[key], [f"block {layer}" for layer in blocks.index])
     return fig
+
+
+LABEL_OFFSETS = [(6, 4), (6, -10), (6, 14), (6, -20), (-40, 4), (-40, -10), (6, 24), (6, -30)]  # points
+
+
+def _name_points(fig: Figure, ax, xs, ys, names: list[str]) -> None:
+    """A label beside each point, at the first of LABEL_OFFSETS where it overlaps no label placed before (nor
+    leaves the axes); a point with no such place keeps no label rather than one printed over another."""
+    fig.draw_without_rendering()  # the constrained layout settles where the axes are
+    placed = []
+    frame = ax.get_window_extent()
+    for x, y, name in sorted(zip(xs, ys, names, strict=True)):
+        for offset in LABEL_OFFSETS:
+            label = ax.annotate(name, (x, y), textcoords="offset points", xytext=offset, fontsize="x-small",
+                                color="#444444", annotation_clip=False)
+            label.set_in_layout(False)
+            box = label.get_window_extent()
+            if frame.contains(box.x0, box.y0) and frame.contains(box.x1, box.y1) and \
+                    not any(box.overlaps(other) for other in placed):
+                placed.append(box)
+                break
+            label.remove()

@@ -39,6 +39,14 @@ def number(value: object, digits: int = 3) -> str:
     return f"{value:.{digits}f}" if 1e-3 <= abs(value) < 1e5 else f"{value:.{digits}g}"
 
 
+def fixed(value: object, digits: int = 4, sign: bool = False) -> str:
+    """A number with `digits` decimals, all of a column alike (losses and their differences: 0.0002 beside
+    -0.0300, never 0.000156); with a sign when `sign`; '–' for missing."""
+    if value is None or not isinstance(value, int | float) or isinstance(value, bool) or math.isnan(value):
+        return "–"
+    return f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
+
+
 def json_for_script(data: object) -> str:
     """JSON for a <script type="application/json"> element: NaN as null, and `<`, `>`, `&` escaped as
     \\u003c..., so no string in the data can end the element."""
@@ -67,16 +75,17 @@ def _plain(value):
 
 
 def figure(fig: Figure, alt: str, caption: str = "") -> str:
-    """A matplotlib Figure inlined: SVG (with its alt text as the accessible name), or PNG when the SVG is large."""
+    """A matplotlib Figure inlined: SVG (with its alt text as the accessible name), or PNG when the SVG is large;
+    cut to what it draws (a title wider than the figure was clipped at the canvas's edge)."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="svg")
+    fig.savefig(buffer, format="svg", bbox_inches="tight")
     svg = buffer.getvalue().decode("utf-8")
     if len(svg) <= SVG_LIMIT:
         svg = re.sub(r"<metadata>.*?</metadata>", "", svg[svg.index("<svg"):], flags=re.S)  # matplotlib's RDF block
         body = svg.replace("<svg ", f'<svg role="img" aria-label="{esc(alt)}" ', 1)
     else:
         buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=PNG_DPI)
+        fig.savefig(buffer, format="png", dpi=PNG_DPI, bbox_inches="tight")
         body = f'<img alt="{esc(alt)}" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
     caption_html = f"<figcaption>{esc(caption)}</figcaption>" if caption else ""
     return f'<figure class="plot">{body}{caption_html}</figure>'

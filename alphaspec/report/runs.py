@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from alphaspec.plots.training import alphas_figure, alphas_over_training, compare_figure
-from alphaspec.report.html import esc, figure, key_values, number, table
+from alphaspec.report.html import esc, figure, fixed, key_values, number, table
 from alphaspec.train.compare import Comparison
 
 SETTINGS = ("model", "strategy", "optimizer", "steps", "batch_size", "seq_len", "lr", "weight_decay", "ratio", "gap",
@@ -50,10 +50,10 @@ def compare_table(comparison: Comparison) -> str:
     rows = []
     for _, r in s.iterrows():
         delta = "baseline" if r["label"] == baseline else (
-            f"{number(r['vs_baseline'])} [{number(r['ci_low'])}, {number(r['ci_high'])}]"
+            f"{fixed(r['vs_baseline'], sign=True)} [{fixed(r['ci_low'], sign=True)}, {fixed(r['ci_high'], sign=True)}]"
             if pd.notna(r.get("vs_baseline")) else "–")
-        rows.append([esc(r["label"]), number(r["n"]), number(r["eval_loss"]), number(r["eval_loss_std"]),
-                     number(r["best_eval_loss"]), delta, number(r.get("p_holm")), number(r.get("applied_over_w"), 2)])
+        rows.append([esc(r["label"]), number(r["n"]), fixed(r["eval_loss"]), fixed(r["eval_loss_std"]),
+                     fixed(r["best_eval_loss"]), delta, number(r.get("p_holm")), number(r.get("applied_over_w"), 2)])
     return table(["label", "runs", "final eval loss", "sd", "best", "Δ vs baseline [95 % CI]", "p (Holm)", "decay / w"],
                  rows, f"validation loss, best first; baseline: {baseline}", "compare")
 
