@@ -280,3 +280,67 @@ def test_the_terminal_shows_what_changed_not_alphas(tmp_path):
     assert max(len(line) for line in text.splitlines()) <= 80
     att_v = next(line for line in text.splitlines() if line.startswith("│ att.v"))
     assert att_v.split("│")[3].strip() == "1" and att_v.split("│")[4].strip() == "384"  # one changed, full rank
+
+
+# -- live PEFT models: the same rows as the adapter files give ------------------------------------------------------
+def live(config: peft.LoraConfig, seed: int = 0, base=None):
+    return peft.get_peft_model(base if base is not None else tiny_llama(seed), config)
+
+
+def compare(table, reference, columns=("alpha", "spectral_norm", "frobenius_norm"), rel=1e-6):
+    assert list(table["name"]) == list(reference["name"])
+    for column in columns:
+        np.testing.assert_allclose(table[column].to_numpy(float), reference[column].to_numpy(float), rtol=rel,
+                                   err_msg=column)
+
+
+def test_a_live_peft_model_is_analysed_as_it_computes(tmp_path):
+    """64 rows (lora_A, lora_B and base_layer typed `other`) became the base model's rows: W + s·B·A under the
+    base names, equal to peft's merge_and_unload (which adds in float32) to its rounding."""
+    import copy
+
+    for extra in ({}, {"use_rslora": True}, {"rank_pattern": {"down_proj": 12}, "alpha_pattern": {"v_proj": 24}}):
+        config = peft.LoraConfig(r=16, lora_alpha=8, target_modules=TARGETS, init_lora_weights=False, **extra)
+        model = live(config)
+        table = alphaspec.analyze(model, device="cpu")
+        assert len(table) == len(alphaspec.analyze(tiny_llama(0), device="cpu"))
+        assert not table["name"].str.contains("lora_|base_layer").any()
+        compare(table, alphaspec.analyze(copy.deepcopy(model).merge_and_unload(), device="cpu"))
+        updates = alphaspec.analyze(model, device="cpu", updates=True)  # the updates alone: the adapter files' rows
+        model.save_pretrained(tmp_path / str(len(extra)))
+        compare(updates, alphaspec.analyze(tmp_path / str(len(extra))), ("spectral_norm", "frobenius_norm", "n_zero"),
+                rel=1e-12)
+        assert (updates["content"] == "adapter").all() and len(updates) == 6
+
+
+def test_a_merged_in_place_peft_model_is_not_added_twice():
+    import copy
+
+    model = live(peft.LoraConfig(r=8, lora_alpha=8, target_modules=TARGETS, init_lora_weights=False))
+    before = alphaspec.analyze(model, device="cpu")
+    model.merge_adapter()  # W now holds W + s·B·A itself
+    compare(alphaspec.analyze(model, device="cpu"), before)
+    compare(alphaspec.analyze(copy.deepcopy(model).unload(), device="cpu"), before)
+
+
+def test_gpt2_conv1d_targets_are_transposed_like_their_weights():
+    import copy
+
+    base = transformers.GPT2Model(transformers.GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=100))
+    model = live(peft.LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn", "c_proj"], init_lora_weights=False,
+                                 fan_in_fan_out=True), base=base)
+    compare(alphaspec.analyze(model, device="cpu"), alphaspec.analyze(copy.deepcopy(model).merge_and_unload(),
+                                                                      device="cpu"))
+
+
+def test_what_a_live_peft_model_cannot_be_is_one_line():
+    dora = live(peft.LoraConfig(r=4, target_modules=TARGETS, use_dora=True))
+    with pytest.raises(SourceError, match="a DoRA adapter"):
+        alphaspec.analyze(dora, device="cpu")
+    two = live(peft.LoraConfig(r=4, target_modules=TARGETS))
+    two.add_adapter("second", peft.LoraConfig(r=4, target_modules=TARGETS))
+    two.base_model.set_adapter(["default", "second"])
+    with pytest.raises(SourceError, match="2 active adapters"):
+        alphaspec.analyze(two, device="cpu")
+    with pytest.raises(alphaspec.AlphaspecError, match="updates=True is for a live PEFT model"):
+        alphaspec.analyze(tiny_llama(0), device="cpu", updates=True)

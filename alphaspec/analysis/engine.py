@@ -39,11 +39,14 @@ def analyze_checkpoint(source, estimator: str = "median", device: str | torch.de
     spectra."""
     opts = options or AnalysisOptions.of(estimator=estimator, **settings)
     if is_in_memory(source) and checkpoint is None:  # a live model or state dict: solved where its weights are
-        checkpoint = memory_checkpoint(source, config)
+        checkpoint = memory_checkpoint(source, config, opts.updates)
         if device == "auto" and checkpoint.device is not None:
             device = checkpoint.device
     elif config is not None:
         raise UsageError("config= is for an in-memory model or state dict; a checkpoint's config comes from its files")
+    elif opts.updates:
+        raise UsageError("updates=True is for a live PEFT model; an adapter directory is analysed as its updates "
+                         "already (and with base= and merge=True as the merged model)")
     elif process_group()[1] > 1:
         return analyze_sharded(source, opts, device, progress=progress, checkpoint=checkpoint)
     dev = resolve_device(device)
@@ -70,8 +73,9 @@ def analyze(source, estimator: str = "median", device: str | torch.device = "aut
     """Spectral analysis of a checkpoint or a model in memory: one row per weight matrix (docs/analyze.md).
 
     source: a .safetensors/.bin/.pt/.gguf file, a HF model or alphaspec run directory, a hub id
-    `org/name[@rev]`, `example:minilm`, a live `nn.Module` (its `config` splits fused matrices) or a
-    state dict (with `config=`, a config.json's dict, for fused splits). estimator: median | gof |
+    `org/name[@rev]`, `example:minilm`, a live `nn.Module` (its `config` splits fused matrices; a PEFT LoRA
+    model as it computes, W + s·B·A, or with updates=True its updates s·B·A alone) or a state dict (with
+    `config=`, a config.json's dict, for fused splits). estimator: median | gof |
     fix-finger. device: auto (for a model in memory: where its weights are) | cpu | cuda | cuda:N.
     settings: the fields of AnalysisOptions by name (analysis/options.py): include/exclude (regexes on
     tensor names), split_fused, workers (concurrent solves), precision (fp64 | fp32: opt-in, faster on GPUs;

@@ -19,7 +19,8 @@ class AnalysisOptions:
     precision: fp64, or fp32 for the Gram product and eigen-solve. randomize: the correlation-trap columns, with
     at most this many permutations of a matrix near a spike (True: PERMUTATIONS), seeded by `seed`. base:
     analyse W − W_base, or check a LoRA adapter's targets against it; merge: the base with the adapter added.
-    cache: take spectra solved before from the eigenvalue store and keep those solved now (analysis/store.py)."""
+    cache: take spectra solved before from the eigenvalue store and keep those solved now (analysis/store.py).
+    updates: for a live PEFT model, its LoRA updates s·B·A alone (by default what it computes, W + s·B·A)."""
 
     estimator: str = "median"
     include: tuple[str, ...] = ()
@@ -34,6 +35,7 @@ class AnalysisOptions:
     base: object = None  # a source as `analyze` takes it
     merge: bool = False
     cache: bool = True
+    updates: bool = False
 
     def __post_init__(self):
         from alphaspec.spectra.eigenvalues import check_precision

@@ -134,11 +134,8 @@ class AdapterCheckpoint(Checkpoint):
             with safe_open(str(file), framework="pt", device="cpu") as f:
                 for name in names:
                     a_key, b_key = self.pairs[name]
-                    a, b = f.get_tensor(a_key).double(), f.get_tensor(b_key).double()
-                    if name in self.cores and not dense:
-                        yield name, low_rank_core(a, b, self.scale(name))
-                    else:
-                        yield name, self.scale(name) * (b @ a)  # float64: the exact product of the stored factors
+                    yield name, lora_update(f.get_tensor(a_key), f.get_tensor(b_key), self.scale(name),
+                                            core=name in self.cores and not dense)
         except SourceError:
             raise
         except Exception as err:  # noqa: BLE001 - any read failure is a property of the adapter file
@@ -181,6 +178,14 @@ class RoundedCheckpoint(Checkpoint):
              ) -> Iterator[tuple[str, torch.Tensor]]:
         for name, w in self.ckpt.read(file, names, device):
             yield name, w.to(self.dtype) if w.is_floating_point() else w
+
+
+def lora_update(a: torch.Tensor, b: torch.Tensor, scale: float, core: bool = False) -> torch.Tensor:
+    """A LoRA update ΔW = scale·B·A (A: r×in, B: out×r) in float64, the exact product of the stored factors; or,
+    with `core`, its r×r core (low_rank_core), for an update too large to form. The adapter files and the live
+    PEFT models (sources/in_memory.py) both make their updates here."""
+    a, b = a.detach().double(), b.detach().double()
+    return low_rank_core(a, b, scale) if core else scale * (b @ a)
 
 
 def low_rank_core(a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
