@@ -176,6 +176,28 @@ def test_attach_puts_it_ahead_of_the_report_to_callbacks(tmp_path):
     assert events.Scalars("train/alphadecay/refreshes")[-1].value == callback.hook.refreshes
 
 
+def test_given_in_callbacks_it_says_once_which_backends_miss_its_scalars(tmp_path, caplog):
+    """callbacks=[AlphaDecayCallback(...)] with report_to=["tensorboard"]: none of TensorBoard's tags was an alpha
+    or a decay, and nothing said why. Now one warning names the backend and the way that works (attach)."""
+    pytest.importorskip("tensorboard")
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "run"), max_steps=4, per_device_train_batch_size=8, learning_rate=3e-3,
+        weight_decay=0.1, logging_steps=1, save_strategy="no", report_to=["tensorboard"], use_cpu=True,
+        disable_tqdm=True)
+    with caplog.at_level("WARNING", logger="alphaspec"):
+        trainer = transformers.Trainer(model=tiny_llama(0), args=args, train_dataset=Tokens(),
+                                       callbacks=[AlphaDecayCallback(gap=2, overlap=False)])
+        trainer.train()
+    said = [r.getMessage() for r in caplog.records if "AlphaDecayCallback" in r.getMessage()]
+    assert len(said) == 1 and "not tensorboard" in said[0] and "AlphaDecayCallback.attach(trainer" in said[0]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="alphaspec"):  # attached: nothing to say
+        trainer = transformers.Trainer(model=tiny_llama(0), args=args, train_dataset=Tokens())
+        AlphaDecayCallback.attach(trainer, gap=2, overlap=False)
+        trainer.train()
+    assert not [r for r in caplog.records if "AlphaDecayCallback" in r.getMessage()]
+
+
 @pytest.mark.parametrize("make,error,match", [
     (lambda: AlphaLRCallback(method="banana"), "DecayMapError", "method 'banana' makes no lr map"),
     (lambda: AlphaLRCallback(gapp=3), "TypeError", "unexpected argument\\(s\\) gapp: it takes AlphaLR's"),

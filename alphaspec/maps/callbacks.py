@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import logging
 
 try:
     from transformers import TrainerCallback
@@ -21,6 +22,7 @@ from alphaspec.maps.lr_hook import AlphaLR
 from alphaspec.maps.spec import DecaySpec, MapSpec, decay_spec, hook_settings_problem
 
 LOG_PREFIX = "alphadecay/"
+log = logging.getLogger("alphaspec")
 
 
 class HookCallback(TrainerCallback, ExportableState):
@@ -32,7 +34,9 @@ class HookCallback(TrainerCallback, ExportableState):
     its per-matrix groups for the save and splits them after), so `trainer.train(resume_from_checkpoint=...)`
     loads it and the hook continues where it stopped. Logs: every log line gains the latest means per module
     type under `log_prefix`, in `state.log_history` and for the callbacks after this one; `attach()` puts
-    it ahead of the Trainer's `report_to` callbacks, so every reporting backend receives them.
+    it ahead of the Trainer's `report_to` callbacks, so every reporting backend receives them. Given in
+    `callbacks=[...]` it runs after them (the Trainer puts them first, and a callback cannot reach the list
+    to move itself): it then says so once, when training starts, naming the backends its scalars miss.
     """
 
     hook_class: type[AlphaDecay] = AlphaDecay
@@ -50,6 +54,7 @@ class HookCallback(TrainerCallback, ExportableState):
         for reporter in reporters:
             trainer.remove_callback(reporter)
         callback = cls(**hook_kwargs)
+        callback.attached = True
         trainer.add_callback(callback)
         for reporter in reporters:
             trainer.add_callback(reporter)
@@ -65,6 +70,7 @@ class HookCallback(TrainerCallback, ExportableState):
         self.kwargs = hook_kwargs
         self.hook: AlphaDecay | None = None
         self.hook_state: dict | None = None  # from a checkpoint, until the hook is built
+        self.attached = False  # added by attach(), ahead of the reporting callbacks
 
     def _check(self, kwargs: dict) -> None:
         """Misspelt arguments and bad settings fail here, where the callback is made, not at the start of
@@ -97,6 +103,11 @@ class HookCallback(TrainerCallback, ExportableState):
     def on_train_begin(self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs):
         if optimizer is None:
             raise RuntimeError(f"{type(self).__name__} needs the Trainer's optimizer (transformers >= 4.30)")
+        backends = [r for r in (args.report_to or []) if r != "none"]
+        if backends and not self.attached:
+            log.warning(f"{type(self).__name__}: its {self.log_prefix}* scalars reach trainer.state.log_history but not "
+                        f"{', '.join(backends)}, whose callbacks the Trainer runs first; add it with "
+                        f"{type(self).__name__}.attach(trainer, ...) instead of callbacks=[...] to log them there")
         saved = self.hook_state
         if saved is None and state.global_step > 0:  # resuming: this callback's entry of the checkpoint's state
             entry = state.stateful_callbacks.get(type(self).__name__) or {}
