@@ -10,6 +10,7 @@ import sys
 
 import pytest
 import synth
+from rich.console import Console
 
 from alphaspec.cli import progress as progress_module
 from alphaspec.cli.progress import PlainLines
@@ -18,7 +19,7 @@ from alphaspec.cli.progress import PlainLines
 def test_plain_lines_come_first_then_every_ten_seconds_then_last(monkeypatch, capsys):
     now = [100.0]
     monkeypatch.setattr(progress_module.time, "perf_counter", lambda: now[0])
-    lines = PlainLines("analysing", "matrices")
+    lines = PlainLines(Console(stderr=True), "analysing", "matrices")
     for done, at in ((0, 100.0), (1, 101.0), (2, 105.0), (3, 110.5), (4, 115.0), (5, 121.0), (9, 122.0),
                      (10, 123.0), (10, 124.0)):
         now[0] = at

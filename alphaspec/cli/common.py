@@ -199,7 +199,7 @@ def analyze_with_progress(source: str, estimator: str, device, quiet: bool, head
     device = resolve_device(device)  # bad input fails before a progress bar is drawn
     if process_group()[1] == 1:  # under torchrun every rank opens it inside the collective analysis
         options["checkpoint"] = options.get("checkpoint") or open_checkpoint(source)
-    with progress("analysing", "matrices", quiet) as update:
+    with progress(err, "analysing", "matrices", quiet) as update:
 
         def on_progress(done: int, total: int) -> None:
             if done == 0 and header and not quiet:

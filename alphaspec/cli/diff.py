@@ -12,6 +12,7 @@ from alphaspec.cli.common import (
     app,
     cache_option,
     device_option,
+    err,
     estimator_option,
     exclude_option,
     include_option,
@@ -81,7 +82,7 @@ def diff(sources: tuple[str, ...], output: Path | None, plot: Path | None, estim
     dev = resolve_device(device)
     found = expand_sources(list(sources))  # every checkpoint opened (headers) before the bar: bad input is one line
     workers = workers or auto_workers(dev, 1)
-    with one_thread_per_solve(workers, dev), progress("comparing", "matrices", quiet) as update:
+    with one_thread_per_solve(workers, dev), progress(err, "comparing", "matrices", quiet) as update:
         result = diff_checkpoints([], estimator, dev, include=include, exclude=exclude,
                                   top_k=top_k, workers=workers, progress=update, checkpoints=found, cache=cache)
     if output is not None:

@@ -7,6 +7,7 @@ import contextlib
 import time
 from collections.abc import Callable, Iterator
 
+from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -17,8 +18,6 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.text import Text
-
-from alphaspec.cli.common import err
 
 PLAIN_EVERY = 10.0  # seconds between plain progress lines
 
@@ -35,25 +34,25 @@ class RateColumn(ProgressColumn):
 
 
 @contextlib.contextmanager
-def progress(label: str, unit: str, quiet: bool) -> Iterator[Update]:
-    """update(done, total) for work counted in `unit`s: a bar, plain lines, or nothing (quiet)."""
+def progress(console: Console, label: str, unit: str, quiet: bool) -> Iterator[Update]:
+    """update(done, total) for work counted in `unit`s, on `console` (stderr): a bar, plain lines, or nothing."""
     if quiet:
         yield lambda done, total: None
-    elif err.is_terminal:
+    elif console.is_terminal:
         columns = [TextColumn(label), BarColumn(), MofNCompleteColumn(), RateColumn(unit), TimeElapsedColumn(),
                    TextColumn("eta"), TimeRemainingColumn()]
-        with Progress(*columns, console=err, transient=True) as bar:
+        with Progress(*columns, console=console, transient=True) as bar:
             task = bar.add_task(label, total=None)
             yield lambda done, total: bar.update(task, completed=done, total=total)
     else:
-        yield PlainLines(label, unit)
+        yield PlainLines(console, label, unit)
 
 
 class PlainLines:
     """`analysing 12/40 matrices (30%) | 1.5 matrices/s | 0:00:08 elapsed, eta 0:00:19` lines."""
 
-    def __init__(self, label: str, unit: str, every: float = PLAIN_EVERY):
-        self.label, self.unit, self.every = label, unit, every
+    def __init__(self, console: Console, label: str, unit: str, every: float = PLAIN_EVERY):
+        self.console, self.label, self.unit, self.every = console, label, unit, every
         self.start = time.perf_counter()
         self.last: float | None = None  # when the last line was printed
         self.finished = False
@@ -67,7 +66,7 @@ class PlainLines:
         elapsed = now - self.start
         rate = done / elapsed if elapsed > 0 and done else 0.0
         eta = f", eta {clock((total - done) / rate)}" if rate and done < total else ""
-        err.print(Text(f"{self.label} {done}/{total} {self.unit} ({done / total:.0%}) | {rate:.1f} {self.unit}/s | "
+        self.console.print(Text(f"{self.label} {done}/{total} {self.unit} ({done / total:.0%}) | {rate:.1f} {self.unit}/s | "
                        f"{clock(elapsed)} elapsed{eta}"), highlight=False, soft_wrap=True)
 
 
