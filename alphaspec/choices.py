@@ -22,7 +22,9 @@ SHARDINGS = ("ddp", "fsdp")
 REPORT_TO = ("none", "tensorboard", "wandb")  # where `train` sends its scalars besides the CSV logs
 PACKINGS = ("concat", "docs")  # windows of the document stream, or one padded document per row
 ALPHADECAY_WARMUPS = ("init", "uniform")
-FIGURES = ("spectra", "alpha-modules", "alpha-depth", "esd", "decay", "map", "training", "multipliers")
+FIGURES = ("spectra", "alpha-modules", "alpha-depth", "esd", "decay", "map", "training", "multipliers", "series",
+           "zoo")
+MANY_FIGURES = ("series", "zoo")  # those drawn from a long table of several sources
 CHECKPOINT_FIGURES = FIGURES[:6]  # those drawn from a results table (plots/render.py)
 MODEL_FIGURES = FIGURES[:3]  # those drawn for a model when no kind is named
 FORMATS = ("png", "svg", "pdf")

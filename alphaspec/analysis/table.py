@@ -132,8 +132,10 @@ def _checked(table: pd.DataFrame, path: Path) -> pd.DataFrame:
         raise ResultsError(f"{path}: not a results file written by alphaspec analyze (no column {', '.join(missing)})")
     if table.empty:
         raise ResultsError(f"{path}: the results table has no rows")
-    if table["name"].isna().any() or table["name"].duplicated().any():
-        raise ResultsError(f"{path}: the name column must name every row once")
+    keys = ["source", "name"] if "source" in table else ["name"]  # a long table names each row once per source
+    if table["name"].isna().any() or table.duplicated(subset=keys).any():
+        raise ResultsError(f"{path}: the name column must name every row once" + (" per source" if len(keys) > 1
+                                                                                  else ""))
     table["name"] = table["name"].astype(str)
     for col in [c for c in NUMBER_COLUMNS if c in table.columns]:
         table[col] = _numbers(table, col, path)

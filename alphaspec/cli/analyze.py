@@ -27,6 +27,7 @@ from alphaspec.cli.common import (
     report_figures,
 )
 from alphaspec.cli.help import PATH, argument, option, with_options
+from alphaspec.cli.many import is_many, run_many
 from alphaspec.cli.verdicts import check_verdicts, needs_attention
 from alphaspec.errors import UsageError
 from alphaspec.spectra.verdicts import PERMUTATIONS, UNCHANGED, WARNINGS, WEIGHTS, Thresholds, parse_fail_on, verdicts
@@ -115,7 +116,8 @@ def _report(result: Analysis) -> None:
 SOURCE_HELP = ("A .safetensors/.bin/.pt/.gguf file, a model or run directory, a hub id org/name[@revision] "
                "(org/name:Q4_K_M for a GGUF quantisation), or example:minilm.")
 OPTIONS = [
-    argument("source", help=SOURCE_HELP),
+    argument("sources", nargs=-1, required=True, metavar="SOURCE...", help=SOURCE_HELP + " Several (or a glob, a "
+             ".txt list, RUN/checkpoints): one long table with source, step and tokens columns."),
     option("-o", "--output", type=PATH, help="Write the table: .csv, .json or .parquet."),
     estimator_option,
     device_option,
@@ -149,6 +151,12 @@ OPTIONS = [
            "W_base + (lora_alpha/r)·B·A."),
     option("--fail-on", metavar_="WARNING[,...]", help="Exit with status 3 when a matrix has one of these verdicts: "
            + ", ".join(WARNINGS) + "."),
+    option("--summary", type=PATH, help="Several sources: also write a summary per source and module type "
+           "(.csv, .json or .parquet): alpha, the norm metrics, verdict counts."),
+    option("--scores", type=PATH, help="Several sources: a CSV of source,score (a quality per model: a benchmark "
+           "score, a validation loss); adds each summary metric's rank correlation with it."),
+    option("--steps", metavar_="N,N,...", help="Several sources: their training steps, in order (default: read from "
+           "their names, such as step143000, checkpoint-5000, RUN@500)."),
     option("--dry-run", is_flag=True, help="Read the headers only: list the matrices that would be analysed, "
            "what is skipped and why, and estimate the time and memory on this device (with -o, the list)."),
     cache_option,
@@ -175,16 +183,23 @@ Examples:
     torchrun --nproc-per-node 8 -m alphaspec analyze ./Llama-3.1-405B \\
         -o l405.parquet
 
+    # many checkpoints, one long table: a run's saves, hub revisions, a zoo
+    alphaspec analyze runs/ad/checkpoints -o series.csv --plots figs/
+    alphaspec analyze EleutherAI/pythia-70m@step1000 \\
+        EleutherAI/pythia-70m@step143000 -o pythia.csv
+    alphaspec analyze models.txt --summary zoo.csv --scores scores.csv
+
     # some layers, without the key projections
     alphaspec analyze model.safetensors --include 'layers\\.[0-3]\\.' \\
         --exclude 'k_proj'
 """)
 @with_options(OPTIONS)
 def analyze(
-    source: str, output: Path | None, estimator: str, device: str, include: list[str], exclude: list[str],
+    sources: tuple[str, ...], output: Path | None, estimator: str, device: str, include: list[str], exclude: list[str],
     split_fused: bool, save_spectra: Path | None, plots: Path | None, workers: int, farms: bool, precision: str,
     randomize: bool, permutations: int, seed: int, over_trained: float, under_trained: float, rank_loss: float,
-    base: str | None, merge: bool, fail_on: str | None, dry_run: bool, cache: bool, quiet: bool,
+    base: str | None, merge: bool, fail_on: str | None, summary: Path | None, scores: Path | None,
+    steps: str | None, dry_run: bool, cache: bool, quiet: bool,
 ) -> None:
     """Eigenvalue spectrum and power-law tail fit (alpha) of every weight matrix in a checkpoint, the
     Marchenko-Pastur bulk, and verdicts on which matrices need attention."""
@@ -199,13 +214,22 @@ def analyze(
     failing_on = parse_fail_on(fail_on)
     if "traps" in failing_on and not randomize:
         raise UsageError("--fail-on traps needs --randomize: traps are looked for in the permuted matrices")
+    many = is_many(sources) or any(v is not None for v in (summary, scores, steps))
+    if not many:
+        source = sources[0]
+    elif save_spectra is not None or dry_run:
+        raise UsageError(f"{'--save-spectra' if save_spectra is not None else '--dry-run'} takes one source")
     rank, world, _ = launched()
+    if many and world > 1:
+        raise UsageError("several sources are analysed in one process; under torchrun give one source")
     if rank == 0:  # under torchrun rank 0 writes everything (a failure here ends the job before it starts)
-        inputs = input_paths(source) + (input_paths(base) if base is not None else [])
+        inputs = [p for s in sources for p in input_paths(s)] + (input_paths(base) if base is not None else [])
         if output is not None:
             check_output(output, inputs=inputs)
         if save_spectra is not None:
             check_output(save_spectra, (".npz",), inputs=inputs)
+        if summary is not None:
+            check_output(summary, inputs=inputs)
         if plots is not None:
             check_output_dir(plots)
     dev = resolve_device(device)
@@ -213,6 +237,9 @@ def analyze(
     options = AnalysisOptions(estimator, tuple(include or ()), tuple(exclude or ()), split_fused,
                               save_spectra is not None or plots is not None, workers or auto_workers(dev, world),
                               farms, precision, permutations if randomize else 0, seed, base, merge, cache)
+    if many:
+        return run_many(sources, options, dev, output=output, summary_file=summary, scores_file=scores, steps=steps,
+                        plots=plots, failing_on=failing_on, thresholds=thresholds, quiet=quiet)
     if dry_run:
         return _dry_run(source, options, dev, output, quiet)
     with joined(dev.type == "cuda"), one_thread_per_solve(options.workers, dev):

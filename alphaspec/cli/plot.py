@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from alphaspec.choices import FIGURES, FORMATS, MODEL_FIGURES
+from alphaspec.choices import FIGURES, FORMATS, MANY_FIGURES, MODEL_FIGURES
 from alphaspec.cli.common import (
     app,
     cache_option,
@@ -29,8 +29,9 @@ OPTIONS = [
     argument("source", help="A checkpoint (anything `analyze` takes), a results file (.csv/.json/.parquet) written "
              "by `analyze`, or a training run."),
     option("-o", "--output", type=PATH, default=Path("alphaspec-plots"), help="Directory for the figures."),
-    option("--kind", type=click.Choice(FIGURES), multiple=True, help="Figure kind(s); default: all model-level "
-           "kinds, or only esd when --module is given."),
+    option("--kind", type=click.Choice(FIGURES), multiple=True, metavar_="KIND", help="Figure kind(s): "
+           + ", ".join(FIGURES) + "; default: all model-level kinds, only esd when --module is given, series for a "
+           "long table of several sources."),
     option("--format", "fmt", type=click.Choice(FORMATS), default=FORMATS[0], help="png (150 dpi), or vector svg / "
            "pdf."),
     option("--module", multiple=True, help="Row name or regex for `esd` figures."),
@@ -41,6 +42,8 @@ OPTIONS = [
     option("--map", "map_file", type=PATH, help="A map from `alphaspec map` (lr, sparsity, lora_rank) for the map "
            "figure."),
     estimator_option,
+    option("--scores", type=PATH, help="zoo: a CSV of source,score, one quality number per model of the long "
+           "table."),
     option("--alpha-excess", is_flag=True, help="alpha-depth: draw alpha - alpha_random (what training added beyond "
            "a Gaussian matrix of the same shape)."),
     device_option,
@@ -65,12 +68,16 @@ Examples:
 
     # a map from `alphaspec map`
     alphaspec plot r.json --map sparsity.json --kind map -o figs/
+
+    # many checkpoints: alpha over steps; models against a score
+    alphaspec plot series.csv --kind series -o figs/
+    alphaspec plot zoo.csv --kind zoo --scores scores.csv -o figs/
 """)
 @with_options(OPTIONS)
 @click.pass_context
 def plot(ctx: click.Context, source: str, output: Path, kind: tuple[str, ...], fmt: str, module: tuple[str, ...],
          spectra_file: Path | None, decay_map_file: Path | None, map_file: Path | None, estimator: str,
-         alpha_excess: bool, device: str, cache: bool, quiet: bool) -> None:
+         scores: Path | None, alpha_excess: bool, device: str, cache: bool, quiet: bool) -> None:
     """Figures: ESDs per module type across layers, alpha per module type and over depth, one matrix's fit,
     weight decay against alpha, and a learning-rate, sparsity or LoRA-rank map against alpha."""
     from alphaspec.files import check_output_dir
@@ -78,6 +85,8 @@ def plot(ctx: click.Context, source: str, output: Path, kind: tuple[str, ...], f
 
     check_output_dir(output)
     run = Path(source)
+    if set(kind) & set(MANY_FIGURES) or is_long_table(source):
+        return _many_figures(source, output, list(kind), fmt, scores, quiet)
     kinds = list(kind) if kind else ["esd"] if module else [
         *MODEL_FIGURES, *(["decay"] if decay_map_file else []), *(["map"] if map_file else []),
         *(["training"] if has_log(run, "alphas") else []),
@@ -163,3 +172,42 @@ def _default_map(table):
         return build_decay_map(table, 0.1), "decay figure: the default map (linear, w = 0.1); pass --decay-map for yours"
     except DecayMapError as e:
         return None, f"decay: {e}"
+
+
+def is_long_table(source: str) -> bool:
+    """Whether SOURCE is a results table of several sources (`analyze A B ... -o TABLE`)."""
+    from alphaspec.analysis.results import is_results_file
+    from alphaspec.analysis.table import read_results
+
+    return is_results_file(source) and "source" in read_results(Path(source))
+
+
+def _many_figures(source: str, output: Path, kinds: list[str], fmt: str, scores: Path | None, quiet: bool) -> None:
+    """series and zoo from a long table; any other kind asked of one is a usage error."""
+    from alphaspec.analysis.results import is_results_file
+    from alphaspec.analysis.summary import correlate, read_scores, summarize
+    from alphaspec.analysis.table import read_results
+    from alphaspec.plots.series import series_figure, zoo_figure
+    from alphaspec.plots.style import save_figure
+
+    if not is_results_file(source):
+        fail(f"{source}: --kind {'/'.join(k for k in kinds if k in MANY_FIGURES)} draws a long table of several "
+             "sources (analyze A B ... -o TABLE)", 2)
+    table = read_results(Path(source))
+    if "source" not in table or table["source"].nunique() < 2:
+        fail(f"{source}: a table of one source; series and zoo draw several (analyze A B ... -o TABLE)", 2)
+    kinds = kinds or ["series", *(["zoo"] if scores is not None else [])]
+    if other := [k for k in kinds if k not in MANY_FIGURES]:
+        fail(f"{source}: a long table of {table['source'].nunique()} sources draws series and zoo, not {other[0]} "
+             "(analyse one source for it)", 2)
+    if "zoo" in kinds and scores is None:
+        fail("--kind zoo needs --scores FILE (a CSV of source,score)", 2)
+    summary = summarize(table)
+    given = read_scores(scores, list(dict.fromkeys(table["source"]))) if scores is not None else {}
+    correlations = correlate(summary, given)[0] if given else None
+    output.mkdir(parents=True, exist_ok=True)
+    for figure in kinds:
+        path = output / f"{figure}.{fmt}"
+        save_figure(series_figure(table) if figure == "series" else zoo_figure(summary, given, correlations), path)
+        if not quiet:
+            out.print(f"drew {path}", highlight=False)

@@ -257,6 +257,11 @@ def has_checkpoints(path: Path) -> bool:
     return (path / "checkpoints").is_dir()
 
 
+def run_of_checkpoints_folder(path: Path) -> Path | None:
+    """The run whose checkpoints folder PATH is (RUN/checkpoints, holding saved steps), or None."""
+    return path.parent if path.name == "checkpoints" and path.is_dir() and checkpoints(path.parent) else None
+
+
 def checkpoints(run: Path) -> list[Path]:
     """RUN/checkpoints/step_N.pt, newest first."""
     found = [(int(m.group(1)), p) for p in (run / "checkpoints").glob("step_*.pt") if (m := CKPT.search(p.name))]

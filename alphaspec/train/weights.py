@@ -1,16 +1,21 @@
-"""The weights a training run saved, as weights sources: `alphaspec diff RUN` compares its checkpoints."""
+"""The weights a training run saved, as weights sources: `alphaspec diff RUN` compares its checkpoints, and
+`alphaspec analyze RUN/checkpoints` (or any list of sources, globs and runs) analyses them as a series."""
 
 from __future__ import annotations
 
+import glob
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
 
+from alphaspec.analysis.many import Source, as_source, check_unique
+from alphaspec.analysis.options import AnalysisOptions
+from alphaspec.errors import UsageError
 from alphaspec.sources.checkpoint import Checkpoint, SourceError, TensorInfo, read_config
 from alphaspec.sources.deltas import open_source
 from alphaspec.train.model import hf_names, hf_tensor
-from alphaspec.train.rundir import checkpoints, has_checkpoints
+from alphaspec.train.rundir import checkpoints, has_checkpoints, has_log, read_log, run_of_checkpoints_folder
 
 
 def expand_sources(sources: Iterable) -> list[tuple[str, Checkpoint]]:
@@ -61,3 +66,54 @@ class RunCheckpoint(Checkpoint):
             t = hf_tensor(model, name)
             mapped = t.untyped_storage().data_ptr() == model[name].untyped_storage().data_ptr()
             yield name, t.clone() if mapped else t  # a tensor of its own: the mapping goes with `model`
+
+
+# -- many checkpoints at once (analyze A B C ...) ---------------------------------------------------------
+def many_sources(sources: Iterable, options: AnalysisOptions) -> list[Source]:
+    """The sources of a series or a zoo, in order: .txt lists read (one per line, # a comment), globs matched, a
+    run directory (or RUN/checkpoints) as its saved checkpoints with their steps and tokens; each source once."""
+    out: list[Source] = []
+    for given in sources:
+        out += [given] if isinstance(given, Source) else _expand_one(str(given), options)
+    return check_unique(out)
+
+
+def _expand_one(given: str, options: AnalysisOptions) -> list[Source]:
+    path = Path(given).expanduser()
+    if path.suffix == ".txt" and path.is_file():
+        return [s for line in _listed(path) for s in _expand_one(line, options)]
+    if any(c in given for c in "*?[") and not path.exists():
+        matched = sorted(glob.glob(str(path)))
+        if not matched:
+            raise UsageError(f"{given}: no file or directory matches")
+        return [s for m in matched for s in _expand_one(m, options)]
+    if path.is_dir() and checkpoints(path):
+        return _run_sources(path)
+    if (run := run_of_checkpoints_folder(path)) is not None:
+        return _run_sources(run)
+    return [as_source(given, options)]
+
+
+def _listed(path: Path) -> list[str]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise UsageError(f"{path}: cannot read the list of sources ({err})") from err
+    found = [line.split("#", 1)[0].strip() for line in lines]
+    if not any(found):
+        raise UsageError(f"{path}: lists no source (one per line; # starts a comment)")
+    return [f for f in found if f]
+
+
+def _run_sources(run: Path) -> list[Source]:
+    """A training run's saved checkpoints, oldest first, with the tokens its metrics.csv records at each step."""
+    config = read_config(run)
+    tokens = {}
+    if has_log(run, "metrics"):
+        metrics = read_log(run, "metrics", "analyze")
+        tokens = dict(zip(metrics["step"].astype(int), metrics["tokens"].astype(int), strict=True))
+    out = []
+    for path in reversed(checkpoints(run)):
+        step = int(path.stem.removeprefix("step_"))
+        out.append(Source(f"{run.name}@{step}", lambda p=path: RunCheckpoint(p, config), step, tokens.get(step)))
+    return out
