@@ -21,7 +21,7 @@ _WHERE = {
     "ESTIMATORS": "spectra.powerlaw", "PowerLawFit": "spectra.powerlaw", "fit": "spectra.powerlaw",
     # maps: AlphaDecay and the other alpha-guided methods, their files and their use in training
     "DecayMap": "maps.file", "ValueMap": "maps.file", "DecayMapError": "maps.spec", "DecaySpec": "maps.spec",
-    "assign_decays": "maps.assign", "build_decay_map": "maps.alphadecay", "MapSpec": "maps.build",
+    "assign_decays": "maps.assign", "build_decay_map": "maps.alphadecay", "MapSpec": "maps.spec",
     "build_map": "maps.build", "lr_param_groups": "maps.apply", "prune_model": "maps.apply",
     "lora_config": "maps.apply", "AlphaDecay": "maps.hook", "AlphaLR": "maps.lr_hook",
     "AlphaspecError": "errors",
@@ -30,8 +30,8 @@ _WHERE = {
 __all__ = [
     "ESTIMATORS", "AlphaDecay", "AlphaLR", "AlphaspecError", "Analysis", "AnalysisOptions", "DecayMap",
     "DecayMapError", "DecaySpec", "MapSpec", "PowerLawFit", "SourceError", "ValueMap", "__version__", "analyze",
-    "analyze_checkpoint", "assign_decays", "build_decay_map", "build_map", "decay_map", "diff_checkpoints",
-    "eigenvalues", "fit", "lora_config", "lr_param_groups", "open_checkpoint", "prune_model"]
+    "analyze_checkpoint", "analyze_many", "assign_decays", "build_decay_map", "build_map", "decay_map",
+    "diff_checkpoints", "eigenvalues", "fit", "lora_config", "lr_param_groups", "open_checkpoint", "prune_model"]
 
 if TYPE_CHECKING:
     from alphaspec.analysis.diff import diff_checkpoints
@@ -53,6 +53,20 @@ if TYPE_CHECKING:
 
 
 __getattr__ = lazy_attributes(__name__, _WHERE, globals())
+
+
+def analyze_many(sources, estimator: str = "median", device: str = "auto", *, steps: list[int] | None = None,
+                 **settings):
+    """Several checkpoints into one long table — `source`, `step`, `tokens`, then `analyze`'s columns and
+    `log_alpha_norm` — one source after the other (docs/analyze.md): paths, hub ids `org/name@step1000`, globs,
+    .txt lists, training run directories (their saved checkpoints). Returns a ManyAnalysis: `.table`, and
+    `.failures` [(source, reason)] for the sources that could not be analysed (the others are in the table)."""
+    from alphaspec.analysis.many import analyze_many as analyse
+    from alphaspec.analysis.options import AnalysisOptions
+    from alphaspec.train.weights import many_sources
+
+    options = AnalysisOptions.of(estimator=estimator, **settings)
+    return analyse(many_sources(sources, options), device=device, steps=steps, options=options)
 
 
 def decay_map(source, weight_decay: float = 0.1, *, estimator: str = "median", device: str = "auto",

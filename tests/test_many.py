@@ -177,3 +177,16 @@ def test_a_training_runs_checkpoints_are_a_series_with_tokens(tmp_path):
     for step, tokens in table.drop_duplicates("source")[["step", "tokens"]].itertuples(index=False):
         assert tokens == metrics.loc[step, "tokens"]
     assert json.loads((run / "run.json").read_text())  # the run itself untouched
+
+
+def test_the_report_of_a_long_table_has_the_series_section(zoo, tmp_path):
+    scores = tmp_path / "scores.csv"
+    pd.DataFrame({"source": [str(p) for p in zoo], "score": range(6)}).to_csv(scores, index=False)
+    assert cli("analyze", *zoo, "-q", "-o", tmp_path / "t.csv").returncode == 0
+    proc = cli("report", tmp_path / "t.csv", "--scores", scores, "-o", tmp_path / "r.html")
+    assert proc.returncode == 0, proc.stderr
+    html = (tmp_path / "r.html").read_text()
+    assert "Many checkpoints: t.csv (6 sources)" in html and html.count('<table class="sortable">') == 1
+    summary_rows = html.split('<table class="sortable">')[1].split("</table>")[0].count("<tr>") - 1
+    assert summary_rows == 6 and "rank correlation of each metric with the score" in html
+    assert html.count("<svg") + html.count("<img") >= 2  # the series and the zoo figures

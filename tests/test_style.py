@@ -269,8 +269,8 @@ def test_the_analysis_has_one_bounded_pool():
 PUBLIC = (
     "AlphaDecay", "AlphaLR", "AlphaspecError", "Analysis", "AnalysisOptions", "DecayMap", "DecayMapError",
     "DecaySpec", "ESTIMATORS", "MapSpec", "PowerLawFit", "SourceError", "ValueMap", "__version__", "analyze",
-    "analyze_checkpoint", "assign_decays", "build_decay_map", "build_map", "decay_map", "diff_checkpoints",
-    "eigenvalues", "fit", "lora_config", "lr_param_groups", "open_checkpoint", "prune_model")
+    "analyze_checkpoint", "analyze_many", "assign_decays", "build_decay_map", "build_map", "decay_map",
+    "diff_checkpoints", "eigenvalues", "fit", "lora_config", "lr_param_groups", "open_checkpoint", "prune_model")
 
 
 def test_no_public_name_disappears_without_a_changelog_line():

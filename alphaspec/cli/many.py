@@ -109,13 +109,14 @@ def _show(summary, correlations, notes, result, output, summary_file) -> None:
 
     overall = summary[summary["module"] == "all"]
     table = Table(title=f"{len(overall)} sources (n: matrices; excess: alpha above a Gaussian matrix's)",
-                  title_justify="left", header_style="bold")
+                  title_justify="left", header_style="bold", caption="verdicts: matrices over-trained, under-trained, "
+                  "random-like, with traps, rank collapse, no tail", caption_justify="left")
     table.add_column("source", no_wrap=True)
     for col in ("step", "n", "alpha med", "excess"):
         table.add_column(col, justify="right", no_wrap=True)
     table.add_column("verdicts", overflow="fold")
     for i, r in overall.iterrows():
-        said = ", ".join(f"{summary.loc[i, w]} {w}" for w in WARNINGS if summary.loc[i, w])
+        said = ", ".join(f"{summary.loc[i, w]} {SHORT.get(w, w)}" for w in WARNINGS if summary.loc[i, w])
         table.add_row(str(r["source"]), "-" if pd.isna(r["step"]) else str(int(r["step"])), str(r["matrices"]),
                       f"{r['alpha_median']:.3f}", f"{r['alpha_excess_mean']:+.3f}", said or "-")
     out.print(table)
@@ -132,6 +133,10 @@ def _show(summary, correlations, notes, result, output, summary_file) -> None:
         out.print(Text(f"note: {note}"), style="yellow")
     for path in (p for p in (output, summary_file) if p is not None):
         out.print(f"wrote {path}", highlight=False)
+
+
+SHORT = {"over-trained": "over", "under-trained": "under", "random-like": "random", "rank-collapse": "collapse",
+         "no-tail": "no tail"}  # the verdicts as the terminal's narrow column names them
 
 
 def _rho(value: float, low: float, high: float) -> str:

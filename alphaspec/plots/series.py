@@ -54,7 +54,8 @@ def series_figure(table: pd.DataFrame) -> Figure:
         bottom.text(0.5, 0.5, "no verdicts", transform=bottom.transAxes, ha="center", va="center", color="#666666")
     for ax in (top, middle, bottom):
         ax.set_xlabel(xlabel)
-        ax.grid(ax is not middle, alpha=0.3)
+        if ax is not middle:  # no grid over the heat map
+            ax.grid(True, alpha=0.3)
         if ticks:
             ax.set_xticks(range(len(ticks)), ticks, rotation=30, ha="right", fontsize="x-small")
     return fig

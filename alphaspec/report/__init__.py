@@ -24,12 +24,13 @@ from alphaspec.errors import UsageError
 
 
 def render(sources: Iterable, *, decay_map=None, estimator: str | None = None, device: str = "auto",
-           title: str | None = None, analyse: Callable | None = None) -> str:
+           title: str | None = None, analyse: Callable | None = None, scores: str | Path | None = None) -> str:
     """The report's HTML for SOURCE(s): checkpoints (anything `analyze` takes) and results tables, or one or
     more training run directories (their comparison, then the last checkpoint); `decay_map`: a DecayMap or
     a map file, whose figure and table are added. estimator: for checkpoints analysed now (default median);
     a results table fitted with another one is refused. analyse: analyze_checkpoint or a wrapper of it (the
-    CLI's draws progress)."""
+    CLI's draws progress). A long table of many sources (`analyze A B ... -o T`) is a series section: its
+    summary, figures and, with `scores` (a CSV of source,score), the zoo and the correlations."""
     from alphaspec.report.html import page
 
     sources = [str(s) for s in sources]
@@ -40,7 +41,8 @@ def render(sources: Iterable, *, decay_map=None, estimator: str | None = None, d
     if runs:
         sections += _runs_sections(runs, estimator, device, analyse)
     for source in others:
-        sections.append(_checkpoint_section(source, estimator, device, analyse))
+        sections.append(_series_section(source, scores) if _is_long(source) else
+                        _checkpoint_section(source, estimator, device, analyse))
     if decay_map is not None:
         sections.append(_decay_section(decay_map))
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -77,6 +79,23 @@ def _runs_sections(runs: list[str], estimator: str | None, device: str, analyse:
     if (Path(last) / "model.safetensors").is_file():
         sections.append(_checkpoint_section(last, estimator, device, analyse, f"Last checkpoint of {Path(last).name}"))
     return sections
+
+
+def _is_long(source: str) -> bool:
+    from alphaspec.analysis.results import is_results_file
+    from alphaspec.analysis.table import read_results
+
+    return is_results_file(source) and "source" in read_results(Path(source))
+
+
+def _series_section(source: str, scores: str | Path | None) -> str:
+    from alphaspec.analysis.summary import read_scores
+    from alphaspec.analysis.table import read_results
+    from alphaspec.report.series import series_section
+
+    table = read_results(Path(source))
+    given = read_scores(scores, list(dict.fromkeys(table["source"]))) if scores is not None else None
+    return series_section(table, f"Many checkpoints: {Path(source).name} ({table['source'].nunique()} sources)", given)
 
 
 def _checkpoint_section(source: str, estimator: str | None, device: str, analyse: Callable | None,

@@ -101,6 +101,15 @@
     panel.hidden = false;
   }
 
+  // any other table marked sortable (the summary of many sources): sorting alone
+  document.querySelectorAll("table.sortable").forEach((table) => {
+    table.querySelectorAll("th").forEach((th) => {
+      const col = Number(th.dataset.col);
+      th.addEventListener("click", () => sortBy(table, col, th));
+      th.addEventListener("keydown", (e) => { if (e.key === "Enter") sortBy(table, col, th); });
+    });
+  });
+
   document.querySelectorAll("section.checkpoint").forEach((section) => {
     const table = section.querySelector("table.matrices");
     const script = section.querySelector("script.report-data");
