@@ -59,7 +59,7 @@ def analyze_many(sources, estimator: str = "median", device: str = "auto", *, st
                  **settings):
     """Several checkpoints into one long table — `source`, `step`, `tokens`, then `analyze`'s columns and
     `log_alpha_norm` — one source after the other (docs/analyze.md): paths, hub ids `org/name@step1000`, globs,
-    .txt lists, training run directories (their saved checkpoints). Returns a ManyAnalysis: `.table`, and
+    @FILE lists, training run directories (their saved checkpoints). Returns a ManyAnalysis: `.table`, and
     `.failures` [(source, reason)] for the sources that could not be analysed (the others are in the table)."""
     from alphaspec.analysis.many import analyze_many as analyse
     from alphaspec.analysis.options import AnalysisOptions

@@ -95,7 +95,7 @@ def test_bad_lists_are_usage_errors_before_any_work(zoo, tmp_path):
 def test_a_list_file_a_glob_and_steps(zoo, tmp_path):
     listing = tmp_path / "sources.txt"
     listing.write_text(f"# the first two\n{zoo[0]}\n\n{zoo[1]}  # a comment\n")
-    proc = cli("analyze", listing, "--steps", "10,20", "-o", tmp_path / "l.csv", "-q")
+    proc = cli("analyze", f"@{listing}", "--steps", "10,20", "-o", tmp_path / "l.csv", "-q")
     assert proc.returncode == 0, proc.stderr
     assert list(pd.read_csv(tmp_path / "l.csv").drop_duplicates("source")["step"]) == [10, 20]
     proc = cli("analyze", str(zoo[0].parent / "checkpoint-*"), "-o", tmp_path / "g.csv", "-q")

@@ -302,3 +302,13 @@ def test_documented_dotted_paths_work_after_a_bare_import():
             "try:\n    alphaspec.nothing_here\nexcept AttributeError:\n    pass\nelse:\n    raise SystemExit(1)\n")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
+
+
+def test_no_function_is_over_60_lines():
+    """A function a reader takes in at once (docstring included); a longer one is split where its steps are."""
+    import ast
+
+    long = [f"{p.relative_to(ROOT)}: {node.name} ({node.end_lineno - node.lineno + 1} lines)"
+            for p in (ROOT / "alphaspec").rglob("*.py") for node in ast.walk(ast.parse(p.read_text(encoding="utf-8")))
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno - node.lineno + 1 > 60]
+    assert long == []

@@ -88,6 +88,29 @@ def pair_rows(rows: list[dict], pairs: list[dict], labels: list[str]) -> list[di
     return out
 
 
+def _per_source_and_pairs(rows: list[list[dict]], metrics: list[list[dict]], labels: list[str]
+                          ) -> tuple[list[list[dict]], list[dict]]:
+    """One tensor's rows regrouped per checkpoint (with the verdicts, as analyze gives them), and its pair rows."""
+    per_source, pairs = [[] for _ in labels], []
+    for found_rows, found_metrics in zip(rows, metrics, strict=True):
+        for i, (row, warning) in enumerate(zip(found_rows, verdicts(pd.DataFrame(found_rows)), strict=True)):
+            row["warning"] = warning
+            per_source[i].append(row)
+        pairs.extend(pair_rows(found_rows, found_metrics, labels))
+    return per_source, pairs
+
+
+def _check_comparable(first: Checkpoint, other: Checkpoint, by_tensor: dict, include, exclude,
+                      split_fused: bool) -> None:
+    """`other` holds the first checkpoint's matrices, in the same shapes, and no matrix the first lacks (the
+    comparison goes by the first's matrices: one it lacks would be dropped silently)."""
+    _check_matched(first, other, by_tensor)
+    extra = sorted({m.tensor for m in plan_checkpoint(other, include, exclude, split_fused).matrices} - set(by_tensor))
+    if extra:
+        raise SourceError(f"{other.source}: has {extra[0]}, which {first.source} lacks ({len(extra)} such "
+                          "matrices; leave them out with --exclude)")
+
+
 def diff_checkpoints(sources: Iterable, estimator: str = "median", device: str | torch.device = "auto", *,
                      include: Iterable[str] = (), exclude: Iterable[str] = (), split_fused: bool = True,
                      top_k: int = TOP_K, workers: int = 1, progress: Callable[[int, int], None] | None = None,
@@ -105,11 +128,7 @@ def diff_checkpoints(sources: Iterable, estimator: str = "median", device: str |
     todo = plan_checkpoint(ckpts[0], include, exclude, split_fused)
     by_tensor, reads = reading_order(ckpts[0], todo.matrices)
     for other in ckpts[1:]:
-        _check_matched(ckpts[0], other, by_tensor)
-        extra = sorted({m.tensor for m in plan_checkpoint(other, include, exclude, split_fused).matrices} - set(by_tensor))
-        if extra:  # compared by the first checkpoint's matrices: one the first lacks would be dropped silently
-            raise SourceError(f"{other.source}: has {extra[0]}, which {ckpts[0].source} lacks ({len(extra)} such "
-                              "matrices; leave them out with --exclude)")
+        _check_comparable(ckpts[0], other, by_tensor, include, exclude, split_fused)
     hows = [solve_options(c, AnalysisOptions(estimator, cache=cache)) for c in ckpts]
     files = [{t.name: t.file for t in c.tensors} for c in ckpts]
     lock, done, total = threading.Lock(), [0], len(todo.matrices)
@@ -133,12 +152,7 @@ def diff_checkpoints(sources: Iterable, estimator: str = "median", device: str |
                         metrics[j].append(pair_metrics(before[j], m, top_k, bases[j], now[j]))
                 before, bases = mats, now
                 del tensor
-        per_source, pairs = [[] for _ in ckpts], []
-        for found_rows, found_metrics in zip(rows, metrics, strict=True):
-            for i, (row, warning) in enumerate(zip(found_rows, verdicts(pd.DataFrame(found_rows)), strict=True)):
-                row["warning"] = warning  # the verdicts, as analyze gives them
-                per_source[i].append(row)
-            pairs.extend(pair_rows(found_rows, found_metrics, labels))
+        per_source, pairs = _per_source_and_pairs(rows, metrics, labels)
         with lock:
             done[0] += len(specs)
             if progress:

@@ -4,7 +4,7 @@ page hold them all.
 
 Sources are opened and analysed one at a time (the peak memory is the largest source's, as for one); a
 source that cannot be read is recorded with its reason and the others go on. A source is what `analyze`
-takes, or a `Source` made by train.weights.many_sources from globs, .txt lists and training runs.
+takes, or a `Source` made by train.weights.many_sources from globs, @FILE lists and training runs.
 """
 
 from __future__ import annotations

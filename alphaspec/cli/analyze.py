@@ -117,7 +117,7 @@ SOURCE_HELP = ("A .safetensors/.bin/.pt/.gguf file, a model or run directory, a 
                "(org/name:Q4_K_M for a GGUF quantisation), or example:minilm.")
 OPTIONS = [
     argument("sources", nargs=-1, required=True, metavar="SOURCE...", help=SOURCE_HELP + " Several (or a glob, a "
-             ".txt list, RUN/checkpoints): one long table with source, step and tokens columns."),
+             "@FILE list, RUN/checkpoints): one long table with source, step and tokens columns."),
     option("-o", "--output", type=PATH, help="Write the table: .csv, .json or .parquet."),
     estimator_option,
     device_option,
@@ -187,7 +187,7 @@ Examples:
     alphaspec analyze runs/ad/checkpoints -o series.csv --plots figs/
     alphaspec analyze EleutherAI/pythia-70m@step1000 \\
         EleutherAI/pythia-70m@step143000 -o pythia.csv
-    alphaspec analyze models.txt --summary zoo.csv --scores scores.csv
+    alphaspec analyze @models.txt --summary zoo.csv --scores scores.csv
 
     # some layers, without the key projections
     alphaspec analyze model.safetensors --include 'layers\\.[0-3]\\.' \\

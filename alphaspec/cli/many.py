@@ -15,13 +15,13 @@ from alphaspec.errors import UsageError
 
 
 def is_many(sources: tuple[str, ...]) -> bool:
-    """Whether the sources make a series or a zoo: several, a glob, a .txt list, or a run's checkpoints folder."""
+    """Whether the sources make a series or a zoo: several, a glob, an @FILE list, or a run's checkpoints folder."""
     if len(sources) != 1:
         return True
     from alphaspec.train.rundir import run_of_checkpoints_folder
 
     path = Path(sources[0]).expanduser()
-    return (path.suffix == ".txt" and path.is_file()) or (any(c in sources[0] for c in "*?[") and not path.exists()) \
+    return sources[0].startswith("@") or (any(c in sources[0] for c in "*?[") and not path.exists()) \
         or run_of_checkpoints_folder(path) is not None
 
 

@@ -82,17 +82,7 @@ def read_ahead(ckpt: Checkpoint, specs: list[MatrixSpec], stop: threading.Event,
     q = StagingQueue(max_bytes or STAGED_BYTES["cuda" if cuda else "cpu"], stop)
 
     def stage(spec: MatrixSpec, m: torch.Tensor) -> torch.Tensor:
-        if copy_stream is None:
-            return m
-        try:
-            staged = m.to(device)  # on copy_stream, as everything this thread does on the GPU
-        except torch.cuda.OutOfMemoryError as err:
-            raise SolveError.of([spec], err, device, "the copy to the GPU") from None
-        # From pageable memory the copy call can return before the DMA has landed; this thread waits
-        # for it (and for the dequantisation kernels), so a queued matrix is complete whatever stream
-        # the solver reads it on.
-        copy_stream.synchronize()
-        return staged
+        return m if copy_stream is None else _to_device(spec, m, device, copy_stream)
 
     by_tensor, reads = reading_order(ckpt, specs)
 
@@ -126,6 +116,18 @@ def read_ahead(ckpt: Checkpoint, specs: list[MatrixSpec], stop: threading.Event,
         q.close()
         thread.join()
         q.close()  # what the thread put while it was stopping
+
+
+def _to_device(spec: MatrixSpec, m: torch.Tensor, device: torch.device, copy_stream) -> torch.Tensor:
+    """The matrix copied to the GPU on the reader's stream (the current one in its thread), complete when returned."""
+    try:
+        staged = m.to(device)
+    except torch.cuda.OutOfMemoryError as err:
+        raise SolveError.of([spec], err, device, "the copy to the GPU") from None
+    # From pageable memory the copy call can return before the DMA has landed; this thread waits for it (and
+    # for the dequantisation kernels), so a queued matrix is complete whatever stream the solver reads it on.
+    copy_stream.synchronize()
+    return staged
 
 
 def reading_order(ckpt: Checkpoint, specs: list[MatrixSpec]) -> tuple[dict[str, list[MatrixSpec]], list]:

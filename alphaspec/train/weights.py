@@ -70,7 +70,7 @@ class RunCheckpoint(Checkpoint):
 
 # -- many checkpoints at once (analyze A B C ...) ---------------------------------------------------------
 def many_sources(sources: Iterable, options: AnalysisOptions) -> list[Source]:
-    """The sources of a series or a zoo, in order: .txt lists read (one per line, # a comment), globs matched, a
+    """The sources of a series or a zoo, in order: @FILE lists read (one per line, # a comment), globs matched, a
     run directory (or RUN/checkpoints) as its saved checkpoints with their steps and tokens; each source once."""
     out: list[Source] = []
     for given in sources:
@@ -80,8 +80,8 @@ def many_sources(sources: Iterable, options: AnalysisOptions) -> list[Source]:
 
 def _expand_one(given: str, options: AnalysisOptions) -> list[Source]:
     path = Path(given).expanduser()
-    if path.suffix == ".txt" and path.is_file():
-        return [s for line in _listed(path) for s in _expand_one(line, options)]
+    if given.startswith("@"):  # @FILE: a list of sources, as many tools take arguments from a file
+        return [s for line in _listed(Path(given[1:]).expanduser()) for s in _expand_one(line, options)]
     if any(c in given for c in "*?[") and not path.exists():
         matched = sorted(glob.glob(str(path)))
         if not matched:
