@@ -20,9 +20,21 @@ from alphaspec.analysis.many import analyze_many, detect_step
 from alphaspec.analysis.summary import MIN_MODELS, correlate, summarize
 
 
-def cli(*args, cwd=None):
+def cli(*args, env=None):
+    """The command in this process (click's runner: no interpreter and torch start-up per call)."""
+    from types import SimpleNamespace
+
+    from click.testing import CliRunner
+
+    from alphaspec.cli import app
+
+    res = CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "100", **(env or {})})
+    return SimpleNamespace(returncode=res.exit_code, stdout=res.stdout, stderr=res.stderr)
+
+
+def subprocess_cli(*args):
     return subprocess.run([sys.executable, "-m", "alphaspec", *map(str, args)], capture_output=True, text=True,
-                          env=os.environ | {"COLUMNS": "100"}, timeout=600, cwd=cwd)
+                          env=os.environ | {"COLUMNS": "100"}, timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -166,8 +178,8 @@ def test_bad_scores_files_are_one_line(zoo, tmp_path):
 
 def test_a_training_runs_checkpoints_are_a_series_with_tokens(tmp_path):
     run = tmp_path / "run"
-    proc = cli("train", "--out", run, "--steps", "6", "--checkpoint-every", "3", "--keep-checkpoints", "5",
-               "--eval-every", "100", "-q")
+    proc = subprocess_cli("train", "--out", run, "--steps", "6", "--checkpoint-every", "3", "--keep-checkpoints", "5",
+                          "--eval-every", "100", "-q")
     assert proc.returncode == 0, proc.stderr
     proc = cli("analyze", run / "checkpoints", "-o", tmp_path / "s.csv", "-q")
     assert proc.returncode == 0, proc.stderr

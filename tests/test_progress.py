@@ -3,10 +3,7 @@ PLAIN_EVERY seconds, and the last; none with -q. On a terminal the bar (not test
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 
 import pytest
 import synth
@@ -31,9 +28,16 @@ def test_plain_lines_come_first_then_every_ten_seconds_then_last(monkeypatch, ca
     assert "0.3 matrices/s" in err[1] and "eta" not in err[-1]
 
 
-def cli(*args):
-    return subprocess.run([sys.executable, "-m", "alphaspec", *map(str, args)], capture_output=True, text=True,
-                          env=os.environ | {"COLUMNS": "80"}, timeout=300)
+def cli(*args, env=None):
+    """The command in this process (click's runner: no interpreter and torch start-up per call)."""
+    from types import SimpleNamespace
+
+    from click.testing import CliRunner
+
+    from alphaspec.cli import app
+
+    res = CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "100", **(env or {})})
+    return SimpleNamespace(returncode=res.exit_code, stdout=res.stdout, stderr=res.stderr)
 
 
 @pytest.fixture(scope="module")

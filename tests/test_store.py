@@ -5,8 +5,6 @@ stays within its bound; `--no-cache`, ALPHASPEC_NO_CACHE and `alphaspec cache` d
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import threading
 
 import pandas as pd
@@ -166,8 +164,15 @@ def test_the_bound_reads_sizes(monkeypatch):
 
 
 def cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "alphaspec", *map(str, args)], capture_output=True, text=True,
-                          env=os.environ | {"COLUMNS": "80"} | (env or {}), timeout=300)
+    """The command in this process (click's runner: no interpreter and torch start-up per call)."""
+    from types import SimpleNamespace
+
+    from click.testing import CliRunner
+
+    from alphaspec.cli import app
+
+    res = CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "100", **(env or {})})
+    return SimpleNamespace(returncode=res.exit_code, stdout=res.stdout, stderr=res.stderr)
 
 
 def test_the_cache_command_and_no_cache(llama_dir, store_on):
