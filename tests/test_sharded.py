@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 import synth
 from safetensors.torch import save_file
 
@@ -154,3 +155,23 @@ def test_more_ranks_than_tensors_and_a_failure_every_rank_shares(tmp_path):
     errors = [line for line in (res.stdout + res.stderr).splitlines() if line.startswith("error:")]
     line = f"{tmp_path / 'missing'}: no such file or directory"
     assert res.returncode != 0 and sorted(errors) == sorted([f"error: rank 1: {line}", f"error: {line}"]), errors
+
+
+def test_many_sources_under_torchrun_share_each_source_and_equal_one_process(tmp_path):
+    """analyze A B C under torchrun: every rank takes part in each source (its matrices split by cost), rank 0
+    writes one long table equal to a single process's; a missing source is named and the others go on."""
+    from alphaspec.analysis.many import analyze_many
+
+    models = [sharded_model(tmp_path / f"checkpoint-{i}00", files=2) for i in (1, 2)]
+    res = torchrun(tmp_path, -1, *map(str, models), str(tmp_path / "missing"), "-o", str(tmp_path / "long.csv"), "-q")
+    assert res.returncode == 1, res.stderr[-3000:]
+    assert f"{tmp_path / 'missing'}: no such file or directory" in res.stderr + res.stdout
+    table = pd.read_csv(tmp_path / "long.csv")
+    one = analyze_many(models, device="cpu", cache=False).table
+    assert list(table["source"]) == list(one["source"]) and list(table["step"]) == list(one["step"]) == \
+        [100] * (len(one) // 2) + [200] * (len(one) // 2)
+    for column in ("alpha", "spectral_norm", "log_alpha_norm"):
+        assert table[column].to_numpy() == pytest.approx(one[column].to_numpy(float), rel=1e-9, nan_ok=True)
+    for rank in (0, 1):  # each rank read its share of every source
+        read = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert {Path(file).parent.name for file, _ in read} == {m.name for m in models}, rank

@@ -220,8 +220,6 @@ def analyze(
     elif save_spectra is not None or dry_run:
         raise UsageError(f"{'--save-spectra' if save_spectra is not None else '--dry-run'} takes one source")
     rank, world, _ = launched()
-    if many and world > 1:
-        raise UsageError("several sources are analysed in one process; under torchrun give one source")
     if rank == 0:  # under torchrun rank 0 writes everything (a failure here ends the job before it starts)
         inputs = [p for s in sources for p in input_paths(s)] + (input_paths(base) if base is not None else [])
         if output is not None:

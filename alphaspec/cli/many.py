@@ -42,10 +42,12 @@ def run_many(sources: tuple[str, ...], options, device, *, output: Path | None, 
              scores_file: Path | None, steps: str | None, plots: Path | None, failing_on, thresholds,
              quiet: bool) -> None:
     """Analyse every source into one table; write it, the summary and the figures; say what failed (exit 1)."""
+    from alphaspec.analysis.cpu_threads import one_thread_per_solve
     from alphaspec.analysis.many import analyze_many, with_steps, write_long_table
     from alphaspec.analysis.summary import correlate, read_scores, summarize
     from alphaspec.analysis.table import write_table
     from alphaspec.cli.progress import clock, progress
+    from alphaspec.distributed import joined, launched
     from alphaspec.spectra.verdicts import verdicts
     from alphaspec.train.weights import many_sources
 
@@ -60,9 +62,15 @@ def run_many(sources: tuple[str, ...], options, device, *, output: Path | None, 
             err.print(Text(f"[{i + 1}/{n}] {label} ({clock(time.perf_counter() - started)} elapsed)"), highlight=False,
                       soft_wrap=True)
 
-    # a bar per source on a terminal; in a log, the line per source is the progress
-    with progress(err, "analysing", "matrices", quiet or not err.is_terminal) as update:
+    # a bar per source on a terminal; in a log, the line per source is the progress. Under torchrun every rank
+    # takes part in each source (its matrices split by cost, as for one); rank 0 reports and writes.
+    rank, _, _ = launched()
+    quiet = quiet or rank > 0
+    with joined(device.type == "cuda"), one_thread_per_solve(options.workers, device), \
+            progress(err, "analysing", "matrices", quiet or not err.is_terminal) as update:
         result = analyze_many(todo, options=options, device=device, on_source=on_source, progress=update)
+    if rank > 0:
+        return
     for label, reason in result.failures:
         err.print(Text(f"error: {label}: {' '.join(reason.split())}"), style="bold red", soft_wrap=True)
     if result.table.empty:
