@@ -119,10 +119,10 @@ def _show(summary, correlations, notes, result, output, summary_file) -> None:
     table = Table(title=f"{len(overall)} sources (n: matrices; excess: alpha above a Gaussian matrix's)",
                   title_justify="left", header_style="bold", caption="verdicts: matrices over-trained, under-trained, "
                   "random-like, with traps, rank collapse, no tail", caption_justify="left")
-    table.add_column("source", no_wrap=True)
+    table.add_column("source", overflow="fold", ratio=3)  # a long path folds over lines, read whole
     for col in ("step", "n", "alpha med", "excess"):
         table.add_column(col, justify="right", no_wrap=True)
-    table.add_column("verdicts", overflow="fold")
+    table.add_column("verdicts", overflow="fold", ratio=2, min_width=18)
     for i, r in overall.iterrows():
         said = ", ".join(f"{summary.loc[i, w]} {SHORT.get(w, w)}" for w in WARNINGS if summary.loc[i, w])
         table.add_row(str(r["source"]), "-" if pd.isna(r["step"]) else str(int(r["step"])), str(r["matrices"]),
