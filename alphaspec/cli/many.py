@@ -47,6 +47,7 @@ def run_many(sources: tuple[str, ...], options, device, *, output: Path | None, 
     from alphaspec.analysis.summary import correlate, read_scores, summarize
     from alphaspec.analysis.table import write_table
     from alphaspec.cli.progress import clock, progress
+    from alphaspec.cli.verdicts import check_verdicts
     from alphaspec.distributed import joined, launched
     from alphaspec.spectra.verdicts import verdicts
     from alphaspec.train.weights import many_sources
@@ -71,8 +72,10 @@ def run_many(sources: tuple[str, ...], options, device, *, output: Path | None, 
         result = analyze_many(todo, options=options, device=device, on_source=on_source, progress=update)
     if rank > 0:
         return
-    for label, reason in result.failures:
-        err.print(Text(f"error: {label}: {' '.join(reason.split())}"), style="bold red", soft_wrap=True)
+    for label, reason in result.failures:  # a reason names its file already, mostly: the source said once
+        said = " ".join(reason.split())
+        err.print(Text(f"error: {said if said.startswith(label) else f'{label}: {said}'}"), style="bold red",
+                  soft_wrap=True)
     if result.table.empty:
         fail(f"none of the {len(todo)} sources could be analysed")
     result.table["warning"] = verdicts(result.table, thresholds)
@@ -89,8 +92,6 @@ def run_many(sources: tuple[str, ...], options, device, *, output: Path | None, 
     if result.failures:
         fail(f"{len(result.failures)} of {len(todo)} sources failed (named above); the table holds the "
              f"{len(result.sources)} others")
-    from alphaspec.cli.verdicts import check_verdicts
-
     check_verdicts(result.table, failing_on)
 
 
