@@ -20,6 +20,19 @@ def cli(*args, env=None, cwd=None):
                           env=full_env, cwd=cwd, timeout=300)
 
 
+def in_process(*args, env=None):
+    """The command in this process (click's runner): for tests of what a command does, not of the process
+    (start-up, signals, exit through the interpreter), which `cli` runs for real."""
+    from types import SimpleNamespace
+
+    from click.testing import CliRunner
+
+    from alphaspec.cli import app
+
+    res = CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "120", **(env or {})})
+    return SimpleNamespace(returncode=res.exit_code, stdout=res.stdout, stderr=res.stderr)
+
+
 @pytest.fixture(scope="module")
 def llama_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("llama")
@@ -178,33 +191,33 @@ def test_help_has_examples():
 
 
 def test_plot_from_results_file_without_recomputing(llama_dir, tmp_path):
-    assert cli("analyze", llama_dir, "-q", "-o", tmp_path / "r.json", "--save-spectra", tmp_path / "r.npz").returncode == 0
+    assert in_process("analyze", llama_dir, "-q", "-o", tmp_path / "r.json", "--save-spectra", tmp_path / "r.npz").returncode == 0
     # the checkpoint is gone: the figures must come from the files alone
-    proc = cli("plot", tmp_path / "r.json", "-o", tmp_path / "figs", "--format", "svg")
+    proc = in_process("plot", tmp_path / "r.json", "-o", tmp_path / "figs", "--format", "svg")
     assert proc.returncode == 0, proc.stderr
     names = sorted(p.name for p in (tmp_path / "figs").iterdir())
     assert names == ["alpha-depth.svg", "alpha-modules.svg", "spectra.svg"]
-    proc = cli("plot", tmp_path / "r.json", "-o", tmp_path / "esd", "--module", "layers.1.mlp.down", "--format", "svg")
+    proc = in_process("plot", tmp_path / "r.json", "-o", tmp_path / "esd", "--module", "layers.1.mlp.down", "--format", "svg")
     assert proc.returncode == 0, proc.stderr
     assert [p.name for p in (tmp_path / "esd").iterdir()] == ["esd-model.layers.1.mlp.down_proj.weight.svg"]
     (tmp_path / "r.npz").unlink()
-    missing = cli("plot", tmp_path / "r.json", "-o", tmp_path / "figs2", "--kind", "spectra")
+    missing = in_process("plot", tmp_path / "r.json", "-o", tmp_path / "figs2", "--kind", "spectra")
     assert_one_line_error(missing, "--save-spectra")
-    assert cli("plot", tmp_path / "r.json", "-o", tmp_path / "figs3", "--kind", "alpha-depth").returncode == 0
-    decay = cli("plot", tmp_path / "r.json", "-o", tmp_path / "figs4", "--decay-map", tmp_path / "nope.json")
+    assert in_process("plot", tmp_path / "r.json", "-o", tmp_path / "figs3", "--kind", "alpha-depth").returncode == 0
+    decay = in_process("plot", tmp_path / "r.json", "-o", tmp_path / "figs4", "--decay-map", tmp_path / "nope.json")
     assert_one_line_error(decay, "nope.json")
 
 
 def test_plot_decay_without_a_map_says_it_draws_the_default(llama_dir, tmp_path):
-    assert cli("analyze", llama_dir, "-q", "-o", tmp_path / "r.json").returncode == 0
-    proc = cli("plot", tmp_path / "r.json", "-o", tmp_path / "figs", "--kind", "decay")
+    assert in_process("analyze", llama_dir, "-q", "-o", tmp_path / "r.json").returncode == 0
+    proc = in_process("plot", tmp_path / "r.json", "-o", tmp_path / "figs", "--kind", "decay")
     assert proc.returncode == 0, proc.stderr
     assert "the default map (linear, w = 0.1)" in proc.stdout
     assert [p.name for p in (tmp_path / "figs").iterdir()] == ["decay.png"]
 
 
 def test_analyze_plots_option(llama_dir, tmp_path):
-    proc = cli("analyze", llama_dir, "--plots", tmp_path / "figs")
+    proc = in_process("analyze", llama_dir, "--plots", tmp_path / "figs")
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == ["alpha-depth.png", "alpha-modules.png", "spectra.png"]
 
