@@ -202,3 +202,20 @@ def test_the_report_of_a_long_table_has_the_series_section(zoo, tmp_path):
     summary_rows = html.split('<table class="sortable">')[1].split("</table>")[0].count("<tr>") - 1
     assert summary_rows == 6 and "rank correlation of each metric with the score" in html
     assert html.count("<svg") + html.count("<img") >= 2  # the series and the zoo figures
+
+
+def test_hostile_lists_of_sources_are_one_line(zoo, tmp_path):
+    """@FILE: missing, a directory, not text, empty, listing itself (no recursion), too large."""
+    (tmp_path / "self.txt").write_text(f"@{tmp_path / 'self.txt'}\n")
+    (tmp_path / "empty.txt").write_text("# nothing\n\n")
+    (tmp_path / "binary.txt").write_bytes(b"\xff\xfe\x00" * 10)
+    (tmp_path / "big.txt").write_text(f"{zoo[0]}\n" * 100_000)
+    for given, code, said in ((tmp_path / "missing.txt", 1, "no such file"), (tmp_path, 1, "not a list of sources"),
+                              (tmp_path / "binary.txt", 1, "cannot read the list"),
+                              (tmp_path / "empty.txt", 1, "lists no source"),
+                              (tmp_path / "self.txt", 1, "self.txt"), (tmp_path / "big.txt", 1, "is no list of sources")):
+        proc = cli("analyze", f"@{given}", "-o", tmp_path / "t.csv")
+        lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+        assert proc.returncode == code and lines and said in lines[0] and "Traceback" not in proc.stderr, (given,
+                                                                                                           proc.stderr)
+        assert not (tmp_path / "t.csv").exists()

@@ -19,10 +19,10 @@ def is_many(sources: tuple[str, ...]) -> bool:
     if len(sources) != 1:
         return True
     from alphaspec.train.rundir import run_of_checkpoints_folder
+    from alphaspec.train.weights import is_glob
 
-    path = Path(sources[0]).expanduser()
-    return sources[0].startswith("@") or (any(c in sources[0] for c in "*?[") and not path.exists()) \
-        or run_of_checkpoints_folder(path) is not None
+    return sources[0].startswith("@") or is_glob(sources[0]) or \
+        run_of_checkpoints_folder(Path(sources[0]).expanduser()) is not None
 
 
 def parse_steps(text: str | None) -> list[int] | None:

@@ -11,7 +11,7 @@ import torch
 
 from alphaspec.analysis.many import Source, as_source, check_unique
 from alphaspec.analysis.options import AnalysisOptions
-from alphaspec.errors import UsageError
+from alphaspec.errors import UsageError, check_input_file, first_line
 from alphaspec.sources.checkpoint import Checkpoint, SourceError, TensorInfo, read_config
 from alphaspec.sources.deltas import open_source
 from alphaspec.train.model import hf_names, hf_tensor
@@ -69,6 +69,9 @@ class RunCheckpoint(Checkpoint):
 
 
 # -- many checkpoints at once (analyze A B C ...) ---------------------------------------------------------
+MAX_LIST_BYTES = 1 << 20  # an @FILE list of sources: a megabyte is tens of thousands of lines
+
+
 def many_sources(sources: Iterable, options: AnalysisOptions) -> list[Source]:
     """The sources of a series or a zoo, in order: @FILE lists read (one per line, # a comment), globs matched, a
     run directory (or RUN/checkpoints) as its saved checkpoints with their steps and tokens; each source once."""
@@ -78,11 +81,16 @@ def many_sources(sources: Iterable, options: AnalysisOptions) -> list[Source]:
     return check_unique(out)
 
 
-def _expand_one(given: str, options: AnalysisOptions) -> list[Source]:
+def is_glob(given: str) -> bool:
+    """Whether a source is a pattern for alphaspec to match (`'out/checkpoint-*'`), not a path that exists."""
+    return any(c in given for c in "*?[") and not Path(given).expanduser().exists()
+
+
+def _expand_one(given: str, options: AnalysisOptions, listed: bool = False) -> list[Source]:
     path = Path(given).expanduser()
-    if given.startswith("@"):  # @FILE: a list of sources, as many tools take arguments from a file
-        return [s for line in _listed(Path(given[1:]).expanduser()) for s in _expand_one(line, options)]
-    if any(c in given for c in "*?[") and not path.exists():
+    if given.startswith("@") and not listed:  # @FILE: a list of sources (not of further lists)
+        return [s for line in _listed(Path(given[1:]).expanduser()) for s in _expand_one(line, options, True)]
+    if is_glob(given):
         matched = sorted(glob.glob(str(path)))
         if not matched:
             raise UsageError(f"{given}: no file or directory matches")
@@ -95,13 +103,17 @@ def _expand_one(given: str, options: AnalysisOptions) -> list[Source]:
 
 
 def _listed(path: Path) -> list[str]:
+    """The sources an @FILE lists, one per line (# starts a comment); a file that is no such list is one line."""
+    check_input_file(path, "list of sources")
+    if path.stat().st_size > MAX_LIST_BYTES:
+        raise SourceError(f"{path}: {path.stat().st_size:,} bytes is no list of sources (at most {MAX_LIST_BYTES:,})")
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as err:
-        raise UsageError(f"{path}: cannot read the list of sources ({err})") from err
+        raise SourceError(f"{path}: cannot read the list of sources ({first_line(err)})") from err
     found = [line.split("#", 1)[0].strip() for line in lines]
     if not any(found):
-        raise UsageError(f"{path}: lists no source (one per line; # starts a comment)")
+        raise SourceError(f"{path}: lists no source (one per line; # starts a comment)")
     return [f for f in found if f]
 
 
