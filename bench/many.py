@@ -15,11 +15,10 @@ import argparse
 import json
 import os
 import platform
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
+import memory  # bench/memory.py: a command's peak memory and time
 import torch
 from safetensors.torch import save_file
 
@@ -51,18 +50,9 @@ def series(root: Path, n: int) -> list[Path]:
 
 
 def run(args: list[str]) -> tuple[float, float]:
-    """(wall seconds, peak resident GB) of `alphaspec ARGS` in a child process of its own (measured by a wrapper,
-    so that each command's peak is its own)."""
-    script = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
-              "p = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
-              "print(p.returncode, time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); "
-              "sys.stderr.write(p.stderr[-2000:] if p.returncode else '')")
-    proc = subprocess.run([sys.executable, "-c", script, sys.executable, "-m", "alphaspec", *args],
-                          capture_output=True, text=True)
-    code, seconds, kb = proc.stdout.split()
-    if code != "0":
-        sys.exit(f"alphaspec {' '.join(args)} failed:\n{proc.stderr}")
-    return float(seconds), int(kb) / 1e6
+    """(wall seconds, peak resident GB) of `alphaspec ARGS` in a child process of its own (bench/memory.py's)."""
+    gigabytes, seconds = memory.run(args)
+    return seconds, gigabytes
 
 
 def main() -> None:

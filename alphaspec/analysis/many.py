@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -102,7 +102,7 @@ def analyze_many(sources: Iterable, estimator: str = "median", device="auto", *,
     from alphaspec.analysis.engine import analyze_checkpoint
 
     opts = options or AnalysisOptions.of(estimator=estimator, **settings)
-    opts = AnalysisOptions.of(**{**opts.__dict__, "keep_spectra": True})  # log_alpha_norm is read off the spectra
+    opts = replace(opts, keep_spectra=True)  # log_alpha_norm is read off the spectra
     todo = with_steps(check_unique([as_source(s, opts) for s in sources]), steps)
     parts, failures, done = [], [], []
     for i, source in enumerate(todo):

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,6 +18,32 @@ def is_results_file(source: object) -> bool:
     """Whether SOURCE names a results table `analyze` wrote (.csv, .json, .parquet), not a checkpoint."""
     path = Path(str(source))
     return path.suffix in TABLE_SUFFIXES and path.is_file()
+
+
+def long_table(source: object) -> pd.DataFrame | None:
+    """A results table of several sources (`analyze A B ... -o TABLE`), read; None for anything else (a
+    checkpoint, a table of one source), told from the header alone where the format has one (CSV, Parquet)."""
+    from alphaspec.analysis.table import read_results
+
+    if not is_results_file(source):
+        return None
+    path = Path(str(source))
+    try:
+        if path.suffix == ".csv":
+            with open(path, encoding="utf-8", newline="") as f:
+                header = next(csv.reader(f), [])
+        elif path.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            header = pq.read_schema(path).names
+        else:
+            header = ["source"]  # JSON: known once read
+    except Exception:  # noqa: BLE001 - a damaged file: the reader that follows says what is wrong
+        return None
+    if "source" not in header:
+        return None
+    table = read_results(path)
+    return table if "source" in table else None
 
 
 def results_or_analysis(source: str, estimator: str | None = None, device: str = "auto", *,
@@ -70,11 +97,14 @@ def refitted(table: pd.DataFrame, spectra: dict[str, np.ndarray], estimator: str
         return None
     out = table.copy()
     precision = str(table.attrs.get("precision", "fp64"))
-    for i, (name, status) in enumerate(zip(table["name"], table["status"], strict=True)):
-        if name in spectra and status != UNCHANGED:
-            fit = metrics_of(torch.from_numpy(np.asarray(spectra[name], dtype=np.float64)), estimator, 0, precision)
-            for column in REFITTED:
-                out.loc[out.index[i], column] = fit[column]
+    again = [i for i, (name, status) in enumerate(zip(table["name"], table["status"], strict=True))
+             if name in spectra and status != UNCHANGED]
+    fits = [metrics_of(torch.from_numpy(np.asarray(spectra[table["name"].iloc[i]], dtype=np.float64)), estimator, 0,
+                       precision) for i in again]
+    for column in REFITTED:  # one column at a time, every re-fitted row at once
+        values = out[column].astype(object if column == "status" else float).to_numpy(copy=True)
+        values[again] = [fit[column] for fit in fits]
+        out[column] = pd.Series(values, index=out.index).astype(table[column].dtype) if column == "status" else values
     out["alpha_random"] = [random_alpha(int(r), int(c), estimator) for r, c in zip(out["rows"], out["cols"],
                                                                                    strict=True)]
     out["estimator"] = estimator

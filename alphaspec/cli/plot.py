@@ -80,13 +80,14 @@ def plot(ctx: click.Context, source: str, output: Path, kind: tuple[str, ...], f
          scores: Path | None, alpha_excess: bool, device: str, cache: bool, quiet: bool) -> None:
     """Figures: ESDs per module type across layers, alpha per module type and over depth, one matrix's fit,
     weight decay against alpha, and a learning-rate, sparsity or LoRA-rank map against alpha."""
+    from alphaspec.analysis.results import long_table
     from alphaspec.files import check_output_dir
     from alphaspec.train.rundir import has_log
 
     check_output_dir(output)
     run = Path(source)
-    if set(kind) & set(MANY_FIGURES) or is_long_table(source):
-        return _many_figures(source, output, list(kind), fmt, scores, quiet)
+    if (long := long_table(source)) is not None or set(kind) & set(MANY_FIGURES):
+        return _many_figures(source, long, output, list(kind), fmt, scores, quiet)
     kinds = list(kind) if kind else ["esd"] if module else [
         *MODEL_FIGURES, *(["decay"] if decay_map_file else []), *(["map"] if map_file else []),
         *(["training"] if has_log(run, "alphas") else []),
@@ -174,27 +175,18 @@ def _default_map(table):
         return None, f"decay: {e}"
 
 
-def is_long_table(source: str) -> bool:
-    """Whether SOURCE is a results table of several sources (`analyze A B ... -o TABLE`)."""
-    from alphaspec.analysis.results import is_results_file
-    from alphaspec.analysis.table import read_results
-
-    return is_results_file(source) and "source" in read_results(Path(source))
-
-
-def _many_figures(source: str, output: Path, kinds: list[str], fmt: str, scores: Path | None, quiet: bool) -> None:
-    """series and zoo from a long table; any other kind asked of one is a usage error."""
+def _many_figures(source: str, table, output: Path, kinds: list[str], fmt: str, scores: Path | None,
+                  quiet: bool) -> None:
+    """series and zoo from a long table (None: SOURCE is none); any other kind asked of one is a usage error."""
     from alphaspec.analysis.results import is_results_file
     from alphaspec.analysis.summary import correlate, read_scores, summarize
-    from alphaspec.analysis.table import read_results
     from alphaspec.plots.series import series_figure, zoo_figure
     from alphaspec.plots.style import save_figure
 
     if not is_results_file(source):
         fail(f"{source}: --kind {'/'.join(k for k in kinds if k in MANY_FIGURES)} draws a long table of several "
              "sources (analyze A B ... -o TABLE)", 2)
-    table = read_results(Path(source))
-    if "source" not in table or table["source"].nunique() < 2:
+    if table is None or table["source"].nunique() < 2:
         fail(f"{source}: a table of one source; series and zoo draw several (analyze A B ... -o TABLE)", 2)
     kinds = kinds or ["series", *(["zoo"] if scores is not None else [])]
     if other := [k for k in kinds if k not in MANY_FIGURES]:

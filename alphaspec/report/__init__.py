@@ -31,6 +31,7 @@ def render(sources: Iterable, *, decay_map=None, estimator: str | None = None, d
     a results table fitted with another one is refused. analyse: analyze_checkpoint or a wrapper of it (the
     CLI's draws progress). A long table of many sources (`analyze A B ... -o T`) is a series section: its
     summary, figures and, with `scores` (a CSV of source,score), the zoo and the correlations."""
+    from alphaspec.analysis.results import long_table
     from alphaspec.report.html import page
 
     sources = [str(s) for s in sources]
@@ -41,7 +42,8 @@ def render(sources: Iterable, *, decay_map=None, estimator: str | None = None, d
     if runs:
         sections += _runs_sections(runs, estimator, device, analyse)
     for source in others:
-        sections.append(_series_section(source, scores) if _is_long(source) else
+        long = long_table(source)
+        sections.append(_series_section(source, long, scores) if long is not None else
                         _checkpoint_section(source, estimator, device, analyse))
     if decay_map is not None:
         sections.append(_decay_section(decay_map))
@@ -81,19 +83,10 @@ def _runs_sections(runs: list[str], estimator: str | None, device: str, analyse:
     return sections
 
 
-def _is_long(source: str) -> bool:
-    from alphaspec.analysis.results import is_results_file
-    from alphaspec.analysis.table import read_results
-
-    return is_results_file(source) and "source" in read_results(Path(source))
-
-
-def _series_section(source: str, scores: str | Path | None) -> str:
+def _series_section(source: str, table: pd.DataFrame, scores: str | Path | None) -> str:
     from alphaspec.analysis.summary import read_scores
-    from alphaspec.analysis.table import read_results
     from alphaspec.report.series import series_section
 
-    table = read_results(Path(source))
     given = read_scores(scores, list(dict.fromkeys(table["source"]))) if scores is not None else None
     return series_section(table, f"Many checkpoints: {Path(source).name} ({table['source'].nunique()} sources)", given)
 
