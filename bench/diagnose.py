@@ -64,7 +64,7 @@ def timed(args: list[str], repeats: int) -> float:
 def mp_share(model: Path) -> tuple[float, float]:
     """(seconds of analyze, seconds of mp_bulk over its spectra) in this process."""
     import alphaspec.analysis.engine as analysis
-    import alphaspec.analysis.solve as solve
+    import alphaspec.analysis.rows as rows
     from alphaspec.spectra import mp_bulk as bulk
 
     spent = [0.0]
@@ -77,11 +77,11 @@ def mp_share(model: Path) -> tuple[float, float]:
         finally:
             spent[0] += time.perf_counter() - started
 
-    solve.mp_bulk = counted
+    rows.mp_bulk = counted
     started = time.perf_counter()
     analysis.analyze_checkpoint(model, device="cpu")
     total = time.perf_counter() - started
-    solve.mp_bulk = real
+    rows.mp_bulk = real
     return total, spent[0]
 
 

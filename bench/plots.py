@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from alphaspec.analysis.solve import COLUMNS, metrics_of
+from alphaspec.analysis.rows import COLUMNS, metrics_of
 from alphaspec.plots.render import render_figures
 from alphaspec.spectra.gaussian import mp_quantiles
 

@@ -199,6 +199,23 @@ def test_random_reference_matches_sampled_gaussian(rows, cols):
     assert len(mp_quantiles(rows, cols)) == min(rows, cols)
 
 
+@pytest.mark.parametrize(("rows", "cols"), [(384, 384), (1536, 384), (512, 384), (99, 100), (30522, 384)])
+def test_mp_quantiles_are_the_laws_quantiles(rows, cols):
+    """Each quantile x_i has (i + 1/2)/m of the Marchenko–Pastur density below it (scipy's quadrature of the
+    density, independent of the closed form the quantiles come from)."""
+    from scipy.integrate import quad
+
+    m = min(rows, cols)
+    q = m / max(rows, cols)
+    a, b = (1 - np.sqrt(q)) ** 2, (1 + np.sqrt(q)) ** 2
+    x = mp_quantiles(rows, cols)
+    assert np.all(np.diff(x) > 0) and a < x[0] and x[-1] < b
+    for i in (0, 1, m // 7, m // 2, m - 2, m - 1):
+        mass, _ = quad(lambda v: np.sqrt((b - v) * (v - a)) / (2 * np.pi * q * v), a, x[i], epsabs=1e-13,
+                       epsrel=1e-12, limit=200)
+        assert mass == pytest.approx((i + 0.5) / m, rel=1e-8, abs=1e-11)
+
+
 def test_minilm_figures(tmp_path):
     try:
         example_path("minilm")

@@ -4,6 +4,8 @@ stays within its bound; `--no-cache`, ALPHASPEC_NO_CACHE and `alphaspec cache` d
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import threading
 
@@ -12,9 +14,11 @@ import pytest
 import synth
 import torch
 
+from alphaspec.analysis import rows as rows_module
 from alphaspec.analysis import solve as solve_module
 from alphaspec.analysis.engine import analyze_checkpoint
 from alphaspec.analysis.store import EigenStore, Entry, entry_key, matrix_key, store_bound
+from alphaspec.spectra.powerlaw import PowerLawFit
 
 
 @pytest.fixture(autouse=True)
@@ -56,6 +60,56 @@ def test_a_second_analysis_solves_nothing_and_equals_a_fresh_one(llama_dir, monk
         pd.testing.assert_frame_equal(warm.table, fresh.table)
         assert warm.spectra.keys() == fresh.spectra.keys()
         assert all((warm.spectra[k] == fresh.spectra[k]).all() for k in warm.spectra)
+
+
+def fits_made(monkeypatch) -> list[str]:
+    """The estimators of every KS scan made (fit_with_gof: one per matrix fitted)."""
+    made = []
+    real = rows_module.fit_with_gof
+
+    def counting(lam, estimator, **kwargs):
+        made.append(estimator)
+        return real(lam, estimator, **kwargs)
+
+    monkeypatch.setattr(rows_module, "fit_with_gof", counting)
+    return made
+
+
+def test_the_fits_kept_beside_a_spectrum_are_not_made_again(llama_dir, monkeypatch):
+    made = fits_made(monkeypatch)
+    analyze_checkpoint(llama_dir, "median", "cpu")
+    n = len(made)
+    assert n > 0 and set(made) == {"median"}
+    for estimator, scans in (("median", 0), ("gof", 0), ("fix-finger", n)):  # gof's fit comes with every other
+        made.clear()
+        warm = analyze_checkpoint(llama_dir, estimator, "cpu").table
+        assert len(made) == scans, estimator
+        fresh = analyze_checkpoint(llama_dir, estimator, "cpu", cache=False).table
+        pd.testing.assert_frame_equal(warm, fresh)
+
+
+def test_fits_kept_by_other_code_are_made_again(llama_dir, monkeypatch):
+    made = fits_made(monkeypatch)
+    analyze_checkpoint(llama_dir, "gof", "cpu")
+    n = len(made)
+    monkeypatch.setattr(rows_module, "fits_revision", lambda: "another release")
+    made.clear()
+    warm = analyze_checkpoint(llama_dir, "gof", "cpu").table
+    assert len(made) == n  # the spectra are reused, their fits are not
+    pd.testing.assert_frame_equal(warm, analyze_checkpoint(llama_dir, "gof", "cpu", cache=False).table)
+
+
+def test_kept_fits_read_back_as_they_were_nan_and_status_included():
+    nan = float("nan")
+    fits = rows_module.Fits(3, {"gof": PowerLawFit(2.5, 0.125, 0.03, 40),
+                                "median": PowerLawFit(nan, nan, nan, 0, "no power-law tail: 1 distinct eigenvalue(s)")},
+                            {"median": 2.13})
+    back = rows_module.Fits.from_json(json.loads(json.dumps(fits.to_json())))
+    assert back.n_zero == 3 and back.random == {"median": 2.13}
+    assert back.fits["gof"] == fits.fits["gof"]
+    assert back.fits["median"].status == fits.fits["median"].status and math.isnan(back.fits["median"].alpha)
+    assert rows_module.Fits.from_json({"revision": rows_module.fits_revision(), "fits": 3}).fits == {}  # not its layout
+    assert rows_module.Fits.from_json(None).fits == {}
 
 
 def test_randomized_and_farms_solves_are_kept_with_their_settings(llama_dir, monkeypatch):

@@ -26,7 +26,8 @@ import torch
 
 from alphaspec.analysis.options import AnalysisOptions
 from alphaspec.analysis.pool import bounded_map
-from alphaspec.analysis.solve import ordered_table, plan_checkpoint, solve_batch, solve_options
+from alphaspec.analysis.rows import ordered_table
+from alphaspec.analysis.solve import plan_checkpoint, solve_batch, solve_options
 from alphaspec.analysis.store import matrix_key
 from alphaspec.devices import resolve_device
 from alphaspec.errors import UsageError

@@ -19,7 +19,8 @@ import pandas as pd
 import torch
 
 from alphaspec.analysis.options import AnalysisOptions
-from alphaspec.analysis.solve import plan_checkpoint, row_order
+from alphaspec.analysis.rows import row_order
+from alphaspec.analysis.solve import plan_checkpoint
 from alphaspec.sources.checkpoint import Checkpoint
 from alphaspec.sources.matrices import Skipped
 from alphaspec.sources.read_ahead import STAGED_BYTES

@@ -149,7 +149,7 @@ def write_long_table(result: ManyAnalysis, path: Path) -> None:
     import json
 
     from alphaspec._version import __version__
-    from alphaspec.analysis.solve import records
+    from alphaspec.analysis.rows import records
     from alphaspec.analysis.table import write_table
     from alphaspec.files import atomic_write
 

@@ -89,7 +89,7 @@ def refitted(table: pd.DataFrame, spectra: dict[str, np.ndarray], estimator: str
     alpha_random, the estimator and the verdicts; None when a fitted row has no spectrum to fit."""
     import torch
 
-    from alphaspec.analysis.solve import metrics_of
+    from alphaspec.analysis.rows import metrics_of
     from alphaspec.spectra.gaussian import random_alpha
     from alphaspec.spectra.verdicts import UNCHANGED, verdicts
 

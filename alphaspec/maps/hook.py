@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 
 from alphaspec.analysis.engine import analyze_tensors
-from alphaspec.analysis.solve import ordered_table, records
+from alphaspec.analysis.rows import ordered_table, records
 from alphaspec.distributed import full_tensor, process_group, share_of_work
 from alphaspec.errors import AlphaspecError, first_line
 from alphaspec.maps.alphadecay import build_decay_map

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from alphaspec.analysis.engine import analyze_tensors
-from alphaspec.analysis.solve import records
+from alphaspec.analysis.rows import records
 from alphaspec.distributed import full_tensor
 from alphaspec.maps.groups import is_tuned_candidate
 from alphaspec.sources.matrices import layer_index, module_type
