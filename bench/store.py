@@ -6,8 +6,9 @@
 Each measurement runs in a fresh process (as a second command does) against a store of its own: the time of
 the analysis itself (`analyze_checkpoint`, not the Python and torch start-up every command pays), without the
 store, then with it empty (the first command: solving and keeping), then with it filled (a second command,
-with another estimator). Also: the cost of keying (BLAKE3 of every matrix) against the solves it saves, and
-whole `alphaspec analyze` and `alphaspec map` commands, cold and warm, wall clock.
+with another estimator). Also: the cost of keying (BLAKE3 of every matrix as read, or of a GGUF file's
+quantised blocks as stored) against the solves it saves, and whole `alphaspec analyze` and `alphaspec map`
+commands, cold and warm, wall clock.
 
 Prints the machine, then one line per measurement (the median of --repeat runs).
 """
@@ -41,17 +42,23 @@ from alphaspec.analysis.store import matrix_key
 from alphaspec.sources.deltas import open_source
 ckpt = open_source(sys.argv[1])
 todo = plan_checkpoint(ckpt, (), (), True)
-names = {m.tensor for m in todo.matrices}
-seconds, nbytes = 0.0, 0
+seconds, as_stored, as_read, unread = 0.0, 0, 0, set()
+for name in sorted({m.tensor for m in todo.matrices}):  # keyed as stored (GGUF blocks): never read on a hit
+    t = time.perf_counter()
+    key = ckpt.stored_key(name)
+    seconds += time.perf_counter() - t
+    as_stored += key is not None
+    if key is None:
+        unread.add(name)
 for file in ckpt.files:
-    for name, tensor in ckpt.read(file, [t.name for t in ckpt.tensors if t.file == file and t.name in names]):
+    for name, tensor in ckpt.read(file, [t.name for t in ckpt.tensors if t.file == file and t.name in unread]):
         for spec in [m for m in todo.matrices if m.tensor == name]:
             m = spec.extract(tensor)
             t = time.perf_counter()
             matrix_key(m)
             seconds += time.perf_counter() - t
-            nbytes += m.numel() * m.element_size()
-print(seconds, nbytes)
+            as_read += 1
+print(seconds, as_stored, as_read)
 """
 
 
@@ -89,9 +96,9 @@ def main() -> None:
         print(f"  without the store            {plain:7.3f} s")
         print(f"  first command (solve, keep)  {first:7.3f} s  ({first / plain - 1:+.1%} for keying and keeping)")
         print(f"  second command, -e gof       {second:7.3f} s  ({plain / second:.1f}x faster than without)")
-        seconds, nbytes = map(float, child(KEYING, args.source, env=env).split())
-        print(f"  keying: {nbytes / 1e6:,.1f} MB in {seconds:.3f} s ({nbytes / seconds / 1e9:.2f} GB/s), "
-              f"{seconds / plain:.1%} of the analysis without the store")
+        seconds, as_stored, as_read = map(float, child(KEYING, args.source, env=env).split())
+        print(f"  keying: {seconds:.3f} s, {seconds / plain:.1%} of the analysis without the store "
+              f"({as_stored:.0f} tensors keyed as stored, {as_read:.0f} matrices as read)")
         for what in (["analyze", args.source, "-q"], ["map", "sparsity", args.source, "-q", "-o", f"{tmp}/s.json"]):
             walls = []
             for clear in (True, False):

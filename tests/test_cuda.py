@@ -301,3 +301,23 @@ def test_a_sparsity_map_prunes_a_model_on_the_gpu_as_on_the_cpu(tmp_path):
     smap = build_map(analyze(model.to("cuda"), device="cuda", split_fused=False), "sparsity", target=0.5)
     on_gpu = prune_model(model, smap, permanent=True)
     assert (on_gpu["realised"] - on_gpu["sparsity"]).abs().max() <= 0.5 / on_gpu["params"].min()
+
+
+def test_a_gguf_kept_from_the_gpu_is_neither_copied_nor_expanded_again(tmp_path, monkeypatch):
+    """Blocks expanded on the GPU are keyed as stored (the store has no CPU copy of them to key): a second
+    analysis on the GPU takes every matrix from the store and equals a fresh one."""
+    import pandas as pd
+    from test_store import quantised_gguf
+
+    from alphaspec.sources import gguf as gguf_source
+
+    monkeypatch.setenv("ALPHASPEC_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("ALPHASPEC_NO_CACHE", raising=False)
+    model = quantised_gguf(tmp_path / "m.gguf")
+    analyze_checkpoint(model, device="cuda")
+    expanded = []
+    real = gguf_source.dequantise
+    monkeypatch.setattr(gguf_source, "dequantise", lambda *a, **k: expanded.append(a[2]) or real(*a, **k))
+    warm = analyze_checkpoint(model, "gof", device="cuda").table
+    assert expanded == []
+    pd.testing.assert_frame_equal(warm, analyze_checkpoint(model, "gof", device="cuda", cache=False).table)

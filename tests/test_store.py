@@ -9,6 +9,7 @@ import math
 import os
 import threading
 
+import numpy as np
 import pandas as pd
 import pytest
 import synth
@@ -273,3 +274,104 @@ def test_a_results_table_with_its_spectra_is_fitted_again_for_any_estimator(tmp_
     assert any("fitted with median; alphapruning fits with fix-finger" in n for n in build_map(table, "sparsity").notes)
     with pytest.raises(Exception, match="fitted with median, not gof"):
         results_or_analysis(tmp_path / "r.json", "gof", asked="-e")
+
+
+# -- GGUF: block-quantised tensors keyed as stored, so a kept tensor is never dequantised
+def quantised_gguf(path, seed: int = 0, change: str | None = None):
+    """A Q8_0 llama GGUF (a stacked Q8_0 MoE tensor too: one matrix per expert); `change`: a tensor whose
+    first block gets one more quantisation step."""
+    gguf = pytest.importorskip("gguf")
+    from gguf import GGMLQuantizationType as T
+    from gguf.quants import quantize
+
+    rng = np.random.default_rng(seed)
+    w = gguf.GGUFWriter(str(path), "qwen2moe")
+    for key, value in {"qwen2moe.block_count": 1, "qwen2moe.embedding_length": 64, "qwen2moe.feed_forward_length": 96,
+                       "qwen2moe.attention.head_count": 4, "qwen2moe.attention.head_count_kv": 4}.items():
+        w.add_uint32(key, value)
+    shapes = {"blk.0.attn_q.weight": (64, 64), "blk.0.attn_output.weight": (64, 64),
+              "blk.0.ffn_up_exps.weight": (3, 96, 64)}
+    for name, shape in shapes.items():
+        q = quantize((rng.standard_t(4, size=shape) * 0.05).astype(np.float32), T.Q8_0)
+        if name == change:
+            q.reshape(-1, q.shape[-1])[0, 2] ^= 1  # the first block's first quantised value (after its f16 scale)
+        w.add_tensor(name, q, raw_shape=q.shape, raw_dtype=T.Q8_0)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def dequantised(monkeypatch) -> list[tuple]:
+    """The shapes of every tensor the gguf package dequantises."""
+    from alphaspec.sources import gguf as gguf_source
+
+    seen = []
+    real = gguf_source._dequantise
+
+    def counting(data, qtype, shape):
+        seen.append(shape)
+        return real(data, qtype, shape)
+
+    monkeypatch.setattr(gguf_source, "_dequantise", counting)
+    return seen
+
+
+def test_a_kept_gguf_tensor_is_not_even_dequantised(tmp_path, monkeypatch):
+    model = quantised_gguf(tmp_path / "m.gguf")
+    seen, counted = dequantised(monkeypatch), solves(monkeypatch)
+    first = analyze_checkpoint(model, "median", "cpu", keep_spectra=True)
+    assert len(seen) == 3 and counted[0] == 5  # q, o and three experts
+    seen.clear()
+    counted[0] = 0
+    warm = analyze_checkpoint(model, "gof", "cpu", keep_spectra=True)
+    assert seen == [] and counted[0] == 0
+    fresh = analyze_checkpoint(model, "gof", "cpu", keep_spectra=True, cache=False)
+    pd.testing.assert_frame_equal(warm.table, fresh.table)
+    assert all((warm.spectra[k] == fresh.spectra[k]).all() for k in fresh.spectra) and len(first.spectra) == 5
+
+
+def test_a_changed_block_the_config_or_the_dequantiser_is_another_key(tmp_path, monkeypatch):
+    from alphaspec.sources.checkpoint import open_checkpoint
+    from alphaspec.sources.deltas import RoundedCheckpoint
+
+    model = quantised_gguf(tmp_path / "a.gguf")
+    quantised_gguf(tmp_path / "b.gguf", change="blk.0.ffn_up_exps.weight")
+    a, b = open_checkpoint(model), open_checkpoint(tmp_path / "b.gguf")
+    up, q = "model.layers.0.mlp.experts.up_proj.weight", "model.layers.0.self_attn.q_proj.weight"
+    assert a.stored_key(q) == b.stored_key(q) and a.stored_key(up) != b.stored_key(up)
+    assert a.stored_key(q) != a.stored_key(q, torch.device("cuda"))  # expanded by torch there: another dequantiser
+    a.config["num_attention_heads"] = 8  # the config the rows are read under (hf_rows)
+    assert a.stored_key(q) != b.stored_key(q)
+    assert RoundedCheckpoint(b).stored_key(q) is None  # a reader that changes the values keys what it read
+    seen = dequantised(monkeypatch)
+    analyze_checkpoint(model, "median", "cpu")
+    seen.clear()
+    table = analyze_checkpoint(tmp_path / "b.gguf", "median", "cpu").table
+    assert seen == [(3, 96, 64)]  # the changed tensor alone
+    pd.testing.assert_frame_equal(table, analyze_checkpoint(tmp_path / "b.gguf", "median", "cpu", cache=False).table)
+    rounded = analyze_checkpoint(model, "median", "cpu", checkpoint=RoundedCheckpoint(open_checkpoint(model))).table
+    fresh = analyze_checkpoint(model, "median", "cpu", cache=False,
+                               checkpoint=RoundedCheckpoint(open_checkpoint(model))).table
+    pd.testing.assert_frame_equal(rounded, fresh)
+
+
+def test_on_a_gpu_a_tensor_keyed_as_stored_keeps_that_key(tmp_path):
+    """The callbacks a GPU analysis reads with (no CUDA call in them: run here): the blocks' key, set before the
+    tensor is read, is not replaced by the matrix's (which a GPU-expanded tensor has none of)."""
+    from alphaspec.analysis.options import AnalysisOptions
+    from alphaspec.analysis.solve import _store_callbacks, plan_checkpoint, solve_options
+    from alphaspec.analysis.solved import view_key
+    from alphaspec.sources.checkpoint import open_checkpoint
+
+    ckpt = open_checkpoint(quantised_gguf(tmp_path / "m.gguf"))
+    how, cuda, keys = solve_options(ckpt, AnalysisOptions.of(estimator="median")), torch.device("cuda"), {}
+    callbacks = _store_callbacks(ckpt, cuda, how, keys)
+    tensor = "model.layers.0.mlp.experts.up_proj.weight"
+    specs = [s for s in plan_checkpoint(ckpt, (), (), True).matrices if s.tensor == tensor]
+    assert len(specs) == 3 and callbacks["kept"](tensor, specs) is None  # nothing kept yet: read it
+    expected = [view_key(ckpt.stored_key(tensor, cuda), s) for s in specs]
+    assert [keys[s.name] for s in specs] == expected and len(set(expected)) == 3  # one per expert
+    callbacks["on_read"](specs[0], torch.zeros(96, 64))
+    assert keys[specs[0].name] == expected[0]

@@ -6,17 +6,14 @@ a later command on the same checkpoint then fits only what no earlier one did.
 
 from __future__ import annotations
 
-import hashlib
 import math
-import os
 from dataclasses import dataclass, field
 from functools import lru_cache
-from pathlib import Path
 
 import pandas as pd
 import torch
 
-from alphaspec._version import __version__
+from alphaspec.analysis.store import source_digest
 from alphaspec.sources.matrices import MODULE_TYPES, MatrixSpec
 from alphaspec.spectra import eigenvalues, gaussian, powerlaw
 from alphaspec.spectra.eigenvalues import zero_threshold
@@ -72,15 +69,9 @@ class Fits:
 
 @lru_cache(maxsize=1)
 def fits_revision() -> str:
-    """The digest of the package version and of the sources that compute a row's fits: a fit kept by other
-    code (another release, an edited checkout) never reads back as this code's."""
-    digest = hashlib.sha256(__version__.encode())
-    try:
-        for source in (powerlaw.__file__, gaussian.__file__, eigenvalues.__file__, __file__):
-            digest.update(Path(source).read_bytes())
-    except (OSError, TypeError):  # sources not on disk: a revision of this process alone (nothing reused)
-        digest.update(os.urandom(16))
-    return digest.hexdigest()[:32]
+    """Which code makes a row's fits (store.source_digest of the fitting modules): a fit kept by another
+    release or an edited checkout is made again, never read back as this code's."""
+    return source_digest(powerlaw.__file__, gaussian.__file__, eigenvalues.__file__, __file__)
 
 
 def matrix_row(spec: MatrixSpec, eigs: torch.Tensor | None, estimator: str, dtype: str, exponent: int = 0,

@@ -22,7 +22,7 @@ from alphaspec._version import __version__
 from alphaspec.analysis.options import AnalysisOptions
 from alphaspec.analysis.pool import bounded_map
 from alphaspec.analysis.rows import ordered_table, records
-from alphaspec.analysis.solved import Solve, Solved, keep, stored
+from alphaspec.analysis.solved import Solve, Solved, keep, stored, view_key
 from alphaspec.analysis.store import EigenStore, matrix_key, store_enabled
 from alphaspec.devices import SolveError
 from alphaspec.sources.checkpoint import Checkpoint, SourceError
@@ -59,18 +59,25 @@ class Analysis:
                 "skipped": [{"name": s.name, "reason": s.reason} for s in self.skipped], "notes": self.notes}
 
 
-def _batches(items: Iterable[tuple[MatrixSpec, torch.Tensor]], max_bytes: int) -> Iterator[list]:
-    """Group consecutive matrices of one shape and dtype while their float64 size stays within max_bytes."""
+def _batches(items: Iterable[tuple[MatrixSpec, torch.Tensor | Solved]], max_bytes: int) -> Iterator[list]:
+    """Group consecutive matrices of one shape and dtype while their float64 size stays within max_bytes (what
+    the store held, as Solved, in groups of its own under the same bound)."""
     batch: list = []
     for spec, mat in items:
-        first = batch[0][1] if batch else None
-        if batch and (mat.shape != first.shape or mat.dtype != first.dtype or _size(spec) != _size(batch[0][0])
-                      or (len(batch) + 1) * mat.numel() * 8 > max_bytes):
+        if batch and (_kind(spec, mat) != _kind(*batch[0]) or (len(batch) + 1) * _numel(spec, mat) * 8 > max_bytes):
             yield batch
             batch = []
         batch.append((spec, mat))
     if batch:
         yield batch
+
+
+def _kind(spec: MatrixSpec, mat: torch.Tensor | Solved) -> tuple:
+    return ("kept",) if isinstance(mat, Solved) else (tuple(mat.shape), mat.dtype, _size(spec))
+
+
+def _numel(spec: MatrixSpec, mat: torch.Tensor | Solved) -> int:
+    return spec.rows * spec.cols if isinstance(mat, Solved) else mat.numel()
 
 
 def _size(spec: MatrixSpec) -> tuple[int, int]:
@@ -83,16 +90,16 @@ def is_core(spec: MatrixSpec, mat: torch.Tensor) -> bool:
     return tuple(mat.shape[-2:]) != _size(spec)
 
 
-def solve_batch(batch: list[tuple[MatrixSpec, torch.Tensor]], dev: torch.device, how: Solve,
+def solve_batch(batch: list[tuple[MatrixSpec, torch.Tensor | Solved]], dev: torch.device, how: Solve,
                 keys: list[str | None] | None = None) -> list[tuple[dict, torch.Tensor | None]]:
     """Rows (and spectra) of same-shape matrices solved together on `dev`; NaN/Inf matrices get no spectrum.
 
     keys: each matrix's content key (store.matrix_key; None: not kept). With a store in `how`, the matrices it
-    holds are not solved again and those solved here are kept. A failed solve (out of memory, no convergence)
-    is a SolveError naming the matrices.
+    holds are not solved again and those solved here are kept; a matrix given as Solved was taken from it
+    already. A failed solve (out of memory, no convergence) is a SolveError naming the matrices.
     """
     keys = keys or [None] * len(batch)
-    kept = [stored(spec, key, how) for (spec, _), key in zip(batch, keys, strict=True)]
+    kept = [m if isinstance(m, Solved) else stored(spec, key, how) for (spec, m), key in zip(batch, keys, strict=True)]
     todo = [i for i, entry in enumerate(kept) if entry is None]
     solved = dict(zip(todo, _solve(*zip(*[batch[i] for i in todo], strict=True), dev, how) if todo else [],
                       strict=True))
@@ -157,7 +164,8 @@ def _solver(dev: torch.device, how: Solve, workers: int, keys: dict[str, str | N
     def solve_batch_keyed(batch):
         if how.store is None:
             return solve_batch(batch, dev, how)
-        return solve_batch(batch, dev, how, [keys.get(spec.name) or matrix_key(m) for spec, m in batch])
+        return solve_batch(batch, dev, how, [keys.get(spec.name) or (None if isinstance(m, Solved) else matrix_key(m))
+                                             for spec, m in batch])
 
     if workers <= 1 or dev.type != "cuda":
         return solve_batch_keyed
@@ -172,6 +180,27 @@ def _solver(dev: torch.device, how: Solve, workers: int, keys: dict[str, str | N
             return out
 
     return solve
+
+
+def _store_callbacks(ckpt: Checkpoint, dev: torch.device, how: Solve, keys: dict[str, str | None]) -> dict:
+    """read_ahead's callbacks for the eigenvalue store, filling `keys`: `kept` asks the store for a tensor keyed
+    as stored (a GGUF file's blocks) before it is read; on a GPU, `on_read` keys a matrix before its copy."""
+    if how.store is None:
+        return {}
+
+    def on_read(spec: MatrixSpec, m: torch.Tensor) -> None:
+        if spec.name not in keys:
+            keys[spec.name] = matrix_key(m)
+
+    def kept(name: str, specs: list[MatrixSpec]) -> list[Solved] | None:
+        key = ckpt.stored_key(name, dev)
+        if key is None:
+            return None
+        keys.update({spec.name: view_key(key, spec) for spec in specs})
+        parts = [stored(spec, keys[spec.name], how) for spec in specs]
+        return None if any(part is None for part in parts) else parts
+
+    return {"kept": kept} | ({"on_read": on_read} if dev.type == "cuda" else {})
 
 
 def plan_checkpoint(ckpt: Checkpoint, include: Iterable[str], exclude: Iterable[str], split_fused: bool) -> Plan:
@@ -216,13 +245,9 @@ def solve_matrices(ckpt: Checkpoint, matrices: list[MatrixSpec], dev: torch.devi
         if on_solved:
             on_solved(len(solved))
 
-    keys: dict[str, str | None] = {}  # content keys of matrices staged on a GPU, computed before the copy
-
-    def key(spec: MatrixSpec, m: torch.Tensor) -> None:
-        keys[spec.name] = matrix_key(m)
-
+    keys: dict[str, str | None] = {}  # content keys computed in the reader thread (_store_callbacks)
     staged = read_ahead(ckpt, matrices, threading.Event(), dev, on_versions=compare,
-                        on_read=key if how.store is not None and dev.type == "cuda" else None)
+                        **_store_callbacks(ckpt, dev, how, keys))
     batches = _batches(staged, BATCH_BYTES["cuda" if dev.type == "cuda" else "cpu"])
     failure = None
     try:

@@ -8,6 +8,7 @@ every part its analysis needs is there.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass, field
 
@@ -72,6 +73,17 @@ def _keys(spec: MatrixSpec, key: str, how: Solve) -> dict[str, str]:
     if how.farms:
         keys["farms"] = entry_key(key, spec.rows, spec.cols, "farms", how.estimator)
     return keys
+
+
+def view_key(tensor_key: str, spec: MatrixSpec) -> str:
+    """The content key of one matrix of a tensor keyed as stored (Checkpoint.stored_key): the tensor's key and
+    the view spec takes of it (expert, transpose, rows)."""
+    sel = spec.rows_sel
+    if isinstance(sel, torch.Tensor):
+        sel = hashlib.sha256(sel.cpu().numpy().tobytes()).hexdigest()
+    elif isinstance(sel, slice):
+        sel = (sel.start, sel.stop, sel.step)
+    return entry_key(tensor_key, "view", spec.expert, spec.stacked, spec.transpose, sel, spec.rows, spec.cols)
 
 
 def stored(spec: MatrixSpec, key: str | None, how: Solve) -> Solved | None:

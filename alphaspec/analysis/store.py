@@ -5,6 +5,8 @@ given them. An entry is keyed by what was solved: the BLAKE3 digest (cryptograph
 core, so keying costs a few per cent of a solve) of the matrix as the solver saw it (its bytes, dtype and
 shape, after a fused split, a delta's subtraction or a rounding), the size it stands for, the solver's
 precision and, for the randomised analysis and FARMS, their settings. A changed tensor cannot match a key.
+A tensor whose reading is costly can be keyed as stored instead (Checkpoint.stored_key: a GGUF file's
+quantised blocks), so that the store is asked before the tensor is read and dequantised.
 Entries are safetensors files (no pickle, no code) that carry their key and a checksum of their contents:
 an entry that does not verify is deleted and the matrix solved again, never trusted.
 Writes are atomic renames, so concurrent runs at worst solve a matrix twice; a read refreshes the entry's
@@ -29,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from alphaspec._version import __version__
 from alphaspec.errors import UsageError
 
 SUFFIX = ".safetensors"
@@ -63,15 +66,32 @@ def store_bound() -> int:
 def matrix_key(m: torch.Tensor) -> str | None:
     """The content key of a matrix as solved: BLAKE3 of its dtype, shape and bytes; None for a tensor that is
     not in CPU memory (a GGUF tensor expanded on the GPU: hashing it would cost a copy back)."""
-    from blake3 import blake3
-
     if m.device.type != "cpu":
         return None
-    data = m.detach().contiguous().view(torch.uint8).numpy().data
-    threads = blake3.AUTO if data.nbytes >= PARALLEL_BYTES else 1  # BLAKE3 hashes one input over several cores
-    digest = blake3(f"{m.dtype}|{tuple(m.shape)}|".encode(), max_threads=threads)
+    return bytes_key(f"{m.dtype}|{tuple(m.shape)}|", m.detach().contiguous().view(torch.uint8).numpy().data)
+
+
+def bytes_key(header: str, data) -> str:
+    """BLAKE3 of a header line and a buffer of bytes (several cores for a large one)."""
+    from blake3 import blake3
+
+    threads = blake3.AUTO if memoryview(data).nbytes >= PARALLEL_BYTES else 1  # one input over several cores
+    digest = blake3(header.encode(), max_threads=threads)
     digest.update(data)
     return digest.hexdigest()
+
+
+def source_digest(*files: str) -> str:
+    """A digest of the package version and of these source files: which code made a kept value, so that one
+    made by another release or an edited checkout is not read back; unique to this process when a file
+    cannot be read (then nothing is reused)."""
+    digest = hashlib.sha256(__version__.encode())
+    try:
+        for file in files:
+            digest.update(Path(file).read_bytes())
+    except (OSError, TypeError):
+        digest.update(os.urandom(16))
+    return digest.hexdigest()[:32]
 
 
 def entry_key(*parts: object) -> str:

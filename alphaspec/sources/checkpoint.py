@@ -14,6 +14,7 @@ import re
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -23,6 +24,7 @@ from alphaspec.errors import AlphaspecError, check_input_file, first_line, input
 from alphaspec.sources.gguf import (
     GGUF_SUFFIX,
     GGUFError,
+    blocks_key,
     directory_model,
     hf_rows,
     hub_patterns,
@@ -104,12 +106,35 @@ class Checkpoint:
         except Exception as err:  # noqa: BLE001 - any read failure is a property of the input file
             raise SourceError(f"{file}: cannot read tensor data ({first_line(err, with_type=True)})") from err
 
+    def stored_key(self, name: str, device: torch.device | None = None) -> str | None:
+        """A content key of tensor `name` as stored, for the eigenvalue store to be asked before the tensor is
+        read (GGUFCheckpoint: quantised blocks, whose dequantisation a kept tensor skips); None: its
+        matrices are keyed as read."""
+        return None
+
     def read_versions(self, file: Path, names: list[str], device: torch.device | None = None
                       ) -> Iterator[tuple[str, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]]:
         """As `read`, each tensor with its (before, after) versions when it is an update against a base the
         checkpoint holds (a delta, an adapter given its base); None for weights."""
         for name, t in self.read(file, names, device):
             yield name, t, None
+
+
+class GGUFCheckpoint(Checkpoint):
+    """A GGUF model: its block-quantised tensors keyed as stored (gguf.blocks_key)."""
+
+    @cached_property
+    def _by_name(self) -> dict[str, TensorInfo]:
+        return {t.name: t for t in self.tensors}
+
+    def stored_key(self, name: str, device: torch.device | None = None) -> str | None:
+        t = self._by_name[name]
+        try:
+            return blocks_key(t.file, t.key or t.name, name, self.config, device)
+        except GGUFError:
+            raise
+        except Exception as err:  # noqa: BLE001 - any read failure is a property of the input file
+            raise SourceError(f"{t.file}: cannot read tensor data ({first_line(err, with_type=True)})") from err
 
 
 def dtype_name(t: torch.Tensor) -> str:
@@ -354,7 +379,7 @@ def _gguf_checkpoint(source: str, files: list[Path]) -> Checkpoint:
     note = quantisation_note({t.name: t.quant for t in tensors if len(t.shape) >= 2})
     mapped = f"GGUF tensor names read as the HF names of model_type {config['model_type']!r}"
     notes = [mapped] + [n for n in (note, unpermuted_note(config)) if n]
-    return Checkpoint(source, files, tensors, config, notes, str(files[0]))
+    return GGUFCheckpoint(source, files, tensors, config, notes, str(files[0]))
 
 
 def _check_index_names(index: Path, weight_map: dict[str, Path], tensors: list[TensorInfo]) -> None:

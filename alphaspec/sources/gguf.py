@@ -11,6 +11,7 @@ row (whole-matrix spectra do not see it, but row windows and element-wise compar
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 
 from alphaspec.errors import AlphaspecError, os_reason
+from alphaspec.sources import gguf_dequant
 from alphaspec.sources.gguf_dequant import DEQUANTISERS, dequantise
 from alphaspec.sources.gguf_header import GGUFHeader, HeaderError
 
@@ -254,8 +256,7 @@ def read_tensors(file: Path, keys: dict[str, str], device: torch.device | None =
     torch's thread pool, does not contend with the eigen-solver running beside the reader thread.
     """
     gguf = _gguf()
-    reader = open_reader(file)
-    by_key = {t.name: t for t in reader.tensors}
+    by_key = _tensor_index(open_reader(file))
     for name, key in keys.items():
         t = by_key[key]
         kind, shape = t.tensor_type.name, tuple(int(d) for d in reversed(t.shape))
@@ -269,6 +270,34 @@ def read_tensors(file: Path, keys: dict[str, str], device: torch.device | None =
             yield name, dequantise(raw, kind, shape, max(1, DEQUANT_ELEMENTS // shape[-1]))
         else:
             yield name, torch.from_numpy(_dequantise(data, t.tensor_type, shape))
+
+
+def blocks_key(file: Path, key: str, name: str, config: dict, device: torch.device | None = None) -> str | None:
+    """The content key of a block-quantised tensor as stored, so the eigenvalue store can be asked before it is
+    dequantised (None for the other types: they are keyed as read): BLAKE3 of its blocks, with its GGML type,
+    shape and HF name, the model's config (hf_rows reads it) and the dequantiser that would expand it."""
+    from alphaspec.analysis.store import bytes_key, source_digest
+
+    t = _tensor_index(open_reader(file))[key]
+    kind = t.tensor_type.name
+    if kind in PLAIN_TYPES or kind == "BF16" or not readable(kind):
+        return None
+    on_gpu = kind in DEQUANTISERS and device is not None and device.type == "cuda"
+    dequantiser = f"torch {source_digest(gguf_dequant.__file__)}" if on_gpu else f"gguf {_gguf_version()}"
+    header = f"gguf|{kind}|{tuple(int(d) for d in t.shape)}|{name}|{json.dumps(config, sort_keys=True, default=str)}|"
+    return bytes_key(header + dequantiser + "|", np.ascontiguousarray(t.data).view(np.uint8).data)
+
+
+@lru_cache(maxsize=4)
+def _tensor_index(reader: GGUFHeader) -> dict:
+    return {t.name: t for t in reader.tensors}
+
+
+@cache
+def _gguf_version() -> str:
+    from importlib.metadata import version
+
+    return version("gguf")
 
 
 def _dequantise(data: np.ndarray, qtype, shape: tuple[int, ...]) -> np.ndarray:

@@ -65,12 +65,15 @@ _DONE = object()
 def read_ahead(ckpt: Checkpoint, specs: list[MatrixSpec], stop: threading.Event,
                device: torch.device | None = None, max_bytes: int | None = None,
                on_versions: Callable[[MatrixSpec, torch.Tensor, torch.Tensor], None] | None = None,
-               on_read: Callable[[MatrixSpec, torch.Tensor], None] | None = None) -> Iterator:
+               on_read: Callable[[MatrixSpec, torch.Tensor], None] | None = None,
+               kept: Callable[[str, list[MatrixSpec]], list | None] | None = None) -> Iterator:
     """Yield (spec, matrix) in file order, read by a background thread up to `max_bytes` ahead.
 
     on_versions(spec, before, after): called in that thread, before the matrix is yielded, for each matrix of
     an update whose checkpoint holds its base (Checkpoint.read_versions). on_read(spec, matrix): called in that
     thread with each matrix as read, before it is copied to the device (the eigenvalue store keys it there).
+    kept(tensor name, its specs): what the eigenvalue store already holds for each of them, asked before the
+    tensor is read; when it returns a list, (spec, its item) is yielded instead and the tensor is never read.
 
     With a CUDA device the thread also copies each matrix there (and expands GGUF blocks there), on its
     own stream, in the checkpoint's dtype, so the host-to-device transfer overlaps the solver too.
@@ -90,7 +93,9 @@ def read_ahead(ckpt: Checkpoint, specs: list[MatrixSpec], stop: threading.Event,
         try:
             with torch.cuda.stream(copy_stream) if copy_stream is not None else contextlib.nullcontext():
                 for file, names in reads:
-                    for name, tensor, versions in ckpt.read_versions(file, names, device):
+                    if kept is not None:  # the tensors the store holds are not read
+                        names = [n for n in names if not _queued(q, by_tensor[n], kept(n, by_tensor[n]))]
+                    for name, tensor, versions in ckpt.read_versions(file, names, device) if names else ():
                         for spec in by_tensor[name]:
                             if versions is not None and on_versions is not None:
                                 on_versions(spec, *(spec.extract(v) for v in versions))
@@ -116,6 +121,11 @@ def read_ahead(ckpt: Checkpoint, specs: list[MatrixSpec], stop: threading.Event,
         q.close()
         thread.join()
         q.close()  # what the thread put while it was stopping
+
+
+def _queued(q: StagingQueue, specs: list[MatrixSpec], parts: list | None) -> bool:
+    """Queue (spec, part) for each matrix of a tensor when the store holds them all (parts is not None)."""
+    return parts is not None and all(q.put(item) for item in zip(specs, parts, strict=True))
 
 
 def _to_device(spec: MatrixSpec, m: torch.Tensor, device: torch.device, copy_stream) -> torch.Tensor:
