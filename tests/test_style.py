@@ -103,7 +103,8 @@ LAYERS = {
     "spectra": 1, "sources": 1,  # the mathematics of one matrix; weights sources (neither imports the other)
     "analysis": 2, "maps": 3, "train": 4, "plots": 5, "report": 6, "cli": 7,
 }
-BASICS = {"__init__", "__main__", "_entry", "_lazy", "_version", "choices", "devices", "distributed", "errors", "files"}
+BASICS = {"__init__", "__main__", "_entry", "_lazy", "_version", "choices", "devices", "digests", "distributed", "errors",
+          "files"}
 # Module paths of the flat layout, gone since the package was laid out in folders: nothing may name them.
 REMOVED = ("bulk", "checkpoint", "compare", "cpu_threads", "decay", "decayspec", "deltas", "diagnose",
            "diff", "diff_plot", "esd", "farms", "gguf_dequant", "gguf_header", "gguf_reader", "hook", "integrations",

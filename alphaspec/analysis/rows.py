@@ -13,7 +13,7 @@ from functools import lru_cache
 import pandas as pd
 import torch
 
-from alphaspec.analysis.store import source_digest
+from alphaspec.digests import source_digest
 from alphaspec.sources.matrices import MODULE_TYPES, MatrixSpec
 from alphaspec.spectra import eigenvalues, gaussian, powerlaw
 from alphaspec.spectra.eigenvalues import zero_threshold

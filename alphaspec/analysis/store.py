@@ -31,12 +31,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from alphaspec._version import __version__
+from alphaspec.digests import bytes_key
 from alphaspec.errors import UsageError
 
 SUFFIX = ".safetensors"
 DEFAULT_BYTES = 2 << 30
-PARALLEL_BYTES = 8 << 20  # matrices from this size are keyed on several threads
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
@@ -69,29 +68,6 @@ def matrix_key(m: torch.Tensor) -> str | None:
     if m.device.type != "cpu":
         return None
     return bytes_key(f"{m.dtype}|{tuple(m.shape)}|", m.detach().contiguous().view(torch.uint8).numpy().data)
-
-
-def bytes_key(header: str, data) -> str:
-    """BLAKE3 of a header line and a buffer of bytes (several cores for a large one)."""
-    from blake3 import blake3
-
-    threads = blake3.AUTO if memoryview(data).nbytes >= PARALLEL_BYTES else 1  # one input over several cores
-    digest = blake3(header.encode(), max_threads=threads)
-    digest.update(data)
-    return digest.hexdigest()
-
-
-def source_digest(*files: str) -> str:
-    """A digest of the package version and of these source files: which code made a kept value, so that one
-    made by another release or an edited checkout is not read back; unique to this process when a file
-    cannot be read (then nothing is reused)."""
-    digest = hashlib.sha256(__version__.encode())
-    try:
-        for file in files:
-            digest.update(Path(file).read_bytes())
-    except (OSError, TypeError):
-        digest.update(os.urandom(16))
-    return digest.hexdigest()[:32]
 
 
 def entry_key(*parts: object) -> str:

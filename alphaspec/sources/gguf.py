@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from alphaspec.digests import bytes_key, source_digest
 from alphaspec.errors import AlphaspecError, os_reason
 from alphaspec.sources import gguf_dequant
 from alphaspec.sources.gguf_dequant import DEQUANTISERS, dequantise
@@ -276,8 +277,6 @@ def blocks_key(file: Path, key: str, name: str, config: dict, device: torch.devi
     """The content key of a block-quantised tensor as stored, so the eigenvalue store can be asked before it is
     dequantised (None for the other types: they are keyed as read): BLAKE3 of its blocks, with its GGML type,
     shape and HF name, the model's config (hf_rows reads it) and the dequantiser that would expand it."""
-    from alphaspec.analysis.store import bytes_key, source_digest
-
     t = _tensor_index(open_reader(file))[key]
     kind = t.tensor_type.name
     if kind in PLAIN_TYPES or kind == "BF16" or not readable(kind):
