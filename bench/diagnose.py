@@ -28,6 +28,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+os.environ["ALPHASPEC_NO_CACHE"] = "1"  # measure solves, not the eigenvalue store (bench/store.py measures it)
+
 
 def write_model(folder: Path, hidden: int, layers: int, seed: int, noise: float = 0.0, entries: str = "gaussian"
                 ) -> Path:

@@ -7,6 +7,7 @@ tiny-LLaMA runs on the bundled text. Takes about two minutes on a laptop CPU.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import tempfile
 import time
@@ -24,6 +25,7 @@ from alphaspec.plots.training import alphas_figure, compare_figure
 from alphaspec.train import TrainConfig, train
 from alphaspec.train.compare import compare
 
+os.environ["ALPHASPEC_NO_CACHE"] = "1"  # measure solves, not the eigenvalue store (bench/store.py measures it)
 DPI = 110
 
 

@@ -30,6 +30,8 @@ from safetensors.torch import save_file
 from alphaspec.devices import resolve_device
 from alphaspec.spectra.powerlaw import fit_sorted
 
+os.environ["ALPHASPEC_NO_CACHE"] = "1"  # measure solves, not the eigenvalue store (bench/store.py measures it)
+
 SHAPES = {"7b": {"hidden": 4096, "ff": 11008, "layers": 32}, "13b": {"hidden": 5120, "ff": 13824, "layers": 40},
           "tiny": {"hidden": 256, "ff": 688, "layers": 4}}  # tiny: the CPU rehearsal of bench/gpu.sh
 # Llama-3.1-405B: (rows, cols) -> matrices of that shape (126 blocks of q, k, v, o, gate, up, down; embed, head)

@@ -13,6 +13,7 @@ error of the file and how much alpha moved against F32.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import tempfile
 import time
@@ -27,6 +28,8 @@ from safetensors.numpy import load_file
 
 from alphaspec import analyze_checkpoint
 from alphaspec.sources.checkpoint import example_path
+
+os.environ["ALPHASPEC_NO_CACHE"] = "1"  # measure solves, not the eigenvalue store (bench/store.py measures it)
 
 QK_K, SUB = 256, 32
 TYPES = [T.F32, T.Q8_0, T.Q5_0, T.Q4_0, T.Q4_K]

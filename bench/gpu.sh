@@ -17,6 +17,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
+export ALPHASPEC_NO_CACHE=1  # every part measures solving: the eigenvalue store stays off
 part="${1:-}"
 case "$part" in tests-decay|esd|esd-more|ww|train|train-130m|scale|study) ;;
   *) echo "usage: [GPU_SH_DEVICE=cpu] bash bench/gpu.sh tests-decay|esd|esd-more|ww|train|train-130m|scale|study" >&2

@@ -30,6 +30,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+os.environ["ALPHASPEC_NO_CACHE"] = "1"  # measure solves, not the eigenvalue store (bench/store.py measures it)
+
 HIDDEN, LAYERS, VOCAB, FFN = 512, 4, 16000, 1376
 
 

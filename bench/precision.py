@@ -11,6 +11,7 @@ and largest |alpha(fp32) - alpha(fp64)| over all matrices, how many matrices mov
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import time
 
@@ -19,6 +20,8 @@ import torch
 from alphaspec import analyze_checkpoint
 from alphaspec.devices import resolve_device
 from alphaspec.sources.checkpoint import open_checkpoint
+
+os.environ["ALPHASPEC_NO_CACHE"] = "1"  # measure solves, not the eigenvalue store (bench/store.py measures it)
 
 
 def timed(source, ckpt, estimator: str, device, precision: str):

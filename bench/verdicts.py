@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import platform
 import threading
 import time
@@ -31,6 +32,8 @@ from alphaspec.sources.deltas import open_source
 from alphaspec.sources.matrices import plan
 from alphaspec.sources.read_ahead import read_ahead
 from alphaspec.spectra.verdicts import WARNINGS
+
+os.environ["ALPHASPEC_NO_CACHE"] = "1"  # measure solves, not the eigenvalue store (bench/store.py measures it)
 
 
 def matrices(source: str) -> tuple[list[str], list[torch.Tensor]]:

@@ -1,5 +1,6 @@
 """The code base stays ruff-clean (skipped where ruff is not installed)."""
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -313,3 +314,14 @@ def test_no_function_is_over_60_lines():
             for p in (ROOT / "alphaspec").rglob("*.py") for node in ast.walk(ast.parse(p.read_text(encoding="utf-8")))
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno - node.lineno + 1 > 60]
     assert long == []
+
+
+def test_benchmarks_time_solves_not_the_eigenvalue_store():
+    """A bench script that reads the clock around an analysis turns the store off (or measures the store itself,
+    bench/store.py): a second command taking spectra from the store would report a solve that never ran."""
+    timed = re.compile(r"perf_counter|time\.time\(\)|date \+%s")
+    analyses = re.compile(r"analyze|diff_checkpoints|\"diff\"")
+    careless = [p.name for p in sorted((ROOT / "bench").glob("*.[ps][yh]"))
+                if timed.search(text := p.read_text()) and analyses.search(text)
+                and not re.search(r"ALPHASPEC_NO_CACHE|--no-cache|cache=False", text)]
+    assert careless == []
