@@ -156,6 +156,13 @@ def test_a_healthy_model_opens_with_a_line_saying_so_in_the_terminal_and_the_rep
     text = " ".join(run.stdout.split())
     assert "Looks healthy: 3" in text and "heavier tail than a Gaussian matrix of their shape" in text
     assert all(len(line) <= 80 for line in run.stdout.splitlines())
+    listed = run.stdout[run.stdout.index("needs attention"):].splitlines()
+    flagged = alphaspec.analyze("example:minilm").query("warning != ''")
+    for name in flagged["name"]:  # each name whole on a line of its own or beside its verdict, to copy
+        line = next(line for line in listed if line.startswith(f"  {name}:"))
+        verdict = flagged.set_index("name").loc[name, "warning"]
+        after = line.removeprefix(f"  {name}:") or listed[listed.index(line) + 1]
+        assert after.strip().startswith(verdict) and not line.endswith(" ")
     from alphaspec.report.checkpoint import verdicts_block
     from alphaspec.spectra.verdicts import health_line
 

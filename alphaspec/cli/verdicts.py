@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import TYPE_CHECKING
 
+from rich.padding import Padding
 from rich.text import Text
 
 from alphaspec.cli.common import out
@@ -46,7 +47,12 @@ def needs_attention(table: pd.DataFrame) -> None:
     out.print(f"needs attention ({len(flagged)} of {len(table)} matrices): "
               + ", ".join(f"{counts[w]} {w}" for w in WARNINGS if counts[w]), style="bold", highlight=False)
     for r in flagged.head(LISTED).itertuples():
-        out.print(Text(f"  {r.name}: {r.warning} ({_alphas(r)})"))
+        name, verdict = f"  {r.name}:", f"{r.warning} ({_alphas(r)})"
+        if len(name) + 1 + len(verdict) <= out.width:
+            out.print(Text(f"{name} {verdict}"))
+        else:  # the name whole on its line (to copy), the verdict indented under it
+            out.print(Text(name))
+            out.print(Padding(Text(verdict), (0, 0, 0, 6), expand=False))
     if len(flagged) > LISTED:
         out.print(f"  ... and {len(flagged) - LISTED} more (see the warning column)", highlight=False)
 
