@@ -1,7 +1,7 @@
 """The eigenvalue store: each matrix's spectrum solved once, kept on disk, reused by every later command.
 
 Eigenvalues are the expensive part of an analysis; every estimator, diagnosis, map and figure is cheap
-given them. An entry is keyed by what was solved: the BLAKE3 digest (cryptographic, about 4 GB/s on one
+given them. An entry is keyed by what was solved: the BLAKE3 digest (cryptographic, about 5 GB/s on one
 core, so keying costs a few per cent of a solve) of the matrix as the solver saw it (its bytes, dtype and
 shape, after a fused split, a delta's subtraction or a rounding), the size it stands for, the solver's
 precision and, for the randomised analysis and FARMS, their settings. A changed tensor cannot match a key.
