@@ -69,7 +69,7 @@ class Fits:
 
 @lru_cache(maxsize=1)
 def fits_revision() -> str:
-    """Which code makes a row's fits (store.source_digest of the fitting modules): a fit kept by another
+    """Which code makes a row's fits (digests.source_digest of the fitting modules): a fit kept by another
     release or an edited checkout is made again, never read back as this code's."""
     return source_digest(powerlaw.__file__, gaussian.__file__, eigenvalues.__file__, __file__)
 
