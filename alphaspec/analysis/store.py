@@ -100,6 +100,7 @@ class EigenStore:
         self.root = Path(root) if root is not None else store_root()
         self.max_bytes = store_bound() if max_bytes is None else max_bytes
         self.hits = self.misses = self.rejected = 0
+        self.written = 0  # entries this object put (trim has nothing to do before one)
 
     def _path(self, key: str) -> Path:
         return self.root / key[:2] / (key + SUFFIX)
@@ -146,6 +147,7 @@ class EigenStore:
             path.parent.mkdir(parents=True, exist_ok=True)
             save_file(arrays, str(tmp), metadata={"alphaspec": json.dumps(meta)})
             os.replace(tmp, path)
+            self.written += 1
         except (OSError, ValueError, RuntimeError):
             with contextlib.suppress(OSError):
                 tmp.unlink()
@@ -160,7 +162,11 @@ class EigenStore:
         return found
 
     def trim(self) -> int:
-        """Delete the least recently used entries until the store is within its bound; how many went."""
+        """Delete the least recently used entries until the store is within its bound; how many went. Only
+        after this object put an entry: a command that took every spectrum from the store left it no larger,
+        and listing a full store costs a few µs an entry."""
+        if not self.written:
+            return 0
         entries = sorted(self.entries(), key=lambda e: e[2], reverse=True)
         total, gone = 0, 0
         for path, size, _ in entries:
