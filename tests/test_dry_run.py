@@ -94,3 +94,17 @@ def test_a_13b_header_is_planned_in_seconds_and_written_with_o(tmp_path):
 def test_a_bad_source_is_one_line(tmp_path):
     proc = cli("analyze", tmp_path / "missing", "--dry-run")
     assert proc.returncode == 1 and proc.stderr.startswith("error: ") and len(proc.stderr.splitlines()) == 1
+
+
+def test_with_the_store_on_the_estimate_says_kept_spectra_are_not_solved(tmp_path):
+    folder = synth.write(tmp_path / "llama", synth.llama(), synth.LLAMA_CONFIG)
+    note = "spectra the eigenvalue store holds already are not solved again"
+    env = {k: v for k, v in os.environ.items() if k != "ALPHASPEC_NO_CACHE"} | {"COLUMNS": "80",
+                                                                              "ALPHASPEC_CACHE": str(tmp_path / "c")}
+    on = subprocess.run([sys.executable, "-m", "alphaspec", "analyze", folder, "--dry-run"], capture_output=True,
+                        text=True, env=env, timeout=300)
+    off = subprocess.run([sys.executable, "-m", "alphaspec", "analyze", folder, "--dry-run", "--no-cache"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert on.returncode == off.returncode == 0, on.stderr + off.stderr
+    assert note in " ".join(on.stdout.split()) and note not in " ".join(off.stdout.split())
+    assert not (tmp_path / "c").exists()  # a dry run reads headers only: nothing solved, nothing kept

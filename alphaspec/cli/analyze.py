@@ -256,6 +256,7 @@ def analyze(
 def _dry_run(source: str, options, dev, output: Path | None, quiet: bool) -> None:
     """--dry-run: the plan from the headers, its estimate, and with -o the list of matrices."""
     from alphaspec.analysis.dry_run import dry_run
+    from alphaspec.analysis.store import store_enabled
     from alphaspec.analysis.table import write_table
     from alphaspec.sources.deltas import open_source
 
@@ -283,6 +284,9 @@ def _dry_run(source: str, options, dev, output: Path | None, quiet: bool) -> Non
     out.print(f"estimate on {plan.device} ({plan.workers} worker(s), {plan.rate / 1e9:.1f} G multiply-adds/s "
               f"measured now): {_duration(plan.seconds)} of solving, about {plan.peak_bytes / 1e9:.2f} GB held at "
               f"once; reading the weights adds their size over the disk's speed", highlight=False)
+    if options.cache and store_enabled():
+        out.print("spectra the eigenvalue store holds already are not solved again (--no-cache: solve all)",
+                  highlight=False)
     if output is not None:
         out.print(f"wrote {output}", highlight=False)
 
