@@ -248,6 +248,17 @@ def test_the_cache_command_and_no_cache(llama_dir, store_on):
     assert bad.returncode == 2 and bad.stderr.startswith("error: ALPHASPEC_CACHE_SIZE") and "Traceback" not in bad.stderr
 
 
+def test_a_store_that_cannot_be_written_is_skipped_and_info_says_why(llama_dir, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    env = {"ALPHASPEC_CACHE": str(blocker)}
+    assert cli("analyze", llama_dir, "-q", "-o", tmp_path / "r.csv", env=env).returncode == 0  # analysed all the same
+    info = cli("cache", "info", env=env)
+    assert info.returncode == 0 and f"cannot be written: {blocker} is not a folder" in " ".join(info.stdout.split())
+    fine = cli("cache", "info", env={"ALPHASPEC_CACHE": str(tmp_path / "new")})
+    assert "cannot be written" not in fine.stdout and not (tmp_path / "new").exists()  # info creates nothing
+
+
 def test_a_results_table_with_its_spectra_is_fitted_again_for_any_estimator(tmp_path, llama_dir):
     """`analyze -o r.json --save-spectra r.npz` once: a method or `-e` asking for another estimator re-fits from the
     spectra (equal to analysing the checkpoint with it, to round-off), where a table without them is refused or

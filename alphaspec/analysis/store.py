@@ -51,6 +51,19 @@ def store_enabled() -> bool:
     return os.environ.get("ALPHASPEC_NO_CACHE", "").strip() in ("", "0")
 
 
+def unwritable(root: Path) -> str | None:
+    """Why the store cannot be written at `root` (then analyses run without it), or None: read from the
+    nearest folder that exists, creating nothing."""
+    here = root
+    while not here.exists():
+        if here.parent == here:
+            return "no folder above it exists"
+        here = here.parent
+    if not here.is_dir():
+        return f"{here} is not a folder"
+    return None if os.access(here, os.W_OK | os.X_OK) else f"{here} is not writable"
+
+
 def store_bound() -> int:
     """The store's size bound in bytes, from $ALPHASPEC_CACHE_SIZE (such as 500M or 4G)."""
     text = os.environ.get("ALPHASPEC_CACHE_SIZE", "").strip().upper().removesuffix("B")

@@ -27,13 +27,16 @@ def cache() -> None:
 @cache.command("info", epilog=EPILOG)
 def info() -> None:
     """Where the store is, how many spectra it holds and their size against its bound."""
-    from alphaspec.analysis.store import EigenStore, store_enabled
+    from alphaspec.analysis.store import EigenStore, store_enabled, unwritable
 
     store = EigenStore()
     entries = store.entries()
     size = sum(nbytes for _, nbytes, _ in entries)
-    out.print(f"{store.root}: {len(entries):,} entries, {_size(size)} of at most {_size(store.max_bytes)}"
-              + ("" if store_enabled() else " (off: ALPHASPEC_NO_CACHE is set)"), highlight=False, soft_wrap=True)
+    why = unwritable(store.root)
+    state = ("" if store_enabled() else " (off: ALPHASPEC_NO_CACHE is set)") + (
+        f" (cannot be written: {why}; analyses run without it)" if why else "")
+    out.print(f"{store.root}: {len(entries):,} entries, {_size(size)} of at most {_size(store.max_bytes)}{state}",
+              highlight=False, soft_wrap=True)
 
 
 @cache.command("clear", epilog=EPILOG)
