@@ -22,11 +22,11 @@ def bytes_key(header: str, data) -> str:
     return digest.hexdigest()
 
 
-def source_digest(*files: str) -> str:
-    """A digest of the package version and of these source files: which code made a kept value, so that one
-    made by another release or an edited checkout is not read back; unique to this process when a file
-    cannot be read (then nothing is reused)."""
-    digest = hashlib.sha256(__version__.encode())
+def source_digest(*files: str, versions: str = "") -> str:
+    """A digest of the package version, of these source files and of `versions` (of the libraries the code
+    calls): which code made a kept value, so that one made by another release or an edited checkout is not
+    read back; unique to this process when a file cannot be read (then nothing is reused)."""
+    digest = hashlib.sha256(f"{__version__}|{versions}|".encode())
     try:
         for file in files:
             digest.update(Path(file).read_bytes())

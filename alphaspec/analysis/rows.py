@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -69,9 +70,10 @@ class Fits:
 
 @lru_cache(maxsize=1)
 def fits_revision() -> str:
-    """Which code makes a row's fits (digests.source_digest of the fitting modules): a fit kept by another
-    release or an edited checkout is made again, never read back as this code's."""
-    return source_digest(powerlaw.__file__, gaussian.__file__, eigenvalues.__file__, __file__)
+    """Which code makes a row's fits (digests.source_digest of the fitting modules, with torch's and numpy's
+    versions): a fit kept by another release, an edited checkout or another torch is made again."""
+    return source_digest(powerlaw.__file__, gaussian.__file__, eigenvalues.__file__, __file__,
+                         versions=f"torch {torch.__version__} numpy {np.__version__}")
 
 
 def matrix_row(spec: MatrixSpec, eigs: torch.Tensor | None, estimator: str, dtype: str, exponent: int = 0,
