@@ -387,3 +387,35 @@ def test_on_a_gpu_a_tensor_keyed_as_stored_keeps_that_key(tmp_path):
     assert [keys[s.name] for s in specs] == expected and len(set(expected)) == 3  # one per expert
     callbacks["on_read"](specs[0], torch.zeros(96, 64))
     assert keys[specs[0].name] == expected[0]
+
+
+def test_hostile_gguf_blocks_with_the_store_on(tmp_path, monkeypatch):
+    """Blocks that expand to NaN are analysed (their row says so) and never kept; a file that cannot be read
+    while its blocks are keyed is one error line naming it, nothing written."""
+    gguf = pytest.importorskip("gguf")
+    from gguf import GGMLQuantizationType as T
+    from gguf.quants import quantize
+
+    from alphaspec.sources import checkpoint as checkpoint_source
+
+    model = quantised_gguf(tmp_path / "m.gguf")
+    nan = tmp_path / "nan.gguf"
+    w = gguf.GGUFWriter(str(nan), "llama")
+    q = quantize(np.ones((64, 64), np.float32), T.Q8_0)
+    q[:, :2] = np.frombuffer(np.float16(np.nan).tobytes(), np.uint8)  # every block's scale: NaN
+    w.add_tensor("blk.0.attn_q.weight", q, raw_shape=q.shape, raw_dtype=T.Q8_0)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    for _ in range(2):  # the second run finds nothing kept: solved (and said) again
+        table = analyze_checkpoint(nan, "median", "cpu").table
+        assert table["status"].tolist() == ["matrix contains NaN or Inf"]
+
+    def unreadable(*args, **kwargs):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(checkpoint_source, "blocks_key", unreadable)
+    res = cli("analyze", model, "-q", "-o", tmp_path / "r.csv")
+    assert res.returncode == 1 and res.stderr.startswith(f"error: {model}: cannot read tensor data")
+    assert len(res.stderr.splitlines()) == 1 and not (tmp_path / "r.csv").exists()
