@@ -44,12 +44,8 @@ class Fits:
 
     def to_json(self) -> dict:
         """JSON values (NaN as None), marked with the revision of the code that made them."""
-        def plain(x):
-            return None if isinstance(x, float) and not math.isfinite(x) else x
-
-        return {"revision": fits_revision(), "n_zero": self.n_zero,
-                "fits": {e: [plain(getattr(f, k)) for k in _FIT_FIELDS] for e, f in self.fits.items()},
-                "random": {e: plain(a) for e, a in self.random.items()}}
+        return json_safe({"revision": fits_revision(), "n_zero": self.n_zero, "random": self.random,
+                          "fits": {e: [getattr(f, k) for k in _FIT_FIELDS] for e, f in self.fits.items()}})
 
     @classmethod
     def from_json(cls, data: dict | None) -> Fits:
@@ -66,6 +62,17 @@ class Fits:
             return cls(int(data["n_zero"]), fits, {e: number(a) for e, a in data["random"].items()})
         except (AttributeError, KeyError, TypeError, ValueError):  # not this layout: fit again
             return cls()
+
+
+def json_safe(value):
+    """A JSON-safe copy of dicts, lists and numbers: numbers as Python numbers, NaN as None (read back as NaN)."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if isinstance(value, float | np.floating) and not math.isfinite(value):
+        return None
+    return value.item() if isinstance(value, np.generic) else value
 
 
 @lru_cache(maxsize=1)

@@ -12,10 +12,9 @@ import hashlib
 import math
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
-from alphaspec.analysis.rows import Fits, matrix_row
+from alphaspec.analysis.rows import Fits, json_safe, matrix_row
 from alphaspec.analysis.store import EigenStore, Entry, entry_key
 from alphaspec.sources.matrices import MatrixSpec
 from alphaspec.spectra.verdicts import WEIGHTS
@@ -118,15 +117,7 @@ def keep(spec: MatrixSpec, key: str, solved: Solved, how: Solve) -> None:
         columns = {k: v for k, v in solved.randomized.items() if k != "_randomized"}
         permuted = solved.randomized.get("_randomized")
         how.store.put(keys["randomized"], Entry({} if permuted is None else {"eigs": permuted.cpu().numpy()},
-                                                {"columns": _plain(columns)}))
+                                                {"columns": json_safe(columns)}))
     if "farms" in keys:
-        how.store.put(keys["farms"], Entry({}, {"alpha_farms": _plain(solved.farms)}))
+        how.store.put(keys["farms"], Entry({}, {"alpha_farms": json_safe(solved.farms)}))
 
-
-def _plain(value):
-    """A JSON-safe copy: numbers as Python numbers, NaN as None (read back as NaN)."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, float | np.floating) and not math.isfinite(value):
-        return None
-    return value.item() if isinstance(value, np.generic) else value

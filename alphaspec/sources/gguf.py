@@ -282,9 +282,8 @@ def blocks_key(file: Path, key: str, name: str, config: dict, device: torch.devi
     if kind in PLAIN_TYPES or kind == "BF16" or not readable(kind):
         return None
     on_gpu = kind in DEQUANTISERS and device is not None and device.type == "cuda"
-    dequantiser = f"torch {source_digest(gguf_dequant.__file__)}" if on_gpu else f"gguf {_gguf_version()}"
     header = f"gguf|{kind}|{tuple(int(d) for d in t.shape)}|{name}|{json.dumps(config, sort_keys=True, default=str)}|"
-    return bytes_key(header + dequantiser + "|", np.ascontiguousarray(t.data).view(np.uint8).data)
+    return bytes_key(header + _dequantiser(on_gpu) + "|", np.ascontiguousarray(t.data).view(np.uint8).data)
 
 
 @lru_cache(maxsize=4)
@@ -293,10 +292,11 @@ def _tensor_index(reader: GGUFHeader) -> dict:
 
 
 @cache
-def _gguf_version() -> str:
+def _dequantiser(on_gpu: bool) -> str:
+    """Which code expands the blocks: torch's (gguf_dequant, by its source) on a GPU, else the gguf package's."""
     from importlib.metadata import version
 
-    return version("gguf")
+    return f"torch {source_digest(gguf_dequant.__file__)}" if on_gpu else f"gguf {version('gguf')}"
 
 
 def _dequantise(data: np.ndarray, qtype, shape: tuple[int, ...]) -> np.ndarray:
